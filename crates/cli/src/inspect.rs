@@ -1,0 +1,78 @@
+//! `modelship inspect MODEL [--json]`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use modelship_model::{ModelInfo, inspect};
+
+use crate::Failure;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// An HF model directory or a GGUF file.
+    model: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    let info = inspect(&args.model).with_context(|| format!("cannot inspect {}", args.model.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info).expect("plain data serializes"));
+    } else {
+        print!("{}", table(&info));
+    }
+    Ok(())
+}
+
+fn table(i: &ModelInfo) -> String {
+    let opt = |v: Option<usize>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    let mut s = String::new();
+    let mut row = |k: &str, v: String| s.push_str(&format!("{k:<16}{v}\n"));
+    row("path", i.path.display().to_string());
+    row("format", format!("{:?}", i.format).to_lowercase());
+    row("architecture", i.architecture.clone());
+    if let Some(n) = &i.name {
+        row("name", n.clone());
+    }
+    row("task", i.task.map(|t| t.to_string()).unwrap_or_else(|| "-".into()));
+    row("parameters", format!("{} ({})", i.parameters, human_count(i.parameters)));
+    row("file size", format!("{} ({})", i.file_bytes, human_bytes(i.file_bytes)));
+    row("weights", human_bytes(i.weight_bytes));
+    row("context length", opt(i.context_length));
+    row("vocabulary", opt(i.vocab_size));
+    row("hidden size", opt(i.hidden_size));
+    row("layers", opt(i.layers));
+    row("heads (kv)", format!("{} ({})", opt(i.attention_heads), opt(i.kv_heads)));
+    s.push_str("\ndtype      tensors   parameters        bytes\n");
+    for (dtype, d) in &i.dtypes {
+        s.push_str(&format!(
+            "{dtype:<10}{:>8}{:>13}{:>13}\n",
+            d.tensors,
+            d.parameters,
+            human_bytes(d.bytes)
+        ));
+    }
+    s
+}
+
+fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}

@@ -1,0 +1,65 @@
+//! `modelship`: parse the command line, start logging, run the command, and
+//! turn its error into a message with its causes and an exit code.
+
+mod inspect;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Deploy AI models: inspect, serve, and (soon) quantize, plan and roll out.
+#[derive(Parser)]
+#[command(name = "modelship", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a model: architecture, parameters, dtypes, sizes.
+    Inspect(inspect::Args),
+    /// Load a model and serve the OpenAI and Open Inference Protocol APIs.
+    Serve(serve::Args),
+}
+
+/// Exit codes: 1 the user's problem, 2 a bug, 64 bad configuration.
+pub enum Failure {
+    User(anyhow::Error),
+    Config(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::User(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Serve(args) => serve::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::User(e)) => report(&e, 1),
+        Err(Failure::Config(e)) => report(&e, 64),
+    }
+}
+
+fn report(e: &anyhow::Error, code: u8) -> ExitCode {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    ExitCode::from(code)
+}

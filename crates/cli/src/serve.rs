@@ -1,0 +1,149 @@
+//! `modelship serve MODEL`: load, bind, serve until SIGTERM/SIGINT, drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use modelship_engine_candle::{LoadOptions, load, parse_device};
+use modelship_types::ServingLimits;
+
+use crate::Failure;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// An HF directory (BERT-family embeddings) or a GGUF file (llama-family generation).
+    model: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "MODELSHIP_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "MODELSHIP_PORT", default_value_t = 8000)]
+    port: u16,
+    /// Compute threads (default: all cores).
+    #[arg(long, env = "MODELSHIP_THREADS")]
+    threads: Option<usize>,
+    /// Name clients use in `model` fields (default: the file or directory name).
+    #[arg(long)]
+    name: Option<String>,
+    /// `cpu`, or `cuda[:N]` in builds with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Tokens per sequence: embedding input, or prompt plus completion.
+    #[arg(long, default_value_t = ServingLimits::default().max_context)]
+    max_context: usize,
+    /// Sequences generated at once.
+    #[arg(long, default_value_t = ServingLimits::default().max_concurrent)]
+    max_concurrent: usize,
+    /// Padded tokens in one embedding forward pass.
+    #[arg(long, default_value_t = ServingLimits::default().max_batch_tokens)]
+    max_batch_tokens: usize,
+    /// Requests waiting beyond those being served; more get 429.
+    #[arg(long, default_value_t = ServingLimits::default().max_queue)]
+    max_queue: usize,
+    /// Largest `max_tokens` a completion may ask for.
+    #[arg(long, default_value_t = ServingLimits::default().max_tokens)]
+    max_tokens: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = ServingLimits::default().max_body_bytes)]
+    max_body_bytes: usize,
+    /// Texts in one embedding request.
+    #[arg(long, default_value_t = ServingLimits::default().max_inputs)]
+    max_inputs: usize,
+    /// Seconds to let in-flight requests finish after SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout: u64,
+}
+
+impl Args {
+    fn limits(&self) -> ServingLimits {
+        ServingLimits {
+            max_context: self.max_context,
+            max_concurrent: self.max_concurrent,
+            max_batch_tokens: self.max_batch_tokens,
+            max_queue: self.max_queue,
+            max_tokens: self.max_tokens,
+            max_body_bytes: self.max_body_bytes,
+            max_inputs: self.max_inputs,
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    let started = Instant::now();
+    let limits = args.limits();
+    limits
+        .validate()
+        .map_err(|e| Failure::Config(anyhow::Error::new(e).context("invalid serving limits")))?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 {
+        return Err(Failure::Config(anyhow::anyhow!("invalid `--threads`: must be at least 1")));
+    }
+    // candle sizes its matmul parallelism from RAYON_NUM_THREADS; set it before
+    // any compute thread exists.
+    // SAFETY: still single-threaded here; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("cannot start the compute thread pool")?;
+    let device = parse_device(&args.device).map_err(|e| Failure::Config(e.into()))?;
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .map_err(|e| Failure::Config(anyhow::Error::new(e).context(format!("invalid --host `{}`", args.host))))?;
+
+    let opts = LoadOptions {
+        name: args.name.clone(),
+        device,
+        limits,
+    };
+    let engine = load(&args.model, &opts).with_context(|| format!("cannot serve {}", args.model.display()))?;
+    let card = engine.card().clone();
+    tracing::info!(
+        model = %card.name, task = %card.task, max_context = card.max_context, threads,
+        load_ms = started.elapsed().as_millis() as u64, "model loaded"
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr().context("no local address")?;
+        // Scripts wait for this line; keep its shape.
+        eprintln!("modelship: serving `{}` ({}) on http://{local}", card.name, card.task);
+        modelship_server::serve(
+            listener,
+            Arc::new(engine),
+            shutdown_signal(),
+            Duration::from_secs(args.shutdown_timeout),
+        )
+        .await
+        .context("server failed")?;
+        tracing::info!("stopped");
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

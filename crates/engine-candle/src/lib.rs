@@ -1,0 +1,14 @@
+//! candle implementations of modelship's inference backends: BERT-family
+//! encoders from HF directories ([`BertBackend`]) and llama-family decoders
+//! from GGUF files ([`LlamaBackend`]), and [`load`], which turns a model path
+//! into a running [`modelship_engine::Engine`].
+
+mod bert;
+mod device;
+mod llama;
+mod load;
+
+pub use bert::BertBackend;
+pub use device::{DeviceError, parse_device};
+pub use llama::LlamaBackend;
+pub use load::{LoadError, LoadOptions, load};

@@ -1,0 +1,26 @@
+//! The contract between the schedulers and a model implementation. Backends do
+//! blocking compute and are driven from one dedicated thread each.
+
+/// A failure inside a backend (a tensor op, a shape): reported as a 500.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct BackendError(pub String);
+
+/// Text encoders: token sequences in, one vector per sequence out.
+pub trait EmbedBackend: Send + 'static {
+    /// Pooled (and, where the model says so, normalized) vectors for a batch
+    /// of token sequences of possibly different lengths.
+    fn embed(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, BackendError>;
+}
+
+/// Autoregressive decoders: each sequence keeps its own KV cache.
+pub trait GenerateBackend: Send + 'static {
+    type Sequence: Send;
+
+    /// A fresh sequence with an empty cache.
+    fn new_sequence(&self) -> Self::Sequence;
+
+    /// Appends `tokens` to the sequence at its next positions and returns the
+    /// logits for the token after the last one.
+    fn forward(&self, seq: &mut Self::Sequence, tokens: &[u32]) -> Result<Vec<f32>, BackendError>;
+}

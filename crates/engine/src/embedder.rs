@@ -1,0 +1,121 @@
+//! The embedding actor: one thread owns the backend and runs [`BatchQueue`]
+//! batches; callers hold an [`Embedder`] handle.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::batcher::BatchQueue;
+use crate::{BackendError, EmbedBackend, EngineError};
+
+type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, BackendError>>;
+
+struct Job {
+    inputs: Vec<Vec<u32>>,
+    reply: Reply,
+}
+
+/// Handle to the embedding thread. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Embedder {
+    tx: mpsc::UnboundedSender<Job>,
+    /// One permit per request in the engine: bounds the queue.
+    admission: Arc<Semaphore>,
+    max_queue: usize,
+}
+
+impl Embedder {
+    /// Starts the thread. `max_queue` bounds requests inside the engine
+    /// (queued or computing); `max_batch_tokens` bounds one forward pass.
+    pub(crate) fn start<B: EmbedBackend>(backend: B, max_batch_tokens: usize, max_queue: usize) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("modelship-embed".into())
+            .spawn(move || run(backend, rx, max_batch_tokens))
+            .expect("spawning a thread");
+        Self {
+            tx,
+            admission: Arc::new(Semaphore::new(max_queue)),
+            max_queue,
+        }
+    }
+
+    pub(crate) async fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EngineError> {
+        let _permit = self
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| EngineError::Overloaded {
+                queued: self.max_queue,
+            })?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { inputs, reply })
+            .map_err(|_| EngineError::Unavailable)?;
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(EngineError::Backend(e)),
+            Err(_) => Err(EngineError::Unavailable),
+        }
+    }
+
+    /// Requests inside the engine now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.max_queue - self.admission.available_permits()
+    }
+}
+
+fn run<B: EmbedBackend>(mut backend: B, mut rx: mpsc::UnboundedReceiver<Job>, budget: usize) {
+    let mut queue: BatchQueue<Reply> = BatchQueue::default();
+    loop {
+        // Block only when there is nothing to do; then take everything that
+        // arrived meanwhile, so batches grow with load.
+        if queue.is_empty() {
+            match rx.blocking_recv() {
+                Some(job) => queue.append(job.inputs, job.reply),
+                None => return,
+            }
+        }
+        while let Ok(job) = rx.try_recv() {
+            queue.append(job.inputs, job.reply);
+        }
+        queue.drop_cancelled(|r| r.is_closed());
+        metrics::gauge!("modelship_queue_depth", "task" => "embeddings").set(queue.requests() as f64);
+        let batch = queue.next_batch(budget);
+        if batch.is_empty() {
+            continue;
+        }
+        let tokens: Vec<&[u32]> = batch.iter().map(|e| e.tokens.as_slice()).collect();
+        let padded = tokens.iter().map(|t| t.len()).max().unwrap_or(0) * tokens.len();
+        metrics::histogram!("modelship_batch_size", "task" => "embeddings").record(tokens.len() as f64);
+        metrics::histogram!("modelship_batch_tokens", "task" => "embeddings").record(padded as f64);
+        let started = Instant::now();
+        let result = backend.embed(&tokens);
+        metrics::histogram!("modelship_forward_seconds", "task" => "embeddings")
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(vectors) if vectors.len() == batch.len() => {
+                for (reply, vectors) in queue.complete(batch, vectors) {
+                    let _ = reply.send(Ok(vectors));
+                }
+            }
+            Ok(vectors) => {
+                let err = BackendError(format!(
+                    "backend returned {} vectors for {} inputs",
+                    vectors.len(),
+                    batch.len()
+                ));
+                for reply in queue.fail(&batch) {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "embedding forward pass failed");
+                for reply in queue.fail(&batch) {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The façade a server talks to: validates and tokenizes requests against the
+//! serving limits, then hands them to the embedding or generation scheduler.
+
+use std::sync::Arc;
+
+use modelship_model::{ChatMessage, ChatTemplate, TextTokenizer};
+use modelship_types::{ServingLimits, Task};
+
+use crate::embedder::Embedder;
+use crate::generator::Generator;
+use crate::{
+    EmbedBackend, EngineError, GenerateBackend, GenerateParams, GenerationStream, SamplingParams,
+};
+
+/// What a client can know about the served model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelCard {
+    /// The name clients use in `model` fields and URLs.
+    pub name: String,
+    pub task: Task,
+    pub architecture: String,
+    /// Tokens per sequence this replica accepts (model limit ∩ `max_context`).
+    pub max_context: usize,
+    /// Embedding width, for embedding models.
+    pub dimensions: Option<usize>,
+    /// Unix time the model was loaded.
+    pub created: u64,
+}
+
+/// A generation prompt: raw text, or chat messages rendered with the model's
+/// template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    Text(String),
+    Chat(Vec<ChatMessage>),
+}
+
+/// Vectors for the inputs of one request, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: usize,
+}
+
+/// Optional request knobs before defaults are applied.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerateRequest {
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+}
+
+enum Worker {
+    Embed(Embedder),
+    Generate {
+        generator: Generator,
+        chat: Option<ChatTemplate>,
+    },
+}
+
+/// One loaded model behind its scheduler.
+pub struct Engine {
+    card: ModelCard,
+    limits: ServingLimits,
+    tokenizer: Arc<TextTokenizer>,
+    worker: Worker,
+}
+
+impl Engine {
+    /// An embedding engine; `card.max_context` must already be capped by the
+    /// model's own limit.
+    pub fn embeddings(
+        card: ModelCard,
+        limits: ServingLimits,
+        tokenizer: TextTokenizer,
+        backend: impl EmbedBackend,
+    ) -> Self {
+        let embedder = Embedder::start(backend, limits.max_batch_tokens, limits.max_queue);
+        Self {
+            card,
+            limits,
+            tokenizer: Arc::new(tokenizer),
+            worker: Worker::Embed(embedder),
+        }
+    }
+
+    pub fn generation(
+        card: ModelCard,
+        limits: ServingLimits,
+        tokenizer: TextTokenizer,
+        chat: Option<ChatTemplate>,
+        backend: impl GenerateBackend,
+    ) -> Self {
+        let tokenizer = Arc::new(tokenizer);
+        let generator = Generator::start(
+            backend,
+            tokenizer.clone(),
+            limits.max_concurrent,
+            limits.max_queue,
+        );
+        Self {
+            card,
+            limits,
+            tokenizer,
+            worker: Worker::Generate { generator, chat },
+        }
+    }
+
+    pub fn card(&self) -> &ModelCard {
+        &self.card
+    }
+
+    pub fn limits(&self) -> &ServingLimits {
+        &self.limits
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Requests inside the engine (queued or being computed).
+    pub fn in_flight(&self) -> usize {
+        match &self.worker {
+            Worker::Embed(e) => e.in_flight(),
+            Worker::Generate { generator, .. } => generator.in_flight(),
+        }
+    }
+
+    /// Embeds `texts`. Inputs longer than the context are an error naming the
+    /// input, unless `truncate` asks to keep their first tokens.
+    pub async fn embed(&self, texts: &[String], truncate: bool) -> Result<Embeddings, EngineError> {
+        let Worker::Embed(embedder) = &self.worker else {
+            return Err(self.wrong_task(Task::Embeddings));
+        };
+        if texts.is_empty() {
+            return Err(EngineError::invalid("input", "`input` must not be empty"));
+        }
+        if texts.len() > self.limits.max_inputs {
+            return Err(EngineError::invalid(
+                "input",
+                format!(
+                    "{} inputs in one request; the maximum is {}",
+                    texts.len(),
+                    self.limits.max_inputs
+                ),
+            ));
+        }
+        let max = self.card.max_context;
+        let mut inputs = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            if text.is_empty() {
+                return Err(EngineError::invalid("input", format!("input {i} is an empty string")));
+            }
+            let mut ids = self
+                .tokenizer
+                .encode(text, true)
+                .map_err(|e| EngineError::invalid("input", format!("input {i}: {e}")))?;
+            if ids.len() > max {
+                if !truncate {
+                    return Err(EngineError::invalid(
+                        "input",
+                        format!(
+                            "input {i} has {} tokens, more than the maximum of {max}; shorten it or set `truncate: true`",
+                            ids.len()
+                        ),
+                    ));
+                }
+                // Keep the leading tokens and the closing special token ([SEP]).
+                let last = *ids.last().expect("longer than max > 0");
+                ids.truncate(max - 1);
+                ids.push(last);
+            }
+            inputs.push(ids);
+        }
+        let prompt_tokens = inputs.iter().map(Vec::len).sum();
+        let vectors = embedder.embed(inputs).await?;
+        Ok(Embeddings {
+            vectors,
+            prompt_tokens,
+        })
+    }
+
+    /// Starts a generation; returns its event stream and the prompt's length.
+    pub fn generate(
+        &self,
+        prompt: &Prompt,
+        request: &GenerateRequest,
+    ) -> Result<(GenerationStream, usize), EngineError> {
+        let Worker::Generate { generator, chat } = &self.worker else {
+            return Err(self.wrong_task(Task::Generate));
+        };
+        let (text, field) = match prompt {
+            Prompt::Text(t) => (t.clone(), "prompt"),
+            Prompt::Chat(messages) => {
+                if messages.is_empty() {
+                    return Err(EngineError::invalid("messages", "`messages` must not be empty"));
+                }
+                let template = chat.as_ref().ok_or_else(|| {
+                    EngineError::invalid("messages", "this model has no chat template; use /v1/completions")
+                })?;
+                let text = template
+                    .render(messages)
+                    .map_err(|e| EngineError::invalid("messages", chain(&e)))?;
+                (text, "messages")
+            }
+        };
+        let ids = self
+            .tokenizer
+            .encode(&text, true)
+            .map_err(|e| EngineError::invalid(field, e))?;
+        if ids.is_empty() {
+            return Err(EngineError::invalid(field, format!("`{field}` has no tokens")));
+        }
+        let params = self.generate_params(request, ids.len(), field)?;
+        let prompt_tokens = ids.len();
+        Ok((generator.generate(ids, params)?, prompt_tokens))
+    }
+
+    /// Applies defaults and checks every knob against the limits.
+    fn generate_params(
+        &self,
+        r: &GenerateRequest,
+        prompt_tokens: usize,
+        field: &'static str,
+    ) -> Result<GenerateParams, EngineError> {
+        let ctx = self.card.max_context;
+        if prompt_tokens >= ctx {
+            return Err(EngineError::invalid(
+                field,
+                format!(
+                    "the prompt has {prompt_tokens} tokens; this model's maximum context is {ctx} tokens"
+                ),
+            ));
+        }
+        let room = ctx - prompt_tokens;
+        let max_tokens = match r.max_tokens {
+            None => self.limits.max_tokens.min(room),
+            Some(0) => return Err(EngineError::invalid("max_tokens", "`max_tokens` must be at least 1")),
+            Some(n) if n > self.limits.max_tokens => {
+                return Err(EngineError::invalid(
+                    "max_tokens",
+                    format!("`max_tokens` is {n}; the maximum is {}", self.limits.max_tokens),
+                ));
+            }
+            Some(n) if n > room => {
+                return Err(EngineError::invalid(
+                    "max_tokens",
+                    format!(
+                        "this model's maximum context is {ctx} tokens; the prompt has {prompt_tokens} and `max_tokens` asks for {n}"
+                    ),
+                ));
+            }
+            Some(n) => n,
+        };
+        let temperature = r.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(EngineError::invalid("temperature", "`temperature` must be between 0 and 2"));
+        }
+        let top_p = r.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(EngineError::invalid("top_p", "`top_p` must be in (0, 1]"));
+        }
+        if r.stop.len() > 4 {
+            return Err(EngineError::invalid("stop", "at most 4 stop sequences"));
+        }
+        Ok(GenerateParams {
+            max_tokens,
+            sampling: SamplingParams {
+                temperature,
+                top_p,
+                top_k: r.top_k.unwrap_or(0),
+                seed: r.seed,
+            },
+            stop: r.stop.clone(),
+        })
+    }
+
+    fn wrong_task(&self, asked: Task) -> EngineError {
+        EngineError::WrongTask {
+            served: self.card.task.as_str(),
+            asked: asked.as_str(),
+        }
+    }
+}
+
+/// An error and its causes on one line (template errors carry their cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,23 @@
+//! Inference: the contract a backend implements ([`EmbedBackend`],
+//! [`GenerateBackend`]), the schedulers that drive it on their own threads, and
+//! the [`Engine`] façade a server talks to.
+//!
+//! Batching and queueing are plain state machines ([`batcher::BatchQueue`],
+//! [`stop::StopMatcher`], [`sampler::Sampler`]) driven by small actor loops, so
+//! they are tested without threads or time. No HTTP here; the only async piece
+//! is tokio's channels.
+
+mod backend;
+pub mod batcher;
+mod embedder;
+mod engine;
+mod error;
+mod generator;
+pub mod sampler;
+pub mod stop;
+
+pub use backend::{BackendError, EmbedBackend, GenerateBackend};
+pub use engine::{Embeddings, Engine, GenerateRequest, ModelCard, Prompt};
+pub use error::EngineError;
+pub use generator::{FinishReason, GenerateParams, GenerationEvent, GenerationStream, Usage};
+pub use sampler::SamplingParams;

@@ -1,0 +1,172 @@
+//! GGUF: the tensor table and typed metadata access on top of candle's reader,
+//! which bounds-checks every length against the file size.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{Content, Value};
+
+use crate::ModelError;
+
+const MAGIC: &[u8; 4] = b"GGUF";
+
+pub(crate) fn has_magic(path: &Path) -> Result<bool, ModelError> {
+    let mut magic = [0u8; 4];
+    let mut f = File::open(path).map_err(ModelError::io(path))?;
+    match f.read_exact(&mut magic) {
+        Ok(()) => Ok(&magic == MAGIC),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(ModelError::io(path)(e)),
+    }
+}
+
+/// llama.cpp's name for a tensor type (`Q4_1`, `Q6_K`, ...).
+pub fn ggml_dtype_name(t: GgmlDType) -> &'static str {
+    use GgmlDType::*;
+    match t {
+        F32 => "F32",
+        F16 => "F16",
+        BF16 => "BF16",
+        Q4_0 => "Q4_0",
+        Q4_1 => "Q4_1",
+        Q5_0 => "Q5_0",
+        Q5_1 => "Q5_1",
+        Q8_0 => "Q8_0",
+        Q8_1 => "Q8_1",
+        Q2K => "Q2_K",
+        Q3K => "Q3_K",
+        Q4K => "Q4_K",
+        Q5K => "Q5_K",
+        Q6K => "Q6_K",
+        Q8K => "Q8_K",
+    }
+}
+
+/// An opened GGUF file: its metadata and tensor table (no tensor data read).
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub content: Content,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("tensors", &self.content.tensor_infos.len())
+            .finish()
+    }
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        let mut f = File::open(path).map_err(ModelError::io(path))?;
+        let content = Content::read(&mut f).map_err(|source| ModelError::Gguf {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            content,
+        })
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    fn get(&self, key: &str) -> Result<&Value, ModelError> {
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| self.bad_key(key, "missing"))
+    }
+
+    fn bad_key(&self, key: &str, problem: &'static str) -> ModelError {
+        ModelError::Metadata {
+            path: self.path.clone(),
+            key: key.to_owned(),
+            problem,
+        }
+    }
+
+    /// A string value.
+    pub fn string(&self, key: &str) -> Result<&str, ModelError> {
+        self.get(key)?
+            .to_string()
+            .map(String::as_str)
+            .map_err(|_| self.bad_key(key, "not a string"))
+    }
+
+    /// An unsigned integer of any width.
+    pub fn uint(&self, key: &str) -> Result<u64, ModelError> {
+        let v = self.get(key)?;
+        match v {
+            Value::U8(x) => Ok(*x as u64),
+            Value::U16(x) => Ok(*x as u64),
+            Value::U32(x) => Ok(*x as u64),
+            Value::U64(x) => Ok(*x),
+            Value::I8(x) if *x >= 0 => Ok(*x as u64),
+            Value::I16(x) if *x >= 0 => Ok(*x as u64),
+            Value::I32(x) if *x >= 0 => Ok(*x as u64),
+            Value::I64(x) if *x >= 0 => Ok(*x as u64),
+            _ => Err(self.bad_key(key, "not a non-negative integer")),
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<bool, ModelError> {
+        self.get(key)?
+            .to_bool()
+            .map_err(|_| self.bad_key(key, "not a boolean"))
+    }
+
+    /// An array of strings.
+    pub fn strings(&self, key: &str) -> Result<Vec<&str>, ModelError> {
+        let arr = self
+            .get(key)?
+            .to_vec()
+            .map_err(|_| self.bad_key(key, "not an array"))?;
+        arr.iter()
+            .map(|v| {
+                v.to_string()
+                    .map(String::as_str)
+                    .map_err(|_| self.bad_key(key, "not an array of strings"))
+            })
+            .collect()
+    }
+
+    /// An array of integers.
+    pub fn ints(&self, key: &str) -> Result<Vec<i64>, ModelError> {
+        let arr = self
+            .get(key)?
+            .to_vec()
+            .map_err(|_| self.bad_key(key, "not an array"))?;
+        arr.iter()
+            .map(|v| match v {
+                Value::I32(x) => Ok(*x as i64),
+                Value::U32(x) => Ok(*x as i64),
+                Value::I8(x) => Ok(*x as i64),
+                Value::U8(x) => Ok(*x as i64),
+                Value::I64(x) => Ok(*x),
+                _ => Err(self.bad_key(key, "not an array of integers")),
+            })
+            .collect()
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.content.metadata.contains_key(key)
+    }
+
+    /// `general.architecture`, e.g. `llama` or `bert`.
+    pub fn architecture(&self) -> Result<&str, ModelError> {
+        self.string("general.architecture")
+    }
+
+    /// An architecture-scoped integer such as `llama.context_length`.
+    pub fn arch_uint(&self, suffix: &str) -> Result<u64, ModelError> {
+        let key = format!("{}.{suffix}", self.architecture()?);
+        self.uint(&key)
+    }
+}

@@ -1,0 +1,156 @@
+//! What `modelship inspect` reports: one description for both formats.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use modelship_types::Task;
+use serde::Serialize;
+
+use crate::{GgufFile, HfModel, ModelError, ModelSource, ggml_dtype_name};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    /// A Hugging Face directory with safetensors weights.
+    Safetensors,
+    Gguf,
+}
+
+/// Tensors of one storage type.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DTypeStats {
+    pub tensors: usize,
+    pub parameters: u64,
+    pub bytes: u64,
+}
+
+/// A model described from its files alone, without loading weights.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub format: ModelFormat,
+    pub architecture: String,
+    pub name: Option<String>,
+    pub task: Option<Task>,
+    pub parameters: u64,
+    /// Bytes on disk: the GGUF file, or every file of the directory.
+    pub file_bytes: u64,
+    /// Bytes of tensor data (what the weights take in memory as stored).
+    pub weight_bytes: u64,
+    /// Storage type name (`F32`, `Q4_1`, ...) → tensors, parameters, bytes.
+    pub dtypes: BTreeMap<String, DTypeStats>,
+    pub context_length: Option<usize>,
+    pub vocab_size: Option<usize>,
+    pub hidden_size: Option<usize>,
+    pub layers: Option<usize>,
+    pub attention_heads: Option<usize>,
+    pub kv_heads: Option<usize>,
+}
+
+/// The task an architecture is served for.
+pub fn task_of(architecture: &str) -> Option<Task> {
+    match architecture {
+        "bert" | "nomic-bert" | "jina-bert-v2" | "roberta" | "xlm-roberta" | "distilbert" => {
+            Some(Task::Embeddings)
+        }
+        "llama" | "mistral" | "qwen2" | "qwen3" | "gemma" | "gemma2" | "gemma3" | "phi3" => {
+            Some(Task::Generate)
+        }
+        _ => None,
+    }
+}
+
+/// Describes the model at `path` (an HF directory or a GGUF file).
+pub fn inspect(path: &Path) -> Result<ModelInfo, ModelError> {
+    match ModelSource::detect(path)? {
+        ModelSource::HfDir(dir) => Ok(describe_hf(&HfModel::open(&dir)?)?),
+        ModelSource::Gguf(file) => describe_gguf(&GgufFile::open(&file)?),
+    }
+}
+
+fn describe_hf(m: &HfModel) -> Result<ModelInfo, ModelError> {
+    let mut dtypes: BTreeMap<String, DTypeStats> = BTreeMap::new();
+    for t in &m.tensors {
+        let s = dtypes.entry(t.dtype.clone()).or_default();
+        s.tensors += 1;
+        s.parameters += t.elements();
+        s.bytes += t.bytes;
+    }
+    let architecture = m.model_type().unwrap_or("unknown").to_owned();
+    Ok(ModelInfo {
+        path: m.dir.clone(),
+        format: ModelFormat::Safetensors,
+        task: task_of(&architecture),
+        name: m
+            .config
+            .get("_name_or_path")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        architecture,
+        parameters: dtypes.values().map(|s| s.parameters).sum(),
+        weight_bytes: dtypes.values().map(|s| s.bytes).sum(),
+        file_bytes: dir_bytes(&m.dir)?,
+        dtypes,
+        context_length: m.config_usize("max_position_embeddings"),
+        vocab_size: m.config_usize("vocab_size"),
+        hidden_size: m.config_usize("hidden_size"),
+        layers: m.config_usize("num_hidden_layers"),
+        attention_heads: m.config_usize("num_attention_heads"),
+        kv_heads: m
+            .config_usize("num_key_value_heads")
+            .or_else(|| m.config_usize("num_attention_heads")),
+    })
+}
+
+fn describe_gguf(g: &GgufFile) -> Result<ModelInfo, ModelError> {
+    let mut dtypes: BTreeMap<String, DTypeStats> = BTreeMap::new();
+    for info in g.content.tensor_infos.values() {
+        let elements = info.shape.elem_count() as u64;
+        let t = info.ggml_dtype;
+        let s = dtypes.entry(ggml_dtype_name(t).to_owned()).or_default();
+        s.tensors += 1;
+        s.parameters += elements;
+        s.bytes += elements / t.block_size() as u64 * t.type_size() as u64;
+    }
+    let architecture = g.architecture()?.to_owned();
+    let arch = |k: &str| g.arch_uint(k).ok().map(|v| v as usize);
+    let vocab_size = arch("vocab_size").or_else(|| {
+        g.strings("tokenizer.ggml.tokens")
+            .ok()
+            .map(|tokens| tokens.len())
+    });
+    let file_bytes = std::fs::metadata(&g.path)
+        .map_err(ModelError::io(&g.path))?
+        .len();
+    Ok(ModelInfo {
+        path: g.path.clone(),
+        format: ModelFormat::Gguf,
+        task: task_of(&architecture),
+        name: g.string("general.name").ok().map(str::to_owned),
+        parameters: dtypes.values().map(|s| s.parameters).sum(),
+        weight_bytes: dtypes.values().map(|s| s.bytes).sum(),
+        file_bytes,
+        dtypes,
+        context_length: arch("context_length"),
+        vocab_size,
+        hidden_size: arch("embedding_length"),
+        layers: arch("block_count"),
+        attention_heads: arch("attention.head_count"),
+        kv_heads: arch("attention.head_count_kv").or_else(|| arch("attention.head_count")),
+        architecture,
+    })
+}
+
+fn dir_bytes(dir: &Path) -> Result<u64, ModelError> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(ModelError::io(dir))? {
+        let entry = entry.map_err(ModelError::io(dir))?;
+        let meta = entry.metadata().map_err(ModelError::io(entry.path()))?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}

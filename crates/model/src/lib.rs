@@ -1,0 +1,57 @@
+//! Model files: Hugging Face directories (config.json, *.safetensors,
+//! tokenizer.json, sentence-transformers pooling) and GGUF files (metadata,
+//! tensor table, tokenizer and chat template in the metadata).
+//!
+//! Owns reading and describing a model; it runs nothing. No network, no async.
+
+mod chat;
+mod error;
+mod gguf;
+mod hf;
+mod info;
+mod tokenizer;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use error::ModelError;
+pub use gguf::{GgufFile, ggml_dtype_name};
+pub use hf::{HfModel, Pooling, SafetensorsTensor};
+pub use info::{DTypeStats, ModelFormat, ModelInfo, inspect};
+pub use tokenizer::{Detokenizer, TextTokenizer};
+
+use std::path::{Path, PathBuf};
+
+/// Where a model lives and in which format, decided from the path alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A directory with `config.json` and safetensors weights.
+    HfDir(PathBuf),
+    /// A single GGUF file.
+    Gguf(PathBuf),
+}
+
+impl ModelSource {
+    /// Detects the format: a directory with `config.json`, or a file starting
+    /// with the GGUF magic.
+    pub fn detect(path: &Path) -> Result<Self, ModelError> {
+        let meta = std::fs::metadata(path).map_err(|source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if meta.is_dir() {
+            if path.join("config.json").is_file() {
+                return Ok(Self::HfDir(path.to_owned()));
+            }
+        } else if gguf::has_magic(path)? {
+            return Ok(Self::Gguf(path.to_owned()));
+        }
+        Err(ModelError::UnknownFormat {
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::HfDir(p) | Self::Gguf(p) => p,
+        }
+    }
+}

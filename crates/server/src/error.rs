@@ -1,0 +1,122 @@
+//! The one place where failures become HTTP responses: an OpenAI-style body
+//! `{"error": {"message", "type", "param", "code"}}`, a status, and
+//! `Retry-After` when waiting helps. 5xx bodies never carry internals.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use modelship_engine::EngineError;
+use serde::Serialize;
+
+/// How long an overloaded client should wait before retrying, in seconds.
+const RETRY_AFTER_SECS: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub param: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'a str>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn bad_request(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param: param.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::PAYLOAD_TOO_LARGE => "invalid_request_error",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn code(&self) -> Option<&'static str> {
+        match self.status {
+            StatusCode::TOO_MANY_REQUESTS => Some("overloaded"),
+            StatusCode::NOT_FOUND => Some("model_not_found"),
+            StatusCode::PAYLOAD_TOO_LARGE => Some("request_too_large"),
+            _ => None,
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let (status, param) = match &e {
+            EngineError::Invalid { param, .. } => {
+                (StatusCode::BAD_REQUEST, param.map(str::to_owned))
+            }
+            EngineError::WrongTask { .. } => (StatusCode::BAD_REQUEST, Some("model".to_owned())),
+            EngineError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, None),
+            EngineError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
+            EngineError::Backend(source) => {
+                // Logged here with its cause; the client gets no internals.
+                tracing::error!(error = %source, "inference failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, None)
+            }
+        };
+        Self {
+            status,
+            message: e.to_string(),
+            param,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Detail {
+                message: &self.message,
+                kind: self.kind(),
+                param: self.param.as_deref(),
+                code: self.code(),
+            },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        resp
+    }
+}

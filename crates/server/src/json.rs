@@ -1,0 +1,84 @@
+//! A JSON body extractor whose errors name the offending field, so a client
+//! sees `param: "input"` rather than a parser's line and column only.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            let status = rejection.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError {
+                    status,
+                    message: "the request body is larger than the limit (see --max-body-bytes)".into(),
+                    param: None,
+                }
+            } else {
+                ApiError::bad_request(None, rejection.body_text())
+            }
+        })?;
+        parse(&bytes).map(Json)
+    }
+}
+
+/// Parses `bytes` as `T`, naming the field at fault.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let param = (path != ".").then_some(path);
+        let message = match (&param, inner.classify()) {
+            (_, serde_json::error::Category::Syntax | serde_json::error::Category::Eof) => {
+                format!("the body is not valid JSON: {inner}")
+            }
+            (Some(p), _) => format!("invalid `{p}`: {inner}"),
+            (None, _) => format!("invalid request: {inner}"),
+        };
+        ApiError::bad_request(param, message)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Req {
+        input: String,
+        n: Option<u32>,
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let e = parse::<Req>(br#"{"input": 5}"#).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.param.as_deref(), Some("input"));
+        assert!(e.message.contains("invalid type"), "{}", e.message);
+    }
+
+    #[test]
+    fn syntax_errors_say_so() {
+        let e = parse::<Req>(br#"{"input": "#).unwrap_err();
+        assert!(e.message.starts_with("the body is not valid JSON"), "{}", e.message);
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_reported() {
+        let e = parse::<Req>(br#"{"input": "a", "bogus": 1}"#).unwrap_err();
+        assert!(e.message.contains("bogus"), "{}", e.message);
+        let e = parse::<Req>(br#"{}"#).unwrap_err();
+        assert!(e.message.contains("input"), "{}", e.message);
+    }
+}

@@ -9,6 +9,7 @@ mod llama;
 mod load;
 
 pub use bert::BertBackend;
+pub use candle_core::Device;
 pub use device::{DeviceError, parse_device};
 pub use llama::LlamaBackend;
 pub use load::{LoadError, LoadOptions, load};

@@ -1,55 +1,292 @@
-//! llama-family decoders from GGUF through candle's quantized llama: the
-//! weights are shared, each sequence clones the layer handles and owns its KV
-//! cache.
+//! llama-family decoders from GGUF, following llama.cpp's arithmetic so that
+//! greedy decoding picks the same tokens up to near-ties: quantized matmuls
+//! through candle's GGML kernels (activations quantized to the weight type's
+//! dot type, as ggml does), and rotary angles accumulated as ggml accumulates
+//! them, and the attention operands rounded to f16 where llama.cpp's default
+//! f16 KV cache and its f16 dot products round them (queries, keys, values and
+//! attention weights).
+//!
+//! The weights are shared; each sequence owns its KV cache.
 
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use modelship_engine::{BackendError, GenerateBackend};
 
+/// Hyper-parameters from the GGUF metadata (`llama.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    pub context: usize,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+struct Weights {
+    config: LlamaConfig,
+    embeddings: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: QMatMul,
+    /// Rotary tables, (context, head_dim / 2).
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// A llama model ready to run sequences.
+#[derive(Clone)]
 pub struct LlamaBackend {
-    weights: ModelWeights,
+    weights: Arc<Weights>,
     device: Device,
 }
 
-/// One sequence: its own view of the model (sharing weights) and KV cache.
+/// One sequence's KV cache: per layer, keys and values of shape
+/// (kv_heads, positions, head_dim).
 pub struct LlamaSequence {
-    model: ModelWeights,
+    cache: Vec<Option<(Tensor, Tensor)>>,
     position: usize,
 }
 
+fn md_u32(ct: &Content, key: &str) -> Result<usize> {
+    match ct.metadata.get(key) {
+        Some(v) => Ok(v.to_u32()? as usize),
+        None => candle_core::bail!("GGUF metadata `{key}` is missing"),
+    }
+}
+
+fn md_f32(ct: &Content, key: &str, default: f32) -> Result<f32> {
+    match ct.metadata.get(key) {
+        Some(v) => v.to_f32(),
+        None => Ok(default),
+    }
+}
+
+impl LlamaConfig {
+    pub fn from_gguf(ct: &Content, max_context: usize) -> Result<Self> {
+        let heads = md_u32(ct, "llama.attention.head_count")?;
+        let embedding = md_u32(ct, "llama.embedding_length")?;
+        let kv_heads = md_u32(ct, "llama.attention.head_count_kv").unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || embedding % heads != 0 {
+            candle_core::bail!("inconsistent head counts: {heads} heads, {kv_heads} kv heads, width {embedding}");
+        }
+        let head_dim = embedding / heads;
+        if let Ok(rope_dim) = md_u32(ct, "llama.rope.dimension_count")
+            && rope_dim != head_dim
+        {
+            candle_core::bail!("partial rotary embeddings ({rope_dim} of {head_dim}) are not supported");
+        }
+        Ok(Self {
+            layers: md_u32(ct, "llama.block_count")?,
+            heads,
+            kv_heads,
+            head_dim,
+            rms_eps: md_f32(ct, "llama.attention.layer_norm_rms_epsilon", 1e-5)?,
+            rope_base: md_f32(ct, "llama.rope.freq_base", 10_000.0)?,
+            context: md_u32(ct, "llama.context_length").unwrap_or(max_context).min(max_context),
+        })
+    }
+}
+
+/// cos/sin tables with angles accumulated as ggml's rope does: the angle of
+/// pair i is `pos · base^(-2i/d)`, the power built by repeated multiplication.
+fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let scale = cfg.rope_base.powf(-2.0 / cfg.head_dim as f32);
+    let mut cos = Vec::with_capacity(cfg.context * half);
+    let mut sin = Vec::with_capacity(cfg.context * half);
+    for pos in 0..cfg.context {
+        let mut theta = pos as f32;
+        for _ in 0..half {
+            cos.push(theta.cos());
+            sin.push(theta.sin());
+            theta *= scale;
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (cfg.context, half), device)?,
+        Tensor::from_vec(sin, (cfg.context, half), device)?,
+    ))
+}
+
 impl LlamaBackend {
-    /// Longest sequence candle's rotary tables cover.
-    pub const MAX_CONTEXT: usize = MAX_SEQ_LEN;
-
-    pub fn new(weights: ModelWeights, device: Device) -> Self {
-        Self { weights, device }
+    /// Loads a llama GGUF; `max_context` caps the rotary tables.
+    pub fn from_gguf<R: std::io::Read + std::io::Seek>(
+        ct: Content,
+        reader: &mut R,
+        device: &Device,
+        max_context: usize,
+    ) -> Result<Self> {
+        let config = LlamaConfig::from_gguf(&ct, max_context)?;
+        let mut tensor = |name: &str| -> Result<QTensor> { ct.tensor(reader, name, device) };
+        let embed_q = tensor("token_embd.weight")?;
+        let embeddings = embed_q.dequantize(device)?;
+        let norm = tensor("output_norm.weight")?.dequantize(device)?;
+        let output = match tensor("output.weight") {
+            Ok(t) => QMatMul::from_qtensor(t)?,
+            // Tied embeddings: the output projection is the embedding matrix.
+            Err(_) => QMatMul::from_qtensor(embed_q)?,
+        };
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let mut q = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
+            layers.push(Layer {
+                attn_norm: q("attn_norm")?.dequantize(device)?,
+                wq: QMatMul::from_qtensor(q("attn_q")?)?,
+                wk: QMatMul::from_qtensor(q("attn_k")?)?,
+                wv: QMatMul::from_qtensor(q("attn_v")?)?,
+                wo: QMatMul::from_qtensor(q("attn_output")?)?,
+                ffn_norm: q("ffn_norm")?.dequantize(device)?,
+                gate: QMatMul::from_qtensor(q("ffn_gate")?)?,
+                up: QMatMul::from_qtensor(q("ffn_up")?)?,
+                down: QMatMul::from_qtensor(q("ffn_down")?)?,
+            });
+        }
+        let (cos, sin) = rope_tables(&config, device)?;
+        Ok(Self {
+            weights: Arc::new(Weights {
+                config,
+                embeddings,
+                layers,
+                norm,
+                output,
+                cos,
+                sin,
+            }),
+            device: device.clone(),
+        })
     }
 
-    fn step(&self, seq: &mut LlamaSequence, tokens: &[u32]) -> candle_core::Result<Vec<f32>> {
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = seq.model.forward(&input, seq.position)?;
-        seq.position += tokens.len();
-        logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()
+    pub fn config(&self) -> &LlamaConfig {
+        &self.weights.config
     }
+
+    /// Runs `tokens` at the sequence's next positions; logits of the last one.
+    fn run(&self, seq: &mut LlamaSequence, tokens: &[u32]) -> Result<Vec<f32>> {
+        let w = &*self.weights;
+        let cfg = &w.config;
+        let n = tokens.len();
+        let pos = seq.position;
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = w.embeddings.index_select(&ids, 0)?; // (n, width)
+        let cos = w.cos.narrow(0, pos, n)?;
+        let sin = w.sin.narrow(0, pos, n)?;
+        let mask = causal_mask(n, pos, &self.device)?;
+        for (layer, cache) in w.layers.iter().zip(seq.cache.iter_mut()) {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps)?;
+            let a = attention(cfg, layer, &h, &cos, &sin, mask.as_ref(), cache)?;
+            x = (x + a)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps)?;
+            let g = layer.gate.forward(&h)?.silu()?;
+            let u = layer.up.forward(&h)?;
+            x = (x + layer.down.forward(&(g * u)?)?)?;
+        }
+        seq.position += n;
+        let last = x.narrow(0, n - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &w.norm, cfg.rms_eps)?;
+        w.output.forward(&last)?.squeeze(0)?.to_vec1()
+    }
+}
+
+/// Rounds to f16 and back: what llama.cpp's f16 KV cache and f16 matmuls do.
+fn through_f16(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::F16)?.to_dtype(DType::F32)
+}
+
+/// Additive mask (n, pos + n): -inf where a query would see a later position.
+fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Option<Tensor>> {
+    if n == 1 {
+        return Ok(None);
+    }
+    let total = pos + n;
+    let data: Vec<f32> = (0..n)
+        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Some(Tensor::from_vec(data, (n, total), device)?))
+}
+
+fn attention(
+    cfg: &LlamaConfig,
+    layer: &Layer,
+    h: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    mask: Option<&Tensor>,
+    cache: &mut Option<(Tensor, Tensor)>,
+) -> Result<Tensor> {
+    let n = h.dim(0)?;
+    let (heads, kv_heads, hd) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
+    let group = heads / kv_heads;
+    // (n, heads·hd) → (1, heads, n, hd) for rope_i.
+    let split = |t: Tensor, count: usize| t.reshape((n, count, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0);
+    let q = split(layer.wq.forward(h)?, heads)?;
+    let k = split(layer.wk.forward(h)?, kv_heads)?;
+    let v = split(layer.wv.forward(h)?, kv_heads)?;
+    let q = through_f16(&candle_nn::rotary_emb::rope_i(&q, cos, sin)?.squeeze(0)?)?;
+    let k = through_f16(&candle_nn::rotary_emb::rope_i(&k, cos, sin)?.squeeze(0)?)?;
+    let v = through_f16(&v.squeeze(0)?)?;
+    let (k, v) = match cache.take() {
+        None => (k, v),
+        Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 1)?, Tensor::cat(&[&cv, &v], 1)?),
+    };
+    *cache = Some((k.clone(), v.clone()));
+    let total = k.dim(1)?;
+    // Query heads that share a KV head are stacked: (kv_heads, group·n, hd).
+    let q = q.reshape((kv_heads, group * n, hd))?;
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // (kv, group·n, total)
+    let scores = match mask {
+        None => scores,
+        Some(m) => scores
+            .reshape((kv_heads, group, n, total))?
+            .broadcast_add(m)?
+            .reshape((kv_heads, group * n, total))?,
+    };
+    let probs = through_f16(&candle_nn::ops::softmax_last_dim(&scores)?)?;
+    let out = probs.matmul(&v)?; // (kv, group·n, hd)
+    let out = out
+        .reshape((heads, n, hd))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((n, heads * hd))?;
+    layer.wo.forward(&out)
 }
 
 impl GenerateBackend for LlamaBackend {
     type Sequence = LlamaSequence;
 
     fn new_sequence(&self) -> LlamaSequence {
-        let mut model = self.weights.clone();
-        model.clear_kv_cache();
-        LlamaSequence { model, position: 0 }
+        LlamaSequence {
+            cache: vec![None; self.weights.config.layers],
+            position: 0,
+        }
     }
 
-    fn forward(&self, seq: &mut LlamaSequence, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
-        if seq.position + tokens.len() > Self::MAX_CONTEXT {
+    fn forward(&self, seq: &mut LlamaSequence, tokens: &[u32]) -> std::result::Result<Vec<f32>, BackendError> {
+        let cfg = &self.weights.config;
+        if tokens.is_empty() || seq.position + tokens.len() > cfg.context {
             return Err(BackendError(format!(
-                "sequence of {} tokens exceeds the backend's {} positions",
-                seq.position + tokens.len(),
-                Self::MAX_CONTEXT
+                "{} tokens at position {} do not fit the context of {}",
+                tokens.len(),
+                seq.position,
+                cfg.context
             )));
         }
-        self.step(seq, tokens).map_err(|e| BackendError(e.to_string()))
+        self.run(seq, tokens).map_err(|e| BackendError(e.to_string()))
     }
 }

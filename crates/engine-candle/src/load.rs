@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use candle_core::Device;
-use candle_transformers::models::quantized_llama::ModelWeights;
 use modelship_engine::{Engine, ModelCard};
 use modelship_model::{ChatTemplate, GgufFile, HfModel, ModelError, ModelSource, TextTokenizer};
 use modelship_types::{LimitError, ServingLimits, Task};
@@ -119,16 +118,16 @@ fn load_llama(file: &Path, name: String, opts: &LoadOptions) -> Result<Engine, L
     let model_context = gguf
         .arch_uint("context_length")
         .map(|c| c as usize)
-        .unwrap_or(LlamaBackend::MAX_CONTEXT)
-        .min(LlamaBackend::MAX_CONTEXT);
+        .unwrap_or(opts.limits.max_context);
+    let limits = opts.limits.capped_to_model(model_context);
     let weights_err = |source| LoadError::Weights {
         path: file.to_owned(),
         source,
     };
     let mut reader = std::fs::File::open(file).map_err(ModelError::io(file))?;
-    let weights =
-        ModelWeights::from_gguf(gguf.content, &mut reader, &opts.device).map_err(weights_err)?;
-    let limits = opts.limits.capped_to_model(model_context);
+    // Rotary tables are built for the positions this replica will serve.
+    let backend = LlamaBackend::from_gguf(gguf.content, &mut reader, &opts.device, limits.max_context)
+        .map_err(weights_err)?;
     let card = ModelCard {
         name,
         task: Task::Generate,
@@ -137,6 +136,5 @@ fn load_llama(file: &Path, name: String, opts: &LoadOptions) -> Result<Engine, L
         dimensions: None,
         created: now(),
     };
-    let backend = LlamaBackend::new(weights, opts.device.clone());
     Ok(Engine::generation(card, limits, tokenizer, chat, backend))
 }

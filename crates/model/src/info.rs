@@ -87,7 +87,12 @@ fn describe_hf(m: &HfModel) -> Result<ModelInfo, ModelError> {
             .and_then(|v| v.as_str())
             .map(str::to_owned),
         architecture,
-        parameters: dtypes.values().map(|s| s.parameters).sum(),
+        // Integer tensors (BERT's `position_ids`) are buffers, not parameters.
+        parameters: dtypes
+            .iter()
+            .filter(|(d, _)| d.starts_with('F') || d.starts_with("BF"))
+            .map(|(_, s)| s.parameters)
+            .sum(),
         weight_bytes: dtypes.values().map(|s| s.bytes).sum(),
         file_bytes: dir_bytes(&m.dir)?,
         dtypes,

@@ -1,0 +1,85 @@
+//! Test support shared by the integration tests: the cached test models
+//! (fetched by `scripts/fetch-models.sh`), committed fixtures, and the Python
+//! reference tools (installed by `scripts/setup-peers.sh`). A missing piece is a
+//! loud failure saying which script installs it, never a skipped test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// `MODELSHIP_CACHE`, or `~/.cache/modelship`.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("MODELSHIP_CACHE") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/modelship"),
+    }
+}
+
+fn require(path: PathBuf, installed_by: &str) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is missing: run `{installed_by}` first (the test command `scripts/test.sh` does)",
+        path.display()
+    );
+    path
+}
+
+/// all-MiniLM-L6-v2, an HF directory (f32 safetensors).
+pub fn minilm() -> PathBuf {
+    require(cache_dir().join("models/all-MiniLM-L6-v2"), "scripts/fetch-models.sh")
+}
+
+/// SmolLM2-135M-Instruct, a GGUF file (Q4_1).
+pub fn smollm() -> PathBuf {
+    require(
+        cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "scripts/fetch-models.sh",
+    )
+}
+
+/// The Python of the peers' virtual environment.
+pub fn python() -> PathBuf {
+    require(cache_dir().join("venv/bin/python"), "scripts/setup-peers.sh")
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+/// A committed fixture under `tests/fixtures/`, parsed.
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = repo_root().join("tests/fixtures").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture is JSON")
+}
+
+/// Embeddings of `texts` by the independent numpy BERT reference.
+pub fn reference_embeddings(model_dir: &Path, texts: &[String]) -> Vec<Vec<f32>> {
+    let script = repo_root().join("scripts/reference/bert_numpy.py");
+    let mut child = Command::new(python())
+        .arg(&script)
+        .arg(model_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the numpy reference");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(serde_json::to_string(texts).expect("texts").as_bytes())
+            .expect("write texts");
+    }
+    let out = child.wait_with_output().expect("reference output");
+    assert!(out.status.success(), "the numpy reference failed");
+    serde_json::from_slice(&out.stdout).expect("reference prints JSON")
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "vectors of different lengths");
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}

@@ -2,16 +2,17 @@
 # Python tools for reference implementations and peers, in a virtual
 # environment under the modelship cache (default ~/.cache/modelship/venv):
 #   numpy, tokenizers, safetensors  independent BERT reference (tests)
-#   onnxruntime                     embedding throughput peer (bench)
-#   gguf                            llama.cpp's GGUF reader/quantizer
-#   llama-cpp-python (from source)  generation oracle and peer (bench; --llama)
+#   with --bench:
+#   onnxruntime, gguf               embedding peer, llama.cpp's GGUF tools
+#   llama-cpp-python (from source)  generation peer and the greedy oracle that
+#                                   made tests/fixtures/llama_greedy.json (~10 min)
 # Idempotent: a package already installed at the pinned version is not reinstalled.
 set -euo pipefail
 
 CACHE="${MODELSHIP_CACHE:-$HOME/.cache/modelship}"
 VENV="$CACHE/venv"
-WITH_LLAMA=0
-[ "${1:-}" = "--llama" ] && WITH_LLAMA=1
+BENCH=0
+[ "${1:-}" = "--bench" ] && BENCH=1
 
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
@@ -36,9 +37,10 @@ PY
   fi
 }
 
-need numpy==2.4.6 tokenizers==0.23.3 safetensors==0.8.0 onnxruntime==1.32.0 gguf==0.19.0
+need numpy==2.4.6 tokenizers==0.23.3 safetensors==0.8.0
 
-if [ "$WITH_LLAMA" = 1 ]; then
+if [ "$BENCH" = 1 ]; then
+  need onnxruntime==1.32.0 gguf==0.19.0
   # The native build dies with "Illegal instruction" here: the CPU advertises AMX
   # that the virtual machine does not enable. Build for a fixed, portable ISA.
   export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"

@@ -17,9 +17,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let info = inspect(&args.model).with_context(|| format!("cannot inspect {}", args.model.display()))?;
+    let info =
+        inspect(&args.model).with_context(|| format!("cannot inspect {}", args.model.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&info).expect("plain data serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info).expect("plain data serializes")
+        );
     } else {
         print!("{}", table(&info));
     }
@@ -36,15 +40,27 @@ fn table(i: &ModelInfo) -> String {
     if let Some(n) = &i.name {
         row("name", n.clone());
     }
-    row("task", i.task.map(|t| t.to_string()).unwrap_or_else(|| "-".into()));
-    row("parameters", format!("{} ({})", i.parameters, human_count(i.parameters)));
-    row("file size", format!("{} ({})", i.file_bytes, human_bytes(i.file_bytes)));
+    row(
+        "task",
+        i.task.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+    );
+    row(
+        "parameters",
+        format!("{} ({})", i.parameters, human_count(i.parameters)),
+    );
+    row(
+        "file size",
+        format!("{} ({})", i.file_bytes, human_bytes(i.file_bytes)),
+    );
     row("weights", human_bytes(i.weight_bytes));
     row("context length", opt(i.context_length));
     row("vocabulary", opt(i.vocab_size));
     row("hidden size", opt(i.hidden_size));
     row("layers", opt(i.layers));
-    row("heads (kv)", format!("{} ({})", opt(i.attention_heads), opt(i.kv_heads)));
+    row(
+        "heads (kv)",
+        format!("{} ({})", opt(i.attention_heads), opt(i.kv_heads)),
+    );
     s.push_str("\ndtype      tensors   parameters        bytes\n");
     for (dtype, d) in &i.dtypes {
         s.push_str(&format!(
@@ -74,5 +90,9 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

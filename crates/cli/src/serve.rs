@@ -80,7 +80,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
-        return Err(Failure::Config(anyhow::anyhow!("invalid `--threads`: must be at least 1")));
+        return Err(Failure::Config(anyhow::anyhow!(
+            "invalid `--threads`: must be at least 1"
+        )));
     }
     // candle sizes its matmul parallelism from RAYON_NUM_THREADS; set it before
     // any compute thread exists.
@@ -93,14 +95,19 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let device = parse_device(&args.device).map_err(|e| Failure::Config(e.into()))?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
-        .map_err(|e| Failure::Config(anyhow::Error::new(e).context(format!("invalid --host `{}`", args.host))))?;
+        .map_err(|e| {
+            Failure::Config(
+                anyhow::Error::new(e).context(format!("invalid --host `{}`", args.host)),
+            )
+        })?;
 
     let opts = LoadOptions {
         name: args.name.clone(),
         device,
         limits,
     };
-    let engine = load(&args.model, &opts).with_context(|| format!("cannot serve {}", args.model.display()))?;
+    let engine = load(&args.model, &opts)
+        .with_context(|| format!("cannot serve {}", args.model.display()))?;
     let card = engine.card().clone();
     tracing::info!(
         model = %card.name, task = %card.task, max_context = card.max_context, threads,
@@ -118,7 +125,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr().context("no local address")?;
         // Scripts wait for this line; keep its shape.
-        eprintln!("modelship: serving `{}` ({}) on http://{local}", card.name, card.task);
+        eprintln!(
+            "modelship: serving `{}` ({}) on http://{local}",
+            card.name, card.task
+        );
         modelship_server::serve(
             listener,
             Arc::new(engine),

@@ -22,7 +22,8 @@ impl BertBackend {
             .map_err(|e| candle_core::Error::Msg(format!("config.json: {e}")))?;
         // SAFETY: the weight files are memory-mapped read-only; modelship does
         // not modify model files while serving them.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&hf.weight_files, DType::F32, device)? };
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&hf.weight_files, DType::F32, device)? };
         let model = BertModel::load(vb, &config)?;
         Ok(Self {
             model,
@@ -56,7 +57,11 @@ impl BertBackend {
         let lengths: Vec<usize> = batch.iter().map(|t| t.len()).collect();
         let pooled = pool(&hidden, &mask, &lengths, self.pooling)?;
         let pooled = if self.normalize {
-            let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+            let norm = pooled
+                .sqr()?
+                .sum_keepdim(D::Minus1)?
+                .sqrt()?
+                .clamp(1e-12, f64::MAX)?;
             pooled.broadcast_div(&norm)?
         } else {
             pooled
@@ -65,14 +70,23 @@ impl BertBackend {
     }
 }
 
-fn pool(hidden: &Tensor, mask: &Tensor, lengths: &[usize], pooling: Pooling) -> candle_core::Result<Tensor> {
+fn pool(
+    hidden: &Tensor,
+    mask: &Tensor,
+    lengths: &[usize],
+    pooling: Pooling,
+) -> candle_core::Result<Tensor> {
     let mask3 = mask.unsqueeze(2)?.to_dtype(hidden.dtype())?; // (n, len, 1)
     match pooling {
         Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1),
         Pooling::Mean | Pooling::MeanSqrtLen => {
             let sum = hidden.broadcast_mul(&mask3)?.sum(1)?; // (n, h)
             let count = mask3.sum(1)?; // (n, 1)
-            let denom = if pooling == Pooling::Mean { count } else { count.sqrt()? };
+            let denom = if pooling == Pooling::Mean {
+                count
+            } else {
+                count.sqrt()?
+            };
             sum.broadcast_div(&denom)
         }
         Pooling::Max => {

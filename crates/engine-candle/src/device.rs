@@ -42,9 +42,15 @@ mod tests {
     fn parses_names() {
         assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
         assert!(matches!(parse_device("tpu"), Err(DeviceError::Unknown(_))));
-        assert!(matches!(parse_device("cuda:x"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(
+            parse_device("cuda:x"),
+            Err(DeviceError::Unknown(_))
+        ));
         if !cfg!(feature = "cuda") {
-            assert!(matches!(parse_device("cuda:1"), Err(DeviceError::NotBuilt(_))));
+            assert!(matches!(
+                parse_device("cuda:1"),
+                Err(DeviceError::NotBuilt(_))
+            ));
         }
     }
 }

@@ -84,13 +84,17 @@ impl LlamaConfig {
         let embedding = md_u32(ct, "llama.embedding_length")?;
         let kv_heads = md_u32(ct, "llama.attention.head_count_kv").unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || embedding % heads != 0 {
-            candle_core::bail!("inconsistent head counts: {heads} heads, {kv_heads} kv heads, width {embedding}");
+            candle_core::bail!(
+                "inconsistent head counts: {heads} heads, {kv_heads} kv heads, width {embedding}"
+            );
         }
         let head_dim = embedding / heads;
         if let Ok(rope_dim) = md_u32(ct, "llama.rope.dimension_count")
             && rope_dim != head_dim
         {
-            candle_core::bail!("partial rotary embeddings ({rope_dim} of {head_dim}) are not supported");
+            candle_core::bail!(
+                "partial rotary embeddings ({rope_dim} of {head_dim}) are not supported"
+            );
         }
         Ok(Self {
             layers: md_u32(ct, "llama.block_count")?,
@@ -99,7 +103,9 @@ impl LlamaConfig {
             head_dim,
             rms_eps: md_f32(ct, "llama.attention.layer_norm_rms_epsilon", 1e-5)?,
             rope_base: md_f32(ct, "llama.rope.freq_base", 10_000.0)?,
-            context: md_u32(ct, "llama.context_length").unwrap_or(max_context).min(max_context),
+            context: md_u32(ct, "llama.context_length")
+                .unwrap_or(max_context)
+                .min(max_context),
         })
     }
 }
@@ -234,7 +240,12 @@ fn attention(
     let (heads, kv_heads, hd) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
     let group = heads / kv_heads;
     // (n, heads·hd) → (1, heads, n, hd) for rope_i.
-    let split = |t: Tensor, count: usize| t.reshape((n, count, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0);
+    let split = |t: Tensor, count: usize| {
+        t.reshape((n, count, hd))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .unsqueeze(0)
+    };
     let q = split(layer.wq.forward(h)?, heads)?;
     let k = split(layer.wk.forward(h)?, kv_heads)?;
     let v = split(layer.wv.forward(h)?, kv_heads)?;
@@ -277,7 +288,11 @@ impl GenerateBackend for LlamaBackend {
         }
     }
 
-    fn forward(&self, seq: &mut LlamaSequence, tokens: &[u32]) -> std::result::Result<Vec<f32>, BackendError> {
+    fn forward(
+        &self,
+        seq: &mut LlamaSequence,
+        tokens: &[u32],
+    ) -> std::result::Result<Vec<f32>, BackendError> {
         let cfg = &self.weights.config;
         if tokens.is_empty() || seq.position + tokens.len() > cfg.context {
             return Err(BackendError(format!(
@@ -287,6 +302,7 @@ impl GenerateBackend for LlamaBackend {
                 cfg.context
             )));
         }
-        self.run(seq, tokens).map_err(|e| BackendError(e.to_string()))
+        self.run(seq, tokens)
+            .map_err(|e| BackendError(e.to_string()))
     }
 }

@@ -15,7 +15,9 @@ use crate::{BertBackend, LlamaBackend};
 pub enum LoadError {
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("{path}: architecture `{architecture}` is not supported for serving (BERT directories and llama GGUF files are)")]
+    #[error(
+        "{path}: architecture `{architecture}` is not supported for serving (BERT directories and llama GGUF files are)"
+    )]
     Unsupported { path: PathBuf, architecture: String },
     #[error("cannot load the weights of {path}")]
     Weights {
@@ -126,8 +128,9 @@ fn load_llama(file: &Path, name: String, opts: &LoadOptions) -> Result<Engine, L
     };
     let mut reader = std::fs::File::open(file).map_err(ModelError::io(file))?;
     // Rotary tables are built for the positions this replica will serve.
-    let backend = LlamaBackend::from_gguf(gguf.content, &mut reader, &opts.device, limits.max_context)
-        .map_err(weights_err)?;
+    let backend =
+        LlamaBackend::from_gguf(gguf.content, &mut reader, &opts.device, limits.max_context)
+            .map_err(weights_err)?;
     let card = ModelCard {
         name,
         task: Task::Generate,

@@ -69,7 +69,14 @@ fn greedy_steps_agree_with_llama_cpp_up_to_near_ties() {
         "{agree}/{steps} greedy steps identical; logit difference mean {:.4}, max {worst:.4}",
         sum_diff / steps as f64
     );
-    assert!(sum_diff / steps as f64 <= MEAN_LOGIT_DIFF, "mean logit difference {}", sum_diff / steps as f64);
+    assert!(
+        sum_diff / steps as f64 <= MEAN_LOGIT_DIFF,
+        "mean logit difference {}",
+        sum_diff / steps as f64
+    );
     assert!(worst <= MAX_LOGIT_DIFF, "largest logit difference {worst}");
-    assert!(agree as f64 / steps as f64 >= MIN_AGREEMENT, "{agree}/{steps}");
+    assert!(
+        agree as f64 / steps as f64 >= MIN_AGREEMENT,
+        "{agree}/{steps}"
+    );
 }

@@ -104,7 +104,11 @@ impl<R> BatchQueue<R> {
             p.remaining -= 1;
             if p.remaining == 0 {
                 let p = self.pending.remove(&entry.request).expect("present above");
-                let vectors = p.vectors.into_iter().map(Option::unwrap_or_default).collect();
+                let vectors = p
+                    .vectors
+                    .into_iter()
+                    .map(Option::unwrap_or_default)
+                    .collect();
                 done.push((p.reply, vectors));
             }
         }
@@ -120,14 +124,16 @@ impl<R> BatchQueue<R> {
                 failed.push(p.reply);
             }
         }
-        self.entries.retain(|e| self.pending.contains_key(&e.request));
+        self.entries
+            .retain(|e| self.pending.contains_key(&e.request));
         failed
     }
 
     /// Drops requests whose caller went away, so no compute is spent on them.
     pub fn drop_cancelled(&mut self, is_cancelled: impl Fn(&R) -> bool) {
         self.pending.retain(|_, p| !is_cancelled(&p.reply));
-        self.entries.retain(|e| self.pending.contains_key(&e.request));
+        self.entries
+            .retain(|e| self.pending.contains_key(&e.request));
     }
 }
 

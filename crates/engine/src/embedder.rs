@@ -28,7 +28,11 @@ pub(crate) struct Embedder {
 impl Embedder {
     /// Starts the thread. `max_queue` bounds requests inside the engine
     /// (queued or computing); `max_batch_tokens` bounds one forward pass.
-    pub(crate) fn start<B: EmbedBackend>(backend: B, max_batch_tokens: usize, max_queue: usize) -> Self {
+    pub(crate) fn start<B: EmbedBackend>(
+        backend: B,
+        max_batch_tokens: usize,
+        max_queue: usize,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("modelship-embed".into())
@@ -42,13 +46,13 @@ impl Embedder {
     }
 
     pub(crate) async fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EngineError> {
-        let _permit = self
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| EngineError::Overloaded {
-                queued: self.max_queue,
-            })?;
+        let _permit =
+            self.admission
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| EngineError::Overloaded {
+                    queued: self.max_queue,
+                })?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { inputs, reply })
@@ -81,14 +85,16 @@ fn run<B: EmbedBackend>(mut backend: B, mut rx: mpsc::UnboundedReceiver<Job>, bu
             queue.append(job.inputs, job.reply);
         }
         queue.drop_cancelled(|r| r.is_closed());
-        metrics::gauge!("modelship_queue_depth", "task" => "embeddings").set(queue.requests() as f64);
+        metrics::gauge!("modelship_queue_depth", "task" => "embeddings")
+            .set(queue.requests() as f64);
         let batch = queue.next_batch(budget);
         if batch.is_empty() {
             continue;
         }
         let tokens: Vec<&[u32]> = batch.iter().map(|e| e.tokens.as_slice()).collect();
         let padded = tokens.iter().map(|t| t.len()).max().unwrap_or(0) * tokens.len();
-        metrics::histogram!("modelship_batch_size", "task" => "embeddings").record(tokens.len() as f64);
+        metrics::histogram!("modelship_batch_size", "task" => "embeddings")
+            .record(tokens.len() as f64);
         metrics::histogram!("modelship_batch_tokens", "task" => "embeddings").record(padded as f64);
         let started = Instant::now();
         let result = backend.embed(&tokens);

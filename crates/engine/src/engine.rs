@@ -57,7 +57,8 @@ enum Worker {
     Embed(Embedder),
     Generate {
         generator: Generator,
-        chat: Option<ChatTemplate>,
+        /// Boxed: a template environment is large and rarely touched.
+        chat: Option<Box<ChatTemplate>>,
     },
 }
 
@@ -105,7 +106,10 @@ impl Engine {
             card,
             limits,
             tokenizer,
-            worker: Worker::Generate { generator, chat },
+            worker: Worker::Generate {
+                generator,
+                chat: chat.map(Box::new),
+            },
         }
     }
 
@@ -152,7 +156,10 @@ impl Engine {
         let mut inputs = Vec::with_capacity(texts.len());
         for (i, text) in texts.iter().enumerate() {
             if text.is_empty() {
-                return Err(EngineError::invalid("input", format!("input {i} is an empty string")));
+                return Err(EngineError::invalid(
+                    "input",
+                    format!("input {i} is an empty string"),
+                ));
             }
             let mut ids = self
                 .tokenizer
@@ -196,10 +203,16 @@ impl Engine {
             Prompt::Text(t) => (t.clone(), "prompt"),
             Prompt::Chat(messages) => {
                 if messages.is_empty() {
-                    return Err(EngineError::invalid("messages", "`messages` must not be empty"));
+                    return Err(EngineError::invalid(
+                        "messages",
+                        "`messages` must not be empty",
+                    ));
                 }
                 let template = chat.as_ref().ok_or_else(|| {
-                    EngineError::invalid("messages", "this model has no chat template; use /v1/completions")
+                    EngineError::invalid(
+                        "messages",
+                        "this model has no chat template; use /v1/completions",
+                    )
                 })?;
                 let text = template
                     .render(messages)
@@ -212,7 +225,10 @@ impl Engine {
             .encode(&text, true)
             .map_err(|e| EngineError::invalid(field, e))?;
         if ids.is_empty() {
-            return Err(EngineError::invalid(field, format!("`{field}` has no tokens")));
+            return Err(EngineError::invalid(
+                field,
+                format!("`{field}` has no tokens"),
+            ));
         }
         let params = self.generate_params(request, ids.len(), field)?;
         let prompt_tokens = ids.len();
@@ -238,11 +254,19 @@ impl Engine {
         let room = ctx - prompt_tokens;
         let max_tokens = match r.max_tokens {
             None => self.limits.max_tokens.min(room),
-            Some(0) => return Err(EngineError::invalid("max_tokens", "`max_tokens` must be at least 1")),
+            Some(0) => {
+                return Err(EngineError::invalid(
+                    "max_tokens",
+                    "`max_tokens` must be at least 1",
+                ));
+            }
             Some(n) if n > self.limits.max_tokens => {
                 return Err(EngineError::invalid(
                     "max_tokens",
-                    format!("`max_tokens` is {n}; the maximum is {}", self.limits.max_tokens),
+                    format!(
+                        "`max_tokens` is {n}; the maximum is {}",
+                        self.limits.max_tokens
+                    ),
                 ));
             }
             Some(n) if n > room => {
@@ -257,7 +281,10 @@ impl Engine {
         };
         let temperature = r.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
-            return Err(EngineError::invalid("temperature", "`temperature` must be between 0 and 2"));
+            return Err(EngineError::invalid(
+                "temperature",
+                "`temperature` must be between 0 and 2",
+            ));
         }
         let top_p = r.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {

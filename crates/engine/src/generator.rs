@@ -96,13 +96,13 @@ impl Generator {
         prompt: Vec<u32>,
         params: GenerateParams,
     ) -> Result<GenerationStream, EngineError> {
-        let permit = self
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| EngineError::Overloaded {
-                queued: self.capacity,
-            })?;
+        let permit =
+            self.admission
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| EngineError::Overloaded {
+                    queued: self.capacity,
+                })?;
         let (events, rx) = mpsc::unbounded_channel();
         self.tx
             .send(Job {
@@ -169,7 +169,8 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
                 self.waiting.push_back(job);
             }
             self.admit();
-            metrics::gauge!("modelship_queue_depth", "task" => "generate").set(self.waiting.len() as f64);
+            metrics::gauge!("modelship_queue_depth", "task" => "generate")
+                .set(self.waiting.len() as f64);
             metrics::gauge!("modelship_running_sequences").set(self.running.len() as f64);
             if !self.running.is_empty() {
                 metrics::histogram!("modelship_batch_size", "task" => "generate")
@@ -195,7 +196,8 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
                     let next = sampler.sample(&logits);
                     metrics::histogram!("modelship_time_to_first_token_seconds")
                         .record(job.enqueued.elapsed().as_secs_f64());
-                    metrics::counter!("modelship_prompt_tokens_total").increment(job.prompt.len() as u64);
+                    metrics::counter!("modelship_prompt_tokens_total")
+                        .increment(job.prompt.len() as u64);
                     let stop = StopMatcher::new(job.params.stop.clone());
                     self.running.push(Active {
                         job,
@@ -208,7 +210,9 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
                     });
                 }
                 Err(e) => {
-                    let _ = job.events.send(GenerationEvent::Failed(EngineError::Backend(e)));
+                    let _ = job
+                        .events
+                        .send(GenerationEvent::Failed(EngineError::Backend(e)));
                 }
             }
         }

@@ -60,8 +60,16 @@ impl Sampler {
         }
         // Candidates sorted by logit, best first; ties keep the lower id.
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-        let keep = if p.top_k == 0 { logits.len() } else { p.top_k.min(logits.len()) };
-        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        let keep = if p.top_k == 0 {
+            logits.len()
+        } else {
+            p.top_k.min(logits.len())
+        };
+        let by_logit = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
         if keep < order.len() {
             order.select_nth_unstable_by(keep - 1, by_logit);
             order.truncate(keep);

@@ -44,7 +44,10 @@ impl ChatTemplate {
 
     /// The prompt for `messages`, ending with the assistant's turn opened.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, ModelError> {
-        let tmpl = self.env.get_template("chat").map_err(ModelError::Template)?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(ModelError::Template)?;
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => true,
@@ -70,13 +73,15 @@ mod tests {
                 content: "  hi ".into(),
             }])
             .unwrap();
-        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            out,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
     fn raise_exception_becomes_an_error() {
-        let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "")
-            .unwrap();
+        let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
         let err = t.render(&[]).unwrap_err();
         let chain = format!("{:?}", err);
         assert!(chain.contains("roles must alternate"), "{chain}");

@@ -9,9 +9,7 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{path} is not a model: expected a directory with config.json, or a GGUF file"
-    )]
+    #[error("{path} is not a model: expected a directory with config.json, or a GGUF file")]
     UnknownFormat { path: PathBuf },
     #[error("invalid JSON in {path}")]
     Json {

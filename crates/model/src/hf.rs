@@ -143,7 +143,9 @@ fn read_safetensors_header(path: &Path) -> Result<Vec<SafetensorsTensor>, ModelE
     if header_len > MAX_HEADER_BYTES || header_len + 8 > file_len {
         return Err(ModelError::invalid(
             path,
-            format!("header length {header_len} at offset 0 does not fit the file ({file_len} bytes)"),
+            format!(
+                "header length {header_len} at offset 0 does not fit the file ({file_len} bytes)"
+            ),
         ));
     }
     let mut header = vec![0u8; header_len as usize];
@@ -165,12 +167,14 @@ fn read_safetensors_header(path: &Path) -> Result<Vec<SafetensorsTensor>, ModelE
             shape: Vec<usize>,
             data_offsets: (u64, u64),
         }
-        let e: Entry = serde_json::from_value(entry).map_err(|err| {
-            ModelError::invalid(path, format!("tensor `{name}`: {err}"))
-        })?;
+        let e: Entry = serde_json::from_value(entry)
+            .map_err(|err| ModelError::invalid(path, format!("tensor `{name}`: {err}")))?;
         let (begin, end) = e.data_offsets;
         let width = dtype_width(&e.dtype).ok_or_else(|| {
-            ModelError::invalid(path, format!("tensor `{name}`: unknown dtype `{}`", e.dtype))
+            ModelError::invalid(
+                path,
+                format!("tensor `{name}`: unknown dtype `{}`", e.dtype),
+            )
         })?;
         let elements: u64 = e.shape.iter().map(|&d| d as u64).product();
         if end < begin || end > data_len || end - begin != elements * width {
@@ -217,9 +221,8 @@ fn read_sentence_transformers(dir: &Path) -> Result<(Pooling, bool), ModelError>
         Some(m) => {
             let cfg_path = dir.join(&m.path).join("config.json");
             let cfg: PoolingConfig = read_json(&cfg_path)?;
-            pooling_from(&cfg).ok_or_else(|| {
-                ModelError::invalid(cfg_path, "no pooling_mode_* is set to true")
-            })?
+            pooling_from(&cfg)
+                .ok_or_else(|| ModelError::invalid(cfg_path, "no pooling_mode_* is set to true"))?
         }
     };
     Ok((pooling, normalize))

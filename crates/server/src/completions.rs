@@ -95,7 +95,11 @@ struct Header {
 
 impl Header {
     fn new(state: &AppState, kind: Kind) -> Self {
-        let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+        let prefix = if kind == Kind::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        };
         Self {
             id: format!("{prefix}-{:016x}", random_u64()),
             created: SystemTime::now()
@@ -133,7 +137,9 @@ impl Header {
     fn chunk(&self, text: Option<&str>, finish: Option<FinishReason>, first: bool) -> Value {
         let finish = finish.map(FinishReason::as_str);
         let choice = match self.kind {
-            Kind::Text => json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}),
+            Kind::Text => {
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish})
+            }
             Kind::Chat => {
                 let mut delta = serde_json::Map::new();
                 if first {
@@ -151,8 +157,12 @@ impl Header {
     fn whole(&self, text: String, finish: FinishReason, usage: Usage) -> Value {
         let finish = finish.as_str();
         let choice = match self.kind {
-            Kind::Text => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
-            Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish}),
+            Kind::Text => {
+                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+            }
+            Kind::Chat => {
+                json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish})
+            }
         };
         self.envelope(false, json!([choice]), Some(usage))
     }
@@ -192,7 +202,10 @@ pub(crate) async fn completions(
         Err(v) => {
             return Err(ApiError::bad_request(
                 Some("prompt".to_owned()),
-                format!("exactly one prompt per request is supported, got {}", v.len()),
+                format!(
+                    "exactly one prompt per request is supported, got {}",
+                    v.len()
+                ),
             ));
         }
     };
@@ -205,7 +218,15 @@ pub(crate) async fn completions(
         stop: req.stop.map(|s| s.0).unwrap_or_default(),
     };
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-    respond(&state, Prompt::Text(prompt), params, Kind::Text, req.stream, include_usage).await
+    respond(
+        &state,
+        Prompt::Text(prompt),
+        params,
+        Kind::Text,
+        req.stream,
+        include_usage,
+    )
+    .await
 }
 
 pub(crate) async fn chat_completions(
@@ -216,13 +237,23 @@ pub(crate) async fn chat_completions(
     check_n(req.n)?;
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.into_iter().enumerate() {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
+        if !matches!(
+            m.role.as_str(),
+            "system" | "user" | "assistant" | "developer"
+        ) {
             return Err(ApiError::bad_request(
                 Some(format!("messages[{i}].role")),
-                format!("unknown role `{}`: expected system, user or assistant", m.role),
+                format!(
+                    "unknown role `{}`: expected system, user or assistant",
+                    m.role
+                ),
             ));
         }
-        let role = if m.role == "developer" { "system".to_owned() } else { m.role };
+        let role = if m.role == "developer" {
+            "system".to_owned()
+        } else {
+            m.role
+        };
         messages.push(ChatMessage {
             role,
             content: m.content.0,
@@ -237,7 +268,15 @@ pub(crate) async fn chat_completions(
         stop: req.stop.map(|s| s.0).unwrap_or_default(),
     };
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-    respond(&state, Prompt::Chat(messages), params, Kind::Chat, req.stream, include_usage).await
+    respond(
+        &state,
+        Prompt::Chat(messages),
+        params,
+        Kind::Chat,
+        req.stream,
+        include_usage,
+    )
+    .await
 }
 
 async fn respond(
@@ -279,33 +318,32 @@ fn sse_events(
     include_usage: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let mut first = true;
-    UnboundedReceiverStream::new(events)
-        .flat_map(move |ev| {
-            let mut out: Vec<Value> = Vec::new();
-            let mut done = false;
-            match ev {
-                GenerationEvent::Text(t) => out.push(header.chunk(Some(&t), None, first)),
-                GenerationEvent::Done { reason, usage } => {
-                    out.push(header.chunk(None, Some(reason), first));
-                    if include_usage {
-                        out.push(header.envelope(true, json!([]), Some(usage)));
-                    }
-                    done = true;
+    UnboundedReceiverStream::new(events).flat_map(move |ev| {
+        let mut out: Vec<Value> = Vec::new();
+        let mut done = false;
+        match ev {
+            GenerationEvent::Text(t) => out.push(header.chunk(Some(&t), None, first)),
+            GenerationEvent::Done { reason, usage } => {
+                out.push(header.chunk(None, Some(reason), first));
+                if include_usage {
+                    out.push(header.envelope(true, json!([]), Some(usage)));
                 }
-                GenerationEvent::Failed(e) => {
-                    let e = ApiError::from(e);
-                    out.push(json!({"error": {"message": e.message, "type": "server_error"}}));
-                    done = true;
-                }
+                done = true;
             }
-            first = false;
-            let mut events: Vec<Result<Event, Infallible>> = out
-                .into_iter()
-                .map(|v| Ok(Event::default().data(v.to_string())))
-                .collect();
-            if done {
-                events.push(Ok(Event::default().data("[DONE]")));
+            GenerationEvent::Failed(e) => {
+                let e = ApiError::from(e);
+                out.push(json!({"error": {"message": e.message, "type": "server_error"}}));
+                done = true;
             }
-            futures::stream::iter(events)
-        })
+        }
+        first = false;
+        let mut events: Vec<Result<Event, Infallible>> = out
+            .into_iter()
+            .map(|v| Ok(Event::default().data(v.to_string())))
+            .collect();
+        if done {
+            events.push(Ok(Event::default().data("[DONE]")));
+        }
+        futures::stream::iter(events)
+    })
 }

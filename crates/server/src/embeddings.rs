@@ -101,7 +101,9 @@ pub(crate) async fn embeddings(
             total_tokens: out.prompt_tokens,
         },
     };
-    Ok(JsonResponse(serde_json::to_value(resp).expect("plain data serializes")))
+    Ok(JsonResponse(
+        serde_json::to_value(resp).expect("plain data serializes"),
+    ))
 }
 
 /// Little-endian f32 bytes in base64, as OpenAI's `encoding_format: base64`.
@@ -137,7 +139,9 @@ pub(crate) async fn get_model(
     Path(id): Path<String>,
 ) -> Result<JsonResponse<serde_json::Value>, ApiError> {
     state.check_model(Some(&id))?;
-    Ok(JsonResponse(serde_json::to_value(model_object(&state)).expect("plain data")))
+    Ok(JsonResponse(
+        serde_json::to_value(model_object(&state)).expect("plain data"),
+    ))
 }
 
 #[cfg(test)]

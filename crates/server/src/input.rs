@@ -1,7 +1,7 @@
 //! Request field shapes shared by the OpenAI and v2 APIs.
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 /// A string or a list of strings (`input` of /v1/embeddings, `prompt`, `stop`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -76,8 +76,14 @@ mod tests {
 
     #[test]
     fn texts_take_a_string_or_a_list() {
-        assert_eq!(serde_json::from_str::<Texts>(r#""a""#).unwrap().0, vec!["a"]);
-        assert_eq!(serde_json::from_str::<Texts>(r#"["a","b"]"#).unwrap().0, vec!["a", "b"]);
+        assert_eq!(
+            serde_json::from_str::<Texts>(r#""a""#).unwrap().0,
+            vec!["a"]
+        );
+        assert_eq!(
+            serde_json::from_str::<Texts>(r#"["a","b"]"#).unwrap().0,
+            vec!["a", "b"]
+        );
         assert!(serde_json::from_str::<Texts>("[1,2]").is_err());
         assert!(serde_json::from_str::<Texts>("5").is_err());
     }
@@ -85,7 +91,8 @@ mod tests {
     #[test]
     fn content_joins_text_parts() {
         let c: Content =
-            serde_json::from_str(r#"[{"type":"text","text":"a"},{"type":"text","text":"b"}]"#).unwrap();
+            serde_json::from_str(r#"[{"type":"text","text":"a"},{"type":"text","text":"b"}]"#)
+                .unwrap();
         assert_eq!(c.0, "ab");
         assert!(serde_json::from_str::<Content>(r#"[{"type":"image_url","text":"x"}]"#).is_err());
     }

@@ -19,7 +19,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
             if status == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError {
                     status,
-                    message: "the request body is larger than the limit (see --max-body-bytes)".into(),
+                    message: "the request body is larger than the limit (see --max-body-bytes)"
+                        .into(),
                     param: None,
                 }
             } else {
@@ -71,7 +72,11 @@ mod tests {
     #[test]
     fn syntax_errors_say_so() {
         let e = parse::<Req>(br#"{"input": "#).unwrap_err();
-        assert!(e.message.starts_with("the body is not valid JSON"), "{}", e.message);
+        assert!(
+            e.message.starts_with("the body is not valid JSON"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

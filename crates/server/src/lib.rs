@@ -81,7 +81,10 @@ pub async fn serve(
     match tokio::time::timeout(drain, &mut server).await {
         Ok(res) => res.unwrap_or_else(|e| Err(std::io::Error::other(e))),
         Err(_) => {
-            tracing::warn!(seconds = drain.as_secs(), "drain timeout reached; exiting with requests in flight");
+            tracing::warn!(
+                seconds = drain.as_secs(),
+                "drain timeout reached; exiting with requests in flight"
+            );
             Ok(())
         }
     }

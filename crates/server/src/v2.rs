@@ -120,14 +120,20 @@ fn texts(req: InferRequest) -> Result<(Vec<String>, InferParameters, Option<Stri
     if inputs.len() != 1 {
         return Err(bad(
             "inputs",
-            format!("expected one input tensor `{INPUT_NAME}`, got {}", inputs.len()),
+            format!(
+                "expected one input tensor `{INPUT_NAME}`, got {}",
+                inputs.len()
+            ),
         ));
     }
     let input = inputs.remove(0);
     if input.datatype != "BYTES" {
         return Err(bad(
             "inputs[0].datatype",
-            format!("input `{}` must be BYTES, not {}", input.name, input.datatype),
+            format!(
+                "input `{}` must be BYTES, not {}",
+                input.name, input.datatype
+            ),
         ));
     }
     let elements: i64 = input.shape.iter().product();

@@ -64,7 +64,10 @@ async fn embeddings_match_an_independent_reference() {
         let c = modelship_testkit::cosine(ours, theirs);
         assert!(c >= 0.9999, "input {i} {:?}: cosine {c}", inputs[i]);
         let norm: f32 = ours.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-4, "normalized per modules.json: {norm}");
+        assert!(
+            (norm - 1.0).abs() < 1e-4,
+            "normalized per modules.json: {norm}"
+        );
     }
     for i in [0, 5, 21] {
         let alone = post_json(&engine, "/v1/embeddings", json!({"input": inputs[i]})).await;
@@ -77,7 +80,12 @@ async fn embeddings_match_an_independent_reference() {
 #[tokio::test(flavor = "multi_thread")]
 async fn response_has_the_openai_shape_and_usage() {
     let engine = minilm();
-    let r = post_json(&engine, "/v1/embeddings", json!({"input": ["hello world", "hi"], "model": "all-MiniLM-L6-v2"})).await;
+    let r = post_json(
+        &engine,
+        "/v1/embeddings",
+        json!({"input": ["hello world", "hi"], "model": "all-MiniLM-L6-v2"}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let v = r.json();
     assert_eq!(v["object"], "list");
@@ -94,11 +102,22 @@ async fn response_has_the_openai_shape_and_usage() {
 async fn base64_encoding_carries_the_same_floats() {
     let engine = minilm();
     let float = post_json(&engine, "/v1/embeddings", json!({"input": "same text"})).await;
-    let b64 = post_json(&engine, "/v1/embeddings", json!({"input": "same text", "encoding_format": "base64"})).await;
+    let b64 = post_json(
+        &engine,
+        "/v1/embeddings",
+        json!({"input": "same text", "encoding_format": "base64"}),
+    )
+    .await;
     assert_eq!(b64.status, 200);
-    let s = b64.json()["data"][0]["embedding"].as_str().expect("a base64 string").to_owned();
+    let s = b64.json()["data"][0]["embedding"]
+        .as_str()
+        .expect("a base64 string")
+        .to_owned();
     let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
-    let decoded: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert_eq!(decoded, vectors(&float.json())[0]);
 }
 
@@ -111,9 +130,17 @@ async fn over_long_input_is_a_4xx_unless_truncation_is_asked() {
     let (param, kind, message) = r.error();
     assert_eq!(param.as_deref(), Some("input"));
     assert_eq!(kind, "invalid_request_error");
-    assert!(message.contains("input 1 has 602 tokens") && message.contains("512"), "{message}");
+    assert!(
+        message.contains("input 1 has 602 tokens") && message.contains("512"),
+        "{message}"
+    );
 
-    let r = post_json(&engine, "/v1/embeddings", json!({"input": long, "truncate": true})).await;
+    let r = post_json(
+        &engine,
+        "/v1/embeddings",
+        json!({"input": long, "truncate": true}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["usage"]["prompt_tokens"], 512);
     // Truncation keeps the first tokens: same vector as the text cut by hand.
@@ -131,7 +158,10 @@ async fn bad_requests_name_the_field() {
         (json!({"input": [1, 2]}), Some("input[0]")),
         (json!({"input": []}), Some("input")),
         (json!({"input": ""}), Some("input")),
-        (json!({"input": "x", "encoding_format": "hex"}), Some("encoding_format")),
+        (
+            json!({"input": "x", "encoding_format": "hex"}),
+            Some("encoding_format"),
+        ),
         (json!({"input": "x", "dimensions": 12}), Some("dimensions")),
         (json!({"input": "x", "truncate": "yes"}), Some("truncate")),
         (json!({"input": "x", "bogus": 1}), None),
@@ -149,7 +179,12 @@ async fn bad_requests_name_the_field() {
     let r = post(&engine, "/v1/embeddings", "{\"input\": ").await;
     assert_eq!(r.status, 400);
     assert!(r.error().2.contains("not valid JSON"));
-    let r = post_json(&engine, "/v1/embeddings", json!({"input": "x", "model": "other"})).await;
+    let r = post_json(
+        &engine,
+        "/v1/embeddings",
+        json!({"input": "x", "model": "other"}),
+    )
+    .await;
     assert_eq!(r.status, 404);
     let r = post_json(&engine, "/v1/completions", json!({"prompt": "x"})).await;
     assert_eq!(r.status, 400);
@@ -160,12 +195,28 @@ async fn bad_requests_name_the_field() {
 async fn body_size_and_input_count_are_limited() {
     let engine = load_engine(
         &modelship_testkit::minilm(),
-        ServingLimits { max_body_bytes: 1024, max_inputs: 3, max_context: 512, max_batch_tokens: 1024, ..Default::default() },
+        ServingLimits {
+            max_body_bytes: 1024,
+            max_inputs: 3,
+            max_context: 512,
+            max_batch_tokens: 1024,
+            ..Default::default()
+        },
     );
-    let r = post_json(&engine, "/v1/embeddings", json!({"input": "x".repeat(2000)})).await;
+    let r = post_json(
+        &engine,
+        "/v1/embeddings",
+        json!({"input": "x".repeat(2000)}),
+    )
+    .await;
     assert_eq!(r.status, 413, "{}", r.text());
     assert!(r.error().2.contains("larger than the limit"));
-    let r = post_json(&engine, "/v1/embeddings", json!({"input": ["a", "b", "c", "d"]})).await;
+    let r = post_json(
+        &engine,
+        "/v1/embeddings",
+        json!({"input": ["a", "b", "c", "d"]}),
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert!(r.error().2.contains("4 inputs"), "{}", r.text());
 }
@@ -185,15 +236,30 @@ async fn open_inference_protocol_embeds_bytes_into_fp32() {
     let out = &v["outputs"][0];
     assert_eq!(out["datatype"], "FP32");
     assert_eq!(out["shape"], json!([2, 384]));
-    let flat: Vec<f32> = out["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-    let openai = vectors(&post_json(&engine, "/v1/embeddings", json!({"input": ["hello world", "hi"]})).await.json());
+    let flat: Vec<f32> = out["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let openai = vectors(
+        &post_json(
+            &engine,
+            "/v1/embeddings",
+            json!({"input": ["hello world", "hi"]}),
+        )
+        .await
+        .json(),
+    );
     assert_eq!(&flat[384..], openai[1].as_slice());
 
-    let bad_type = json!({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": ["x"]}]});
+    let bad_type =
+        json!({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": ["x"]}]});
     let r = post_json(&engine, "/v2/models/all-MiniLM-L6-v2/infer", bad_type).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.error().0.as_deref(), Some("inputs[0].datatype"));
-    let bad_shape = json!({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["x"]}]});
+    let bad_shape =
+        json!({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["x"]}]});
     let r = post_json(&engine, "/v2/models/all-MiniLM-L6-v2/infer", bad_shape).await;
     assert_eq!(r.error().0.as_deref(), Some("inputs[0].shape"));
     let r = post_json(&engine, "/v2/models/nope/infer", json!({"inputs": []})).await;
@@ -205,13 +271,21 @@ async fn health_metadata_and_model_list() {
     let engine = minilm();
     assert_eq!(get(&engine, "/v2/health/live").await.status, 200);
     assert_eq!(get(&engine, "/v2/health/ready").await.json()["ready"], true);
-    assert_eq!(get(&engine, "/v2/models/all-MiniLM-L6-v2/ready").await.status, 200);
+    assert_eq!(
+        get(&engine, "/v2/models/all-MiniLM-L6-v2/ready")
+            .await
+            .status,
+        200
+    );
     let meta = get(&engine, "/v2/models/all-MiniLM-L6-v2").await.json();
     assert_eq!(meta["inputs"][0]["datatype"], "BYTES");
     assert_eq!(meta["outputs"][0]["shape"], json!([-1, 384]));
     let models = get(&engine, "/v1/models").await.json();
     assert_eq!(models["data"][0]["id"], "all-MiniLM-L6-v2");
-    assert_eq!(get(&engine, "/v1/models/all-MiniLM-L6-v2").await.status, 200);
+    assert_eq!(
+        get(&engine, "/v1/models/all-MiniLM-L6-v2").await.status,
+        200
+    );
     assert_eq!(get(&engine, "/v1/models/gpt-4").await.status, 404);
     assert_eq!(get(&engine, "/nope").await.status, 404);
 }
@@ -235,26 +309,35 @@ async fn metrics_count_requests_by_route_and_status() {
     }
 }
 
+/// (sequences, padded tokens) of each forward pass.
+type BatchLog = Arc<Mutex<Vec<(usize, usize)>>>;
+
 /// Wraps the real backend to record the batches the scheduler forms.
 struct Recording {
     inner: BertBackend,
-    batches: Arc<Mutex<Vec<(usize, usize)>>>,
+    batches: BatchLog,
 }
 
 impl EmbedBackend for Recording {
     fn embed(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, BackendError> {
         let longest = batch.iter().map(|b| b.len()).max().unwrap_or(0);
-        self.batches.lock().unwrap().push((batch.len(), longest * batch.len()));
+        self.batches
+            .lock()
+            .unwrap()
+            .push((batch.len(), longest * batch.len()));
         std::thread::sleep(std::time::Duration::from_millis(5));
         self.inner.embed(batch)
     }
 }
 
-fn recording_engine(limits: ServingLimits) -> (Arc<Engine>, Arc<Mutex<Vec<(usize, usize)>>>) {
+fn recording_engine(limits: ServingLimits) -> (Arc<Engine>, BatchLog) {
     let dir = modelship_testkit::minilm();
     let hf = HfModel::open(&dir).unwrap();
     let batches = Arc::new(Mutex::new(Vec::new()));
-    let backend = Recording { inner: BertBackend::load(&hf, &Device::Cpu).unwrap(), batches: batches.clone() };
+    let backend = Recording {
+        inner: BertBackend::load(&hf, &Device::Cpu).unwrap(),
+        batches: batches.clone(),
+    };
     let card = ModelCard {
         name: "minilm".into(),
         task: Task::Embeddings,
@@ -264,14 +347,23 @@ fn recording_engine(limits: ServingLimits) -> (Arc<Engine>, Arc<Mutex<Vec<(usize
         created: 0,
     };
     let tok = TextTokenizer::from_file(&hf.tokenizer_path()).unwrap();
-    (Arc::new(Engine::embeddings(card, limits, tok, backend)), batches)
+    (
+        Arc::new(Engine::embeddings(card, limits, tok, backend)),
+        batches,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_requests_are_batched_under_the_token_budget() {
-    let limits = ServingLimits { max_context: 128, max_batch_tokens: 256, ..Default::default() };
+    let limits = ServingLimits {
+        max_context: 128,
+        max_batch_tokens: 256,
+        ..Default::default()
+    };
     let (engine, batches) = recording_engine(limits);
-    let texts: Vec<String> = (0..32).map(|i| format!("request number {i} about {}", "topic ".repeat(i % 7))).collect();
+    let texts: Vec<String> = (0..32)
+        .map(|i| format!("request number {i} about {}", "topic ".repeat(i % 7)))
+        .collect();
     let alone = engine.embed(&texts[..1], false).await.unwrap().vectors;
     batches.lock().unwrap().clear();
     let tasks: Vec<_> = texts
@@ -291,7 +383,10 @@ async fn concurrent_requests_are_batched_under_the_token_budget() {
     let batches = batches.lock().unwrap().clone();
     let sequences: usize = batches.iter().map(|b| b.0).sum();
     assert_eq!(sequences, 32);
-    assert!(batches.iter().any(|b| b.0 > 1), "no batching happened: {batches:?}");
+    assert!(
+        batches.iter().any(|b| b.0 > 1),
+        "no batching happened: {batches:?}"
+    );
     assert!(
         batches.iter().all(|&(n, padded)| n == 1 || padded <= 256),
         "a batch exceeded the budget: {batches:?}"
@@ -300,7 +395,11 @@ async fn concurrent_requests_are_batched_under_the_token_budget() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_answers_429_with_retry_after() {
-    let limits = ServingLimits { max_queue: 2, max_context: 512, ..Default::default() };
+    let limits = ServingLimits {
+        max_queue: 2,
+        max_context: 512,
+        ..Default::default()
+    };
     let (engine, _) = recording_engine(limits);
     let base = spawn_server(engine).await;
     let client = reqwest::Client::new();
@@ -329,5 +428,8 @@ async fn a_full_queue_answers_429_with_retry_after() {
         }
     }
     assert!(ok >= 2, "the queue admits up to its bound: {ok}");
-    assert!(rejected >= 1, "12 concurrent requests on a queue of 2 must overflow");
+    assert!(
+        rejected >= 1,
+        "12 concurrent requests on a queue of 2 must overflow"
+    );
 }

@@ -19,14 +19,24 @@ fn tokenizer_matches_llama_cpp() {
     let fx = llama_cpp();
     let mut cases: Vec<(String, Vec<u32>)> = Vec::new();
     for t in fx["tokenize"].as_array().unwrap().iter() {
-        cases.push((t["text"].as_str().unwrap().into(), serde_json::from_value(t["tokens"].clone()).unwrap()));
+        cases.push((
+            t["text"].as_str().unwrap().into(),
+            serde_json::from_value(t["tokens"].clone()).unwrap(),
+        ));
     }
     for c in fx["completions"].as_array().unwrap() {
-        cases.push((c["prompt"].as_str().unwrap().into(), serde_json::from_value(c["prompt_tokens"].clone()).unwrap()));
+        cases.push((
+            c["prompt"].as_str().unwrap().into(),
+            serde_json::from_value(c["prompt_tokens"].clone()).unwrap(),
+        ));
     }
     assert!(cases.len() >= 10);
     for (text, expected) in cases {
-        assert_eq!(tok.encode(&text, true).unwrap(), expected, "tokens of {text:?}");
+        assert_eq!(
+            tok.encode(&text, true).unwrap(),
+            expected,
+            "tokens of {text:?}"
+        );
     }
 }
 
@@ -50,31 +60,50 @@ fn text_before_first_near_tie(c: &Value, tok: &TextTokenizer) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn greedy_output_matches_llama_cpp() {
     let engine = smollm();
-    let tok = TextTokenizer::from_gguf(&GgufFile::open(&modelship_testkit::smollm()).unwrap()).unwrap();
+    let tok =
+        TextTokenizer::from_gguf(&GgufFile::open(&modelship_testkit::smollm()).unwrap()).unwrap();
     let fx = llama_cpp();
     let n = fx["max_tokens"].as_u64().unwrap();
     let completions = fx["completions"].as_array().unwrap();
     let mut identical = 0;
     for c in completions {
         let prompt = c["prompt"].as_str().unwrap();
-        let r = post_json(&engine, "/v1/completions", json!({"prompt": prompt, "max_tokens": n, "temperature": 0})).await;
+        let r = post_json(
+            &engine,
+            "/v1/completions",
+            json!({"prompt": prompt, "max_tokens": n, "temperature": 0}),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text());
         let v = r.json();
         let ours = v["choices"][0]["text"].as_str().unwrap();
-        assert_eq!(v["usage"]["prompt_tokens"], c["prompt_tokens"].as_array().unwrap().len());
+        assert_eq!(
+            v["usage"]["prompt_tokens"],
+            c["prompt_tokens"].as_array().unwrap().len()
+        );
         if ours == c["text"] {
             identical += 1;
             let generated = c["tokens"].as_array().unwrap().len();
             assert_eq!(v["usage"]["completion_tokens"], generated);
-            let finish = if generated as u64 == n { "length" } else { "stop" };
+            let finish = if generated as u64 == n {
+                "length"
+            } else {
+                "stop"
+            };
             assert_eq!(v["choices"][0]["finish_reason"], finish);
         } else {
             // A divergence may only start at a near-tie of llama.cpp's.
             let agreed = text_before_first_near_tie(c, &tok);
-            assert!(ours.starts_with(&agreed), "{prompt:?}: ours {ours:?} leaves llama.cpp's {agreed:?} before any near-tie");
+            assert!(
+                ours.starts_with(&agreed),
+                "{prompt:?}: ours {ours:?} leaves llama.cpp's {agreed:?} before any near-tie"
+            );
         }
     }
-    eprintln!("{identical}/{} greedy completions of {n} tokens identical to llama.cpp's", completions.len());
+    eprintln!(
+        "{identical}/{} greedy completions of {n} tokens identical to llama.cpp's",
+        completions.len()
+    );
     assert!(identical >= 5, "only {identical} completions identical");
 }
 
@@ -82,44 +111,79 @@ async fn greedy_output_matches_llama_cpp() {
 async fn concurrent_generations_keep_their_own_caches() {
     let engine = smollm();
     let fx = llama_cpp();
-    let prompts: Vec<String> = fx["completions"].as_array().unwrap().iter().take(6)
-        .map(|c| c["prompt"].as_str().unwrap().to_owned()).collect();
+    let prompts: Vec<String> = fx["completions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(6)
+        .map(|c| c["prompt"].as_str().unwrap().to_owned())
+        .collect();
     let mut alone = Vec::new();
     for p in &prompts {
-        let v = post_json(&engine, "/v1/completions", json!({"prompt": p, "max_tokens": 24, "temperature": 0})).await.json();
+        let v = post_json(
+            &engine,
+            "/v1/completions",
+            json!({"prompt": p, "max_tokens": 24, "temperature": 0}),
+        )
+        .await
+        .json();
         alone.push(v["choices"][0]["text"].clone());
     }
     let base = spawn_server(engine).await;
     let client = reqwest::Client::new();
-    let tasks: Vec<_> = prompts.iter().map(|p| {
-        let client = client.clone();
-        let url = format!("{base}/v1/completions");
-        let body = json!({"prompt": p, "max_tokens": 24, "temperature": 0});
-        tokio::spawn(async move {
-            let v: Value = client.post(url).json(&body).send().await.unwrap().json().await.unwrap();
-            v["choices"][0]["text"].clone()
+    let tasks: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let client = client.clone();
+            let url = format!("{base}/v1/completions");
+            let body = json!({"prompt": p, "max_tokens": 24, "temperature": 0});
+            tokio::spawn(async move {
+                let v: Value = client
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v["choices"][0]["text"].clone()
+            })
         })
-    }).collect();
+        .collect();
     for (t, expected) in tasks.into_iter().zip(alone) {
-        assert_eq!(t.await.unwrap(), expected, "a concurrent greedy run differs from the lone one");
+        assert_eq!(
+            t.await.unwrap(),
+            expected,
+            "a concurrent greedy run differs from the lone one"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_uses_the_gguf_template() {
     let engine = smollm();
-    let r = post_json(&engine, "/v1/chat/completions", json!({
-        "messages": [{"role": "user", "content": "What is the tallest mountain in the world?"}],
-        "max_tokens": 16, "temperature": 0
-    })).await;
+    let r = post_json(
+        &engine,
+        "/v1/chat/completions",
+        json!({
+            "messages": [{"role": "user", "content": "What is the tallest mountain in the world?"}],
+            "max_tokens": 16, "temperature": 0
+        }),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
     // The template adds SmolLM's default system turn when none is given.
     let rendered = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the tallest mountain in the world?<|im_end|>\n<|im_start|>assistant\n";
-    let tok = TextTokenizer::from_gguf(&GgufFile::open(&modelship_testkit::smollm()).unwrap()).unwrap();
-    assert_eq!(v["usage"]["prompt_tokens"], tok.encode(rendered, true).unwrap().len());
+    let tok =
+        TextTokenizer::from_gguf(&GgufFile::open(&modelship_testkit::smollm()).unwrap()).unwrap();
+    assert_eq!(
+        v["usage"]["prompt_tokens"],
+        tok.encode(rendered, true).unwrap().len()
+    );
     let text = v["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(text.contains("Everest"), "{text}");
     assert!(!text.contains("<|im_end|>"));
@@ -127,29 +191,57 @@ async fn chat_uses_the_gguf_template() {
 
 /// Parses an SSE body into its `data:` payloads.
 fn sse_data(body: &str) -> Vec<String> {
-    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_owned).collect()
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streaming_sends_the_same_text_and_ends_with_done() {
     let engine = smollm();
     let prompt = "Once upon a time, in a small village";
-    let whole = post_json(&engine, "/v1/completions", json!({"prompt": prompt, "max_tokens": 20, "temperature": 0})).await.json();
-    let r = post_json(&engine, "/v1/completions", json!({
-        "prompt": prompt, "max_tokens": 20, "temperature": 0, "stream": true,
-        "stream_options": {"include_usage": true}
-    })).await;
+    let whole = post_json(
+        &engine,
+        "/v1/completions",
+        json!({"prompt": prompt, "max_tokens": 20, "temperature": 0}),
+    )
+    .await
+    .json();
+    let r = post_json(
+        &engine,
+        "/v1/completions",
+        json!({
+            "prompt": prompt, "max_tokens": 20, "temperature": 0, "stream": true,
+            "stream_options": {"include_usage": true}
+        }),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let data = sse_data(&r.text());
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
-    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
     assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
     assert!(chunks.len() > 5, "streamed in pieces");
     let usage = chunks.last().unwrap();
     assert_eq!(usage["usage"]["completion_tokens"], 20);
-    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        "length"
+    );
 
     let chat = post_json(&engine, "/v1/chat/completions", json!({
         "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8, "stream": true, "temperature": 0
@@ -165,21 +257,41 @@ async fn streaming_sends_the_same_text_and_ends_with_done() {
 async fn stop_sequences_cut_the_text() {
     let engine = smollm();
     let prompt = "List of prime numbers: 2, 3, 5, 7,";
-    let greedy = post_json(&engine, "/v1/completions", json!({"prompt": prompt, "max_tokens": 32, "temperature": 0})).await.json();
+    let greedy = post_json(
+        &engine,
+        "/v1/completions",
+        json!({"prompt": prompt, "max_tokens": 32, "temperature": 0}),
+    )
+    .await
+    .json();
     let greedy = greedy["choices"][0]["text"].as_str().unwrap().to_owned();
     let cut = greedy.find(" 19").expect("the primes go past 19");
-    let r = post_json(&engine, "/v1/completions", json!({
-        "prompt": prompt, "max_tokens": 32, "temperature": 0, "stop": [" 19", "never"]
-    })).await.json();
+    let r = post_json(
+        &engine,
+        "/v1/completions",
+        json!({
+            "prompt": prompt, "max_tokens": 32, "temperature": 0, "stop": [" 19", "never"]
+        }),
+    )
+    .await
+    .json();
     assert_eq!(r["choices"][0]["text"], greedy[..cut]);
     assert_eq!(r["choices"][0]["finish_reason"], "stop");
     // Streamed, the held-back prefix of the stop sequence never leaks.
-    let s = post_json(&engine, "/v1/completions", json!({
-        "prompt": prompt, "max_tokens": 32, "temperature": 0, "stop": " 19", "stream": true
-    })).await;
-    let text: String = sse_data(&s.text()).iter().filter(|d| *d != "[DONE]")
+    let s = post_json(
+        &engine,
+        "/v1/completions",
+        json!({
+            "prompt": prompt, "max_tokens": 32, "temperature": 0, "stop": " 19", "stream": true
+        }),
+    )
+    .await;
+    let text: String = sse_data(&s.text())
+        .iter()
+        .filter(|d| *d != "[DONE]")
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_owned)).collect();
+        .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_owned))
+        .collect();
     assert_eq!(text, greedy[..cut]);
 }
 
@@ -188,7 +300,12 @@ async fn sampling_knobs_work() {
     let engine = smollm();
     let ask = |body: Value| {
         let engine = engine.clone();
-        async move { post_json(&engine, "/v1/completions", body).await.json()["choices"][0]["text"].as_str().unwrap().to_owned() }
+        async move {
+            post_json(&engine, "/v1/completions", body).await.json()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
     };
     let prompt = "My favourite animal is";
     let a = ask(json!({"prompt": prompt, "max_tokens": 12, "temperature": 1.0, "seed": 7})).await;
@@ -196,16 +313,30 @@ async fn sampling_knobs_work() {
     assert_eq!(a, b, "same seed, same text");
     let mut others = Vec::new();
     for seed in [1, 2, 3, 4] {
-        others.push(ask(json!({"prompt": prompt, "max_tokens": 12, "temperature": 1.2, "seed": seed})).await);
+        others.push(
+            ask(json!({"prompt": prompt, "max_tokens": 12, "temperature": 1.2, "seed": seed}))
+                .await,
+        );
     }
     others.dedup();
     assert!(others.len() > 1, "different seeds all gave {others:?}");
     let greedy = ask(json!({"prompt": prompt, "max_tokens": 12, "temperature": 0})).await;
-    let top1 = ask(json!({"prompt": prompt, "max_tokens": 12, "temperature": 0.9, "top_k": 1, "seed": 3})).await;
+    let top1 =
+        ask(json!({"prompt": prompt, "max_tokens": 12, "temperature": 0.9, "top_k": 1, "seed": 3}))
+            .await;
     assert_eq!(greedy, top1);
-    let tiny_p = ask(json!({"prompt": prompt, "max_tokens": 12, "temperature": 1.0, "top_p": 0.0001, "seed": 5})).await;
+    let tiny_p = ask(
+        json!({"prompt": prompt, "max_tokens": 12, "temperature": 1.0, "top_p": 0.0001, "seed": 5}),
+    )
+    .await;
     assert_eq!(greedy, tiny_p, "a tiny nucleus holds only the best token");
-    let r = post_json(&engine, "/v1/completions", json!({"prompt": "The capital of France is", "max_tokens": 5, "temperature": 0})).await.json();
+    let r = post_json(
+        &engine,
+        "/v1/completions",
+        json!({"prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}),
+    )
+    .await
+    .json();
     assert_eq!(r["usage"]["completion_tokens"], 5);
     assert_eq!(r["choices"][0]["finish_reason"], "length");
 }
@@ -232,8 +363,14 @@ async fn limits_and_bad_values_are_400_naming_the_field() {
     }
     let chat_cases = [
         (json!({"messages": []}), "messages"),
-        (json!({"messages": [{"role": "wizard", "content": "x"}]}), "messages[0].role"),
-        (json!({"messages": [{"role": "user", "content": 3}]}), "messages[0].content"),
+        (
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            "messages[0].role",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": 3}]}),
+            "messages[0].content",
+        ),
     ];
     for (body, param) in chat_cases {
         let r = post_json(&engine, "/v1/chat/completions", body.clone()).await;
@@ -248,7 +385,13 @@ async fn limits_and_bad_values_are_400_naming_the_field() {
 async fn open_inference_protocol_generates_text() {
     let engine = smollm();
     let prompt = "The three primary colors are";
-    let openai = post_json(&engine, "/v1/completions", json!({"prompt": prompt, "max_tokens": 32, "temperature": 0})).await.json();
+    let openai = post_json(
+        &engine,
+        "/v1/completions",
+        json!({"prompt": prompt, "max_tokens": 32, "temperature": 0}),
+    )
+    .await
+    .json();
     let body = json!({
         "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [prompt]}],
         "parameters": {"max_tokens": 32, "temperature": 0}
@@ -263,7 +406,12 @@ async fn open_inference_protocol_generates_text() {
 #[tokio::test(flavor = "multi_thread")]
 async fn generation_metrics_are_exported() {
     let engine = smollm();
-    post_json(&engine, "/v1/completions", json!({"prompt": "Hi", "max_tokens": 3})).await;
+    post_json(
+        &engine,
+        "/v1/completions",
+        json!({"prompt": "Hi", "max_tokens": 3}),
+    )
+    .await;
     let text = get(&engine, "/metrics").await.text();
     for needle in [
         "modelship_generated_tokens_total",

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("MODELSHIP_CACHE") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/modelship"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/modelship")
+        }
     }
 }
 
@@ -25,7 +27,10 @@ fn require(path: PathBuf, installed_by: &str) -> PathBuf {
 
 /// all-MiniLM-L6-v2, an HF directory (f32 safetensors).
 pub fn minilm() -> PathBuf {
-    require(cache_dir().join("models/all-MiniLM-L6-v2"), "scripts/fetch-models.sh")
+    require(
+        cache_dir().join("models/all-MiniLM-L6-v2"),
+        "scripts/fetch-models.sh",
+    )
 }
 
 /// SmolLM2-135M-Instruct, a GGUF file (Q4_1).
@@ -38,12 +43,18 @@ pub fn smollm() -> PathBuf {
 
 /// The Python of the peers' virtual environment.
 pub fn python() -> PathBuf {
-    require(cache_dir().join("venv/bin/python"), "scripts/setup-peers.sh")
+    require(
+        cache_dir().join("venv/bin/python"),
+        "scripts/setup-peers.sh",
+    )
 }
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 /// A committed fixture under `tests/fixtures/`, parsed.

@@ -83,7 +83,13 @@ pub async fn send(engine: &Arc<Engine>, req: Request<Body>) -> Reply {
     let resp = app.oneshot(req).await.expect("infallible router");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes().to_vec();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
     Reply {
         status,
         headers,

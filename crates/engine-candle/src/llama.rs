@@ -11,9 +11,11 @@
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use modelship_engine::{BackendError, GenerateBackend};
+
+use crate::quant_matmul::{BlockFormat, QuantMatrix};
 
 /// Hyper-parameters from the GGUF metadata (`llama.*`).
 #[derive(Debug, Clone, PartialEq)]
@@ -27,16 +29,52 @@ pub struct LlamaConfig {
     pub context: usize,
 }
 
+/// A weight matrix: Q4_1 and Q8_0 through our kernels on the CPU, anything
+/// else through candle's GGML kernels.
+enum Linear {
+    Quant(QuantMatrix),
+    Ggml(QMatMul),
+}
+
+impl Linear {
+    fn new(t: QTensor) -> Result<Self> {
+        let format = match t.dtype() {
+            GgmlDType::Q4_1 => Some(BlockFormat::Q4_1),
+            GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
+            _ => None,
+        };
+        if let Some(format) = format.filter(|_| t.device().is_cpu()) {
+            let (rows, cols) = t.shape().dims2()?;
+            let m = QuantMatrix::from_ggml(format, &t.data()?, rows, cols)
+                .map_err(candle_core::Error::Msg)?;
+            return Ok(Self::Quant(m));
+        }
+        Ok(Self::Ggml(QMatMul::from_qtensor(t)?))
+    }
+
+    /// `x` is (n, cols); returns (n, rows).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Ggml(m) => m.forward(x),
+            Self::Quant(m) => {
+                let n = x.dim(0)?;
+                let data = x.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(m.matmul(&data, n), (n, m.rows()), x.device())
+            }
+        }
+    }
+}
+
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 struct Weights {
@@ -44,7 +82,7 @@ struct Weights {
     embeddings: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     /// Rotary tables, (context, head_dim / 2).
     cos: Tensor,
     sin: Tensor,
@@ -55,6 +93,10 @@ struct Weights {
 pub struct LlamaBackend {
     weights: Arc<Weights>,
     device: Device,
+    /// Forward passes run inside this pool, so the thread that drives a pass
+    /// is one of the workers its matmuls split across: no hand-off to other
+    /// threads per matmul, and no more runnable threads than cores.
+    pool: Arc<rayon::ThreadPool>,
 }
 
 /// One sequence's KV cache: per layer, keys and values of shape
@@ -83,7 +125,11 @@ impl LlamaConfig {
         let heads = md_u32(ct, "llama.attention.head_count")?;
         let embedding = md_u32(ct, "llama.embedding_length")?;
         let kv_heads = md_u32(ct, "llama.attention.head_count_kv").unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || embedding % heads != 0 {
+        if heads == 0
+            || kv_heads == 0
+            || !heads.is_multiple_of(kv_heads)
+            || !embedding.is_multiple_of(heads)
+        {
             candle_core::bail!(
                 "inconsistent head counts: {heads} heads, {kv_heads} kv heads, width {embedding}"
             );
@@ -145,23 +191,23 @@ impl LlamaBackend {
         let embeddings = embed_q.dequantize(device)?;
         let norm = tensor("output_norm.weight")?.dequantize(device)?;
         let output = match tensor("output.weight") {
-            Ok(t) => QMatMul::from_qtensor(t)?,
+            Ok(t) => Linear::new(t)?,
             // Tied embeddings: the output projection is the embedding matrix.
-            Err(_) => QMatMul::from_qtensor(embed_q)?,
+            Err(_) => Linear::new(embed_q)?,
         };
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let mut q = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
             layers.push(Layer {
                 attn_norm: q("attn_norm")?.dequantize(device)?,
-                wq: QMatMul::from_qtensor(q("attn_q")?)?,
-                wk: QMatMul::from_qtensor(q("attn_k")?)?,
-                wv: QMatMul::from_qtensor(q("attn_v")?)?,
-                wo: QMatMul::from_qtensor(q("attn_output")?)?,
+                wq: Linear::new(q("attn_q")?)?,
+                wk: Linear::new(q("attn_k")?)?,
+                wv: Linear::new(q("attn_v")?)?,
+                wo: Linear::new(q("attn_output")?)?,
                 ffn_norm: q("ffn_norm")?.dequantize(device)?,
-                gate: QMatMul::from_qtensor(q("ffn_gate")?)?,
-                up: QMatMul::from_qtensor(q("ffn_up")?)?,
-                down: QMatMul::from_qtensor(q("ffn_down")?)?,
+                gate: Linear::new(q("ffn_gate")?)?,
+                up: Linear::new(q("ffn_up")?)?,
+                down: Linear::new(q("ffn_down")?)?,
             });
         }
         let (cos, sin) = rope_tables(&config, device)?;
@@ -176,6 +222,13 @@ impl LlamaBackend {
                 sin,
             }),
             device: device.clone(),
+            pool: Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(rayon::current_num_threads())
+                    .thread_name(|i| format!("modelship-llama-{i}"))
+                    .build()
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            ),
         })
     }
 
@@ -302,7 +355,8 @@ impl GenerateBackend for LlamaBackend {
                 cfg.context
             )));
         }
-        self.run(seq, tokens)
+        self.pool
+            .install(|| self.run(seq, tokens))
             .map_err(|e| BackendError(e.to_string()))
     }
 }

@@ -55,10 +55,13 @@ fn greedy_steps_agree_with_llama_cpp_up_to_near_ties() {
             if ours == expected {
                 agree += 1;
             } else {
+                // A near-tie in both: llama.cpp's top two are close, and so is
+                // its choice to ours in our logits.
                 let margin = la - lb;
+                let our_gap = logits[ours as usize] - logits[expected as usize];
                 assert!(
-                    margin < NEAR_TIE && (ours as usize == a || ours as usize == b),
-                    "{:?} step {j}: we pick {ours}, llama.cpp {expected} (its margin {margin})",
+                    margin < NEAR_TIE && our_gap < NEAR_TIE,
+                    "{:?} step {j}: we pick {ours}, llama.cpp {expected} (its margin {margin}, ours {our_gap})",
                     c["prompt"]
                 );
             }

@@ -1,0 +1,420 @@
+//! Quantized weights × f32 activations on the CPU, computed as ggml computes
+//! them: each activation row is quantized to 8-bit blocks (Q8_1 for Q4_1
+//! weights, Q8_0 for Q8_0 weights), then every output is a sum of per-block
+//! integer dot products. candle's CPU kernel for Q4_1 is scalar and its Q8_0
+//! one runs on a second thread pool that fights rayon's for the cores; these
+//! use AVX2 where the build has it and split output rows across rayon.
+
+use half::f16;
+use rayon::prelude::*;
+
+/// Values per block.
+const QK: usize = 32;
+/// Bytes of a Q4_1 block: f16 scale, f16 minimum, 16 bytes of nibbles.
+const Q4_1_BYTES: usize = 20;
+/// Bytes of a Q8_0 block: f16 scale, 32 signed bytes.
+const Q8_0_BYTES: usize = 34;
+
+/// The weight block formats with a kernel here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockFormat {
+    Q4_1,
+    Q8_0,
+}
+
+impl BlockFormat {
+    fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => Q4_1_BYTES,
+            Self::Q8_0 => Q8_0_BYTES,
+        }
+    }
+}
+
+/// A row-major quantized matrix: `rows` outputs, each `cols` inputs wide.
+pub struct QuantMatrix {
+    format: BlockFormat,
+    rows: usize,
+    cols: usize,
+    blocks: Vec<u8>,
+}
+
+/// One activation row in 8-bit blocks: per block, the scale `d`, `s = d·Σq`
+/// (Q8_1's extra term, used against Q4_1's minimum) and 32 quants.
+struct Q81Row {
+    d: Vec<f32>,
+    s: Vec<f32>,
+    q: Vec<i8>,
+}
+
+fn f16_bits(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+impl QuantMatrix {
+    /// From GGUF bytes of a (rows, cols) tensor.
+    pub fn from_ggml(
+        format: BlockFormat,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, String> {
+        if !cols.is_multiple_of(QK) {
+            return Err(format!(
+                "{format:?} rows of {cols} values are not whole blocks of {QK}"
+            ));
+        }
+        let expected = rows * cols / QK * format.block_bytes();
+        if bytes.len() != expected {
+            return Err(format!(
+                "a ({rows}, {cols}) {format:?} tensor has {expected} bytes, not {}",
+                bytes.len()
+            ));
+        }
+        Ok(Self {
+            format,
+            rows,
+            cols,
+            blocks: bytes.to_vec(),
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// `x` is `n` rows of `cols` values; returns `n` rows of `rows` values.
+    pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
+        assert_eq!(x.len(), n * self.cols, "activation shape");
+        let quantized: Vec<Q81Row> = x.chunks_exact(self.cols).map(quantize_q8_1).collect();
+        let row_bytes = self.cols / QK * self.format.block_bytes();
+        let dot = match self.format {
+            BlockFormat::Q4_1 => dot_q4_1,
+            BlockFormat::Q8_0 => dot_q8_0,
+        };
+        // Output rows × inputs, then transposed: each weight row is read once
+        // for all inputs.
+        let mut by_row = vec![0f32; self.rows * n];
+        let per_task = (self.rows / (rayon::current_num_threads() * 4)).max(16);
+        by_row
+            .par_chunks_mut(per_task * n)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let first = chunk * per_task;
+                for (r, out_row) in out.chunks_exact_mut(n).enumerate() {
+                    let start = (first + r) * row_bytes;
+                    let w = &self.blocks[start..start + row_bytes];
+                    for (o, xq) in out_row.iter_mut().zip(&quantized) {
+                        *o = dot(w, xq);
+                    }
+                }
+            });
+        if n == 1 {
+            return by_row;
+        }
+        let mut out = vec![0f32; n * self.rows];
+        for r in 0..self.rows {
+            for i in 0..n {
+                out[i * self.rows + r] = by_row[r * n + i];
+            }
+        }
+        out
+    }
+}
+
+/// ggml's `quantize_row_q8_1` (and, ignoring `s`, `quantize_row_q8_0`): scale
+/// by the block's largest magnitude to ±127, rounding half away from zero
+/// (`roundf`; ties to even agreed with llama.cpp on fewer greedy steps).
+fn quantize_q8_1(x: &[f32]) -> Q81Row {
+    let blocks = x.len() / QK;
+    let mut row = Q81Row {
+        d: Vec::with_capacity(blocks),
+        s: Vec::with_capacity(blocks),
+        q: Vec::with_capacity(x.len()),
+    };
+    for block in x.chunks_exact(QK) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for &v in block {
+            let q = (v * id).round() as i8;
+            sum += q as i32;
+            row.q.push(q);
+        }
+        // Stored as f16 in ggml's block; round the same way.
+        row.d.push(f16::from_f32(d).to_f32());
+        row.s.push(f16::from_f32(sum as f32 * d).to_f32());
+    }
+    row
+}
+
+/// One Q4_1 weight row · one Q8_1 activation row.
+fn dot_q4_1(w: &[u8], x: &Q81Row) -> f32 {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        // SAFETY: the build enables AVX2 and FMA (see .cargo/config.toml), and
+        // the slices hold whole blocks (checked in from_ggml and matmul).
+        unsafe { dot_q4_1_avx2(w, x) }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    {
+        dot_q4_1_scalar(w, x)
+    }
+}
+
+/// One Q8_0 weight row · one Q8_0 activation row (`s` unused).
+fn dot_q8_0(w: &[u8], x: &Q81Row) -> f32 {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        // SAFETY: as for dot_q4_1.
+        unsafe { dot_q8_0_avx2(w, x) }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    {
+        dot_q8_0_scalar(w, x)
+    }
+}
+
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn dot_q8_0_scalar(w: &[u8], x: &Q81Row) -> f32 {
+    let mut sum = 0f32;
+    for (b, wb) in w.chunks_exact(Q8_0_BYTES).enumerate() {
+        let q = &x.q[b * QK..(b + 1) * QK];
+        let sumi: i32 = wb[2..]
+            .iter()
+            .zip(q)
+            .map(|(&a, &b)| a as i8 as i32 * b as i32)
+            .sum();
+        sum += f16_bits(wb, 0) * x.d[b] * sumi as f32;
+    }
+    sum
+}
+
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
+fn dot_q4_1_scalar(w: &[u8], x: &Q81Row) -> f32 {
+    let mut sum = 0f32;
+    for (b, wb) in w.chunks_exact(Q4_1_BYTES).enumerate() {
+        let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
+        let q = &x.q[b * QK..(b + 1) * QK];
+        let mut sumi = 0i32;
+        for j in 0..QK / 2 {
+            let byte = wb[4 + j];
+            sumi += (byte & 0x0F) as i32 * q[j] as i32 + (byte >> 4) as i32 * q[j + QK / 2] as i32;
+        }
+        sum += dw * x.d[b] * sumi as f32 + mw * x.s[b];
+    }
+    sum
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q4_1_avx2(w: &[u8], x: &Q81Row) -> f32 {
+    use std::arch::x86_64::*;
+    let blocks = w.len() / Q4_1_BYTES;
+    let low4 = _mm_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for b in 0..blocks {
+        let wb = &w[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
+        let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
+        // SAFETY: wb[4..20] is 16 bytes and x.q[b*32..] holds 32 quants.
+        let (nib, q) = unsafe {
+            (
+                _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i),
+                _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i),
+            )
+        };
+        // Low nibbles are values 0..16, high nibbles 16..32.
+        let lo = _mm_and_si128(nib, low4);
+        let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low4);
+        let wq = _mm256_set_m128i(hi, lo);
+        let pairs = _mm256_maddubs_epi16(wq, q);
+        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * x.d[b]), sums, acc);
+        mins += mw * x.s[b];
+    }
+    // SAFETY: AVX2 is enabled for this function.
+    unsafe { hsum(acc) + mins }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q8_0_avx2(w: &[u8], x: &Q81Row) -> f32 {
+    use std::arch::x86_64::*;
+    let blocks = w.len() / Q8_0_BYTES;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    for b in 0..blocks {
+        let wb = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
+        // SAFETY: wb[2..34] is 32 bytes and x.q[b*32..] holds 32 quants.
+        let (wq, q) = unsafe {
+            (
+                _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i),
+                _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i),
+            )
+        };
+        // maddubs wants unsigned × signed: move the weights' signs onto the
+        // activations.
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(q, wq));
+        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_bits(wb, 0) * x.d[b]), sums, acc);
+    }
+    // SAFETY: AVX2 is enabled for this function.
+    unsafe { hsum(acc) }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Builds Q4_1 bytes for given scales, minimums and nibbles.
+    fn block(d: f32, m: f32, nibbles: &[u8; 32]) -> Vec<u8> {
+        let mut b = Vec::with_capacity(Q4_1_BYTES);
+        b.extend(f16::from_f32(d).to_bits().to_le_bytes());
+        b.extend(f16::from_f32(m).to_bits().to_le_bytes());
+        for j in 0..16 {
+            b.push(nibbles[j] | (nibbles[j + 16] << 4));
+        }
+        b
+    }
+
+    fn dequantize(w: &[u8]) -> Vec<f32> {
+        let mut out = Vec::new();
+        for wb in w.chunks_exact(Q4_1_BYTES) {
+            let (d, m) = (f16_bits(wb, 0), f16_bits(wb, 2));
+            let mut vals = [0f32; 32];
+            for j in 0..16 {
+                vals[j] = (wb[4 + j] & 0x0F) as f32 * d + m;
+                vals[j + 16] = (wb[4 + j] >> 4) as f32 * d + m;
+            }
+            out.extend(vals);
+        }
+        out
+    }
+
+    proptest! {
+        /// The SIMD kernel equals the scalar formula, and both stay within the
+        /// error Q8_1 allows of the exact float dot product: half a quantum per
+        /// activation, plus the f16 rounding of the scales and of `s`.
+        #[test]
+        fn q4_1_matches_the_float_dot_within_q8_1_error(
+            scales in prop::collection::vec((0.001f32..0.1, -1f32..1.0), 1..6),
+            nibbles in prop::collection::vec(0u8..16, 32 * 6),
+            x in prop::collection::vec(-4f32..4.0, 32 * 6),
+        ) {
+            let blocks = scales.len();
+            let mut w = Vec::new();
+            for (b, (d, m)) in scales.iter().enumerate() {
+                w.extend(block(*d, *m, nibbles[b * 32..(b + 1) * 32].try_into().unwrap()));
+            }
+            let x = &x[..blocks * 32];
+            let xq = quantize_q8_1(x);
+            let fast = dot_q4_1(&w, &xq);
+            let scalar = dot_q4_1_scalar(&w, &xq);
+            prop_assert!((fast - scalar).abs() <= 1e-4 * (1.0 + scalar.abs()), "{fast} vs {scalar}");
+            let wd = dequantize(&w);
+            let float: f64 = wd.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let mut bound = 1e-3;
+            for b in 0..blocks {
+                let amax = x[b * 32..(b + 1) * 32].iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+                let wsum: f64 = wd[b * 32..(b + 1) * 32].iter().map(|v| v.abs() as f64).sum();
+                // quantization of x, then f16 rounding of d (2^-11 relative), and of s
+                bound += wsum * amax / 127.0 * 0.5 + wsum * amax * 2f64.powi(-10);
+                bound += scales[b].1.abs() as f64 * 32.0 * amax * 2f64.powi(-10);
+            }
+            prop_assert!((fast as f64 - float).abs() <= bound, "{fast} vs float {float} (bound {bound})");
+        }
+
+        /// Q8_0: the kernel equals the exact integer dot product, scaled.
+        #[test]
+        fn q8_0_matches_the_exact_sum(
+            scales in prop::collection::vec(0.001f32..0.1, 1..6),
+            quants in prop::collection::vec(-127i8..=127, 32 * 6),
+            x in prop::collection::vec(-4f32..4.0, 32 * 6),
+        ) {
+            let blocks = scales.len();
+            let mut w = Vec::new();
+            for (b, d) in scales.iter().enumerate() {
+                w.extend(f16::from_f32(*d).to_bits().to_le_bytes());
+                w.extend(quants[b * 32..(b + 1) * 32].iter().map(|&q| q as u8));
+            }
+            let xq = quantize_q8_1(&x[..blocks * 32]);
+            let exact: f64 = (0..blocks * 32)
+                .map(|i| f16::from_f32(scales[i / 32]).to_f64() * quants[i] as f64 * xq.d[i / 32] as f64 * xq.q[i] as f64)
+                .sum();
+            let fast = dot_q8_0(&w, &xq);
+            prop_assert!((fast as f64 - exact).abs() <= 1e-4 * (1.0 + exact.abs()), "{fast} vs {exact}");
+            prop_assert!((fast - dot_q8_0_scalar(&w, &xq)).abs() <= 1e-4 * (1.0 + fast.abs()));
+        }
+    }
+
+    #[test]
+    fn matmul_lays_out_rows_and_inputs() {
+        // Two output rows (all nibbles 1 and 2, d = 1, m = 0) over 32 inputs.
+        let w: Vec<u8> = [block(1.0, 0.0, &[1; 32]), block(1.0, 0.0, &[2; 32])].concat();
+        let m = QuantMatrix::from_ggml(BlockFormat::Q4_1, &w, 2, 32).unwrap();
+        let x: Vec<f32> = [vec![1.0; 32], vec![-1.0; 32], vec![0.0; 32]].concat();
+        let y = m.matmul(&x, 3);
+        let expected = [32.0, 64.0, -32.0, -64.0, 0.0, 0.0];
+        // 1.0 quantizes to 127 · f16(1/127): exact to within f16's rounding.
+        for (got, want) in y.iter().zip(expected) {
+            assert!((got - want).abs() <= 1e-3 * (1.0f32 + want.abs()), "{y:?}");
+        }
+        assert!(QuantMatrix::from_ggml(BlockFormat::Q4_1, &w, 3, 32).is_err());
+    }
+}

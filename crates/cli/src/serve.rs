@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use modelship_engine_candle::{LoadOptions, load, parse_device};
+use modelship_server::ServeOptions;
 use modelship_types::ServingLimits;
 
 use crate::Failure;
@@ -54,6 +55,10 @@ pub struct Args {
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
+    /// Require `Authorization: Bearer KEY` on the API routes (health and
+    /// metrics stay open).
+    #[arg(long, env = "MODELSHIP_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 impl Args {
@@ -129,14 +134,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
             "modelship: serving `{}` ({}) on http://{local}",
             card.name, card.task
         );
-        modelship_server::serve(
-            listener,
-            Arc::new(engine),
-            shutdown_signal(),
-            Duration::from_secs(args.shutdown_timeout),
-        )
-        .await
-        .context("server failed")?;
+        let options = ServeOptions {
+            drain: Duration::from_secs(args.shutdown_timeout),
+            api_key: args.api_key,
+        };
+        modelship_server::serve(listener, Arc::new(engine), shutdown_signal(), options)
+            .await
+            .context("server failed")?;
         tracing::info!("stopped");
         Ok::<(), anyhow::Error>(())
     })?;

@@ -56,8 +56,17 @@ impl ApiError {
         }
     }
 
+    pub fn unauthorized() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: "missing or wrong API key: send `Authorization: Bearer KEY`".into(),
+            param: None,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::PAYLOAD_TOO_LARGE => "invalid_request_error",
@@ -68,6 +77,7 @@ impl ApiError {
 
     fn code(&self) -> Option<&'static str> {
         match self.status {
+            StatusCode::UNAUTHORIZED => Some("invalid_api_key"),
             StatusCode::TOO_MANY_REQUESTS => Some("overloaded"),
             StatusCode::NOT_FOUND => Some("model_not_found"),
             StatusCode::PAYLOAD_TOO_LARGE => Some("request_too_large"),

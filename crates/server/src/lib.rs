@@ -5,6 +5,7 @@
 //!
 //! Must not depend on orchestration; knows nothing of how the engine computes.
 
+mod auth;
 mod completions;
 mod embeddings;
 mod error;
@@ -28,21 +29,28 @@ pub use error::ApiError;
 pub use metrics::recorder;
 pub use state::AppState;
 
-/// All routes of one replica.
+/// All routes of one replica. Health, readiness and metrics stay open when
+/// an API key is set; everything else requires it.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.engine.limits().max_body_bytes;
-    Router::new()
+    let api = Router::new()
         .route("/v1/models", get(embeddings::list_models))
         .route("/v1/models/{id}", get(embeddings::get_model))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(completions::chat_completions))
         .route("/v2", get(v2::server_metadata))
-        .route("/v2/health/live", get(v2::live))
-        .route("/v2/health/ready", get(v2::ready))
         .route("/v2/models/{name}", get(v2::model_metadata))
         .route("/v2/models/{name}/ready", get(v2::model_ready))
         .route("/v2/models/{name}/infer", post(v2::infer))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .merge(api)
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
         .route("/metrics", get(metrics::render))
         .route("/health", get(v2::ready))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -51,16 +59,35 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How a replica serves, beyond its engine.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// How long in-flight requests may run after shutdown begins.
+    pub drain: Duration,
+    /// Bearer token required on the API routes.
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("drain", &self.drain)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// Serves `engine` on `listener` until `shutdown` resolves; then stops
 /// accepting, reports not-ready, and lets in-flight requests (streams
-/// included) finish for up to `drain`.
+/// included) finish for up to `options.drain`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    drain: Duration,
+    options: ServeOptions,
 ) -> std::io::Result<()> {
-    let state = AppState::new(engine, metrics::recorder());
+    let drain = options.drain;
+    let state = AppState::new(engine, metrics::recorder()).with_api_key(options.api_key);
     let ready = state.ready.clone();
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let app = router(state);

@@ -13,6 +13,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// False once shutdown begins: readiness fails so balancers stop sending.
     pub ready: Arc<AtomicBool>,
+    /// Bearer token the API routes require, when set. Never logged.
+    pub api_key: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -21,7 +23,14 @@ impl AppState {
             engine,
             metrics,
             ready: Arc::new(AtomicBool::new(true)),
+            api_key: None,
         }
+    }
+
+    /// Requires `Authorization: Bearer KEY` on the API routes.
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key.map(Arc::from);
+        self
     }
 
     pub fn is_ready(&self) -> bool {

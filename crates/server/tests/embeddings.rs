@@ -433,3 +433,35 @@ async fn a_full_queue_answers_429_with_retry_after() {
         "12 concurrent requests on a queue of 2 must overflow"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_key_guards_the_api_but_not_health_or_metrics() {
+    use axum::body::Body;
+    use axum::http::Request;
+    let state = || {
+        modelship_server::AppState::new(minilm(), modelship_server::recorder())
+            .with_api_key(Some("s3cret".into()))
+    };
+    let embed = |auth: Option<&str>| {
+        let mut r = Request::post("/v1/embeddings").header("content-type", "application/json");
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.body(Body::from(r#"{"input": "hi"}"#)).unwrap()
+    };
+    let r = send_to(state(), embed(None)).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error().1, "authentication_error");
+    assert_eq!(
+        send_to(state(), embed(Some("Bearer wrong"))).await.status,
+        401
+    );
+    assert_eq!(
+        send_to(state(), embed(Some("Bearer s3cret"))).await.status,
+        200
+    );
+    for open in ["/v2/health/live", "/v2/health/ready", "/metrics"] {
+        let r = send_to(state(), Request::get(open).body(Body::empty()).unwrap()).await;
+        assert_eq!(r.status, 200, "{open}");
+    }
+}

@@ -79,7 +79,11 @@ impl Reply {
 }
 
 pub async fn send(engine: &Arc<Engine>, req: Request<Body>) -> Reply {
-    let app = router(AppState::new(engine.clone(), recorder()));
+    send_to(AppState::new(engine.clone(), recorder()), req).await
+}
+
+pub async fn send_to(state: AppState, req: Request<Body>) -> Reply {
+    let app = router(state);
     let resp = app.oneshot(req).await.expect("infallible router");
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -134,11 +138,15 @@ pub fn vectors(v: &Value) -> Vec<Vec<f32>> {
 pub async fn spawn_server(engine: Arc<Engine>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let options = modelship_server::ServeOptions {
+        drain: std::time::Duration::from_secs(5),
+        api_key: None,
+    };
     tokio::spawn(modelship_server::serve(
         listener,
         engine,
         std::future::pending(),
-        std::time::Duration::from_secs(5),
+        options,
     ));
     format!("http://{addr}")
 }

@@ -89,10 +89,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
             "invalid `--threads`: must be at least 1"
         )));
     }
-    // candle sizes its matmul parallelism from RAYON_NUM_THREADS; set it before
-    // any compute thread exists.
+    // candle sizes its matmul parallelism from RAYON_NUM_THREADS, and runs
+    // elementwise ops on a second, spinning pool of CANDLE_NUM_THREADS - 1
+    // workers that fights the backends' rayon pools for the cores. One thread
+    // for that pool keeps those ops on the (pool) thread that runs the forward
+    // pass: +20% embedding throughput on 2 cores (docs/benchmarks.md).
     // SAFETY: still single-threaded here; nothing else reads the environment concurrently.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()

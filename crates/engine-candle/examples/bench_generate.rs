@@ -19,7 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (n_prompt, n_gen): (usize, usize) = (n_prompt.parse()?, n_gen.parse()?);
     // SAFETY: single-threaded here; read by candle when its pool starts.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads) };
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", threads);
+        std::env::set_var("CANDLE_NUM_THREADS", "1"); // as `modelship serve` does
+    }
     rayon_init(threads.parse()?);
     let gguf = GgufFile::open(model.as_ref())?;
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;

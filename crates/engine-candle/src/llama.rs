@@ -65,15 +65,71 @@ impl Linear {
     }
 }
 
+/// Projections of the same input (Q, K, V; gate, up): one stacked matrix
+/// when our kernels hold them all, else one product each.
+enum Projections {
+    Stacked { linear: Linear, widths: Vec<usize> },
+    Separate(Vec<Linear>),
+}
+
+impl Projections {
+    fn new(tensors: Vec<QTensor>) -> Result<Self> {
+        let parts = tensors
+            .into_iter()
+            .map(Linear::new)
+            .collect::<Result<Vec<_>>>()?;
+        if parts.iter().all(|p| matches!(p, Linear::Quant(_))) {
+            let widths = parts
+                .iter()
+                .map(|p| match p {
+                    Linear::Quant(m) => m.rows(),
+                    Linear::Ggml(_) => unreachable!("checked above"),
+                })
+                .collect();
+            let matrices = parts
+                .into_iter()
+                .filter_map(|p| match p {
+                    Linear::Quant(m) => Some(m),
+                    Linear::Ggml(_) => None,
+                })
+                .collect();
+            if let Some(m) = QuantMatrix::stack(matrices) {
+                return Ok(Self::Stacked {
+                    linear: Linear::Quant(m),
+                    widths,
+                });
+            }
+            candle_core::bail!("projections of one input differ in format or width");
+        }
+        Ok(Self::Separate(parts))
+    }
+
+    /// Each projection of `x` (n, cols), in order.
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+            Self::Stacked { linear, widths } => {
+                let y = linear.forward(x)?;
+                let mut start = 0;
+                widths
+                    .iter()
+                    .map(|&w| {
+                        let part = y.narrow(1, start, w);
+                        start += w;
+                        part
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 struct Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    qkv: Projections,
     wo: Linear,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    gate_up: Projections,
     down: Linear,
 }
 
@@ -200,13 +256,10 @@ impl LlamaBackend {
             let mut q = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
             layers.push(Layer {
                 attn_norm: q("attn_norm")?.dequantize(device)?,
-                wq: Linear::new(q("attn_q")?)?,
-                wk: Linear::new(q("attn_k")?)?,
-                wv: Linear::new(q("attn_v")?)?,
+                qkv: Projections::new(vec![q("attn_q")?, q("attn_k")?, q("attn_v")?])?,
                 wo: Linear::new(q("attn_output")?)?,
                 ffn_norm: q("ffn_norm")?.dequantize(device)?,
-                gate: Linear::new(q("ffn_gate")?)?,
-                up: Linear::new(q("ffn_up")?)?,
+                gate_up: Projections::new(vec![q("ffn_gate")?, q("ffn_up")?])?,
                 down: Linear::new(q("ffn_down")?)?,
             });
         }
@@ -252,8 +305,8 @@ impl LlamaBackend {
             let a = attention(cfg, layer, &h, &cos, &sin, mask.as_ref(), cache)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps)?;
-            let g = layer.gate.forward(&h)?.silu()?;
-            let u = layer.up.forward(&h)?;
+            let gu = layer.gate_up.forward(&h)?;
+            let (g, u) = (gu[0].silu()?, &gu[1]);
             x = (x + layer.down.forward(&(g * u)?)?)?;
         }
         seq.position += n;
@@ -299,9 +352,14 @@ fn attention(
             .contiguous()?
             .unsqueeze(0)
     };
-    let q = split(layer.wq.forward(h)?, heads)?;
-    let k = split(layer.wk.forward(h)?, kv_heads)?;
-    let v = split(layer.wv.forward(h)?, kv_heads)?;
+    let [q, k, v]: [Tensor; 3] = layer
+        .qkv
+        .forward(h)?
+        .try_into()
+        .map_err(|_| candle_core::Error::Msg("expected Q, K and V".into()))?;
+    let q = split(q, heads)?;
+    let k = split(k, kv_heads)?;
+    let v = split(v, kv_heads)?;
     let q = through_f16(&candle_nn::rotary_emb::rope_i(&q, cos, sin)?.squeeze(0)?)?;
     let k = through_f16(&candle_nn::rotary_emb::rope_i(&k, cos, sin)?.squeeze(0)?)?;
     let v = through_f16(&v.squeeze(0)?)?;

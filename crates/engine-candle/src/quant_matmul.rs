@@ -83,6 +83,23 @@ impl QuantMatrix {
         self.rows
     }
 
+    /// Stacks matrices that read the same input (same format and width) into
+    /// one, so one pass quantizes the input once and splits once across
+    /// threads. `None` when they do not match.
+    pub fn stack(parts: Vec<QuantMatrix>) -> Option<QuantMatrix> {
+        let first = parts.first()?;
+        let (format, cols) = (first.format, first.cols);
+        if parts.iter().any(|p| p.format != format || p.cols != cols) {
+            return None;
+        }
+        Some(QuantMatrix {
+            format,
+            cols,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            blocks: parts.into_iter().flat_map(|p| p.blocks).collect(),
+        })
+    }
+
     /// `x` is `n` rows of `cols` values; returns `n` rows of `rows` values.
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         assert_eq!(x.len(), n * self.cols, "activation shape");
@@ -245,19 +262,21 @@ fn dot_q4_1_scalar(w: &[u8], x: &Q81Row) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_q4_1_avx2(w: &[u8], x: &Q81Row) -> f32 {
     use std::arch::x86_64::*;
-    let blocks = w.len() / Q4_1_BYTES;
     let low4 = _mm_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
-    for b in 0..blocks {
-        let wb = &w[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
+    let blocks = w
+        .chunks_exact(Q4_1_BYTES)
+        .zip(x.q.chunks_exact(QK))
+        .zip(x.d.iter().zip(&x.s));
+    for ((wb, q), (&xd, &xs)) in blocks {
         let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
-        // SAFETY: wb[4..20] is 16 bytes and x.q[b*32..] holds 32 quants.
+        // SAFETY: wb[4..20] is 16 bytes and q is 32 bytes (chunks_exact).
         let (nib, q) = unsafe {
             (
                 _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i),
-                _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i),
+                _mm256_loadu_si256(q.as_ptr() as *const __m256i),
             )
         };
         // Low nibbles are values 0..16, high nibbles 16..32.
@@ -266,8 +285,8 @@ unsafe fn dot_q4_1_avx2(w: &[u8], x: &Q81Row) -> f32 {
         let wq = _mm256_set_m128i(hi, lo);
         let pairs = _mm256_maddubs_epi16(wq, q);
         let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * x.d[b]), sums, acc);
-        mins += mw * x.s[b];
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd), sums, acc);
+        mins += mw * xs;
     }
     // SAFETY: AVX2 is enabled for this function.
     unsafe { hsum(acc) + mins }
@@ -281,23 +300,25 @@ unsafe fn dot_q4_1_avx2(w: &[u8], x: &Q81Row) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_q8_0_avx2(w: &[u8], x: &Q81Row) -> f32 {
     use std::arch::x86_64::*;
-    let blocks = w.len() / Q8_0_BYTES;
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
-    for b in 0..blocks {
-        let wb = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
-        // SAFETY: wb[2..34] is 32 bytes and x.q[b*32..] holds 32 quants.
+    let blocks = w
+        .chunks_exact(Q8_0_BYTES)
+        .zip(x.q.chunks_exact(QK))
+        .zip(&x.d);
+    for ((wb, q), &xd) in blocks {
+        // SAFETY: wb[2..34] is 32 bytes and q is 32 bytes (chunks_exact).
         let (wq, q) = unsafe {
             (
                 _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i),
-                _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i),
+                _mm256_loadu_si256(q.as_ptr() as *const __m256i),
             )
         };
         // maddubs wants unsigned × signed: move the weights' signs onto the
         // activations.
         let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(q, wq));
         let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_bits(wb, 0) * x.d[b]), sums, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_bits(wb, 0) * xd), sums, acc);
     }
     // SAFETY: AVX2 is enabled for this function.
     unsafe { hsum(acc) }
@@ -416,5 +437,13 @@ mod tests {
             assert!((got - want).abs() <= 1e-3 * (1.0f32 + want.abs()), "{y:?}");
         }
         assert!(QuantMatrix::from_ggml(BlockFormat::Q4_1, &w, 3, 32).is_err());
+        // Stacked, the two rows give the same outputs as apart.
+        let one = |b: Vec<u8>| QuantMatrix::from_ggml(BlockFormat::Q4_1, &b, 1, 32).unwrap();
+        let stacked = QuantMatrix::stack(vec![
+            one(block(1.0, 0.0, &[1; 32])),
+            one(block(1.0, 0.0, &[2; 32])),
+        ])
+        .unwrap();
+        assert_eq!(stacked.matmul(&x, 3), y);
     }
 }

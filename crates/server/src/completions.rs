@@ -29,7 +29,9 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-/// Sampling knobs common to both endpoints.
+/// `/v1/completions`. The sampling fields repeat in [`ChatRequest`] and v2's
+/// parameters on purpose: serde cannot `flatten` a shared struct into one that
+/// denies unknown fields, and an ignored misspelt knob is worse than the copy.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompletionRequest {

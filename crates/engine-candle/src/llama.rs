@@ -285,10 +285,6 @@ impl LlamaBackend {
         })
     }
 
-    pub fn config(&self) -> &LlamaConfig {
-        &self.weights.config
-    }
-
     /// Runs `tokens` at the sequence's next positions; logits of the last one.
     fn run(&self, seq: &mut LlamaSequence, tokens: &[u32]) -> Result<Vec<f32>> {
         let w = &*self.weights;

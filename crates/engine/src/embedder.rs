@@ -63,11 +63,6 @@ impl Embedder {
             Err(_) => Err(EngineError::Unavailable),
         }
     }
-
-    /// Requests inside the engine now.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.max_queue - self.admission.available_permits()
-    }
 }
 
 fn run<B: EmbedBackend>(mut backend: B, mut rx: mpsc::UnboundedReceiver<Job>, budget: usize) {

@@ -125,14 +125,6 @@ impl Engine {
         &self.tokenizer
     }
 
-    /// Requests inside the engine (queued or being computed).
-    pub fn in_flight(&self) -> usize {
-        match &self.worker {
-            Worker::Embed(e) => e.in_flight(),
-            Worker::Generate { generator, .. } => generator.in_flight(),
-        }
-    }
-
     /// Embeds `texts`. Inputs longer than the context are an error naming the
     /// input, unless `truncate` asks to keep their first tokens.
     pub async fn embed(&self, texts: &[String], truncate: bool) -> Result<Embeddings, EngineError> {

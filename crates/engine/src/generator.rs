@@ -115,10 +115,6 @@ impl Generator {
             .map_err(|_| EngineError::Unavailable)?;
         Ok(rx)
     }
-
-    pub(crate) fn in_flight(&self) -> usize {
-        self.capacity - self.admission.available_permits()
-    }
 }
 
 /// A sequence being generated.

@@ -1,10 +1,10 @@
 //! llama-family decoders from GGUF, following llama.cpp's arithmetic so that
-//! greedy decoding picks the same tokens up to near-ties: quantized matmuls
-//! through candle's GGML kernels (activations quantized to the weight type's
-//! dot type, as ggml does), and rotary angles accumulated as ggml accumulates
-//! them, and the attention operands rounded to f16 where llama.cpp's default
-//! f16 KV cache and its f16 dot products round them (queries, keys, values and
-//! attention weights).
+//! greedy decoding picks the same tokens up to near-ties: activations are
+//! quantized to the weights' dot type before each quantized matmul (our AVX2
+//! kernels for Q4_1 and Q8_0, candle's GGML kernels for other types), rotary
+//! angles are accumulated as ggml accumulates them, and the attention operands
+//! (queries, keys, values, attention weights) are rounded to f16 where
+//! llama.cpp's default f16 KV cache and f16 dot products round them.
 //!
 //! The weights are shared; each sequence owns its KV cache.
 
@@ -78,30 +78,24 @@ impl Projections {
             .into_iter()
             .map(Linear::new)
             .collect::<Result<Vec<_>>>()?;
-        if parts.iter().all(|p| matches!(p, Linear::Quant(_))) {
-            let widths = parts
-                .iter()
-                .map(|p| match p {
-                    Linear::Quant(m) => m.rows(),
-                    Linear::Ggml(_) => unreachable!("checked above"),
-                })
-                .collect();
-            let matrices = parts
-                .into_iter()
-                .filter_map(|p| match p {
-                    Linear::Quant(m) => Some(m),
-                    Linear::Ggml(_) => None,
-                })
-                .collect();
-            if let Some(m) = QuantMatrix::stack(matrices) {
-                return Ok(Self::Stacked {
-                    linear: Linear::Quant(m),
-                    widths,
-                });
-            }
-            candle_core::bail!("projections of one input differ in format or width");
+        if !parts.iter().all(|p| matches!(p, Linear::Quant(_))) {
+            return Ok(Self::Separate(parts));
         }
-        Ok(Self::Separate(parts))
+        let matrices: Vec<QuantMatrix> = parts
+            .into_iter()
+            .map(|p| match p {
+                Linear::Quant(m) => m,
+                Linear::Ggml(_) => unreachable!("all parts are Quant (checked above)"),
+            })
+            .collect();
+        let widths = matrices.iter().map(QuantMatrix::rows).collect();
+        let stacked = QuantMatrix::stack(matrices).ok_or_else(|| {
+            candle_core::Error::Msg("projections of one input differ in format or width".into())
+        })?;
+        Ok(Self::Stacked {
+            linear: Linear::Quant(stacked),
+            widths,
+        })
     }
 
     /// Each projection of `x` (n, cols), in order.

@@ -105,9 +105,9 @@ impl QuantMatrix {
         assert_eq!(x.len(), n * self.cols, "activation shape");
         let quantized: Vec<Q81Row> = x.chunks_exact(self.cols).map(quantize_q8_1).collect();
         let row_bytes = self.cols / QK * self.format.block_bytes();
-        let dot = match self.format {
-            BlockFormat::Q4_1 => dot_q4_1,
-            BlockFormat::Q8_0 => dot_q8_0,
+        let (dot, dot4): (DotFn, Dot4Fn) = match self.format {
+            BlockFormat::Q4_1 => (dot_q4_1, dot4_q4_1),
+            BlockFormat::Q8_0 => (dot_q8_0, dot4_q8_0),
         };
         // Output rows × inputs, then transposed: each weight row is read once
         // for all inputs.
@@ -121,8 +121,16 @@ impl QuantMatrix {
                 for (r, out_row) in out.chunks_exact_mut(n).enumerate() {
                     let start = (first + r) * row_bytes;
                     let w = &self.blocks[start..start + row_bytes];
-                    for (o, xq) in out_row.iter_mut().zip(&quantized) {
-                        *o = dot(w, xq);
+                    // Four inputs per pass over the weight row: its blocks are
+                    // unpacked once for all four (prompts, batches).
+                    for (o, xq) in out_row.chunks_mut(4).zip(quantized.chunks(4)) {
+                        if let (Ok(o4), Ok(x4)) = (<&mut [f32; 4]>::try_from(&mut *o), <&[Q81Row; 4]>::try_from(xq)) {
+                            *o4 = dot4(w, x4);
+                        } else {
+                            for (o, x) in o.iter_mut().zip(xq) {
+                                *o = dot(w, x);
+                            }
+                        }
                     }
                 }
             });
@@ -164,6 +172,36 @@ fn quantize_q8_1(x: &[f32]) -> Q81Row {
         row.s.push(f16::from_f32(sum as f32 * d).to_f32());
     }
     row
+}
+
+type DotFn = fn(&[u8], &Q81Row) -> f32;
+type Dot4Fn = fn(&[u8], &[Q81Row; 4]) -> [f32; 4];
+
+/// One Q4_1 weight row · four Q8_1 activation rows, each summed exactly as
+/// [`dot_q4_1`] sums it.
+fn dot4_q4_1(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        // SAFETY: as for dot_q4_1; every row holds as many blocks as `w`.
+        unsafe { dot4_q4_1_avx2(w, x) }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    {
+        std::array::from_fn(|i| dot_q4_1_scalar(w, &x[i]))
+    }
+}
+
+/// One Q8_0 weight row · four Q8_0 activation rows.
+fn dot4_q8_0(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        // SAFETY: as for dot_q4_1; every row holds as many blocks as `w`.
+        unsafe { dot4_q8_0_avx2(w, x) }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    {
+        std::array::from_fn(|i| dot_q8_0_scalar(w, &x[i]))
+    }
 }
 
 /// One Q4_1 weight row · one Q8_1 activation row.
@@ -330,6 +368,68 @@ unsafe fn dot_q8_0_avx2(w: &[u8], x: &Q81Row) -> f32 {
     target_feature = "fma"
 ))]
 #[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_q4_1_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let blocks = w.len() / Q4_1_BYTES;
+    assert!(x.iter().all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks && r.s.len() >= blocks));
+    let low4 = _mm_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut mins = [0f32; 4];
+    for (b, wb) in w.chunks_exact(Q4_1_BYTES).enumerate() {
+        let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
+        // SAFETY: wb[4..20] is 16 bytes.
+        let nib = unsafe { _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i) };
+        let lo = _mm_and_si128(nib, low4);
+        let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low4);
+        let wq = _mm256_set_m128i(hi, lo);
+        for i in 0..4 {
+            // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
+            let q = unsafe { _mm256_loadu_si256(x[i].q.as_ptr().add(b * QK) as *const __m256i) };
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, q), ones));
+            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x[i].d[b]), sums, acc[i]);
+            mins[i] += mw * x[i].s[b];
+        }
+    }
+    // SAFETY: AVX2 is enabled for this function.
+    std::array::from_fn(|i| unsafe { hsum(acc[i]) } + mins[i])
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_q8_0_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let blocks = w.len() / Q8_0_BYTES;
+    assert!(x.iter().all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks));
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (b, wb) in w.chunks_exact(Q8_0_BYTES).enumerate() {
+        let dw = f16_bits(wb, 0);
+        // SAFETY: wb[2..34] is 32 bytes.
+        let wq = unsafe { _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i) };
+        let wabs = _mm256_sign_epi8(wq, wq);
+        for i in 0..4 {
+            // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
+            let q = unsafe { _mm256_loadu_si256(x[i].q.as_ptr().add(b * QK) as *const __m256i) };
+            let pairs = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(q, wq));
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x[i].d[b]), sums, acc[i]);
+        }
+    }
+    // SAFETY: AVX2 is enabled for this function.
+    std::array::from_fn(|i| unsafe { hsum(acc[i]) })
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
     use std::arch::x86_64::*;
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -421,6 +521,29 @@ mod tests {
             let fast = dot_q8_0(&w, &xq);
             prop_assert!((fast as f64 - exact).abs() <= 1e-4 * (1.0 + exact.abs()), "{fast} vs {exact}");
             prop_assert!((fast - dot_q8_0_scalar(&w, &xq)).abs() <= 1e-4 * (1.0 + fast.abs()));
+        }
+    }
+
+    proptest! {
+        /// Four rows at once give bit-identical results to one at a time.
+        #[test]
+        fn four_row_kernels_equal_the_single_row_ones(
+            w4 in prop::collection::vec(any::<u8>(), 20 * 3),
+            w8 in prop::collection::vec(any::<u8>(), 34 * 3),
+            x in prop::collection::vec(-4f32..4.0, 96 * 4),
+        ) {
+            // Keep the f16 scales finite: clear the exponent's top bit.
+            let mut w4 = w4;
+            for b in w4.chunks_exact_mut(20) { b[1] &= 0x3B; b[3] &= 0x3B; }
+            let mut w8 = w8;
+            for b in w8.chunks_exact_mut(34) { b[1] &= 0x3B; }
+            let rows: [Q81Row; 4] = std::array::from_fn(|i| quantize_q8_1(&x[i * 96..(i + 1) * 96]));
+            let four = dot4_q4_1(&w4, &rows);
+            let eight = dot4_q8_0(&w8, &rows);
+            for i in 0..4 {
+                prop_assert_eq!(four[i].to_bits(), dot_q4_1(&w4, &rows[i]).to_bits());
+                prop_assert_eq!(eight[i].to_bits(), dot_q8_0(&w8, &rows[i]).to_bits());
+            }
         }
     }
 

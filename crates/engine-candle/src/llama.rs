@@ -279,31 +279,61 @@ impl LlamaBackend {
         })
     }
 
-    /// Runs `tokens` at the sequence's next positions; logits of the last one.
-    fn run(&self, seq: &mut LlamaSequence, tokens: &[u32]) -> Result<Vec<f32>> {
+    /// Runs each sequence's `tokens` at its next positions, all sequences
+    /// packed into one batch: the projections and the MLP see every token of
+    /// every sequence as one matrix; attention runs per sequence over its own
+    /// cache. Returns the logits after each sequence's last token.
+    fn run(&self, batch: &mut [(&mut LlamaSequence, &[u32])]) -> Result<Vec<Vec<f32>>> {
         let w = &*self.weights;
         let cfg = &w.config;
-        let n = tokens.len();
-        let pos = seq.position;
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = w.embeddings.index_select(&ids, 0)?; // (n, width)
-        let cos = w.cos.narrow(0, pos, n)?;
-        let sin = w.sin.narrow(0, pos, n)?;
-        let mask = causal_mask(n, pos, &self.device)?;
-        for (layer, cache) in w.layers.iter().zip(seq.cache.iter_mut()) {
+        let mut segments = Vec::with_capacity(batch.len());
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        for (seq, tokens) in batch.iter() {
+            let (start, pos) = (ids.len(), seq.position);
+            ids.extend_from_slice(tokens);
+            positions.extend((pos..pos + tokens.len()).map(|p| p as u32));
+            segments.push(Segment {
+                start,
+                len: tokens.len(),
+                mask: causal_mask(tokens.len(), pos, &self.device)?,
+            });
+        }
+        let total = ids.len();
+        let ids = Tensor::from_vec(ids, total, &self.device)?;
+        let positions = Tensor::from_vec(positions, total, &self.device)?;
+        let cos = w.cos.index_select(&positions, 0)?;
+        let sin = w.sin.index_select(&positions, 0)?;
+        let mut x = w.embeddings.index_select(&ids, 0)?; // (tokens, width)
+        for (l, layer) in w.layers.iter().enumerate() {
+            let mut caches: Vec<&mut Option<(Tensor, Tensor)>> =
+                batch.iter_mut().map(|(seq, _)| &mut seq.cache[l]).collect();
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps)?;
-            let a = attention(cfg, layer, &h, &cos, &sin, mask.as_ref(), cache)?;
+            let a = attention(cfg, layer, &h, &cos, &sin, &segments, &mut caches)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps)?;
             let gu = layer.gate_up.forward(&h)?;
             let (g, u) = (gu[0].silu()?, &gu[1]);
             x = (x + layer.down.forward(&(g * u)?)?)?;
         }
-        seq.position += n;
-        let last = x.narrow(0, n - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &w.norm, cfg.rms_eps)?;
-        w.output.forward(&last)?.squeeze(0)?.to_vec1()
+        for (seq, tokens) in batch.iter_mut() {
+            seq.position += tokens.len();
+        }
+        let last: Vec<u32> = segments
+            .iter()
+            .map(|s| (s.start + s.len - 1) as u32)
+            .collect();
+        let last = Tensor::from_vec(last, segments.len(), &self.device)?;
+        let last = candle_nn::ops::rms_norm(&x.index_select(&last, 0)?, &w.norm, cfg.rms_eps)?;
+        w.output.forward(&last)?.to_vec2()
     }
+}
+
+/// One sequence's rows in a packed batch, and its causal mask.
+struct Segment {
+    start: usize,
+    len: usize,
+    mask: Option<Tensor>,
 }
 
 /// Rounds to f16 and back: what llama.cpp's f16 KV cache and f16 matmuls do.
@@ -329,15 +359,15 @@ fn attention(
     h: &Tensor,
     cos: &Tensor,
     sin: &Tensor,
-    mask: Option<&Tensor>,
-    cache: &mut Option<(Tensor, Tensor)>,
+    segments: &[Segment],
+    caches: &mut [&mut Option<(Tensor, Tensor)>],
 ) -> Result<Tensor> {
-    let n = h.dim(0)?;
+    let rows = h.dim(0)?;
     let (heads, kv_heads, hd) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
     let group = heads / kv_heads;
-    // (n, heads·hd) → (1, heads, n, hd) for rope_i.
+    // (rows, heads·hd) → (1, heads, rows, hd) for rope_i, each row at its own position.
     let split = |t: Tensor, count: usize| {
-        t.reshape((n, count, hd))?
+        t.reshape((rows, count, hd))?
             .transpose(0, 1)?
             .contiguous()?
             .unsqueeze(0)
@@ -353,30 +383,42 @@ fn attention(
     let q = through_f16(&candle_nn::rotary_emb::rope_i(&q, cos, sin)?.squeeze(0)?)?;
     let k = through_f16(&candle_nn::rotary_emb::rope_i(&k, cos, sin)?.squeeze(0)?)?;
     let v = through_f16(&v.squeeze(0)?)?;
-    let (k, v) = match cache.take() {
-        None => (k, v),
-        Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 1)?, Tensor::cat(&[&cv, &v], 1)?),
-    };
-    *cache = Some((k.clone(), v.clone()));
-    let total = k.dim(1)?;
-    // Query heads that share a KV head are stacked: (kv_heads, group·n, hd).
-    let q = q.reshape((kv_heads, group * n, hd))?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // (kv, group·n, total)
-    let scores = match mask {
-        None => scores,
-        Some(m) => scores
-            .reshape((kv_heads, group, n, total))?
-            .broadcast_add(m)?
-            .reshape((kv_heads, group * n, total))?,
-    };
-    let probs = through_f16(&candle_nn::ops::softmax_last_dim(&scores)?)?;
-    let out = probs.matmul(&v)?; // (kv, group·n, hd)
-    let out = out
-        .reshape((heads, n, hd))?
-        .transpose(0, 1)?
-        .contiguous()?
-        .reshape((n, heads * hd))?;
-    layer.wo.forward(&out)
+    let mut outs = Vec::with_capacity(segments.len());
+    for (seg, cache) in segments.iter().zip(caches.iter_mut()) {
+        let n = seg.len;
+        let (k_new, v_new) = (k.narrow(1, seg.start, n)?, v.narrow(1, seg.start, n)?);
+        let (k, v) = match cache.take() {
+            None => (k_new.contiguous()?, v_new.contiguous()?),
+            Some((ck, cv)) => (
+                Tensor::cat(&[&ck, &k_new], 1)?,
+                Tensor::cat(&[&cv, &v_new], 1)?,
+            ),
+        };
+        **cache = Some((k.clone(), v.clone()));
+        let total = k.dim(1)?;
+        // Query heads that share a KV head are stacked: (kv_heads, group·n, hd).
+        let q = q
+            .narrow(1, seg.start, n)?
+            .contiguous()?
+            .reshape((kv_heads, group * n, hd))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // (kv, group·n, total)
+        let scores = match &seg.mask {
+            None => scores,
+            Some(m) => scores
+                .reshape((kv_heads, group, n, total))?
+                .broadcast_add(m)?
+                .reshape((kv_heads, group * n, total))?,
+        };
+        let probs = through_f16(&candle_nn::ops::softmax_last_dim(&scores)?)?;
+        let out = probs.matmul(&v)?; // (kv, group·n, hd)
+        outs.push(
+            out.reshape((heads, n, hd))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((n, heads * hd))?,
+        );
+    }
+    layer.wo.forward(&Tensor::cat(&outs, 0)?)
 }
 
 impl GenerateBackend for LlamaBackend {
@@ -394,17 +436,27 @@ impl GenerateBackend for LlamaBackend {
         seq: &mut LlamaSequence,
         tokens: &[u32],
     ) -> std::result::Result<Vec<f32>, BackendError> {
+        let mut logits = self.forward_batch(&mut [(seq, tokens)])?;
+        Ok(logits.pop().expect("one sequence in, one out"))
+    }
+
+    fn forward_batch(
+        &self,
+        batch: &mut [(&mut LlamaSequence, &[u32])],
+    ) -> std::result::Result<Vec<Vec<f32>>, BackendError> {
         let cfg = &self.weights.config;
-        if tokens.is_empty() || seq.position + tokens.len() > cfg.context {
-            return Err(BackendError(format!(
-                "{} tokens at position {} do not fit the context of {}",
-                tokens.len(),
-                seq.position,
-                cfg.context
-            )));
+        for (seq, tokens) in batch.iter() {
+            if tokens.is_empty() || seq.position + tokens.len() > cfg.context {
+                return Err(BackendError(format!(
+                    "{} tokens at position {} do not fit the context of {}",
+                    tokens.len(),
+                    seq.position,
+                    cfg.context
+                )));
+            }
         }
         self.pool
-            .install(|| self.run(seq, tokens))
+            .install(|| self.run(batch))
             .map_err(|e| BackendError(e.to_string()))
     }
 }

@@ -124,7 +124,10 @@ impl QuantMatrix {
                     // Four inputs per pass over the weight row: its blocks are
                     // unpacked once for all four (prompts, batches).
                     for (o, xq) in out_row.chunks_mut(4).zip(quantized.chunks(4)) {
-                        if let (Ok(o4), Ok(x4)) = (<&mut [f32; 4]>::try_from(&mut *o), <&[Q81Row; 4]>::try_from(xq)) {
+                        if let (Ok(o4), Ok(x4)) = (
+                            <&mut [f32; 4]>::try_from(&mut *o),
+                            <&[Q81Row; 4]>::try_from(xq),
+                        ) {
                             *o4 = dot4(w, x4);
                         } else {
                             for (o, x) in o.iter_mut().zip(xq) {
@@ -180,12 +183,20 @@ type Dot4Fn = fn(&[u8], &[Q81Row; 4]) -> [f32; 4];
 /// One Q4_1 weight row · four Q8_1 activation rows, each summed exactly as
 /// [`dot_q4_1`] sums it.
 fn dot4_q4_1(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
     {
         // SAFETY: as for dot_q4_1; every row holds as many blocks as `w`.
         unsafe { dot4_q4_1_avx2(w, x) }
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
     {
         std::array::from_fn(|i| dot_q4_1_scalar(w, &x[i]))
     }
@@ -193,12 +204,20 @@ fn dot4_q4_1(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
 
 /// One Q8_0 weight row · four Q8_0 activation rows.
 fn dot4_q8_0(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
     {
         // SAFETY: as for dot_q4_1; every row holds as many blocks as `w`.
         unsafe { dot4_q8_0_avx2(w, x) }
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
     {
         std::array::from_fn(|i| dot_q8_0_scalar(w, &x[i]))
     }
@@ -371,7 +390,10 @@ unsafe fn dot_q8_0_avx2(w: &[u8], x: &Q81Row) -> f32 {
 unsafe fn dot4_q4_1_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
     let blocks = w.len() / Q4_1_BYTES;
-    assert!(x.iter().all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks && r.s.len() >= blocks));
+    assert!(
+        x.iter()
+            .all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks && r.s.len() >= blocks)
+    );
     let low4 = _mm_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -404,7 +426,10 @@ unsafe fn dot4_q4_1_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
 unsafe fn dot4_q8_0_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
     let blocks = w.len() / Q8_0_BYTES;
-    assert!(x.iter().all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks));
+    assert!(
+        x.iter()
+            .all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks)
+    );
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 4];
     for (b, wb) in w.chunks_exact(Q8_0_BYTES).enumerate() {

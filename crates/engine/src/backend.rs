@@ -23,4 +23,16 @@ pub trait GenerateBackend: Send + 'static {
     /// Appends `tokens` to the sequence at its next positions and returns the
     /// logits for the token after the last one.
     fn forward(&self, seq: &mut Self::Sequence, tokens: &[u32]) -> Result<Vec<f32>, BackendError>;
+
+    /// `forward` for several sequences at once (prompts and decode steps
+    /// alike); backends that can pack them into one pass override this.
+    fn forward_batch(
+        &self,
+        batch: &mut [(&mut Self::Sequence, &[u32])],
+    ) -> Result<Vec<Vec<f32>>, BackendError> {
+        batch
+            .iter_mut()
+            .map(|(seq, tokens)| self.forward(seq, tokens))
+            .collect()
+    }
 }

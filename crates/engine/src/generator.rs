@@ -124,13 +124,16 @@ struct Active<'t, S> {
     sampler: Sampler,
     detok: Detokenizer<'t>,
     stop: StopMatcher,
-    /// Sampled, not yet emitted nor fed back.
-    next: u32,
+    /// Sampled, not yet emitted nor fed back; `None` before the prompt ran.
+    next: Option<u32>,
     generated: usize,
 }
 
 enum Step {
-    Continue,
+    /// Not started: run the prompt.
+    Prefill,
+    /// Feed this token back to get the next one.
+    Feed(u32),
     Finished(FinishReason),
 }
 
@@ -176,7 +179,8 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
         }
     }
 
-    /// Starts waiting jobs while there is room: prefill, then the first token.
+    /// Moves waiting jobs into the running set while there is room; their
+    /// prompts run with the next step.
     fn admit(&mut self) {
         while self.running.len() < self.max_concurrent {
             let Some(job) = self.waiting.pop_front() else {
@@ -185,69 +189,98 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
             if job.events.is_closed() {
                 continue;
             }
-            let mut seq = self.backend.new_sequence();
-            match self.backend.forward(&mut seq, &job.prompt) {
-                Ok(logits) => {
-                    let mut sampler = Sampler::new(job.params.sampling);
-                    let next = sampler.sample(&logits);
-                    metrics::histogram!("modelship_time_to_first_token_seconds")
-                        .record(job.enqueued.elapsed().as_secs_f64());
-                    metrics::counter!("modelship_prompt_tokens_total")
-                        .increment(job.prompt.len() as u64);
-                    let stop = StopMatcher::new(job.params.stop.clone());
-                    self.running.push(Active {
-                        job,
-                        seq,
-                        sampler,
-                        detok: self.tokenizer.stream(),
-                        stop,
-                        next,
-                        generated: 0,
-                    });
-                }
-                Err(e) => {
-                    let _ = job
-                        .events
-                        .send(GenerationEvent::Failed(EngineError::Backend(e)));
-                }
-            }
+            self.running.push(Active {
+                seq: self.backend.new_sequence(),
+                sampler: Sampler::new(job.params.sampling),
+                detok: self.tokenizer.stream(),
+                stop: StopMatcher::new(job.params.stop.clone()),
+                next: None,
+                generated: 0,
+                job,
+            });
         }
     }
 
-    /// One token for every running sequence.
+    /// One step for every running sequence: emit each one's pending token,
+    /// then one forward pass over all that go on (new prompts and single
+    /// decode tokens packed together), then sample each one's next token.
     fn step_all(&mut self) {
+        let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(self.running.len());
         let mut i = 0;
         while i < self.running.len() {
-            let outcome = self.step(i);
-            match outcome {
-                Ok(Step::Continue) => i += 1,
-                Ok(Step::Finished(reason)) => {
-                    let mut a = self.running.swap_remove(i);
-                    let rest = a.stop.flush();
-                    if !rest.is_empty() && reason == FinishReason::Length {
-                        let _ = a.job.events.send(GenerationEvent::Text(rest));
-                    }
-                    let usage = Usage {
-                        prompt_tokens: a.job.prompt.len(),
-                        completion_tokens: a.generated,
-                    };
-                    let _ = a.job.events.send(GenerationEvent::Done { reason, usage });
+            match self.emit(i) {
+                Ok(Step::Prefill) => {
+                    feeds.push(self.running[i].job.prompt.clone());
+                    i += 1;
                 }
-                Err(e) => {
-                    let a = self.running.swap_remove(i);
-                    let _ = a.job.events.send(GenerationEvent::Failed(e));
+                Ok(Step::Feed(token)) => {
+                    feeds.push(vec![token]);
+                    i += 1;
+                }
+                Ok(Step::Finished(reason)) => self.finish(i, Ok(reason)),
+                Err(e) => self.finish(i, Err(e)),
+            }
+        }
+        if self.running.is_empty() {
+            return;
+        }
+        let mut batch: Vec<(&mut B::Sequence, &[u32])> = self
+            .running
+            .iter_mut()
+            .zip(&feeds)
+            .map(|(a, f)| (&mut a.seq, f.as_slice()))
+            .collect();
+        match self.backend.forward_batch(&mut batch) {
+            Ok(logits) => {
+                for (a, logits) in self.running.iter_mut().zip(logits) {
+                    if a.next.is_none() {
+                        metrics::histogram!("modelship_time_to_first_token_seconds")
+                            .record(a.job.enqueued.elapsed().as_secs_f64());
+                        metrics::counter!("modelship_prompt_tokens_total")
+                            .increment(a.job.prompt.len() as u64);
+                    }
+                    a.next = Some(a.sampler.sample(&logits));
+                }
+            }
+            Err(e) => {
+                while !self.running.is_empty() {
+                    self.finish(0, Err(EngineError::Backend(e.clone())));
                 }
             }
         }
     }
 
-    fn step(&mut self, i: usize) -> Result<Step, EngineError> {
+    /// Ends sequence `i`: flushes held text on a length stop, then reports.
+    fn finish(&mut self, i: usize, outcome: Result<FinishReason, EngineError>) {
+        let mut a = self.running.swap_remove(i);
+        match outcome {
+            Ok(reason) => {
+                let rest = a.stop.flush();
+                if !rest.is_empty() && reason == FinishReason::Length {
+                    let _ = a.job.events.send(GenerationEvent::Text(rest));
+                }
+                let usage = Usage {
+                    prompt_tokens: a.job.prompt.len(),
+                    completion_tokens: a.generated,
+                };
+                let _ = a.job.events.send(GenerationEvent::Done { reason, usage });
+            }
+            Err(e) => {
+                let _ = a.job.events.send(GenerationEvent::Failed(e));
+            }
+        }
+    }
+
+    /// Emits sequence `i`'s pending token; says whether it goes on.
+    fn emit(&mut self, i: usize) -> Result<Step, EngineError> {
         let a = &mut self.running[i];
         if a.job.events.is_closed() {
             // The client went away: free the slot now.
             return Ok(Step::Finished(FinishReason::Stop));
         }
-        let token = a.next;
+        let Some(token) = a.next else {
+            return Ok(Step::Prefill);
+        };
         if self.tokenizer.eos().contains(&token) {
             return Ok(Step::Finished(FinishReason::Stop));
         }
@@ -269,11 +302,6 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
         if a.generated >= a.job.params.max_tokens {
             return Ok(Step::Finished(FinishReason::Length));
         }
-        let logits = self
-            .backend
-            .forward(&mut a.seq, &[token])
-            .map_err(EngineError::Backend)?;
-        a.next = a.sampler.sample(&logits);
-        Ok(Step::Continue)
+        Ok(Step::Feed(token))
     }
 }

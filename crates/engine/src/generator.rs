@@ -1,7 +1,9 @@
-//! The generation actor: one thread owns the backend and interleaves decode
-//! steps of up to `max_concurrent` sequences, each with its own KV cache;
-//! more requests wait in a bounded queue. Text leaves as soon as it forms whole
-//! characters, minus anything that may still turn into a stop sequence.
+//! The generation actor: one thread owns the backend and runs up to
+//! `max_concurrent` sequences, each with its own KV cache, batched
+//! continuously: every step is one forward pass over the new prompts and the
+//! last token of every running sequence. More requests wait in a bounded
+//! queue. Text leaves as soon as it forms whole characters, minus anything
+//! that may still turn into a stop sequence.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -97,6 +97,27 @@ def embed_load(port, texts, concurrency, seconds):
     return sum(done) / elapsed
 
 
+def generate_load(port, texts, concurrency, max_tokens=64):
+    """Aggregate generated tokens/s of `concurrency` simultaneous greedy completions."""
+    produced = [0] * concurrency
+
+    def client(k):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        body = {"prompt": texts[k], "max_tokens": max_tokens, "temperature": 0}
+        status, data = post(conn, "/v1/completions", body)
+        if status != 200:
+            raise RuntimeError(f"status {status}")
+        produced[k] = json.loads(data)["usage"]["completion_tokens"]
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sum(produced) / (time.perf_counter() - t)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     texts = sentences()
@@ -129,8 +150,10 @@ def main():
             r[f"{who}_{k}"] = median([x[k] for x in runs[who]])
             r[f"{who}_{k}_all"] = [x[k] for x in runs[who]]
 
-    proc, t0 = start_server(SMOL, 18102)
+    proc, t0 = start_server(SMOL, 18102, ("--max-concurrent", "8"))
     r["smollm_start_s"] = first_success(18102, "/v1/completions", {"prompt": "Hi", "max_tokens": 1}, t0)
+    for c in (1, 4, 8):
+        r[f"gen_c{c}_tps"] = generate_load(18102, texts, c)
     conn = http.client.HTTPConnection("127.0.0.1", 18102, timeout=120)
     post(conn, "/v1/completions", {"prompt": " ".join(texts[:40]), "max_tokens": 256, "temperature": 0})
     r["smollm_peak_rss_mib"] = peak_rss_mib(proc.pid)
@@ -157,6 +180,12 @@ def report(r):
 | modelship | {f(r['ours_prompt_tps'])} (runs {r['ours_prompt_tps_all']}) | {f(r['ours_decode_tps'])} (runs {r['ours_decode_tps_all']}) |
 | llama.cpp (llama-cpp-python) | {f(r['llama_prompt_tps'])} (runs {r['llama_prompt_tps_all']}) | {f(r['llama_decode_tps'])} (runs {r['llama_decode_tps_all']}) |
 | **ratio ours/llama.cpp** | **{r['ours_prompt_tps']/r['llama_prompt_tps']:.2f}×** | **{r['ours_decode_tps']/r['llama_decode_tps']:.2f}×** |
+
+| continuous batching (SmolLM2 over HTTP, 64 greedy tokens each) | generated tok/s, all streams together |
+|---|---|
+| concurrency 1 | {f(r['gen_c1_tps'])} |
+| concurrency 4 | {f(r['gen_c4_tps'])} ({r['gen_c4_tps']/r['gen_c1_tps']:.2f}×) |
+| concurrency 8 | {f(r['gen_c8_tps'])} ({r['gen_c8_tps']/r['gen_c1_tps']:.2f}×) |
 
 | model | process start → first successful response | peak RSS |
 |---|---|---|

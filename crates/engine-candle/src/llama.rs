@@ -149,10 +149,49 @@ pub struct LlamaBackend {
     pool: Arc<rayon::ThreadPool>,
 }
 
-/// One sequence's KV cache: per layer, keys and values of shape
-/// (kv_heads, positions, head_dim).
+/// Keys and values of one layer for one sequence: buffers of shape
+/// (kv_heads, capacity, head_dim) filled up to `len`, grown by doubling, so a
+/// decode step writes one row instead of copying the whole cache.
+pub struct KvCache {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl KvCache {
+    /// Appends (kv_heads, n, head_dim) keys and values; returns views of all of
+    /// them so far.
+    fn append(
+        slot: &mut Option<KvCache>,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        max_len: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let (kv_heads, n, hd) = k_new.dims3()?;
+        let len = slot.as_ref().map_or(0, |c| c.len);
+        let needed = len + n;
+        let capacity = slot.as_ref().map_or(0, |c| c.k.dim(1).unwrap_or(0));
+        if needed > capacity {
+            let grown = needed.max(capacity * 2).max(64).min(max_len.max(needed));
+            let k = Tensor::zeros((kv_heads, grown, hd), k_new.dtype(), k_new.device())?;
+            let v = Tensor::zeros((kv_heads, grown, hd), v_new.dtype(), v_new.device())?;
+            if let Some(old) = slot.take() {
+                k.slice_set(&old.k.narrow(1, 0, old.len)?.contiguous()?, 1, 0)?;
+                v.slice_set(&old.v.narrow(1, 0, old.len)?.contiguous()?, 1, 0)?;
+            }
+            *slot = Some(KvCache { k, v, len });
+        }
+        let cache = slot.as_mut().expect("allocated above");
+        cache.k.slice_set(&k_new.contiguous()?, 1, len)?;
+        cache.v.slice_set(&v_new.contiguous()?, 1, len)?;
+        cache.len = needed;
+        Ok((cache.k.narrow(1, 0, needed)?, cache.v.narrow(1, 0, needed)?))
+    }
+}
+
+/// One sequence's KV cache, a [`KvCache`] per layer once it has run.
 pub struct LlamaSequence {
-    cache: Vec<Option<(Tensor, Tensor)>>,
+    cache: Vec<Option<KvCache>>,
     position: usize,
 }
 
@@ -306,7 +345,7 @@ impl LlamaBackend {
         let sin = w.sin.index_select(&positions, 0)?;
         let mut x = w.embeddings.index_select(&ids, 0)?; // (tokens, width)
         for (l, layer) in w.layers.iter().enumerate() {
-            let mut caches: Vec<&mut Option<(Tensor, Tensor)>> =
+            let mut caches: Vec<&mut Option<KvCache>> =
                 batch.iter_mut().map(|(seq, _)| &mut seq.cache[l]).collect();
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps)?;
             let a = attention(cfg, layer, &h, &cos, &sin, &segments, &mut caches)?;
@@ -360,7 +399,7 @@ fn attention(
     cos: &Tensor,
     sin: &Tensor,
     segments: &[Segment],
-    caches: &mut [&mut Option<(Tensor, Tensor)>],
+    caches: &mut [&mut Option<KvCache>],
 ) -> Result<Tensor> {
     let rows = h.dim(0)?;
     let (heads, kv_heads, hd) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
@@ -387,14 +426,7 @@ fn attention(
     for (seg, cache) in segments.iter().zip(caches.iter_mut()) {
         let n = seg.len;
         let (k_new, v_new) = (k.narrow(1, seg.start, n)?, v.narrow(1, seg.start, n)?);
-        let (k, v) = match cache.take() {
-            None => (k_new.contiguous()?, v_new.contiguous()?),
-            Some((ck, cv)) => (
-                Tensor::cat(&[&ck, &k_new], 1)?,
-                Tensor::cat(&[&cv, &v_new], 1)?,
-            ),
-        };
-        **cache = Some((k.clone(), v.clone()));
+        let (k, v) = KvCache::append(cache, &k_new, &v_new, cfg.context)?;
         let total = k.dim(1)?;
         // Query heads that share a KV head are stacked: (kv_heads, group·n, hd).
         let q = q
@@ -426,7 +458,7 @@ impl GenerateBackend for LlamaBackend {
 
     fn new_sequence(&self) -> LlamaSequence {
         LlamaSequence {
-            cache: vec![None; self.weights.config.layers],
+            cache: (0..self.weights.config.layers).map(|_| None).collect(),
             position: 0,
         }
     }

@@ -121,10 +121,6 @@ impl Engine {
         &self.limits
     }
 
-    pub fn tokenizer(&self) -> &TextTokenizer {
-        &self.tokenizer
-    }
-
     /// Embeds `texts`. Inputs longer than the context are an error naming the
     /// input, unless `truncate` asks to keep their first tokens.
     pub async fn embed(&self, texts: &[String], truncate: bool) -> Result<Embeddings, EngineError> {

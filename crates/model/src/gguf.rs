@@ -1,7 +1,6 @@
 //! GGUF: the tensor table and typed metadata access on top of candle's reader,
 //! which bounds-checks every length against the file size.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -71,10 +70,6 @@ impl GgufFile {
             path: path.to_owned(),
             content,
         })
-    }
-
-    pub fn metadata(&self) -> &HashMap<String, Value> {
-        &self.content.metadata
     }
 
     fn get(&self, key: &str) -> Result<&Value, ModelError> {

@@ -48,10 +48,4 @@ impl ModelSource {
             path: path.to_owned(),
         })
     }
-
-    pub fn path(&self) -> &Path {
-        match self {
-            Self::HfDir(p) | Self::Gguf(p) => p,
-        }
-    }
 }

@@ -30,6 +30,11 @@ PROMPTS = [
     "Q: What is the largest planet in our solar system?\nA:",
     "To be, or not to be, that is",
     "<|im_start|>user\nGive me three tips for better sleep.<|im_end|>\n<|im_start|>assistant\n",
+    # A prompt of ~600 tokens: attention runs in several query chunks.
+    "Summarize the following passage.\n\n" + " ".join(
+        ["To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
+         "the slings and arrows of outrageous fortune, or to take arms against a sea of troubles "
+         "and by opposing end them."] * 16) + "\n\nSummary:",
 ]
 TOKENIZE = [
     "Hello, world!",
@@ -46,7 +51,7 @@ N_TOKENS = 32
 
 def main(model_path, out_path):
     # llama.cpp's defaults (f16 KV cache); logits_all to record each step's top two.
-    llm = Llama(model_path=model_path, n_ctx=512, n_threads=2, seed=0, verbose=False, logits_all=True)
+    llm = Llama(model_path=model_path, n_ctx=1024, n_threads=2, seed=0, verbose=False, logits_all=True)
     tokenized = []
     for text in TOKENIZE:
         ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)

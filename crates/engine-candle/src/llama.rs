@@ -375,6 +375,27 @@ struct Segment {
     mask: Option<Tensor>,
 }
 
+/// Query positions attended at once during a prompt.
+const QUERY_CHUNK: usize = 256;
+
+/// Softmax attention of queries (kv, group, len, hd) over keys and values
+/// (kv, total, hd), with an additive mask (len, total) for prompts.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, hd: usize) -> Result<Tensor> {
+    let (kv_heads, group, len, _) = q.dims4()?;
+    let total = k.dim(1)?;
+    let q = q.contiguous()?.reshape((kv_heads, group * len, hd))?;
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // (kv, group·len, total)
+    let scores = match mask {
+        None => scores,
+        Some(m) => scores
+            .reshape((kv_heads, group, len, total))?
+            .broadcast_add(m)?
+            .reshape((kv_heads, group * len, total))?,
+    };
+    let probs = through_f16(&candle_nn::ops::softmax_last_dim(&scores)?)?;
+    probs.matmul(v)?.reshape((kv_heads, group, len, hd))
+}
+
 /// Rounds to f16 and back: what llama.cpp's f16 KV cache and f16 matmuls do.
 fn through_f16(t: &Tensor) -> Result<Tensor> {
     t.to_dtype(DType::F16)?.to_dtype(DType::F32)
@@ -427,22 +448,25 @@ fn attention(
         let n = seg.len;
         let (k_new, v_new) = (k.narrow(1, seg.start, n)?, v.narrow(1, seg.start, n)?);
         let (k, v) = KvCache::append(cache, &k_new, &v_new, cfg.context)?;
-        let total = k.dim(1)?;
-        // Query heads that share a KV head are stacked: (kv_heads, group·n, hd).
+        // (heads, n, hd) as (kv_heads, group, n, hd): query heads that share
+        // a KV head are stacked against it.
         let q = q
             .narrow(1, seg.start, n)?
             .contiguous()?
-            .reshape((kv_heads, group * n, hd))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // (kv, group·n, total)
-        let scores = match &seg.mask {
-            None => scores,
-            Some(m) => scores
-                .reshape((kv_heads, group, n, total))?
-                .broadcast_add(m)?
-                .reshape((kv_heads, group * n, total))?,
-        };
-        let probs = through_f16(&candle_nn::ops::softmax_last_dim(&scores)?)?;
-        let out = probs.matmul(&v)?; // (kv, group·n, hd)
+            .reshape((kv_heads, group, n, hd))?;
+        // Long prompts attend in chunks of queries, so the score matrix stays
+        // small (a 4k prompt would otherwise build a 600 MB one per layer).
+        let mut chunks = Vec::with_capacity(n.div_ceil(QUERY_CHUNK));
+        for c0 in (0..n).step_by(QUERY_CHUNK) {
+            let len = QUERY_CHUNK.min(n - c0);
+            let mask = seg
+                .mask
+                .as_ref()
+                .map(|m| m.narrow(0, c0, len))
+                .transpose()?;
+            chunks.push(attend(&q.narrow(2, c0, len)?, &k, &v, mask.as_ref(), hd)?);
+        }
+        let out = Tensor::cat(&chunks, 2)?; // (kv, group, n, hd)
         outs.push(
             out.reshape((heads, n, hd))?
                 .transpose(0, 1)?
@@ -490,5 +514,39 @@ impl GenerateBackend for LlamaBackend {
         self.pool
             .install(|| self.run(batch))
             .map_err(|e| BackendError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attending in query chunks gives what attending at once gives.
+    #[test]
+    fn chunked_attention_equals_whole() {
+        let dev = Device::Cpu;
+        let (kv, group, n, hd, pos) = (3, 3, 600, 64, 100);
+        let total = pos + n;
+        let q = Tensor::randn(0f32, 1.0, (kv, group, n, hd), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (kv, total, hd), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (kv, total, hd), &dev).unwrap();
+        let mask = causal_mask(n, pos, &dev).unwrap().unwrap();
+        let whole = attend(&q, &k, &v, Some(&mask), hd).unwrap();
+        let mut chunks = Vec::new();
+        for c0 in (0..n).step_by(QUERY_CHUNK) {
+            let len = QUERY_CHUNK.min(n - c0);
+            let m = mask.narrow(0, c0, len).unwrap();
+            chunks.push(attend(&q.narrow(2, c0, len).unwrap(), &k, &v, Some(&m), hd).unwrap());
+        }
+        let chunked = Tensor::cat(&chunks, 2).unwrap();
+        let diff = (whole - chunked)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
     }
 }

@@ -92,11 +92,14 @@ fn greedy_steps_agree_with_llama_cpp_up_to_near_ties() {
     );
 }
 
-/// A long prompt run whole (one causal mask) and the same prompt run in two
-/// parts (the second attending to the cached first through an offset mask)
-/// give the same next-token logits.
+/// A long prompt run whole (several query chunks, one causal mask) and in
+/// two parts (the second attending to the cached first through an offset
+/// mask) agree as closely as llama.cpp agrees with itself: the row-by-row
+/// arithmetic is the same, but a different matrix shape may round a value
+/// the other way before it is quantized to 8 bits, and this Q4 model carries
+/// such a flip to the logits (whole vs split differ by up to ~0.6 here).
 #[test]
-fn a_long_prompt_whole_or_split_gives_the_same_logits() {
+fn a_long_prompt_whole_or_split_gives_the_same_next_token() {
     let path = modelship_testkit::smollm();
     let gguf = GgufFile::open(&path).unwrap();
     let mut reader = std::fs::File::open(&path).unwrap();
@@ -111,17 +114,27 @@ fn a_long_prompt_whole_or_split_gives_the_same_logits() {
         .unwrap();
     assert!(long.len() > 600, "the fixture has a long prompt");
     let whole = backend.forward(&mut backend.new_sequence(), &long).unwrap();
-    let mut seq = backend.new_sequence();
-    backend.forward(&mut seq, &long[..300]).unwrap();
-    let split = backend.forward(&mut seq, &long[300..]).unwrap();
-    let worst = whole
-        .iter()
-        .zip(&split)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(worst < 1e-3, "largest logit difference {worst}");
-    assert_eq!(
-        modelship_engine::sampler::argmax(&whole),
-        modelship_engine::sampler::argmax(&split)
-    );
+    let best = modelship_engine::sampler::argmax(&whole) as usize;
+    let mut sorted = whole.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let margin = sorted[0] - sorted[1];
+    for cut in [10, 50, 300, 700] {
+        let mut seq = backend.new_sequence();
+        backend.forward(&mut seq, &long[..cut]).unwrap();
+        let split = backend.forward(&mut seq, &long[cut..]).unwrap();
+        let worst = whole
+            .iter()
+            .zip(&split)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= MAX_LOGIT_DIFF,
+            "cut at {cut}: largest logit difference {worst}"
+        );
+        let ours = modelship_engine::sampler::argmax(&split) as usize;
+        assert!(
+            ours == best || (margin < NEAR_TIE && whole[best] - whole[ours] < NEAR_TIE),
+            "cut at {cut}: next token {ours}, whole prompt gives {best} (margin {margin})"
+        );
+    }
 }

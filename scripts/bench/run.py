@@ -68,6 +68,17 @@ def stop(proc):
     proc.wait(timeout=60)
 
 
+def run_clients(client, concurrency):
+    """Runs client(k) for k in 0..concurrency on threads; returns the seconds taken."""
+    t = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t
+
+
 def embed_load(port, texts, concurrency, seconds):
     """Each of `concurrency` clients sends one-text requests back to back."""
     done = [0] * concurrency
@@ -85,13 +96,7 @@ def embed_load(port, texts, concurrency, seconds):
                 failures[0] += 1
             i += concurrency
 
-    t = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    elapsed = time.perf_counter() - t
+    elapsed = run_clients(client, concurrency)
     if failures[0]:
         raise RuntimeError(f"{failures[0]} failed requests")
     return sum(done) / elapsed
@@ -109,13 +114,7 @@ def generate_load(port, texts, concurrency, max_tokens=64):
             raise RuntimeError(f"status {status}")
         produced[k] = json.loads(data)["usage"]["completion_tokens"]
 
-    t = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return sum(produced) / (time.perf_counter() - t)
+    return sum(produced) / run_clients(client, concurrency)
 
 
 def main():

@@ -24,12 +24,17 @@ const MAX_LOGIT_DIFF: f32 = 1.25;
 /// step that differs must also be a near-tie (checked step by step).
 const MIN_AGREEMENT: f64 = 0.975;
 
-#[test]
-fn greedy_steps_agree_with_llama_cpp_up_to_near_ties() {
+/// The SmolLM2 test model with room for the fixture's longest prompt.
+fn smollm() -> LlamaBackend {
     let path = modelship_testkit::smollm();
     let gguf = GgufFile::open(&path).unwrap();
     let mut reader = std::fs::File::open(&path).unwrap();
-    let backend = LlamaBackend::from_gguf(gguf.content, &mut reader, &Device::Cpu, 1024).unwrap();
+    LlamaBackend::from_gguf(gguf.content, &mut reader, &Device::Cpu, 1024).unwrap()
+}
+
+#[test]
+fn greedy_steps_agree_with_llama_cpp_up_to_near_ties() {
+    let backend = smollm();
     let fx = modelship_testkit::fixture("llama_greedy.json");
     let mut steps = 0;
     let mut agree = 0;
@@ -100,10 +105,7 @@ fn greedy_steps_agree_with_llama_cpp_up_to_near_ties() {
 /// such a flip to the logits (whole vs split differ by up to ~0.6 here).
 #[test]
 fn a_long_prompt_whole_or_split_gives_the_same_next_token() {
-    let path = modelship_testkit::smollm();
-    let gguf = GgufFile::open(&path).unwrap();
-    let mut reader = std::fs::File::open(&path).unwrap();
-    let backend = LlamaBackend::from_gguf(gguf.content, &mut reader, &Device::Cpu, 1024).unwrap();
+    let backend = smollm();
     let fx = modelship_testkit::fixture("llama_greedy.json");
     let long = fx["completions"]
         .as_array()

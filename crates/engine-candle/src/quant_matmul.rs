@@ -180,90 +180,49 @@ fn quantize_q8_1(x: &[f32]) -> Q81Row {
 type DotFn = fn(&[u8], &Q81Row) -> f32;
 type Dot4Fn = fn(&[u8], &[Q81Row; 4]) -> [f32; 4];
 
+/// The AVX2 kernel where the build has AVX2 and FMA (see
+/// .cargo/config.toml), else the scalar expression.
+macro_rules! simd_or_scalar {
+    ($avx2:ident($($arg:expr),*), $scalar:expr) => {{
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+        {
+            // SAFETY: the target features are enabled for this build, and every
+            // activation row holds as many whole blocks as the weight row
+            // (checked in `from_ggml` and `matmul`).
+            unsafe { $avx2($($arg),*) }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+        {
+            $scalar
+        }
+    }};
+}
+
 /// One Q4_1 weight row · four Q8_1 activation rows, each summed exactly as
 /// [`dot_q4_1`] sums it.
 fn dot4_q4_1(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        // SAFETY: as for dot_q4_1; every row holds as many blocks as `w`.
-        unsafe { dot4_q4_1_avx2(w, x) }
-    }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    {
+    simd_or_scalar!(
+        dot4_q4_1_avx2(w, x),
         std::array::from_fn(|i| dot_q4_1_scalar(w, &x[i]))
-    }
+    )
 }
 
 /// One Q8_0 weight row · four Q8_0 activation rows.
 fn dot4_q8_0(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        // SAFETY: as for dot_q4_1; every row holds as many blocks as `w`.
-        unsafe { dot4_q8_0_avx2(w, x) }
-    }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    {
+    simd_or_scalar!(
+        dot4_q8_0_avx2(w, x),
         std::array::from_fn(|i| dot_q8_0_scalar(w, &x[i]))
-    }
+    )
 }
 
 /// One Q4_1 weight row · one Q8_1 activation row.
 fn dot_q4_1(w: &[u8], x: &Q81Row) -> f32 {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        // SAFETY: the build enables AVX2 and FMA (see .cargo/config.toml), and
-        // the slices hold whole blocks (checked in from_ggml and matmul).
-        unsafe { dot_q4_1_avx2(w, x) }
-    }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    {
-        dot_q4_1_scalar(w, x)
-    }
+    simd_or_scalar!(dot_q4_1_avx2(w, x), dot_q4_1_scalar(w, x))
 }
 
 /// One Q8_0 weight row · one Q8_0 activation row (`s` unused).
 fn dot_q8_0(w: &[u8], x: &Q81Row) -> f32 {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        // SAFETY: as for dot_q4_1.
-        unsafe { dot_q8_0_avx2(w, x) }
-    }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    {
-        dot_q8_0_scalar(w, x)
-    }
+    simd_or_scalar!(dot_q8_0_avx2(w, x), dot_q8_0_scalar(w, x))
 }
 
 #[cfg_attr(

@@ -1,14 +1,17 @@
 //! `modelship`: parse the command line, start logging, run the command, and
 //! turn its error into a message with its causes and an exit code.
 
+mod compute;
+mod evaluate;
 mod inspect;
+mod quantize;
 mod serve;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Deploy AI models: inspect, serve, and (soon) quantize, plan and roll out.
+/// Deploy AI models: inspect, quantize, evaluate and serve (and soon plan and roll out).
 #[derive(Parser)]
 #[command(name = "modelship", version, about)]
 struct Cli {
@@ -22,6 +25,14 @@ enum Command {
     Inspect(inspect::Args),
     /// Load a model and serve the OpenAI and Open Inference Protocol APIs.
     Serve(serve::Args),
+    /// Write a model as GGUF in another precision (llama.cpp-compatible).
+    Quantize(quantize::QuantizeArgs),
+    /// Zero the smallest weights of the linear layers and write GGUF.
+    Prune(quantize::PruneArgs),
+    /// Measure a model's quality against a reference model.
+    Eval(evaluate::EvalArgs),
+    /// Try the spec's precisions, measure each, keep the smallest that passes its gate.
+    Optimize(evaluate::OptimizeArgs),
 }
 
 /// Exit codes: 1 the user's problem, 2 a bug, 64 bad configuration.
@@ -48,6 +59,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Quantize(args) => quantize::run_quantize(args),
+        Command::Prune(args) => quantize::run_prune(args),
+        Command::Eval(args) => evaluate::run_eval(args),
+        Command::Optimize(args) => evaluate::run_optimize(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,28 +81,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     limits
         .validate()
         .map_err(|e| Failure::Config(anyhow::Error::new(e).context("invalid serving limits")))?;
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 {
-        return Err(Failure::Config(anyhow::anyhow!(
-            "invalid `--threads`: must be at least 1"
-        )));
-    }
-    // candle sizes its matmul parallelism from RAYON_NUM_THREADS, and runs
-    // elementwise ops on a second, spinning pool of CANDLE_NUM_THREADS - 1
-    // workers that fights the backends' rayon pools for the cores. One thread
-    // for that pool keeps those ops on the (pool) thread that runs the forward
-    // pass: +20% embedding throughput on 2 cores (docs/benchmarks.md).
-    // SAFETY: still single-threaded here; nothing else reads the environment concurrently.
-    unsafe {
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .context("cannot start the compute thread pool")?;
+    let threads = crate::compute::init_threads(args.threads)?;
     let device = parse_device(&args.device).map_err(|e| Failure::Config(e.into()))?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()

@@ -5,10 +5,13 @@
 //! into one (tokens, hidden) matrix, so each linear layer is one large matrix
 //! product and no work is spent on padding; only attention runs per sequence.
 
+use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use modelship_engine::{BackendError, EmbedBackend};
-use modelship_model::{HfModel, Pooling};
+use modelship_model::{HfModel, NORMALIZE_KEY, POOLING_KEY, Pooling};
+
+use crate::linear::{Linear, Projections};
 use serde::Deserialize;
 
 type Result<T> = candle_core::Result<T>;
@@ -44,35 +47,63 @@ fn default_act() -> String {
     "gelu".into()
 }
 
-/// A dense layer with its weight stored transposed, (in, out), for `x · w`.
+/// A dense layer: a float weight stored transposed, (in, out), for `x · w`,
+/// or a GGUF matrix run by our or candle's quantized kernels.
 struct Dense {
-    w: Tensor,
+    w: Weight,
     b: Tensor,
+}
+
+enum Weight {
+    Transposed(Tensor),
+    Gguf(Linear),
+    /// GGUF matrices of one input, stacked when the kernels allow.
+    GgufFused(Projections),
 }
 
 impl Dense {
     fn load(vb: &VarBuilder, name: &str, inp: usize, out: usize) -> Result<Self> {
         Ok(Self {
-            w: vb
-                .get((out, inp), &format!("{name}.weight"))?
-                .t()?
-                .contiguous()?,
+            w: Weight::Transposed(
+                vb.get((out, inp), &format!("{name}.weight"))?
+                    .t()?
+                    .contiguous()?,
+            ),
             b: vb.get(out, &format!("{name}.bias"))?,
         })
     }
 
     /// Several layers reading the same input, fused into one product.
     fn fused(parts: Vec<Dense>) -> Result<Self> {
-        let ws: Vec<&Tensor> = parts.iter().map(|d| &d.w).collect();
         let bs: Vec<&Tensor> = parts.iter().map(|d| &d.b).collect();
-        Ok(Self {
-            w: Tensor::cat(&ws, 1)?.contiguous()?,
-            b: Tensor::cat(&bs, 0)?,
-        })
+        let b = Tensor::cat(&bs, 0)?;
+        let mut ws = Vec::with_capacity(parts.len());
+        let mut qs = Vec::with_capacity(parts.len());
+        for p in parts {
+            match p.w {
+                Weight::Transposed(w) => ws.push(w),
+                Weight::Gguf(l) => qs.push(l),
+                Weight::GgufFused(_) => candle_core::bail!("fusing already fused layers"),
+            }
+        }
+        let w = if qs.is_empty() {
+            let ws: Vec<&Tensor> = ws.iter().collect();
+            Weight::Transposed(Tensor::cat(&ws, 1)?.contiguous()?)
+        } else if ws.is_empty() {
+            Weight::GgufFused(Projections::from_linears(qs)?)
+        } else {
+            candle_core::bail!("fusing float and quantized layers")
+        };
+        Ok(Self { w, b })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.matmul(&self.w)?.broadcast_add(&self.b)
+        let y = match &self.w {
+            Weight::Transposed(w) => x.matmul(w)?,
+            Weight::Gguf(l) => l.forward(x)?,
+            Weight::GgufFused(p) => p.forward_joined(x)?,
+        };
+        y.broadcast_add(&self.b)
     }
 }
 
@@ -94,6 +125,15 @@ impl Norm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         candle_nn::ops::layer_norm(x, &self.w, &self.b, self.eps)
     }
+}
+
+/// The embedding tables and their norm.
+struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    /// The type-0 row: every input is a single segment.
+    token_type: Tensor,
+    norm: Norm,
 }
 
 struct Layer {
@@ -174,21 +214,142 @@ impl BertBackend {
                 out_norm: Norm::load(&l, "output.LayerNorm", h, cfg.layer_norm_eps)?,
             });
         }
+        Self::assemble(
+            Embeddings {
+                word,
+                position,
+                token_type,
+                norm: embed_norm,
+            },
+            layers,
+            cfg.num_attention_heads,
+            (hf.pooling, hf.normalize),
+            device,
+        )
+    }
+
+    /// A BERT GGUF as modelship (or llama.cpp's converter) writes it: float
+    /// tensors become f32 matrices, block-quantized ones stay quantized and
+    /// run through the quantized kernels.
+    pub fn from_gguf<R: std::io::Read + std::io::Seek>(
+        ct: &Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> Result<Self> {
+        let md_u32 = |key: &str| -> Result<usize> {
+            ct.metadata
+                .get(key)
+                .ok_or_else(|| {
+                    candle_core::Error::Msg(format!("GGUF metadata `{key}` is missing"))
+                })?
+                .to_u32()
+                .map(|v| v as usize)
+        };
+        let layers_n = md_u32("bert.block_count")?;
+        let heads = md_u32("bert.attention.head_count")?;
+        let hidden = md_u32("bert.embedding_length")?;
+        if heads == 0 || !hidden.is_multiple_of(heads) {
+            candle_core::bail!(
+                "bert.embedding_length is not a multiple of bert.attention.head_count"
+            );
+        }
+        let eps = ct
+            .metadata
+            .get("bert.attention.layer_norm_epsilon")
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(1e-12) as f64;
+        let pooling = match ct.metadata.get(POOLING_KEY) {
+            Some(v) => serde_json::from_value(serde_json::Value::String(v.to_string()?.clone()))
+                .map_err(|e| candle_core::Error::Msg(format!("{POOLING_KEY}: {e}")))?,
+            None => match ct.metadata.get("bert.pooling_type").map(|v| v.to_u32()) {
+                Some(Ok(2)) => Pooling::Cls,
+                Some(Ok(3)) => Pooling::LastToken,
+                _ => Pooling::Mean,
+            },
+        };
+        // llama.cpp's server normalizes embeddings unless told otherwise.
+        let normalize = match ct.metadata.get(NORMALIZE_KEY) {
+            Some(v) => v.to_bool()?,
+            None => true,
+        };
+        let mut q = |name: &str| ct.tensor(reader, name, device);
+        let mut vector = |name: &str| q(name)?.dequantize(device);
+        let word = vector("token_embd.weight")?;
+        let position = vector("position_embd.weight")?;
+        let token_type = vector("token_types.weight")?.get(0)?;
+        let norm = Norm {
+            w: vector("token_embd_norm.weight")?,
+            b: vector("token_embd_norm.bias")?,
+            eps: eps as f32,
+        };
+        let mut layers = Vec::with_capacity(layers_n);
+        for i in 0..layers_n {
+            let mut dense = |name: &str| -> Result<Dense> {
+                let w = q(&format!("blk.{i}.{name}.weight"))?;
+                let b = q(&format!("blk.{i}.{name}.bias"))?.dequantize(device)?;
+                let w = if w.dtype().block_size() == 1 {
+                    Weight::Transposed(w.dequantize(device)?.t()?.contiguous()?)
+                } else {
+                    Weight::Gguf(Linear::new(w)?)
+                };
+                Ok(Dense { w, b })
+            };
+            let qkv = Dense::fused(vec![dense("attn_q")?, dense("attn_k")?, dense("attn_v")?])?;
+            let attn_out = dense("attn_output")?;
+            let up = dense("ffn_up")?;
+            let down = dense("ffn_down")?;
+            let mut norm = |name: &str| -> Result<Norm> {
+                Ok(Norm {
+                    w: q(&format!("blk.{i}.{name}.weight"))?.dequantize(device)?,
+                    b: q(&format!("blk.{i}.{name}.bias"))?.dequantize(device)?,
+                    eps: eps as f32,
+                })
+            };
+            layers.push(Layer {
+                qkv,
+                attn_out,
+                attn_norm: norm("attn_output_norm")?,
+                up,
+                down,
+                out_norm: norm("layer_output_norm")?,
+            });
+        }
+        Self::assemble(
+            Embeddings {
+                word,
+                position,
+                token_type,
+                norm,
+            },
+            layers,
+            heads,
+            (pooling, normalize),
+            device,
+        )
+    }
+
+    fn assemble(
+        e: Embeddings,
+        layers: Vec<Layer>,
+        heads: usize,
+        (pooling, normalize): (Pooling, bool),
+        device: &Device,
+    ) -> Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(rayon::current_num_threads())
             .thread_name(|i| format!("modelship-bert-{i}"))
             .build()
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Self {
-            word,
-            position,
-            token_type,
-            embed_norm,
+            hidden: e.word.dim(1)?,
+            word: e.word,
+            position: e.position,
+            token_type: e.token_type,
+            embed_norm: e.norm,
             layers,
-            heads: cfg.num_attention_heads,
-            hidden: h,
-            pooling: hf.pooling,
-            normalize: hf.normalize,
+            heads,
+            pooling,
+            normalize,
             device: device.clone(),
             pool,
         })

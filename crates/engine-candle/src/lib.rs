@@ -5,6 +5,7 @@
 
 mod bert;
 mod device;
+mod linear;
 mod llama;
 mod load;
 mod quant_matmul;
@@ -13,4 +14,4 @@ pub use bert::BertBackend;
 pub use candle_core::Device;
 pub use device::{DeviceError, parse_device};
 pub use llama::LlamaBackend;
-pub use load::{LoadError, LoadOptions, load};
+pub use load::{LoadError, LoadOptions, OpenModel, load, open};

@@ -10,12 +10,12 @@
 
 use std::sync::Arc;
 
+use candle_core::quantized::QTensor;
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use modelship_engine::{BackendError, GenerateBackend};
 
-use crate::quant_matmul::{BlockFormat, QuantMatrix};
+use crate::linear::{Linear, Projections};
 
 /// Hyper-parameters from the GGUF metadata (`llama.*`).
 #[derive(Debug, Clone, PartialEq)]
@@ -27,95 +27,6 @@ pub struct LlamaConfig {
     pub rms_eps: f32,
     pub rope_base: f32,
     pub context: usize,
-}
-
-/// A weight matrix: Q4_1 and Q8_0 through our kernels on the CPU, anything
-/// else through candle's GGML kernels.
-enum Linear {
-    Quant(QuantMatrix),
-    Ggml(QMatMul),
-}
-
-impl Linear {
-    fn new(t: QTensor) -> Result<Self> {
-        let format = match t.dtype() {
-            GgmlDType::Q4_1 => Some(BlockFormat::Q4_1),
-            GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
-            _ => None,
-        };
-        if let Some(format) = format.filter(|_| t.device().is_cpu()) {
-            let (rows, cols) = t.shape().dims2()?;
-            let m = QuantMatrix::from_ggml(format, &t.data()?, rows, cols)
-                .map_err(candle_core::Error::Msg)?;
-            return Ok(Self::Quant(m));
-        }
-        Ok(Self::Ggml(QMatMul::from_qtensor(t)?))
-    }
-
-    /// `x` is (n, cols); returns (n, rows).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Ggml(m) => m.forward(x),
-            Self::Quant(m) => {
-                let n = x.dim(0)?;
-                let data = x.flatten_all()?.to_vec1::<f32>()?;
-                Tensor::from_vec(m.matmul(&data, n), (n, m.rows()), x.device())
-            }
-        }
-    }
-}
-
-/// Projections of the same input (Q, K, V; gate, up): one stacked matrix
-/// when our kernels hold them all, else one product each.
-enum Projections {
-    Stacked { linear: Linear, widths: Vec<usize> },
-    Separate(Vec<Linear>),
-}
-
-impl Projections {
-    fn new(tensors: Vec<QTensor>) -> Result<Self> {
-        let parts = tensors
-            .into_iter()
-            .map(Linear::new)
-            .collect::<Result<Vec<_>>>()?;
-        if !parts.iter().all(|p| matches!(p, Linear::Quant(_))) {
-            return Ok(Self::Separate(parts));
-        }
-        let matrices: Vec<QuantMatrix> = parts
-            .into_iter()
-            .map(|p| match p {
-                Linear::Quant(m) => m,
-                Linear::Ggml(_) => unreachable!("all parts are Quant (checked above)"),
-            })
-            .collect();
-        let widths = matrices.iter().map(QuantMatrix::rows).collect();
-        let stacked = QuantMatrix::stack(matrices).ok_or_else(|| {
-            candle_core::Error::Msg("projections of one input differ in format or width".into())
-        })?;
-        Ok(Self::Stacked {
-            linear: Linear::Quant(stacked),
-            widths,
-        })
-    }
-
-    /// Each projection of `x` (n, cols), in order.
-    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        match self {
-            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
-            Self::Stacked { linear, widths } => {
-                let y = linear.forward(x)?;
-                let mut start = 0;
-                widths
-                    .iter()
-                    .map(|&w| {
-                        let part = y.narrow(1, start, w);
-                        start += w;
-                        part
-                    })
-                    .collect()
-            }
-        }
-    }
 }
 
 struct Layer {
@@ -321,8 +232,13 @@ impl LlamaBackend {
     /// Runs each sequence's `tokens` at its next positions, all sequences
     /// packed into one batch: the projections and the MLP see every token of
     /// every sequence as one matrix; attention runs per sequence over its own
-    /// cache. Returns the logits after each sequence's last token.
-    fn run(&self, batch: &mut [(&mut LlamaSequence, &[u32])]) -> Result<Vec<Vec<f32>>> {
+    /// cache. Returns the logits after each sequence's last token, or after
+    /// every token when `every_position` (scoring text, not generating).
+    fn run(
+        &self,
+        batch: &mut [(&mut LlamaSequence, &[u32])],
+        every_position: bool,
+    ) -> Result<Vec<Vec<f32>>> {
         let w = &*self.weights;
         let cfg = &w.config;
         let mut segments = Vec::with_capacity(batch.len());
@@ -358,13 +274,43 @@ impl LlamaBackend {
         for (seq, tokens) in batch.iter_mut() {
             seq.position += tokens.len();
         }
-        let last: Vec<u32> = segments
-            .iter()
-            .map(|s| (s.start + s.len - 1) as u32)
-            .collect();
-        let last = Tensor::from_vec(last, segments.len(), &self.device)?;
-        let last = candle_nn::ops::rms_norm(&x.index_select(&last, 0)?, &w.norm, cfg.rms_eps)?;
-        w.output.forward(&last)?.to_vec2()
+        let rows = if every_position {
+            x
+        } else {
+            let last: Vec<u32> = segments
+                .iter()
+                .map(|s| (s.start + s.len - 1) as u32)
+                .collect();
+            x.index_select(&Tensor::from_vec(last, segments.len(), &self.device)?, 0)?
+        };
+        let rows = candle_nn::ops::rms_norm(&rows, &w.norm, cfg.rms_eps)?;
+        w.output.forward(&rows)?.to_vec2()
+    }
+
+    /// The logits after every token of `tokens`, run from position 0 as one
+    /// sequence (llama.cpp's perplexity and KL-divergence scoring).
+    pub fn score(&self, tokens: &[u32]) -> std::result::Result<Vec<Vec<f32>>, BackendError> {
+        let mut seq = self.new_sequence();
+        self.check_fits(&seq, tokens)?;
+        self.pool
+            .install(|| self.run(&mut [(&mut seq, tokens)], true))
+            .map_err(|e| BackendError(e.to_string()))
+    }
+
+    fn check_fits(
+        &self,
+        seq: &LlamaSequence,
+        tokens: &[u32],
+    ) -> std::result::Result<(), BackendError> {
+        let context = self.weights.config.context;
+        if tokens.is_empty() || seq.position + tokens.len() > context {
+            return Err(BackendError(format!(
+                "{} tokens at position {} do not fit the context of {context}",
+                tokens.len(),
+                seq.position,
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -500,19 +446,11 @@ impl GenerateBackend for LlamaBackend {
         &self,
         batch: &mut [(&mut LlamaSequence, &[u32])],
     ) -> std::result::Result<Vec<Vec<f32>>, BackendError> {
-        let cfg = &self.weights.config;
         for (seq, tokens) in batch.iter() {
-            if tokens.is_empty() || seq.position + tokens.len() > cfg.context {
-                return Err(BackendError(format!(
-                    "{} tokens at position {} do not fit the context of {}",
-                    tokens.len(),
-                    seq.position,
-                    cfg.context
-                )));
-            }
+            self.check_fits(seq, tokens)?;
         }
         self.pool
-            .install(|| self.run(batch))
+            .install(|| self.run(batch, false))
             .map_err(|e| BackendError(e.to_string()))
     }
 }

@@ -1,5 +1,6 @@
 //! From a model path to a running engine: detect the format, build the
-//! tokenizer and backend, and cap the limits to what the model supports.
+//! tokenizer and backend ([`open`]), and cap the limits to what the model
+//! supports ([`load`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,7 +17,7 @@ pub enum LoadError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(
-        "{path}: architecture `{architecture}` is not supported for serving (BERT directories and llama GGUF files are)"
+        "{path}: architecture `{architecture}` is not supported for serving (BERT directories, BERT and llama GGUF files are)"
     )]
     Unsupported { path: PathBuf, architecture: String },
     #[error("cannot load the weights of {path}")]
@@ -38,13 +39,101 @@ pub struct LoadOptions {
     pub limits: ServingLimits,
 }
 
+/// A model's tokenizer and backend, ready to run but not scheduled.
+pub enum OpenModel {
+    Embeddings {
+        tokenizer: TextTokenizer,
+        backend: BertBackend,
+        /// Longest input the model supports.
+        context: usize,
+    },
+    Generate {
+        tokenizer: TextTokenizer,
+        chat: Option<ChatTemplate>,
+        backend: LlamaBackend,
+        context: usize,
+    },
+}
+
+impl OpenModel {
+    pub fn task(&self) -> Task {
+        match self {
+            OpenModel::Embeddings { .. } => Task::Embeddings,
+            OpenModel::Generate { .. } => Task::Generate,
+        }
+    }
+}
+
+/// Opens the model at `path`; a decoder's rotary tables cover `max_context`
+/// positions (capped by the model's own context).
+pub fn open(path: &Path, device: &Device, max_context: usize) -> Result<OpenModel, LoadError> {
+    match ModelSource::detect(path)? {
+        ModelSource::HfDir(dir) => open_hf(&dir, device),
+        ModelSource::Gguf(file) => {
+            let gguf = GgufFile::open(&file)?;
+            match gguf.architecture()? {
+                "llama" => open_llama(gguf, device, max_context),
+                "bert" => open_bert_gguf(gguf, device),
+                other => Err(LoadError::Unsupported {
+                    path: file,
+                    architecture: other.to_owned(),
+                }),
+            }
+        }
+    }
+}
+
 /// Loads the model at `path` and starts its scheduler.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine, LoadError> {
     opts.limits.validate()?;
     let name = opts.name.clone().unwrap_or_else(|| default_name(path));
-    match ModelSource::detect(path)? {
-        ModelSource::HfDir(dir) => load_bert(&dir, name, opts),
-        ModelSource::Gguf(file) => load_llama(&file, name, opts),
+    let model = open(path, &opts.device, opts.limits.max_context)?;
+    Ok(match model {
+        OpenModel::Embeddings {
+            tokenizer,
+            backend,
+            context,
+        } => {
+            let limits = opts.limits.capped_to_model(context);
+            let card = card(
+                name,
+                Task::Embeddings,
+                "bert",
+                &limits,
+                Some(backend.dimensions()),
+            );
+            Engine::embeddings(card, limits, tokenizer, backend)
+        }
+        OpenModel::Generate {
+            tokenizer,
+            chat,
+            backend,
+            context,
+        } => {
+            let limits = opts.limits.capped_to_model(context);
+            let card = card(name, Task::Generate, "llama", &limits, None);
+            Engine::generation(card, limits, tokenizer, chat, backend)
+        }
+    })
+}
+
+fn card(
+    name: String,
+    task: Task,
+    architecture: &str,
+    limits: &ServingLimits,
+    dimensions: Option<usize>,
+) -> ModelCard {
+    ModelCard {
+        name,
+        task,
+        architecture: architecture.to_owned(),
+        max_context: limits.max_context,
+        dimensions,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     }
 }
 
@@ -58,14 +147,12 @@ fn default_name(path: &Path) -> String {
         .unwrap_or_else(|| "model".to_owned())
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+fn weights_err(path: &Path) -> impl FnOnce(candle_core::Error) -> LoadError {
+    let path = path.to_owned();
+    move |source| LoadError::Weights { path, source }
 }
 
-fn load_bert(dir: &Path, name: String, opts: &LoadOptions) -> Result<Engine, LoadError> {
+fn open_hf(dir: &Path, device: &Device) -> Result<OpenModel, LoadError> {
     let hf = HfModel::open(dir)?;
     let architecture = hf.model_type().unwrap_or("unknown").to_owned();
     if architecture != "bert" {
@@ -74,33 +161,27 @@ fn load_bert(dir: &Path, name: String, opts: &LoadOptions) -> Result<Engine, Loa
             architecture,
         });
     }
-    let tokenizer = TextTokenizer::from_file(&hf.tokenizer_path())?;
-    let backend = BertBackend::load(&hf, &opts.device).map_err(|source| LoadError::Weights {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let model_context = hf.config_usize("max_position_embeddings").unwrap_or(512);
-    let limits = opts.limits.capped_to_model(model_context);
-    let card = ModelCard {
-        name,
-        task: Task::Embeddings,
-        architecture,
-        max_context: limits.max_context,
-        dimensions: Some(backend.dimensions()),
-        created: now(),
-    };
-    Ok(Engine::embeddings(card, limits, tokenizer, backend))
+    Ok(OpenModel::Embeddings {
+        tokenizer: TextTokenizer::from_file(&hf.tokenizer_path())?,
+        backend: BertBackend::load(&hf, device).map_err(weights_err(dir))?,
+        context: hf.config_usize("max_position_embeddings").unwrap_or(512),
+    })
 }
 
-fn load_llama(file: &Path, name: String, opts: &LoadOptions) -> Result<Engine, LoadError> {
-    let gguf = GgufFile::open(file)?;
-    let architecture = gguf.architecture()?.to_owned();
-    if architecture != "llama" {
-        return Err(LoadError::Unsupported {
-            path: file.to_owned(),
-            architecture,
-        });
-    }
+fn open_bert_gguf(gguf: GgufFile, device: &Device) -> Result<OpenModel, LoadError> {
+    let file = gguf.path.clone();
+    let tokenizer = TextTokenizer::from_gguf(&gguf)?;
+    let mut reader = std::fs::File::open(&file).map_err(ModelError::io(&file))?;
+    Ok(OpenModel::Embeddings {
+        tokenizer,
+        backend: BertBackend::from_gguf(&gguf.content, &mut reader, device)
+            .map_err(weights_err(&file))?,
+        context: gguf.arch_uint("context_length").map_or(512, |c| c as usize),
+    })
+}
+
+fn open_llama(gguf: GgufFile, device: &Device, max_context: usize) -> Result<OpenModel, LoadError> {
+    let file = gguf.path.clone();
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;
     let token = |key: &str| {
         gguf.uint(key)
@@ -117,27 +198,18 @@ fn load_llama(file: &Path, name: String, opts: &LoadOptions) -> Result<Engine, L
     } else {
         None
     };
-    let model_context = gguf
+    let context = gguf
         .arch_uint("context_length")
-        .map(|c| c as usize)
-        .unwrap_or(opts.limits.max_context);
-    let limits = opts.limits.capped_to_model(model_context);
-    let weights_err = |source| LoadError::Weights {
-        path: file.to_owned(),
-        source,
-    };
-    let mut reader = std::fs::File::open(file).map_err(ModelError::io(file))?;
+        .map_or(max_context, |c| c as usize)
+        .min(max_context);
+    let mut reader = std::fs::File::open(&file).map_err(ModelError::io(&file))?;
     // Rotary tables are built for the positions this replica will serve.
-    let backend =
-        LlamaBackend::from_gguf(gguf.content, &mut reader, &opts.device, limits.max_context)
-            .map_err(weights_err)?;
-    let card = ModelCard {
-        name,
-        task: Task::Generate,
-        architecture,
-        max_context: limits.max_context,
-        dimensions: None,
-        created: now(),
-    };
-    Ok(Engine::generation(card, limits, tokenizer, chat, backend))
+    let backend = LlamaBackend::from_gguf(gguf.content, &mut reader, device, context)
+        .map_err(weights_err(&file))?;
+    Ok(OpenModel::Generate {
+        tokenizer,
+        chat,
+        backend,
+        context,
+    })
 }

@@ -29,7 +29,7 @@ impl SafetensorsTensor {
 
 /// How token vectors are pooled into one text vector (sentence-transformers'
 /// `1_Pooling/config.json`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pooling {
     Mean,

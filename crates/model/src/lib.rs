@@ -16,7 +16,7 @@ pub use error::ModelError;
 pub use gguf::{GgufFile, ggml_dtype_name};
 pub use hf::{HfModel, Pooling, SafetensorsTensor};
 pub use info::{DTypeStats, ModelFormat, ModelInfo, inspect};
-pub use tokenizer::{Detokenizer, TextTokenizer};
+pub use tokenizer::{Detokenizer, HF_JSON_KEY, NORMALIZE_KEY, POOLING_KEY, TextTokenizer};
 
 use std::path::{Path, PathBuf};
 

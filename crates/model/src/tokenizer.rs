@@ -21,6 +21,16 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 /// The llama-3 pre-tokenizer regex (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// GGUF key of a whole Hugging Face `tokenizer.json` (GGUF specification).
+pub const HF_JSON_KEY: &str = "tokenizer.huggingface.json";
+
+/// modelship's GGUF keys for sentence-transformers' pooling (a [`Pooling`]
+/// name) and normalization, which llama.cpp ignores.
+///
+/// [`Pooling`]: crate::Pooling
+pub const POOLING_KEY: &str = "modelship.pooling";
+pub const NORMALIZE_KEY: &str = "modelship.normalize";
+
 /// A tokenizer with the special tokens a server needs to know about.
 #[derive(Clone)]
 pub struct TextTokenizer {
@@ -45,17 +55,20 @@ impl TextTokenizer {
     /// `tokenizer.json` as written, without its truncation and padding: the
     /// server decides what is too long and pads batches itself.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let mut inner = Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
+        let json = std::fs::read(path).map_err(ModelError::io(path))?;
+        Self::from_hf_json(&json, path)
+    }
+
+    /// A Hugging Face `tokenizer.json` held in memory (from a file or from a
+    /// GGUF's `tokenizer.huggingface.json`); `path` names it in errors.
+    fn from_hf_json(json: &[u8], path: &Path) -> Result<Self, ModelError> {
+        let fail = |e: tokenizers::Error| ModelError::Tokenizer {
             path: path.to_owned(),
             reason: e.to_string(),
-        })?;
+        };
+        let mut inner = Tokenizer::from_bytes(json).map_err(fail)?;
         inner.with_padding(None);
-        inner
-            .with_truncation(None)
-            .map_err(|e| ModelError::Tokenizer {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
+        inner.with_truncation(None).map_err(fail)?;
         let eos = ["</s>", "<|endoftext|>", "[SEP]"]
             .iter()
             .filter_map(|t| inner.token_to_id(t))
@@ -68,10 +81,15 @@ impl TextTokenizer {
         })
     }
 
-    /// Rebuilds the tokenizer from GGUF metadata. Supports llama.cpp's `gpt2`
-    /// (byte-level BPE) model with the `gpt2`/`default`, `smollm` and `llama-bpe`
+    /// Rebuilds the tokenizer from GGUF metadata: the whole Hugging Face
+    /// tokenizer when the file carries one (`tokenizer.huggingface.json`, as
+    /// modelship writes for BERT models), else llama.cpp's `gpt2` (byte-level
+    /// BPE) model with the `gpt2`/`default`, `smollm` and `llama-bpe`
     /// pre-tokenizers.
     pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        if g.has(HF_JSON_KEY) {
+            return Self::from_hf_json(g.string(HF_JSON_KEY)?.as_bytes(), &g.path);
+        }
         let fail = |reason: String| ModelError::Tokenizer {
             path: g.path.clone(),
             reason,
@@ -205,6 +223,11 @@ impl TextTokenizer {
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
         self.inner.decode(ids, true).map_err(|e| e.to_string())
+    }
+
+    /// The token `encode` prepends when asked for special tokens, if any.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
     }
 
     pub fn eos(&self) -> &[u32] {

@@ -1,9 +1,16 @@
-//! modelship's shared vocabulary: what a model is for ([`Task`]) and the limits a
-//! replica enforces ([`ServingLimits`]). Pure data with validation; no I/O, no
-//! async runtime, nothing heavier than serde.
+//! modelship's shared vocabulary: what a model is for ([`Task`]), the limits a
+//! replica enforces ([`ServingLimits`]), precisions ([`QuantType`]) and the
+//! deployment spec. Pure data with validation; no I/O, no async runtime,
+//! nothing heavier than serde.
 
 mod limits;
+mod optimize;
+mod precision;
+pub mod spec;
 mod task;
 
 pub use limits::{LimitError, ServingLimits};
+pub use optimize::{Gate, Optimize, OptimizeError, PrunePattern, PruneSpec, QuantChoice};
+pub use precision::{ParseQuantTypeError, QuantType};
+pub use spec::ModelDeployment;
 pub use task::{ParseTaskError, Task};

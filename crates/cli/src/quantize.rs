@@ -1,0 +1,210 @@
+//! `modelship quantize` and `modelship prune`: one streaming pass over the
+//! tensors, with a progress bar on a terminal and the per-tensor policy and
+//! a summary after.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use modelship_model::ggml_dtype_name;
+use modelship_quant::{QuantizeOptions, Source, Summary, quantize};
+use modelship_types::{PrunePattern, PruneSpec, QuantType};
+
+use crate::Failure;
+use crate::compute::{init_threads, peak_rss_bytes};
+
+#[derive(clap::Args)]
+pub struct QuantizeArgs {
+    /// An HF BERT directory or a GGUF file.
+    model: PathBuf,
+    /// f32, f16, bf16, q8_0, q6_k, q5_k, q4_1, q4_k or q4_0.
+    #[arg(long)]
+    to: QuantType,
+    /// Where to write the GGUF file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Compute threads (default: all cores).
+    #[arg(long, env = "MODELSHIP_THREADS")]
+    threads: Option<usize>,
+    /// Print a line for every tensor, not only the policy summary.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// An HF BERT directory or a GGUF file.
+    model: PathBuf,
+    /// Fraction of each linear layer's weights to zero, in [0, 1).
+    #[arg(long)]
+    sparsity: f64,
+    /// `unstructured` or `2:4`.
+    #[arg(long, default_value = "unstructured", value_parser = parse_pattern)]
+    pattern: PrunePattern,
+    /// Type of the written tensors (f16 keeps zeros exact and halves f32).
+    #[arg(long, default_value = "f16")]
+    to: QuantType,
+    #[arg(short, long)]
+    output: PathBuf,
+    #[arg(long, env = "MODELSHIP_THREADS")]
+    threads: Option<usize>,
+}
+
+fn parse_pattern(s: &str) -> Result<PrunePattern, String> {
+    match s {
+        "unstructured" => Ok(PrunePattern::Unstructured),
+        "2:4" => Ok(PrunePattern::TwoFour),
+        other => Err(format!("`{other}` is not `unstructured` or `2:4`")),
+    }
+}
+
+pub fn run_quantize(args: QuantizeArgs) -> Result<(), Failure> {
+    init_threads(args.threads)?;
+    let opts = QuantizeOptions {
+        to: args.to,
+        prune: None,
+    };
+    let summary = run(&args.model, &args.output, opts)?;
+    print!("{}", policy_table(&summary, args.verbose));
+    print!("{}", summary_lines(&summary));
+    Ok(())
+}
+
+pub fn run_prune(args: PruneArgs) -> Result<(), Failure> {
+    let spec = PruneSpec {
+        sparsity: args.sparsity,
+        pattern: args.pattern,
+    };
+    spec.validate()
+        .map_err(|e| Failure::Config(anyhow::anyhow!("invalid `--sparsity`: {}", e.reason)))?;
+    init_threads(args.threads)?;
+    let opts = QuantizeOptions {
+        to: args.to,
+        prune: Some(spec),
+    };
+    let summary = run(&args.model, &args.output, opts)?;
+    print!("{}", sparsity_table(&summary));
+    print!("{}", summary_lines(&summary));
+    Ok(())
+}
+
+fn run(model: &Path, output: &Path, opts: QuantizeOptions) -> Result<Summary, Failure> {
+    let source = Source::open(model).with_context(|| format!("cannot open {}", model.display()))?;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(source.tensors.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} tensors {msg}")
+                .expect("a valid template"),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let summary = quantize(&source, output, opts, &mut |done, _, name| {
+        bar.set_position(done as u64);
+        bar.set_message(name.to_owned());
+    })
+    .with_context(|| format!("cannot write {}", output.display()))?;
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+/// Tensors grouped by the type they got and why.
+fn policy_table(s: &Summary, verbose: bool) -> String {
+    let mut out = String::new();
+    if verbose {
+        for t in &s.tensors {
+            out.push_str(&format!(
+                "{:<32} {:>14} {:>5} -> {:<5} {}\n",
+                t.name,
+                format!("{:?}", t.shape),
+                ggml_dtype_name(t.from),
+                ggml_dtype_name(t.to),
+                t.rule
+            ));
+        }
+        out.push('\n');
+    }
+    let mut groups: BTreeMap<(&str, String), (usize, u64, u64)> = BTreeMap::new();
+    for t in &s.tensors {
+        let g = groups
+            .entry((ggml_dtype_name(t.to), t.rule.to_string()))
+            .or_default();
+        g.0 += 1;
+        g.1 += t.shape.iter().product::<usize>() as u64;
+        g.2 += t.bytes_out;
+    }
+    out.push_str(&format!(
+        "{:<6} {:>7} {:>12} {:>10}  why\n",
+        "type", "tensors", "weights", "MiB"
+    ));
+    for ((dtype, why), (n, weights, bytes)) in groups {
+        out.push_str(&format!(
+            "{dtype:<6} {n:>7} {weights:>12} {:>10.2}  {why}\n",
+            mib(bytes)
+        ));
+    }
+    out
+}
+
+/// Sparsity of each layer's pruned linear weights.
+fn sparsity_table(s: &Summary) -> String {
+    let mut layers: BTreeMap<usize, (usize, u64, u64)> = BTreeMap::new();
+    for t in &s.tensors {
+        let Some(zeros) = t.zeros else { continue };
+        let layer = t
+            .name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        let e = layers.entry(layer).or_default();
+        e.0 += 1;
+        e.1 += t.shape.iter().product::<usize>() as u64;
+        e.2 += zeros as u64;
+    }
+    let mut out = format!(
+        "{:<6} {:>7} {:>12} {:>12} {:>9}\n",
+        "layer", "tensors", "weights", "zeros", "sparsity"
+    );
+    let (mut all, mut zero) = (0u64, 0u64);
+    for (layer, (n, weights, zeros)) in layers {
+        out.push_str(&format!(
+            "{layer:<6} {n:>7} {weights:>12} {zeros:>12} {:>8.2}%\n",
+            100.0 * zeros as f64 / weights.max(1) as f64
+        ));
+        all += weights;
+        zero += zeros;
+    }
+    out.push_str(&format!(
+        "{:<6} {:>7} {all:>12} {zero:>12} {:>8.2}%\n",
+        "all",
+        "",
+        100.0 * zero as f64 / all.max(1) as f64
+    ));
+    out
+}
+
+fn summary_lines(s: &Summary) -> String {
+    let peak = peak_rss_bytes()
+        .map(|b| format!("{:.1} MiB", mib(b)))
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "wrote {} ({})\nweights: {:.2} MiB -> {:.2} MiB, {:.2} bits/weight over {} parameters\nfile: {:.2} MiB; {:.2} s ({:.0} MB/s of input); peak memory {peak}\n",
+        s.output.display(),
+        s.to,
+        mib(s.weight_bytes_in),
+        mib(s.weight_bytes_out),
+        s.bits_per_weight(),
+        s.parameters,
+        mib(s.file_bytes_out),
+        s.elapsed.as_secs_f64(),
+        s.throughput_mb_s(),
+    )
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}

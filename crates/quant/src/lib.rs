@@ -1,0 +1,20 @@
+//! Quantization and pruning of model weights: a Hugging Face BERT directory or
+//! a GGUF file in, a GGUF file with llama.cpp's tensor names, metadata and
+//! per-tensor type policy out, streamed tensor by tensor.
+//!
+//! Owns tensor encodings and the GGUF writer; runs no model (quality is
+//! measured by `modelship-optimize`). No network, no async.
+
+mod bert;
+pub mod encode;
+mod error;
+pub mod gguf_writer;
+pub mod policy;
+pub mod prune;
+mod quantize;
+mod source;
+
+pub use error::QuantError;
+pub use policy::{Decision, ModelShape, Rule};
+pub use quantize::{QuantizeOptions, Summary, TensorReport, quantize};
+pub use source::{Source, SourceTensor};

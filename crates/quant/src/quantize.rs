@@ -1,0 +1,190 @@
+//! The quantization pass: decide every tensor's type, write the GGUF header,
+//! then read, (prune,) encode and write one tensor at a time. The output is
+//! written beside its destination and renamed into place when complete, so a
+//! failed run never leaves a truncated model under the requested name.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::Value;
+use modelship_types::{PruneSpec, QuantType};
+
+use crate::gguf_writer::{GgufWriter, TensorEntry};
+use crate::policy::{self, Decision, ModelShape, Rule};
+use crate::prune;
+use crate::source::Source;
+use crate::{QuantError, encode};
+
+/// What to write.
+#[derive(Debug, Clone, Copy)]
+pub struct QuantizeOptions {
+    pub to: QuantType,
+    /// Magnitude pruning of the linear layers before encoding.
+    pub prune: Option<PruneSpec>,
+}
+
+/// What happened to one tensor.
+#[derive(Debug, Clone)]
+pub struct TensorReport {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub from: GgmlDType,
+    pub to: GgmlDType,
+    pub rule: Rule,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Zero weights after pruning, for pruned tensors.
+    pub zeros: Option<usize>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub output: PathBuf,
+    pub to: QuantType,
+    pub tensors: Vec<TensorReport>,
+    pub parameters: u64,
+    pub weight_bytes_in: u64,
+    pub weight_bytes_out: u64,
+    pub file_bytes_out: u64,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// Bits per weight of the tensors written, scales included.
+    pub fn bits_per_weight(&self) -> f64 {
+        self.weight_bytes_out as f64 * 8.0 / self.parameters.max(1) as f64
+    }
+
+    /// Input megabytes (of weights) per second.
+    pub fn throughput_mb_s(&self) -> f64 {
+        self.weight_bytes_in as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Writes `source` as `opts.to` to `output`; `progress(done, total, name)` is
+/// called before each tensor.
+pub fn quantize(
+    source: &Source,
+    output: &Path,
+    opts: QuantizeOptions,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Summary, QuantError> {
+    let start = Instant::now();
+    let shape = ModelShape {
+        layers: source.layers(),
+        has_output: source.tensors.iter().any(|t| t.name == "output.weight"),
+    };
+    let decisions: Vec<Decision> = source
+        .tensors
+        .iter()
+        .map(|t| policy::decide(opts.to, &t.name, &t.shape, shape))
+        .collect();
+    let entries: Vec<TensorEntry> = source
+        .tensors
+        .iter()
+        .zip(&decisions)
+        .map(|(t, d)| TensorEntry {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            dtype: d.dtype,
+        })
+        .collect();
+    let metadata = output_metadata(source, opts.to);
+
+    let partial = partial_path(output);
+    let write_err = |source| QuantError::Write {
+        path: output.to_owned(),
+        source,
+    };
+    let file = File::create(&partial).map_err(write_err)?;
+    let result = (|| {
+        let mut writer =
+            GgufWriter::new(BufWriter::with_capacity(1 << 20, file), &metadata, entries)
+                .map_err(write_err)?;
+        let mut reports = Vec::with_capacity(source.tensors.len());
+        for (i, (t, d)) in source.tensors.iter().zip(&decisions).enumerate() {
+            progress(i, source.tensors.len(), &t.name);
+            let mut data = source.read_f32(t)?;
+            let cols = t.shape.last().copied().unwrap_or(1);
+            let zeros = match opts.prune {
+                Some(spec) if prune::is_prunable(&t.name, &t.shape) => {
+                    Some(prune::prune(&mut data, cols, spec).map_err(|reason| {
+                        QuantError::Invalid {
+                            path: source.path.clone(),
+                            reason: format!("tensor `{}`: {reason}", t.name),
+                        }
+                    })?)
+                }
+                _ => None,
+            };
+            let bytes =
+                encode::encode(d.dtype, &data, cols).map_err(|source| QuantError::Encode {
+                    tensor: t.name.clone(),
+                    source: Box::new(source),
+                })?;
+            writer.write_tensor(&bytes).map_err(write_err)?;
+            reports.push(TensorReport {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                from: t.dtype,
+                to: d.dtype,
+                rule: d.rule,
+                bytes_in: t.bytes,
+                bytes_out: bytes.len() as u64,
+                zeros,
+            });
+        }
+        progress(source.tensors.len(), source.tensors.len(), "");
+        writer
+            .finish()
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+            .and_then(|f| f.sync_all())
+            .map_err(write_err)?;
+        Ok(reports)
+    })();
+    let tensors = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, output).map_err(write_err)?;
+    let file_bytes_out = std::fs::metadata(output).map_err(write_err)?.len();
+    Ok(Summary {
+        output: output.to_owned(),
+        to: opts.to,
+        parameters: source.tensors.iter().map(|t| t.elements() as u64).sum(),
+        weight_bytes_in: tensors.iter().map(|t| t.bytes_in).sum(),
+        weight_bytes_out: tensors.iter().map(|t| t.bytes_out).sum(),
+        file_bytes_out,
+        tensors,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The source's metadata with llama.cpp's file type for `to`.
+fn output_metadata(source: &Source, to: QuantType) -> Vec<(String, Value)> {
+    let mut md: Vec<(String, Value)> = source
+        .metadata
+        .iter()
+        .filter(|(k, _)| k != "general.file_type" && k != "general.quantization_version")
+        .cloned()
+        .collect();
+    md.push((
+        "general.file_type".into(),
+        Value::U32(policy::file_type(to)),
+    ));
+    md.push(("general.quantization_version".into(), Value::U32(2)));
+    md
+}
+
+fn partial_path(output: &Path) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_owned();
+    name.push(".partial");
+    output.with_file_name(name)
+}

@@ -1,0 +1,213 @@
+//! A model to quantize, tensor by tensor: a GGUF file (any type candle
+//! reads) or a Hugging Face BERT directory, with tensors under their GGUF
+//! names and the GGUF metadata the output will carry.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device};
+use modelship_model::{HfModel, ModelSource};
+
+use crate::QuantError;
+use crate::bert;
+
+/// One tensor of the source: its GGUF name, shape (rows first) and type.
+#[derive(Debug, Clone)]
+pub struct SourceTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: GgmlDType,
+    /// Bytes it takes in the source.
+    pub bytes: u64,
+    /// Its name in the source file.
+    source_name: String,
+}
+
+impl SourceTensor {
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+enum Reader {
+    Gguf { path: PathBuf, content: Content },
+    Safetensors(MmapedSafetensors),
+}
+
+/// An opened source model.
+pub struct Source {
+    pub path: PathBuf,
+    pub architecture: String,
+    /// GGUF metadata to carry over (the file type is set by the writer).
+    pub metadata: Vec<(String, Value)>,
+    pub tensors: Vec<SourceTensor>,
+    reader: Reader,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("path", &self.path)
+            .field("architecture", &self.architecture)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl Source {
+    pub fn open(path: &Path) -> Result<Self, QuantError> {
+        match ModelSource::detect(path)? {
+            ModelSource::Gguf(file) => Self::open_gguf(&file),
+            ModelSource::HfDir(dir) => Self::open_hf(&dir),
+        }
+    }
+
+    fn open_gguf(path: &Path) -> Result<Self, QuantError> {
+        let gguf = modelship_model::GgufFile::open(path)?;
+        let architecture = gguf.architecture()?.to_owned();
+        let content = gguf.content;
+        let mut metadata: Vec<(String, Value)> = content
+            .metadata
+            .iter()
+            .filter(|(k, _)| !k.starts_with("quantize.imatrix"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Deterministic output: the reader's map has no order.
+        metadata.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors: Vec<SourceTensor> = content
+            .tensor_infos
+            .iter()
+            .map(|(name, info)| SourceTensor {
+                name: name.clone(),
+                shape: info.shape.dims().to_vec(),
+                dtype: info.ggml_dtype,
+                bytes: crate::encode::encoded_len(info.ggml_dtype, info.shape.elem_count()) as u64,
+                source_name: name.clone(),
+            })
+            .collect();
+        // File order, so that reading streams forward through the file.
+        tensors.sort_by_key(|t| content.tensor_infos[&t.source_name].offset);
+        Ok(Self {
+            path: path.to_owned(),
+            architecture,
+            metadata,
+            tensors,
+            reader: Reader::Gguf {
+                path: path.to_owned(),
+                content,
+            },
+        })
+    }
+
+    fn open_hf(dir: &Path) -> Result<Self, QuantError> {
+        let hf = HfModel::open(dir)?;
+        let architecture = hf.model_type().unwrap_or("unknown").to_owned();
+        if architecture != "bert" {
+            return Err(QuantError::Unsupported {
+                path: dir.to_owned(),
+                what: format!("Hugging Face architecture `{architecture}` (BERT directories are)"),
+            });
+        }
+        let invalid = |reason: String| QuantError::Invalid {
+            path: dir.to_owned(),
+            reason,
+        };
+        let tokenizer_path = hf.tokenizer_path();
+        let tokenizer_json = std::fs::read_to_string(&tokenizer_path)
+            .map_err(modelship_model::ModelError::io(&tokenizer_path))?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bert".into());
+        let metadata = bert::metadata(&name, &hf.config, &tokenizer_json, hf.pooling, hf.normalize)
+            .map_err(invalid)?;
+        let mut tensors = Vec::new();
+        for t in &hf.tensors {
+            let Some(name) = bert::tensor_name(&t.name).map_err(invalid)? else {
+                continue;
+            };
+            let dtype = match t.dtype.as_str() {
+                "F32" => GgmlDType::F32,
+                "F16" => GgmlDType::F16,
+                "BF16" => GgmlDType::BF16,
+                other => return Err(invalid(format!("tensor `{}` has dtype {other}", t.name))),
+            };
+            tensors.push(SourceTensor {
+                name,
+                shape: t.shape.clone(),
+                dtype,
+                bytes: t.bytes,
+                source_name: t.name.clone(),
+            });
+        }
+        tensors.sort_by_key(|t| bert_order(&t.name));
+        // SAFETY: the weight files are mapped read-only and modelship does not
+        // modify a model while reading it.
+        let st = unsafe { MmapedSafetensors::multi(&hf.weight_files) }.map_err(|source| {
+            QuantError::Read {
+                path: dir.to_owned(),
+                tensor: String::new(),
+                source: Box::new(source),
+            }
+        })?;
+        Ok(Self {
+            path: dir.to_owned(),
+            architecture,
+            metadata,
+            tensors,
+            reader: Reader::Safetensors(st),
+        })
+    }
+
+    /// Transformer layers (`<arch>.block_count`).
+    pub fn layers(&self) -> usize {
+        let key = format!("{}.block_count", self.architecture);
+        self.metadata
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.to_u32().ok())
+            .unwrap_or(0) as usize
+    }
+
+    /// Bytes of all tensors in the source.
+    pub fn weight_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes).sum()
+    }
+
+    /// One tensor as f32, rows first.
+    pub fn read_f32(&self, t: &SourceTensor) -> Result<Vec<f32>, QuantError> {
+        let read_err = |source| QuantError::Read {
+            path: self.path.clone(),
+            tensor: t.name.clone(),
+            source: Box::new(source),
+        };
+        let tensor = match &self.reader {
+            Reader::Gguf { path, content } => {
+                let mut f = File::open(path).map_err(modelship_model::ModelError::io(path))?;
+                content
+                    .tensor(&mut f, &t.source_name, &Device::Cpu)
+                    .and_then(|q| q.dequantize(&Device::Cpu))
+                    .map_err(read_err)?
+            }
+            Reader::Safetensors(st) => st
+                .load(&t.source_name, &Device::Cpu)
+                .and_then(|x| x.to_dtype(DType::F32))
+                .map_err(read_err)?,
+        };
+        tensor
+            .flatten_all()
+            .and_then(|x| x.to_vec1())
+            .map_err(read_err)
+    }
+}
+
+/// llama.cpp's order for BERT: embeddings, then each layer's tensors.
+fn bert_order(name: &str) -> (usize, String) {
+    match name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+        Some((layer, rest)) => (layer.parse::<usize>().unwrap_or(0) + 1, rest.to_owned()),
+        None => (0, name.to_owned()),
+    }
+}

@@ -1,0 +1,207 @@
+//! What `modelship quantize` writes, checked by llama.cpp's own tools:
+//! PyPI `gguf` re-quantizes q8_0/q4_0/q4_1 to the same bytes and dequantizes
+//! the k-quants to the original within each type's error; llama.cpp
+//! (llama-cpp-python) loads the files and decodes the llama model greedily to
+//! our tokens (up to its own near-ties) and embeds with the BERT model as we
+//! do.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use modelship_engine::{EmbedBackend, GenerateBackend};
+use modelship_engine_candle::{Device, OpenModel, open};
+use modelship_quant::{QuantizeOptions, Source, quantize};
+use modelship_types::QuantType;
+
+/// Below this top-two margin llama.cpp's own configurations may pick either
+/// token (see engine-candle/tests/llama_cpp_numerics.rs).
+const NEAR_TIE: f32 = 0.5;
+
+fn write(source: &Path, to: QuantType, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("{to}.gguf"));
+    let src = Source::open(source).unwrap();
+    quantize(
+        &src,
+        &out,
+        QuantizeOptions { to, prune: None },
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    out
+}
+
+fn check(args: &[&str]) -> serde_json::Value {
+    let script = modelship_testkit::repo_root().join("scripts/reference/gguf_check.py");
+    let out = Command::new(modelship_testkit::python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run gguf_check.py");
+    assert!(
+        out.status.success(),
+        "gguf_check.py {args:?} failed (scripts/setup-peers.sh installs gguf and llama-cpp-python):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// Largest relative RMS error each type may show against the f32 weights.
+fn error_bound(ggml_type: &str) -> f64 {
+    match ggml_type {
+        "Q8_0" => 0.01,
+        "Q6_K" => 0.03,
+        "Q5_K" | "Q5_0" | "Q5_1" => 0.07,
+        "Q4_K" | "Q4_0" | "Q4_1" => 0.15,
+        other => panic!("unexpected type {other}"),
+    }
+}
+
+fn check_blocks(reference: &Path, file: &Path) -> usize {
+    let rows = check(&["blocks", path(reference), path(file)]);
+    let mut identical = 0;
+    for r in rows.as_array().unwrap() {
+        let (name, ty) = (r["name"].as_str().unwrap(), r["type"].as_str().unwrap());
+        if let Some(same) = r["identical"].as_bool() {
+            assert!(
+                same,
+                "{}: {name} ({ty}) differs from gguf.quants.quantize",
+                file.display()
+            );
+            identical += 1;
+        }
+        let err = r["rel_rms"].as_f64().unwrap();
+        assert!(
+            err < error_bound(ty),
+            "{}: {name} ({ty}) error {err}",
+            file.display()
+        );
+    }
+    identical
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn blocks_match_the_gguf_reference_quantizer() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, source) in [
+        ("minilm", modelship_testkit::minilm()),
+        ("smollm", modelship_testkit::smollm()),
+    ] {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let reference = write(&source, QuantType::F32, &sub);
+        let mut identical = 0;
+        for to in [
+            QuantType::Q8_0,
+            QuantType::Q4_0,
+            QuantType::Q4_1,
+            QuantType::Q4K,
+            QuantType::Q5K,
+            QuantType::Q6K,
+        ] {
+            identical += check_blocks(&reference, &write(&source, to, &sub));
+        }
+        // Every linear layer of q8_0/q4_0/q4_1 (and the fallbacks to q8_0) was compared.
+        assert!(
+            identical > 3 * 30,
+            "{name}: only {identical} tensors compared byte for byte"
+        );
+    }
+}
+
+/// Our greedy tokens on `file` against llama.cpp's on the same file.
+fn greedy_agrees(file: &Path) {
+    let prompts = [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Once upon a time,",
+    ];
+    let n = 16;
+    let mut args = vec!["greedy", path(file), "16"];
+    args.extend(prompts);
+    let theirs = check(&args);
+    let OpenModel::Generate { backend, .. } = open(file, &Device::Cpu, 512).unwrap() else {
+        panic!("a generative model")
+    };
+    let mut matched = 0;
+    for c in theirs.as_array().unwrap() {
+        let prompt: Vec<u32> = serde_json::from_value(c["prompt_tokens"].clone()).unwrap();
+        let tokens: Vec<u32> = serde_json::from_value(c["tokens"].clone()).unwrap();
+        let mut seq = backend.new_sequence();
+        let mut logits = backend.forward(&mut seq, &prompt).unwrap();
+        for (j, &expected) in tokens.iter().enumerate().take(n) {
+            let ours = modelship_engine::sampler::argmax(&logits);
+            if ours != expected {
+                let t = &c["top2"][j];
+                let margin = t[1].as_f64().unwrap() - t[3].as_f64().unwrap();
+                assert!(
+                    margin < NEAR_TIE as f64,
+                    "{}: {:?} step {j}: we pick {ours}, llama.cpp {expected} with margin {margin}",
+                    file.display(),
+                    c["prompt"]
+                );
+                break;
+            }
+            matched += 1;
+            logits = backend.forward(&mut seq, &[expected]).unwrap();
+        }
+    }
+    // Divergence is allowed only at llama.cpp's near-ties (asserted above),
+    // and those must be the exception.
+    eprintln!(
+        "{}: {matched}/{} greedy tokens identical",
+        file.display(),
+        3 * n
+    );
+    assert!(
+        matched >= 3 * n / 2,
+        "{}: {matched}/{} tokens identical",
+        file.display(),
+        3 * n
+    );
+}
+
+#[test]
+fn llama_cpp_runs_our_llama_files_to_our_greedy_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    for to in [QuantType::Q8_0, QuantType::Q4K, QuantType::F16] {
+        greedy_agrees(&write(&modelship_testkit::smollm(), to, dir.path()));
+    }
+}
+
+#[test]
+fn llama_cpp_embeds_our_bert_files_as_we_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "A man is playing a guitar.",
+        "naïve café: unicode & punctuation!",
+    ];
+    for to in [QuantType::F32, QuantType::Q8_0, QuantType::Q4_0] {
+        let file = write(&modelship_testkit::minilm(), to, dir.path());
+        let mut args = vec!["embed", path(&file)];
+        args.extend(texts);
+        let theirs: Vec<Vec<f32>> = serde_json::from_value(check(&args)).unwrap();
+        let OpenModel::Embeddings {
+            tokenizer,
+            mut backend,
+            ..
+        } = open(&file, &Device::Cpu, 512).unwrap()
+        else {
+            panic!("an embedding model")
+        };
+        let ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| tokenizer.encode(t, true).unwrap())
+            .collect();
+        let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        let ours = backend.embed(&refs).unwrap();
+        for ((t, a), b) in texts.iter().zip(&ours).zip(&theirs) {
+            let cos = modelship_testkit::cosine(a, b);
+            assert!(cos > 0.999, "{to} {t:?}: cosine {cos} to llama.cpp");
+        }
+    }
+}

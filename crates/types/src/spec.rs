@@ -1,0 +1,147 @@
+//! The deployment spec (`modelship.yaml`), Kubernetes-shaped. Unknown fields
+//! are errors. This holds the sections built so far (model, serving,
+//! optimize); resources, replicas and rollout join as they are built.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Optimize, ServingLimits, Task};
+
+pub const API_VERSION: &str = "modelship.dev/v1alpha1";
+pub const KIND: &str = "ModelDeployment";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ModelDeployment {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: DeploymentSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// A DNS-1123 label: it names services, containers and URLs.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSpec {
+    pub model: ModelRef,
+    #[serde(default)]
+    pub optimize: Optimize,
+    #[serde(default)]
+    pub serving: ServingLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    /// An HF directory or a .gguf file, relative to the spec file.
+    pub source: PathBuf,
+    /// Detected from the model when omitted.
+    #[serde(default)]
+    pub task: Option<Task>,
+}
+
+/// A spec field that cannot work, named by its path.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid `{field}`: {reason}")]
+pub struct SpecError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ModelDeployment {
+    /// Checks every section; the first problem names its field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let err = |field: &str, reason: String| SpecError {
+            field: field.to_owned(),
+            reason,
+        };
+        if self.api_version != API_VERSION {
+            return Err(err(
+                "apiVersion",
+                format!("`{}` is not `{API_VERSION}`", self.api_version),
+            ));
+        }
+        if self.kind != KIND {
+            return Err(err("kind", format!("`{}` is not `{KIND}`", self.kind)));
+        }
+        if let Some(reason) = dns_label_problem(&self.metadata.name) {
+            return Err(err("metadata.name", reason));
+        }
+        if self.spec.model.source.as_os_str().is_empty() {
+            return Err(err("spec.model.source", "is empty".into()));
+        }
+        self.spec
+            .optimize
+            .validate()
+            .map_err(|e| err(&format!("spec.{}", e.field), e.reason))?;
+        self.spec
+            .serving
+            .validate()
+            .map_err(|e| err(&format!("spec.serving.{}", e.field), e.reason))
+    }
+}
+
+/// Why `name` is not a DNS-1123 label, if it is not.
+fn dns_label_problem(name: &str) -> Option<String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if name.is_empty() || name.len() > 63 {
+        Some(format!("`{name}` must be 1 to 63 characters"))
+    } else if !ok_chars || name.starts_with('-') || name.ends_with('-') {
+        Some(format!(
+            "`{name}` must be lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, optimize: &str) -> String {
+        format!(
+            r#"{{"apiVersion":"modelship.dev/v1alpha1","kind":"ModelDeployment","metadata":{{"name":"{name}"}},
+               "spec":{{"model":{{"source":"m"}},"optimize":{optimize}}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_valid_spec_passes() {
+        let d: ModelDeployment = serde_json::from_str(&spec("minilm-1", "{}")).unwrap();
+        d.validate().unwrap();
+        assert_eq!(d.spec.serving, ServingLimits::default());
+    }
+
+    #[test]
+    fn problems_name_their_field() {
+        for (name, optimize, field) in [
+            ("Bad_Name", "{}", "metadata.name"),
+            ("-x", "{}", "metadata.name"),
+            (
+                "ok",
+                r#"{"gate":{"min_top1":3}}"#,
+                "spec.optimize.gate.min_top1",
+            ),
+        ] {
+            let d: ModelDeployment = serde_json::from_str(&spec(name, optimize)).unwrap();
+            assert_eq!(d.validate().unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let json = spec("ok", "{}").replace(r#""model""#, r#""modle""#);
+        let err = serde_json::from_str::<ModelDeployment>(&json).unwrap_err();
+        assert!(err.to_string().contains("modle"), "{err}");
+    }
+}

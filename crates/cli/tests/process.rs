@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn modelship() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_modelship"))
-}
+mod support;
+
+use support::{modelship, serve, sigterm};
 
 #[test]
 fn inspect_json_describes_both_formats() {
@@ -83,42 +83,6 @@ fn bad_input_exits_with_a_message_not_a_panic() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64), "bad configuration exits 64");
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_queue"));
-}
-
-/// Starts `modelship serve` on a free port; returns the child and its base URL.
-fn serve(model: &std::path::Path) -> (Child, String) {
-    let mut child = modelship()
-        .arg("serve")
-        .arg(model)
-        .args(["--port", "0", "--threads", "2"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line
-                .split(" on ")
-                .nth(1)
-                .filter(|_| line.starts_with("modelship: serving"))
-            {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server announces its address");
-    (child, url)
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread")]

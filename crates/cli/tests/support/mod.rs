@@ -1,0 +1,46 @@
+//! Running the `modelship` binary from tests.
+#![allow(dead_code)] // each test file uses part of it
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub fn modelship() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_modelship"))
+}
+
+/// Starts `modelship serve` on a free port; returns the child and its base URL.
+pub fn serve(model: &std::path::Path) -> (Child, String) {
+    let mut child = modelship()
+        .arg("serve")
+        .arg(model)
+        .args(["--port", "0", "--threads", "2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line
+                .split(" on ")
+                .nth(1)
+                .filter(|_| line.starts_with("modelship: serving"))
+            {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server announces its address");
+    (child, url)
+}
+
+pub fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

@@ -1,0 +1,153 @@
+//! Evaluation against independent references: perplexity, KL divergence and
+//! top-1 agreement as llama.cpp computes them (tests/fixtures/
+//! llama_perplexity.json, from scripts/reference/llama_perplexity.py), and
+//! the optimize stage choosing by the gate.
+
+use std::path::{Path, PathBuf};
+
+use modelship_optimize::{Corpus, EvalOptions, Report, evaluate, optimize};
+use modelship_quant::{QuantizeOptions, Source, quantize};
+use modelship_types::{Gate, Optimize, QuantChoice, QuantType};
+
+fn write(source: &Path, to: QuantType, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("{to}.gguf"));
+    let src = Source::open(source).unwrap();
+    quantize(
+        &src,
+        &out,
+        QuantizeOptions { to, prune: None },
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn perplexity_kld_and_top1_agree_with_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let smollm = modelship_testkit::smollm();
+    let reference = write(&smollm, QuantType::F32, dir.path());
+    let fx = modelship_testkit::fixture("llama_perplexity.json");
+    for run in fx["runs"].as_array().unwrap() {
+        let opts = EvalOptions {
+            ctx: run["ctx"].as_u64().unwrap() as usize,
+            chunks: Some(run["chunks"].as_u64().unwrap() as usize),
+            ..EvalOptions::default()
+        };
+        let Report::Generate(r) = evaluate(&smollm, &reference, &Corpus::builtin(), opts).unwrap()
+        else {
+            panic!("a generative model")
+        };
+        let f = |k: &str| run[k].as_f64().unwrap();
+        eprintln!("ctx {}: ours {r:?}\n llama.cpp {run}", opts.ctx);
+        assert_eq!(
+            r.tokens_scored as u64,
+            run["tokens_scored"].as_u64().unwrap(),
+            "same positions scored"
+        );
+        for (ours, theirs, what) in [
+            (r.perplexity, f("perplexity"), "perplexity"),
+            (
+                r.reference_perplexity,
+                f("reference_perplexity"),
+                "reference perplexity",
+            ),
+        ] {
+            assert!(
+                (ours / theirs - 1.0).abs() < 0.01,
+                "{what}: ours {ours}, llama.cpp {theirs}"
+            );
+        }
+        assert!(
+            (r.kld / f("kld") - 1.0).abs() < 0.2,
+            "kld: ours {}, llama.cpp {}",
+            r.kld,
+            f("kld")
+        );
+        assert!(
+            (r.top1_agreement - f("top1_agreement")).abs() < 0.02,
+            "top-1: ours {}",
+            r.top1_agreement
+        );
+    }
+}
+
+#[test]
+fn embedding_quality_tracks_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let minilm = modelship_testkit::minilm();
+    let opts = EvalOptions {
+        sentences: 48,
+        ..EvalOptions::default()
+    };
+    let eval = |to| match evaluate(
+        &write(&minilm, to, dir.path()),
+        &minilm,
+        &Corpus::builtin(),
+        opts,
+    )
+    .unwrap()
+    {
+        Report::Embeddings(r) => r,
+        Report::Generate(_) => panic!("an embedding model"),
+    };
+    let f32 = eval(QuantType::F32);
+    assert_eq!(f32.sentences, 48);
+    assert!(f32.cosine_min > 0.99999, "{f32:?}");
+    let q8 = eval(QuantType::Q8_0);
+    assert!(q8.cosine_mean >= 0.999 && q8.spearman > 0.99, "{q8:?}");
+    let q4 = eval(QuantType::Q4_0);
+    assert!(
+        q4.cosine_mean < q8.cosine_mean && q4.cosine_min <= q4.cosine_mean,
+        "{q4:?} vs {q8:?}"
+    );
+}
+
+#[test]
+fn optimize_keeps_the_smallest_passing_precision_or_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let minilm = modelship_testkit::minilm();
+    let opts = EvalOptions {
+        sentences: 32,
+        ..EvalOptions::default()
+    };
+    let spec = Optimize {
+        quantize: QuantChoice::Auto,
+        gate: Gate {
+            min_cosine: Some(0.999),
+            ..Gate::default()
+        },
+        ..Optimize::default()
+    };
+    let outcome = optimize(&minilm, &spec, dir.path(), opts, &mut |_| {}).unwrap();
+    assert_eq!(outcome.candidates.len(), QuantType::ALL.len());
+    let chosen = outcome.chosen().expect("q8_0 passes 0.999");
+    assert!(chosen.passed() && chosen.path.exists());
+    for c in &outcome.candidates {
+        if c.file_bytes < chosen.file_bytes {
+            assert!(
+                !c.passed(),
+                "{} is smaller and passes: {}",
+                c.quant,
+                outcome.table()
+            );
+        }
+    }
+    assert!(outcome.table().contains("pass, chosen"));
+
+    let strict = Optimize {
+        quantize: QuantChoice::Type(QuantType::Q4_0),
+        gate: Gate {
+            min_cosine: Some(0.9999),
+            ..Gate::default()
+        },
+        ..Optimize::default()
+    };
+    let outcome = optimize(&minilm, &strict, dir.path(), opts, &mut |_| {}).unwrap();
+    assert!(outcome.chosen().is_none());
+    assert!(
+        outcome.table().contains("fail: cosine_mean"),
+        "{}",
+        outcome.table()
+    );
+}

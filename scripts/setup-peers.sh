@@ -2,10 +2,13 @@
 # Python tools for reference implementations and peers, in a virtual
 # environment under the modelship cache (default ~/.cache/modelship/venv):
 #   numpy, tokenizers, safetensors  independent BERT reference (tests)
+#   gguf                            llama.cpp's GGUF reader and reference
+#                                   quantizer (tests compare our blocks)
+#   llama-cpp-python (from source)  llama.cpp itself: loads what we write
+#                                   (tests), generation and quantization peer,
+#                                   the oracle of tests/fixtures/ (~10 min once)
 #   with --bench:
-#   onnxruntime, gguf               embedding peer, llama.cpp's GGUF tools
-#   llama-cpp-python (from source)  generation peer and the greedy oracle that
-#                                   made tests/fixtures/llama_greedy.json (~10 min)
+#   onnxruntime                     embedding peer
 # Idempotent: a package already installed at the pinned version is not reinstalled.
 set -euo pipefail
 
@@ -37,14 +40,14 @@ PY
   fi
 }
 
-need numpy==2.4.6 tokenizers==0.23.3 safetensors==0.8.0
+need numpy==2.4.6 tokenizers==0.23.3 safetensors==0.8.0 gguf==0.19.0
+# The native build dies with "Illegal instruction" here: the CPU advertises AMX
+# that the virtual machine does not enable. Build for a fixed, portable ISA.
+export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
+need llama-cpp-python==0.3.36
 
 if [ "$BENCH" = 1 ]; then
-  need onnxruntime==1.32.0 gguf==0.19.0
-  # The native build dies with "Illegal instruction" here: the CPU advertises AMX
-  # that the virtual machine does not enable. Build for a fixed, portable ISA.
-  export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"
-  export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
-  need llama-cpp-python==0.3.36
+  need onnxruntime==1.32.0
 fi
 echo "$VENV"

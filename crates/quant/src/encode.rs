@@ -6,7 +6,9 @@
 //! and truncation after `+ 8.5` / `+ 0.5` for the 4-bit types. The k-quants
 //! and the q5 fallbacks use candle's ports of ggml's quantizers.
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -24,6 +26,18 @@ pub fn fits(dtype: GgmlDType, cols: usize) -> bool {
 /// Encodes `data`, rows of `cols` weights, as `dtype`, rows in parallel.
 /// `cols` must be a multiple of the type's block size (see [`fits`]).
 pub fn encode(dtype: GgmlDType, data: &[f32], cols: usize) -> candle_core::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_into(dtype, data, cols, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode`] into a buffer reused across tensors.
+pub fn encode_into(
+    dtype: GgmlDType,
+    data: &[f32],
+    cols: usize,
+    out: &mut Vec<u8>,
+) -> candle_core::Result<()> {
     if cols == 0 || !fits(dtype, cols) || !data.len().is_multiple_of(cols) {
         candle_core::bail!(
             "{} rows of {cols} cannot be encoded as {dtype:?}",
@@ -33,11 +47,42 @@ pub fn encode(dtype: GgmlDType, data: &[f32], cols: usize) -> candle_core::Resul
     // About 64 KiB of input per task: enough work to amortize scheduling.
     let rows_per_task = (16_384 / cols).max(1);
     let row_bytes = encoded_len(dtype, cols);
-    let mut out = vec![0u8; data.len() / cols * row_bytes];
+    out.resize(data.len() / cols * row_bytes, 0);
     out.par_chunks_mut(rows_per_task * row_bytes)
         .zip(data.par_chunks(rows_per_task * cols))
-        .try_for_each(|(dst, src)| encode_rows(dtype, src, dst))?;
-    Ok(out)
+        .try_for_each(|(dst, src)| encode_rows(dtype, src, dst))
+}
+
+/// Decodes `raw`, rows of `cols` weights stored as `dtype`, into `out`,
+/// rows in parallel (candle's dequantizers, which read blocks in place and
+/// so want `raw` aligned for them: callers read into 4-byte-aligned memory).
+pub fn decode_into(
+    dtype: GgmlDType,
+    raw: &[u8],
+    cols: usize,
+    out: &mut Vec<f32>,
+) -> candle_core::Result<()> {
+    let row_bytes = encoded_len(dtype, cols);
+    if cols == 0 || !fits(dtype, cols) || !raw.len().is_multiple_of(row_bytes) {
+        candle_core::bail!(
+            "{} bytes are not rows of {cols} {dtype:?} weights",
+            raw.len()
+        );
+    }
+    let rows_per_task = (16_384 / cols).max(1);
+    out.resize(raw.len() / row_bytes * cols, 0.0);
+    out.par_chunks_mut(rows_per_task * cols)
+        .zip(raw.par_chunks(rows_per_task * row_bytes))
+        .try_for_each(|(dst, src)| {
+            let storage = QStorage::from_data(Cow::Borrowed(src), &Device::Cpu, dtype)?;
+            let q = QTensor::new(storage, (dst.len() / cols, cols))?;
+            dst.copy_from_slice(
+                &q.dequantize(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
+            Ok(())
+        })
 }
 
 fn encode_rows(dtype: GgmlDType, src: &[f32], dst: &mut [u8]) -> candle_core::Result<()> {
@@ -83,51 +128,81 @@ fn inverse(d: f32) -> f32 {
     if d == 0.0 { 0.0 } else { 1.0 / d }
 }
 
+/// Reduces a block with `pick` in eight independent lanes: written as a
+/// select (not `f32::max`, whose NaN rule is not one instruction), each lane
+/// compiles to one vector min/max per eight weights.
+#[inline(always)]
+fn reduce(x: &[f32; 32], init: f32, pick: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 8];
+    for chunk in x.chunks_exact(8) {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l = pick(*l, v);
+        }
+    }
+    lanes.into_iter().fold(init, &pick)
+}
+
+#[inline(always)]
+fn amax(x: &[f32; 32]) -> f32 {
+    reduce(x, 0.0, |m, v| if v.abs() > m { v.abs() } else { m })
+}
+
 /// `d = max|x| / 127`, `q = round(x / d)`: 2 bytes of f16 scale, 32 i8.
 fn q8_0(x: &[f32; 32], dst: &mut [u8]) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
+    let d = amax(x) / 127.0;
     let id = inverse(d);
     put_f16(&mut dst[..2], d);
     for (q, v) in dst[2..].iter_mut().zip(x) {
-        *q = (v * id).round() as i8 as u8;
+        *q = to_int((v * id).round(), -128.0, 127.0) as i8 as u8;
+    }
+}
+
+/// `v` clamped to `[lo, hi]` (NaN to `lo`), truncated toward zero. The
+/// clamp also makes the conversion a plain vector instruction: Rust's
+/// saturating `as` on an unbounded float compiles to scalar code here.
+#[inline(always)]
+fn to_int(v: f32, lo: f32, hi: f32) -> i32 {
+    let v = v.max(lo).min(hi);
+    // SAFETY: `v` is finite and within i32's range: `max` maps NaN to `lo`,
+    // and `lo`/`hi` are small integers.
+    unsafe { v.to_int_unchecked::<i32>() }
+}
+
+/// Packs 32 4-bit values: weights 0..16 in the low nibbles, 16..32 high.
+fn put_nibbles(dst: &mut [u8], q: impl Fn(f32) -> i32, x: &[f32; 32]) {
+    for j in 0..16 {
+        dst[j] = (q(x[j]) | (q(x[j + 16]) << 4)) as u8;
     }
 }
 
 /// `d = m / -8` where `m` is the value of largest magnitude (the first such),
 /// `q = trunc(x / d + 8.5)` clamped to 15; low nibbles hold weights 0..16.
 fn q4_0(x: &[f32; 32], dst: &mut [u8]) {
-    let mut m = 0f32;
-    for &v in x {
-        if v.abs() > m.abs() {
-            m = v;
-        }
-    }
+    // The first value of largest magnitude, as the reference's strict `>`
+    // scan (and numpy's argmax) finds it.
+    let a = amax(x);
+    let m = x.iter().copied().find(|v| v.abs() == a).unwrap_or(0.0);
     let d = m / -8.0;
     let id = inverse(d);
     put_f16(&mut dst[..2], d);
-    let q = |v: f32| ((v * id + 8.5) as u8).min(15);
-    for j in 0..16 {
-        dst[2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
-    }
+    // x·id + 8.5 lies in [0.5, 16.5]: truncation is the floor, 16 clamps to 15.
+    put_nibbles(&mut dst[2..18], |v| to_int(v * id + 8.5, 0.0, 15.0), x);
 }
 
 /// `d = (max - min) / 15`, `q = trunc((x - min) / d + 0.5)` clamped to 15;
 /// f16 scale, f16 minimum, then nibbles as in q4_0.
 fn q4_1(x: &[f32; 32], dst: &mut [u8]) {
-    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    for &v in x {
-        lo = lo.min(v);
-        hi = hi.max(v);
-    }
+    let lo = reduce(x, f32::INFINITY, |m, v| if v < m { v } else { m });
+    let hi = reduce(x, f32::NEG_INFINITY, |m, v| if v > m { v } else { m });
     let d = (hi - lo) / 15.0;
     let id = inverse(d);
     put_f16(&mut dst[..2], d);
     put_f16(&mut dst[2..4], lo);
-    let q = |v: f32| (((v - lo) * id + 0.5) as u8).min(15);
-    for j in 0..16 {
-        dst[4 + j] = q(x[j]) | (q(x[j + 16]) << 4);
-    }
+    put_nibbles(
+        &mut dst[4..20],
+        |v| to_int((v - lo) * id + 0.5, 0.0, 15.0),
+        x,
+    );
 }
 
 #[cfg(test)]

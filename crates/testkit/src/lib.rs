@@ -49,12 +49,19 @@ pub fn python() -> PathBuf {
     )
 }
 
-/// The repository root.
+/// The repository root: the first ancestor of the running test's crate
+/// (cargo sets `CARGO_MANIFEST_DIR` when it runs a test) holding Cargo.lock.
+/// Read at run time, not compile time: a build cache shared between checkouts
+/// must not send one checkout's tests to another's files.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    start
+        .ancestors()
+        .find(|d| d.join("Cargo.lock").is_file())
+        .unwrap_or_else(|| panic!("no Cargo.lock above {}", start.display()))
+        .to_owned()
 }
 
 /// A committed fixture under `tests/fixtures/`, parsed.

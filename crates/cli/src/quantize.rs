@@ -90,7 +90,10 @@ pub fn run_prune(args: PruneArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Runs the pass; the summary's time covers opening the model too (as
+/// llama.cpp's `llama_model_quantize` does), not process start-up.
 fn run(model: &Path, output: &Path, opts: QuantizeOptions) -> Result<Summary, Failure> {
+    let started = std::time::Instant::now();
     let source = Source::open(model).with_context(|| format!("cannot open {}", model.display()))?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(source.tensors.len() as u64);
@@ -108,7 +111,10 @@ fn run(model: &Path, output: &Path, opts: QuantizeOptions) -> Result<Summary, Fa
     })
     .with_context(|| format!("cannot write {}", output.display()))?;
     bar.finish_and_clear();
-    Ok(summary)
+    Ok(Summary {
+        elapsed: started.elapsed(),
+        ..summary
+    })
 }
 
 /// Tensors grouped by the type they got and why.
@@ -192,7 +198,7 @@ fn summary_lines(s: &Summary) -> String {
         .map(|b| format!("{:.1} MiB", mib(b)))
         .unwrap_or_else(|| "unknown".into());
     format!(
-        "wrote {} ({})\nweights: {:.2} MiB -> {:.2} MiB, {:.2} bits/weight over {} parameters\nfile: {:.2} MiB; {:.2} s ({:.0} MB/s of input); peak memory {peak}\n",
+        "wrote {} ({})\nweights: {:.2} MiB -> {:.2} MiB, {:.2} bits/weight over {} parameters\nfile: {:.2} MiB; {:.3} s ({:.0} MB/s of input); peak memory {peak}\n",
         s.output.display(),
         s.to,
         mib(s.weight_bytes_in),

@@ -5,6 +5,7 @@
 //! name. (It is not fsynced, as llama.cpp's is not: after a power loss the
 //! file may need writing again.)
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -114,8 +115,9 @@ pub fn quantize(
     };
     let file = File::create(&partial).map_err(write_err)?;
     let result = std::thread::scope(|scope| {
-        // The next tensor is read while this one is encoded; two buffers
-        // take turns, so memory holds at most two tensors in f32.
+        // The next tensor is decoded while this one is encoded. Float
+        // tensors are borrowed from the mapped file; decoded ones take turns
+        // in two buffers, so memory holds at most two decoded tensors.
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel(1);
         let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<f32>>();
         empty_tx.send(Vec::new()).ok();
@@ -124,10 +126,10 @@ pub fn quantize(
         scope.spawn(move || {
             for (t, &copy) in source.tensors.iter().zip(copies) {
                 let read = if copy {
-                    source.read_raw(t).map(Payload::Raw)
+                    source.stored(t).map(Payload::Stored)
                 } else {
-                    let Ok(mut buf) = empty_rx.recv() else { return };
-                    source.read_f32(t, &mut buf).map(|()| Payload::Floats(buf))
+                    let Ok(buf) = empty_rx.recv() else { return };
+                    source.floats(t, buf).map(Payload::Floats)
                 };
                 if full_tx.send(read).is_err() {
                     return;
@@ -146,9 +148,9 @@ pub fn quantize(
                 reason: "the tensor reader stopped".into(),
             })??;
             let mut data = match payload {
-                Payload::Raw(words) => {
-                    let raw = &bytemuck::cast_slice::<u32, u8>(&words)[..t.bytes as usize];
+                Payload::Stored(raw) => {
                     writer.write_tensor(raw).map_err(write_err)?;
+                    source.release(t);
                     reports.push(report(t, d, raw.len(), None));
                     continue;
                 }
@@ -157,7 +159,7 @@ pub fn quantize(
             let cols = t.shape.last().copied().unwrap_or(1);
             let zeros = match opts.prune {
                 Some(spec) if prune::is_prunable(&t.name, &t.shape) => {
-                    Some(prune::prune(&mut data, cols, spec).map_err(|reason| {
+                    Some(prune::prune(data.to_mut(), cols, spec).map_err(|reason| {
                         QuantError::Invalid {
                             path: source.path.clone(),
                             reason: format!("tensor `{}`: {reason}", t.name),
@@ -172,7 +174,12 @@ pub fn quantize(
                     source: Box::new(source),
                 }
             })?;
-            empty_tx.send(data).ok();
+            if let Cow::Owned(buf) = data {
+                empty_tx.send(buf).ok();
+            } else {
+                empty_tx.send(Vec::new()).ok();
+            }
+            source.release(t);
             writer.write_tensor(&bytes).map_err(write_err)?;
             reports.push(report(t, d, bytes.len(), zeros));
         }
@@ -205,9 +212,9 @@ pub fn quantize(
 }
 
 /// What the reader hands the encoder: stored bytes to copy, or floats.
-enum Payload {
-    Raw(Vec<u32>),
-    Floats(Vec<f32>),
+enum Payload<'a> {
+    Stored(&'a [u8]),
+    Floats(Cow<'a, [f32]>),
 }
 
 fn report(t: &SourceTensor, d: &Decision, bytes_out: usize, zeros: Option<usize>) -> TensorReport {

@@ -2,8 +2,8 @@
 //! reads) or a Hugging Face BERT directory, with tensors under their GGUF
 //! names and the GGUF metadata the output will carry.
 
+use std::borrow::Cow;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::GgmlDType;
@@ -33,7 +33,10 @@ impl SourceTensor {
 }
 
 enum Reader {
-    Gguf { path: PathBuf, content: Content },
+    Gguf {
+        map: memmap2::Mmap,
+        content: Content,
+    },
     Safetensors(MmapedSafetensors),
 }
 
@@ -90,15 +93,30 @@ impl Source {
             .collect();
         // File order, so that reading streams forward through the file.
         tensors.sort_by_key(|t| content.tensor_infos[&t.source_name].offset);
+        let file = File::open(path).map_err(modelship_model::ModelError::io(path))?;
+        // SAFETY: mapped read-only; modelship does not modify a model while
+        // reading it (the same contract as candle's safetensors mapping).
+        let map =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(modelship_model::ModelError::io(path))?;
+        let _ = map.advise(memmap2::Advice::Sequential);
+        for t in &tensors {
+            let start = content.tensor_data_offset + content.tensor_infos[&t.source_name].offset;
+            if start
+                .checked_add(t.bytes)
+                .is_none_or(|end| end > map.len() as u64)
+            {
+                return Err(QuantError::Invalid {
+                    path: path.to_owned(),
+                    reason: format!("tensor `{}` runs past the end of the file", t.name),
+                });
+            }
+        }
         Ok(Self {
             path: path.to_owned(),
             architecture,
             metadata,
             tensors,
-            reader: Reader::Gguf {
-                path: path.to_owned(),
-                content,
-            },
+            reader: Reader::Gguf { map, content },
         })
     }
 
@@ -177,77 +195,99 @@ impl Source {
         self.tensors.iter().map(|t| t.bytes).sum()
     }
 
-    /// One tensor as f32, rows first, into `out` (reused across tensors so
-    /// that large tables are not faulted in afresh each time).
-    pub fn read_f32(&self, t: &SourceTensor, out: &mut Vec<f32>) -> Result<(), QuantError> {
-        let cols = t.shape.last().copied().unwrap_or(1);
-        if t.dtype == GgmlDType::F32 && cfg!(target_endian = "little") {
-            out.resize(t.elements(), 0.0);
-            return self.read_into(t, bytemuck::cast_slice_mut(out));
-        }
-        if matches!(t.dtype, GgmlDType::F16 | GgmlDType::BF16) {
-            let raw = self.read_raw(t)?;
-            floats_from_le(t.dtype, bytemuck::cast_slice(&raw), t.elements(), out);
-            return Ok(());
-        }
-        let raw = self.read_raw(t)?;
-        encode::decode_into(
-            t.dtype,
-            &bytemuck::cast_slice(&raw)[..t.bytes as usize],
-            cols,
-            out,
-        )
-        .map_err(|source| QuantError::Read {
-            path: self.path.clone(),
-            tensor: t.name.clone(),
-            source: Box::new(source),
-        })
-    }
-
-    /// One tensor's stored bytes, in 4-byte-aligned memory (see
-    /// [`encode::decode_into`]); the last word may be padded.
-    pub fn read_raw(&self, t: &SourceTensor) -> Result<Vec<u32>, QuantError> {
-        let mut words = vec![0u32; (t.bytes as usize).div_ceil(4)];
-        self.read_into(
-            t,
-            &mut bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..t.bytes as usize],
-        )?;
-        Ok(words)
-    }
-
-    /// One tensor's stored bytes into `bytes` (exactly its size).
-    fn read_into(&self, t: &SourceTensor, bytes: &mut [u8]) -> Result<(), QuantError> {
-        match &self.reader {
-            Reader::Gguf { path, content } => {
-                let info = &content.tensor_infos[&t.source_name];
-                File::open(path)
-                    .and_then(|mut f| {
-                        f.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))?;
-                        f.read_exact(bytes)
-                    })
-                    .map_err(modelship_model::ModelError::io(path))?;
+    /// One tensor's stored bytes, straight from the mapped file.
+    pub fn stored(&self, t: &SourceTensor) -> Result<&[u8], QuantError> {
+        let bytes = match &self.reader {
+            Reader::Gguf { map, content } => {
+                // In bounds: checked for every tensor when the file was opened.
+                let start = (content.tensor_data_offset
+                    + content.tensor_infos[&t.source_name].offset)
+                    as usize;
+                &map[start..start + t.bytes as usize]
             }
-            Reader::Safetensors(st) => {
-                let view = st.get(&t.source_name).map_err(|source| QuantError::Read {
+            Reader::Safetensors(st) => st
+                .get(&t.source_name)
+                .map_err(|source| QuantError::Read {
                     path: self.path.clone(),
                     tensor: t.name.clone(),
                     source: Box::new(source),
-                })?;
-                if view.data().len() != bytes.len() {
-                    return Err(QuantError::Invalid {
-                        path: self.path.clone(),
-                        reason: format!(
-                            "tensor `{}` has {} bytes, not {}",
-                            t.name,
-                            view.data().len(),
-                            bytes.len()
-                        ),
-                    });
-                }
-                bytes.copy_from_slice(view.data());
-            }
+                })?
+                .data(),
+        };
+        if bytes.len() as u64 != t.bytes {
+            return Err(QuantError::Invalid {
+                path: self.path.clone(),
+                reason: format!(
+                    "tensor `{}` has {} bytes, not {}",
+                    t.name,
+                    bytes.len(),
+                    t.bytes
+                ),
+            });
         }
-        Ok(())
+        Ok(bytes)
+    }
+
+    /// Tells the OS this process is done with a tensor's pages: resident
+    /// memory then stays near the tensors in flight instead of growing to
+    /// the whole mapped file (the pages stay in the page cache).
+    pub fn release(&self, t: &SourceTensor) {
+        if let Reader::Gguf { map, content } = &self.reader {
+            let start =
+                (content.tensor_data_offset + content.tensor_infos[&t.source_name].offset) as usize;
+            // SAFETY: the mapping is a read-only view of a file: dropping its
+            // pages loses nothing, and a later read (a slice still borrowed,
+            // or a neighbour sharing the first page) faults them in again
+            // from the file with the same bytes.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    t.bytes as usize,
+                )
+            };
+        }
+    }
+
+    /// One tensor as f32, rows first: borrowed from the mapped file when it
+    /// is stored as aligned little-endian f32 (no copy), else decoded into
+    /// `scratch`'s allocation.
+    pub fn floats(
+        &self,
+        t: &SourceTensor,
+        mut scratch: Vec<f32>,
+    ) -> Result<Cow<'_, [f32]>, QuantError> {
+        let bytes = self.stored(t)?;
+        if t.dtype == GgmlDType::F32
+            && cfg!(target_endian = "little")
+            && let Ok(floats) = bytemuck::try_cast_slice::<u8, f32>(bytes)
+        {
+            return Ok(Cow::Borrowed(floats));
+        }
+        if matches!(t.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            floats_from_le(t.dtype, bytes, t.elements(), &mut scratch);
+            return Ok(Cow::Owned(scratch));
+        }
+        // candle's dequantizers read blocks in place and assert their
+        // alignment; a file with odd offsets is copied to aligned memory.
+        let aligned;
+        let bytes = if bytes.as_ptr().align_offset(4) == 0 {
+            bytes
+        } else {
+            let mut words = vec![0u32; bytes.len().div_ceil(4)];
+            bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+            aligned = words;
+            &bytemuck::cast_slice(&aligned)[..bytes.len()]
+        };
+        let cols = t.shape.last().copied().unwrap_or(1);
+        encode::decode_into(t.dtype, bytes, cols, &mut scratch).map_err(|source| {
+            QuantError::Read {
+                path: self.path.clone(),
+                tensor: t.name.clone(),
+                source: Box::new(source),
+            }
+        })?;
+        Ok(Cow::Owned(scratch))
     }
 }
 

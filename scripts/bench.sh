@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The benchmarks of docs/benchmarks.md: modelship against ONNX Runtime and
 # llama.cpp, measured in the same run on the same threads.
-#   BENCH_THREADS (default 2), BENCH_SECONDS per throughput point (default 15)
+#   BENCH_THREADS (default 2), BENCH_SECONDS per throughput point (default 15),
+#   BENCH_REPEATS per quantization timing (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=$(scripts/fetch-models.sh)
 scripts/setup-peers.sh --bench >/dev/null
 cargo build --release --quiet --bin modelship --example bench_generate
-exec "$cache/venv/bin/python" scripts/bench/run.py
+"$cache/venv/bin/python" scripts/bench/run.py
+# BENCH_ONLY=speed: only the quantization throughput table.
+exec "$cache/venv/bin/python" scripts/bench/quantize.py

@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 cache=$(scripts/fetch-models.sh)
 scripts/setup-peers.sh --bench >/dev/null
 cargo build --release --quiet --bin modelship --example bench_generate
-"$cache/venv/bin/python" scripts/bench/run.py
 # BENCH_ONLY=speed: only the quantization throughput table.
+[ "${BENCH_ONLY:-}" = speed ] || "$cache/venv/bin/python" scripts/bench/run.py
 exec "$cache/venv/bin/python" scripts/bench/quantize.py

@@ -16,6 +16,9 @@ scripts/fetch-models.sh >/dev/null
 echo "== python reference"
 scripts/setup-peers.sh >/dev/null
 
+echo "== generated files"
+python3 scripts/make-corpus.py --check
+
 echo "== fmt"
 cargo fmt --all --check
 echo "== clippy"

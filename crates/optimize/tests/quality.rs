@@ -3,30 +3,14 @@
 //! llama_perplexity.json, from scripts/reference/llama_perplexity.py), and
 //! the optimize stage choosing by the gate.
 
-use std::path::{Path, PathBuf};
-
 use modelship_optimize::{Corpus, EvalOptions, Report, evaluate, optimize};
-use modelship_quant::{QuantizeOptions, Source, quantize};
 use modelship_types::{Gate, Optimize, QuantChoice, QuantType};
-
-fn write(source: &Path, to: QuantType, dir: &Path) -> PathBuf {
-    let out = dir.join(format!("{to}.gguf"));
-    let src = Source::open(source).unwrap();
-    quantize(
-        &src,
-        &out,
-        QuantizeOptions { to, prune: None },
-        &mut |_, _, _| {},
-    )
-    .unwrap();
-    out
-}
 
 #[test]
 fn perplexity_kld_and_top1_agree_with_llama_cpp() {
     let dir = tempfile::tempdir().unwrap();
     let smollm = modelship_testkit::smollm();
-    let reference = write(&smollm, QuantType::F32, dir.path());
+    let reference = modelship_testkit::quantized(&smollm, QuantType::F32, dir.path());
     let fx = modelship_testkit::fixture("llama_perplexity.json");
     for run in fx["runs"].as_array().unwrap() {
         let opts = EvalOptions {
@@ -81,7 +65,7 @@ fn embedding_quality_tracks_precision() {
         ..EvalOptions::default()
     };
     let eval = |to| match evaluate(
-        &write(&minilm, to, dir.path()),
+        &modelship_testkit::quantized(&minilm, to, dir.path()),
         &minilm,
         &Corpus::builtin(),
         opts,

@@ -5,30 +5,16 @@
 //! our tokens (up to its own near-ties) and embeds with the BERT model as we
 //! do.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use modelship_engine::{EmbedBackend, GenerateBackend};
 use modelship_engine_candle::{Device, OpenModel, open};
-use modelship_quant::{QuantizeOptions, Source, quantize};
 use modelship_types::QuantType;
 
 /// Below this top-two margin llama.cpp's own configurations may pick either
 /// token (see engine-candle/tests/llama_cpp_numerics.rs).
 const NEAR_TIE: f32 = 0.5;
-
-fn write(source: &Path, to: QuantType, dir: &Path) -> PathBuf {
-    let out = dir.join(format!("{to}.gguf"));
-    let src = Source::open(source).unwrap();
-    quantize(
-        &src,
-        &out,
-        QuantizeOptions { to, prune: None },
-        &mut |_, _, _| {},
-    )
-    .unwrap();
-    out
-}
 
 fn check(args: &[&str]) -> serde_json::Value {
     let script = modelship_testkit::repo_root().join("scripts/reference/gguf_check.py");
@@ -92,7 +78,7 @@ fn blocks_match_the_gguf_reference_quantizer() {
     ] {
         let sub = dir.path().join(name);
         std::fs::create_dir_all(&sub).unwrap();
-        let reference = write(&source, QuantType::F32, &sub);
+        let reference = modelship_testkit::quantized(&source, QuantType::F32, &sub);
         let mut identical = 0;
         for to in [
             QuantType::Q8_0,
@@ -102,7 +88,7 @@ fn blocks_match_the_gguf_reference_quantizer() {
             QuantType::Q5K,
             QuantType::Q6K,
         ] {
-            identical += check_blocks(&reference, &write(&source, to, &sub));
+            identical += check_blocks(&reference, &modelship_testkit::quantized(&source, to, &sub));
         }
         // Every linear layer of q8_0/q4_0/q4_1 (and the fallbacks to q8_0) was compared.
         assert!(
@@ -168,7 +154,11 @@ fn greedy_agrees(file: &Path) {
 fn llama_cpp_runs_our_llama_files_to_our_greedy_tokens() {
     let dir = tempfile::tempdir().unwrap();
     for to in [QuantType::Q8_0, QuantType::Q4K, QuantType::F16] {
-        greedy_agrees(&write(&modelship_testkit::smollm(), to, dir.path()));
+        greedy_agrees(&modelship_testkit::quantized(
+            &modelship_testkit::smollm(),
+            to,
+            dir.path(),
+        ));
     }
 }
 
@@ -181,7 +171,7 @@ fn llama_cpp_embeds_our_bert_files_as_we_do() {
         "naïve café: unicode & punctuation!",
     ];
     for to in [QuantType::F32, QuantType::Q8_0, QuantType::Q4_0] {
-        let file = write(&modelship_testkit::minilm(), to, dir.path());
+        let file = modelship_testkit::quantized(&modelship_testkit::minilm(), to, dir.path());
         let mut args = vec!["embed", path(&file)];
         args.extend(texts);
         let theirs: Vec<Vec<f32>> = serde_json::from_value(check(&args)).unwrap();

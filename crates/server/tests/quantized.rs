@@ -4,25 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::{load_engine, post_json, vectors};
-use modelship_quant::{QuantizeOptions, Source, quantize};
 use modelship_types::{QuantType, ServingLimits};
 use serde_json::json;
-
-fn write(source: &Path, to: QuantType, dir: &Path) -> PathBuf {
-    let out = dir.join(format!("{to}.gguf"));
-    let src = Source::open(source).unwrap();
-    quantize(
-        &src,
-        &out,
-        QuantizeOptions { to, prune: None },
-        &mut |_, _, _| {},
-    )
-    .unwrap();
-    out
-}
 
 /// Lowest cosine to the original each type keeps on short sentences
 /// (MiniLM's 384-wide rows send the k-quants to their 32-block fallbacks).
@@ -49,7 +33,7 @@ async fn every_precision_of_minilm_serves_embeddings_close_to_the_original() {
     );
     for t in QuantType::ALL {
         let engine = load_engine(
-            &write(&modelship_testkit::minilm(), t, dir.path()),
+            &modelship_testkit::quantized(&modelship_testkit::minilm(), t, dir.path()),
             ServingLimits::default(),
         );
         let r = post_json(&engine, "/v1/embeddings", json!({"input": texts})).await;
@@ -72,7 +56,7 @@ async fn every_precision_of_smollm_completes_like_the_original() {
     assert!(original.contains("Paris"), "{original:?}");
     for t in QuantType::ALL {
         let engine = load_engine(
-            &write(&modelship_testkit::smollm(), t, dir.path()),
+            &modelship_testkit::quantized(&modelship_testkit::smollm(), t, dir.path()),
             ServingLimits::default(),
         );
         let r = post_json(&engine, "/v1/completions", ask.clone()).await;

@@ -41,6 +41,22 @@ pub fn smollm() -> PathBuf {
     )
 }
 
+/// `source` written as `to` into `dir/{to}.gguf` by `modelship quantize`'s
+/// library; returns the file.
+pub fn quantized(source: &Path, to: modelship_types::QuantType, dir: &Path) -> PathBuf {
+    use modelship_quant::{QuantizeOptions, Source, quantize};
+    let out = dir.join(format!("{to}.gguf"));
+    let src = Source::open(source).expect("open the source model");
+    quantize(
+        &src,
+        &out,
+        QuantizeOptions { to, prune: None },
+        &mut |_, _, _| {},
+    )
+    .expect("quantize the test model");
+    out
+}
+
 /// The Python of the peers' virtual environment.
 pub fn python() -> PathBuf {
     require(

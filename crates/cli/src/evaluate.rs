@@ -52,6 +52,12 @@ pub struct OptimizeArgs {
 }
 
 pub fn run_eval(args: EvalArgs) -> Result<(), Failure> {
+    if args.ctx < 4 {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "invalid `--ctx`: {} is fewer than 4 tokens",
+            args.ctx
+        )));
+    }
     init_threads(args.threads)?;
     let corpus = match &args.corpus {
         Some(p) => Corpus::from_file(p).with_context(|| format!("cannot read {}", p.display()))?,

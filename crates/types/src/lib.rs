@@ -6,11 +6,13 @@
 mod limits;
 mod optimize;
 mod precision;
+mod resources;
 pub mod spec;
 mod task;
 
 pub use limits::{LimitError, ServingLimits};
 pub use optimize::{Gate, Optimize, OptimizeError, PrunePattern, PruneSpec, QuantChoice};
 pub use precision::{ParseQuantTypeError, QuantType};
+pub use resources::{Bytes, Gpu, Node, NodesError, NodesFile, Resources};
 pub use spec::ModelDeployment;
 pub use task::{ParseTaskError, Task};

@@ -1,12 +1,14 @@
 //! The deployment spec (`modelship.yaml`), Kubernetes-shaped. Unknown fields
-//! are errors. This holds the sections built so far (model, serving,
-//! optimize); resources, replicas and rollout join as they are built.
+//! are errors. This holds the sections built so far (model, optimize,
+//! serving, resources, replicas, node_selector); autoscale, slo, rollout and
+//! target join as they are built.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Optimize, ServingLimits, Task};
+use crate::{Optimize, Resources, ServingLimits, Task};
 
 pub const API_VERSION: &str = "modelship.dev/v1alpha1";
 pub const KIND: &str = "ModelDeployment";
@@ -35,6 +37,18 @@ pub struct DeploymentSpec {
     pub optimize: Optimize,
     #[serde(default)]
     pub serving: ServingLimits,
+    #[serde(default)]
+    pub resources: Resources,
+    /// Replicas to run.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Labels a node must carry to run a replica.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +95,23 @@ impl ModelDeployment {
             .optimize
             .validate()
             .map_err(|e| err(&format!("spec.{}", e.field), e.reason))?;
+        if self
+            .spec
+            .resources
+            .cpu
+            .is_some_and(|c| !(c > 0.0 && c.is_finite()))
+        {
+            return Err(err(
+                "spec.resources.cpu",
+                "must be a positive number of CPUs".into(),
+            ));
+        }
+        if self.spec.replicas > 10_000 {
+            return Err(err(
+                "spec.replicas",
+                format!("{} is more than 10000", self.spec.replicas),
+            ));
+        }
         self.spec
             .serving
             .validate()

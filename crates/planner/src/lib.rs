@@ -1,0 +1,12 @@
+//! Pure planning: what one replica needs ([`estimate`]), where replicas go
+//! ([`place`]) and which waiting deployments start when capacity frees
+//! ([`admit`]). Functions of their inputs only: no I/O, no clock, no async;
+//! callers gather the model's shape and the nodes and act on the result.
+
+mod admission;
+mod estimate;
+mod placement;
+
+pub use admission::{Admission, admit};
+pub use estimate::{Estimate, ModelShape, RUNTIME_BYTES, estimate};
+pub use placement::{Pending, Placement, Plan, ReplicaRequest, place, place_onto};

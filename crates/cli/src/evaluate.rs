@@ -1,13 +1,13 @@
 //! `modelship eval MODEL --reference REF` and `modelship optimize -f SPEC`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use modelship_optimize::{Corpus, EvalOptions, Report, evaluate, optimize};
-use modelship_types::ModelDeployment;
 
 use crate::Failure;
 use crate::compute::init_threads;
+use crate::spec::read_spec;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -100,24 +100,6 @@ fn report_lines(r: &Report) -> String {
             e.corpus, e.sentences, e.cosine_mean, e.cosine_min, e.spearman
         ),
     }
-}
-
-/// Reads and validates a spec; problems are configuration errors (exit 64).
-pub fn read_spec(path: &Path) -> Result<ModelDeployment, Failure> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))
-        .map_err(Failure::Config)?;
-    let mut spec: ModelDeployment = serde_saphyr::from_str(&text)
-        .with_context(|| format!("invalid spec {}", path.display()))
-        .map_err(Failure::Config)?;
-    spec.validate()
-        .with_context(|| format!("invalid spec {}", path.display()))
-        .map_err(Failure::Config)?;
-    // Paths in a spec are relative to the spec file (`join` keeps absolute ones).
-    let base = path.parent().unwrap_or(Path::new("."));
-    spec.spec.model.source = base.join(&spec.spec.model.source);
-    spec.spec.optimize.eval = spec.spec.optimize.eval.map(|e| base.join(e));
-    Ok(spec)
 }
 
 pub fn run_optimize(args: OptimizeArgs) -> Result<(), Failure> {

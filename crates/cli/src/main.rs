@@ -4,8 +4,10 @@
 mod compute;
 mod evaluate;
 mod inspect;
+mod plan;
 mod quantize;
 mod serve;
+mod spec;
 
 use std::process::ExitCode;
 
@@ -33,6 +35,8 @@ enum Command {
     Eval(evaluate::EvalArgs),
     /// Try the spec's precisions, measure each, keep the smallest that passes its gate.
     Optimize(evaluate::OptimizeArgs),
+    /// Estimate a replica's memory and CPU, count replicas, place them on nodes.
+    Plan(plan::Args),
 }
 
 /// Exit codes: 1 the user's problem, 2 a bug, 64 bad configuration.
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Prune(args) => quantize::run_prune(args),
         Command::Eval(args) => evaluate::run_eval(args),
         Command::Optimize(args) => evaluate::run_optimize(args),
+        Command::Plan(args) => plan::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -45,6 +45,8 @@ pub struct ModelInfo {
     pub layers: Option<usize>,
     pub attention_heads: Option<usize>,
     pub kv_heads: Option<usize>,
+    /// Width of the feed-forward layer.
+    pub feed_forward: Option<usize>,
 }
 
 /// The task an architecture is served for.
@@ -104,6 +106,7 @@ fn describe_hf(m: &HfModel) -> Result<ModelInfo, ModelError> {
         kv_heads: m
             .config_usize("num_key_value_heads")
             .or_else(|| m.config_usize("num_attention_heads")),
+        feed_forward: m.config_usize("intermediate_size"),
     })
 }
 
@@ -142,6 +145,7 @@ fn describe_gguf(g: &GgufFile) -> Result<ModelInfo, ModelError> {
         layers: arch("block_count"),
         attention_heads: arch("attention.head_count"),
         kv_heads: arch("attention.head_count_kv").or_else(|| arch("attention.head_count")),
+        feed_forward: arch("feed_forward_length"),
         architecture,
     })
 }

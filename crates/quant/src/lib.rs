@@ -16,5 +16,5 @@ mod source;
 
 pub use error::QuantError;
 pub use policy::{Decision, ModelShape, Rule};
-pub use quantize::{QuantizeOptions, Summary, TensorReport, quantize};
+pub use quantize::{QuantizeOptions, Summary, TensorReport, planned_bytes, quantize};
 pub use source::{Source, SourceTensor};

@@ -68,6 +68,23 @@ impl Summary {
     }
 }
 
+/// Exact bytes of `source`'s tensors written as `to` (the same per-tensor
+/// policy as [`quantize`]), without writing anything.
+pub fn planned_bytes(source: &Source, to: QuantType) -> u64 {
+    let shape = ModelShape {
+        layers: source.layers(),
+        has_output: source.tensors.iter().any(|t| t.name == "output.weight"),
+    };
+    source
+        .tensors
+        .iter()
+        .map(|t| {
+            let d = policy::decide(to, &t.name, &t.shape, shape);
+            encode::encoded_len(d.dtype, t.elements()) as u64
+        })
+        .sum()
+}
+
 /// Writes `source` as `opts.to` to `output`; `progress(done, total, name)` is
 /// called before each tensor.
 pub fn quantize(

@@ -1,0 +1,202 @@
+//! `modelship plan -f SPEC [--nodes NODES.yaml] [--json]`: the estimate with
+//! its terms, the replica count and why, the placement, what is pending.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use modelship_model::{ModelInfo, inspect};
+use modelship_planner::{Estimate, ModelShape, Plan, ReplicaRequest, estimate, place};
+use modelship_quant::{Source, planned_bytes};
+use modelship_types::{Bytes, ModelDeployment, Node, QuantChoice, Task};
+use serde::Serialize;
+
+use crate::Failure;
+use crate::spec::{read_nodes, read_spec};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The deployment spec.
+    #[arg(short = 'f', long = "file")]
+    spec: PathBuf,
+    /// The cluster's nodes (default: this machine).
+    #[arg(long)]
+    nodes: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    name: String,
+    model: PathBuf,
+    /// The precision the weights were counted in.
+    precision: String,
+    estimate: Estimate,
+    /// What one replica asks the nodes for.
+    request: Request,
+    replicas: u32,
+    replicas_reason: String,
+    placements: Vec<modelship_planner::Placement>,
+    pending: Vec<modelship_planner::Pending>,
+}
+
+#[derive(Serialize)]
+struct Request {
+    cpu: f64,
+    memory_bytes: u64,
+    gpus: u32,
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    let spec = read_spec(&args.spec)?;
+    let nodes = match &args.nodes {
+        Some(path) => read_nodes(path)?.nodes,
+        None => vec![this_machine()?],
+    };
+    let report = plan(&spec, &nodes)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("plain data serializes")
+        );
+    } else {
+        print!("{}", text(&report));
+    }
+    Ok(())
+}
+
+fn plan(spec: &ModelDeployment, nodes: &[Node]) -> Result<Report, Failure> {
+    let source = &spec.spec.model.source;
+    let info = inspect(source).with_context(|| format!("cannot read {}", source.display()))?;
+    let (weight_bytes, precision) = weights(source, &info, spec.spec.optimize.quantize)?;
+    let shape = shape(&info, weight_bytes, spec.spec.model.task)?;
+    let cpu = spec.spec.resources.cpu.unwrap_or(1.0);
+    let est = estimate(&shape, &spec.spec.serving, cpu);
+    let request = Request {
+        cpu,
+        memory_bytes: spec.spec.resources.memory.map_or(est.total_bytes, |m| m.0),
+        gpus: spec.spec.resources.gpu,
+    };
+    let name = &spec.metadata.name;
+    let replicas: Vec<ReplicaRequest> = (0..spec.spec.replicas)
+        .map(|i| ReplicaRequest {
+            id: format!("{name}-{i}"),
+            deployment: name.clone(),
+            cpu: request.cpu,
+            memory: request.memory_bytes,
+            gpus: request.gpus,
+            gpu_memory: if request.gpus > 0 { est.total_bytes } else { 0 },
+            selector: spec.spec.node_selector.clone(),
+        })
+        .collect();
+    let Plan {
+        placements,
+        pending,
+    } = place(nodes, &replicas);
+    Ok(Report {
+        name: name.clone(),
+        model: source.clone(),
+        precision,
+        estimate: est,
+        request,
+        replicas: spec.spec.replicas,
+        replicas_reason: format!("spec.replicas = {}", spec.spec.replicas),
+        placements,
+        pending,
+    })
+}
+
+/// Exact weight bytes in the precision the spec serves.
+fn weights(source: &Path, info: &ModelInfo, q: QuantChoice) -> Result<(u64, String), Failure> {
+    match q {
+        QuantChoice::Type(t) => {
+            let src = Source::open(source)
+                .with_context(|| format!("cannot read {}", source.display()))?;
+            Ok((planned_bytes(&src, t), t.to_string()))
+        }
+        QuantChoice::None => Ok((info.weight_bytes, "as stored".into())),
+        QuantChoice::Auto => Ok((
+            info.weight_bytes,
+            "as stored (quantize: auto is decided by optimize)".into(),
+        )),
+    }
+}
+
+fn shape(info: &ModelInfo, weight_bytes: u64, task: Option<Task>) -> Result<ModelShape, Failure> {
+    let need = |v: Option<usize>, what: &str| {
+        v.ok_or_else(|| {
+            Failure::User(anyhow::anyhow!(
+                "{}: the model does not state its {what}",
+                info.path.display()
+            ))
+        })
+    };
+    Ok(ModelShape {
+        task: task.or(info.task).ok_or_else(|| {
+            Failure::User(anyhow::anyhow!(
+                "{}: cannot tell its task; set spec.model.task",
+                info.path.display()
+            ))
+        })?,
+        weight_bytes,
+        layers: need(info.layers, "layer count")?,
+        hidden: need(info.hidden_size, "hidden size")?,
+        heads: need(info.attention_heads, "attention heads")?,
+        kv_heads: need(info.kv_heads, "key/value heads")?,
+        ffn: need(info.feed_forward, "feed-forward width")?,
+        vocab: need(info.vocab_size, "vocabulary size")?,
+        context: need(info.context_length, "context length")?,
+    })
+}
+
+/// This machine as the only node: its CPUs and total memory.
+fn this_machine() -> Result<Node, Failure> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no MemTotal in /proc/meminfo")?;
+    Ok(Node {
+        name: "local".into(),
+        cpu: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+        memory: Bytes(kib * 1024),
+        gpus: Vec::new(),
+        labels: Default::default(),
+    })
+}
+
+fn text(r: &Report) -> String {
+    let e = &r.estimate;
+    let mut s = format!(
+        "{} ({}, weights {})\n\nper replica\n",
+        r.name,
+        r.model.display(),
+        r.precision
+    );
+    for (term, bytes) in [
+        ("weights", e.weights_bytes),
+        ("kv cache", e.kv_cache_bytes),
+        ("activations", e.activations_bytes),
+        ("runtime", e.runtime_bytes),
+        ("total", e.total_bytes),
+    ] {
+        s.push_str(&format!("  {term:<12} {:>12}\n", Bytes(bytes).to_string()));
+    }
+    s.push_str(&format!("  {:<12} {:>12}\n", "cpu threads", e.cpu_threads));
+    s.push_str(&format!(
+        "\nrequest      {} CPU, {}, {} GPU\nreplicas     {} ({})\n",
+        r.request.cpu,
+        Bytes(r.request.memory_bytes),
+        r.request.gpus,
+        r.replicas,
+        r.replicas_reason
+    ));
+    for p in &r.placements {
+        s.push_str(&format!("  {:<20} -> {}\n", p.replica, p.node));
+    }
+    for p in &r.pending {
+        s.push_str(&format!("  {:<20} pending: {}\n", p.replica, p.reason));
+    }
+    s
+}

@@ -5,8 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use modelship_model::{ModelInfo, inspect};
-use modelship_planner::{Estimate, ModelShape, Plan, ReplicaRequest, estimate, place};
-use modelship_quant::{Source, planned_bytes};
+use modelship_planner::{
+    Estimate, ModelShape, Plan, ReplicaRequest, TensorFootprint, WeightsFile, estimate, place,
+    resident_weights,
+};
+use modelship_quant::encode::encoded_len;
+use modelship_quant::{Source, planned_tensors};
 use modelship_types::{Bytes, ModelDeployment, Node, QuantChoice, Task};
 use serde::Serialize;
 
@@ -68,8 +72,18 @@ pub fn run(args: Args) -> Result<(), Failure> {
 fn plan(spec: &ModelDeployment, nodes: &[Node]) -> Result<Report, Failure> {
     let source = &spec.spec.model.source;
     let info = inspect(source).with_context(|| format!("cannot read {}", source.display()))?;
-    let (weight_bytes, precision) = weights(source, &info, spec.spec.optimize.quantize)?;
-    let shape = shape(&info, weight_bytes, spec.spec.model.task)?;
+    let task = spec.spec.model.task.or(info.task).ok_or_else(|| {
+        Failure::User(anyhow::anyhow!(
+            "{}: cannot tell its task; set spec.model.task",
+            source.display()
+        ))
+    })?;
+    let (footprints, file, precision) = weights(source, spec.spec.optimize.quantize)?;
+    let (resident, loading) = resident_weights(task, file, &footprints);
+    let quantized = footprints
+        .iter()
+        .any(|t| t.dims == 2 && t.block_quantized && t.name.starts_with("blk."));
+    let shape = shape(&info, task, (resident, loading), quantized)?;
     let cpu = spec.spec.resources.cpu.unwrap_or(1.0);
     let est = estimate(&shape, &spec.spec.serving, cpu);
     let request = Request {
@@ -106,23 +120,60 @@ fn plan(spec: &ModelDeployment, nodes: &[Node]) -> Result<Report, Failure> {
     })
 }
 
-/// Exact weight bytes in the precision the spec serves.
-fn weights(source: &Path, info: &ModelInfo, q: QuantChoice) -> Result<(u64, String), Failure> {
-    match q {
-        QuantChoice::Type(t) => {
-            let src = Source::open(source)
-                .with_context(|| format!("cannot read {}", source.display()))?;
-            Ok((planned_bytes(&src, t), t.to_string()))
-        }
-        QuantChoice::None => Ok((info.weight_bytes, "as stored".into())),
-        QuantChoice::Auto => Ok((
-            info.weight_bytes,
-            "as stored (quantize: auto is decided by optimize)".into(),
-        )),
+/// The weight tensors in the precision the spec serves, how they reach the
+/// engine, and that precision's name.
+fn weights(
+    source: &Path,
+    q: QuantChoice,
+) -> Result<(Vec<TensorFootprint>, WeightsFile, String), Failure> {
+    let src = Source::open(source).with_context(|| format!("cannot read {}", source.display()))?;
+    let footprint =
+        |t: &modelship_quant::SourceTensor, stored: u64, block_quantized: bool| TensorFootprint {
+            name: t.name.clone(),
+            elements: t.elements() as u64,
+            stored_bytes: stored,
+            block_quantized,
+            dims: t.shape.len(),
+        };
+    if let QuantChoice::Type(to) = q {
+        // Served from the GGUF that optimize writes.
+        let tensors = planned_tensors(&src, to)
+            .into_iter()
+            .map(|(t, dtype)| {
+                footprint(
+                    t,
+                    encoded_len(dtype, t.elements()) as u64,
+                    dtype.block_size() > 1,
+                )
+            })
+            .collect();
+        return Ok((tensors, WeightsFile::Gguf, to.to_string()));
     }
+    let tensors = src
+        .tensors
+        .iter()
+        .map(|t| footprint(t, t.bytes, t.dtype.block_size() > 1))
+        .collect();
+    let file = if source.is_dir() {
+        WeightsFile::Safetensors {
+            file_bytes: src.weight_bytes(),
+        }
+    } else {
+        WeightsFile::Gguf
+    };
+    let precision = match q {
+        QuantChoice::Auto => "as stored (quantize: auto is decided by optimize)",
+        _ => "as stored",
+    };
+    Ok((tensors, file, precision.into()))
 }
 
-fn shape(info: &ModelInfo, weight_bytes: u64, task: Option<Task>) -> Result<ModelShape, Failure> {
+fn shape(
+    info: &ModelInfo,
+    task: Task,
+    (weight_bytes, loading_bytes): (u64, u64),
+    quantized_matmuls: bool,
+) -> Result<ModelShape, Failure> {
     let need = |v: Option<usize>, what: &str| {
         v.ok_or_else(|| {
             Failure::User(anyhow::anyhow!(
@@ -132,13 +183,10 @@ fn shape(info: &ModelInfo, weight_bytes: u64, task: Option<Task>) -> Result<Mode
         })
     };
     Ok(ModelShape {
-        task: task.or(info.task).ok_or_else(|| {
-            Failure::User(anyhow::anyhow!(
-                "{}: cannot tell its task; set spec.model.task",
-                info.path.display()
-            ))
-        })?,
+        task,
         weight_bytes,
+        loading_bytes,
+        quantized_matmuls,
         layers: need(info.layers, "layer count")?,
         hidden: need(info.hidden_size, "hidden size")?,
         heads: need(info.attention_heads, "attention heads")?,
@@ -176,6 +224,7 @@ fn text(r: &Report) -> String {
     );
     for (term, bytes) in [
         ("weights", e.weights_bytes),
+        ("loading", e.loading_bytes),
         ("kv cache", e.kv_cache_bytes),
         ("activations", e.activations_bytes),
         ("runtime", e.runtime_bytes),

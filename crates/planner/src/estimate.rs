@@ -10,8 +10,13 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelShape {
     pub task: Task,
-    /// Exact bytes of every weight tensor in the precision served.
+    /// Bytes the engine holds for the weights (see [`resident_weights`]).
     pub weight_bytes: u64,
+    /// Extra bytes held only while loading (a mapped weights file).
+    pub loading_bytes: u64,
+    /// Whether the linear layers run block-quantized kernels (which copy
+    /// their input and its 8-bit form: more activation memory per token).
+    pub quantized_matmuls: bool,
     pub layers: usize,
     pub hidden: usize,
     pub heads: usize,
@@ -22,16 +27,79 @@ pub struct ModelShape {
     pub context: usize,
 }
 
-/// The process itself before any model: binary, allocator arenas, thread
-/// stacks, tokenizer tables and the HTTP server. Measured as the peak RSS of
-/// `modelship serve` on MiniLM minus its weights after one request (see
-/// docs/benchmarks.md); kept here as a constant.
-pub const RUNTIME_BYTES: u64 = 96 << 20;
+/// The process itself besides model and workload: binary, allocator arenas,
+/// thread stacks, tokenizer tables, the HTTP server. Measured: peak RSS of
+/// `modelship serve` on the MiniLM HF directory at a small batch (where the
+/// peak is loading: mapped file + f32 weights) minus those, 20 MiB; SmolLM2
+/// Q4_1 at 512 × 2 minus its other terms, 24 MiB (docs/benchmarks.md).
+pub const RUNTIME_BYTES: u64 = 24 << 20;
 
-/// One replica's needs, term by term.
+/// One weight tensor in the precision served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorFootprint {
+    pub name: String,
+    pub elements: u64,
+    /// Its exact size in the file served.
+    pub stored_bytes: u64,
+    /// Stored in blocks with shared scales (q8_0, q4_k, ...), not as floats.
+    pub block_quantized: bool,
+    pub dims: usize,
+}
+
+/// How a model reaches the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsFile {
+    /// Safetensors, memory-mapped while the engine copies them out.
+    Safetensors { file_bytes: u64 },
+    /// GGUF, read tensor by tensor.
+    Gguf,
+}
+
+/// `(resident, loading)` bytes of the weights as the candle engine holds
+/// them: block-quantized matrices as stored (quantized kernels); vectors,
+/// float matrices and embedding tables expanded to f32; a llama model's
+/// embedding table also kept as stored when it doubles as the output
+/// projection. Loading safetensors keeps the mapped file resident too.
+pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprint]) -> (u64, u64) {
+    let has_output = tensors.iter().any(|t| t.name == "output.weight");
+    let f32_bytes = |t: &TensorFootprint| 4 * t.elements;
+    let resident = tensors
+        .iter()
+        .map(|t| {
+            let table = matches!(
+                t.name.as_str(),
+                "token_embd.weight" | "position_embd.weight" | "token_types.weight"
+            );
+            let held = if t.dims < 2 || !t.block_quantized || table {
+                f32_bytes(t)
+            } else {
+                t.stored_bytes
+            };
+            let tied_output =
+                task == Task::Generate && !has_output && t.name == "token_embd.weight";
+            let output_copy = match (tied_output, t.block_quantized) {
+                (false, _) => 0,
+                (true, true) => t.stored_bytes,
+                (true, false) => f32_bytes(t),
+            };
+            held + output_copy
+        })
+        .sum();
+    let loading = match file {
+        WeightsFile::Safetensors { file_bytes } => file_bytes,
+        // One tensor's bytes at a time.
+        WeightsFile::Gguf => tensors.iter().map(|t| t.stored_bytes).max().unwrap_or(0),
+    };
+    (resident, loading)
+}
+
+/// One replica's needs, term by term. The peak is the weights and the
+/// runtime plus the larger of loading (before serving) and the KV cache with
+/// activations (while serving).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Estimate {
     pub weights_bytes: u64,
+    pub loading_bytes: u64,
     /// Keys and values of every sequence at full context: 2 × layers ×
     /// kv_heads × head_dim × 4 bytes (the cache holds f32) × context ×
     /// concurrent sequences. Zero for encoders.
@@ -63,36 +131,38 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
     let runtime_bytes = RUNTIME_BYTES;
     Estimate {
         weights_bytes: model.weight_bytes,
+        loading_bytes: model.loading_bytes,
         kv_cache_bytes,
         activations_bytes,
         runtime_bytes,
-        total_bytes: model.weight_bytes + kv_cache_bytes + activations_bytes + runtime_bytes,
+        total_bytes: model.weight_bytes
+            + runtime_bytes
+            + model.loading_bytes.max(kv_cache_bytes + activations_bytes),
         cpu_threads: cpu.ceil().max(1.0) as u32,
     }
 }
 
-/// The largest pass's live f32 tensors. Encoders run `max_batch_tokens`
-/// packed tokens: per token the hidden state and its residual, Q/K/V, the
-/// attention output and the FFN's up projection (before and after GELU);
-/// plus one sequence's attention scores and probabilities at full context.
-/// Decoders run one prompt of up to `context` tokens: the same per-token
-/// terms with the gate, and attention scores for 256-query chunks, plus the
-/// logits of each running sequence.
+/// The largest pass's live tensors. Per token in the pass: the hidden
+/// state, its residual, Q/K/V and the attention output (hidden × 4 f32 at
+/// once at most) and two FFN-wide tensors; block-quantized kernels also copy
+/// an FFN-wide input and its 8-bit form (5 bytes per value). Attention
+/// scores and probabilities of one sequence at a time: the whole sequence
+/// for encoders, 256-query chunks for decoders. Encoders pack up to
+/// `max_batch_tokens` tokens; decoders pack every new prompt into one pass,
+/// so up to `max_concurrent × context` tokens, plus each sequence's logits.
 fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 {
     let (hidden, ffn, heads) = (model.hidden as u64, model.ffn as u64, model.heads as u64);
+    let per_token = (hidden * 4 + ffn * 2) * 4 + if model.quantized_matmuls { ffn * 5 } else { 0 };
+    let concurrent = limits.max_concurrent as u64;
     match model.task {
         Task::Embeddings => {
             let tokens = limits.max_batch_tokens as u64;
-            let per_token = hidden * 6 + ffn * 2;
-            let scores = heads * context * context * 2;
-            (tokens * per_token + scores) * 4
+            tokens * per_token + heads * context * context * 2 * 4
         }
         Task::Generate => {
-            let tokens = context;
-            let per_token = hidden * 6 + ffn * 3;
-            let scores = heads * tokens.min(256) * context * 2;
-            let logits = model.vocab as u64 * limits.max_concurrent as u64;
-            (tokens * per_token + scores + logits) * 4
+            let tokens = concurrent * context;
+            let scores = heads * context.min(256) * context * 2 * 4;
+            tokens * per_token + scores + model.vocab as u64 * concurrent * 4
         }
     }
 }
@@ -105,6 +175,8 @@ mod tests {
         ModelShape {
             task: Task::Generate,
             weight_bytes: 96_573_056,
+            loading_bytes: 0,
+            quantized_matmuls: true,
             layers: 30,
             hidden: 576,
             heads: 9,
@@ -172,6 +244,40 @@ mod tests {
     }
 
     #[test]
+    fn resident_weights_follow_the_engine() {
+        let t = |name: &str, elements: u64, stored: u64, q: bool, dims: usize| TensorFootprint {
+            name: name.into(),
+            elements,
+            stored_bytes: stored,
+            block_quantized: q,
+            dims,
+        };
+        // A tied llama table in q8_0: f32 for lookups plus q8_0 for the output.
+        let llama = [
+            t("token_embd.weight", 1000, 1063, true, 2),
+            t("blk.0.attn_q.weight", 64, 68, true, 2),
+            t("blk.0.attn_norm.weight", 8, 32, false, 1),
+        ];
+        assert_eq!(
+            resident_weights(Task::Generate, WeightsFile::Gguf, &llama),
+            (4000 + 1063 + 68 + 32, 1063)
+        );
+        // f16 matrices are expanded; BERT keeps no output copy.
+        let bert = [
+            t("token_embd.weight", 1000, 2000, false, 2),
+            t("blk.0.ffn_up.weight", 64, 128, false, 2),
+        ];
+        assert_eq!(
+            resident_weights(
+                Task::Embeddings,
+                WeightsFile::Safetensors { file_bytes: 9 },
+                &bert
+            ),
+            (4256, 9)
+        );
+    }
+
+    #[test]
     fn encoders_have_no_kv_cache() {
         let minilm = ModelShape {
             task: Task::Embeddings,
@@ -183,6 +289,8 @@ mod tests {
             vocab: 30522,
             context: 512,
             weight_bytes: 90_000_000,
+            loading_bytes: 90_000_000,
+            quantized_matmuls: false,
         };
         let e = estimate(&minilm, &ServingLimits::default(), 0.5);
         assert_eq!(e.kv_cache_bytes, 0);

@@ -8,5 +8,7 @@ mod estimate;
 mod placement;
 
 pub use admission::{Admission, admit};
-pub use estimate::{Estimate, ModelShape, RUNTIME_BYTES, estimate};
+pub use estimate::{
+    Estimate, ModelShape, RUNTIME_BYTES, TensorFootprint, WeightsFile, estimate, resident_weights,
+};
 pub use placement::{Pending, Placement, Plan, ReplicaRequest, place, place_onto};

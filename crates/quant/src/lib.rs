@@ -16,5 +16,7 @@ mod source;
 
 pub use error::QuantError;
 pub use policy::{Decision, ModelShape, Rule};
-pub use quantize::{QuantizeOptions, Summary, TensorReport, planned_bytes, quantize};
+pub use quantize::{
+    QuantizeOptions, Summary, TensorReport, planned_bytes, planned_tensors, quantize,
+};
 pub use source::{Source, SourceTensor};

@@ -68,9 +68,9 @@ impl Summary {
     }
 }
 
-/// Exact bytes of `source`'s tensors written as `to` (the same per-tensor
-/// policy as [`quantize`]), without writing anything.
-pub fn planned_bytes(source: &Source, to: QuantType) -> u64 {
+/// Every tensor of `source` with the type it gets as `to` (the same
+/// per-tensor policy as [`quantize`]), without writing anything.
+pub fn planned_tensors(source: &Source, to: QuantType) -> Vec<(&SourceTensor, GgmlDType)> {
     let shape = ModelShape {
         layers: source.layers(),
         has_output: source.tensors.iter().any(|t| t.name == "output.weight"),
@@ -78,10 +78,15 @@ pub fn planned_bytes(source: &Source, to: QuantType) -> u64 {
     source
         .tensors
         .iter()
-        .map(|t| {
-            let d = policy::decide(to, &t.name, &t.shape, shape);
-            encode::encoded_len(d.dtype, t.elements()) as u64
-        })
+        .map(|t| (t, policy::decide(to, &t.name, &t.shape, shape).dtype))
+        .collect()
+}
+
+/// Exact bytes of `source`'s tensors written as `to`.
+pub fn planned_bytes(source: &Source, to: QuantType) -> u64 {
+    planned_tensors(source, to)
+        .iter()
+        .map(|(t, dtype)| encode::encoded_len(*dtype, t.elements()) as u64)
         .sum()
 }
 

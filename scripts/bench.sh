@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 cache=$(scripts/fetch-models.sh)
 scripts/setup-peers.sh --bench >/dev/null
 cargo build --release --quiet --bin modelship --example bench_generate
-# BENCH_ONLY=speed: only the quantization throughput table.
-[ "${BENCH_ONLY:-}" = speed ] || "$cache/venv/bin/python" scripts/bench/run.py
-exec "$cache/venv/bin/python" scripts/bench/quantize.py
+# BENCH_ONLY=speed: only the quantization throughput table; =memory: only
+# the estimate-vs-RSS table.
+case "${BENCH_ONLY:-}" in
+  memory) exec "$cache/venv/bin/python" scripts/bench/memory.py ;;
+  speed) exec "$cache/venv/bin/python" scripts/bench/quantize.py ;;
+esac
+"$cache/venv/bin/python" scripts/bench/run.py
+"$cache/venv/bin/python" scripts/bench/quantize.py
+"$cache/venv/bin/python" scripts/bench/memory.py
+cargo run --release --quiet -p modelship-planner --example place_bench

@@ -1,0 +1,130 @@
+//! `modelship plan` as users run it: the estimate's terms, placements and
+//! pending replicas in JSON, and exit 64 naming the field of a bad file.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::Value;
+
+mod support;
+
+use support::modelship;
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn spec(dir: &Path, extra: &str) -> PathBuf {
+    write(
+        dir,
+        "spec.yaml",
+        &format!(
+            "apiVersion: modelship.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: minilm\nspec:\n  model:\n    source: {}\n{extra}",
+            modelship_testkit::minilm().display()
+        ),
+    )
+}
+
+fn plan(spec: &Path, nodes: &Path) -> Output {
+    modelship()
+        .args([
+            "plan",
+            "-f",
+            spec.to_str().unwrap(),
+            "--nodes",
+            nodes.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn plan_json_has_every_term_placements_and_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(
+        dir.path(),
+        "  optimize:\n    quantize: q8_0\n  serving: { max_context: 256, max_batch_tokens: 4096 }\n  replicas: 3\n  node_selector: { zone: a }\n",
+    );
+    let nodes = write(
+        dir.path(),
+        "nodes.yaml",
+        "nodes:\n  - { name: big, cpu: 8, memory: 8Gi, labels: { zone: a } }\n  - { name: small, cpu: 8, memory: 64Mi, labels: { zone: a } }\n  - { name: other, cpu: 8, memory: 64Gi, labels: { zone: b } }\n",
+    );
+    let o = plan(&spec, &nodes);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let e = &v["estimate"];
+    let terms = [
+        "weights_bytes",
+        "loading_bytes",
+        "kv_cache_bytes",
+        "activations_bytes",
+        "runtime_bytes",
+    ];
+    for t in terms {
+        assert!(e[t].is_u64(), "{t} in {e}");
+    }
+    assert_eq!(e["kv_cache_bytes"], 0, "an encoder has no KV cache");
+    let weights = e["weights_bytes"].as_u64().unwrap();
+    // q8_0: the matrices shrink, the embedding table stays f32 in memory.
+    assert!(weights > 45 << 20 && weights < 80 << 20, "{weights}");
+    assert!(e["total_bytes"].as_u64().unwrap() >= weights + e["runtime_bytes"].as_u64().unwrap());
+    assert_eq!(v["replicas"], 3);
+    let placements = v["placements"].as_array().unwrap();
+    let pending = v["pending"].as_array().unwrap();
+    assert_eq!(placements.len() + pending.len(), 3);
+    assert!(
+        placements.iter().all(|p| p["node"] == "big"),
+        "the selector keeps `other` out, `small` is too small: {v}"
+    );
+    assert!(pending.is_empty(), "8 GiB holds three replicas: {v}");
+
+    let crowded = write(
+        dir.path(),
+        "crowded.yaml",
+        "nodes:\n  - { name: small, cpu: 8, memory: 64Mi, labels: { zone: a } }\n",
+    );
+    let v: Value = serde_json::from_slice(&plan(&spec, &crowded).stdout).unwrap();
+    let pending = v["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 3);
+    assert!(
+        pending[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("largest free 64.00 MiB on small"),
+        "{v}"
+    );
+}
+
+#[test]
+fn bad_specs_and_nodes_files_exit_64_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good_spec = spec(dir.path(), "");
+    let good_nodes = write(
+        dir.path(),
+        "n.yaml",
+        "nodes:\n  - { name: a, cpu: 2, memory: 4Gi }\n",
+    );
+    for (nodes, field) in [
+        ("nodes:\n  - { name: a, cpu: 2, memory: 4Qi }\n", "4Qi"),
+        (
+            "nodes:\n  - { name: a, cpu: 0, memory: 4Gi }\n",
+            "nodes[0].cpu",
+        ),
+        (
+            "nodes:\n  - { name: a, cpu: 2, memory: 4Gi, zone: x }\n",
+            "zone",
+        ),
+    ] {
+        let o = plan(&good_spec, &write(dir.path(), "bad.yaml", nodes));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(64), "{err}");
+        assert!(err.contains(field), "{field}: {err}");
+    }
+    let o = plan(&spec(dir.path(), "  resources: { cpu: -1 }\n"), &good_nodes);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("spec.resources.cpu"));
+}

@@ -70,14 +70,7 @@ pub fn run_eval(args: EvalArgs) -> Result<(), Failure> {
     };
     let report = evaluate(&args.model, &args.reference, &corpus, opts)
         .with_context(|| format!("cannot evaluate {}", args.model.display()))?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("plain data serializes")
-        );
-    } else {
-        print!("{}", report_lines(&report));
-    }
+    crate::print_output(args.json, &report, report_lines);
     Ok(())
 }
 

@@ -19,14 +19,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Failure> {
     let info =
         inspect(&args.model).with_context(|| format!("cannot inspect {}", args.model.display()))?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&info).expect("plain data serializes")
-        );
-    } else {
-        print!("{}", table(&info));
-    }
+    crate::print_output(args.json, &info, table);
     Ok(())
 }
 

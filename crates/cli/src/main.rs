@@ -76,6 +76,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints `value` as pretty JSON with `--json`, else as `text` renders it.
+pub fn print_output<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("plain data serializes")
+        );
+    } else {
+        print!("{}", text(value));
+    }
+}
+
 fn report(e: &anyhow::Error, code: u8) -> ExitCode {
     eprintln!("error: {e}");
     for cause in e.chain().skip(1) {

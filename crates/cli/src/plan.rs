@@ -58,14 +58,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         None => vec![this_machine()?],
     };
     let report = plan(&spec, &nodes)?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("plain data serializes")
-        );
-    } else {
-        print!("{}", text(&report));
-    }
+    crate::print_output(args.json, &report, text);
     Ok(())
 }
 

@@ -257,7 +257,14 @@ fn output_metadata(source: &Source, to: QuantType) -> Vec<(String, Value)> {
     let mut md: Vec<(String, Value)> = source
         .metadata
         .iter()
-        .filter(|(k, _)| k != "general.file_type" && k != "general.quantization_version")
+        // The writer sets these; a copied `general.alignment` would tell
+        // readers to expect padding the writer does not use.
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "general.file_type" | "general.quantization_version" | "general.alignment"
+            )
+        })
         .cloned()
         .collect();
     md.push((

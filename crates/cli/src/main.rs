@@ -1,6 +1,7 @@
 //! `modelship`: parse the command line, start logging, run the command, and
 //! turn its error into a message with its causes and an exit code.
 
+mod bench;
 mod compute;
 mod evaluate;
 mod inspect;
@@ -37,6 +38,8 @@ enum Command {
     Optimize(evaluate::OptimizeArgs),
     /// Estimate a replica's memory and CPU, count replicas, place them on nodes.
     Plan(plan::Args),
+    /// Measure a replica's throughput and latency at increasing concurrency.
+    Bench(bench::Args),
 }
 
 /// Exit codes: 1 the user's problem, 2 a bug, 64 bad configuration.
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => evaluate::run_eval(args),
         Command::Optimize(args) => evaluate::run_optimize(args),
         Command::Plan(args) => plan::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

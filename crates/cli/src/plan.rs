@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use modelship_model::{ModelInfo, inspect};
 use modelship_planner::{
-    Estimate, ModelShape, Plan, ReplicaRequest, TensorFootprint, WeightsFile, estimate, place,
-    resident_weights,
+    CapacityProfile, Estimate, ModelShape, Plan, ReplicaRequest, TensorFootprint, WeightsFile,
+    estimate, place, resident_weights, size_for_slo,
 };
 use modelship_quant::encode::encoded_len;
 use modelship_quant::{Source, planned_tensors};
@@ -85,7 +85,8 @@ fn plan(spec: &ModelDeployment, nodes: &[Node]) -> Result<Report, Failure> {
         gpus: spec.spec.resources.gpu,
     };
     let name = &spec.metadata.name;
-    let replicas: Vec<ReplicaRequest> = (0..spec.spec.replicas)
+    let (count, replicas_reason) = replica_count(spec)?;
+    let replicas: Vec<ReplicaRequest> = (0..count)
         .map(|i| ReplicaRequest {
             id: format!("{name}-{i}"),
             deployment: name.clone(),
@@ -106,8 +107,8 @@ fn plan(spec: &ModelDeployment, nodes: &[Node]) -> Result<Report, Failure> {
         precision,
         estimate: est,
         request,
-        replicas: spec.spec.replicas,
-        replicas_reason: format!("spec.replicas = {}", spec.spec.replicas),
+        replicas: count,
+        replicas_reason,
         placements,
         pending,
     })
@@ -188,6 +189,28 @@ fn shape(
         vocab: need(info.vocab_size, "vocabulary size")?,
         context: need(info.context_length, "context length")?,
     })
+}
+
+/// `spec.replicas`, or with an `slo` the count its capacity profile asks for.
+fn replica_count(spec: &ModelDeployment) -> Result<(u32, String), Failure> {
+    let Some(slo) = &spec.spec.slo else {
+        return Ok((
+            spec.spec.replicas,
+            format!("spec.replicas = {}", spec.spec.replicas),
+        ));
+    };
+    let path = crate::bench::profile_path(&spec.spec.model.source);
+    let text = std::fs::read(&path).map_err(|e| {
+        Failure::User(anyhow::Error::new(e).context(format!(
+            "spec.slo needs the capacity profile {}\nhint: run `modelship bench {}` first",
+            path.display(),
+            spec.spec.model.source.display()
+        )))
+    })?;
+    let profile: CapacityProfile = serde_json::from_slice(&text)
+        .with_context(|| format!("invalid capacity profile {}", path.display()))?;
+    let sizing = size_for_slo(&profile, slo).map_err(|e| Failure::User(anyhow::anyhow!(e)))?;
+    Ok((sizing.replicas, sizing.reason))
 }
 
 /// This machine as the only node: its CPUs and total memory.

@@ -128,3 +128,91 @@ fn bad_specs_and_nodes_files_exit_64_naming_the_field() {
     assert_eq!(o.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&o.stderr).contains("spec.resources.cpu"));
 }
+
+#[test]
+fn bench_measures_a_profile_that_plan_sizes_an_slo_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let minilm = modelship_testkit::minilm();
+    let o = modelship()
+        .env("MODELSHIP_CACHE", &cache)
+        .args([
+            "bench",
+            minilm.to_str().unwrap(),
+            "--levels",
+            "1,2",
+            "--seconds",
+            "0.5",
+            "--threads",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let profile: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let points = profile["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    for p in points {
+        let (rps, p50, p99) = (
+            p["rps"].as_f64().unwrap(),
+            p["p50_ms"].as_f64().unwrap(),
+            p["p99_ms"].as_f64().unwrap(),
+        );
+        assert!(rps > 1.0 && p50 > 0.0 && p99 >= p50, "{p}");
+    }
+    assert!(cache.join("profiles/all-MiniLM-L6-v2.json").is_file());
+
+    // 10× what one replica sustains, with a generous latency bound.
+    let best = points
+        .iter()
+        .map(|p| p["rps"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let spec = spec(
+        dir.path(),
+        &format!(
+            "  slo: {{ rps: {}, p99_ms: 10000 }}\n",
+            (best * 10.0).round()
+        ),
+    );
+    let nodes = write(
+        dir.path(),
+        "n.yaml",
+        "nodes:\n  - { name: a, cpu: 64, memory: 64Gi }\n",
+    );
+    let o = modelship()
+        .env("MODELSHIP_CACHE", &cache)
+        .args([
+            "plan",
+            "-f",
+            spec.to_str().unwrap(),
+            "--nodes",
+            nodes.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let replicas = v["replicas"].as_u64().unwrap();
+    assert!((10..=11).contains(&replicas), "{v}");
+    assert!(
+        v["replicas_reason"].as_str().unwrap().starts_with("slo "),
+        "{v}"
+    );
+
+    // Without a profile: a message saying how to make one.
+    let o = modelship()
+        .env("MODELSHIP_CACHE", dir.path().join("empty"))
+        .args([
+            "plan",
+            "-f",
+            spec.to_str().unwrap(),
+            "--nodes",
+            nodes.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("modelship bench"));
+}

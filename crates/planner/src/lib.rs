@@ -1,13 +1,15 @@
 //! Pure planning: what one replica needs ([`estimate`]), where replicas go
-//! ([`place`]) and which waiting deployments start when capacity frees
-//! ([`admit`]). Functions of their inputs only: no I/O, no clock, no async;
+//! ([`place`]), how many ([`size_for_slo`]) and which waiting deployments
+//! start when capacity frees ([`admit`]). Functions of their inputs only: no I/O, no clock, no async;
 //! callers gather the model's shape and the nodes and act on the result.
 
 mod admission;
+mod capacity;
 mod estimate;
 mod placement;
 
 pub use admission::{Admission, admit};
+pub use capacity::{CapacityPoint, CapacityProfile, Sizing, size_for_slo};
 pub use estimate::{
     Estimate, ModelShape, RUNTIME_BYTES, TensorFootprint, WeightsFile, estimate, resident_weights,
 };

@@ -13,6 +13,6 @@ mod task;
 pub use limits::{LimitError, ServingLimits};
 pub use optimize::{Gate, Optimize, OptimizeError, PrunePattern, PruneSpec, QuantChoice};
 pub use precision::{ParseQuantTypeError, QuantType};
-pub use resources::{Bytes, Gpu, Node, NodesError, NodesFile, Resources};
+pub use resources::{Bytes, Gpu, Node, NodesError, NodesFile, Resources, Slo};
 pub use spec::ModelDeployment;
 pub use task::{ParseTaskError, Task};

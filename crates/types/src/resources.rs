@@ -91,6 +91,17 @@ pub struct Resources {
     pub gpu: u32,
 }
 
+/// `slo:` in a spec: the load the deployment must carry and the latency it
+/// must keep; the planner sizes replicas from a measured capacity profile.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slo {
+    /// Requests per second across all replicas.
+    pub rps: f64,
+    /// 99th-percentile latency in milliseconds.
+    pub p99_ms: f64,
+}
+
 /// A GPU of a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

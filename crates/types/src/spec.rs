@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Optimize, Resources, ServingLimits, Task};
+use crate::{Optimize, Resources, ServingLimits, Slo, Task};
 
 pub const API_VERSION: &str = "modelship.dev/v1alpha1";
 pub const KIND: &str = "ModelDeployment";
@@ -45,6 +45,9 @@ pub struct DeploymentSpec {
     /// Labels a node must carry to run a replica.
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
+    /// When set, the planner sizes `replicas` from a capacity profile.
+    #[serde(default)]
+    pub slo: Option<Slo>,
 }
 
 fn one() -> u32 {
@@ -105,6 +108,13 @@ impl ModelDeployment {
                 "spec.resources.cpu",
                 "must be a positive number of CPUs".into(),
             ));
+        }
+        if let Some(slo) = &self.spec.slo {
+            for (field, v) in [("spec.slo.rps", slo.rps), ("spec.slo.p99_ms", slo.p99_ms)] {
+                if !(v > 0.0 && v.is_finite()) {
+                    return Err(err(field, format!("{v} is not a positive number")));
+                }
+            }
         }
         if self.spec.replicas > 10_000 {
             return Err(err(

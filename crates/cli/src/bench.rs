@@ -50,7 +50,11 @@ pub fn profile_path(model: &Path) -> PathBuf {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    if args.levels.is_empty() || args.levels.contains(&0) || !(args.seconds > 0.0) {
+    if args.levels.is_empty()
+        || args.levels.contains(&0)
+        || args.seconds.is_nan()
+        || args.seconds <= 0.0
+    {
         return Err(Failure::Config(anyhow::anyhow!(
             "invalid `--levels`/`--seconds`: levels must be at least 1 and seconds positive"
         )));

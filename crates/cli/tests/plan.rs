@@ -28,7 +28,13 @@ fn spec(dir: &Path, extra: &str) -> PathBuf {
 }
 
 fn plan(spec: &Path, nodes: &Path) -> Output {
+    plan_with_cache(spec, nodes, &modelship_testkit::cache_dir())
+}
+
+/// `plan --json` with `MODELSHIP_CACHE` (where capacity profiles live) set.
+fn plan_with_cache(spec: &Path, nodes: &Path, cache: &Path) -> Output {
     modelship()
+        .env("MODELSHIP_CACHE", cache)
         .args([
             "plan",
             "-f",
@@ -180,18 +186,7 @@ fn bench_measures_a_profile_that_plan_sizes_an_slo_from() {
         "n.yaml",
         "nodes:\n  - { name: a, cpu: 64, memory: 64Gi }\n",
     );
-    let o = modelship()
-        .env("MODELSHIP_CACHE", &cache)
-        .args([
-            "plan",
-            "-f",
-            spec.to_str().unwrap(),
-            "--nodes",
-            nodes.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let o = plan_with_cache(&spec, &nodes, &cache);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let replicas = v["replicas"].as_u64().unwrap();
@@ -202,17 +197,7 @@ fn bench_measures_a_profile_that_plan_sizes_an_slo_from() {
     );
 
     // Without a profile: a message saying how to make one.
-    let o = modelship()
-        .env("MODELSHIP_CACHE", dir.path().join("empty"))
-        .args([
-            "plan",
-            "-f",
-            spec.to_str().unwrap(),
-            "--nodes",
-            nodes.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = plan_with_cache(&spec, &nodes, &dir.path().join("empty"));
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("modelship bench"));
 }

@@ -93,6 +93,7 @@ fn plan(spec: &ModelDeployment, nodes: &[Node]) -> Result<Report, Failure> {
             cpu: request.cpu,
             memory: request.memory_bytes,
             gpus: request.gpus,
+            // Each GPU must hold the whole replica: no tensor parallelism yet.
             gpu_memory: if request.gpus > 0 { est.total_bytes } else { 0 },
             selector: spec.spec.node_selector.clone(),
         })

@@ -144,15 +144,22 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
 
 /// The largest pass's live tensors. Per token in the pass: the hidden
 /// state, its residual, Q/K/V and the attention output (hidden × 4 f32 at
-/// once at most) and two FFN-wide tensors; block-quantized kernels also copy
-/// an FFN-wide input and its 8-bit form (5 bytes per value). Attention
-/// scores and probabilities of one sequence at a time: the whole sequence
-/// for encoders, 256-query chunks for decoders. Encoders pack up to
+/// once at most) and the FFN's live tensors — an encoder's up projection
+/// and its GELU (2 × ffn), a decoder's stacked gate/up output, its SiLU and
+/// their product (4 × ffn); block-quantized kernels also copy an FFN-wide
+/// input and its 8-bit form (5 bytes per value). Attention scores and
+/// probabilities of one sequence at a time: the whole sequence for
+/// encoders, 256-query chunks for decoders. Encoders pack up to
 /// `max_batch_tokens` tokens; decoders pack every new prompt into one pass,
 /// so up to `max_concurrent × context` tokens, plus each sequence's logits.
 fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 {
     let (hidden, ffn, heads) = (model.hidden as u64, model.ffn as u64, model.heads as u64);
-    let per_token = (hidden * 4 + ffn * 2) * 4 + if model.quantized_matmuls { ffn * 5 } else { 0 };
+    let ffn_live = match model.task {
+        Task::Embeddings => 2,
+        Task::Generate => 4,
+    };
+    let per_token =
+        (hidden * 4 + ffn * ffn_live) * 4 + if model.quantized_matmuls { ffn * 5 } else { 0 };
     let concurrent = limits.max_concurrent as u64;
     match model.task {
         Task::Embeddings => {

@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 use modelship_engine::{BackendError, EmbedBackend};
 use modelship_model::{HfModel, NORMALIZE_KEY, POOLING_KEY, Pooling};
 
+use crate::gguf_md::{md_f32, md_u32};
 use crate::linear::{Linear, Projections};
 use serde::Deserialize;
 
@@ -236,28 +237,15 @@ impl BertBackend {
         reader: &mut R,
         device: &Device,
     ) -> Result<Self> {
-        let md_u32 = |key: &str| -> Result<usize> {
-            ct.metadata
-                .get(key)
-                .ok_or_else(|| {
-                    candle_core::Error::Msg(format!("GGUF metadata `{key}` is missing"))
-                })?
-                .to_u32()
-                .map(|v| v as usize)
-        };
-        let layers_n = md_u32("bert.block_count")?;
-        let heads = md_u32("bert.attention.head_count")?;
-        let hidden = md_u32("bert.embedding_length")?;
+        let layers_n = md_u32(ct, "bert.block_count")?;
+        let heads = md_u32(ct, "bert.attention.head_count")?;
+        let hidden = md_u32(ct, "bert.embedding_length")?;
         if heads == 0 || !hidden.is_multiple_of(heads) {
             candle_core::bail!(
                 "bert.embedding_length is not a multiple of bert.attention.head_count"
             );
         }
-        let eps = ct
-            .metadata
-            .get("bert.attention.layer_norm_epsilon")
-            .and_then(|v| v.to_f32().ok())
-            .unwrap_or(1e-12) as f64;
+        let eps = md_f32(ct, "bert.attention.layer_norm_epsilon", 1e-12)? as f64;
         let pooling = match ct.metadata.get(POOLING_KEY) {
             Some(v) => serde_json::from_value(serde_json::Value::String(v.to_string()?.clone()))
                 .map_err(|e| candle_core::Error::Msg(format!("{POOLING_KEY}: {e}")))?,

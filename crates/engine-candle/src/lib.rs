@@ -5,6 +5,7 @@
 
 mod bert;
 mod device;
+mod gguf_md;
 mod linear;
 mod llama;
 mod load;

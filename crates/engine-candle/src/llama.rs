@@ -15,6 +15,7 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, Result, Tensor};
 use modelship_engine::{BackendError, GenerateBackend};
 
+use crate::gguf_md::{md_f32, md_u32};
 use crate::linear::{Linear, Projections};
 
 /// Hyper-parameters from the GGUF metadata (`llama.*`).
@@ -104,20 +105,6 @@ impl KvCache {
 pub struct LlamaSequence {
     cache: Vec<Option<KvCache>>,
     position: usize,
-}
-
-fn md_u32(ct: &Content, key: &str) -> Result<usize> {
-    match ct.metadata.get(key) {
-        Some(v) => Ok(v.to_u32()? as usize),
-        None => candle_core::bail!("GGUF metadata `{key}` is missing"),
-    }
-}
-
-fn md_f32(ct: &Content, key: &str, default: f32) -> Result<f32> {
-    match ct.metadata.get(key) {
-        Some(v) => v.to_f32(),
-        None => Ok(default),
-    }
 }
 
 impl LlamaConfig {

@@ -134,11 +134,11 @@ fn weights(
         // Served from the GGUF that optimize writes.
         let tensors = planned_tensors(&src, to)
             .into_iter()
-            .map(|(t, dtype)| {
+            .map(|(t, d)| {
                 footprint(
                     t,
-                    encoded_len(dtype, t.elements()) as u64,
-                    dtype.block_size() > 1,
+                    encoded_len(d.dtype, t.elements()) as u64,
+                    d.dtype.block_size() > 1,
                 )
             })
             .collect();

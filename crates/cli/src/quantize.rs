@@ -160,12 +160,7 @@ fn sparsity_table(s: &Summary) -> String {
     let mut layers: BTreeMap<usize, (usize, u64, u64)> = BTreeMap::new();
     for t in &s.tensors {
         let Some(zeros) = t.zeros else { continue };
-        let layer = t
-            .name
-            .strip_prefix("blk.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(0);
+        let layer = modelship_quant::policy::layer_of(&t.name).unwrap_or(0);
         let e = layers.entry(layer).or_default();
         e.0 += 1;
         e.1 += t.shape.iter().product::<usize>() as u64;

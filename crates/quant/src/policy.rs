@@ -147,7 +147,7 @@ pub fn decide(target: QuantType, name: &str, shape: &[usize], model: ModelShape)
 }
 
 /// `blk.N.` → N.
-fn layer_of(name: &str) -> Option<usize> {
+pub fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 

@@ -70,7 +70,7 @@ impl Summary {
 
 /// Every tensor of `source` with the type it gets as `to` (the same
 /// per-tensor policy as [`quantize`]), without writing anything.
-pub fn planned_tensors(source: &Source, to: QuantType) -> Vec<(&SourceTensor, GgmlDType)> {
+pub fn planned_tensors(source: &Source, to: QuantType) -> Vec<(&SourceTensor, Decision)> {
     let shape = ModelShape {
         layers: source.layers(),
         has_output: source.tensors.iter().any(|t| t.name == "output.weight"),
@@ -78,7 +78,7 @@ pub fn planned_tensors(source: &Source, to: QuantType) -> Vec<(&SourceTensor, Gg
     source
         .tensors
         .iter()
-        .map(|t| (t, policy::decide(to, &t.name, &t.shape, shape).dtype))
+        .map(|t| (t, policy::decide(to, &t.name, &t.shape, shape)))
         .collect()
 }
 
@@ -86,7 +86,7 @@ pub fn planned_tensors(source: &Source, to: QuantType) -> Vec<(&SourceTensor, Gg
 pub fn planned_bytes(source: &Source, to: QuantType) -> u64 {
     planned_tensors(source, to)
         .iter()
-        .map(|(t, dtype)| encode::encoded_len(*dtype, t.elements()) as u64)
+        .map(|(t, d)| encode::encoded_len(d.dtype, t.elements()) as u64)
         .sum()
 }
 
@@ -99,14 +99,9 @@ pub fn quantize(
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Summary, QuantError> {
     let start = Instant::now();
-    let shape = ModelShape {
-        layers: source.layers(),
-        has_output: source.tensors.iter().any(|t| t.name == "output.weight"),
-    };
-    let decisions: Vec<Decision> = source
-        .tensors
-        .iter()
-        .map(|t| policy::decide(opts.to, &t.name, &t.shape, shape))
+    let decisions: Vec<Decision> = planned_tensors(source, opts.to)
+        .into_iter()
+        .map(|(_, d)| d)
         .collect();
     let entries: Vec<TensorEntry> = source
         .tensors

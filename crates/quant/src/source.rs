@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::GgmlDType;
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::safetensors::MmapedSafetensors;
 use modelship_model::{HfModel, ModelSource};
 
@@ -24,6 +24,8 @@ pub struct SourceTensor {
     pub bytes: u64,
     /// Its name in the source file.
     source_name: String,
+    /// Where its bytes start in a GGUF file (unused for safetensors).
+    file_offset: u64,
 }
 
 impl SourceTensor {
@@ -33,10 +35,7 @@ impl SourceTensor {
 }
 
 enum Reader {
-    Gguf {
-        map: memmap2::Mmap,
-        content: Content,
-    },
+    Gguf(memmap2::Mmap),
     Safetensors(MmapedSafetensors),
 }
 
@@ -89,10 +88,11 @@ impl Source {
                 dtype: info.ggml_dtype,
                 bytes: crate::encode::encoded_len(info.ggml_dtype, info.shape.elem_count()) as u64,
                 source_name: name.clone(),
+                file_offset: content.tensor_data_offset + info.offset,
             })
             .collect();
         // File order, so that reading streams forward through the file.
-        tensors.sort_by_key(|t| content.tensor_infos[&t.source_name].offset);
+        tensors.sort_by_key(|t| t.file_offset);
         let file = File::open(path).map_err(modelship_model::ModelError::io(path))?;
         // SAFETY: mapped read-only; modelship does not modify a model while
         // reading it (the same contract as candle's safetensors mapping).
@@ -100,8 +100,7 @@ impl Source {
             unsafe { memmap2::Mmap::map(&file) }.map_err(modelship_model::ModelError::io(path))?;
         let _ = map.advise(memmap2::Advice::Sequential);
         for t in &tensors {
-            let start = content.tensor_data_offset + content.tensor_infos[&t.source_name].offset;
-            if start
+            if t.file_offset
                 .checked_add(t.bytes)
                 .is_none_or(|end| end > map.len() as u64)
             {
@@ -116,7 +115,7 @@ impl Source {
             architecture,
             metadata,
             tensors,
-            reader: Reader::Gguf { map, content },
+            reader: Reader::Gguf(map),
         })
     }
 
@@ -159,6 +158,7 @@ impl Source {
                 dtype,
                 bytes: t.bytes,
                 source_name: t.name.clone(),
+                file_offset: 0,
             });
         }
         tensors.sort_by_key(|t| bert_order(&t.name));
@@ -198,11 +198,9 @@ impl Source {
     /// One tensor's stored bytes, straight from the mapped file.
     pub fn stored(&self, t: &SourceTensor) -> Result<&[u8], QuantError> {
         let bytes = match &self.reader {
-            Reader::Gguf { map, content } => {
+            Reader::Gguf(map) => {
                 // In bounds: checked for every tensor when the file was opened.
-                let start = (content.tensor_data_offset
-                    + content.tensor_infos[&t.source_name].offset)
-                    as usize;
+                let start = t.file_offset as usize;
                 &map[start..start + t.bytes as usize]
             }
             Reader::Safetensors(st) => st
@@ -232,9 +230,8 @@ impl Source {
     /// memory then stays near the tensors in flight instead of growing to
     /// the whole mapped file (the pages stay in the page cache).
     pub fn release(&self, t: &SourceTensor) {
-        if let Reader::Gguf { map, content } = &self.reader {
-            let start =
-                (content.tensor_data_offset + content.tensor_infos[&t.source_name].offset) as usize;
+        if let Reader::Gguf(map) = &self.reader {
+            let start = t.file_offset as usize;
             // SAFETY: the mapping is a read-only view of a file: dropping its
             // pages loses nothing, and a later read (a slice still borrowed,
             // or a neighbour sharing the first page) faults them in again

@@ -14,13 +14,10 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CACHE = os.environ.get("MODELSHIP_CACHE", os.path.expanduser("~/.cache/modelship"))
-MINILM = f"{CACHE}/models/all-MiniLM-L6-v2"
-SMOL = f"{CACHE}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-TEXT = open(f"{ROOT}/crates/optimize/corpus/default.txt", encoding="utf-8").read()
-BIN = f"{ROOT}/target/release/modelship"
-WORK = f"{ROOT}/target/bench/memory"
+from paths import BIN, CORPUS, MINILM, OUT, SMOL
+
+TEXT = open(CORPUS, encoding="utf-8").read()
+WORK = f"{OUT}/memory"
 PORT = 18311
 
 

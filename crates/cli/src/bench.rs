@@ -2,7 +2,7 @@
 //! p50/p99 latency at increasing concurrency, in process (no HTTP) — stored
 //! for `plan` to size replicas against a spec's `slo`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,18 +37,6 @@ pub struct Args {
 }
 
 /// Where `bench` stores, and `plan` looks for, a model's profile.
-pub fn profile_path(model: &Path) -> PathBuf {
-    let cache = std::env::var_os("MODELSHIP_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/modelship")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    let name = model
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    cache.join("profiles").join(format!("{name}.json"))
-}
-
 pub fn run(args: Args) -> Result<(), Failure> {
     if args.levels.is_empty()
         || args.levels.contains(&0)
@@ -106,7 +94,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| profile_path(&args.model));
+        .unwrap_or_else(|| modelship_control::plan::profile_path(&args.model));
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }

@@ -5,16 +5,18 @@ mod bench;
 mod compute;
 mod evaluate;
 mod inspect;
+mod ops;
 mod plan;
 mod quantize;
 mod serve;
 mod spec;
+mod up;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Deploy AI models: inspect, quantize, evaluate and serve (and soon plan and roll out).
+/// Deploy AI models: inspect, quantize, evaluate, plan, serve, and run them behind a gateway.
 #[derive(Parser)]
 #[command(name = "modelship", version, about)]
 struct Cli {
@@ -40,12 +42,38 @@ enum Command {
     Plan(plan::Args),
     /// Measure a replica's throughput and latency at increasing concurrency.
     Bench(bench::Args),
+    /// Run the control plane: API, controller, gateway and state store.
+    Up(up::Args),
+    /// Take a spec through the pipeline and roll out a new revision.
+    Deploy(ops::DeployArgs),
+    /// List deployments, revisions, replicas or pipeline runs.
+    Get(ops::GetArgs),
+    /// A deployment's replicas and recent events.
+    Status(ops::NameArgs),
+    /// A deployment's revisions.
+    History(ops::NameArgs),
+    /// Serve an earlier revision again.
+    Rollback(ops::RollbackArgs),
+    /// Set a deployment's replica count.
+    Scale(ops::ScaleArgs),
+    /// Stop a deployment's replicas and forget it.
+    Delete(ops::NameArgs),
+    /// A deployment's replicas' output.
+    Logs(ops::LogsArgs),
 }
 
 /// Exit codes: 1 the user's problem, 2 a bug, 64 bad configuration.
 pub enum Failure {
     User(anyhow::Error),
     Config(anyhow::Error),
+}
+
+impl Failure {
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            Failure::User(e) | Failure::Config(e) => e,
+        }
+    }
 }
 
 impl From<anyhow::Error> for Failure {
@@ -72,6 +100,15 @@ fn main() -> ExitCode {
         Command::Optimize(args) => evaluate::run_optimize(args),
         Command::Plan(args) => plan::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Up(args) => up::run(args),
+        Command::Deploy(args) => ops::deploy(args),
+        Command::Get(args) => ops::get(args),
+        Command::Status(args) => ops::status(args),
+        Command::History(args) => ops::history(args),
+        Command::Rollback(args) => ops::rollback(args),
+        Command::Scale(args) => ops::scale(args),
+        Command::Delete(args) => ops::delete(args),
+        Command::Logs(args) => ops::logs(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

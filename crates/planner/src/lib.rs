@@ -1,12 +1,14 @@
 //! Pure planning: what one replica needs ([`estimate`]), where replicas go
 //! ([`place`]), how many ([`size_for_slo`]) and which waiting deployments
-//! start when capacity frees ([`admit`]). Functions of their inputs only: no I/O, no clock, no async;
+//! start when capacity frees ([`admit`]), and what to start and stop to get
+//! there ([`reconcile`]). Functions of their inputs only: no I/O, no clock, no async;
 //! callers gather the model's shape and the nodes and act on the result.
 
 mod admission;
 mod capacity;
 mod estimate;
 mod placement;
+mod reconcile;
 
 pub use admission::{Admission, admit};
 pub use capacity::{CapacityPoint, CapacityProfile, Sizing, size_for_slo};
@@ -14,3 +16,6 @@ pub use estimate::{
     Estimate, ModelShape, RUNTIME_BYTES, TensorFootprint, WeightsFile, estimate, resident_weights,
 };
 pub use placement::{Pending, Placement, Plan, ReplicaRequest, place, place_onto};
+pub use reconcile::{
+    Action, BACKOFF_BASE_MS, BACKOFF_MAX_MS, Desired, reconcile, restart_backoff_ms,
+};

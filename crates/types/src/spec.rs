@@ -1,6 +1,6 @@
 //! The deployment spec (`modelship.yaml`), Kubernetes-shaped. Unknown fields
 //! are errors. This holds the sections built so far (model, optimize,
-//! serving, resources, replicas, node_selector); autoscale, slo, rollout and
+//! serving, resources, replicas, node_selector, slo, rollout); autoscale and
 //! target join as they are built.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Optimize, Resources, ServingLimits, Slo, Task};
+use crate::{Optimize, Resources, Rollout, ServingLimits, Slo, Task};
 
 pub const API_VERSION: &str = "modelship.dev/v1alpha1";
 pub const KIND: &str = "ModelDeployment";
@@ -48,6 +48,9 @@ pub struct DeploymentSpec {
     /// When set, the planner sizes `replicas` from a capacity profile.
     #[serde(default)]
     pub slo: Option<Slo>,
+    /// How a new revision replaces the serving one.
+    #[serde(default)]
+    pub rollout: Rollout,
 }
 
 fn one() -> u32 {
@@ -115,6 +118,9 @@ impl ModelDeployment {
                     return Err(err(field, format!("{v} is not a positive number")));
                 }
             }
+        }
+        if let Some((field, reason)) = self.spec.rollout.problem() {
+            return Err(err(&format!("spec.rollout.{field}"), reason));
         }
         if self.spec.replicas > 10_000 {
             return Err(err(

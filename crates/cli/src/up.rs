@@ -1,0 +1,104 @@
+//! `modelship up`: the control plane in the foreground — API, controller,
+//! gateway and state store. Replicas outlive it: stopping `up` leaves them
+//! serving, and the next `up` on the same data directory adopts them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use modelship_control::{Config, up};
+use modelship_orchestrator::{Cgroups, Local};
+
+use crate::Failure;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where state (state.db), replica logs and optimized models live.
+    #[arg(long, env = "MODELSHIP_DATA_DIR", default_value = ".modelship")]
+    data_dir: PathBuf,
+    /// Address the API and the gateway listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// 0 picks a free port (the banner on stderr says which).
+    #[arg(long, default_value_t = 7070)]
+    api_port: u16,
+    #[arg(long, default_value_t = 8080)]
+    gateway_port: u16,
+    /// A file of gateway API keys, one per line; requests without one get 401.
+    #[arg(long)]
+    api_keys: Option<PathBuf>,
+    /// Specs to deploy once the control plane is up.
+    specs: Vec<PathBuf>,
+}
+
+pub fn run(mut args: Args) -> Result<(), Failure> {
+    let specs = args
+        .specs
+        .iter()
+        .map(|p| crate::ops::resolved_spec(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut gateway_config = modelship_gateway::Config::default();
+    if let Some(path) = &args.api_keys {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --api-keys {}", path.display()))
+            .map_err(Failure::Config)?;
+        gateway_config.api_keys = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        if gateway_config.api_keys.is_empty() {
+            return Err(Failure::Config(anyhow::anyhow!(
+                "--api-keys {} holds no key",
+                path.display()
+            )));
+        }
+    }
+    // Absolute: revisions record artifact paths under it, and replicas may
+    // be started from another working directory.
+    std::fs::create_dir_all(&args.data_dir)
+        .and_then(|()| std::fs::canonicalize(&args.data_dir))
+        .map(|dir| args.data_dir = dir)
+        .with_context(|| format!("cannot create --data-dir {}", args.data_dir.display()))
+        .map_err(Failure::Config)?;
+    let exe = std::env::current_exe().context("cannot find the modelship binary")?;
+    let cgroups = Cgroups::detect();
+    let orchestrator = Local::new(exe, args.data_dir.join("logs"), cgroups.clone())
+        .context("cannot create the replica log directory")?;
+    let metrics = modelship_server::recorder();
+    let config = Config {
+        data_dir: args.data_dir.clone(),
+        api: SocketAddr::new(args.host, args.api_port),
+        gateway: SocketAddr::new(args.host, args.gateway_port),
+        orchestrator: Arc::new(orchestrator),
+        gateway_config,
+        metrics: Some(Arc::new(move || metrics.render())),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        let (bound, serving) = up(config, shutdown).await.map_err(Failure::Config)?;
+        eprintln!(
+            "modelship control plane: API http://{}, gateway http://{}, data {}, resource limits: {}",
+            bound.api,
+            bound.gateway,
+            args.data_dir.display(),
+            cgroups.note()
+        );
+        if !specs.is_empty() {
+            let api = format!("http://{}", bound.api);
+            tokio::spawn(async move {
+                for spec in specs {
+                    if let Err(e) = crate::ops::submit(&api, &spec).await {
+                        tracing::error!("deploying {}: {:#}", spec.metadata.name, e.error());
+                    }
+                }
+            });
+        }
+        serving.await.map_err(Failure::User)
+    })
+}

@@ -1,0 +1,478 @@
+//! The control plane with real replicas: `modelship up`, `deploy`, the
+//! gateway under a steady load while a rolling update, a `kill -9` of a
+//! replica and a restart of the control plane happen, a revision that cannot
+//! load rolled back, and `delete` leaving no process behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod support;
+
+use support::modelship;
+
+/// A running `modelship up` on free ports.
+struct ControlPlane {
+    child: Child,
+    api: String,
+    gateway: String,
+}
+
+impl ControlPlane {
+    fn start(data: &Path) -> ControlPlane {
+        let mut child = modelship()
+            .args(["up", "--api-port", "0", "--gateway-port", "0", "--data-dir"])
+            .arg(data)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let banner = support::first_line_starting(&mut child, "modelship control plane:");
+        // "modelship control plane: API http://A, gateway http://G, data …"
+        let url = |after: &str| {
+            let rest = &banner[banner.find(after).expect(&banner) + after.len()..];
+            rest[..rest.find(',').unwrap()].to_owned()
+        };
+        ControlPlane {
+            api: url("API "),
+            gateway: url("gateway "),
+            child,
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        let out = modelship()
+            .args(args)
+            .args(["--api", &self.api])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "modelship {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.cli(&[args, &["-o", "json"]].concat());
+        assert!(out.status.success(), "{args:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn replicas(&self) -> Vec<Value> {
+        self.json(&["get", "replicas"]).as_array().unwrap().clone()
+    }
+
+    /// Waits until `n` replicas of `revision` are ready and no other runs.
+    fn wait_ready(&self, n: usize, revision: u64, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let rs = self.replicas();
+            if rs.len() == n
+                && rs
+                    .iter()
+                    .all(|r| r["state"] == "ready" && r["revision"] == revision)
+            {
+                return rs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not {n} ready replicas of revision {revision}: {rs:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn spec(dir: &Path, file: &str, source: &Path, replicas: u32, extra: &str) -> PathBuf {
+    let path = dir.join(file);
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: modelship.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: minilm\n\
+             spec:\n  model:\n    source: {}\n  resources: {{ cpu: 1 }}\n  replicas: {replicas}\n{extra}",
+            source.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Embedding requests through the gateway from a few clients, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(gateway: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let client = reqwest::Client::new();
+        let tasks = (0..clients)
+            .map(|i| {
+                let (stop, ok, failures, client) =
+                    (stop.clone(), ok.clone(), failures.clone(), client.clone());
+                let url = format!("{gateway}/v1/embeddings");
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let body =
+                            json!({"model": "minilm", "input": format!("request from client {i}")});
+                        match client.post(&url).json(&body).send().await {
+                            Ok(r) if r.status() == 200 => match r.json::<Value>().await {
+                                Ok(v)
+                                    if v["data"][0]["embedding"]
+                                        .as_array()
+                                        .is_some_and(|e| e.len() == 384) =>
+                                {
+                                    ok.fetch_add(1, Ordering::Relaxed);
+                                }
+                                other => failures
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("bad body: {other:?}")),
+                            },
+                            Ok(r) => {
+                                let line = format!("{}: {:?}", r.status(), r.text().await);
+                                failures.lock().unwrap().push(line);
+                            }
+                            Err(e) => failures.lock().unwrap().push(e.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    /// Stops the clients; returns (successes, failures).
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failures.lock().unwrap().clone(),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollouts_crashes_and_restarts_lose_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cp = ControlPlane::start(&data);
+    let minilm = modelship_testkit::minilm();
+
+    // Deploy: the pipeline's stages are recorded; replicas serve.
+    let v1 = spec(dir.path(), "v1.yaml", &minilm, 2, "");
+    let out = cp.cli(&["deploy", "-f", v1.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success());
+    let replicas = cp.wait_ready(2, 1, Duration::from_secs(30));
+    for r in &replicas {
+        assert_eq!(r["deployment"], "minilm");
+        let endpoint = r["endpoint"].as_str().unwrap();
+        assert!(
+            endpoint.parse::<std::net::SocketAddr>().is_ok(),
+            "{endpoint}"
+        );
+        assert!(alive(r["pid"].as_u64().unwrap()));
+    }
+    let run = cp.json(&["get", "runs", "1"]);
+    let stages: Vec<&str> = run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["validate", "optimize", "plan", "rollout"]);
+    assert!(
+        run["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "succeeded"
+                && s["inputs_digest"].as_str().unwrap().starts_with("sha256:")
+                && s["duration_ms"].is_u64())
+    );
+
+    // A rolling update to q8_0 under steady load: no request fails.
+    let load = Load::start(&cp.gateway, 3);
+    let v2 = spec(
+        dir.path(),
+        "v2.yaml",
+        &minilm,
+        2,
+        "  optimize: { quantize: q8_0, gate: { min_cosine: 0.999 } }\n",
+    );
+    let out = cp.cli(&["deploy", "-f", v2.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} failed during the rollout: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 20, "only {ok} requests during the rollout");
+    cp.wait_ready(2, 2, Duration::from_secs(30));
+    let stats = cp.json(&["status", "minilm"])["stats"].clone();
+    let served_by = |rev: u64| {
+        stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["revision"] == rev)
+            .map_or(0, |s| s["requests"].as_u64().unwrap())
+    };
+    assert!(served_by(1) > 0 && served_by(2) > 0, "{stats}");
+
+    // kill -9 one of three replicas under load: no request fails and a
+    // replacement is ready within 10 s.
+    assert!(cp.cli(&["scale", "minilm", "3"]).status.success());
+    let before = cp.wait_ready(3, 2, Duration::from_secs(30));
+    let load = Load::start(&cp.gateway, 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let victim = before[0]["pid"].as_u64().unwrap();
+    let killed = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &victim.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let after = loop {
+        let rs = cp.replicas();
+        if rs.len() == 3
+            && rs
+                .iter()
+                .all(|r| r["state"] == "ready" && r["pid"].as_u64() != Some(victim))
+        {
+            break rs;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "no replacement within 10 s: {rs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let replaced_in = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} failed after kill -9: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 10);
+    eprintln!("replacement ready {replaced_in:?} after kill -9");
+    let restarted = after.iter().find(|r| r["id"] == before[0]["id"]).unwrap();
+    assert_eq!(restarted["restarts"], 1);
+
+    // The control plane killed and restarted: replicas keep running and are
+    // adopted as they are.
+    let ids = |rs: &[Value]| {
+        let mut v: Vec<(String, u64, u64)> = rs
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_owned(),
+                    r["pid"].as_u64().unwrap(),
+                    r["restarts"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = ids(&after);
+    cp.kill();
+    assert!(
+        before.iter().all(|(_, pid, _)| alive(*pid)),
+        "replicas died with the control plane"
+    );
+    let cp = ControlPlane::start(&data);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let adopted = cp.wait_ready(3, 2, Duration::from_secs(10));
+    assert_eq!(
+        ids(&adopted),
+        before,
+        "replicas were restarted, not adopted"
+    );
+    let d = cp.json(&["get", "deployments"]);
+    assert_eq!(d[0]["revision"], 2);
+    assert_eq!(
+        cp.json(&["history", "minilm"])["revisions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/embeddings", cp.gateway))
+        .json(&json!({"model": "minilm", "input": "after the restart"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Rollback to revision 1 serves its model again, as revision 3.
+    assert!(
+        cp.cli(&["rollback", "minilm", "--to", "1"])
+            .status
+            .success()
+    );
+    cp.wait_ready(3, 3, Duration::from_secs(30));
+    let history = cp.json(&["history", "minilm"]);
+    let last = &history["revisions"][2];
+    assert_eq!(last["cause"], "rollback to revision 1");
+    assert_eq!(last["artifact"], minilm.to_str().unwrap());
+
+    // Delete leaves no replica process behind.
+    let pids: Vec<u64> = cp
+        .replicas()
+        .iter()
+        .map(|r| r["pid"].as_u64().unwrap())
+        .collect();
+    assert!(cp.cli(&["delete", "minilm"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cp.replicas().is_empty() || pids.iter().any(|&p| alive(p)) {
+        assert!(Instant::now() < deadline, "replicas left after delete");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone = reqwest::Client::new()
+        .post(format!("{}/v1/embeddings", cp.gateway))
+        .json(&json!({"model": "minilm", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    cp.kill();
+}
+
+/// A MiniLM GGUF with one tensor renamed: it inspects and plans like the
+/// real one, and fails when a replica loads it.
+fn unloadable(dir: &Path) -> PathBuf {
+    let good = modelship_testkit::quantized(
+        &modelship_testkit::minilm(),
+        modelship_types::QuantType::Q8_0,
+        dir,
+    );
+    let mut bytes = std::fs::read(good).unwrap();
+    let name = b"blk.0.ffn_down.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap();
+    bytes[at + 13] = b'X'; // blk.0.ffn_dowX.weight
+    let bad = dir.join("unloadable.gguf");
+    std::fs::write(&bad, bytes).unwrap();
+    bad
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_specs_and_unloadable_revisions_leave_serving_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("data"));
+    let v1 = spec(dir.path(), "v1.yaml", &modelship_testkit::minilm(), 1, "");
+    assert!(
+        cp.cli(&["deploy", "-f", v1.to_str().unwrap(), "--wait"])
+            .status
+            .success()
+    );
+    let serving = cp.wait_ready(1, 1, Duration::from_secs(30));
+
+    // A spec with an unknown field: exit 64 naming it, nothing recorded.
+    let typo = spec(
+        dir.path(),
+        "typo.yaml",
+        &modelship_testkit::minilm(),
+        1,
+        "  replcias: 2\n",
+    );
+    let out = cp.cli(&["deploy", "-f", typo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replcias"));
+    // A model that fails the gate: the run fails at optimize.
+    let strict = spec(
+        dir.path(),
+        "strict.yaml",
+        &modelship_testkit::minilm(),
+        1,
+        "  optimize: { quantize: q4_0, gate: { min_cosine: 0.9999 } }\n",
+    );
+    let out = cp.cli(&["deploy", "-f", strict.to_str().unwrap(), "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("optimize failed") && err.contains("no precision passes the gate"),
+        "{err}"
+    );
+
+    // A revision whose replicas cannot load is rolled back, with the reason.
+    let load = Load::start(&cp.gateway, 2);
+    let bad = spec(dir.path(), "bad.yaml", &unloadable(dir.path()), 1, "");
+    let out = cp.cli(&["deploy", "-f", bad.to_str().unwrap(), "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exited") && err.contains("rolled back to revision 1"),
+        "{err}"
+    );
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty() && ok > 0,
+        "{ok} ok, failures {failures:?}"
+    );
+    let runs = cp.json(&["get", "runs"]);
+    let failed = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "failed" && r["error"].as_str().unwrap().contains("rollout"))
+        .unwrap();
+    assert!(failed["error"].as_str().unwrap().contains("rolled back"));
+    // What served before still serves, untouched.
+    let now = cp.wait_ready(1, 1, Duration::from_secs(30));
+    assert_eq!(now[0]["pid"], serving[0]["pid"]);
+    assert_eq!(cp.json(&["get", "deployments"])[0]["revision"], 1);
+    let events = cp.json(&["status", "minilm"])["events"].to_string();
+    assert!(events.contains("rollout of revision"), "{events}");
+
+    assert!(cp.cli(&["delete", "minilm"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cp.replicas().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.kill();
+}

@@ -1,0 +1,443 @@
+//! The control-plane API the CLI talks to (JSON over HTTP):
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /v1/deployments` `{spec}` | validate, start a pipeline run; 202 `{run}` |
+//! | `GET /v1/deployments[/{name}]` | deployments with replica counts; one in detail |
+//! | `DELETE /v1/deployments/{name}` | stop its replicas, forget it |
+//! | `POST /v1/deployments/{name}/scale` `{replicas}` | desired replicas |
+//! | `POST /v1/deployments/{name}/rollback` `{to?}` | serve an earlier revision |
+//! | `GET /v1/deployments/{name}/history` | revisions and events |
+//! | `GET /v1/deployments/{name}/logs?tail=N` | its replicas' output |
+//! | `GET /v1/revisions`, `/v1/replicas`, `/v1/runs[/{id}]`, `/v1/status` | listings |
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use modelship_orchestrator::now_ms;
+use modelship_types::{
+    Deployment, Event, ModelDeployment, Replica, ReplicaState, Revision, Run, RunStatus,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{Ctx, pipeline};
+
+/// The one place API errors become HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<modelship_store::StoreError> for ApiError {
+    fn from(e: modelship_store::StoreError) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, param) = match &self {
+            ApiError::Invalid { field, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some(field.clone()),
+            ),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
+            ApiError::Internal(e) => {
+                tracing::error!("{e:#}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", None)
+            }
+        };
+        let mut body = json!({"error": {"message": self.to_string(), "type": kind}});
+        if let Some(p) = param {
+            body["error"]["param"] = json!(p);
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new()
+        .route("/v1/deployments", post(deploy).get(deployments))
+        .route("/v1/deployments/{name}", get(deployment).delete(delete))
+        .route("/v1/deployments/{name}/scale", post(scale))
+        .route("/v1/deployments/{name}/rollback", post(rollback))
+        .route("/v1/deployments/{name}/history", get(history))
+        .route("/v1/deployments/{name}/logs", get(logs))
+        .route("/v1/revisions", get(revisions))
+        .route("/v1/replicas", get(replicas))
+        .route("/v1/runs", get(runs))
+        .route("/v1/runs/{id}", get(run))
+        .route("/v1/status", get(status))
+        .with_state(ctx)
+}
+
+/// `POST /v1/deployments`: the spec as JSON, its paths absolute.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub spec: serde_json::Value,
+}
+
+async fn deploy(State(ctx): State<Arc<Ctx>>, Json(req): Json<DeployRequest>) -> Result<Response> {
+    let spec: ModelDeployment = serde_path_to_error::deserialize(req.spec).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::Invalid {
+            field: if path == "." { "spec".into() } else { path },
+            reason: e.into_inner().to_string(),
+        }
+    })?;
+    spec.validate().map_err(|e| ApiError::Invalid {
+        field: e.field,
+        reason: e.reason,
+    })?;
+    if !spec.spec.model.source.is_absolute() {
+        return Err(ApiError::Invalid {
+            field: "spec.model.source".into(),
+            reason: "must be an absolute path here (the CLI resolves it against the spec file)"
+                .into(),
+        });
+    }
+    let name = spec.metadata.name.clone();
+    if !ctx
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.clone())
+    {
+        return Err(ApiError::Conflict(format!(
+            "a deploy of `{name}` is already running"
+        )));
+    }
+    let run = ctx.store.start_run(Run {
+        id: 0,
+        deployment: name.clone(),
+        revision: None,
+        status: RunStatus::Running,
+        error: None,
+        stages: vec![],
+        started_at: now_ms(),
+        finished_at: None,
+    });
+    let run = match run {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            return Err(e.into());
+        }
+    };
+    let id = run.id;
+    tokio::spawn(pipeline::deploy(Arc::clone(&ctx), spec, run));
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"run": id, "deployment": name})),
+    )
+        .into_response())
+}
+
+/// One line of `get deployments`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeploymentSummary {
+    pub name: String,
+    pub revision: u32,
+    pub replicas: u32,
+    pub ready: usize,
+    /// Replicas of other revisions still running (a rollout in progress).
+    pub old: usize,
+    pub model: String,
+    pub updated_at: u64,
+}
+
+fn summary(ctx: &Ctx, d: &Deployment, all: &[Replica]) -> Result<DeploymentSummary> {
+    let mine = || {
+        all.iter()
+            .filter(|r| r.deployment == d.name && r.state != ReplicaState::Terminating)
+    };
+    let model = ctx
+        .store
+        .revision(&d.name, d.revision)?
+        .map(|r| r.artifact.display().to_string())
+        .unwrap_or_default();
+    Ok(DeploymentSummary {
+        name: d.name.clone(),
+        revision: d.revision,
+        replicas: d.replicas,
+        ready: mine()
+            .filter(|r| r.revision == d.revision && r.state == ReplicaState::Ready)
+            .count(),
+        old: mine().filter(|r| r.revision != d.revision).count(),
+        model,
+        updated_at: d.updated_at,
+    })
+}
+
+async fn deployments(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<DeploymentSummary>>> {
+    let all = ctx.store.replicas()?;
+    let list = ctx
+        .store
+        .deployments()?
+        .iter()
+        .map(|d| summary(&ctx, d, &all))
+        .collect::<Result<_>>()?;
+    Ok(Json(list))
+}
+
+fn existing(ctx: &Ctx, name: &str) -> Result<Deployment> {
+    ctx.store
+        .deployment(name)?
+        .ok_or_else(|| ApiError::NotFound(format!("no deployment `{name}`")))
+}
+
+async fn deployment(
+    State(ctx): State<Arc<Ctx>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    let d = existing(&ctx, &name)?;
+    let all = ctx.store.replicas()?;
+    let replicas: Vec<&Replica> = all.iter().filter(|r| r.deployment == name).collect();
+    let events = ctx.store.events(&name)?;
+    let recent: Vec<&Event> = events.iter().rev().take(20).rev().collect();
+    let runs: Vec<Run> = ctx.store.runs(Some(&name))?.into_iter().take(5).collect();
+    Ok(Json(json!({
+        "deployment": summary(&ctx, &d, &all)?,
+        "replicas": replicas,
+        "events": recent,
+        "runs": runs,
+        "stats": ctx.gateway.stats().revisions.into_iter().filter(|s| s.deployment == name).collect::<Vec<_>>(),
+    })))
+}
+
+async fn delete(
+    State(ctx): State<Arc<Ctx>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    existing(&ctx, &name)?;
+    ctx.store.delete_deployment(&name)?;
+    record(&ctx, &name, "deleted: stopping its replicas".into())?;
+    ctx.wake.notify_one();
+    Ok(Json(json!({"deleted": name})))
+}
+
+#[derive(Deserialize)]
+struct ScaleRequest {
+    replicas: u32,
+}
+
+async fn scale(
+    State(ctx): State<Arc<Ctx>>,
+    Path(name): Path<String>,
+    Json(req): Json<ScaleRequest>,
+) -> Result<Json<serde_json::Value>> {
+    if req.replicas > 10_000 {
+        return Err(ApiError::Invalid {
+            field: "replicas".into(),
+            reason: format!("{} is more than 10000", req.replicas),
+        });
+    }
+    let mut d = existing(&ctx, &name)?;
+    let from = d.replicas;
+    d.replicas = req.replicas;
+    d.updated_at = now_ms();
+    ctx.store.put_deployment(&d)?;
+    record(
+        &ctx,
+        &name,
+        format!("scaled from {from} to {} replicas", req.replicas),
+    )?;
+    ctx.wake.notify_one();
+    Ok(Json(json!({"deployment": name, "replicas": req.replicas})))
+}
+
+#[derive(Deserialize)]
+struct RollbackRequest {
+    to: Option<u32>,
+}
+
+/// Serves an earlier revision again as a new revision (so history reads
+/// forward, as with `kubectl rollout undo`): its spec and artifact.
+async fn rollback(
+    State(ctx): State<Arc<Ctx>>,
+    Path(name): Path<String>,
+    Json(req): Json<RollbackRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let d = existing(&ctx, &name)?;
+    let revisions = ctx.store.revisions(Some(&name))?;
+    let target = match req.to {
+        Some(n) => revisions
+            .iter()
+            .find(|r| r.number == n)
+            .ok_or_else(|| ApiError::NotFound(format!("`{name}` has no revision {n}")))?,
+        None => revisions
+            .iter()
+            .rev()
+            .find(|r| r.number < d.revision)
+            .ok_or_else(|| {
+                ApiError::Conflict(format!("`{name}` has no revision before {}", d.revision))
+            })?,
+    };
+    if target.number == d.revision {
+        return Err(ApiError::Conflict(format!(
+            "revision {} already serves `{name}`",
+            d.revision
+        )));
+    }
+    if !target.artifact.exists() {
+        return Err(ApiError::Conflict(format!(
+            "revision {}'s model {} is gone",
+            target.number,
+            target.artifact.display()
+        )));
+    }
+    let number = ctx.store.last_revision_number(&name)? + 1;
+    let revision = Revision {
+        number,
+        cause: format!("rollback to revision {}", target.number),
+        created_at: now_ms(),
+        ..target.clone()
+    };
+    let deployment = Deployment {
+        revision: number,
+        updated_at: now_ms(),
+        ..d
+    };
+    ctx.store.put_revision(&deployment, &revision)?;
+    record(
+        &ctx,
+        &name,
+        format!("revision {number}: rollback to revision {}", target.number),
+    )?;
+    ctx.wake.notify_one();
+    Ok(Json(
+        json!({"deployment": name, "revision": number, "from": target.number}),
+    ))
+}
+
+async fn history(
+    State(ctx): State<Arc<Ctx>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    let revisions = ctx.store.revisions(Some(&name))?;
+    let events = ctx.store.events(&name)?;
+    if revisions.is_empty() && events.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no deployment `{name}` has ever existed"
+        )));
+    }
+    let current = ctx.store.deployment(&name)?.map(|d| d.revision);
+    let revisions: Vec<_> = revisions
+        .iter()
+        .map(|r| {
+            json!({"revision": r.number, "cause": r.cause, "created_at": r.created_at,
+                   "artifact": r.artifact, "artifact_digest": r.artifact_digest,
+                   "serving": Some(r.number) == current})
+        })
+        .collect();
+    Ok(Json(
+        json!({"deployment": name, "revisions": revisions, "events": events}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    tail: Option<usize>,
+}
+
+async fn logs(
+    State(ctx): State<Arc<Ctx>>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<String> {
+    existing(&ctx, &name)?;
+    let tail = q.tail.unwrap_or(50);
+    let mut out = String::new();
+    for r in ctx
+        .store
+        .replicas()?
+        .iter()
+        .filter(|r| r.deployment == name)
+    {
+        let Some(path) = ctx.orchestrator.log_path(&r.id) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for line in &lines[lines.len().saturating_sub(tail)..] {
+            out.push_str(&format!("[{}] {line}\n", r.id));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct ByDeployment {
+    deployment: Option<String>,
+}
+
+async fn revisions(
+    State(ctx): State<Arc<Ctx>>,
+    Query(q): Query<ByDeployment>,
+) -> Result<Json<Vec<Revision>>> {
+    Ok(Json(ctx.store.revisions(q.deployment.as_deref())?))
+}
+
+async fn replicas(
+    State(ctx): State<Arc<Ctx>>,
+    Query(q): Query<ByDeployment>,
+) -> Result<Json<Vec<Replica>>> {
+    let all = ctx.store.replicas()?;
+    Ok(Json(match q.deployment {
+        Some(d) => all.into_iter().filter(|r| r.deployment == d).collect(),
+        None => all,
+    }))
+}
+
+async fn runs(
+    State(ctx): State<Arc<Ctx>>,
+    Query(q): Query<ByDeployment>,
+) -> Result<Json<Vec<Run>>> {
+    Ok(Json(ctx.store.runs(q.deployment.as_deref())?))
+}
+
+async fn run(State(ctx): State<Arc<Ctx>>, Path(id): Path<u64>) -> Result<Json<Run>> {
+    ctx.store
+        .run(id)?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no run {id}")))
+}
+
+async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<serde_json::Value>> {
+    Ok(Json(json!({
+        "gateway": ctx.gateway_addr.to_string(),
+        "data_dir": ctx.data_dir,
+        "resource_limits": ctx.orchestrator.limits_note(),
+        "deployments": ctx.store.deployments()?.len(),
+        "replicas": ctx.store.replicas()?.len(),
+    })))
+}
+
+fn record(ctx: &Ctx, deployment: &str, message: String) -> Result<()> {
+    tracing::info!(deployment, "{message}");
+    ctx.store.add_event(&Event {
+        deployment: deployment.to_owned(),
+        at: now_ms(),
+        message,
+    })?;
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! The controller loop: observe every replica, record what changed, ask the
+//! planner what to do, do it, and tell the gateway what is ready. Runs every
+//! half second, and at once when the API changes something.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use modelship_gateway::Route;
+use modelship_orchestrator::{Liveness, ReplicaSpec, now_ms};
+use modelship_planner::{Action, Desired, reconcile};
+use modelship_types::{Event, Replica, ReplicaState};
+
+use crate::Ctx;
+
+/// How often the loop runs when nothing wakes it.
+const PERIOD: Duration = Duration::from_millis(500);
+/// How long a stopping replica may drain before it is killed.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+pub(crate) struct Controller {
+    ctx: Arc<Ctx>,
+    /// Replicas with a stop in flight, so a tick does not stop them twice.
+    stopping: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Controller {
+    pub(crate) fn new(ctx: Arc<Ctx>) -> Controller {
+        Controller {
+            ctx,
+            stopping: Arc::default(),
+        }
+    }
+
+    pub(crate) async fn run(self) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::error!("controller: {e:#}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PERIOD) => {}
+                _ = self.ctx.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn tick(&self) -> anyhow::Result<()> {
+        let store = &self.ctx.store;
+        let replicas = store.replicas()?;
+        let seen = join_all(replicas.iter().map(|r| self.ctx.orchestrator.observe(r))).await;
+        let now = now_ms();
+        let mut changed = Vec::new();
+        let mut removed = Vec::new();
+        let mut current = Vec::with_capacity(replicas.len());
+        for (r, live) in replicas.into_iter().zip(seen) {
+            match next_state(&r, live) {
+                None => {
+                    removed.push(r.id.clone());
+                    continue;
+                }
+                Some(state) if state != r.state => {
+                    let mut r2 = r.clone();
+                    r2.state = state;
+                    match state {
+                        ReplicaState::Exited => {
+                            r2.exited_at = Some(now);
+                            self.event(&r.deployment, format!("replica {} exited", r.id));
+                        }
+                        ReplicaState::Ready => self.event(
+                            &r.deployment,
+                            format!("replica {} ready on {}", r.id, r.endpoint),
+                        ),
+                        _ => {}
+                    }
+                    changed.push(r2.clone());
+                    current.push(r2);
+                }
+                Some(_) => current.push(r),
+            }
+        }
+        store.update_replicas(&changed, &removed)?;
+
+        // Terminating replicas without a stop in flight (the control plane
+        // restarted mid-stop): stop them again.
+        for r in current
+            .iter()
+            .filter(|r| r.state == ReplicaState::Terminating)
+        {
+            self.stop(r.clone());
+        }
+
+        let desired = self.desired()?;
+        let actions = reconcile(&desired, &current, now);
+        for action in actions {
+            self.apply(action, &mut current).await?;
+        }
+        self.publish(&current);
+        Ok(())
+    }
+
+    fn desired(&self) -> anyhow::Result<Vec<Desired>> {
+        let store = &self.ctx.store;
+        let mut out = Vec::new();
+        for d in store.deployments()? {
+            let Some(rev) = store.revision(&d.name, d.revision)? else {
+                continue;
+            };
+            out.push(Desired {
+                deployment: d.name,
+                revision: d.revision,
+                replicas: d.replicas,
+                rollout: rev.spec.spec.rollout,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn apply(&self, action: Action, current: &mut Vec<Replica>) -> anyhow::Result<()> {
+        let store = &self.ctx.store;
+        match action {
+            Action::Start {
+                deployment,
+                revision,
+            } => {
+                let id = format!("{deployment}-{revision}-{}", suffix());
+                let replica = self.start(&deployment, revision, &id, 0).await?;
+                self.event(
+                    &deployment,
+                    format!("started replica {id} (revision {revision})"),
+                );
+                store.update_replicas(std::slice::from_ref(&replica), &[])?;
+                current.push(replica);
+            }
+            Action::Restart { replica } => {
+                let Some(old) = current.iter_mut().find(|r| r.id == replica) else {
+                    return Ok(());
+                };
+                let restarts = old.restarts + 1;
+                let fresh = self
+                    .start(&old.deployment, old.revision, &old.id, restarts)
+                    .await?;
+                self.event(
+                    &old.deployment,
+                    format!("restarted replica {replica} (restart {restarts})"),
+                );
+                store.update_replicas(std::slice::from_ref(&fresh), &[])?;
+                *old = fresh;
+            }
+            Action::Stop { replica } => {
+                let Some(r) = current.iter_mut().find(|r| r.id == replica) else {
+                    return Ok(());
+                };
+                r.state = ReplicaState::Terminating;
+                store.update_replicas(std::slice::from_ref(r), &[])?;
+                self.event(&r.deployment.clone(), format!("stopping replica {replica}"));
+                let r = r.clone();
+                // Out of the gateway before it is asked to exit.
+                self.publish(current);
+                self.stop(r);
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(
+        &self,
+        deployment: &str,
+        revision: u32,
+        id: &str,
+        restarts: u32,
+    ) -> anyhow::Result<Replica> {
+        let rev = self
+            .ctx
+            .store
+            .revision(deployment, revision)?
+            .ok_or_else(|| anyhow::anyhow!("{deployment} has no revision {revision}"))?;
+        let spec = ReplicaSpec {
+            id: id.to_owned(),
+            deployment: deployment.to_owned(),
+            revision,
+            artifact: rev.artifact.clone(),
+            limits: rev.spec.spec.serving,
+            cpu: rev.spec.spec.resources.cpu,
+            memory: rev.spec.spec.resources.memory.map(|m| m.0),
+        };
+        Ok(self.ctx.orchestrator.start(&spec, restarts).await?)
+    }
+
+    /// Drains and removes a replica in the background.
+    fn stop(&self, r: Replica) {
+        if !self
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(r.id.clone())
+        {
+            return;
+        }
+        let ctx = Arc::clone(&self.ctx);
+        let stopping = Arc::clone(&self.stopping);
+        tokio::spawn(async move {
+            if let Err(e) = ctx.orchestrator.stop(&r, DRAIN_GRACE).await {
+                tracing::warn!("{e:#}");
+            }
+            if let Err(e) = ctx.store.update_replicas(&[], std::slice::from_ref(&r.id)) {
+                tracing::error!("cannot remove replica {}: {e:#}", r.id);
+            }
+            stopping
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&r.id);
+            ctx.wake.notify_one();
+        });
+    }
+
+    /// Tells the gateway which replicas are ready. Each revision's weight is
+    /// its share of ready replicas, so every ready replica gets an equal
+    /// share during a rolling update.
+    fn publish(&self, replicas: &[Replica]) {
+        let ready: Vec<&Replica> = replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .collect();
+        let routes: Vec<Route> = ready
+            .iter()
+            .map(|r| Route {
+                deployment: r.deployment.clone(),
+                revision: r.revision,
+                replica: r.id.clone(),
+                endpoint: r.endpoint.clone(),
+            })
+            .collect();
+        let mut weights: HashMap<(String, u32), u32> = HashMap::new();
+        for r in &ready {
+            *weights
+                .entry((r.deployment.clone(), r.revision))
+                .or_default() += 1;
+        }
+        if let Ok(deployments) = self.ctx.store.deployments() {
+            for d in deployments {
+                weights.entry((d.name, d.revision)).or_insert(0);
+            }
+        }
+        self.ctx.gateway.set_routes(&routes, &weights);
+    }
+
+    fn event(&self, deployment: &str, message: String) {
+        tracing::info!(deployment, "{message}");
+        let event = Event {
+            deployment: deployment.to_owned(),
+            at: now_ms(),
+            message,
+        };
+        if let Err(e) = self.ctx.store.add_event(&event) {
+            tracing::error!("cannot record an event: {e:#}");
+        }
+    }
+}
+
+/// A replica's next state from what was observed; `None`: it is gone for
+/// good (it was stopping and has exited).
+fn next_state(r: &Replica, live: Liveness) -> Option<ReplicaState> {
+    use ReplicaState::*;
+    Some(match (r.state, live) {
+        (Terminating, Liveness::Gone) => return None,
+        (Terminating, _) => Terminating,
+        (_, Liveness::Gone) => Exited,
+        (_, Liveness::Ready) => Ready,
+        (Ready | Unready, Liveness::Running) => Unready,
+        (Starting | Exited, Liveness::Running) => Starting,
+    })
+}
+
+/// Five lowercase hex digits, different for each replica started.
+fn suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let mixed =
+        (now_ms() ^ (n << 40) ^ u64::from(std::process::id())).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    format!("{:05x}", (mixed >> 40) & 0xF_FFFF)
+}

@@ -1,0 +1,110 @@
+//! The control plane: the API the CLI talks to, the controller loop that
+//! keeps replicas as the store says, the deploy pipeline, and the gateway in
+//! front of the replicas, in one process ([`up`]). Composes the store,
+//! planner, orchestrator and gateway; the only crate that knows them all.
+
+mod api;
+mod controller;
+pub mod digest;
+mod pipeline;
+pub mod plan;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use modelship_gateway::Gateway;
+use modelship_orchestrator::Orchestrator;
+use modelship_store::Store;
+use tokio::sync::Notify;
+
+pub use api::{ApiError, DeployRequest, DeploymentSummary};
+
+/// What `modelship up` runs with.
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub api: SocketAddr,
+    pub gateway: SocketAddr,
+    pub orchestrator: Arc<dyn Orchestrator>,
+    pub gateway_config: modelship_gateway::Config,
+    /// Renders this process's Prometheus metrics for the gateway's `/metrics`.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+/// State shared by the API, the controller and pipeline runs.
+pub(crate) struct Ctx {
+    pub store: Store,
+    pub orchestrator: Arc<dyn Orchestrator>,
+    pub gateway: Gateway,
+    pub data_dir: PathBuf,
+    /// Wakes the controller after a change.
+    pub wake: Notify,
+    /// Deployments with a pipeline run in progress.
+    pub running: Mutex<HashSet<String>>,
+    pub gateway_addr: SocketAddr,
+}
+
+/// The addresses a started control plane listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub api: SocketAddr,
+    pub gateway: SocketAddr,
+}
+
+/// Starts the control plane; returns once both listeners are bound, with
+/// the addresses and a future that runs it until `shutdown` resolves.
+pub async fn up(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(Bound, impl std::future::Future<Output = anyhow::Result<()>>)> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let store = Store::open(&config.data_dir.join("state.db"))?;
+    let api_listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .with_context(|| format!("cannot listen on {} (--api-port)", config.api))?;
+    let gateway_listener = tokio::net::TcpListener::bind(config.gateway)
+        .await
+        .with_context(|| format!("cannot listen on {} (--gateway-port)", config.gateway))?;
+    let bound = Bound {
+        api: api_listener.local_addr()?,
+        gateway: gateway_listener.local_addr()?,
+    };
+    let gateway = Gateway::new(config.gateway_config, config.metrics);
+    let ctx = Arc::new(Ctx {
+        store,
+        orchestrator: config.orchestrator,
+        gateway: gateway.clone(),
+        data_dir: config.data_dir,
+        wake: Notify::new(),
+        running: Mutex::new(HashSet::new()),
+        gateway_addr: bound.gateway,
+    });
+    let controller = tokio::spawn(controller::Controller::new(Arc::clone(&ctx)).run());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api = axum::serve(api_listener, api::router(Arc::clone(&ctx)))
+        .with_graceful_shutdown(wait(stop_rx.clone()));
+    let gw = axum::serve(gateway_listener, modelship_gateway::router(gateway))
+        .with_graceful_shutdown(wait(stop_rx));
+    let run = async move {
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let (a, g) = tokio::join!(api, gw);
+        controller.abort();
+        a.context("the API server failed")?;
+        g.context("the gateway failed")?;
+        Ok(())
+    };
+    Ok((bound, run))
+}

@@ -1,0 +1,439 @@
+//! The deploy pipeline: validate → optimize → plan → rollout, each stage
+//! recorded in the run with its inputs' and outputs' digests, duration and
+//! result. A failed stage fails the run and leaves what serves untouched; a
+//! rollout whose new replicas crash-loop or never get ready is rolled back.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use modelship_optimize::{EvalOptions, optimize};
+use modelship_orchestrator::now_ms;
+use modelship_types::{
+    Deployment, Event, ModelDeployment, Node, QuantChoice, ReplicaState, Revision, Run, RunStatus,
+    Stage,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{Ctx, digest, plan};
+
+/// Restarts of one new replica that count as a crash loop.
+const CRASH_LOOP_RESTARTS: u32 = 3;
+/// Longest a rollout may take before it is rolled back.
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What a stage produced.
+struct Output {
+    digest: Option<String>,
+    detail: String,
+}
+
+/// The run as it goes, written to the store after each change.
+struct Recorder<'a> {
+    ctx: &'a Ctx,
+    run: Run,
+}
+
+impl Recorder<'_> {
+    fn save(&self) {
+        if let Err(e) = self.ctx.store.put_run(&self.run) {
+            tracing::error!("cannot record run {}: {e:#}", self.run.id);
+        }
+    }
+
+    fn begin(&mut self, name: &str, inputs_digest: String) {
+        self.run.stages.push(Stage {
+            name: name.to_owned(),
+            status: RunStatus::Running,
+            inputs_digest,
+            outputs_digest: None,
+            started_at: now_ms(),
+            duration_ms: None,
+            detail: String::new(),
+        });
+        self.save();
+    }
+
+    /// Closes the current stage with `result`; an error fails the run.
+    fn end(&mut self, started: Instant, result: anyhow::Result<Output>) -> anyhow::Result<()> {
+        let stage = self.run.stages.last_mut().expect("begin comes first");
+        stage.duration_ms = Some(started.elapsed().as_millis() as u64);
+        let outcome = match result {
+            Ok(out) => {
+                stage.status = RunStatus::Succeeded;
+                stage.outputs_digest = out.digest;
+                stage.detail = out.detail;
+                Ok(())
+            }
+            Err(e) => {
+                stage.status = RunStatus::Failed;
+                stage.detail = format!("{e:#}");
+                self.run.status = RunStatus::Failed;
+                self.run.error = Some(format!("{} failed: {e:#}", stage.name));
+                self.run.finished_at = Some(now_ms());
+                Err(e)
+            }
+        };
+        self.save();
+        outcome
+    }
+}
+
+/// The optimized model a spec's model and `optimize` section produce,
+/// cached under the digest of both.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Artifact {
+    path: PathBuf,
+    digest: String,
+    detail: String,
+}
+
+/// Runs the pipeline for `spec` as `run` (already recorded, `Running`).
+pub(crate) async fn deploy(ctx: Arc<Ctx>, spec: ModelDeployment, run: Run) {
+    let name = spec.metadata.name.clone();
+    let mut rec = Recorder { ctx: &ctx, run };
+    let result = stages(&ctx, &mut rec, spec).await;
+    if result.is_ok() {
+        rec.run.status = RunStatus::Succeeded;
+        rec.run.finished_at = Some(now_ms());
+        rec.save();
+    }
+    let message = match &rec.run.error {
+        None => format!("run {} succeeded", rec.run.id),
+        Some(e) => format!("run {} failed: {e}", rec.run.id),
+    };
+    event(&ctx, &name, message);
+    ctx.running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&name);
+}
+
+async fn stages(
+    ctx: &Arc<Ctx>,
+    rec: &mut Recorder<'_>,
+    spec: ModelDeployment,
+) -> anyhow::Result<()> {
+    let spec_digest = digest::of_bytes(&serde_json::to_vec(&spec)?);
+
+    // validate: the spec (checked by the API already) and the model itself.
+    rec.begin("validate", spec_digest.clone());
+    let started = Instant::now();
+    let source = spec.spec.model.source.clone();
+    let model = blocking(move || {
+        let info = modelship_model::inspect(&source)
+            .with_context(|| format!("spec.model.source: cannot read {}", source.display()))?;
+        let digest = digest::of_path(&source)?;
+        Ok((info, digest))
+    })
+    .await;
+    let (info, model_digest) = match model {
+        Ok(m) => m,
+        Err(e) => return rec.end(started, Err(e)),
+    };
+    let detail = format!(
+        "{} model {} ({}, {:.1}M parameters)",
+        spec.spec
+            .model
+            .task
+            .or(info.task)
+            .map_or("unknown-task".into(), |t| t.to_string()),
+        info.path.display(),
+        info.architecture,
+        info.parameters as f64 / 1e6
+    );
+    rec.end(
+        started,
+        Ok(Output {
+            digest: Some(model_digest.clone()),
+            detail,
+        }),
+    )?;
+
+    // optimize: quantize/prune behind the gate, cached by content.
+    let key = digest::of_bytes(
+        format!(
+            "{model_digest}\n{}",
+            serde_json::to_string(&spec.spec.optimize)?
+        )
+        .as_bytes(),
+    );
+    rec.begin("optimize", key.clone());
+    let started = Instant::now();
+    let artifact = optimized(ctx, &spec, &model_digest, &key).await;
+    let artifact = match artifact {
+        Ok(a) => a,
+        Err(e) => return rec.end(started, Err(e)),
+    };
+    rec.end(
+        started,
+        Ok(Output {
+            digest: Some(artifact.digest.clone()),
+            detail: artifact.detail.clone(),
+        }),
+    )?;
+
+    // plan: the estimate and the replica count; every replica must fit.
+    let mut planned = spec.clone();
+    planned.spec.model.source = artifact.path.clone();
+    planned.spec.optimize.quantize = QuantChoice::None;
+    rec.begin("plan", artifact.digest.clone());
+    let started = Instant::now();
+    let report = blocking(move || {
+        let node: Node = plan::this_machine()?;
+        plan::plan(&planned, &[node])
+    })
+    .await;
+    let report = match report.and_then(|r| {
+        if let Some(p) = r.pending.first() {
+            anyhow::bail!(
+                "{} of {} replicas cannot be placed: {}: {}",
+                r.pending.len(),
+                r.replicas,
+                p.replica,
+                p.reason
+            );
+        }
+        Ok(r)
+    }) {
+        Ok(r) => r,
+        Err(e) => return rec.end(started, Err(e)),
+    };
+    let detail = format!(
+        "{} replica(s) ({}), {} each",
+        report.replicas,
+        report.replicas_reason,
+        modelship_types::Bytes(report.estimate.total_bytes)
+    );
+    let plan_digest = digest::of_bytes(&serde_json::to_vec(&report)?);
+    rec.end(
+        started,
+        Ok(Output {
+            digest: Some(plan_digest.clone()),
+            detail,
+        }),
+    )?;
+
+    // rollout: a new revision (unless nothing changed), then wait for it.
+    rec.begin("rollout", plan_digest);
+    let started = Instant::now();
+    let result = rollout(ctx, rec.run.id, &spec, artifact, report.replicas).await;
+    if let Ok((Some(revision), _)) = &result {
+        rec.run.revision = Some(*revision);
+    }
+    rec.end(
+        started,
+        result.map(|(_, detail)| Output {
+            digest: None,
+            detail,
+        }),
+    )
+}
+
+/// The cached artifact for `key`, or the outcome of optimizing now.
+async fn optimized(
+    ctx: &Arc<Ctx>,
+    spec: &ModelDeployment,
+    model_digest: &str,
+    key: &str,
+) -> anyhow::Result<Artifact> {
+    let opt = spec.spec.optimize.clone();
+    let source = spec.spec.model.source.clone();
+    if opt.quantize == QuantChoice::None && opt.prune.is_none() {
+        return Ok(Artifact {
+            path: source,
+            digest: model_digest.to_owned(),
+            detail: "served as given (no optimize section)".into(),
+        });
+    }
+    let dir = ctx
+        .data_dir
+        .join("artifacts")
+        .join(key.trim_start_matches("sha256:"));
+    let record = dir.join("artifact.json");
+    if let Ok(bytes) = std::fs::read(&record)
+        && let Ok(mut a) = serde_json::from_slice::<Artifact>(&bytes)
+        && a.path.exists()
+    {
+        a.detail = format!("cached: {}", a.detail);
+        return Ok(a);
+    }
+    blocking(move || {
+        let outcome = optimize(&source, &opt, &dir, EvalOptions::default(), &mut |line| {
+            tracing::info!("optimize: {line}")
+        })?;
+        let table = outcome.table();
+        let Some(chosen) = outcome.chosen() else {
+            anyhow::bail!("no precision passes the gate:\n{table}");
+        };
+        // Keep the chosen file only.
+        for c in &outcome.candidates {
+            if c.path != chosen.path {
+                let _ = std::fs::remove_file(&c.path);
+            }
+        }
+        if outcome.reference != source {
+            let _ = std::fs::remove_file(&outcome.reference);
+        }
+        let artifact = Artifact {
+            path: chosen.path.clone(),
+            digest: digest::of_path(&chosen.path)?,
+            detail: format!("{} chosen\n{table}", chosen.quant),
+        };
+        std::fs::write(&record, serde_json::to_vec_pretty(&artifact)?)?;
+        Ok(artifact)
+    })
+    .await
+}
+
+/// Records the revision and waits until its replicas serve; rolls back on a
+/// crash loop or timeout. Returns the revision created (none when the spec
+/// and model are unchanged) and a line for the record.
+async fn rollout(
+    ctx: &Arc<Ctx>,
+    run_id: u64,
+    spec: &ModelDeployment,
+    artifact: Artifact,
+    replicas: u32,
+) -> anyhow::Result<(Option<u32>, String)> {
+    let store = &ctx.store;
+    let name = &spec.metadata.name;
+    let now = now_ms();
+    let current = store.deployment(name)?;
+    let serving = match &current {
+        Some(d) => store.revision(name, d.revision)?,
+        None => None,
+    };
+    let unchanged = serving
+        .as_ref()
+        .is_some_and(|r| r.spec == *spec && r.artifact_digest == artifact.digest);
+    let previous = current.as_ref().map(|d| d.revision);
+    let number = if unchanged {
+        previous.unwrap_or(1)
+    } else {
+        store.last_revision_number(name)? + 1
+    };
+    let deployment = Deployment {
+        name: name.clone(),
+        revision: number,
+        replicas,
+        created_at: current.as_ref().map_or(now, |d| d.created_at),
+        updated_at: now,
+    };
+    if unchanged {
+        store.put_deployment(&deployment)?;
+    } else {
+        let revision = Revision {
+            deployment: name.clone(),
+            number,
+            spec: spec.clone(),
+            artifact: artifact.path.clone(),
+            artifact_digest: artifact.digest.clone(),
+            cause: format!("deploy (run {run_id})"),
+            created_at: now,
+        };
+        store.put_revision(&deployment, &revision)?;
+        event(
+            ctx,
+            name,
+            format!("revision {number} created by run {run_id}; rolling out"),
+        );
+    }
+    ctx.wake.notify_one();
+
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Some(d) = store.deployment(name)? else {
+            anyhow::bail!("{name} was deleted during its rollout");
+        };
+        if d.revision != number {
+            anyhow::bail!("superseded by revision {} during its rollout", d.revision);
+        }
+        let mine: Vec<_> = store
+            .replicas()?
+            .into_iter()
+            .filter(|r| r.deployment == *name)
+            .collect();
+        let new_ready = mine
+            .iter()
+            .filter(|r| r.revision == number && r.state == ReplicaState::Ready)
+            .count();
+        let others = mine.iter().filter(|r| r.revision != number).count();
+        if new_ready == d.replicas as usize && others == 0 {
+            let what = if unchanged {
+                "unchanged: revision"
+            } else {
+                "revision"
+            };
+            return Ok((
+                (!unchanged).then_some(number),
+                format!(
+                    "{what} {number} serves with {new_ready} ready replica(s) in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ),
+            ));
+        }
+        let crashing = mine
+            .iter()
+            .find(|r| r.revision == number && r.restarts >= CRASH_LOOP_RESTARTS);
+        let why = match crashing {
+            Some(r) => Some(format!("replica {} exited {} times", r.id, r.restarts + 1)),
+            None if started.elapsed() > ROLLOUT_TIMEOUT => {
+                Some(format!("not ready after {} s", ROLLOUT_TIMEOUT.as_secs()))
+            }
+            None => None,
+        };
+        if let Some(why) = why {
+            let back = roll_back(ctx, name, number, previous)?;
+            anyhow::bail!("revision {number}: {why}; {back}");
+        }
+    }
+}
+
+/// Puts `previous` back as the serving revision (or removes a deployment
+/// that never served); returns what it did, for the record.
+fn roll_back(ctx: &Ctx, name: &str, failed: u32, previous: Option<u32>) -> anyhow::Result<String> {
+    let store = &ctx.store;
+    let message = match (previous, store.deployment(name)?) {
+        (Some(prev), Some(mut d)) if prev != failed => {
+            d.revision = prev;
+            d.updated_at = now_ms();
+            store.put_deployment(&d)?;
+            format!("rolled back to revision {prev}")
+        }
+        _ => {
+            store.delete_deployment(name)?;
+            "nothing served before it: the deployment was removed".to_owned()
+        }
+    };
+    event(
+        ctx,
+        name,
+        format!("rollout of revision {failed} failed: {message}"),
+    );
+    ctx.wake.notify_one();
+    Ok(message)
+}
+
+fn event(ctx: &Ctx, deployment: &str, message: String) {
+    tracing::info!(deployment, "{message}");
+    let e = Event {
+        deployment: deployment.to_owned(),
+        at: now_ms(),
+        message,
+    };
+    if let Err(err) = ctx.store.add_event(&e) {
+        tracing::error!("cannot record an event: {err:#}");
+    }
+}
+
+/// Runs blocking work (model reads, quantization) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("a pipeline stage panicked")?
+}

@@ -1,0 +1,222 @@
+//! The plan stage: from a spec and the model itself, what one replica needs
+//! (the planner's estimate with its terms), how many replicas (the spec's
+//! count or its SLO against a measured capacity profile), and where they go
+//! on the nodes. `modelship plan` prints it; `deploy` records it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use modelship_model::{ModelInfo, inspect};
+use modelship_planner::{
+    CapacityProfile, Estimate, ModelShape, Plan, ReplicaRequest, TensorFootprint, WeightsFile,
+    estimate, place, resident_weights, size_for_slo,
+};
+use modelship_quant::encode::encoded_len;
+use modelship_quant::{Source, planned_tensors};
+use modelship_types::{Bytes, ModelDeployment, Node, QuantChoice, Task};
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct Report {
+    pub name: String,
+    pub model: PathBuf,
+    /// The precision the weights were counted in.
+    pub precision: String,
+    pub estimate: Estimate,
+    /// What one replica asks the nodes for.
+    pub request: Request,
+    pub replicas: u32,
+    pub replicas_reason: String,
+    pub placements: Vec<modelship_planner::Placement>,
+    pub pending: Vec<modelship_planner::Pending>,
+}
+
+#[derive(Serialize)]
+pub struct Request {
+    pub cpu: f64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+}
+
+/// The estimate, replica count and placement of `spec` on `nodes`.
+pub fn plan(spec: &ModelDeployment, nodes: &[Node]) -> anyhow::Result<Report> {
+    let source = &spec.spec.model.source;
+    let info = inspect(source).with_context(|| format!("cannot read {}", source.display()))?;
+    let task = spec.spec.model.task.or(info.task).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: cannot tell its task; set spec.model.task",
+            source.display()
+        )
+    })?;
+    let (footprints, file, precision) = weights(source, spec.spec.optimize.quantize)?;
+    let (resident, loading) = resident_weights(task, file, &footprints);
+    let quantized = footprints
+        .iter()
+        .any(|t| t.dims == 2 && t.block_quantized && t.name.starts_with("blk."));
+    let shape = shape(&info, task, (resident, loading), quantized)?;
+    let cpu = spec.spec.resources.cpu.unwrap_or(1.0);
+    let est = estimate(&shape, &spec.spec.serving, cpu);
+    let request = Request {
+        cpu,
+        memory_bytes: spec.spec.resources.memory.map_or(est.total_bytes, |m| m.0),
+        gpus: spec.spec.resources.gpu,
+    };
+    let name = &spec.metadata.name;
+    let (count, replicas_reason) = replica_count(spec)?;
+    let replicas: Vec<ReplicaRequest> = (0..count)
+        .map(|i| ReplicaRequest {
+            id: format!("{name}-{i}"),
+            deployment: name.clone(),
+            cpu: request.cpu,
+            memory: request.memory_bytes,
+            gpus: request.gpus,
+            // Each GPU must hold the whole replica: no tensor parallelism yet.
+            gpu_memory: if request.gpus > 0 { est.total_bytes } else { 0 },
+            selector: spec.spec.node_selector.clone(),
+        })
+        .collect();
+    let Plan {
+        placements,
+        pending,
+    } = place(nodes, &replicas);
+    Ok(Report {
+        name: name.clone(),
+        model: source.clone(),
+        precision,
+        estimate: est,
+        request,
+        replicas: count,
+        replicas_reason,
+        placements,
+        pending,
+    })
+}
+
+/// The weight tensors in the precision the spec serves, how they reach the
+/// engine, and that precision's name.
+fn weights(
+    source: &Path,
+    q: QuantChoice,
+) -> anyhow::Result<(Vec<TensorFootprint>, WeightsFile, String)> {
+    let src = Source::open(source).with_context(|| format!("cannot read {}", source.display()))?;
+    let footprint =
+        |t: &modelship_quant::SourceTensor, stored: u64, block_quantized: bool| TensorFootprint {
+            name: t.name.clone(),
+            elements: t.elements() as u64,
+            stored_bytes: stored,
+            block_quantized,
+            dims: t.shape.len(),
+        };
+    if let QuantChoice::Type(to) = q {
+        // Served from the GGUF that optimize writes.
+        let tensors = planned_tensors(&src, to)
+            .into_iter()
+            .map(|(t, d)| {
+                footprint(
+                    t,
+                    encoded_len(d.dtype, t.elements()) as u64,
+                    d.dtype.block_size() > 1,
+                )
+            })
+            .collect();
+        return Ok((tensors, WeightsFile::Gguf, to.to_string()));
+    }
+    let tensors = src
+        .tensors
+        .iter()
+        .map(|t| footprint(t, t.bytes, t.dtype.block_size() > 1))
+        .collect();
+    let file = if source.is_dir() {
+        WeightsFile::Safetensors {
+            file_bytes: src.weight_bytes(),
+        }
+    } else {
+        WeightsFile::Gguf
+    };
+    let precision = match q {
+        QuantChoice::Auto => "as stored (quantize: auto is decided by optimize)",
+        _ => "as stored",
+    };
+    Ok((tensors, file, precision.into()))
+}
+
+fn shape(
+    info: &ModelInfo,
+    task: Task,
+    (weight_bytes, loading_bytes): (u64, u64),
+    quantized_matmuls: bool,
+) -> anyhow::Result<ModelShape> {
+    let need = |v: Option<usize>, what: &str| {
+        v.ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: the model does not state its {what}",
+                info.path.display()
+            )
+        })
+    };
+    Ok(ModelShape {
+        task,
+        weight_bytes,
+        loading_bytes,
+        quantized_matmuls,
+        layers: need(info.layers, "layer count")?,
+        hidden: need(info.hidden_size, "hidden size")?,
+        heads: need(info.attention_heads, "attention heads")?,
+        kv_heads: need(info.kv_heads, "key/value heads")?,
+        ffn: need(info.feed_forward, "feed-forward width")?,
+        vocab: need(info.vocab_size, "vocabulary size")?,
+        context: need(info.context_length, "context length")?,
+    })
+}
+
+/// `spec.replicas`, or with an `slo` the count its capacity profile asks for.
+fn replica_count(spec: &ModelDeployment) -> anyhow::Result<(u32, String)> {
+    let Some(slo) = &spec.spec.slo else {
+        return Ok((
+            spec.spec.replicas,
+            format!("spec.replicas = {}", spec.spec.replicas),
+        ));
+    };
+    let path = profile_path(&spec.spec.model.source);
+    let text = std::fs::read(&path).map_err(|e| {
+        anyhow::Error::new(e).context(format!(
+            "spec.slo needs the capacity profile {}\nhint: run `modelship bench {}` first",
+            path.display(),
+            spec.spec.model.source.display()
+        ))
+    })?;
+    let profile: CapacityProfile = serde_json::from_slice(&text)
+        .with_context(|| format!("invalid capacity profile {}", path.display()))?;
+    let sizing = size_for_slo(&profile, slo).map_err(|e| anyhow::anyhow!(e))?;
+    Ok((sizing.replicas, sizing.reason))
+}
+
+/// This machine as the only node: its CPUs and total memory.
+pub fn this_machine() -> anyhow::Result<Node> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no MemTotal in /proc/meminfo")?;
+    Ok(Node {
+        name: "local".into(),
+        cpu: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+        memory: Bytes(kib * 1024),
+        gpus: Vec::new(),
+        labels: Default::default(),
+    })
+}
+
+/// Where `modelship bench MODEL` keeps a model's capacity profile.
+pub fn profile_path(model: &Path) -> PathBuf {
+    let cache = std::env::var_os("MODELSHIP_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/modelship")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    cache.join("profiles").join(format!("{name}.json"))
+}

@@ -1,0 +1,211 @@
+//! The routing table and the choice of a replica: a revision by weight,
+//! then the less loaded of two random replicas (power of two choices over
+//! outstanding requests), skipping replicas already tried and, while any
+//! other is available, those ejected for failing. Pure apart from the
+//! counters it reads: randomness and time come in as arguments.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crate::Route;
+
+/// A ready replica and its live counters.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub deployment: String,
+    pub revision: u32,
+    pub replica: String,
+    pub addr: String,
+    /// Requests sent and not yet answered in full.
+    pub outstanding: AtomicUsize,
+    pub consecutive_failures: AtomicU32,
+    /// Gets no traffic before this time (ms on the gateway's clock).
+    pub ejected_until: AtomicU64,
+}
+
+impl Endpoint {
+    fn new(r: &Route) -> Endpoint {
+        Endpoint {
+            deployment: r.deployment.clone(),
+            revision: r.revision,
+            replica: r.replica.clone(),
+            addr: r.endpoint.clone(),
+            outstanding: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+        }
+    }
+
+    pub fn ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Counts a failure; ejects the replica for `eject_ms` after
+    /// `eject_after` in a row.
+    pub fn failed(&self, now_ms: u64, eject_after: u32, eject_ms: u64) {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= eject_after {
+            self.ejected_until
+                .store(now_ms + eject_ms, Ordering::Relaxed);
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            tracing::warn!(replica = %self.replica, "ejected after {n} failures in a row");
+        }
+    }
+
+    pub fn succeeded(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+}
+
+/// One revision of a deployment: its traffic weight and ready replicas.
+#[derive(Debug)]
+pub struct RevisionRoute {
+    pub revision: u32,
+    pub weight: u32,
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+/// Deployment name → its revisions.
+#[derive(Debug, Default)]
+pub struct Table {
+    pub deployments: HashMap<String, Vec<RevisionRoute>>,
+}
+
+/// The outcome of choosing where a request goes.
+#[derive(Debug)]
+pub enum Pick {
+    Endpoint(Arc<Endpoint>),
+    /// No deployment serves this model name.
+    UnknownModel,
+    /// The deployment exists but has no replica left to try.
+    NoReplica,
+}
+
+impl Table {
+    /// A table for `routes`, reusing `old`'s endpoints (and so their
+    /// counters) for replicas that stay.
+    pub fn build(old: &Table, routes: &[Route], weights: &HashMap<(String, u32), u32>) -> Table {
+        let existing: HashMap<&str, &Arc<Endpoint>> = old
+            .deployments
+            .values()
+            .flatten()
+            .flat_map(|r| &r.endpoints)
+            .map(|e| (e.replica.as_str(), e))
+            .collect();
+        let mut deployments: HashMap<String, Vec<RevisionRoute>> = HashMap::new();
+        for route in routes {
+            let endpoint = match existing.get(route.replica.as_str()) {
+                Some(e) if e.addr == route.endpoint && e.revision == route.revision => {
+                    Arc::clone(e)
+                }
+                _ => Arc::new(Endpoint::new(route)),
+            };
+            let revisions = deployments.entry(route.deployment.clone()).or_default();
+            match revisions.iter_mut().find(|r| r.revision == route.revision) {
+                Some(r) => r.endpoints.push(endpoint),
+                None => revisions.push(RevisionRoute {
+                    revision: route.revision,
+                    weight: weights
+                        .get(&(route.deployment.clone(), route.revision))
+                        .copied()
+                        .unwrap_or(1),
+                    endpoints: vec![endpoint],
+                }),
+            }
+        }
+        // Deployments with weights but no ready replica still exist: their
+        // requests get 503, not 404.
+        for (deployment, _) in weights.keys() {
+            deployments.entry(deployment.clone()).or_default();
+        }
+        for revisions in deployments.values_mut() {
+            revisions.sort_by_key(|r| r.revision);
+            for r in revisions.iter_mut() {
+                r.endpoints.sort_by(|a, b| a.replica.cmp(&b.replica));
+            }
+        }
+        Table { deployments }
+    }
+
+    /// Chooses a replica of `deployment` not in `tried`. `random` yields
+    /// uniform u64s.
+    pub fn pick(
+        &self,
+        deployment: &str,
+        tried: &[String],
+        now_ms: u64,
+        random: &mut impl FnMut() -> u64,
+    ) -> Pick {
+        let Some(revisions) = self.deployments.get(deployment) else {
+            return Pick::UnknownModel;
+        };
+        let untried = |e: &&Arc<Endpoint>| !tried.contains(&e.replica);
+        // Revisions that can take the request, by preference: some replica
+        // not ejected, else any untried one (all ejected: better a suspect
+        // replica than a certain error).
+        let healthy: Vec<&RevisionRoute> = revisions
+            .iter()
+            .filter(|r| {
+                r.weight > 0
+                    && r.endpoints
+                        .iter()
+                        .filter(untried)
+                        .any(|e| !e.ejected(now_ms))
+            })
+            .collect();
+        let (candidates, skip_ejected) = if healthy.is_empty() {
+            let any: Vec<&RevisionRoute> = revisions
+                .iter()
+                .filter(|r| r.endpoints.iter().any(|e| untried(&e)))
+                .collect();
+            (any, false)
+        } else {
+            (healthy, true)
+        };
+        let Some(revision) = by_weight(&candidates, random) else {
+            return Pick::NoReplica;
+        };
+        let pool: Vec<&Arc<Endpoint>> = revision
+            .endpoints
+            .iter()
+            .filter(untried)
+            .filter(|e| !skip_ejected || !e.ejected(now_ms))
+            .collect();
+        match pool.len() {
+            0 => Pick::NoReplica,
+            1 => Pick::Endpoint(Arc::clone(pool[0])),
+            n => {
+                let a = (random() % n as u64) as usize;
+                let b = (a + 1 + (random() % (n as u64 - 1)) as usize) % n;
+                let (ea, eb) = (pool[a], pool[b]);
+                let load = |e: &Endpoint| e.outstanding.load(Ordering::Relaxed);
+                Pick::Endpoint(Arc::clone(if load(eb) < load(ea) { eb } else { ea }))
+            }
+        }
+    }
+}
+
+/// A revision drawn with probability proportional to its weight; revisions
+/// all of weight 0 are drawn uniformly.
+fn by_weight<'a>(
+    revisions: &[&'a RevisionRoute],
+    random: &mut impl FnMut() -> u64,
+) -> Option<&'a RevisionRoute> {
+    let total: u64 = revisions.iter().map(|r| r.weight as u64).sum();
+    if total == 0 {
+        return (!revisions.is_empty())
+            .then(|| revisions[(random() % revisions.len() as u64) as usize]);
+    }
+    let mut x = random() % total;
+    for r in revisions {
+        if x < r.weight as u64 {
+            return Some(r);
+        }
+        x -= r.weight as u64;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

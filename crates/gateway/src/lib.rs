@@ -1,0 +1,110 @@
+//! The gateway in front of the replicas: OpenAI routes routed by the
+//! request's `model` field to that deployment, a revision chosen by traffic
+//! weight, a replica by least outstanding requests among two random choices,
+//! requests that failed before any response byte retried on another replica,
+//! replicas that keep failing ejected for a while, responses (SSE streams
+//! included) passed through as they come. The controller tells it what is
+//! ready through [`Gateway::set_routes`]; it owns no discovery of its own.
+
+mod balance;
+mod proxy;
+mod stats;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub use balance::{Endpoint, Pick, RevisionRoute, Table};
+pub use proxy::router;
+pub use stats::{RevisionStats, StatsSnapshot};
+
+/// One ready replica the gateway may send a deployment's traffic to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub deployment: String,
+    pub revision: u32,
+    pub replica: String,
+    /// host:port
+    pub endpoint: String,
+}
+
+/// How the gateway behaves; the defaults suit a replica on loopback.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Attempts per request (the first included) when upstreams fail before
+    /// answering.
+    pub attempts: usize,
+    /// Longest wait for an upstream's response headers.
+    pub upstream_timeout: Duration,
+    /// Consecutive failures that eject a replica.
+    pub eject_after: u32,
+    /// How long an ejected replica gets no traffic.
+    pub eject_for: Duration,
+    /// Largest request body buffered (bodies are kept to retry them).
+    pub max_body_bytes: usize,
+    /// Bearer keys accepted; empty: no authentication.
+    pub api_keys: BTreeSet<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            attempts: 3,
+            upstream_timeout: Duration::from_secs(300),
+            eject_after: 3,
+            eject_for: Duration::from_secs(10),
+            max_body_bytes: 16 << 20,
+            api_keys: BTreeSet::new(),
+        }
+    }
+}
+
+/// The gateway's shared state: the routing table and its statistics.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    table: RwLock<Arc<Table>>,
+    stats: stats::Stats,
+    metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+impl Gateway {
+    /// `metrics` renders the process's Prometheus registry for `/metrics`.
+    pub fn new(config: Config, metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>) -> Gateway {
+        Gateway {
+            inner: Arc::new(Inner {
+                config,
+                table: RwLock::new(Arc::new(Table::default())),
+                stats: stats::Stats::default(),
+                metrics,
+            }),
+        }
+    }
+
+    /// Replaces what is routable: `routes` are the ready replicas, `weights`
+    /// the traffic share of each deployment's revisions (a revision absent
+    /// from `weights` gets an equal share). Counters of replicas that stay
+    /// are kept.
+    pub fn set_routes(&self, routes: &[Route], weights: &HashMap<(String, u32), u32>) {
+        let old = self.table();
+        let table = Table::build(&old, routes, weights);
+        *self.inner.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
+
+    pub fn table(&self) -> Arc<Table> {
+        self.inner
+            .table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Requests, errors and latency per deployment revision since start.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+}

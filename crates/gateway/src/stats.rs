@@ -1,0 +1,128 @@
+//! Per-revision request counts, errors and a latency histogram, kept so the
+//! controller can compare a canary with the stable revision over an
+//! interval (the difference of two snapshots).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// Upper bounds of the latency buckets, in ms (the last is unbounded).
+const BOUNDS_MS: [f64; 16] = [
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    20.0,
+    50.0,
+    100.0,
+    200.0,
+    500.0,
+    1e3,
+    2e3,
+    5e3,
+    1e4,
+    3e4,
+    6e4,
+    f64::INFINITY,
+];
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    by_revision: Mutex<HashMap<(String, u32), RevisionStats>>,
+}
+
+/// What one revision of a deployment answered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RevisionStats {
+    pub deployment: String,
+    pub revision: u32,
+    pub requests: u64,
+    /// 5xx answers and upstream failures.
+    pub errors: u64,
+    /// Counts per latency bucket (time to response headers).
+    pub buckets: [u64; 16],
+}
+
+impl RevisionStats {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: Option<&RevisionStats>) -> RevisionStats {
+        let Some(e) = earlier else {
+            return self.clone();
+        };
+        let mut d = self.clone();
+        d.requests -= e.requests.min(d.requests);
+        d.errors -= e.errors.min(d.errors);
+        for (b, eb) in d.buckets.iter_mut().zip(e.buckets) {
+            *b -= eb.min(*b);
+        }
+        d
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+
+    /// The 99th percentile latency's bucket bound in ms (an upper estimate),
+    /// `None` without requests.
+    pub fn p99_ms(&self) -> Option<f64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (total as f64 * 0.99).ceil() as u64;
+        let mut seen = 0;
+        for (count, bound) in self.buckets.iter().zip(BOUNDS_MS) {
+            seen += count;
+            if seen >= rank {
+                return Some(bound);
+            }
+        }
+        Some(f64::INFINITY)
+    }
+}
+
+/// Every revision's counters at one moment.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatsSnapshot {
+    pub revisions: Vec<RevisionStats>,
+}
+
+impl StatsSnapshot {
+    pub fn get(&self, deployment: &str, revision: u32) -> Option<&RevisionStats> {
+        self.revisions
+            .iter()
+            .find(|r| r.deployment == deployment && r.revision == revision)
+    }
+}
+
+impl Stats {
+    pub(crate) fn record(&self, deployment: &str, revision: u32, ms: f64, error: bool) {
+        let mut map = self.by_revision.lock().unwrap_or_else(|p| p.into_inner());
+        let s = map
+            .entry((deployment.to_owned(), revision))
+            .or_insert_with(|| RevisionStats {
+                deployment: deployment.to_owned(),
+                revision,
+                ..Default::default()
+            });
+        s.requests += 1;
+        s.errors += error as u64;
+        let bucket = BOUNDS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(BOUNDS_MS.len() - 1);
+        s.buckets[bucket] += 1;
+    }
+
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let map = self.by_revision.lock().unwrap_or_else(|p| p.into_inner());
+        let mut revisions: Vec<RevisionStats> = map.values().cloned().collect();
+        revisions.sort_by(|a, b| (&a.deployment, a.revision).cmp(&(&b.deployment, b.revision)));
+        StatsSnapshot { revisions }
+    }
+}

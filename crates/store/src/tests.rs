@@ -1,0 +1,143 @@
+use modelship_types::{ReplicaState, RunStatus};
+
+use super::*;
+
+fn spec(name: &str) -> modelship_types::ModelDeployment {
+    serde_json::from_str(&format!(
+        r#"{{"apiVersion":"modelship.dev/v1alpha1","kind":"ModelDeployment",
+            "metadata":{{"name":"{name}"}},"spec":{{"model":{{"source":"/m"}}}}}}"#
+    ))
+    .unwrap()
+}
+
+fn deployment(name: &str, revision: u32) -> Deployment {
+    Deployment {
+        name: name.into(),
+        revision,
+        replicas: 2,
+        created_at: 1,
+        updated_at: 2,
+    }
+}
+
+fn revision(name: &str, number: u32) -> Revision {
+    Revision {
+        deployment: name.into(),
+        number,
+        spec: spec(name),
+        artifact: "/m".into(),
+        artifact_digest: "abc".into(),
+        cause: "deploy".into(),
+        created_at: 3,
+    }
+}
+
+fn replica(id: &str) -> Replica {
+    Replica {
+        id: id.into(),
+        deployment: "a".into(),
+        revision: 1,
+        endpoint: "127.0.0.1:1".into(),
+        pid: Some(7),
+        state: ReplicaState::Ready,
+        restarts: 0,
+        exited_at: None,
+        started_at: 4,
+    }
+}
+
+#[test]
+fn everything_written_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .put_revision(&deployment("a", 1), &revision("a", 1))
+            .unwrap();
+        store
+            .put_revision(&deployment("a", 2), &revision("a", 2))
+            .unwrap();
+        store
+            .update_replicas(&[replica("a-1-0"), replica("a-1-1")], &[])
+            .unwrap();
+        store.update_replicas(&[], &["a-1-0".into()]).unwrap();
+        let run = store
+            .start_run(Run {
+                id: 0,
+                deployment: "a".into(),
+                revision: None,
+                status: RunStatus::Running,
+                error: None,
+                stages: vec![],
+                started_at: 5,
+                finished_at: None,
+            })
+            .unwrap();
+        assert_eq!(run.id, 1);
+        store
+            .put_run(&Run {
+                revision: Some(2),
+                ..run
+            })
+            .unwrap();
+        store
+            .add_event(&Event {
+                deployment: "a".into(),
+                at: 6,
+                message: "hi".into(),
+            })
+            .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.deployment("a").unwrap(), Some(deployment("a", 2)));
+    assert_eq!(store.last_revision_number("a").unwrap(), 2);
+    assert_eq!(store.last_revision_number("b").unwrap(), 0);
+    assert_eq!(store.revisions(Some("a")).unwrap().len(), 2);
+    assert_eq!(store.revision("a", 1).unwrap(), Some(revision("a", 1)));
+    assert_eq!(store.replicas().unwrap(), vec![replica("a-1-1")]);
+    assert_eq!(store.run(1).unwrap().unwrap().revision, Some(2));
+    assert_eq!(store.events("a").unwrap()[0].message, "hi");
+
+    store.delete_deployment("a").unwrap();
+    assert_eq!(store.deployment("a").unwrap(), None);
+    assert!(store.revisions(Some("a")).unwrap().is_empty());
+    // Runs and events stay: they are history.
+    assert_eq!(store.runs(Some("a")).unwrap().len(), 1);
+}
+
+#[test]
+fn a_corrupt_record_is_an_error_naming_its_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    store
+        .with(|c| {
+            c.execute("INSERT INTO deployments (name, body) VALUES ('x', '{')", [])?;
+            Ok(())
+        })
+        .unwrap();
+    let err = store.deployments().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Corrupt {
+                kind: "deployment",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_an_open_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    std::fs::write(
+        &path,
+        b"this is not sqlite, it is long enough to have a header",
+    )
+    .unwrap();
+    let err = Store::open(&path).err().unwrap();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+}

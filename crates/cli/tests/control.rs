@@ -476,3 +476,113 @@ async fn bad_specs_and_unloadable_revisions_leave_serving_untouched() {
     }
     cp.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canary_and_blue_green_rollouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("data"));
+    let minilm = modelship_testkit::minilm();
+    let v1 = spec(dir.path(), "v1.yaml", &minilm, 1, "");
+    assert!(
+        cp.cli(&["deploy", "-f", v1.to_str().unwrap(), "--wait"])
+            .status
+            .success()
+    );
+    let stable = cp.wait_ready(1, 1, Duration::from_secs(30));
+
+    // A canary whose every answer is an error (injected at the gateway) is
+    // judged at its first step and rolled back, with the reason recorded.
+    let canary = "  rollout:\n    strategy: canary\n    canary: { steps: [50, 100], interval: 2s, max_error_rate: 0.05 }\n";
+    let failing = spec(
+        dir.path(),
+        "failing.yaml",
+        &minilm,
+        1,
+        &format!("{canary}  fault: {{ abort_percent: 100 }}\n"),
+    );
+    let load = Load::start(&cp.gateway, 2);
+    let out = cp.cli(&["deploy", "-f", failing.to_str().unwrap(), "--wait"]);
+    let (ok, failures) = load.finish().await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("canary step 50%") && err.contains("rolled back to revision 1"),
+        "{err}"
+    );
+    assert!(ok > 0, "the stable revision served nothing");
+    assert!(
+        !failures.is_empty()
+            && failures
+                .iter()
+                .all(|f| f.starts_with("500") && f.contains("fault injected")),
+        "{failures:?}"
+    );
+    let now = cp.wait_ready(1, 1, Duration::from_secs(30));
+    assert_eq!(
+        now[0]["pid"], stable[0]["pid"],
+        "the stable replica was touched"
+    );
+    let events = cp.json(&["status", "minilm"])["events"].to_string();
+    assert!(events.contains("rollout of revision 2 failed"), "{events}");
+
+    // A healthy canary goes through its steps under load without a failure.
+    let healthy = spec(
+        dir.path(),
+        "healthy.yaml",
+        &minilm,
+        1,
+        &canary.replace("2s", "1s"),
+    );
+    let load = Load::start(&cp.gateway, 2);
+    let out = cp.cli(&["deploy", "-f", healthy.to_str().unwrap(), "--wait"]);
+    let (ok, failures) = load.finish().await;
+    assert!(out.status.success());
+    assert!(failures.is_empty() && ok > 0, "{ok} ok, {failures:?}");
+    cp.wait_ready(1, 3, Duration::from_secs(30));
+    let run = cp.json(&["get", "runs"])[0].clone();
+    let rollout = &run["stages"][3]["detail"];
+    assert!(
+        rollout
+            .as_str()
+            .unwrap()
+            .contains("50%: canary error rate 0.0%"),
+        "{rollout}"
+    );
+
+    // Blue-green: the new revision starts in full, takes all traffic at once,
+    // and the old one keeps running, so a rollback is instant.
+    let bg = spec(
+        dir.path(),
+        "bg.yaml",
+        &minilm,
+        1,
+        "  rollout: { strategy: blue-green, scale_down_delay: 60s }\n  optimize: { quantize: q8_0 }\n",
+    );
+    let before = cp.wait_ready(1, 3, Duration::from_secs(5));
+    let out = cp.cli(&["deploy", "-f", bg.to_str().unwrap()]);
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = cp.json(&["get", "deployments"])[0].clone();
+        if d["revision"] == 4 && d["traffic"] == 100 && d["stable"] == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no switch: {d}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = cp.json(&["rollback", "minilm"]);
+    assert_eq!(out["instant"], true, "{out}");
+    let back = cp.wait_ready(1, 3, Duration::from_secs(30));
+    assert_eq!(
+        back[0]["pid"], before[0]["pid"],
+        "rollback restarted revision 3's replica"
+    );
+
+    assert!(cp.cli(&["delete", "minilm"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cp.replicas().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.kill();
+}

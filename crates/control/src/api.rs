@@ -161,6 +161,10 @@ pub struct DeploymentSummary {
     pub ready: usize,
     /// Replicas of other revisions still running (a rollout in progress).
     pub old: usize,
+    /// During a canary or blue-green rollout: the revision serving beside
+    /// `revision`, and the percent of traffic `revision` gets.
+    pub stable: Option<u32>,
+    pub traffic: Option<u32>,
     pub model: String,
     pub updated_at: u64,
 }
@@ -183,6 +187,8 @@ fn summary(ctx: &Ctx, d: &Deployment, all: &[Replica]) -> Result<DeploymentSumma
             .filter(|r| r.revision == d.revision && r.state == ReplicaState::Ready)
             .count(),
         old: mine().filter(|r| r.revision != d.revision).count(),
+        stable: d.stable,
+        traffic: d.traffic,
         model,
         updated_at: d.updated_at,
     })
@@ -298,6 +304,28 @@ async fn rollback(
             d.revision
         )));
     }
+    // Blue-green keeps the old revision running for a while after the
+    // switch: going back to it is instant, no replica starts.
+    if d.stable == Some(target.number) {
+        let n = target.number;
+        ctx.store.put_deployment(&Deployment {
+            revision: n,
+            stable: None,
+            traffic: None,
+            new_replicas: None,
+            updated_at: now_ms(),
+            ..d
+        })?;
+        record(
+            &ctx,
+            &name,
+            format!("instant rollback to revision {n}: its replicas were still running"),
+        )?;
+        ctx.wake.notify_one();
+        return Ok(Json(
+            json!({"deployment": name, "revision": n, "from": n, "instant": true}),
+        ));
+    }
     if !target.artifact.exists() {
         return Err(ApiError::Conflict(format!(
             "revision {}'s model {} is gone",
@@ -314,6 +342,9 @@ async fn rollback(
     };
     let deployment = Deployment {
         revision: number,
+        stable: None,
+        traffic: None,
+        new_replicas: None,
         updated_at: now_ms(),
         ..d
     };

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use modelship_gateway::Route;
+use modelship_gateway::{Abort, Route, Share};
 use modelship_orchestrator::{Liveness, ReplicaSpec, now_ms};
 use modelship_planner::{Action, Desired, reconcile};
 use modelship_types::{Event, Replica, ReplicaState};
@@ -106,11 +106,18 @@ impl Controller {
             let Some(rev) = store.revision(&d.name, d.revision)? else {
                 continue;
             };
+            // During a canary or blue-green rollout the stable revision
+            // keeps the deployment's count; the new one runs its share.
+            let (replicas, stable) = match d.stable {
+                Some(s) => (d.new_replicas.unwrap_or(d.replicas), Some((s, d.replicas))),
+                None => (d.replicas, None),
+            };
             out.push(Desired {
                 deployment: d.name,
                 revision: d.revision,
-                replicas: d.replicas,
+                replicas,
                 rollout: rev.spec.spec.rollout,
+                stable,
             });
         }
         Ok(out)
@@ -214,9 +221,10 @@ impl Controller {
         });
     }
 
-    /// Tells the gateway which replicas are ready. Each revision's weight is
-    /// its share of ready replicas, so every ready replica gets an equal
-    /// share during a rolling update.
+    /// Tells the gateway which replicas are ready and how traffic splits:
+    /// by the rollout's percentages while a stable revision runs beside the
+    /// new one, else by each revision's count of ready replicas (so every
+    /// ready replica gets an equal share during a rolling update).
     fn publish(&self, replicas: &[Replica]) {
         let ready: Vec<&Replica> = replicas
             .iter()
@@ -237,12 +245,32 @@ impl Controller {
                 .entry((r.deployment.clone(), r.revision))
                 .or_default() += 1;
         }
-        if let Ok(deployments) = self.ctx.store.deployments() {
-            for d in deployments {
-                weights.entry((d.name, d.revision)).or_insert(0);
+        let deployments = self.ctx.store.deployments().unwrap_or_default();
+        for d in &deployments {
+            weights.entry((d.name.clone(), d.revision)).or_insert(0);
+            if let (Some(stable), Some(percent)) = (d.stable, d.traffic) {
+                weights.insert((d.name.clone(), d.revision), percent);
+                weights.insert((d.name.clone(), stable), 100 - percent.min(100));
             }
         }
-        self.ctx.gateway.set_routes(&routes, &weights);
+        let shares: HashMap<(String, u32), Share> = weights
+            .into_iter()
+            .map(|((name, revision), weight)| {
+                let abort = self
+                    .ctx
+                    .store
+                    .revision(&name, revision)
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.spec.spec.fault)
+                    .map(|f| Abort {
+                        percent: f.abort_percent,
+                        status: f.status,
+                    });
+                ((name, revision), Share { weight, abort })
+            })
+            .collect();
+        self.ctx.gateway.set_routes(&routes, &shares);
     }
 
     fn event(&self, deployment: &str, message: String) {

@@ -8,6 +8,7 @@ mod controller;
 pub mod digest;
 mod pipeline;
 pub mod plan;
+mod rollout;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -1,27 +1,19 @@
 //! The deploy pipeline: validate → optimize → plan → rollout, each stage
 //! recorded in the run with its inputs' and outputs' digests, duration and
-//! result. A failed stage fails the run and leaves what serves untouched; a
-//! rollout whose new replicas crash-loop or never get ready is rolled back.
+//! result. A failed stage fails the run and leaves what serves untouched;
+//! the rollout stage ([`crate::rollout`]) rolls back a revision that fails.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use modelship_optimize::{EvalOptions, optimize};
 use modelship_orchestrator::now_ms;
-use modelship_types::{
-    Deployment, Event, ModelDeployment, Node, QuantChoice, ReplicaState, Revision, Run, RunStatus,
-    Stage,
-};
+use modelship_types::{Event, ModelDeployment, Node, QuantChoice, Run, RunStatus, Stage};
 use serde::{Deserialize, Serialize};
 
-use crate::{Ctx, digest, plan};
-
-/// Restarts of one new replica that count as a crash loop.
-const CRASH_LOOP_RESTARTS: u32 = 3;
-/// Longest a rollout may take before it is rolled back.
-const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
+use crate::{Ctx, digest, plan, rollout};
 
 /// What a stage produced.
 struct Output {
@@ -218,7 +210,15 @@ async fn stages(
     // rollout: a new revision (unless nothing changed), then wait for it.
     rec.begin("rollout", plan_digest);
     let started = Instant::now();
-    let result = rollout(ctx, rec.run.id, &spec, artifact, report.replicas).await;
+    let result = rollout::rollout(
+        ctx,
+        rec.run.id,
+        &spec,
+        &artifact.path,
+        &artifact.digest,
+        report.replicas,
+    )
+    .await;
     if let Ok((Some(revision), _)) = &result {
         rec.run.revision = Some(*revision);
     }
@@ -287,137 +287,7 @@ async fn optimized(
     .await
 }
 
-/// Records the revision and waits until its replicas serve; rolls back on a
-/// crash loop or timeout. Returns the revision created (none when the spec
-/// and model are unchanged) and a line for the record.
-async fn rollout(
-    ctx: &Arc<Ctx>,
-    run_id: u64,
-    spec: &ModelDeployment,
-    artifact: Artifact,
-    replicas: u32,
-) -> anyhow::Result<(Option<u32>, String)> {
-    let store = &ctx.store;
-    let name = &spec.metadata.name;
-    let now = now_ms();
-    let current = store.deployment(name)?;
-    let serving = match &current {
-        Some(d) => store.revision(name, d.revision)?,
-        None => None,
-    };
-    let unchanged = serving
-        .as_ref()
-        .is_some_and(|r| r.spec == *spec && r.artifact_digest == artifact.digest);
-    let previous = current.as_ref().map(|d| d.revision);
-    let number = if unchanged {
-        previous.unwrap_or(1)
-    } else {
-        store.last_revision_number(name)? + 1
-    };
-    let deployment = Deployment {
-        name: name.clone(),
-        revision: number,
-        replicas,
-        created_at: current.as_ref().map_or(now, |d| d.created_at),
-        updated_at: now,
-    };
-    if unchanged {
-        store.put_deployment(&deployment)?;
-    } else {
-        let revision = Revision {
-            deployment: name.clone(),
-            number,
-            spec: spec.clone(),
-            artifact: artifact.path.clone(),
-            artifact_digest: artifact.digest.clone(),
-            cause: format!("deploy (run {run_id})"),
-            created_at: now,
-        };
-        store.put_revision(&deployment, &revision)?;
-        event(
-            ctx,
-            name,
-            format!("revision {number} created by run {run_id}; rolling out"),
-        );
-    }
-    ctx.wake.notify_one();
-
-    let started = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let Some(d) = store.deployment(name)? else {
-            anyhow::bail!("{name} was deleted during its rollout");
-        };
-        if d.revision != number {
-            anyhow::bail!("superseded by revision {} during its rollout", d.revision);
-        }
-        let mine: Vec<_> = store
-            .replicas()?
-            .into_iter()
-            .filter(|r| r.deployment == *name)
-            .collect();
-        let new_ready = mine
-            .iter()
-            .filter(|r| r.revision == number && r.state == ReplicaState::Ready)
-            .count();
-        let others = mine.iter().filter(|r| r.revision != number).count();
-        if new_ready == d.replicas as usize && others == 0 {
-            let what = if unchanged {
-                "unchanged: revision"
-            } else {
-                "revision"
-            };
-            return Ok((
-                (!unchanged).then_some(number),
-                format!(
-                    "{what} {number} serves with {new_ready} ready replica(s) in {:.1} s",
-                    started.elapsed().as_secs_f64()
-                ),
-            ));
-        }
-        let crashing = mine
-            .iter()
-            .find(|r| r.revision == number && r.restarts >= CRASH_LOOP_RESTARTS);
-        let why = match crashing {
-            Some(r) => Some(format!("replica {} exited {} times", r.id, r.restarts + 1)),
-            None if started.elapsed() > ROLLOUT_TIMEOUT => {
-                Some(format!("not ready after {} s", ROLLOUT_TIMEOUT.as_secs()))
-            }
-            None => None,
-        };
-        if let Some(why) = why {
-            let back = roll_back(ctx, name, number, previous)?;
-            anyhow::bail!("revision {number}: {why}; {back}");
-        }
-    }
-}
-
-/// Puts `previous` back as the serving revision (or removes a deployment
-/// that never served); returns what it did, for the record.
-fn roll_back(ctx: &Ctx, name: &str, failed: u32, previous: Option<u32>) -> anyhow::Result<String> {
-    let store = &ctx.store;
-    let message = match (previous, store.deployment(name)?) {
-        (Some(prev), Some(mut d)) if prev != failed => {
-            d.revision = prev;
-            d.updated_at = now_ms();
-            store.put_deployment(&d)?;
-            format!("rolled back to revision {prev}")
-        }
-        _ => {
-            store.delete_deployment(name)?;
-            "nothing served before it: the deployment was removed".to_owned()
-        }
-    };
-    event(
-        ctx,
-        name,
-        format!("rollout of revision {failed} failed: {message}"),
-    );
-    ctx.wake.notify_one();
-    Ok(message)
-}
-
-fn event(ctx: &Ctx, deployment: &str, message: String) {
+pub(crate) fn event(ctx: &Ctx, deployment: &str, message: String) {
     tracing::info!(deployment, "{message}");
     let e = Event {
         deployment: deployment.to_owned(),

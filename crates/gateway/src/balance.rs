@@ -10,6 +10,31 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::Route;
 
+/// A revision's share of its deployment's traffic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Share {
+    pub weight: u32,
+    /// Requests answered with an error at the gateway, on purpose.
+    pub abort: Option<Abort>,
+}
+
+impl Share {
+    pub fn weight(weight: u32) -> Share {
+        Share {
+            weight,
+            abort: None,
+        }
+    }
+}
+
+/// Fault injection: `percent` of requests get `status` without reaching a
+/// replica.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Abort {
+    pub percent: f64,
+    pub status: u16,
+}
+
 /// A ready replica and its live counters.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -63,6 +88,7 @@ impl Endpoint {
 pub struct RevisionRoute {
     pub revision: u32,
     pub weight: u32,
+    pub abort: Option<Abort>,
     pub endpoints: Vec<Arc<Endpoint>>,
 }
 
@@ -75,7 +101,9 @@ pub struct Table {
 /// The outcome of choosing where a request goes.
 #[derive(Debug)]
 pub enum Pick {
-    Endpoint(Arc<Endpoint>),
+    /// Send it to this replica, or answer with the revision's injected
+    /// fault.
+    Endpoint(Arc<Endpoint>, Option<Abort>),
     /// No deployment serves this model name.
     UnknownModel,
     /// The deployment exists but has no replica left to try.
@@ -85,7 +113,7 @@ pub enum Pick {
 impl Table {
     /// A table for `routes`, reusing `old`'s endpoints (and so their
     /// counters) for replicas that stay.
-    pub fn build(old: &Table, routes: &[Route], weights: &HashMap<(String, u32), u32>) -> Table {
+    pub fn build(old: &Table, routes: &[Route], shares: &HashMap<(String, u32), Share>) -> Table {
         let existing: HashMap<&str, &Arc<Endpoint>> = old
             .deployments
             .values()
@@ -104,19 +132,23 @@ impl Table {
             let revisions = deployments.entry(route.deployment.clone()).or_default();
             match revisions.iter_mut().find(|r| r.revision == route.revision) {
                 Some(r) => r.endpoints.push(endpoint),
-                None => revisions.push(RevisionRoute {
-                    revision: route.revision,
-                    weight: weights
+                None => {
+                    let share = shares
                         .get(&(route.deployment.clone(), route.revision))
                         .copied()
-                        .unwrap_or(1),
-                    endpoints: vec![endpoint],
-                }),
+                        .unwrap_or(Share::weight(1));
+                    revisions.push(RevisionRoute {
+                        revision: route.revision,
+                        weight: share.weight,
+                        abort: share.abort,
+                        endpoints: vec![endpoint],
+                    })
+                }
             }
         }
-        // Deployments with weights but no ready replica still exist: their
+        // Deployments with shares but no ready replica still exist: their
         // requests get 503, not 404.
-        for (deployment, _) in weights.keys() {
+        for (deployment, _) in shares.keys() {
             deployments.entry(deployment.clone()).or_default();
         }
         for revisions in deployments.values_mut() {
@@ -174,13 +206,14 @@ impl Table {
             .collect();
         match pool.len() {
             0 => Pick::NoReplica,
-            1 => Pick::Endpoint(Arc::clone(pool[0])),
+            1 => Pick::Endpoint(Arc::clone(pool[0]), revision.abort),
             n => {
                 let a = (random() % n as u64) as usize;
                 let b = (a + 1 + (random() % (n as u64 - 1)) as usize) % n;
                 let (ea, eb) = (pool[a], pool[b]);
                 let load = |e: &Endpoint| e.outstanding.load(Ordering::Relaxed);
-                Pick::Endpoint(Arc::clone(if load(eb) < load(ea) { eb } else { ea }))
+                let chosen = if load(eb) < load(ea) { eb } else { ea };
+                Pick::Endpoint(Arc::clone(chosen), revision.abort)
             }
         }
     }

@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-pub use balance::{Endpoint, Pick, RevisionRoute, Table};
+pub use balance::{Abort, Endpoint, Pick, RevisionRoute, Share, Table};
 pub use proxy::router;
 pub use stats::{RevisionStats, StatsSnapshot};
 
@@ -85,13 +85,13 @@ impl Gateway {
         }
     }
 
-    /// Replaces what is routable: `routes` are the ready replicas, `weights`
-    /// the traffic share of each deployment's revisions (a revision absent
-    /// from `weights` gets an equal share). Counters of replicas that stay
-    /// are kept.
-    pub fn set_routes(&self, routes: &[Route], weights: &HashMap<(String, u32), u32>) {
+    /// Replaces what is routable: `routes` are the ready replicas, `shares`
+    /// the traffic weight (and injected faults) of each deployment's
+    /// revisions (a revision absent from `shares` gets weight 1). Counters
+    /// of replicas that stay are kept.
+    pub fn set_routes(&self, routes: &[Route], shares: &HashMap<(String, u32), Share>) {
         let old = self.table();
-        let table = Table::build(&old, routes, weights);
+        let table = Table::build(&old, routes, shares);
         *self.inner.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
     }
 

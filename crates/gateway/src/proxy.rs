@@ -190,7 +190,23 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
     let mut tried: Vec<String> = Vec::new();
     for attempt in 0..config.attempts {
         let endpoint = match table.pick(&deployment, &tried, now_ms(), &mut random) {
-            Pick::Endpoint(e) => e,
+            Pick::Endpoint(e, Some(abort))
+                if (random() % 10_000) as f64 <= abort.percent * 100.0 - 1.0 =>
+            {
+                record(&s.gateway, &e, abort.status, 0.0, abort.status >= 500);
+                let status =
+                    StatusCode::from_u16(abort.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return error(
+                    status,
+                    "fault_injected",
+                    format!(
+                        "fault injected by `spec.fault` of {deployment} revision {}",
+                        e.revision
+                    ),
+                    None,
+                );
+            }
+            Pick::Endpoint(e, _) => e,
             Pick::UnknownModel => {
                 return error(
                     StatusCode::NOT_FOUND,

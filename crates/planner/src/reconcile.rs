@@ -16,8 +16,13 @@ pub struct Desired {
     pub deployment: String,
     /// The revision that should serve.
     pub revision: u32,
+    /// Replicas of `revision`.
     pub replicas: u32,
     pub rollout: Rollout,
+    /// A revision kept running beside `revision` during a canary or
+    /// blue-green rollout, and its replica count. Without one, replicas of
+    /// other revisions are replaced by rolling.
+    pub stable: Option<(u32, u32)>,
 }
 
 /// One step towards the desired state.
@@ -60,15 +65,46 @@ pub fn reconcile(desired: &[Desired], observed: &[Replica], now: u64) -> Vec<Act
         let live = observed
             .iter()
             .filter(|r| r.deployment == d.deployment && r.state != ReplicaState::Terminating);
-        let (new, old): (Vec<&Replica>, Vec<&Replica>) =
+        let (new, rest): (Vec<&Replica>, Vec<&Replica>) =
             live.partition(|r| r.revision == d.revision);
-        deployment_actions(d, &new, &old, now, &mut actions);
+        let (stable, old): (Vec<&Replica>, Vec<&Replica>) = rest
+            .into_iter()
+            .partition(|r| d.stable.is_some_and(|(s, _)| r.revision == s));
+        if let Some((revision, replicas)) = d.stable {
+            let group = Group {
+                revision,
+                replicas,
+                ..Group::of(d)
+            };
+            group_actions(&group, &stable, &[], now, &mut actions);
+        }
+        group_actions(&Group::of(d), &new, &old, now, &mut actions);
     }
     actions
 }
 
-fn deployment_actions(
-    d: &Desired,
+/// One revision's target: `replicas` of it, replacing `old` within the
+/// rollout's budget.
+struct Group<'a> {
+    deployment: &'a str,
+    revision: u32,
+    replicas: u32,
+    rollout: &'a Rollout,
+}
+
+impl<'a> Group<'a> {
+    fn of(d: &'a Desired) -> Group<'a> {
+        Group {
+            deployment: &d.deployment,
+            revision: d.revision,
+            replicas: d.replicas,
+            rollout: &d.rollout,
+        }
+    }
+}
+
+fn group_actions(
+    d: &Group<'_>,
     new: &[&Replica],
     old: &[&Replica],
     now: u64,
@@ -97,7 +133,7 @@ fn deployment_actions(
 
     let start = |count: usize, actions: &mut Vec<Action>| {
         actions.extend((0..count).map(|_| Action::Start {
-            deployment: d.deployment.clone(),
+            deployment: d.deployment.to_owned(),
             revision: d.revision,
         }))
     };

@@ -15,6 +15,9 @@ fn deployment(name: &str, revision: u32) -> Deployment {
         name: name.into(),
         revision,
         replicas: 2,
+        stable: None,
+        traffic: None,
+        new_replicas: None,
         created_at: 1,
         updated_at: 2,
     }

@@ -16,7 +16,7 @@ pub use limits::{LimitError, ServingLimits};
 pub use optimize::{Gate, Optimize, OptimizeError, PrunePattern, PruneSpec, QuantChoice};
 pub use precision::{ParseQuantTypeError, QuantType};
 pub use resources::{Bytes, Gpu, Node, NodesError, NodesFile, Resources, Slo};
-pub use rollout::{Rollout, Strategy};
+pub use rollout::{Canary, Fault, Rollout, Span, Strategy};
 pub use spec::ModelDeployment;
 pub use state::{Deployment, Event, Replica, ReplicaState, Revision, Run, RunStatus, Stage};
 pub use task::{ParseTaskError, Task};

@@ -1,6 +1,6 @@
 //! The deployment spec (`modelship.yaml`), Kubernetes-shaped. Unknown fields
 //! are errors. This holds the sections built so far (model, optimize,
-//! serving, resources, replicas, node_selector, slo, rollout); autoscale and
+//! serving, resources, replicas, node_selector, slo, rollout, fault); autoscale and
 //! target join as they are built.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Optimize, Resources, Rollout, ServingLimits, Slo, Task};
+use crate::{Fault, Optimize, Resources, Rollout, ServingLimits, Slo, Task};
 
 pub const API_VERSION: &str = "modelship.dev/v1alpha1";
 pub const KIND: &str = "ModelDeployment";
@@ -51,6 +51,9 @@ pub struct DeploymentSpec {
     /// How a new revision replaces the serving one.
     #[serde(default)]
     pub rollout: Rollout,
+    /// Errors injected at the gateway into this revision's traffic.
+    #[serde(default)]
+    pub fault: Option<Fault>,
 }
 
 fn one() -> u32 {
@@ -121,6 +124,9 @@ impl ModelDeployment {
         }
         if let Some((field, reason)) = self.spec.rollout.problem() {
             return Err(err(&format!("spec.rollout.{field}"), reason));
+        }
+        if let Some((field, reason)) = self.spec.fault.as_ref().and_then(Fault::problem) {
+            return Err(err(&format!("spec.fault.{field}"), reason));
         }
         if self.spec.replicas > 10_000 {
             return Err(err(

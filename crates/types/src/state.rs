@@ -18,6 +18,17 @@ pub struct Deployment {
     pub revision: u32,
     /// Desired replicas (the spec's, or what `scale` set since).
     pub replicas: u32,
+    /// During a canary or blue-green rollout: the revision that served
+    /// before, kept running beside `revision`.
+    #[serde(default)]
+    pub stable: Option<u32>,
+    /// While `stable` runs: percent of traffic to `revision` (the rest to
+    /// `stable`).
+    #[serde(default)]
+    pub traffic: Option<u32>,
+    /// While `stable` runs: replicas of `revision` to run (a canary's share).
+    #[serde(default)]
+    pub new_replicas: Option<u32>,
     pub created_at: u64,
     pub updated_at: u64,
 }

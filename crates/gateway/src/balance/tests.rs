@@ -27,14 +27,14 @@ fn counter_rng(seed: u64) -> impl FnMut() -> u64 {
 
 fn picked(p: Pick) -> String {
     match p {
-        Pick::Endpoint(e) => e.replica.clone(),
+        Pick::Endpoint(e, _) => e.replica.clone(),
         other => panic!("expected a replica, got {other:?}"),
     }
 }
 
 #[test]
 fn unknown_models_and_empty_deployments_differ() {
-    let weights = HashMap::from([(("m".to_owned(), 1), 100)]);
+    let weights = HashMap::from([(("m".to_owned(), 1), Share::weight(100))]);
     let t = Table::build(&Table::default(), &[], &weights);
     assert!(matches!(
         t.pick("m", &[], 0, &mut counter_rng(1)),
@@ -77,7 +77,10 @@ fn counters_survive_a_rebuild() {
 
 #[test]
 fn weights_split_traffic() {
-    let weights = HashMap::from([(("m".to_owned(), 1), 90), (("m".to_owned(), 2), 10)]);
+    let weights = HashMap::from([
+        (("m".to_owned(), 1), Share::weight(90)),
+        (("m".to_owned(), 2), Share::weight(10)),
+    ]);
     let t = Table::build(&Table::default(), &routes(&[(1, "a"), (2, "bb")]), &weights);
     let mut rng = counter_rng(7);
     let to_b = (0..10_000)
@@ -88,7 +91,10 @@ fn weights_split_traffic() {
         "{to_b} of 10000 to the 10% revision"
     );
     // Weight 0: no traffic while the other revision can take it.
-    let weights = HashMap::from([(("m".to_owned(), 1), 100), (("m".to_owned(), 2), 0)]);
+    let weights = HashMap::from([
+        (("m".to_owned(), 1), Share::weight(100)),
+        (("m".to_owned(), 2), Share::weight(0)),
+    ]);
     let t = Table::build(&Table::default(), &routes(&[(1, "a"), (2, "bb")]), &weights);
     assert!((0..1000).all(|_| picked(t.pick("m", &[], 0, &mut rng)) == "a"));
 }
@@ -128,7 +134,7 @@ proptest! {
         let healthy_left = t.deployments["m"][0].endpoints.iter()
             .any(|e| !tried.contains(&e.replica) && !e.ejected(50));
         match t.pick("m", &tried, 50, &mut counter_rng(seed)) {
-            Pick::Endpoint(e) => {
+            Pick::Endpoint(e, _) => {
                 prop_assert!(!tried.contains(&e.replica));
                 prop_assert!(!healthy_left || !e.ejected(50));
             }

@@ -26,6 +26,7 @@ fn desired(revision: u32, replicas: u32, max_surge: u32, max_unavailable: u32) -
             max_unavailable,
             ..Rollout::default()
         },
+        stable: None,
     }
 }
 
@@ -114,6 +115,23 @@ fn table() {
     for (what, d, observed, want) in cases {
         assert_eq!(reconcile(&[d], &observed, 0), want, "{what}");
     }
+}
+
+#[test]
+fn a_stable_revision_keeps_running_beside_a_canary() {
+    use ReplicaState::*;
+    let mut d = desired(2, 1, 1, 0);
+    d.stable = Some((1, 2));
+    let observed = [replica("a", 1, Ready), replica("b", 1, Ready)];
+    assert_eq!(reconcile(&[d.clone()], &observed, 0), vec![start(2)]);
+    // The stable revision is kept at its count (and not rolled away), other
+    // revisions go.
+    let observed = [
+        replica("a", 1, Ready),
+        replica("c", 2, Ready),
+        replica("z", 0, Ready),
+    ];
+    assert_eq!(reconcile(&[d], &observed, 0), vec![start(1), stop("z")]);
 }
 
 #[test]

@@ -240,14 +240,21 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
                     if args.api.output == Output::Json {
                         println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
                     }
+                    // The failed stage's detail, when it says more than the
+                    // error (the optimize table).
+                    let error = run.error.unwrap_or_default();
                     let detail = run
                         .stages
                         .last()
                         .map(|s| s.detail.clone())
                         .unwrap_or_default();
+                    let more = if error.contains(detail.trim()) {
+                        String::new()
+                    } else {
+                        format!("\n{detail}")
+                    };
                     return Err(Failure::User(anyhow::anyhow!(
-                        "run {id} failed: {}\n{detail}",
-                        run.error.unwrap_or_default()
+                        "run {id} failed: {error}{more}"
                     )));
                 }
             }

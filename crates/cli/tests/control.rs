@@ -586,3 +586,45 @@ async fn canary_and_blue_green_rollouts() {
     }
     cp.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn autoscaling_follows_the_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("data"));
+    let scaled = spec(
+        dir.path(),
+        "auto.yaml",
+        &modelship_testkit::minilm(),
+        1,
+        "  autoscale: { min: 1, max: 3, target_concurrency: 1, stable_window: 4s, panic_window: 1s }\n",
+    );
+    assert!(
+        cp.cli(&["deploy", "-f", scaled.to_str().unwrap(), "--wait"])
+            .status
+            .success()
+    );
+    cp.wait_ready(1, 1, Duration::from_secs(30));
+
+    // Eight clients keep ~8 requests in flight: far above one per replica.
+    let load = Load::start(&cp.gateway, 8);
+    let up = cp.wait_ready(3, 1, Duration::from_secs(20));
+    let (ok, failures) = load.finish().await;
+    assert!(failures.is_empty() && ok > 0, "{ok} ok, {failures:?}");
+    assert_eq!(up.len(), 3);
+    // Idle: back to the minimum once the windows have passed.
+    cp.wait_ready(1, 1, Duration::from_secs(30));
+    let events = cp.json(&["status", "minilm"])["events"].to_string();
+    assert!(
+        events.contains("autoscaled from 1 to") && events.contains("panic"),
+        "{events}"
+    );
+    assert!(events.contains("to 1 replicas"), "{events}");
+
+    assert!(cp.cli(&["delete", "minilm"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cp.replicas().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.kill();
+}

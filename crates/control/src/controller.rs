@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use modelship_gateway::{Abort, Route, Share};
 use modelship_orchestrator::{Liveness, ReplicaSpec, now_ms};
-use modelship_planner::{Action, Desired, reconcile};
+use modelship_planner::{Action, Desired, Sample, ScalerState, autoscale, reconcile};
 use modelship_types::{Event, Replica, ReplicaState};
 
 use crate::Ctx;
@@ -23,6 +23,8 @@ pub(crate) struct Controller {
     ctx: Arc<Ctx>,
     /// Replicas with a stop in flight, so a tick does not stop them twice.
     stopping: Arc<Mutex<HashSet<String>>>,
+    /// Each autoscaled deployment's samples and panic state.
+    scalers: Mutex<HashMap<String, ScalerState>>,
 }
 
 impl Controller {
@@ -30,6 +32,7 @@ impl Controller {
         Controller {
             ctx,
             stopping: Arc::default(),
+            scalers: Mutex::default(),
         }
     }
 
@@ -90,12 +93,59 @@ impl Controller {
             self.stop(r.clone());
         }
 
+        self.autoscale(now)?;
         let desired = self.desired()?;
         let actions = reconcile(&desired, &current, now);
         for action in actions {
             self.apply(action, &mut current).await?;
         }
         self.publish(&current);
+        Ok(())
+    }
+
+    /// Samples each autoscaled deployment's in-flight requests and sets its
+    /// replica count from the decision. Not during a canary or blue-green
+    /// rollout, whose replica counts the rollout owns.
+    fn autoscale(&self, now: u64) -> anyhow::Result<()> {
+        let store = &self.ctx.store;
+        let mut scalers = self.scalers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = HashSet::new();
+        for mut d in store.deployments()? {
+            let Some(spec) = store
+                .revision(&d.name, d.revision)?
+                .and_then(|r| r.spec.spec.autoscale)
+            else {
+                continue;
+            };
+            seen.insert(d.name.clone());
+            if d.stable.is_some() {
+                continue;
+            }
+            let state = scalers.entry(d.name.clone()).or_default();
+            let concurrency = self.ctx.gateway.in_flight(&d.name) as f64;
+            state.observe(
+                &spec,
+                Sample {
+                    at_ms: now,
+                    concurrency,
+                },
+            );
+            let decision = autoscale(&spec, state, now, d.replicas);
+            if decision.replicas != d.replicas {
+                let from = d.replicas;
+                d.replicas = decision.replicas;
+                d.updated_at = now;
+                store.put_deployment(&d)?;
+                self.event(
+                    &d.name,
+                    format!(
+                        "autoscaled from {from} to {} replicas: {}",
+                        d.replicas, decision.reason
+                    ),
+                );
+            }
+        }
+        scalers.retain(|name, _| seen.contains(name));
         Ok(())
     }
 

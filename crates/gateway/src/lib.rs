@@ -103,6 +103,21 @@ impl Gateway {
             .clone()
     }
 
+    /// Requests in flight to `deployment`'s replicas now (the autoscaler's
+    /// signal).
+    pub fn in_flight(&self, deployment: &str) -> usize {
+        self.table()
+            .deployments
+            .get(deployment)
+            .map_or(0, |revisions| {
+                revisions
+                    .iter()
+                    .flat_map(|r| &r.endpoints)
+                    .map(|e| e.outstanding.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum()
+            })
+    }
+
     /// Requests, errors and latency per deployment revision since start.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()

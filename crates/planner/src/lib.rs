@@ -1,10 +1,12 @@
 //! Pure planning: what one replica needs ([`estimate`]), where replicas go
 //! ([`place`]), how many ([`size_for_slo`]) and which waiting deployments
 //! start when capacity frees ([`admit`]), and what to start and stop to get
-//! there ([`reconcile`]), and whether a canary may go on ([`judge_canary`]). Functions of their inputs only: no I/O, no clock, no async;
+//! there ([`reconcile`]), whether a canary may go on ([`judge_canary`]), and
+//! how many replicas the load asks for ([`autoscale`]). Functions of their inputs only: no I/O, no clock, no async;
 //! callers gather the model's shape and the nodes and act on the result.
 
 mod admission;
+mod autoscale;
 mod canary;
 mod capacity;
 mod estimate;
@@ -12,6 +14,7 @@ mod placement;
 mod reconcile;
 
 pub use admission::{Admission, admit};
+pub use autoscale::{Sample, ScaleDecision, ScalerState, autoscale};
 pub use canary::{Verdict, Window, judge_canary};
 pub use capacity::{CapacityPoint, CapacityProfile, Sizing, size_for_slo};
 pub use estimate::{

@@ -3,6 +3,7 @@
 //! deployment spec. Pure data with validation; no I/O, no async runtime,
 //! nothing heavier than serde.
 
+mod autoscale;
 mod limits;
 mod optimize;
 mod precision;
@@ -12,6 +13,7 @@ pub mod spec;
 mod state;
 mod task;
 
+pub use autoscale::Autoscale;
 pub use limits::{LimitError, ServingLimits};
 pub use optimize::{Gate, Optimize, OptimizeError, PrunePattern, PruneSpec, QuantChoice};
 pub use precision::{ParseQuantTypeError, QuantType};

@@ -1,14 +1,14 @@
 //! The deployment spec (`modelship.yaml`), Kubernetes-shaped. Unknown fields
 //! are errors. This holds the sections built so far (model, optimize,
-//! serving, resources, replicas, node_selector, slo, rollout, fault); autoscale and
-//! target join as they are built.
+//! serving, resources, replicas, node_selector, slo, rollout, autoscale,
+//! fault); `target` joins with the cluster orchestrators.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Fault, Optimize, Resources, Rollout, ServingLimits, Slo, Task};
+use crate::{Autoscale, Fault, Optimize, Resources, Rollout, ServingLimits, Slo, Task};
 
 pub const API_VERSION: &str = "modelship.dev/v1alpha1";
 pub const KIND: &str = "ModelDeployment";
@@ -51,6 +51,10 @@ pub struct DeploymentSpec {
     /// How a new revision replaces the serving one.
     #[serde(default)]
     pub rollout: Rollout,
+    /// Replicas follow the load between `min` and `max`; `replicas` is the
+    /// count to start with.
+    #[serde(default)]
+    pub autoscale: Option<Autoscale>,
     /// Errors injected at the gateway into this revision's traffic.
     #[serde(default)]
     pub fault: Option<Fault>,
@@ -124,6 +128,9 @@ impl ModelDeployment {
         }
         if let Some((field, reason)) = self.spec.rollout.problem() {
             return Err(err(&format!("spec.rollout.{field}"), reason));
+        }
+        if let Some((field, reason)) = self.spec.autoscale.as_ref().and_then(Autoscale::problem) {
+            return Err(err(&format!("spec.autoscale.{field}"), reason));
         }
         if let Some((field, reason)) = self.spec.fault.as_ref().and_then(Fault::problem) {
             return Err(err(&format!("spec.fault.{field}"), reason));

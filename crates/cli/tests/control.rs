@@ -24,9 +24,14 @@ struct ControlPlane {
 
 impl ControlPlane {
     fn start(data: &Path) -> ControlPlane {
+        Self::start_with(data, &[])
+    }
+
+    fn start_with(data: &Path, flags: &[&str]) -> ControlPlane {
         let mut child = modelship()
             .args(["up", "--api-port", "0", "--gateway-port", "0", "--data-dir"])
             .arg(data)
+            .args(flags)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -95,11 +100,22 @@ impl ControlPlane {
 }
 
 fn spec(dir: &Path, file: &str, source: &Path, replicas: u32, extra: &str) -> PathBuf {
+    named_spec(dir, file, "minilm", source, replicas, extra)
+}
+
+fn named_spec(
+    dir: &Path,
+    file: &str,
+    name: &str,
+    source: &Path,
+    replicas: u32,
+    extra: &str,
+) -> PathBuf {
     let path = dir.join(file);
     std::fs::write(
         &path,
         format!(
-            "apiVersion: modelship.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: minilm\n\
+            "apiVersion: modelship.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\n\
              spec:\n  model:\n    source: {}\n  resources: {{ cpu: 1 }}\n  replicas: {replicas}\n{extra}",
             source.display()
         ),
@@ -621,6 +637,122 @@ async fn autoscaling_follows_the_load() {
     assert!(events.contains("to 1 replicas"), "{events}");
 
     assert!(cp.cli(&["delete", "minilm"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cp.replicas().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_authenticates_streams_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "# one key a line\nsecret-1\n").unwrap();
+    let cp = ControlPlane::start_with(
+        &dir.path().join("data"),
+        &["--api-keys", keys.to_str().unwrap()],
+    );
+    let smol = named_spec(
+        dir.path(),
+        "smol.yaml",
+        "smol",
+        &modelship_testkit::smollm(),
+        1,
+        "",
+    );
+    assert!(
+        cp.cli(&["deploy", "-f", smol.to_str().unwrap(), "--wait"])
+            .status
+            .success()
+    );
+    let client = reqwest::Client::new();
+    let chat = json!({"model": "smol", "messages": [{"role": "user", "content": "Count from one to twenty."}],
+                      "max_tokens": 48, "temperature": 0, "stream": true});
+    let url = format!("{}/v1/chat/completions", cp.gateway);
+
+    let r = client.post(&url).json(&chat).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(&url)
+        .bearer_auth("wrong")
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // The stream passes through as the replica writes it: the first event
+    // arrives well before the last.
+    let started = Instant::now();
+    let mut r = client
+        .post(&url)
+        .bearer_auth("secret-1")
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let (mut first, mut events, mut text) = (None, 0, String::new());
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        first.get_or_insert(started.elapsed());
+        let chunk = String::from_utf8_lossy(&chunk).into_owned();
+        events += chunk.matches("data: ").count();
+        text.push_str(&chunk);
+    }
+    let total = started.elapsed();
+    let first = first.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(events > 10, "{events} events");
+    assert!(
+        first * 3 < total,
+        "first event after {first:?} of {total:?}: buffered, not streamed"
+    );
+
+    // An unknown model is a 404 naming it; a body without one, a 400.
+    let r = client
+        .post(&url)
+        .bearer_auth("secret-1")
+        .json(&json!({"model": "nope", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("`nope` is not deployed"));
+    let r = client
+        .post(&url)
+        .bearer_auth("secret-1")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Its own metrics, per deployment, revision and replica.
+    let metrics = client
+        .get(format!("{}/metrics", cp.gateway))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("modelship_gateway_requests_total") && l.contains("deployment=\"smol\"")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        line.contains("revision=\"1\"")
+            && line.contains("replica=\"smol-1-")
+            && line.contains("code=\"200\""),
+        "{line}"
+    );
+
+    assert!(cp.cli(&["delete", "smol"]).status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cp.replicas().is_empty() {
         assert!(Instant::now() < deadline);

@@ -60,6 +60,9 @@ enum Command {
     Delete(ops::NameArgs),
     /// A deployment's replicas' output.
     Logs(ops::LogsArgs),
+    /// Configuration for other proxies in front of a deployment's replicas.
+    #[command(subcommand)]
+    Render(ops::RenderCommand),
 }
 
 /// Exit codes: 1 the user's problem, 2 a bug, 64 bad configuration.
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::Scale(args) => ops::scale(args),
         Command::Delete(args) => ops::delete(args),
         Command::Logs(args) => ops::logs(args),
+        Command::Render(command) => ops::render(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,6 +25,9 @@ pub struct Args {
     api_port: u16,
     #[arg(long, default_value_t = 8080)]
     gateway_port: u16,
+    /// Gateway threads (default: one per core).
+    #[arg(long)]
+    gateway_threads: Option<usize>,
     /// A file of gateway API keys, one per line; requests without one get 401.
     #[arg(long)]
     api_keys: Option<PathBuf>,
@@ -74,6 +77,9 @@ pub fn run(mut args: Args) -> Result<(), Failure> {
         gateway: SocketAddr::new(args.host, args.gateway_port),
         orchestrator: Arc::new(orchestrator),
         gateway_config,
+        gateway_threads: args
+            .gateway_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         metrics: Some(Arc::new(move || metrics.render())),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

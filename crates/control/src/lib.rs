@@ -8,6 +8,7 @@ mod controller;
 pub mod digest;
 mod pipeline;
 pub mod plan;
+pub mod render;
 mod rollout;
 
 use std::collections::HashSet;
@@ -30,6 +31,8 @@ pub struct Config {
     pub gateway: SocketAddr,
     pub orchestrator: Arc<dyn Orchestrator>,
     pub gateway_config: modelship_gateway::Config,
+    /// Gateway threads, each with its own listener and upstream pool.
+    pub gateway_threads: usize,
     /// Renders this process's Prometheus metrics for the gateway's `/metrics`.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
@@ -70,14 +73,19 @@ pub async fn up(
     let api_listener = tokio::net::TcpListener::bind(config.api)
         .await
         .with_context(|| format!("cannot listen on {} (--api-port)", config.api))?;
-    let gateway_listener = tokio::net::TcpListener::bind(config.gateway)
-        .await
-        .with_context(|| format!("cannot listen on {} (--gateway-port)", config.gateway))?;
+    let gateway = Gateway::new(config.gateway_config, config.metrics);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (gateway_addr, gw) = modelship_gateway::serve(
+        gateway.clone(),
+        config.gateway,
+        config.gateway_threads,
+        stop_rx.clone(),
+    )
+    .with_context(|| format!("cannot listen on {} (--gateway-port)", config.gateway))?;
     let bound = Bound {
         api: api_listener.local_addr()?,
-        gateway: gateway_listener.local_addr()?,
+        gateway: gateway_addr,
     };
-    let gateway = Gateway::new(config.gateway_config, config.metrics);
     let ctx = Arc::new(Ctx {
         store,
         orchestrator: config.orchestrator,
@@ -88,13 +96,10 @@ pub async fn up(
         gateway_addr: bound.gateway,
     });
     let controller = tokio::spawn(controller::Controller::new(Arc::clone(&ctx)).run());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let api = axum::serve(api_listener, api::router(Arc::clone(&ctx)))
-        .with_graceful_shutdown(wait(stop_rx.clone()));
-    let gw = axum::serve(gateway_listener, modelship_gateway::router(gateway))
         .with_graceful_shutdown(wait(stop_rx));
     let run = async move {
         tokio::spawn(async move {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::Route;
+use crate::stats::{Counters, Stats};
 
 /// A revision's share of its deployment's traffic.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,11 +48,23 @@ pub struct Endpoint {
     pub consecutive_failures: AtomicU32,
     /// Gets no traffic before this time (ms on the gateway's clock).
     pub ejected_until: AtomicU64,
+    /// Its revision's counters (the canary analysis reads them).
+    pub(crate) stats: Arc<Counters>,
+    /// Prometheus handles resolved once, not per request.
+    pub(crate) answered_ok: metrics::Counter,
+    pub(crate) latency: metrics::Histogram,
 }
 
 impl Endpoint {
-    fn new(r: &Route) -> Endpoint {
+    fn new(r: &Route, stats: &Stats) -> Endpoint {
+        let revision = r.revision.to_string();
         Endpoint {
+            stats: stats.counters(&r.deployment, r.revision),
+            answered_ok: metrics::counter!("modelship_gateway_requests_total",
+                "deployment" => r.deployment.clone(), "revision" => revision.clone(),
+                "replica" => r.replica.clone(), "code" => "200"),
+            latency: metrics::histogram!("modelship_gateway_upstream_seconds",
+                "deployment" => r.deployment.clone(), "revision" => revision),
             deployment: r.deployment.clone(),
             revision: r.revision,
             replica: r.replica.clone(),
@@ -113,7 +126,12 @@ pub enum Pick {
 impl Table {
     /// A table for `routes`, reusing `old`'s endpoints (and so their
     /// counters) for replicas that stay.
-    pub fn build(old: &Table, routes: &[Route], shares: &HashMap<(String, u32), Share>) -> Table {
+    pub(crate) fn build(
+        old: &Table,
+        routes: &[Route],
+        shares: &HashMap<(String, u32), Share>,
+        stats: &Stats,
+    ) -> Table {
         let existing: HashMap<&str, &Arc<Endpoint>> = old
             .deployments
             .values()
@@ -127,7 +145,7 @@ impl Table {
                 Some(e) if e.addr == route.endpoint && e.revision == route.revision => {
                     Arc::clone(e)
                 }
-                _ => Arc::new(Endpoint::new(route)),
+                _ => Arc::new(Endpoint::new(route, stats)),
             };
             let revisions = deployments.entry(route.deployment.clone()).or_default();
             match revisions.iter_mut().find(|r| r.revision == route.revision) {

@@ -7,6 +7,8 @@
 //! ready through [`Gateway::set_routes`]; it owns no discovery of its own.
 
 mod balance;
+mod listen;
+mod pool;
 mod proxy;
 mod stats;
 
@@ -15,6 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use balance::{Abort, Endpoint, Pick, RevisionRoute, Share, Table};
+pub use listen::serve;
 pub use proxy::router;
 pub use stats::{RevisionStats, StatsSnapshot};
 
@@ -91,7 +94,7 @@ impl Gateway {
     /// of replicas that stay are kept.
     pub fn set_routes(&self, routes: &[Route], shares: &HashMap<(String, u32), Share>) {
         let old = self.table();
-        let table = Table::build(&old, routes, shares);
+        let table = Table::build(&old, routes, shares, &self.inner.stats);
         *self.inner.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
     }
 

@@ -16,37 +16,30 @@ use axum::routing::get;
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
 use crate::Gateway;
 use crate::balance::{Endpoint, Pick};
-
-type Upstream = Client<HttpConnector, Full<Bytes>>;
+use crate::pool::{Lent, Pool, Unanswered};
 
 #[derive(Clone)]
 struct Shared {
     gateway: Gateway,
-    client: Upstream,
+    pool: Arc<Pool>,
 }
 
 /// The gateway's routes: `/v1/models`, `/metrics`, `/healthz`, and every
 /// other request proxied to the deployment it names.
 pub fn router(gateway: Gateway) -> Router {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .build(connector);
     Router::new()
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(proxy)
-        .with_state(Shared { gateway, client })
+        .with_state(Shared {
+            gateway,
+            pool: Arc::default(),
+        })
 }
 
 /// The gateway's clock: ms since it first looked.
@@ -193,7 +186,7 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
             Pick::Endpoint(e, Some(abort))
                 if (random() % 10_000) as f64 <= abort.percent * 100.0 - 1.0 =>
             {
-                record(&s.gateway, &e, abort.status, 0.0, abort.status >= 500);
+                record(&e, abort.status, 0.0, abort.status >= 500);
                 let status =
                     StatusCode::from_u16(abort.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 return error(
@@ -233,7 +226,8 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
         }
         let mut upstream = hyper::Request::builder()
             .method(parts.method.clone())
-            .uri(format!("http://{}{path_and_query}", endpoint.addr))
+            .uri(path_and_query)
+            .header(header::HOST, endpoint.addr.as_str())
             .body(Full::new(body.clone()))
             .expect("method, uri and body came from a valid request");
         for (name, value) in &parts.headers {
@@ -244,8 +238,11 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
         endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
         let guard = Outstanding(Arc::clone(&endpoint));
         let started = Instant::now();
-        let answer =
-            tokio::time::timeout(config.upstream_timeout, s.client.request(upstream)).await;
+        let answer = tokio::time::timeout(
+            config.upstream_timeout,
+            s.pool.send(&endpoint.addr, upstream),
+        )
+        .await;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         match answer {
             Ok(Ok(response)) => {
@@ -259,13 +256,7 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
                 } else {
                     endpoint.succeeded();
                 }
-                record(
-                    &s.gateway,
-                    &endpoint,
-                    response.status().as_u16(),
-                    ms,
-                    failed,
-                );
+                record(&endpoint, response.status().as_u16(), ms, failed);
                 return response.map(|incoming| {
                     Body::new(Streamed {
                         incoming,
@@ -273,7 +264,7 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
                     })
                 });
             }
-            Ok(Err(e)) => {
+            Ok(Err(Unanswered(e))) => {
                 // Nothing came back: safe to send elsewhere.
                 tracing::debug!(replica = %endpoint.replica, "upstream failed: {e}");
                 endpoint.failed(
@@ -281,10 +272,10 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
                     config.eject_after,
                     config.eject_for.as_millis() as u64,
                 );
-                record(&s.gateway, &endpoint, 502, ms, true);
+                record(&endpoint, 502, ms, true);
             }
             Err(_) => {
-                record(&s.gateway, &endpoint, 504, ms, true);
+                record(&endpoint, 504, ms, true);
                 return error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
@@ -309,18 +300,17 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
     )
 }
 
-fn record(gateway: &Gateway, e: &Endpoint, code: u16, ms: f64, failed: bool) {
-    gateway
-        .inner
-        .stats
-        .record(&e.deployment, e.revision, ms, failed);
-    metrics::counter!("modelship_gateway_requests_total",
-        "deployment" => e.deployment.clone(), "revision" => e.revision.to_string(),
-        "replica" => e.replica.clone(), "code" => code.to_string())
-    .increment(1);
-    metrics::histogram!("modelship_gateway_upstream_seconds",
-        "deployment" => e.deployment.clone(), "revision" => e.revision.to_string())
-    .record(ms / 1e3);
+fn record(e: &Endpoint, code: u16, ms: f64, failed: bool) {
+    e.stats.record(ms, failed);
+    e.latency.record(ms / 1e3);
+    if code == 200 {
+        e.answered_ok.increment(1);
+    } else {
+        metrics::counter!("modelship_gateway_requests_total",
+            "deployment" => e.deployment.clone(), "revision" => e.revision.to_string(),
+            "replica" => e.replica.clone(), "code" => code.to_string())
+        .increment(1);
+    }
 }
 
 fn is_hop_by_hop(name: &header::HeaderName) -> bool {
@@ -351,7 +341,7 @@ impl Drop for Outstanding {
 /// The replica's response body, passed through frame by frame (SSE events
 /// reach the client as the replica writes them).
 struct Streamed {
-    incoming: Incoming,
+    incoming: Lent,
     _guard: Outstanding,
 }
 

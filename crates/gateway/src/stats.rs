@@ -3,7 +3,8 @@
 //! interval (the difference of two snapshots).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -27,9 +28,34 @@ const BOUNDS_MS: [f64; 16] = [
     f64::INFINITY,
 ];
 
+/// Each revision's live counters, created when its first replica is routed
+/// and kept for the life of the gateway (a canary's figures must survive
+/// routing changes).
 #[derive(Default)]
 pub(crate) struct Stats {
-    by_revision: Mutex<HashMap<(String, u32), RevisionStats>>,
+    by_revision: Mutex<HashMap<(String, u32), Arc<Counters>>>,
+}
+
+/// One revision's counters, updated without a lock on every request.
+#[derive(Debug, Default)]
+pub struct Counters {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    buckets: [AtomicU64; 16],
+}
+
+impl Counters {
+    pub(crate) fn record(&self, ms: f64, error: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let bucket = BOUNDS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(BOUNDS_MS.len() - 1);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What one revision of a deployment answered.
@@ -101,27 +127,23 @@ impl StatsSnapshot {
 }
 
 impl Stats {
-    pub(crate) fn record(&self, deployment: &str, revision: u32, ms: f64, error: bool) {
+    pub(crate) fn counters(&self, deployment: &str, revision: u32) -> Arc<Counters> {
         let mut map = self.by_revision.lock().unwrap_or_else(|p| p.into_inner());
-        let s = map
-            .entry((deployment.to_owned(), revision))
-            .or_insert_with(|| RevisionStats {
-                deployment: deployment.to_owned(),
-                revision,
-                ..Default::default()
-            });
-        s.requests += 1;
-        s.errors += error as u64;
-        let bucket = BOUNDS_MS
-            .iter()
-            .position(|&b| ms <= b)
-            .unwrap_or(BOUNDS_MS.len() - 1);
-        s.buckets[bucket] += 1;
+        Arc::clone(map.entry((deployment.to_owned(), revision)).or_default())
     }
 
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let map = self.by_revision.lock().unwrap_or_else(|p| p.into_inner());
-        let mut revisions: Vec<RevisionStats> = map.values().cloned().collect();
+        let mut revisions: Vec<RevisionStats> = map
+            .iter()
+            .map(|((deployment, revision), c)| RevisionStats {
+                deployment: deployment.clone(),
+                revision: *revision,
+                requests: c.requests.load(Ordering::Relaxed),
+                errors: c.errors.load(Ordering::Relaxed),
+                buckets: std::array::from_fn(|i| c.buckets[i].load(Ordering::Relaxed)),
+            })
+            .collect();
         revisions.sort_by(|a, b| (&a.deployment, a.revision).cmp(&(&b.deployment, b.revision)));
         StatsSnapshot { revisions }
     }

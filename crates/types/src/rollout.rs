@@ -195,7 +195,7 @@ impl Span {
             "h" => value * 3600.0,
             other => return Err(format!("`{other}` in `{s}` is not a unit (ms, s, m, h)")),
         };
-        if !(seconds >= 0.0 && seconds < 1e9) {
+        if !(0.0..1e9).contains(&seconds) {
             return Err(format!("`{s}` is not a duration from 0 to a few years"));
         }
         Ok(Span(Duration::from_secs_f64(seconds)))
@@ -205,7 +205,7 @@ impl Span {
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             write!(f, "{ms}ms")
         } else {
             write!(f, "{}s", ms / 1000)

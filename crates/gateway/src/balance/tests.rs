@@ -3,6 +3,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::stats::Stats;
 
 fn routes(spec: &[(u32, &str)]) -> Vec<Route> {
     spec.iter()
@@ -35,7 +36,7 @@ fn picked(p: Pick) -> String {
 #[test]
 fn unknown_models_and_empty_deployments_differ() {
     let weights = HashMap::from([(("m".to_owned(), 1), Share::weight(100))]);
-    let t = Table::build(&Table::default(), &[], &weights);
+    let t = Table::build(&Table::default(), &[], &weights, &Stats::default());
     assert!(matches!(
         t.pick("m", &[], 0, &mut counter_rng(1)),
         Pick::NoReplica
@@ -52,6 +53,7 @@ fn the_less_loaded_of_two_wins() {
         &Table::default(),
         &routes(&[(1, "a"), (1, "b")]),
         &HashMap::new(),
+        &Stats::default(),
     );
     let a = &t.deployments["m"][0].endpoints[0];
     a.outstanding.store(5, Ordering::Relaxed);
@@ -62,11 +64,21 @@ fn the_less_loaded_of_two_wins() {
 
 #[test]
 fn counters_survive_a_rebuild() {
-    let t = Table::build(&Table::default(), &routes(&[(1, "a")]), &HashMap::new());
+    let t = Table::build(
+        &Table::default(),
+        &routes(&[(1, "a")]),
+        &HashMap::new(),
+        &Stats::default(),
+    );
     t.deployments["m"][0].endpoints[0]
         .outstanding
         .store(3, Ordering::Relaxed);
-    let t2 = Table::build(&t, &routes(&[(1, "a"), (1, "b")]), &HashMap::new());
+    let t2 = Table::build(
+        &t,
+        &routes(&[(1, "a"), (1, "b")]),
+        &HashMap::new(),
+        &Stats::default(),
+    );
     assert_eq!(
         t2.deployments["m"][0].endpoints[0]
             .outstanding
@@ -81,7 +93,12 @@ fn weights_split_traffic() {
         (("m".to_owned(), 1), Share::weight(90)),
         (("m".to_owned(), 2), Share::weight(10)),
     ]);
-    let t = Table::build(&Table::default(), &routes(&[(1, "a"), (2, "bb")]), &weights);
+    let t = Table::build(
+        &Table::default(),
+        &routes(&[(1, "a"), (2, "bb")]),
+        &weights,
+        &Stats::default(),
+    );
     let mut rng = counter_rng(7);
     let to_b = (0..10_000)
         .filter(|_| picked(t.pick("m", &[], 0, &mut rng)) == "bb")
@@ -95,7 +112,12 @@ fn weights_split_traffic() {
         (("m".to_owned(), 1), Share::weight(100)),
         (("m".to_owned(), 2), Share::weight(0)),
     ]);
-    let t = Table::build(&Table::default(), &routes(&[(1, "a"), (2, "bb")]), &weights);
+    let t = Table::build(
+        &Table::default(),
+        &routes(&[(1, "a"), (2, "bb")]),
+        &weights,
+        &Stats::default(),
+    );
     assert!((0..1000).all(|_| picked(t.pick("m", &[], 0, &mut rng)) == "a"));
 }
 
@@ -105,6 +127,7 @@ fn failures_eject_for_a_while() {
         &Table::default(),
         &routes(&[(1, "a"), (1, "b")]),
         &HashMap::new(),
+        &Stats::default(),
     );
     let a = &t.deployments["m"][0].endpoints[0];
     for _ in 0..3 {
@@ -126,7 +149,7 @@ proptest! {
     ) {
         let ids: Vec<String> = (0..n).map(|i| "r".repeat(i + 1)).collect();
         let spec: Vec<(u32, &str)> = ids.iter().map(|s| (1, s.as_str())).collect();
-        let t = Table::build(&Table::default(), &routes(&spec), &HashMap::new());
+        let t = Table::build(&Table::default(), &routes(&spec), &HashMap::new(), &Stats::default());
         for (e, &ej) in t.deployments["m"][0].endpoints.iter().zip(&ejected) {
             if ej { e.ejected_until.store(100, Ordering::Relaxed); }
         }

@@ -1,0 +1,75 @@
+//! The gateway's listeners: one thread per core, each with its own
+//! single-threaded runtime, its own `SO_REUSEPORT` listener on the shared
+//! port and its own upstream connection pool (the nginx/Envoy worker model).
+//! A request and its upstream call then run on one thread: no cross-thread
+//! wake-ups on the hot path, which on a shared tokio runtime cost more than
+//! the proxying itself (perf: ~30% of the time in the scheduler).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::net::TcpSocket;
+use tokio::sync::{oneshot, watch};
+
+use crate::{Gateway, router};
+
+/// Binds `addr` on `threads` listeners and serves until `shutdown` turns
+/// true. Returns the bound address and a future that resolves when every
+/// thread has drained.
+pub fn serve(
+    gateway: Gateway,
+    addr: SocketAddr,
+    threads: usize,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<(SocketAddr, impl Future<Output = io::Result<()>>)> {
+    let socket = |at: SocketAddr| -> io::Result<TcpSocket> {
+        let s = if at.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        s.set_reuseaddr(true)?;
+        s.set_reuseport(true)?;
+        s.set_nodelay(true)?;
+        s.bind(at)?;
+        Ok(s)
+    };
+    let first = socket(addr)?;
+    let bound = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..threads.max(1) {
+        sockets.push(socket(bound)?);
+    }
+    let mut done = Vec::new();
+    for (i, s) in sockets.into_iter().enumerate() {
+        let (tx, rx) = oneshot::channel();
+        let (gateway, mut stop) = (gateway.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name(format!("gateway-{i}"))
+            .spawn(move || {
+                let result = (|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let listener = s.listen(1024)?;
+                        axum::serve(listener, router(gateway))
+                            .with_graceful_shutdown(async move {
+                                let _ = stop.wait_for(|s| *s).await;
+                            })
+                            .await
+                    })
+                })();
+                let _ = tx.send(result);
+            })?;
+        done.push(rx);
+    }
+    Ok((bound, async move {
+        for rx in done {
+            rx.await
+                .map_err(|_| io::Error::other("a gateway thread panicked"))??;
+        }
+        Ok(())
+    }))
+}

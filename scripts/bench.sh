@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# The benchmarks of docs/benchmarks.md: modelship against ONNX Runtime and
-# llama.cpp, measured in the same run on the same threads.
+# The benchmarks of docs/benchmarks.md: modelship against ONNX Runtime,
+# llama.cpp and HAProxy, measured in the same run on the same threads.
 #   BENCH_THREADS (default 2), BENCH_SECONDS per throughput point (default 15),
 #   BENCH_REPEATS per quantization timing (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=$(scripts/fetch-models.sh)
 scripts/setup-peers.sh --bench >/dev/null
+scripts/setup-services.sh --bench
 cargo build --release --quiet --bin modelship --example bench_generate
+cargo build --release --quiet -p modelship-gateway --example http_load
 # BENCH_ONLY=speed: only the quantization throughput table; =memory: only
-# the estimate-vs-RSS table.
+# the estimate-vs-RSS table; =gateway: only the proxy table.
 case "${BENCH_ONLY:-}" in
   memory) exec "$cache/venv/bin/python" scripts/bench/memory.py ;;
+  gateway) exec "$cache/venv/bin/python" scripts/bench/gateway.py ;;
   speed) exec "$cache/venv/bin/python" scripts/bench/quantize.py ;;
 esac
 "$cache/venv/bin/python" scripts/bench/run.py
 "$cache/venv/bin/python" scripts/bench/quantize.py
 "$cache/venv/bin/python" scripts/bench/memory.py
+"$cache/venv/bin/python" scripts/bench/gateway.py
 cargo run --release --quiet -p modelship-planner --example place_bench

@@ -15,6 +15,8 @@ echo "== test models"
 scripts/fetch-models.sh >/dev/null
 echo "== python reference"
 scripts/setup-peers.sh >/dev/null
+echo "== services (etcd)"
+scripts/setup-services.sh
 
 echo "== generated files"
 python3 scripts/make-corpus.py --check

@@ -44,6 +44,8 @@ enum Command {
     Bench(bench::Args),
     /// Run the control plane: API, controller, gateway and state store.
     Up(up::Args),
+    /// Run one more gateway, routing by what a control plane publishes in etcd.
+    Gateway(up::GatewayArgs),
     /// Take a spec through the pipeline and roll out a new revision.
     Deploy(ops::DeployArgs),
     /// List deployments, revisions, replicas or pipeline runs.
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Up(args) => up::run(args),
+        Command::Gateway(args) => up::gateway(args),
         Command::Deploy(args) => ops::deploy(args),
         Command::Get(args) => ops::get(args),
         Command::Status(args) => ops::status(args),

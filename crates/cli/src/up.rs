@@ -31,6 +31,10 @@ pub struct Args {
     /// A file of gateway API keys, one per line; requests without one get 401.
     #[arg(long)]
     api_keys: Option<PathBuf>,
+    /// Also publish routes in etcd (`etcd://HOST:PORT`) for other gateways
+    /// (`modelship gateway --discovery …`).
+    #[arg(long)]
+    discovery: Option<String>,
     /// Specs to deploy once the control plane is up.
     specs: Vec<PathBuf>,
 }
@@ -41,24 +45,7 @@ pub fn run(mut args: Args) -> Result<(), Failure> {
         .iter()
         .map(|p| crate::ops::resolved_spec(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut gateway_config = modelship_gateway::Config::default();
-    if let Some(path) = &args.api_keys {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --api-keys {}", path.display()))
-            .map_err(Failure::Config)?;
-        gateway_config.api_keys = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
-            .collect();
-        if gateway_config.api_keys.is_empty() {
-            return Err(Failure::Config(anyhow::anyhow!(
-                "--api-keys {} holds no key",
-                path.display()
-            )));
-        }
-    }
+    let gateway_config = gateway_config(args.api_keys.as_deref())?;
     // Absolute: revisions record artifact paths under it, and replicas may
     // be started from another working directory.
     std::fs::create_dir_all(&args.data_dir)
@@ -66,6 +53,12 @@ pub fn run(mut args: Args) -> Result<(), Failure> {
         .map(|dir| args.data_dir = dir)
         .with_context(|| format!("cannot create --data-dir {}", args.data_dir.display()))
         .map_err(Failure::Config)?;
+    let discovery = args
+        .discovery
+        .as_deref()
+        .map(modelship_gateway::etcd::Etcd::parse)
+        .transpose()
+        .map_err(|e| Failure::Config(e.into()))?;
     let exe = std::env::current_exe().context("cannot find the modelship binary")?;
     let cgroups = Cgroups::detect();
     let orchestrator = Local::new(exe, args.data_dir.join("logs"), cgroups.clone())
@@ -81,6 +74,7 @@ pub fn run(mut args: Args) -> Result<(), Failure> {
             .gateway_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         metrics: Some(Arc::new(move || metrics.render())),
+        discovery,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
@@ -106,5 +100,88 @@ pub fn run(mut args: Args) -> Result<(), Failure> {
             });
         }
         serving.await.map_err(Failure::User)
+    })
+}
+
+/// The gateway's settings from the command line: API keys from a file, one a
+/// line (`#` starts a comment).
+pub fn gateway_config(
+    api_keys: Option<&std::path::Path>,
+) -> Result<modelship_gateway::Config, Failure> {
+    let mut config = modelship_gateway::Config::default();
+    if let Some(path) = api_keys {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --api-keys {}", path.display()))
+            .map_err(Failure::Config)?;
+        config.api_keys = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        if config.api_keys.is_empty() {
+            return Err(Failure::Config(anyhow::anyhow!(
+                "--api-keys {} holds no key",
+                path.display()
+            )));
+        }
+    }
+    Ok(config)
+}
+
+#[derive(clap::Args)]
+pub struct GatewayArgs {
+    /// Where routes come from: `etcd://HOST:PORT`, as published by
+    /// `modelship up --discovery`.
+    #[arg(long)]
+    discovery: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// 0 picks a free port (the banner on stderr says which).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    api_keys: Option<PathBuf>,
+}
+
+/// `modelship gateway`: one more gateway, following the routes a control
+/// plane publishes in etcd.
+pub fn gateway(args: GatewayArgs) -> Result<(), Failure> {
+    let etcd = modelship_gateway::etcd::Etcd::parse(&args.discovery)
+        .map_err(|e| Failure::Config(e.into()))?;
+    let metrics = modelship_server::recorder();
+    let gateway = modelship_gateway::Gateway::new(
+        gateway_config(args.api_keys.as_deref())?,
+        Some(Arc::new(move || metrics.render())),
+    );
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (addr, serving) = modelship_gateway::serve(
+            gateway.clone(),
+            SocketAddr::new(args.host, args.port),
+            threads,
+            stop_rx.clone(),
+        )
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))
+        .map_err(Failure::Config)?;
+        eprintln!(
+            "modelship gateway: http://{addr}, routes from {}",
+            args.discovery
+        );
+        tokio::spawn(modelship_gateway::etcd::follow(etcd, gateway, stop_rx));
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = stop_tx.send(true);
+        });
+        serving
+            .await
+            .context("the gateway failed")
+            .map_err(Failure::User)
     })
 }

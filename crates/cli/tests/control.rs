@@ -116,12 +116,32 @@ fn named_spec(
         &path,
         format!(
             "apiVersion: modelship.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\n\
-             spec:\n  model:\n    source: {}\n  resources: {{ cpu: 1 }}\n  replicas: {replicas}\n{extra}",
+             spec:\n  model:\n    source: {}\n  resources: {{ cpu: 1, memory: 1Gi }}\n  replicas: {replicas}\n{extra}",
             source.display()
         ),
     )
     .unwrap();
     path
+}
+
+/// The memory limit of `pid`'s cgroup (v1 or v2), as the kernel reports it.
+fn memory_limit(pid: u64) -> Option<u64> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = if controllers.split(',').any(|c| c == "memory") {
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+        } else if controllers.is_empty()
+            && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        {
+            format!("/sys/fs/cgroup{path}/memory.max")
+        } else {
+            continue;
+        };
+        return std::fs::read_to_string(file).ok()?.trim().parse().ok();
+    }
+    None
 }
 
 fn alive(pid: u64) -> bool {
@@ -221,8 +241,18 @@ async fn rollouts_crashes_and_restarts_lose_no_request() {
             endpoint.parse::<std::net::SocketAddr>().is_ok(),
             "{endpoint}"
         );
-        assert!(alive(r["pid"].as_u64().unwrap()));
+        let pid = r["pid"].as_u64().unwrap();
+        assert!(alive(pid));
+        // spec.resources.memory, enforced by the replica's cgroup.
+        assert_eq!(
+            memory_limit(pid),
+            Some(1 << 30),
+            "replica {pid}'s cgroup memory limit"
+        );
     }
+    // `status` says how limits are enforced.
+    let status = String::from_utf8(cp.cli(&["status", "minilm"]).stdout).unwrap();
+    assert!(status.contains("resource limits: cgroup"), "{status}");
     let run = cp.json(&["get", "runs", "1"]);
     let stages: Vec<&str> = run["stages"]
         .as_array()
@@ -759,4 +789,163 @@ async fn the_gateway_authenticates_streams_and_counts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cp.kill();
+}
+
+/// A real etcd (Debian's etcd-server, installed by scripts/test.sh) on free
+/// loopback ports, its data in `dir`.
+struct EtcdServer {
+    child: Child,
+    url: String,
+}
+
+impl EtcdServer {
+    fn start(dir: &Path) -> EtcdServer {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (client, peer) = (free(), free());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let child = std::process::Command::new("etcd")
+            .args([
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--listen-client-urls",
+                &client_url,
+            ])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is missing: scripts/test.sh installs Debian's etcd-server");
+        let url = format!("etcd://127.0.0.1:{client}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        EtcdServer { child, url }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The entries a control plane published, with their leases.
+async fn published(etcd: &str) -> Vec<(String, String)> {
+    let e = modelship_gateway::etcd::Etcd::parse(etcd).unwrap();
+    let (_, kvs) = e.list("/modelship/replicas/").await.unwrap();
+    kvs.into_iter().map(|(k, _, lease)| (k, lease)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateways_share_replicas_through_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start(&dir.path().join("etcd"));
+    let cp = ControlPlane::start_with(&dir.path().join("data"), &["--discovery", &etcd.url]);
+    let v1 = spec(dir.path(), "v1.yaml", &modelship_testkit::minilm(), 2, "");
+    assert!(
+        cp.cli(&["deploy", "-f", v1.to_str().unwrap(), "--wait"])
+            .status
+            .success()
+    );
+    let replicas = cp.wait_ready(2, 1, Duration::from_secs(30));
+
+    // Each ready replica is published under a lease.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let entries = loop {
+        let e = published(&etcd.url).await;
+        if e.len() == 2 {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "published: {e:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(entries.iter().all(|(_, lease)| lease != "0"), "{entries:?}");
+
+    // A second gateway, fed only by etcd, serves the deployment.
+    let mut second = modelship()
+        .args(["gateway", "--discovery", &etcd.url, "--port", "0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let banner = support::first_line_starting(&mut second, "modelship gateway:");
+    let url = banner
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches(',')
+        .to_owned();
+    let client = reqwest::Client::new();
+    let embed = |base: String| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("{base}/v1/embeddings"))
+                .json(&json!({"model": "minilm", "input": "shared"}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while embed(url.clone()).await != 200 {
+        assert!(Instant::now() < deadline, "the second gateway never routed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let load = Load::start(&url, 2);
+    assert!(cp.cli(&["scale", "minilm", "1"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while published(&etcd.url).await.len() != 1 {
+        assert!(Instant::now() < deadline, "scale-down not published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty() && ok > 0,
+        "through the second gateway: {ok} ok, {failures:?}"
+    );
+
+    // The control plane gone, its lease expires and the entries with it.
+    cp.kill();
+    let deadline = Instant::now() + Duration::from_secs(modelship_gateway::etcd::LEASE_TTL_S + 10);
+    while !published(&etcd.url).await.is_empty() {
+        assert!(Instant::now() < deadline, "entries outlived the lease");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while embed(url.clone()).await == 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the second gateway still routes to unmanaged replicas"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    // The replicas outlived the control plane by design; stop them here.
+    for r in replicas {
+        let pid = r["pid"].as_u64().unwrap();
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+    }
 }

@@ -321,6 +321,9 @@ impl Controller {
             })
             .collect();
         self.ctx.gateway.set_routes(&routes, &shares);
+        if let Some(published) = &self.ctx.published {
+            published.send_replace((routes, shares));
+        }
     }
 
     fn event(&self, deployment: &str, message: String) {

@@ -33,6 +33,8 @@ pub struct Config {
     pub gateway_config: modelship_gateway::Config,
     /// Gateway threads, each with its own listener and upstream pool.
     pub gateway_threads: usize,
+    /// Publish routes in etcd too, for other gateways.
+    pub discovery: Option<modelship_gateway::etcd::Etcd>,
     /// Renders this process's Prometheus metrics for the gateway's `/metrics`.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
@@ -48,7 +50,15 @@ pub(crate) struct Ctx {
     /// Deployments with a pipeline run in progress.
     pub running: Mutex<HashSet<String>>,
     pub gateway_addr: SocketAddr,
+    /// The latest routes for the etcd publisher, when discovery is on.
+    pub published: Option<tokio::sync::watch::Sender<Routable>>,
 }
+
+/// What the gateway may route to: ready replicas and revision shares.
+pub(crate) type Routable = (
+    Vec<modelship_gateway::Route>,
+    std::collections::HashMap<(String, u32), modelship_gateway::Share>,
+);
 
 /// The addresses a started control plane listens on.
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +96,11 @@ pub async fn up(
         api: api_listener.local_addr()?,
         gateway: gateway_addr,
     };
+    let published = config.discovery.map(|etcd| {
+        let (tx, rx) = tokio::sync::watch::channel(Routable::default());
+        tokio::spawn(publish_to_etcd(etcd, rx));
+        tx
+    });
     let ctx = Arc::new(Ctx {
         store,
         orchestrator: config.orchestrator,
@@ -94,6 +109,7 @@ pub async fn up(
         wake: Notify::new(),
         running: Mutex::new(HashSet::new()),
         gateway_addr: bound.gateway,
+        published,
     });
     let controller = tokio::spawn(controller::Controller::new(Arc::clone(&ctx)).run());
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -113,4 +129,22 @@ pub async fn up(
         Ok(())
     };
     Ok((bound, run))
+}
+
+/// Keeps etcd's entries equal to the latest routes, and its lease alive.
+async fn publish_to_etcd(
+    etcd: modelship_gateway::etcd::Etcd,
+    mut routes: tokio::sync::watch::Receiver<Routable>,
+) {
+    let mut publisher = modelship_gateway::etcd::Publisher::new(etcd);
+    loop {
+        let latest = routes.borrow_and_update().clone();
+        if let Err(e) = publisher.publish(&latest.0, &latest.1).await {
+            tracing::warn!("discovery: {e:#}");
+        }
+        tokio::select! {
+            changed = routes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! ready through [`Gateway::set_routes`]; it owns no discovery of its own.
 
 mod balance;
+pub mod etcd;
 mod listen;
 mod pool;
 mod proxy;

@@ -31,6 +31,8 @@ pub struct Args {
     /// A file of gateway API keys, one per line; requests without one get 401.
     #[arg(long)]
     api_keys: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Also publish routes in etcd (`etcd://HOST:PORT`) for other gateways
     /// (`modelship gateway --discovery …`).
     #[arg(long)]
@@ -75,15 +77,18 @@ pub fn run(mut args: Args) -> Result<(), Failure> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         metrics: Some(Arc::new(move || metrics.render())),
         discovery,
+        tls: args.tls.load()?,
     };
+    let tls = config.tls.is_some();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
         let (bound, serving) = up(config, shutdown).await.map_err(Failure::Config)?;
+        let scheme = if tls { "https" } else { "http" };
         eprintln!(
-            "modelship control plane: API http://{}, gateway http://{}, data {}, resource limits: {}",
+            "modelship control plane: API http://{}, gateway {scheme}://{}, data {}, resource limits: {}",
             bound.api,
             bound.gateway,
             args.data_dir.display(),
@@ -144,6 +149,30 @@ pub struct GatewayArgs {
     threads: Option<usize>,
     #[arg(long)]
     api_keys: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// The gateway's TLS certificate and key.
+#[derive(clap::Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain: the gateway serves HTTPS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn load(&self) -> Result<Option<modelship_gateway::Tls>, Failure> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => modelship_gateway::Tls::from_pem(cert, key)
+                .map(Some)
+                .map_err(|e| Failure::Config(anyhow::anyhow!(e))),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// `modelship gateway`: one more gateway, following the routes a control
@@ -166,6 +195,7 @@ pub fn gateway(args: GatewayArgs) -> Result<(), Failure> {
             gateway.clone(),
             SocketAddr::new(args.host, args.port),
             threads,
+            args.tls.load()?,
             stop_rx.clone(),
         )
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))

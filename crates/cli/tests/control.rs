@@ -949,3 +949,88 @@ async fn gateways_share_replicas_through_etcd() {
             .status();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_serves_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is missing (Debian package openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let cp = ControlPlane::start_with(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(cp.gateway.starts_with("https://"), "{}", cp.gateway);
+    let v1 = spec(dir.path(), "v1.yaml", &modelship_testkit::minilm(), 1, "");
+    assert!(
+        cp.cli(&["deploy", "-f", v1.to_str().unwrap(), "--wait"])
+            .status
+            .success()
+    );
+    let curl = |scheme_url: &str| {
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--cacert",
+                cert.to_str().unwrap(),
+            ])
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-d",
+                r#"{"model":"minilm","input":"over TLS"}"#,
+            ])
+            .arg(format!("{scheme_url}/v1/embeddings"))
+            .output()
+            .expect("curl is missing (Debian package curl)")
+    };
+    let out = curl(&cp.gateway);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 384);
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = curl(&cp.gateway.replace("https://", "http://"));
+    assert!(
+        !plain.status.success() || !String::from_utf8_lossy(&plain.stdout).contains("embedding")
+    );
+
+    assert!(cp.cli(&["delete", "minilm"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cp.replicas().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.kill();
+}

@@ -33,6 +33,8 @@ pub struct Config {
     pub gateway_config: modelship_gateway::Config,
     /// Gateway threads, each with its own listener and upstream pool.
     pub gateway_threads: usize,
+    /// Serve the gateway over TLS.
+    pub tls: Option<modelship_gateway::Tls>,
     /// Publish routes in etcd too, for other gateways.
     pub discovery: Option<modelship_gateway::etcd::Etcd>,
     /// Renders this process's Prometheus metrics for the gateway's `/metrics`.
@@ -89,6 +91,7 @@ pub async fn up(
         gateway.clone(),
         config.gateway,
         config.gateway_threads,
+        config.tls,
         stop_rx.clone(),
     )
     .with_context(|| format!("cannot listen on {} (--gateway-port)", config.gateway))?;

@@ -12,6 +12,7 @@ mod listen;
 mod pool;
 mod proxy;
 mod stats;
+mod tls;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -21,6 +22,7 @@ pub use balance::{Abort, Endpoint, Pick, RevisionRoute, Share, Table};
 pub use listen::serve;
 pub use proxy::router;
 pub use stats::{RevisionStats, StatsSnapshot};
+pub use tls::Tls;
 
 /// One ready replica the gateway may send a deployment's traffic to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpSocket;
 use tokio::sync::{oneshot, watch};
 
-use crate::{Gateway, router};
+use crate::{Gateway, Tls, router};
 
 /// Binds `addr` on `threads` listeners and serves until `shutdown` turns
 /// true. Returns the bound address and a future that resolves when every
@@ -21,6 +21,7 @@ pub fn serve(
     gateway: Gateway,
     addr: SocketAddr,
     threads: usize,
+    tls: Option<Tls>,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<(SocketAddr, impl Future<Output = io::Result<()>>)> {
     let socket = |at: SocketAddr| -> io::Result<TcpSocket> {
@@ -44,7 +45,7 @@ pub fn serve(
     let mut done = Vec::new();
     for (i, s) in sockets.into_iter().enumerate() {
         let (tx, rx) = oneshot::channel();
-        let (gateway, mut stop) = (gateway.clone(), shutdown.clone());
+        let (gateway, mut stop, tls) = (gateway.clone(), shutdown.clone(), tls.clone());
         std::thread::Builder::new()
             .name(format!("gateway-{i}"))
             .spawn(move || {
@@ -54,11 +55,21 @@ pub fn serve(
                         .build()?;
                     rt.block_on(async move {
                         let listener = s.listen(1024)?;
-                        axum::serve(listener, router(gateway))
-                            .with_graceful_shutdown(async move {
-                                let _ = stop.wait_for(|s| *s).await;
-                            })
-                            .await
+                        let stopped = async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        match tls {
+                            Some(tls) => {
+                                axum::serve(tls.listen(listener)?, router(gateway))
+                                    .with_graceful_shutdown(stopped)
+                                    .await
+                            }
+                            None => {
+                                axum::serve(listener, router(gateway))
+                                    .with_graceful_shutdown(stopped)
+                                    .await
+                            }
+                        }
                     })
                 })();
                 let _ = tx.send(result);

@@ -82,9 +82,7 @@ pub fn run(mut args: Args) -> Result<(), Failure> {
     let tls = config.tls.is_some();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
+        let shutdown = stopped();
         let (bound, serving) = up(config, shutdown).await.map_err(Failure::Config)?;
         let scheme = if tls { "https" } else { "http" };
         eprintln!(
@@ -206,7 +204,7 @@ pub fn gateway(args: GatewayArgs) -> Result<(), Failure> {
         );
         tokio::spawn(modelship_gateway::etcd::follow(etcd, gateway, stop_rx));
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            stopped().await;
             let _ = stop_tx.send(true);
         });
         serving
@@ -214,4 +212,17 @@ pub fn gateway(args: GatewayArgs) -> Result<(), Failure> {
             .context("the gateway failed")
             .map_err(Failure::User)
     })
+}
+
+/// Resolves on Ctrl-C or SIGTERM. Replicas keep running: the next `up`
+/// adopts them.
+async fn stopped() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -301,63 +301,62 @@ pub fn get(args: GetArgs) -> Result<(), Failure> {
                 .filter(|d| args.name.as_ref().is_none_or(|n| &d.name == n))
                 .collect();
             print(out, &list, |l| {
-                let mut s = format!(
-                    "{:<20} {:>8} {:>7} {:>5}  {}\n",
-                    "NAME", "REVISION", "READY", "OLD", "MODEL"
-                );
-                for d in l {
-                    s += &format!(
-                        "{:<20} {:>8} {:>7} {:>5}  {}\n",
-                        d.name,
-                        d.revision,
-                        format!("{}/{}", d.ready, d.replicas),
-                        d.old,
-                        d.model
-                    );
-                }
-                s
+                table(
+                    &["NAME", "REVISION", "READY", "OLD", "MODEL"],
+                    l.iter().map(|d| {
+                        vec![
+                            d.name.clone(),
+                            d.revision.to_string(),
+                            format!("{}/{}", d.ready, d.replicas),
+                            d.old.to_string(),
+                            d.model.clone(),
+                        ]
+                    }),
+                )
             })
         }
         Kind::Revisions => {
             let list: Vec<Revision> =
                 parse(get_json(&args.api, &format!("/v1/revisions{filter}"))?)?;
             print(out, &list, |l| {
-                let mut s = format!(
-                    "{:<20} {:>8}  {:<28} {}\n",
-                    "DEPLOYMENT", "REVISION", "CAUSE", "MODEL"
-                );
-                for r in l {
-                    s += &format!(
-                        "{:<20} {:>8}  {:<28} {}\n",
-                        r.deployment,
-                        r.number,
-                        r.cause,
-                        r.artifact.display()
-                    );
-                }
-                s
+                table(
+                    &["DEPLOYMENT", "REVISION", "CAUSE", "MODEL"],
+                    l.iter().map(|r| {
+                        vec![
+                            r.deployment.clone(),
+                            r.number.to_string(),
+                            r.cause.clone(),
+                            r.artifact.display().to_string(),
+                        ]
+                    }),
+                )
             })
         }
         Kind::Replicas => {
             let list: Vec<Replica> = parse(get_json(&args.api, &format!("/v1/replicas{filter}"))?)?;
             print(out, &list, |l| {
-                let mut s = format!(
-                    "{:<28} {:<20} {:>8} {:<12} {:<22} {:>8} {:>8}\n",
-                    "REPLICA", "DEPLOYMENT", "REVISION", "STATE", "ENDPOINT", "PID", "RESTARTS"
-                );
-                for r in l {
-                    s += &format!(
-                        "{:<28} {:<20} {:>8} {:<12} {:<22} {:>8} {:>8}\n",
-                        r.id,
-                        r.deployment,
-                        r.revision,
-                        r.state.as_str(),
-                        r.endpoint,
-                        r.pid.map_or("-".into(), |p| p.to_string()),
-                        r.restarts
-                    );
-                }
-                s
+                table(
+                    &[
+                        "REPLICA",
+                        "DEPLOYMENT",
+                        "REVISION",
+                        "STATE",
+                        "ENDPOINT",
+                        "PID",
+                        "RESTARTS",
+                    ],
+                    l.iter().map(|r| {
+                        vec![
+                            r.id.clone(),
+                            r.deployment.clone(),
+                            r.revision.to_string(),
+                            r.state.as_str().to_owned(),
+                            r.endpoint.clone(),
+                            r.pid.map_or("-".into(), |p| p.to_string()),
+                            r.restarts.to_string(),
+                        ]
+                    }),
+                )
             })
         }
         Kind::Runs => match args.name {
@@ -395,25 +394,43 @@ pub fn get(args: GetArgs) -> Result<(), Failure> {
             None => {
                 let list: Vec<Run> = parse(get_json(&args.api, "/v1/runs")?)?;
                 print(out, &list, |l| {
-                    let mut s = format!(
-                        "{:>5} {:<20} {:<10} {:>8}  {}\n",
-                        "RUN", "DEPLOYMENT", "STATUS", "REVISION", "ERROR"
-                    );
-                    for r in l {
-                        s += &format!(
-                            "{:>5} {:<20} {:<10} {:>8}  {}\n",
-                            r.id,
-                            r.deployment,
-                            format!("{:?}", r.status).to_lowercase(),
-                            r.revision.map_or("-".into(), |n| n.to_string()),
-                            r.error.as_deref().map_or("", first_line)
-                        );
-                    }
-                    s
+                    table(
+                        &["RUN", "DEPLOYMENT", "STATUS", "REVISION", "ERROR"],
+                        l.iter().map(|r| {
+                            vec![
+                                r.id.to_string(),
+                                r.deployment.clone(),
+                                format!("{:?}", r.status).to_lowercase(),
+                                r.revision.map_or("-".into(), |n| n.to_string()),
+                                r.error.as_deref().map_or("", first_line).to_owned(),
+                            ]
+                        }),
+                    )
                 })
             }
         },
     }
+}
+
+/// Columns as wide as their widest cell, two spaces apart.
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
+        .chain(rows)
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 fn short(digest: &str) -> &str {

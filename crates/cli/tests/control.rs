@@ -93,6 +93,18 @@ impl ControlPlane {
         }
     }
 
+    /// Deletes `deployment`, waits until its replicas are gone, and stops
+    /// the control plane: a test leaves no process behind.
+    fn delete_and_stop(self, deployment: &str) {
+        assert!(self.cli(&["delete", deployment]).status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.replicas().is_empty() {
+            assert!(Instant::now() < deadline, "replicas left after delete");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+    }
+
     fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -514,13 +526,7 @@ async fn bad_specs_and_unloadable_revisions_leave_serving_untouched() {
     let events = cp.json(&["status", "minilm"])["events"].to_string();
     assert!(events.contains("rollout of revision"), "{events}");
 
-    assert!(cp.cli(&["delete", "minilm"]).status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cp.replicas().is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    cp.kill();
+    cp.delete_and_stop("minilm");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -624,13 +630,7 @@ async fn canary_and_blue_green_rollouts() {
         "rollback restarted revision 3's replica"
     );
 
-    assert!(cp.cli(&["delete", "minilm"]).status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cp.replicas().is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    cp.kill();
+    cp.delete_and_stop("minilm");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -666,13 +666,7 @@ async fn autoscaling_follows_the_load() {
     );
     assert!(events.contains("to 1 replicas"), "{events}");
 
-    assert!(cp.cli(&["delete", "minilm"]).status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cp.replicas().is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    cp.kill();
+    cp.delete_and_stop("minilm");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -782,13 +776,7 @@ async fn the_gateway_authenticates_streams_and_counts() {
         "{line}"
     );
 
-    assert!(cp.cli(&["delete", "smol"]).status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cp.replicas().is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    cp.kill();
+    cp.delete_and_stop("smol");
 }
 
 /// A real etcd (Debian's etcd-server, installed by scripts/test.sh) on free
@@ -1026,11 +1014,5 @@ async fn the_gateway_serves_https() {
         !plain.status.success() || !String::from_utf8_lossy(&plain.stdout).contains("embedding")
     );
 
-    assert!(cp.cli(&["delete", "minilm"]).status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cp.replicas().is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    cp.kill();
+    cp.delete_and_stop("minilm");
 }

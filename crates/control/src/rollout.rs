@@ -201,16 +201,7 @@ async fn canary(
         }
     }
     // Promoted: the stable revision's replicas are replaced by rolling.
-    put(
-        ctx,
-        &Deployment {
-            revision: number,
-            updated_at: now_ms(),
-            ..base.clone()
-        },
-        number,
-    )?;
-    wait_converged(ctx, name, number).await?;
+    retire_stable(ctx, base, number).await?;
     Ok(record)
 }
 
@@ -242,20 +233,23 @@ async fn blue_green(
     );
     tokio::time::sleep(delay.0).await;
     still_current(ctx, name, number)?;
-    put(
-        ctx,
-        &Deployment {
-            revision: number,
-            updated_at: now_ms(),
-            ..base.clone()
-        },
-        number,
-    )?;
-    wait_converged(ctx, name, number).await?;
+    retire_stable(ctx, base, number).await?;
     Ok(format!(
         "; switched when {} replica(s) were ready, revision {old} kept {delay}",
         base.replicas
     ))
+}
+
+/// Ends a canary or blue-green rollout: `number` alone serves, the stable
+/// revision's replicas go (by rolling), and this waits until they have.
+async fn retire_stable(ctx: &Ctx, base: &Deployment, number: u32) -> Result<(), Failed> {
+    let alone = Deployment {
+        revision: number,
+        updated_at: now_ms(),
+        ..base.clone()
+    };
+    put(ctx, &alone, number)?;
+    wait_converged(ctx, &base.name, number).await
 }
 
 /// Writes the deployment's new state unless someone changed it meanwhile.

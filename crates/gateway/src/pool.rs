@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -14,6 +15,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{SendRequest, handshake};
 use hyper_util::rt::TokioIo;
+
+use crate::Endpoint;
 
 /// Idle connections by replica address.
 #[derive(Default)]
@@ -60,12 +63,16 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Sends `request` to `addr` on an idle connection (or a new one).
+    /// Sends `request` to `endpoint` on an idle connection (or a new one).
+    /// The request counts as outstanding on the endpoint until its response
+    /// body is done or dropped.
     pub(crate) async fn send(
         self: &Arc<Self>,
-        addr: &str,
+        endpoint: &Arc<Endpoint>,
         request: hyper::Request<Full<Bytes>>,
     ) -> Result<hyper::Response<Lent>, Unanswered> {
+        let outstanding = Outstanding::new(endpoint);
+        let addr = endpoint.addr.as_str();
         let mut sender = match self.take(addr) {
             Some(s) => s,
             None => Self::connect(addr).await?,
@@ -83,15 +90,35 @@ impl Pool {
         Ok(response.map(|incoming| Lent {
             incoming,
             back: Some((pool, addr, sender)),
+            _outstanding: outstanding,
         }))
     }
 }
 
-/// A response body whose connection returns to the pool once it has been
-/// read to the end.
+/// Counts a request as outstanding on its replica while it lives (the
+/// balancer's load signal, and the autoscaler's).
+struct Outstanding(Arc<Endpoint>);
+
+impl Outstanding {
+    fn new(endpoint: &Arc<Endpoint>) -> Outstanding {
+        endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(Arc::clone(endpoint))
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A replica's response body, passed through frame by frame (SSE events
+/// reach the client as the replica writes them); its connection returns to
+/// the pool once it has been read to the end.
 pub(crate) struct Lent {
     incoming: Incoming,
     back: Option<(Arc<Pool>, String, SendRequest<Full<Bytes>>)>,
+    _outstanding: Outstanding,
 }
 
 impl Lent {

@@ -1,10 +1,8 @@
 //! The HTTP side: authentication, the request's target deployment, the
 //! retry loop, and streaming the chosen replica's answer back.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Router;
@@ -13,14 +11,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bytes::Bytes;
-use http_body::Frame;
 use http_body_util::Full;
 use serde_json::json;
 
 use crate::Gateway;
 use crate::balance::{Endpoint, Pick};
-use crate::pool::{Lent, Pool, Unanswered};
+use crate::pool::{Pool, Unanswered};
 
 #[derive(Clone)]
 struct Shared {
@@ -235,14 +231,9 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
                 upstream.headers_mut().append(name.clone(), value.clone());
             }
         }
-        endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
-        let guard = Outstanding(Arc::clone(&endpoint));
         let started = Instant::now();
-        let answer = tokio::time::timeout(
-            config.upstream_timeout,
-            s.pool.send(&endpoint.addr, upstream),
-        )
-        .await;
+        let answer =
+            tokio::time::timeout(config.upstream_timeout, s.pool.send(&endpoint, upstream)).await;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         match answer {
             Ok(Ok(response)) => {
@@ -257,12 +248,7 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
                     endpoint.succeeded();
                 }
                 record(&endpoint, response.status().as_u16(), ms, failed);
-                return response.map(|incoming| {
-                    Body::new(Streamed {
-                        incoming,
-                        _guard: guard,
-                    })
-                });
+                return response.map(Body::new);
             }
             Ok(Err(Unanswered(e))) => {
                 // Nothing came back: safe to send elsewhere.
@@ -326,41 +312,4 @@ fn is_hop_by_hop(name: &header::HeaderName) -> bool {
     ]
     .contains(name)
         || name.as_str() == "keep-alive"
-}
-
-/// Counts a request as outstanding on its replica until its response body
-/// is done (or dropped by a client that went away).
-struct Outstanding(Arc<Endpoint>);
-
-impl Drop for Outstanding {
-    fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The replica's response body, passed through frame by frame (SSE events
-/// reach the client as the replica writes them).
-struct Streamed {
-    incoming: Lent,
-    _guard: Outstanding,
-}
-
-impl http_body::Body for Streamed {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.incoming).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.incoming.size_hint()
-    }
 }

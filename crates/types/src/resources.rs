@@ -13,12 +13,8 @@ pub struct Bytes(pub u64);
 impl Bytes {
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let value: f64 = number
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}` is not a quantity like 512Mi or 2Gi"))?;
+        let (value, unit) = number_and_unit(s)
+            .ok_or_else(|| format!("`{s}` is not a quantity like 512Mi or 2Gi"))?;
         let scale: u64 = match unit {
             "" => 1,
             "k" | "K" => 1_000,
@@ -40,6 +36,13 @@ impl Bytes {
         }
         Ok(Bytes((value * scale as f64).round() as u64))
     }
+}
+
+/// `512Mi` → (512.0, "Mi"): the leading number and the unit after it.
+pub(crate) fn number_and_unit(s: &str) -> Option<(f64, &str)> {
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    Some((number.trim().parse().ok()?, unit))
 }
 
 impl fmt::Display for Bytes {

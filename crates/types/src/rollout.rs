@@ -182,12 +182,8 @@ pub struct Span(pub Duration);
 impl Span {
     pub fn parse(s: &str) -> Result<Span, String> {
         let s = s.trim();
-        let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let value: f64 = number
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration like 500ms, 30s, 2m or 1h"))?;
+        let (value, unit) = crate::resources::number_and_unit(s)
+            .ok_or_else(|| format!("`{s}` is not a duration like 500ms, 30s, 2m or 1h"))?;
         let seconds = match unit {
             "ms" => value / 1e3,
             "" | "s" => value,

@@ -97,7 +97,12 @@ impl Controller {
         let desired = self.desired()?;
         let actions = reconcile(&desired, &current, now);
         for action in actions {
-            self.apply(action, &mut current).await?;
+            // One action failing (a replica that cannot be spawned) must not
+            // keep the others from happening; the next tick tries again.
+            let what = format!("{action:?}");
+            if let Err(e) = self.apply(action, &mut current).await {
+                tracing::error!("controller: {what}: {e:#}");
+            }
         }
         self.publish(&current);
         Ok(())

@@ -147,8 +147,12 @@ impl Orchestrator for Local {
             };
             let port = free_port().map_err(err)?;
             let child = self.spawn(spec, port).map_err(err)?;
-            let pid = child.id().unwrap_or_default();
-            if let Err(e) = self.cgroups.apply(&spec.id, pid, spec.cpu, spec.memory) {
+            // None only if it has already been reaped; never 0, which
+            // kill(2) would read as "our own process group".
+            let pid = child.id();
+            if let Some(pid) = pid
+                && let Err(e) = self.cgroups.apply(&spec.id, pid, spec.cpu, spec.memory)
+            {
                 tracing::warn!(replica = %spec.id, "cannot apply cgroup limits: {e}");
             }
             self.children().insert(spec.id.clone(), child);
@@ -157,7 +161,7 @@ impl Orchestrator for Local {
                 deployment: spec.deployment.clone(),
                 revision: spec.revision,
                 endpoint: format!("127.0.0.1:{port}"),
-                pid: Some(pid),
+                pid,
                 state: ReplicaState::Starting,
                 restarts,
                 exited_at: None,
@@ -186,7 +190,8 @@ impl Orchestrator for Local {
         grace: Duration,
     ) -> BoxFuture<'a, Result<(), OrchestratorError>> {
         async move {
-            let Some(pid) = replica.pid else {
+            // pid 0 would signal our own process group: never.
+            let Some(pid) = replica.pid.filter(|&p| p > 0) else {
                 return Ok(());
             };
             if !self.alive(replica) {

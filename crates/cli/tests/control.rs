@@ -707,8 +707,10 @@ async fn the_gateway_authenticates_streams_and_counts() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    // The stream passes through as the replica writes it: the first event
-    // arrives well before the last.
+    // The stream passes through as the replica writes it: events arrive
+    // spread over the generation (~47 tokens), not in one burst at the end.
+    // (A ratio of first-event to total time is not robust when other tests
+    // load the machine: the prompt's prefill slows with them.)
     let started = Instant::now();
     let mut r = client
         .post(&url)
@@ -719,9 +721,10 @@ async fn the_gateway_authenticates_streams_and_counts() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
-    let (mut first, mut events, mut text) = (None, 0, String::new());
+    let (mut first, mut events, mut text, mut reads) = (None, 0, String::new(), 0);
     while let Some(chunk) = r.chunk().await.unwrap() {
         first.get_or_insert(started.elapsed());
+        reads += 1;
         let chunk = String::from_utf8_lossy(&chunk).into_owned();
         events += chunk.matches("data: ").count();
         text.push_str(&chunk);
@@ -730,9 +733,10 @@ async fn the_gateway_authenticates_streams_and_counts() {
     let first = first.unwrap();
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     assert!(events > 10, "{events} events");
+    let spread = total - first;
     assert!(
-        first * 3 < total,
-        "first event after {first:?} of {total:?}: buffered, not streamed"
+        reads > 10 && spread > Duration::from_millis(50),
+        "{reads} reads over {spread:?} after the first at {first:?}: buffered, not streamed"
     );
 
     // An unknown model is a 404 naming it; a body without one, a 400.

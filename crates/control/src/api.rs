@@ -257,11 +257,16 @@ async fn scale(
             reason: format!("{} is more than 10000", req.replicas),
         });
     }
-    let mut d = existing(&ctx, &name)?;
-    let from = d.replicas;
-    d.replicas = req.replicas;
-    d.updated_at = now_ms();
-    ctx.store.put_deployment(&d)?;
+    let mut from = 0;
+    let updated = ctx.store.update_deployment(&name, |d| {
+        from = d.replicas;
+        d.replicas = req.replicas;
+        d.updated_at = now_ms();
+        true
+    })?;
+    if updated.is_none() {
+        return Err(ApiError::NotFound(format!("no deployment `{name}`")));
+    }
     record(
         &ctx,
         &name,

@@ -115,7 +115,7 @@ impl Controller {
         let store = &self.ctx.store;
         let mut scalers = self.scalers.lock().unwrap_or_else(|p| p.into_inner());
         let mut seen = HashSet::new();
-        for mut d in store.deployments()? {
+        for d in store.deployments()? {
             let Some(spec) = store
                 .revision(&d.name, d.revision)?
                 .and_then(|r| r.spec.spec.autoscale)
@@ -137,17 +137,26 @@ impl Controller {
             );
             let decision = autoscale(&spec, state, now, d.replicas);
             if decision.replicas != d.replicas {
+                // Only the count changes, and only if the revision is still
+                // the one decided for (a rollout may have moved meanwhile).
                 let from = d.replicas;
-                d.replicas = decision.replicas;
-                d.updated_at = now;
-                store.put_deployment(&d)?;
-                self.event(
-                    &d.name,
-                    format!(
-                        "autoscaled from {from} to {} replicas: {}",
-                        d.replicas, decision.reason
-                    ),
-                );
+                let updated = store.update_deployment(&d.name, |now_d| {
+                    let same = now_d.revision == d.revision && now_d.stable.is_none();
+                    if same {
+                        now_d.replicas = decision.replicas;
+                        now_d.updated_at = now;
+                    }
+                    same
+                })?;
+                if updated.is_some_and(|u| u.replicas == decision.replicas) {
+                    self.event(
+                        &d.name,
+                        format!(
+                            "autoscaled from {from} to {} replicas: {}",
+                            decision.replicas, decision.reason
+                        ),
+                    );
+                }
             }
         }
         scalers.retain(|name, _| seen.contains(name));

@@ -253,11 +253,30 @@ async fn retire_stable(ctx: &Ctx, base: &Deployment, number: u32) -> Result<(), 
 }
 
 /// Writes the deployment's new state unless someone changed it meanwhile.
+/// The check and the write are one step: a rollback or delete in between
+/// wins, and this rollout stops.
 fn put(ctx: &Ctx, state: &Deployment, number: u32) -> Result<(), Failed> {
-    still_current(ctx, &state.name, number)?;
-    ctx.store.put_deployment(state)?;
-    ctx.wake.notify_one();
-    Ok(())
+    let stored = ctx.store.update_deployment(&state.name, |d| {
+        let current = d.revision == number;
+        if current {
+            *d = state.clone();
+        }
+        current
+    })?;
+    match stored {
+        None => Err(Failed::Superseded(format!(
+            "{} was deleted during its rollout",
+            state.name
+        ))),
+        Some(d) if d.revision != number => Err(Failed::Superseded(format!(
+            "revision {} replaced it during its rollout",
+            d.revision
+        ))),
+        Some(_) => {
+            ctx.wake.notify_one();
+            Ok(())
+        }
+    }
 }
 
 fn still_current(ctx: &Ctx, name: &str, number: u32) -> Result<(), Failed> {
@@ -363,12 +382,23 @@ fn roll_back(
     let name = &base.name;
     let message = match previous {
         Some(prev) if prev != failed => {
-            store.put_deployment(&Deployment {
+            // Only if nothing else (a rollback, a newer deploy) moved it.
+            let back = Deployment {
                 revision: prev,
                 updated_at: now_ms(),
                 ..base.clone()
+            };
+            let stored = store.update_deployment(name, |d| {
+                let still = d.revision == failed;
+                if still {
+                    *d = back;
+                }
+                still
             })?;
-            format!("rolled back to revision {prev}")
+            match stored {
+                Some(d) if d.revision == prev => format!("rolled back to revision {prev}"),
+                _ => "something else replaced it meanwhile: left as it is".to_owned(),
+            }
         }
         _ => {
             store.delete_deployment(name)?;

@@ -110,6 +110,37 @@ impl Store {
         })
     }
 
+    /// Reads, changes and writes one deployment under one lock, so that two
+    /// writers (the autoscaler, a rollout, `scale`) never lose each other's
+    /// change. `change` returns whether to write; the result is the
+    /// deployment as stored afterwards, `None` if there is none.
+    pub fn update_deployment(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut Deployment) -> bool,
+    ) -> Result<Option<Deployment>> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let Some(mut d) = one::<Deployment>(
+                &tx,
+                "SELECT body FROM deployments WHERE name = ?1",
+                params![name],
+                "deployment",
+            )?
+            else {
+                return Ok(None);
+            };
+            if change(&mut d) {
+                tx.execute(
+                    "UPDATE deployments SET body = ?1 WHERE name = ?2",
+                    params![json(&d), name],
+                )?;
+            }
+            tx.commit()?;
+            Ok(Some(d))
+        })
+    }
+
     /// Records a new revision and makes it the one the deployment rolls out,
     /// in one transaction.
     pub fn put_revision(&self, deployment: &Deployment, revision: &Revision) -> Result<()> {

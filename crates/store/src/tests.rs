@@ -144,3 +144,27 @@ fn a_file_that_is_not_a_database_is_an_open_error() {
     let err = Store::open(&path).err().unwrap();
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
 }
+
+#[test]
+fn update_deployment_changes_only_what_it_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    assert_eq!(store.update_deployment("a", |_| true).unwrap(), None);
+    store.put_deployment(&deployment("a", 1)).unwrap();
+    let after = store
+        .update_deployment("a", |d| {
+            d.replicas = 5;
+            true
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!((after.revision, after.replicas), (1, 5));
+    // Declined: nothing written.
+    store
+        .update_deployment("a", |d| {
+            d.replicas = 9;
+            false
+        })
+        .unwrap();
+    assert_eq!(store.deployment("a").unwrap().unwrap().replicas, 5);
+}

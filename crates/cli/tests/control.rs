@@ -480,6 +480,19 @@ async fn bad_specs_and_unloadable_revisions_leave_serving_untouched() {
     let out = cp.cli(&["deploy", "-f", typo.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("replcias"));
+    // Replicas that fit no node: the run fails at plan, saying why.
+    let huge = dir.path().join("huge.yaml");
+    let text = std::fs::read_to_string(&v1)
+        .unwrap()
+        .replace("memory: 1Gi", "memory: 100Ti");
+    std::fs::write(&huge, text).unwrap();
+    let out = cp.cli(&["deploy", "-f", huge.to_str().unwrap(), "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plan failed") && err.contains("cannot be placed"),
+        "{err}"
+    );
     // A model that fails the gate: the run fails at optimize.
     let strict = spec(
         dir.path(),

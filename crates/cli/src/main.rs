@@ -5,9 +5,11 @@ mod bench;
 mod compute;
 mod evaluate;
 mod inspect;
+mod listing;
 mod ops;
 mod plan;
 mod quantize;
+mod render;
 mod serve;
 mod spec;
 mod up;
@@ -49,7 +51,7 @@ enum Command {
     /// Take a spec through the pipeline and roll out a new revision.
     Deploy(ops::DeployArgs),
     /// List deployments, revisions, replicas or pipeline runs.
-    Get(ops::GetArgs),
+    Get(listing::GetArgs),
     /// A deployment's replicas and recent events.
     Status(ops::NameArgs),
     /// A deployment's revisions.
@@ -64,7 +66,7 @@ enum Command {
     Logs(ops::LogsArgs),
     /// Configuration for other proxies in front of a deployment's replicas.
     #[command(subcommand)]
-    Render(ops::RenderCommand),
+    Render(render::RenderCommand),
 }
 
 /// Exit codes: 1 the user's problem, 2 a bug, 64 bad configuration.
@@ -108,14 +110,14 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(args),
         Command::Gateway(args) => up::gateway(args),
         Command::Deploy(args) => ops::deploy(args),
-        Command::Get(args) => ops::get(args),
-        Command::Status(args) => ops::status(args),
-        Command::History(args) => ops::history(args),
+        Command::Get(args) => listing::get(args),
+        Command::Status(args) => listing::status(args),
+        Command::History(args) => listing::history(args),
         Command::Rollback(args) => ops::rollback(args),
         Command::Scale(args) => ops::scale(args),
         Command::Delete(args) => ops::delete(args),
         Command::Logs(args) => ops::logs(args),
-        Command::Render(command) => ops::render(command),
+        Command::Render(command) => render::render(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

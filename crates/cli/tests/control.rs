@@ -111,6 +111,31 @@ impl ControlPlane {
     }
 }
 
+impl Drop for ControlPlane {
+    /// A test that fails midway leaves no process behind either: its
+    /// replicas (which outlive the control plane by design) are killed
+    /// first, while the API can still name them.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let out = modelship()
+                .args(["get", "replicas", "-o", "json", "--api", &self.api])
+                .output();
+            if let Ok(out) = out
+                && let Ok(replicas) = serde_json::from_slice::<Vec<Value>>(&out.stdout)
+            {
+                for pid in replicas.iter().filter_map(|r| r["pid"].as_u64()) {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", &pid.to_string()])
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn spec(dir: &Path, file: &str, source: &Path, replicas: u32, extra: &str) -> PathBuf {
     named_spec(dir, file, "minilm", source, replicas, extra)
 }

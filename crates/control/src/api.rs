@@ -236,7 +236,7 @@ async fn delete(
 ) -> Result<Json<serde_json::Value>> {
     existing(&ctx, &name)?;
     ctx.store.delete_deployment(&name)?;
-    record(&ctx, &name, "deleted: stopping its replicas".into())?;
+    ctx.record_event(&name, "deleted: stopping its replicas".into())?;
     ctx.wake.notify_one();
     Ok(Json(json!({"deleted": name})))
 }
@@ -267,8 +267,7 @@ async fn scale(
     if updated.is_none() {
         return Err(ApiError::NotFound(format!("no deployment `{name}`")));
     }
-    record(
-        &ctx,
+    ctx.record_event(
         &name,
         format!("scaled from {from} to {} replicas", req.replicas),
     )?;
@@ -321,8 +320,7 @@ async fn rollback(
             updated_at: now_ms(),
             ..d
         })?;
-        record(
-            &ctx,
+        ctx.record_event(
             &name,
             format!("instant rollback to revision {n}: its replicas were still running"),
         )?;
@@ -354,8 +352,7 @@ async fn rollback(
         ..d
     };
     ctx.store.put_revision(&deployment, &revision)?;
-    record(
-        &ctx,
+    ctx.record_event(
         &name,
         format!("revision {number}: rollback to revision {}", target.number),
     )?;
@@ -466,14 +463,4 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<serde_json::Value>> 
         "deployments": ctx.store.deployments()?.len(),
         "replicas": ctx.store.replicas()?.len(),
     })))
-}
-
-fn record(ctx: &Ctx, deployment: &str, message: String) -> Result<()> {
-    tracing::info!(deployment, "{message}");
-    ctx.store.add_event(&Event {
-        deployment: deployment.to_owned(),
-        at: now_ms(),
-        message,
-    })?;
-    Ok(())
 }

@@ -10,7 +10,7 @@ use futures::future::join_all;
 use modelship_gateway::{Abort, Route, Share};
 use modelship_orchestrator::{Liveness, ReplicaSpec, now_ms};
 use modelship_planner::{Action, Desired, Sample, ScalerState, autoscale, reconcile};
-use modelship_types::{Event, Replica, ReplicaState};
+use modelship_types::{Replica, ReplicaState};
 
 use crate::Ctx;
 
@@ -68,9 +68,10 @@ impl Controller {
                     match state {
                         ReplicaState::Exited => {
                             r2.exited_at = Some(now);
-                            self.event(&r.deployment, format!("replica {} exited", r.id));
+                            self.ctx
+                                .event(&r.deployment, format!("replica {} exited", r.id));
                         }
-                        ReplicaState::Ready => self.event(
+                        ReplicaState::Ready => self.ctx.event(
                             &r.deployment,
                             format!("replica {} ready on {}", r.id, r.endpoint),
                         ),
@@ -149,7 +150,7 @@ impl Controller {
                     same
                 })?;
                 if updated.is_some_and(|u| u.replicas == decision.replicas) {
-                    self.event(
+                    self.ctx.event(
                         &d.name,
                         format!(
                             "autoscaled from {from} to {} replicas: {}",
@@ -196,7 +197,7 @@ impl Controller {
             } => {
                 let id = format!("{deployment}-{revision}-{}", suffix());
                 let replica = self.start(&deployment, revision, &id, 0).await?;
-                self.event(
+                self.ctx.event(
                     &deployment,
                     format!("started replica {id} (revision {revision})"),
                 );
@@ -211,7 +212,7 @@ impl Controller {
                 let fresh = self
                     .start(&old.deployment, old.revision, &old.id, restarts)
                     .await?;
-                self.event(
+                self.ctx.event(
                     &old.deployment,
                     format!("restarted replica {replica} (restart {restarts})"),
                 );
@@ -224,7 +225,8 @@ impl Controller {
                 };
                 r.state = ReplicaState::Terminating;
                 store.update_replicas(std::slice::from_ref(r), &[])?;
-                self.event(&r.deployment.clone(), format!("stopping replica {replica}"));
+                self.ctx
+                    .event(&r.deployment.clone(), format!("stopping replica {replica}"));
                 let r = r.clone();
                 // Out of the gateway before it is asked to exit.
                 self.publish(current);
@@ -337,18 +339,6 @@ impl Controller {
         self.ctx.gateway.set_routes(&routes, &shares);
         if let Some(published) = &self.ctx.published {
             published.send_replace((routes, shares));
-        }
-    }
-
-    fn event(&self, deployment: &str, message: String) {
-        tracing::info!(deployment, "{message}");
-        let event = Event {
-            deployment: deployment.to_owned(),
-            at: now_ms(),
-            message,
-        };
-        if let Err(e) = self.ctx.store.add_event(&event) {
-            tracing::error!("cannot record an event: {e:#}");
         }
     }
 }

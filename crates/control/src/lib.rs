@@ -56,6 +56,31 @@ pub(crate) struct Ctx {
     pub published: Option<tokio::sync::watch::Sender<Routable>>,
 }
 
+impl Ctx {
+    /// Logs something that happened to a deployment and records it for
+    /// `status` and `history`.
+    pub(crate) fn record_event(
+        &self,
+        deployment: &str,
+        message: String,
+    ) -> Result<(), modelship_store::StoreError> {
+        tracing::info!(deployment, "{message}");
+        self.store.add_event(&modelship_types::Event {
+            deployment: deployment.to_owned(),
+            at: modelship_orchestrator::now_ms(),
+            message,
+        })
+    }
+
+    /// [`Ctx::record_event`] where a failure to record must not stop the
+    /// caller (the controller, a pipeline run): it is logged.
+    pub(crate) fn event(&self, deployment: &str, message: String) {
+        if let Err(e) = self.record_event(deployment, message) {
+            tracing::error!("cannot record an event: {e:#}");
+        }
+    }
+}
+
 /// What the gateway may route to: ready replicas and revision shares.
 pub(crate) type Routable = (
     Vec<modelship_gateway::Route>,

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use modelship_optimize::{EvalOptions, optimize};
 use modelship_orchestrator::now_ms;
-use modelship_types::{Event, ModelDeployment, Node, QuantChoice, Run, RunStatus, Stage};
+use modelship_types::{ModelDeployment, Node, QuantChoice, Run, RunStatus, Stage};
 use serde::{Deserialize, Serialize};
 
 use crate::{Ctx, digest, plan, rollout};
@@ -95,7 +95,7 @@ pub(crate) async fn deploy(ctx: Arc<Ctx>, spec: ModelDeployment, run: Run) {
         None => format!("run {} succeeded", rec.run.id),
         Some(e) => format!("run {} failed: {e}", rec.run.id),
     };
-    event(&ctx, &name, message);
+    ctx.event(&name, message);
     ctx.running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -285,18 +285,6 @@ async fn optimized(
         Ok(artifact)
     })
     .await
-}
-
-pub(crate) fn event(ctx: &Ctx, deployment: &str, message: String) {
-    tracing::info!(deployment, "{message}");
-    let e = Event {
-        deployment: deployment.to_owned(),
-        at: now_ms(),
-        message,
-    };
-    if let Err(err) = ctx.store.add_event(&e) {
-        tracing::error!("cannot record an event: {err:#}");
-    }
 }
 
 /// Runs blocking work (model reads, quantization) off the async workers.

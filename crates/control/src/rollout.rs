@@ -14,7 +14,6 @@ use modelship_planner::{Verdict, Window, judge_canary};
 use modelship_types::{Deployment, ModelDeployment, ReplicaState, Revision, Strategy};
 
 use crate::Ctx;
-use crate::pipeline::event;
 
 /// Restarts of one new replica that count as a crash loop.
 const CRASH_LOOP_RESTARTS: u32 = 3;
@@ -98,8 +97,7 @@ pub(crate) async fn rollout(
         },
     };
     store.put_revision(&first, &revision)?;
-    event(
-        ctx,
+    ctx.event(
         name,
         format!("revision {number} created by run {run_id}; {strategy:?} rollout"),
     );
@@ -192,7 +190,7 @@ async fn canary(
         );
         match judge_canary(&cw, &sw, c) {
             Verdict::Promote(why) => {
-                event(ctx, name, format!("canary step {percent}% passed: {why}"));
+                ctx.event(name, format!("canary step {percent}% passed: {why}"));
                 record.push_str(&format!("\n  {percent}%: {why}"));
             }
             Verdict::RollBack(why) => {
@@ -224,9 +222,7 @@ async fn blue_green(
     };
     put(ctx, &switched, number)?;
     let delay = spec.spec.rollout.scale_down_delay;
-    event(
-        ctx,
-        name,
+    ctx.event(name,
         format!(
             "switched all traffic to revision {number}; revision {old} stays {delay} for an instant rollback"
         ),
@@ -405,8 +401,7 @@ fn roll_back(
             "nothing served before it: the deployment was removed".to_owned()
         }
     };
-    event(
-        ctx,
+    ctx.event(
         name,
         format!("rollout of revision {failed} failed: {message}"),
     );

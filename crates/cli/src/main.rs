@@ -2,6 +2,7 @@
 //! turn its error into a message with its causes and an exit code.
 
 mod bench;
+mod build;
 mod compute;
 mod evaluate;
 mod inspect;
@@ -67,6 +68,10 @@ enum Command {
     /// Configuration for other proxies in front of a deployment's replicas.
     #[command(subcommand)]
     Render(render::RenderCommand),
+    /// Build the deployment's OCI image (no daemon, no base image).
+    Build(build::Args),
+    /// Exit 0 when a URL answers 2xx: the image's health check.
+    Probe(build::ProbeArgs),
 }
 
 /// Exit codes: 1 the user's problem, 2 a bug, 64 bad configuration.
@@ -118,6 +123,8 @@ fn main() -> ExitCode {
         Command::Delete(args) => ops::delete(args),
         Command::Logs(args) => ops::logs(args),
         Command::Render(command) => render::render(command),
+        Command::Build(args) => build::run(args),
+        Command::Probe(args) => build::probe(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

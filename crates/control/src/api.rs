@@ -112,6 +112,15 @@ async fn deploy(State(ctx): State<Arc<Ctx>>, Json(req): Json<DeployRequest>) -> 
                 .into(),
         });
     }
+    if matches!(spec.spec.target, modelship_types::Target::Kubernetes) {
+        return Err(ApiError::Invalid {
+            field: "spec.target".into(),
+            reason: format!(
+                "`{}` is not supported by the control plane yet (local, docker and swarm are); `modelship render kubernetes` writes its manifests",
+                spec.spec.target
+            ),
+        });
+    }
     let name = spec.metadata.name.clone();
     if !ctx
         .running
@@ -406,7 +415,7 @@ async fn logs(
         .iter()
         .filter(|r| r.deployment == name)
     {
-        let Some(path) = ctx.orchestrator.log_path(&r.id) else {
+        let Some(path) = ctx.targets.local().log_path(&r.id) else {
             continue;
         };
         let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -459,7 +468,7 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<serde_json::Value>> 
     Ok(Json(json!({
         "gateway": ctx.gateway_addr.to_string(),
         "data_dir": ctx.data_dir,
-        "resource_limits": ctx.orchestrator.limits_note(),
+        "resource_limits": ctx.targets.local().limits_note(),
         "deployments": ctx.store.deployments()?.len(),
         "replicas": ctx.store.replicas()?.len(),
     })))

@@ -10,7 +10,7 @@ use futures::future::join_all;
 use modelship_gateway::{Abort, Route, Share};
 use modelship_orchestrator::{Liveness, ReplicaSpec, now_ms};
 use modelship_planner::{Action, Desired, Sample, ScalerState, autoscale, reconcile};
-use modelship_types::{Replica, ReplicaState};
+use modelship_types::{Replica, ReplicaState, Target};
 
 use crate::Ctx;
 
@@ -25,6 +25,8 @@ pub(crate) struct Controller {
     stopping: Arc<Mutex<HashSet<String>>>,
     /// Each autoscaled deployment's samples and panic state.
     scalers: Mutex<HashMap<String, ScalerState>>,
+    /// Swarm tasks as last observed, published beside the other replicas.
+    swarm_seen: Mutex<Vec<Replica>>,
 }
 
 impl Controller {
@@ -33,6 +35,7 @@ impl Controller {
             ctx,
             stopping: Arc::default(),
             scalers: Mutex::default(),
+            swarm_seen: Mutex::default(),
         }
     }
 
@@ -50,8 +53,11 @@ impl Controller {
 
     async fn tick(&self) -> anyhow::Result<()> {
         let store = &self.ctx.store;
-        let replicas = store.replicas()?;
-        let seen = join_all(replicas.iter().map(|r| self.ctx.orchestrator.observe(r))).await;
+        let (swarm_stored, replicas): (Vec<Replica>, Vec<Replica>) = store
+            .replicas()?
+            .into_iter()
+            .partition(|r| r.target == Target::Swarm);
+        let seen = join_all(replicas.iter().map(|r| self.observe(r))).await;
         let now = now_ms();
         let mut changed = Vec::new();
         let mut removed = Vec::new();
@@ -95,7 +101,16 @@ impl Controller {
         }
 
         self.autoscale(now)?;
-        let desired = self.desired()?;
+        let (swarm_desired, desired): (Vec<_>, Vec<_>) = self
+            .desired()?
+            .into_iter()
+            .partition(|(_, target)| *target == Target::Swarm);
+        let swarm_desired: Vec<Desired> = swarm_desired.into_iter().map(|(d, _)| d).collect();
+        let desired: Vec<Desired> = desired.into_iter().map(|(d, _)| d).collect();
+        if !swarm_desired.is_empty() || !swarm_stored.is_empty() || self.ctx.targets.swarm_in_use()
+        {
+            self.swarm(&swarm_desired, swarm_stored).await;
+        }
         let actions = reconcile(&desired, &current, now);
         for action in actions {
             // One action failing (a replica that cannot be spawned) must not
@@ -164,7 +179,45 @@ impl Controller {
         Ok(())
     }
 
-    fn desired(&self) -> anyhow::Result<Vec<Desired>> {
+    /// Runs the Swarm pass and records its tasks; when Swarm cannot be
+    /// reached, the last observation stands.
+    async fn swarm(&self, desired: &[Desired], stored: Vec<Replica>) {
+        let fresh = match crate::swarm::pass(&self.ctx, desired, &stored).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!("swarm: {e:#}");
+                return;
+            }
+        };
+        for r in &fresh {
+            let before = stored.iter().find(|s| s.id == r.id);
+            if r.state == ReplicaState::Ready
+                && before.is_none_or(|b| b.state != ReplicaState::Ready)
+            {
+                self.ctx.event(
+                    &r.deployment,
+                    format!("replica {} ready on {}", r.id, r.endpoint),
+                );
+            }
+        }
+        let changed: Vec<Replica> = fresh
+            .iter()
+            .filter(|r| !stored.contains(r))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = stored
+            .iter()
+            .filter(|s| !fresh.iter().any(|r| r.id == s.id))
+            .map(|s| s.id.clone())
+            .collect();
+        if let Err(e) = self.ctx.store.update_replicas(&changed, &removed) {
+            tracing::error!("swarm: cannot record tasks: {e:#}");
+        }
+        *self.swarm_seen.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
+    /// Each deployment's desired state and the target its serving revision runs on.
+    fn desired(&self) -> anyhow::Result<Vec<(Desired, Target)>> {
         let store = &self.ctx.store;
         let mut out = Vec::new();
         for d in store.deployments()? {
@@ -177,13 +230,16 @@ impl Controller {
                 Some(s) => (d.new_replicas.unwrap_or(d.replicas), Some((s, d.replicas))),
                 None => (d.replicas, None),
             };
-            out.push(Desired {
-                deployment: d.name,
-                revision: d.revision,
-                replicas,
-                rollout: rev.spec.spec.rollout,
-                stable,
-            });
+            out.push((
+                Desired {
+                    deployment: d.name,
+                    revision: d.revision,
+                    replicas,
+                    rollout: rev.spec.spec.rollout,
+                    stable,
+                },
+                rev.spec.spec.target,
+            ));
         }
         Ok(out)
     }
@@ -252,12 +308,37 @@ impl Controller {
             id: id.to_owned(),
             deployment: deployment.to_owned(),
             revision,
-            artifact: rev.artifact.clone(),
+            // Containers find the model where the image put it.
+            artifact: match &rev.image {
+                Some(_) => modelship_package::ImageSpec::model_in_image(&rev.artifact).into(),
+                None => rev.artifact.clone(),
+            },
+            image: rev.image.clone(),
             limits: rev.spec.spec.serving,
             cpu: rev.spec.spec.resources.cpu,
-            memory: rev.spec.spec.resources.memory.map(|m| m.0),
+            memory: memory_limit(&rev),
         };
-        Ok(self.ctx.orchestrator.start(&spec, restarts).await?)
+        let target = rev.spec.spec.target;
+        let orchestrator = self.ctx.targets.get(target).await?;
+        let mut replica = orchestrator.start(&spec, restarts).await?;
+        replica.target = target;
+        Ok(replica)
+    }
+
+    /// What the replica's orchestrator sees; an orchestrator that cannot be
+    /// reached (the Docker engine is down) reports no change rather than
+    /// every replica gone.
+    async fn observe(&self, r: &Replica) -> Liveness {
+        match self.ctx.targets.get(r.target).await {
+            Ok(o) => o.observe(r).await,
+            Err(e) => {
+                tracing::warn!(replica = %r.id, "{e:#}");
+                match r.state {
+                    ReplicaState::Ready => Liveness::Ready,
+                    _ => Liveness::Running,
+                }
+            }
+        }
     }
 
     /// Drains and removes a replica in the background.
@@ -273,8 +354,18 @@ impl Controller {
         let ctx = Arc::clone(&self.ctx);
         let stopping = Arc::clone(&self.stopping);
         tokio::spawn(async move {
-            if let Err(e) = ctx.orchestrator.stop(&r, DRAIN_GRACE).await {
+            let stopped = match ctx.targets.get(r.target).await {
+                Ok(o) => o.stop(&r, DRAIN_GRACE).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = stopped {
+                // Kept in the store (Terminating) so the next tick tries again.
                 tracing::warn!("{e:#}");
+                stopping
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&r.id);
+                return;
             }
             if let Err(e) = ctx.store.update_replicas(&[], std::slice::from_ref(&r.id)) {
                 tracing::error!("cannot remove replica {}: {e:#}", r.id);
@@ -292,8 +383,14 @@ impl Controller {
     /// new one, else by each revision's count of ready replicas (so every
     /// ready replica gets an equal share during a rolling update).
     fn publish(&self, replicas: &[Replica]) {
+        let swarm = self
+            .swarm_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let ready: Vec<&Replica> = replicas
             .iter()
+            .chain(&swarm)
             .filter(|r| r.state == ReplicaState::Ready)
             .collect();
         let routes: Vec<Route> = ready
@@ -341,6 +438,17 @@ impl Controller {
             published.send_replace((routes, shares));
         }
     }
+}
+
+/// A replica's memory limit: the spec's, else the plan's estimate with a
+/// quarter more, so an estimate a little short does not get it killed.
+pub(crate) fn memory_limit(rev: &modelship_types::Revision) -> Option<u64> {
+    rev.spec
+        .spec
+        .resources
+        .memory
+        .map(|m| m.0)
+        .or(rev.memory_estimate.map(|e| e + e / 4))
 }
 
 /// A replica's next state from what was observed; `None`: it is gone for

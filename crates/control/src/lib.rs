@@ -6,10 +6,12 @@
 mod api;
 mod controller;
 pub mod digest;
+pub mod package;
 mod pipeline;
 pub mod plan;
 pub mod render;
 mod rollout;
+mod swarm;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -20,9 +22,11 @@ use anyhow::Context;
 use modelship_gateway::Gateway;
 use modelship_orchestrator::Orchestrator;
 use modelship_store::Store;
+use modelship_types::Target;
 use tokio::sync::Notify;
 
 pub use api::{ApiError, DeployRequest, DeploymentSummary};
+pub use pipeline::{Artifact, optimized_model};
 
 /// What `modelship up` runs with.
 pub struct Config {
@@ -41,10 +45,70 @@ pub struct Config {
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
+/// The orchestrators replicas run on: local processes always, Docker once a
+/// deployment asks for it (so `up` works where no engine runs).
+pub(crate) struct Targets {
+    local: Arc<dyn Orchestrator>,
+    docker: tokio::sync::OnceCell<Arc<modelship_orchestrator::Docker>>,
+    swarm: tokio::sync::OnceCell<Arc<modelship_orchestrator::Swarm>>,
+}
+
+impl Targets {
+    pub(crate) fn local(&self) -> &Arc<dyn Orchestrator> {
+        &self.local
+    }
+
+    pub(crate) async fn docker(&self) -> anyhow::Result<Arc<modelship_orchestrator::Docker>> {
+        self.docker
+            .get_or_try_init(|| async {
+                Ok(Arc::new(modelship_orchestrator::Docker::connect().await?))
+            })
+            .await
+            .cloned()
+    }
+
+    pub(crate) async fn swarm(&self) -> anyhow::Result<Arc<modelship_orchestrator::Swarm>> {
+        self.swarm
+            .get_or_try_init(|| async {
+                Ok(Arc::new(modelship_orchestrator::Swarm::connect().await?))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Whether a Swarm deployment has been seen since this process started
+    /// (its services may need removing even when no task runs).
+    pub(crate) fn swarm_in_use(&self) -> bool {
+        self.swarm.initialized()
+    }
+
+    /// The Docker engine, for loading images (Swarm's engine when a Swarm
+    /// deployment is the first to ask).
+    pub(crate) async fn engine(
+        &self,
+        target: Target,
+    ) -> anyhow::Result<modelship_orchestrator::Engine> {
+        Ok(match target {
+            Target::Swarm => self.swarm().await?.engine().clone(),
+            _ => self.docker().await?.engine().clone(),
+        })
+    }
+
+    /// The orchestrator of per-replica targets; Swarm replicas are the
+    /// tasks of services ([`crate::swarm`]), not started one by one.
+    pub(crate) async fn get(&self, target: Target) -> anyhow::Result<Arc<dyn Orchestrator>> {
+        match target {
+            Target::Local => Ok(Arc::clone(&self.local)),
+            Target::Docker => Ok(self.docker().await?),
+            other => anyhow::bail!("target `{other}` is not supported by the control plane yet"),
+        }
+    }
+}
+
 /// State shared by the API, the controller and pipeline runs.
 pub(crate) struct Ctx {
     pub store: Store,
-    pub orchestrator: Arc<dyn Orchestrator>,
+    pub targets: Targets,
     pub gateway: Gateway,
     pub data_dir: PathBuf,
     /// Wakes the controller after a change.
@@ -131,7 +195,11 @@ pub async fn up(
     });
     let ctx = Arc::new(Ctx {
         store,
-        orchestrator: config.orchestrator,
+        targets: Targets {
+            local: config.orchestrator,
+            docker: tokio::sync::OnceCell::new(),
+            swarm: tokio::sync::OnceCell::new(),
+        },
         gateway: gateway.clone(),
         data_dir: config.data_dir,
         wake: Notify::new(),

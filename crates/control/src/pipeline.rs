@@ -3,14 +3,14 @@
 //! result. A failed stage fails the run and leaves what serves untouched;
 //! the rollout stage ([`crate::rollout`]) rolls back a revision that fails.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use modelship_optimize::{EvalOptions, optimize};
 use modelship_orchestrator::now_ms;
-use modelship_types::{ModelDeployment, Node, QuantChoice, Run, RunStatus, Stage};
+use modelship_types::{ModelDeployment, Node, QuantChoice, Revision, Run, RunStatus, Stage};
 use serde::{Deserialize, Serialize};
 
 use crate::{Ctx, digest, plan, rollout};
@@ -75,10 +75,40 @@ impl Recorder<'_> {
 /// The optimized model a spec's model and `optimize` section produce,
 /// cached under the digest of both.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Artifact {
-    path: PathBuf,
-    digest: String,
-    detail: String,
+pub struct Artifact {
+    pub path: PathBuf,
+    pub digest: String,
+    /// What optimize chose and its evaluation table.
+    pub detail: String,
+    /// Found in the cache rather than optimized now.
+    #[serde(skip)]
+    pub cached: bool,
+}
+
+/// The optimized model of `spec` (from `data_dir`'s cache when built
+/// before): what `modelship build` packages. Blocking.
+pub async fn optimized_model(data_dir: &Path, spec: &ModelDeployment) -> anyhow::Result<Artifact> {
+    let source = spec.spec.model.source.clone();
+    let model_digest = blocking(move || {
+        modelship_model::inspect(&source)
+            .with_context(|| format!("spec.model.source: cannot read {}", source.display()))?;
+        Ok(digest::of_path(&source)?)
+    })
+    .await?;
+    let key = optimize_key(&model_digest, spec)?;
+    optimized(data_dir, spec, &model_digest, &key).await
+}
+
+/// The cache key of an optimized model: the source's digest and the
+/// `optimize` section.
+fn optimize_key(model_digest: &str, spec: &ModelDeployment) -> anyhow::Result<String> {
+    Ok(digest::of_bytes(
+        format!(
+            "{model_digest}\n{}",
+            serde_json::to_string(&spec.spec.optimize)?
+        )
+        .as_bytes(),
+    ))
 }
 
 /// Runs the pipeline for `spec` as `run` (already recorded, `Running`).
@@ -144,16 +174,10 @@ async fn stages(
     )?;
 
     // optimize: quantize/prune behind the gate, cached by content.
-    let key = digest::of_bytes(
-        format!(
-            "{model_digest}\n{}",
-            serde_json::to_string(&spec.spec.optimize)?
-        )
-        .as_bytes(),
-    );
+    let key = optimize_key(&model_digest, &spec)?;
     rec.begin("optimize", key.clone());
     let started = Instant::now();
-    let artifact = optimized(ctx, &spec, &model_digest, &key).await;
+    let artifact = optimized(&ctx.data_dir, &spec, &model_digest, &key).await;
     let artifact = match artifact {
         Ok(a) => a,
         Err(e) => return rec.end(started, Err(e)),
@@ -162,7 +186,11 @@ async fn stages(
         started,
         Ok(Output {
             digest: Some(artifact.digest.clone()),
-            detail: artifact.detail.clone(),
+            detail: if artifact.cached {
+                format!("cached: {}", artifact.detail)
+            } else {
+                artifact.detail.clone()
+            },
         }),
     )?;
 
@@ -207,18 +235,43 @@ async fn stages(
         }),
     )?;
 
+    // package: the OCI image, for targets that run one.
+    let mut image = None;
+    let mut rollout_input = plan_digest;
+    if spec.spec.target.needs_image() {
+        rec.begin("package", artifact.digest.clone());
+        let started = Instant::now();
+        match package(ctx, &spec, &artifact).await {
+            Ok((reference, manifest, detail)) => {
+                image = Some(reference);
+                rollout_input = manifest.clone();
+                rec.end(
+                    started,
+                    Ok(Output {
+                        digest: Some(manifest),
+                        detail,
+                    }),
+                )?;
+            }
+            Err(e) => return rec.end(started, Err(e)),
+        }
+    }
+
     // rollout: a new revision (unless nothing changed), then wait for it.
-    rec.begin("rollout", plan_digest);
+    rec.begin("rollout", rollout_input);
     let started = Instant::now();
-    let result = rollout::rollout(
-        ctx,
-        rec.run.id,
-        &spec,
-        &artifact.path,
-        &artifact.digest,
-        report.replicas,
-    )
-    .await;
+    let new = Revision {
+        deployment: spec.metadata.name.clone(),
+        number: 0,
+        spec,
+        artifact: artifact.path.clone(),
+        artifact_digest: artifact.digest.clone(),
+        image,
+        memory_estimate: Some(report.estimate.total_bytes),
+        cause: String::new(),
+        created_at: 0,
+    };
+    let result = rollout::rollout(ctx, rec.run.id, new, report.replicas).await;
     if let Ok((Some(revision), _)) = &result {
         rec.run.revision = Some(*revision);
     }
@@ -233,7 +286,7 @@ async fn stages(
 
 /// The cached artifact for `key`, or the outcome of optimizing now.
 async fn optimized(
-    ctx: &Arc<Ctx>,
+    data_dir: &Path,
     spec: &ModelDeployment,
     model_digest: &str,
     key: &str,
@@ -245,10 +298,10 @@ async fn optimized(
             path: source,
             digest: model_digest.to_owned(),
             detail: "served as given (no optimize section)".into(),
+            cached: false,
         });
     }
-    let dir = ctx
-        .data_dir
+    let dir = data_dir
         .join("artifacts")
         .join(key.trim_start_matches("sha256:"));
     let record = dir.join("artifact.json");
@@ -256,7 +309,7 @@ async fn optimized(
         && let Ok(mut a) = serde_json::from_slice::<Artifact>(&bytes)
         && a.path.exists()
     {
-        a.detail = format!("cached: {}", a.detail);
+        a.cached = true;
         return Ok(a);
     }
     blocking(move || {
@@ -280,11 +333,81 @@ async fn optimized(
             path: chosen.path.clone(),
             digest: digest::of_path(&chosen.path)?,
             detail: format!("{} chosen\n{table}", chosen.quant),
+            cached: false,
         };
         std::fs::write(&record, serde_json::to_vec_pretty(&artifact)?)?;
         Ok(artifact)
     })
     .await
+}
+
+/// Builds the image and puts it where replicas pull it from: the registry
+/// the spec names, else the local Docker engine. Returns the reference
+/// replicas run, the manifest digest, and a line for the record.
+async fn package(
+    ctx: &Arc<Ctx>,
+    spec: &ModelDeployment,
+    artifact: &Artifact,
+) -> anyhow::Result<(String, String, String)> {
+    let exe = std::env::current_exe().context("cannot find the modelship binary to package")?;
+    let image_spec =
+        crate::package::image_spec(spec, artifact, exe, crate::package::source_date_epoch()?)?;
+    let data_dir = ctx.data_dir.clone();
+    let (layout, image) = blocking(move || {
+        crate::package::build(&data_dir, &image_spec, &mut |step| {
+            tracing::debug!("package: {step}")
+        })
+    })
+    .await?;
+    let sizes = image
+        .report()
+        .iter()
+        .map(|l| format!("{} {}", l.role, modelship_types::Bytes(l.size)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match &spec.spec.image {
+        Some(repository) => {
+            let reference = crate::package::reference(repository, &image)?;
+            let pushed = modelship_package::push::push(&layout, &image, &reference, None).await?;
+            Ok((
+                format!("{}@{}", reference, pushed.digest),
+                image.manifest.digest.clone(),
+                format!(
+                    "pushed {reference} ({sizes}; {} blob(s) uploaded, {} already there)",
+                    pushed.uploaded.len(),
+                    pushed.skipped.len()
+                ),
+            ))
+        }
+        None => {
+            let reference = crate::package::reference(
+                &crate::package::local_repository(&spec.metadata.name),
+                &image,
+            )?;
+            let engine = ctx.targets.engine(spec.spec.target).await?;
+            let archive = layout
+                .root()
+                .join(format!(".load-{}.tar", std::process::id()));
+            let (write_to, write_image, write_ref) =
+                (archive.clone(), image.clone(), reference.clone());
+            let layout_root = layout.root().to_owned();
+            blocking(move || {
+                let layout = modelship_package::Layout::open(&layout_root)?;
+                let file = std::io::BufWriter::new(std::fs::File::create(&write_to)?);
+                modelship_package::archive::write(&layout, &write_image, &write_ref, file)?;
+                Ok(())
+            })
+            .await?;
+            let loaded = engine.load_image(&archive).await;
+            let _ = std::fs::remove_file(&archive);
+            loaded?;
+            Ok((
+                reference.to_string(),
+                image.manifest.digest.clone(),
+                format!("loaded {reference} into the Docker engine ({sizes})"),
+            ))
+        }
+    }
 }
 
 /// Runs blocking work (model reads, quantization) off the async workers.

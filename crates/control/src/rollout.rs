@@ -4,7 +4,6 @@
 //! revision), blue-green (switch when the new revision is ready in full) —
 //! and roll back, with the reason recorded, when it fails.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,17 +20,17 @@ const CRASH_LOOP_RESTARTS: u32 = 3;
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(200);
 
-/// Records the revision and rolls it out. Returns the revision created
-/// (none when spec and model are unchanged) and a line for the record.
+/// Records `new` (its number and cause are set here) and rolls it out.
+/// Returns the revision created (none when spec and model are unchanged)
+/// and a line for the record.
 pub(crate) async fn rollout(
     ctx: &Arc<Ctx>,
     run_id: u64,
-    spec: &ModelDeployment,
-    artifact: &Path,
-    artifact_digest: &str,
+    new: Revision,
     replicas: u32,
 ) -> anyhow::Result<(Option<u32>, String)> {
     let store = &ctx.store;
+    let spec = &new.spec;
     let name = &spec.metadata.name;
     let now = now_ms();
     let current = store.deployment(name)?;
@@ -41,7 +40,7 @@ pub(crate) async fn rollout(
     };
     let unchanged = serving
         .as_ref()
-        .is_some_and(|r| r.spec == *spec && r.artifact_digest == artifact_digest);
+        .is_some_and(|r| r.spec == *spec && r.artifact_digest == new.artifact_digest);
     let previous = current.as_ref().map(|d| d.revision);
     let started = Instant::now();
     let base = Deployment {
@@ -68,13 +67,10 @@ pub(crate) async fn rollout(
     }
     let number = store.last_revision_number(name)? + 1;
     let revision = Revision {
-        deployment: name.clone(),
         number,
-        spec: spec.clone(),
-        artifact: artifact.to_owned(),
-        artifact_digest: artifact_digest.to_owned(),
         cause: format!("deploy (run {run_id})"),
         created_at: now,
+        ..new.clone()
     };
     let strategy = match previous {
         Some(_) => spec.spec.rollout.strategy,

@@ -1,12 +1,15 @@
 //! Runs replicas. [`Orchestrator`] is the contract the controller drives —
 //! start, observe, stop — and [`Local`] runs each replica as a
 //! `modelship serve` child process on this machine, limited by cgroups where
-//! the machine allows. Knows nothing of rollouts or policy: the planner
+//! the machine allows; [`Docker`] runs each as a container. Knows nothing of rollouts or policy: the planner
 //! decides, an orchestrator carries out.
 
 mod cgroup;
+pub mod docker;
+pub mod engine;
 mod local;
 mod probe;
+pub mod swarm;
 
 use std::path::PathBuf;
 
@@ -14,8 +17,11 @@ use futures::future::BoxFuture;
 use modelship_types::{Replica, ServingLimits};
 
 pub use cgroup::Cgroups;
+pub use docker::Docker;
+pub use engine::{Engine, EngineError};
 pub use local::Local;
 pub use probe::ready;
+pub use swarm::Swarm;
 
 /// Everything needed to start one replica.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,13 +29,43 @@ pub struct ReplicaSpec {
     pub id: String,
     pub deployment: String,
     pub revision: u32,
-    /// The model file or directory to serve.
+    /// The model file or directory to serve, as the replica sees it (a path
+    /// in the image for containers).
     pub artifact: PathBuf,
+    /// The OCI image, for containers.
+    pub image: Option<String>,
     pub limits: ServingLimits,
     /// CPUs: the replica's compute threads, and its CPU quota.
     pub cpu: Option<f64>,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
+}
+
+/// The arguments of `modelship serve` for a replica of `spec` serving
+/// `model` (a path as the replica sees it) on `host:port`: one place, so
+/// processes, containers and pods run replicas alike.
+pub fn serve_args(model: &str, host: &str, port: u16, spec: &ReplicaSpec) -> Vec<String> {
+    let threads = spec.cpu.map_or(1, |c| c.ceil().max(1.0) as usize);
+    let l = &spec.limits;
+    let flags = [
+        ("--host", host.to_owned()),
+        ("--port", port.to_string()),
+        ("--name", spec.deployment.clone()),
+        ("--threads", threads.to_string()),
+        ("--max-context", l.max_context.to_string()),
+        ("--max-concurrent", l.max_concurrent.to_string()),
+        ("--max-batch-tokens", l.max_batch_tokens.to_string()),
+        ("--max-queue", l.max_queue.to_string()),
+        ("--max-tokens", l.max_tokens.to_string()),
+        ("--max-body-bytes", l.max_body_bytes.to_string()),
+        ("--max-inputs", l.max_inputs.to_string()),
+    ];
+    let mut args = vec!["serve".to_owned(), model.to_owned()];
+    for (flag, value) in flags {
+        args.push(flag.to_owned());
+        args.push(value);
+    }
+    args
 }
 
 /// What an orchestrator sees of a replica it was given.
@@ -60,7 +96,7 @@ pub enum OrchestratorError {
 }
 
 /// The contract the controller drives. Implementations: local processes
-/// (here); Docker, Swarm and Kubernetes join with their issue.
+/// ([`Local`]) and Docker containers ([`Docker`]).
 pub trait Orchestrator: Send + Sync {
     /// Starts a replica; returns its record (state `Starting`, its endpoint
     /// and process). `restarts` carries over when a replica is restarted.

@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use modelship_types::{Replica, ReplicaState};
+use modelship_types::{Replica, ReplicaState, Target};
 use tokio::process::{Child, Command};
 
-use crate::{Cgroups, Liveness, Orchestrator, OrchestratorError, ReplicaSpec, now_ms, ready};
+use crate::{
+    Cgroups, Liveness, Orchestrator, OrchestratorError, ReplicaSpec, now_ms, ready, serve_args,
+};
 
 /// How long a readiness check may take before the replica counts as not ready.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -51,29 +53,21 @@ impl Local {
             .create(true)
             .append(true)
             .open(self.logs.join(format!("{}.log", spec.id)))?;
-        let threads = spec.cpu.map_or(1, |c| c.ceil().max(1.0) as usize);
-        let l = &spec.limits;
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("serve")
-            .arg(&spec.artifact)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--name", &spec.deployment])
-            .args(["--threads", &threads.to_string()])
-            .args(["--max-context", &l.max_context.to_string()])
-            .args(["--max-concurrent", &l.max_concurrent.to_string()])
-            .args(["--max-batch-tokens", &l.max_batch_tokens.to_string()])
-            .args(["--max-queue", &l.max_queue.to_string()])
-            .args(["--max-tokens", &l.max_tokens.to_string()])
-            .args(["--max-body-bytes", &l.max_body_bytes.to_string()])
-            .args(["--max-inputs", &l.max_inputs.to_string()])
-            // The gateway in front authenticates; the replica on loopback
-            // must not expect a key the gateway does not send.
-            .env_remove("MODELSHIP_API_KEY")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(false);
+        cmd.args(serve_args(
+            &spec.artifact.to_string_lossy(),
+            "127.0.0.1",
+            port,
+            spec,
+        ))
+        // The gateway in front authenticates; the replica on loopback
+        // must not expect a key the gateway does not send.
+        .env_remove("MODELSHIP_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(false);
         cmd.spawn()
     }
 
@@ -166,6 +160,7 @@ impl Orchestrator for Local {
                 restarts,
                 exited_at: None,
                 started_at: now_ms(),
+                target: Target::Local,
             })
         }
         .boxed()

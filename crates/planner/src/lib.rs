@@ -1,7 +1,7 @@
 //! Pure planning: what one replica needs ([`estimate`]), where replicas go
 //! ([`place`]), how many ([`size_for_slo`]) and which waiting deployments
 //! start when capacity frees ([`admit`]), and what to start and stop to get
-//! there ([`reconcile`]), whether a canary may go on ([`judge_canary`]), and
+//! there ([`reconcile`], or [`scale_services`] for engines with a service per revision), whether a canary may go on ([`judge_canary`]), and
 //! how many replicas the load asks for ([`autoscale`]). Functions of their inputs only: no I/O, no clock, no async;
 //! callers gather the model's shape and the nodes and act on the result.
 
@@ -12,6 +12,7 @@ mod capacity;
 mod estimate;
 mod placement;
 mod reconcile;
+mod services;
 
 pub use admission::{Admission, admit};
 pub use autoscale::{Sample, ScaleDecision, ScalerState, autoscale};
@@ -24,3 +25,4 @@ pub use placement::{Pending, Placement, Plan, ReplicaRequest, place, place_onto}
 pub use reconcile::{
     Action, BACKOFF_BASE_MS, BACKOFF_MAX_MS, Desired, reconcile, restart_backoff_ms,
 };
+pub use services::{ServiceObserved, scale_services};

@@ -30,6 +30,8 @@ fn revision(name: &str, number: u32) -> Revision {
         spec: spec(name),
         artifact: "/m".into(),
         artifact_digest: "abc".into(),
+        image: None,
+        memory_estimate: None,
         cause: "deploy".into(),
         created_at: 3,
     }
@@ -46,6 +48,7 @@ fn replica(id: &str) -> Replica {
         restarts: 0,
         exited_at: None,
         started_at: 4,
+        target: Default::default(),
     }
 }
 

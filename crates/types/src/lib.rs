@@ -19,6 +19,6 @@ pub use optimize::{Gate, Optimize, OptimizeError, PrunePattern, PruneSpec, Quant
 pub use precision::{ParseQuantTypeError, QuantType};
 pub use resources::{Bytes, Gpu, Node, NodesError, NodesFile, Resources, Slo};
 pub use rollout::{Canary, Fault, Rollout, Span, Strategy};
-pub use spec::ModelDeployment;
+pub use spec::{ModelDeployment, Target};
 pub use state::{Deployment, Event, Replica, ReplicaState, Revision, Run, RunStatus, Stage};
 pub use task::{ParseTaskError, Task};

@@ -58,6 +58,47 @@ pub struct DeploymentSpec {
     /// Errors injected at the gateway into this revision's traffic.
     #[serde(default)]
     pub fault: Option<Fault>,
+    /// Where replicas run.
+    #[serde(default)]
+    pub target: Target,
+    /// The repository the deployment's image is pushed to
+    /// (`host[:port]/name`), for engines that pull it; without it the image
+    /// is loaded into the local engine.
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+/// Where a deployment's replicas run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// `modelship serve` processes on this machine.
+    #[default]
+    Local,
+    /// Containers through the Docker Engine API.
+    Docker,
+    /// A Docker Swarm service per revision.
+    Swarm,
+    /// Kubernetes objects by server-side apply.
+    Kubernetes,
+}
+
+impl Target {
+    /// Replicas run from the deployment's OCI image.
+    pub fn needs_image(self) -> bool {
+        self != Target::Local
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Target::Local => "local",
+            Target::Docker => "docker",
+            Target::Swarm => "swarm",
+            Target::Kubernetes => "kubernetes",
+        })
+    }
 }
 
 fn one() -> u32 {
@@ -135,6 +176,11 @@ impl ModelDeployment {
         if let Some((field, reason)) = self.spec.fault.as_ref().and_then(Fault::problem) {
             return Err(err(&format!("spec.fault.{field}"), reason));
         }
+        if let Some(image) = &self.spec.image
+            && let Some(reason) = repository_problem(image)
+        {
+            return Err(err("spec.image", reason));
+        }
         if self.spec.replicas > 10_000 {
             return Err(err(
                 "spec.replicas",
@@ -162,6 +208,28 @@ fn dns_label_problem(name: &str) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Why `s` cannot name an image repository (`[host[:port]/]path`, no tag).
+fn repository_problem(s: &str) -> Option<String> {
+    let (host, path) = match s.split_once('/') {
+        Some((h, p)) if h.contains(['.', ':']) || h == "localhost" => (Some(h), p),
+        _ => (None, s),
+    };
+    if host.is_some_and(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+        return Some(format!("`{s}`: the registry host is not valid"));
+    }
+    let ok = !path.is_empty()
+        && path.split('/').all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        });
+    (!ok).then(|| {
+        format!(
+            "`{s}` is not a repository: lowercase letters, digits, '.', '_', '-' and '/', without a tag"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -203,5 +271,22 @@ mod tests {
         let json = spec("ok", "{}").replace(r#""model""#, r#""modle""#);
         let err = serde_json::from_str::<ModelDeployment>(&json).unwrap_err();
         assert!(err.to_string().contains("modle"), "{err}");
+    }
+
+    #[test]
+    fn target_and_image_repository() {
+        let with = |extra: &str| {
+            let json = spec("ok", "{}").replace(r#""optimize":{}"#, &format!(r#""optimize":{{}},{extra}"#));
+            serde_json::from_str::<ModelDeployment>(&json)
+        };
+        let d = with(r#""target":"swarm","image":"localhost:5000/team/minilm""#).unwrap();
+        assert_eq!(d.spec.target, Target::Swarm);
+        d.validate().unwrap();
+        assert_eq!(with("\"target\":\"local\"").unwrap().spec.target, Target::Local);
+        assert!(with(r#""target":"nomad""#).is_err());
+        for bad in ["localhost:5000/MiniLM", "minilm:v1", "a//b", ""] {
+            let d = with(&format!(r#""image":"{bad}""#)).unwrap();
+            assert_eq!(d.validate().unwrap_err().field, "spec.image", "{bad}");
+        }
     }
 }

@@ -44,6 +44,12 @@ pub struct Revision {
     pub artifact: PathBuf,
     /// sha256 of the artifact's bytes.
     pub artifact_digest: String,
+    /// The OCI image replicas run from, for targets other than `local`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The plan's estimate of one replica's memory, in bytes.
+    #[serde(default)]
+    pub memory_estimate: Option<u64>,
     /// Why it exists: `deploy` (run N) or `rollback to N`.
     pub cause: String,
     pub created_at: u64,
@@ -66,6 +72,9 @@ pub struct Replica {
     /// When it last exited unexpectedly.
     pub exited_at: Option<u64>,
     pub started_at: u64,
+    /// What runs it.
+    #[serde(default)]
+    pub target: crate::Target,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

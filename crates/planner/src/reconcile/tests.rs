@@ -13,6 +13,7 @@ fn replica(id: &str, revision: u32, state: ReplicaState) -> Replica {
         restarts: 0,
         exited_at: None,
         started_at: 0,
+        target: Default::default(),
     }
 }
 

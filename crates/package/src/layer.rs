@@ -1,0 +1,173 @@
+//! Image layers: gzipped tar archives written so that the same files give
+//! the same bytes every time — entries in path order, one fixed timestamp,
+//! fixed owners and modes, no gzip name or time — hashed as they stream to
+//! disk, never held whole in memory.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::Compression;
+use sha2::{Digest, Sha256};
+
+use crate::PackageError;
+use crate::layout::{Blob, Layout};
+
+/// Where an entry's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// One entry of a layer.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Dir { mode: u32 },
+    File { source: Source, mode: u32 },
+}
+
+/// A layer's contents by path in the image (no leading `/`), owned by `uid`.
+#[derive(Debug, Clone, Default)]
+pub struct Files {
+    entries: BTreeMap<String, (Entry, u32)>,
+}
+
+impl Files {
+    pub fn dir(&mut self, path: &str, mode: u32, uid: u32) {
+        self.entries.insert(
+            path.trim_matches('/').to_owned(),
+            (Entry::Dir { mode }, uid),
+        );
+    }
+
+    /// Adds a file, and every missing parent directory (0755, root).
+    pub fn file(&mut self, path: &str, source: Source, mode: u32) {
+        let path = path.trim_matches('/');
+        let mut parent = Path::new(path).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            self.entries
+                .entry(p.to_string_lossy().into_owned())
+                .or_insert((Entry::Dir { mode: 0o755 }, 0));
+            parent = p.parent();
+        }
+        self.entries
+            .insert(path.to_owned(), (Entry::File { source, mode }, 0));
+    }
+}
+
+/// A written layer: its blob (compressed) and the digest of its tar.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub blob: Blob,
+    /// `sha256:` of the uncompressed tar (the image config's `diff_ids`).
+    pub diff_id: String,
+}
+
+/// Writes `files` as a gzipped tar into `layout`. `mtime` stamps every entry.
+pub fn write(
+    layout: &Layout,
+    files: &Files,
+    mtime: u64,
+    level: Compression,
+) -> Result<Layer, PackageError> {
+    let (tmp, file) = layout.temp_blob()?;
+    let compressed = Hashing::new(file);
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(compressed, level);
+    let mut tar = tar::Builder::new(Hashing::new(gz));
+    tar.mode(tar::HeaderMode::Deterministic);
+    for (path, (entry, uid)) in &files.entries {
+        append(&mut tar, path, entry, *uid, mtime).map_err(|e| PackageError::Layer {
+            path: path.clone(),
+            source: e,
+        })?;
+    }
+    let io = |source| PackageError::Io {
+        what: "writing a layer".into(),
+        source,
+    };
+    let uncompressed = tar.into_inner().map_err(io)?;
+    let (gz, diff) = uncompressed.finish();
+    let compressed = gz.finish().map_err(io)?;
+    let (mut file, digest) = compressed.finish();
+    file.flush().map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    drop(file);
+    let blob = layout.commit_blob(&tmp, &digest, size, crate::media::LAYER_GZIP)?;
+    Ok(Layer {
+        blob,
+        diff_id: diff,
+    })
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    entry: &Entry,
+    uid: u32,
+    mtime: u64,
+) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_mtime(mtime);
+    header.set_uid(u64::from(uid));
+    header.set_gid(u64::from(uid));
+    match entry {
+        Entry::Dir { mode } => {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(*mode);
+            header.set_size(0);
+            tar.append_data(&mut header, format!("{path}/"), io::empty())
+        }
+        Entry::File { source, mode } => {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(*mode);
+            match source {
+                Source::Bytes(b) => {
+                    header.set_size(b.len() as u64);
+                    tar.append_data(&mut header, path, b.as_slice())
+                }
+                Source::File(f) => {
+                    let file = std::fs::File::open(f).map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot open {}: {e}", f.display()))
+                    })?;
+                    header.set_size(file.metadata()?.len());
+                    tar.append_data(&mut header, path, file.take(u64::MAX))
+                }
+            }
+        }
+    }
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    fn finish(self) -> (W, String) {
+        (self.inner, format!("sha256:{:x}", self.hasher.finalize()))
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -15,7 +15,7 @@ echo "== test models"
 scripts/fetch-models.sh >/dev/null
 echo "== python reference"
 scripts/setup-peers.sh >/dev/null
-echo "== services (etcd)"
+echo "== services (etcd, docker engine and swarm, registry)"
 scripts/setup-services.sh
 
 echo "== generated files"

@@ -388,6 +388,7 @@ async fn history(
         .map(|r| {
             json!({"revision": r.number, "cause": r.cause, "created_at": r.created_at,
                    "artifact": r.artifact, "artifact_digest": r.artifact_digest,
+                   "image": r.image, "target": r.spec.spec.target,
                    "serving": Some(r.number) == current})
         })
         .collect();

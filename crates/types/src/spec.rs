@@ -276,13 +276,17 @@ mod tests {
     #[test]
     fn target_and_image_repository() {
         let with = |extra: &str| {
-            let json = spec("ok", "{}").replace(r#""optimize":{}"#, &format!(r#""optimize":{{}},{extra}"#));
+            let json = spec("ok", "{}")
+                .replace(r#""optimize":{}"#, &format!(r#""optimize":{{}},{extra}"#));
             serde_json::from_str::<ModelDeployment>(&json)
         };
         let d = with(r#""target":"swarm","image":"localhost:5000/team/minilm""#).unwrap();
         assert_eq!(d.spec.target, Target::Swarm);
         d.validate().unwrap();
-        assert_eq!(with("\"target\":\"local\"").unwrap().spec.target, Target::Local);
+        assert_eq!(
+            with("\"target\":\"local\"").unwrap().spec.target,
+            Target::Local
+        );
         assert!(with(r#""target":"nomad""#).is_err());
         for bad in ["localhost:5000/MiniLM", "minilm:v1", "a//b", ""] {
             let d = with(&format!(r#""image":"{bad}""#)).unwrap();

@@ -1,6 +1,8 @@
 //! Running the `modelship` binary from tests.
 #![allow(dead_code)] // each test file uses part of it
 
+pub mod control_plane;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

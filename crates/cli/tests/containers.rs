@@ -323,6 +323,7 @@ async fn images_load_into_docker_serve_and_travel_through_a_registry() {
     // It runs read-only as the non-root user and serves what the same
     // model serves outside a container.
     let name = format!("modelship-imgtest-{}", std::process::id());
+    let _container = RemoveContainer(name.clone());
     docker(&[
         "run",
         "-d",

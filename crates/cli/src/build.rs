@@ -75,21 +75,12 @@ fn build(
         Some(r) => r,
         None => std::env::current_exe().context("cannot find this executable")?,
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    say("optimizing (cached when built before)…");
-    let artifact = rt.block_on(modelship_control::optimized_model(&args.data_dir, &spec))?;
-    let image_spec = package::image_spec(&spec, &artifact, runtime, package::source_date_epoch()?)?;
+    let rt = async_runtime()?;
     let layout_dir = args
         .oci_dir
         .clone()
         .unwrap_or_else(|| package::images_dir(&args.data_dir));
-    let layout = Layout::open(&layout_dir)?;
-    let image = modelship_package::build(&image_spec, &layout, &mut |step| {
-        say(&format!("writing the {step}…"))
-    })?;
+    let (layout, image) = build_into(&rt, &spec, &args.data_dir, &layout_dir, runtime, &say)?;
     let reference = match (&args.push, &args.tag) {
         (Some(r), _) | (None, Some(r)) if has_tag(r) => Reference::parse(r)?,
         (Some(r), _) | (None, Some(r)) => package::reference(r, &image)?,
@@ -157,6 +148,57 @@ fn build(
     Ok(())
 }
 
+fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Optimizes (cached in `data_dir`) and builds `spec`'s image into the OCI
+/// layout at `layout_dir`.
+fn build_into(
+    rt: &tokio::runtime::Runtime,
+    spec: &modelship_types::ModelDeployment,
+    data_dir: &std::path::Path,
+    layout_dir: &std::path::Path,
+    runtime: PathBuf,
+    say: &dyn Fn(&str),
+) -> anyhow::Result<(Layout, modelship_package::BuiltImage)> {
+    say("optimizing (cached when built before)…");
+    let artifact = rt.block_on(modelship_control::optimized_model(data_dir, spec))?;
+    let image_spec = package::image_spec(spec, &artifact, runtime, package::source_date_epoch()?)?;
+    let layout = Layout::open(layout_dir)?;
+    let image = modelship_package::build(&image_spec, &layout, &mut |step| {
+        say(&format!("writing the {step}…"))
+    })?;
+    Ok((layout, image))
+}
+
+/// The reference `modelship build` gives `spec`'s image (building it into
+/// `data_dir` to learn its digest): the spec's repository, or
+/// `modelship/<name>`, tagged with the digest's prefix.
+pub fn reference_of(
+    spec: &modelship_types::ModelDeployment,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let (_, image) = build_into(
+        &async_runtime()?,
+        spec,
+        data_dir,
+        &package::images_dir(data_dir),
+        exe,
+        &|_| {},
+    )?;
+    let repository = spec
+        .spec
+        .image
+        .clone()
+        .unwrap_or_else(|| package::local_repository(&spec.metadata.name));
+    Ok(package::reference(&repository, &image)?.to_string())
+}
+
 /// Does `r` end in `:tag` (a `:` after the last `/`)?
 fn has_tag(r: &str) -> bool {
     r.rsplit('/').next().is_some_and(|last| last.contains(':'))
@@ -180,11 +222,7 @@ pub struct ProbeArgs {
 
 /// Exits 0 when `url` answers 2xx; the image's health check.
 pub fn probe(args: ProbeArgs) -> Result<(), Failure> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let status = rt.block_on(async {
+    let status = async_runtime()?.block_on(async {
         reqwest::Client::builder()
             .timeout(Duration::from_secs(args.timeout_s))
             .build()?

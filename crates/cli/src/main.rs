@@ -72,6 +72,8 @@ enum Command {
     Build(build::Args),
     /// Exit 0 when a URL answers 2xx: the image's health check.
     Probe(build::ProbeArgs),
+    /// Print the ModelDeployment CustomResourceDefinition (generated from the spec's types).
+    Crd,
 }
 
 /// Exit codes: 1 the user's problem, 2 a bug, 64 bad configuration.
@@ -125,6 +127,7 @@ fn main() -> ExitCode {
         Command::Render(command) => render::render(command),
         Command::Build(args) => build::run(args),
         Command::Probe(args) => build::probe(args),
+        Command::Crd => render::crd(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,11 +1,16 @@
 //! `render haproxy|nginx NAME`: another proxy's configuration for a
-//! deployment's ready replicas.
+//! deployment's ready replicas. `render kubernetes -f SPEC`: the objects a
+//! deployment becomes on Kubernetes. `crd`: the `ModelDeployment` CRD.
+
+use std::path::PathBuf;
 
 use modelship_control::DeploymentSummary;
 use modelship_types::Replica;
 
 use crate::Failure;
 use crate::ops::{Api, get_json, parse};
+use crate::spec::read_spec;
+use modelship_types::spec::dns_label_problem;
 
 #[derive(clap::Subcommand)]
 pub enum RenderCommand {
@@ -13,6 +18,26 @@ pub enum RenderCommand {
     Haproxy(RenderArgs),
     /// An nginx configuration in front of a deployment's ready replicas.
     Nginx(RenderArgs),
+    /// Kubernetes objects for a spec: Deployment, Service, PodDisruptionBudget,
+    /// NetworkPolicy, ServiceAccount and, when it autoscales, an HPA.
+    Kubernetes(KubernetesArgs),
+}
+
+#[derive(clap::Args)]
+pub struct KubernetesArgs {
+    /// The deployment spec.
+    #[arg(short = 'f', long = "file")]
+    spec: PathBuf,
+    /// The image pods run. By default the spec's image is built (as
+    /// `modelship build` does) and named by its digest, so the objects pin
+    /// exactly what `build --push` pushes.
+    #[arg(long)]
+    image: Option<String>,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Where optimized models are cached (shared with `build` and `up`).
+    #[arg(long, env = "MODELSHIP_DATA_DIR", default_value = ".modelship")]
+    data_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -29,6 +54,7 @@ pub fn render(command: RenderCommand) -> Result<(), Failure> {
     let (args, haproxy) = match command {
         RenderCommand::Haproxy(a) => (a, true),
         RenderCommand::Nginx(a) => (a, false),
+        RenderCommand::Kubernetes(a) => return kubernetes(a),
     };
     let v = get_json(&args.api, &format!("/v1/deployments/{}", args.name))?;
     let d: DeploymentSummary = parse(v["deployment"].clone())?;
@@ -60,4 +86,38 @@ pub fn render(command: RenderCommand) -> Result<(), Failure> {
     };
     print!("{text}");
     Ok(())
+}
+
+fn kubernetes(args: KubernetesArgs) -> Result<(), Failure> {
+    let spec = read_spec(&args.spec)?;
+    if let Some(reason) = dns_label_problem(&args.namespace) {
+        return Err(Failure::Config(anyhow::anyhow!("--namespace: {reason}")));
+    }
+    let image = match args.image {
+        Some(i) => i,
+        None => crate::build::reference_of(&spec, &args.data_dir).map_err(Failure::User)?,
+    };
+    let plan = modelship_control::plan::plan(&spec, &[]).map_err(Failure::User)?;
+    let objects = modelship_control::kubernetes::manifests(&spec, &image, &plan, &args.namespace);
+    print!("{}", yaml_documents(&objects).map_err(Failure::User)?);
+    Ok(())
+}
+
+/// Prints the `ModelDeployment` CustomResourceDefinition.
+pub fn crd() -> Result<(), Failure> {
+    print!(
+        "{}",
+        yaml_documents(&[modelship_control::kubernetes::crd()]).map_err(Failure::User)?
+    );
+    Ok(())
+}
+
+/// Objects as a YAML stream, one document each.
+pub fn yaml_documents(objects: &[serde_json::Value]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(o)?);
+    }
+    Ok(out)
 }

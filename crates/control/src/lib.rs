@@ -6,6 +6,7 @@
 mod api;
 mod controller;
 pub mod digest;
+pub mod kubernetes;
 pub mod package;
 mod pipeline;
 pub mod plan;

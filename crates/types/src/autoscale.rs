@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Span;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Autoscale {
     #[serde(default = "one")]

@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 /// The workload one replica accepts. The same names appear as `modelship serve`
 /// flags (`--max-context`, ...) and, later, in the spec's `serving` section, so the
 /// planner sizes a replica for exactly what the running replica enforces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServingLimits {
     /// Tokens of one sequence: the input of an embedding, or prompt plus generated

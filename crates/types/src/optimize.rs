@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::QuantType;
 
 /// `optimize:` in a spec.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Optimize {
     #[serde(default)]
@@ -52,6 +52,22 @@ impl Serialize for QuantChoice {
     }
 }
 
+impl schemars::JsonSchema for QuantChoice {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "QuantChoice".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut names = vec!["none", "auto"];
+        names.extend(QuantType::ALL.iter().map(|t| t.as_str()));
+        schemars::json_schema!({
+            "description": "Keep the original (none), one precision, or the smallest that passes the gate (auto).",
+            "type": "string",
+            "enum": names,
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for QuantChoice {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -68,7 +84,9 @@ impl<'de> Deserialize<'de> for QuantChoice {
 }
 
 /// Which weights magnitude pruning may zero.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum PrunePattern {
     /// The smallest weights of each matrix, wherever they are.
     #[default]
@@ -81,7 +99,7 @@ pub enum PrunePattern {
 }
 
 /// `prune:` — magnitude pruning of the linear layers.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PruneSpec {
     /// Fraction of each linear layer's weights set to zero, in [0, 1).
@@ -93,7 +111,7 @@ pub struct PruneSpec {
 /// Quality a candidate must keep relative to the original; unset bounds are
 /// not checked. Embedding models are held to `min_cosine`, generative ones to
 /// the other three.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Gate {
     /// Mean cosine similarity of embeddings to the original's.

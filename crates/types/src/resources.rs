@@ -68,6 +68,23 @@ impl Serialize for Bytes {
     }
 }
 
+impl schemars::JsonSchema for Bytes {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Bytes".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Bytes: a number, or with a unit (512Mi, 1Gi, 500M).",
+            "x-kubernetes-int-or-string": true,
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?\\s*(k|K|M|G|T|Ki|Mi|Gi|Ti)?$" }
+            ]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -85,7 +102,7 @@ impl<'de> Deserialize<'de> for Bytes {
 
 /// `resources:` in a spec: what one replica asks for; omitted values are
 /// computed by the planner.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     pub cpu: Option<f64>,
@@ -96,7 +113,7 @@ pub struct Resources {
 
 /// `slo:` in a spec: the load the deployment must carry and the latency it
 /// must keep; the planner sizes replicas from a measured capacity profile.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Slo {
     /// Requests per second across all replicas.

@@ -13,7 +13,7 @@ use crate::{Autoscale, Fault, Optimize, Resources, Rollout, ServingLimits, Slo, 
 pub const API_VERSION: &str = "modelship.dev/v1alpha1";
 pub const KIND: &str = "ModelDeployment";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ModelDeployment {
     pub api_version: String,
@@ -22,14 +22,14 @@ pub struct ModelDeployment {
     pub spec: DeploymentSpec,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// A DNS-1123 label: it names services, containers and URLs.
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentSpec {
     pub model: ModelRef,
@@ -69,7 +69,9 @@ pub struct DeploymentSpec {
 }
 
 /// Where a deployment's replicas run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// `modelship serve` processes on this machine.
@@ -105,7 +107,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelRef {
     /// An HF directory or a .gguf file, relative to the spec file.
@@ -195,7 +197,7 @@ impl ModelDeployment {
 }
 
 /// Why `name` is not a DNS-1123 label, if it is not.
-fn dns_label_problem(name: &str) -> Option<String> {
+pub fn dns_label_problem(name: &str) -> Option<String> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');

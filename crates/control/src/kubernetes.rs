@@ -1,0 +1,434 @@
+//! Kubernetes: the objects a deployment becomes (`render kubernetes`), and
+//! the `ModelDeployment` CRD generated from the spec's Rust types. Pure:
+//! values in, JSON objects out; applying them is the client's business.
+
+use std::collections::BTreeMap;
+
+use modelship_types::{ModelDeployment, Strategy};
+use serde_json::{Map, Value, json};
+
+use crate::package::PORT;
+use crate::plan::Report;
+
+/// The field manager of server-side apply, and the `managed-by` label.
+pub const MANAGER: &str = "modelship";
+/// How long a pod may drain after SIGTERM.
+const GRACE_SECONDS: u64 = 40;
+/// Seconds a terminating pod keeps serving while endpoints drop it.
+const PRE_STOP_SECONDS: u64 = 5;
+
+/// The objects of `spec` running `image`, with the plan's resources, in
+/// `namespace`: ServiceAccount, Deployment, Service, PodDisruptionBudget,
+/// NetworkPolicy and, when the spec autoscales, a HorizontalPodAutoscaler.
+pub fn manifests(
+    spec: &ModelDeployment,
+    image: &str,
+    plan: &Report,
+    namespace: &str,
+) -> Vec<Value> {
+    let name = &spec.metadata.name;
+    let s = &spec.spec;
+    let labels = json!({
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/managed-by": MANAGER,
+    });
+    let selector =
+        json!({ "app.kubernetes.io/name": name, "app.kubernetes.io/component": "model-server" });
+    let metadata = json!({ "name": name, "namespace": namespace, "labels": labels });
+
+    // Requests are what the plan estimated; the memory limit leaves a
+    // quarter more (the spec's own limit when it sets one), as the local
+    // and Docker targets do.
+    let memory_request = plan.estimate.total_bytes;
+    let memory_limit = s
+        .resources
+        .memory
+        .map_or(memory_request + memory_request / 4, |m| m.0);
+    let cpu = plan.request.cpu;
+    let mut resources = json!({
+        "requests": { "cpu": cpu_quantity(cpu), "memory": mebibytes(memory_request) },
+        "limits": { "cpu": cpu_quantity(cpu), "memory": mebibytes(memory_limit) },
+    });
+    if s.resources.gpu > 0 {
+        resources["limits"]["nvidia.com/gpu"] = json!(s.resources.gpu);
+    }
+    let probe = |path: &str, period: u64, failures: u64| {
+        json!({
+            "httpGet": { "path": path, "port": "http" },
+            "periodSeconds": period,
+            "timeoutSeconds": 2,
+            "failureThreshold": failures,
+        })
+    };
+    let container = json!({
+        "name": "server",
+        "image": image,
+        // The image's command serves the model with the spec's limits.
+        "ports": [{ "name": "http", "containerPort": PORT, "protocol": "TCP" }],
+        "resources": resources,
+        // Loading a model takes seconds to minutes: liveness waits for it.
+        "startupProbe": probe("/v2/health/live", 2, 150),
+        "readinessProbe": probe("/v2/health/ready", 2, 2),
+        "livenessProbe": probe("/v2/health/live", 10, 3),
+        "lifecycle": { "preStop": { "sleep": { "seconds": PRE_STOP_SECONDS } } },
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": { "drop": ["ALL"] },
+        },
+        "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
+    });
+    let mut pod_spec = json!({
+        "serviceAccountName": name,
+        "automountServiceAccountToken": false,
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": modelship_package::USER_ID,
+            "runAsGroup": modelship_package::USER_ID,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "containers": [container],
+        "volumes": [{ "name": "tmp", "emptyDir": { "medium": "Memory", "sizeLimit": "64Mi" } }],
+        "topologySpreadConstraints": [{
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": { "matchLabels": selector },
+        }],
+    });
+    if !s.node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(s.node_selector);
+    }
+    let mut deployment_spec = json!({
+        "selector": { "matchLabels": selector },
+        "revisionHistoryLimit": 5,
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": { "maxSurge": s.rollout.max_surge, "maxUnavailable": s.rollout.max_unavailable },
+        },
+        "template": {
+            "metadata": {
+                "labels": labels,
+                "annotations": { "prometheus.io/scrape": "true", "prometheus.io/port": PORT.to_string(), "prometheus.io/path": "/metrics" },
+            },
+            "spec": pod_spec,
+        },
+    });
+    // With an autoscaler the count is its to set: leaving `replicas` out
+    // keeps every apply from resetting it.
+    if s.autoscale.is_none() {
+        deployment_spec["replicas"] = json!(plan.replicas);
+    }
+    let mut deployment_meta = metadata.clone();
+    if s.rollout.strategy != Strategy::Rolling {
+        deployment_meta["annotations"] = json!({
+            "modelship.dev/rollout": format!(
+                "{:?}: a Deployment rolls; canary and blue-green need modelship's gateway or a rollout controller",
+                s.rollout.strategy
+            ),
+        });
+    }
+    let mut objects = vec![
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata, "automountServiceAccountToken": false }),
+        json!({ "apiVersion": "apps/v1", "kind": "Deployment", "metadata": deployment_meta, "spec": deployment_spec }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata,
+            "spec": {
+                "type": "ClusterIP",
+                "selector": selector,
+                "ports": [{ "name": "http", "port": 80, "targetPort": "http", "protocol": "TCP" }],
+            },
+        }),
+        json!({
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": metadata,
+            "spec": {
+                "maxUnavailable": s.rollout.max_unavailable.max(1),
+                "selector": { "matchLabels": selector },
+                // A pod that never got ready may always be evicted.
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            },
+        }),
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": metadata,
+            "spec": {
+                "podSelector": { "matchLabels": selector },
+                "policyTypes": ["Ingress"],
+                "ingress": [{ "ports": [{ "port": "http", "protocol": "TCP" }] }],
+            },
+        }),
+    ];
+    if let Some(a) = &s.autoscale {
+        objects.push(json!({
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": metadata,
+            "spec": {
+                "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": name },
+                "minReplicas": a.min.max(1),
+                "maxReplicas": a.max,
+                // Requests in flight per pod (the replica's own gauge, through
+                // a metrics adapter such as prometheus-adapter), the signal
+                // the local autoscaler follows too.
+                "metrics": [{
+                    "type": "Pods",
+                    "pods": {
+                        "metric": { "name": "modelship_requests_in_flight" },
+                        "target": { "type": "AverageValue", "averageValue": quantity(a.target_concurrency) },
+                    },
+                }],
+                "behavior": {
+                    "scaleUp": { "stabilizationWindowSeconds": 0 },
+                    "scaleDown": { "stabilizationWindowSeconds": a.stable_window.0.as_secs() },
+                },
+            },
+        }));
+    }
+    objects
+}
+
+/// CPUs as a Kubernetes quantity: whole CPUs, else millicores.
+fn cpu_quantity(cpu: f64) -> String {
+    if cpu.fract() == 0.0 {
+        format!("{cpu:.0}")
+    } else {
+        format!("{}m", (cpu * 1000.0).round() as u64)
+    }
+}
+
+/// Bytes as a Kubernetes quantity in whole MiB, rounded up.
+fn mebibytes(bytes: u64) -> String {
+    format!("{}Mi", bytes.div_ceil(1 << 20))
+}
+
+/// A number as a Kubernetes quantity (milli-units when fractional).
+fn quantity(v: f64) -> String {
+    cpu_quantity(v)
+}
+
+/// The `ModelDeployment` CustomResourceDefinition, its schema generated
+/// from the spec's types and made structural (inlined, no `$ref`, no
+/// `additionalProperties: false`, which Kubernetes forbids beside
+/// `properties` and gets by pruning instead).
+pub fn crd() -> Value {
+    let settings = schemars::generate::SchemaSettings::openapi3().with(|s| {
+        s.inline_subschemas = true;
+        s.meta_schema = None;
+    });
+    let schema = settings
+        .into_generator()
+        .into_root_schema_for::<modelship_types::spec::DeploymentSpec>();
+    let mut spec = schema.to_value();
+    structural(&mut spec);
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": { "name": "modeldeployments.modelship.dev" },
+        "spec": {
+            "group": "modelship.dev",
+            "names": {
+                "kind": modelship_types::spec::KIND,
+                "listKind": "ModelDeploymentList",
+                "plural": "modeldeployments",
+                "singular": "modeldeployment",
+                "shortNames": ["md"],
+                "categories": ["modelship"],
+            },
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1alpha1",
+                "served": true,
+                "storage": true,
+                "schema": { "openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A model deployed by modelship: its model, optimization and quality gate, serving limits, resources, replicas, rollout and target.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": { "type": "string" },
+                        "kind": { "type": "string" },
+                        "metadata": { "type": "object" },
+                        "spec": spec,
+                        "status": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+                    },
+                }},
+                "subresources": { "status": {} },
+                "additionalPrinterColumns": [
+                    { "name": "Task", "type": "string", "jsonPath": ".spec.model.task" },
+                    { "name": "Quantize", "type": "string", "jsonPath": ".spec.optimize.quantize" },
+                    { "name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas" },
+                    { "name": "Target", "type": "string", "jsonPath": ".spec.target" },
+                    { "name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp" },
+                ],
+            }],
+        },
+    })
+}
+
+/// Rewrites a generated schema into a Kubernetes structural schema.
+fn structural(v: &mut Value) {
+    let Some(obj) = v.as_object_mut() else {
+        if let Some(items) = v.as_array_mut() {
+            items.iter_mut().for_each(structural);
+        }
+        return;
+    };
+    for key in [
+        "$schema",
+        "title",
+        "default",
+        "definitions",
+        "$defs",
+        "examples",
+    ] {
+        obj.remove(key);
+    }
+    if obj.get("additionalProperties") == Some(&Value::Bool(false)) {
+        obj.remove("additionalProperties");
+    }
+    // Formats Kubernetes does not know (uint32, uint, …) are dropped; the
+    // `minimum` schemars adds keeps the meaning.
+    if let Some(Value::String(f)) = obj.get("format")
+        && !["int32", "int64", "float", "double", "byte", "date-time"].contains(&f.as_str())
+    {
+        obj.remove("format");
+    }
+    merge_nullable_any_of(obj);
+    collapse_enum_one_of(obj);
+    for (_, child) in obj.iter_mut() {
+        structural(child);
+    }
+}
+
+/// An optional field whose type has its own schema comes out as
+/// `anyOf: [schema, {enum: [null], nullable: true}]`: the schema itself,
+/// nullable.
+fn merge_nullable_any_of(obj: &mut Map<String, Value>) {
+    let Some(Value::Array(options)) = obj.get("anyOf") else {
+        return;
+    };
+    let is_null = |o: &Value| {
+        o.get("nullable") == Some(&json!(true))
+            && o.get("properties").is_none()
+            && o.get("type").is_none()
+    };
+    if options.len() != 2 || !options.iter().any(is_null) {
+        return;
+    }
+    let Some(Value::Object(inner)) = options.iter().find(|o| !is_null(o)).cloned() else {
+        return;
+    };
+    obj.remove("anyOf");
+    for (k, v) in inner {
+        obj.entry(k).or_insert(v);
+    }
+    obj.insert("nullable".into(), json!(true));
+}
+
+/// Documented unit enum variants come out as `oneOf` single-value enums;
+/// Kubernetes wants one `enum` on a typed schema.
+fn collapse_enum_one_of(obj: &mut Map<String, Value>) {
+    let Some(Value::Array(options)) = obj.get("oneOf") else {
+        return;
+    };
+    let mut values = Vec::new();
+    let mut docs = BTreeMap::new();
+    for o in options {
+        match o.get("enum").and_then(Value::as_array) {
+            Some(e) if o.get("type") == Some(&json!("string")) => {
+                for v in e {
+                    values.push(v.clone());
+                    if let (Some(name), Some(d)) =
+                        (v.as_str(), o.get("description").and_then(Value::as_str))
+                    {
+                        docs.insert(name.to_owned(), d.to_owned());
+                    }
+                }
+            }
+            _ => return,
+        }
+    }
+    obj.remove("oneOf");
+    obj.insert("type".into(), json!("string"));
+    obj.insert("enum".into(), Value::Array(values));
+    if !docs.is_empty() && !obj.contains_key("description") {
+        let text = docs
+            .iter()
+            .map(|(k, d)| format!("{k}: {d}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        obj.insert("description".into(), json!(text));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk<'a>(v: &'a Value, path: String, out: &mut Vec<(String, &'a Value)>) {
+        out.push((path.clone(), v));
+        match v {
+            Value::Object(m) => m
+                .iter()
+                .for_each(|(k, c)| walk(c, format!("{path}.{k}"), out)),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .for_each(|(i, c)| walk(c, format!("{path}[{i}]"), out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_crd_schema_is_structural() {
+        let crd = crd();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let mut all = Vec::new();
+        walk(schema, "spec".into(), &mut all);
+        for (path, v) in &all {
+            let Some(m) = v.as_object() else { continue };
+            assert!(!m.contains_key("$ref"), "{path} has a $ref");
+            assert!(
+                !(m.contains_key("properties") && m.contains_key("additionalProperties")),
+                "{path}"
+            );
+            assert!(!m.contains_key("oneOf"), "{path} keeps a oneOf: {v}");
+        }
+        let target = &schema["properties"]["target"];
+        assert_eq!(
+            target["enum"],
+            json!(["local", "docker", "swarm", "kubernetes"]),
+            "{target}"
+        );
+        assert_eq!(
+            schema["properties"]["optimize"]["properties"]["quantize"]["type"],
+            "string"
+        );
+        assert_eq!(
+            schema["properties"]["resources"]["properties"]["memory"]["x-kubernetes-int-or-string"],
+            true
+        );
+        assert!(
+            schema["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("model"))
+        );
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(cpu_quantity(1.0), "1");
+        assert_eq!(cpu_quantity(0.5), "500m");
+        assert_eq!(quantity(2.5), "2500m");
+        assert_eq!(mebibytes(1 << 20), "1Mi");
+        assert_eq!(mebibytes((1 << 20) + 1), "2Mi");
+    }
+}

@@ -181,3 +181,233 @@ fn yaml_to_json(yaml: &str) -> String {
     let value: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
     value.to_string()
 }
+
+/// The Kubernetes API stand-in (`support/kube_api_standin.py`): no API
+/// server can be installed here, so `deploy`'s wire protocol is checked
+/// against a recorder of the calls a real one would get.
+struct KubeApi {
+    child: std::process::Child,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+impl KubeApi {
+    fn start(dir: &Path) -> KubeApi {
+        let port_file = dir.join("kube-port");
+        let log = dir.join("kube-requests.jsonl");
+        let script =
+            modelship_testkit::repo_root().join("crates/cli/tests/support/kube_api_standin.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(&port_file)
+            .arg(&log)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file)
+                && !p.is_empty()
+            {
+                break p;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the API stand-in did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        KubeApi {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    fn kubeconfig(&self, dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+                 clusters:\n- name: test\n  cluster:\n    server: {}\n\
+                 users:\n- name: test\n  user:\n    token: not-a-secret\n\
+                 contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    namespace: models\n",
+                self.url
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The bodies of the Deployment applies so far.
+    fn deployment_applies(&self) -> Vec<serde_json::Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                r["method"] == "PATCH"
+                    && r["path"] == "/apis/apps/v1/namespaces/models/deployments/kubetest"
+            })
+            .map(|r| r["body"].clone())
+            .collect()
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn image_of(deployment: &serde_json::Value) -> String {
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn deploy_server_side_applies_waits_scales_rolls_back_and_deletes() {
+    use std::time::{Duration, Instant};
+    use support::control_plane::ControlPlane;
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let kubeconfig = api.kubeconfig(dir.path());
+    let registry = support::registry::Registry::start();
+    let cp = ControlPlane::start_env(
+        &dir.path().join("data"),
+        &[],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    let minilm = modelship_testkit::minilm();
+    let tail = format!(
+        "  optimize: {{ quantize: q8_0 }}\n  image: {}/kubetest\n  target: kubernetes\n",
+        registry.addr
+    );
+    let v1 = named_spec(dir.path(), "v1.yaml", "kubetest", &minilm, 2, &tail);
+    let out = cp.cli(&["deploy", "-f", v1.to_str().unwrap(), "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Every object by server-side apply, as modelship's field manager.
+    let applies: Vec<serde_json::Value> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == "PATCH")
+        .collect();
+    let paths: Vec<&str> = applies
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/namespaces/models/serviceaccounts/kubetest",
+            "/apis/apps/v1/namespaces/models/deployments/kubetest",
+            "/api/v1/namespaces/models/services/kubetest",
+            "/apis/policy/v1/namespaces/models/poddisruptionbudgets/kubetest",
+            "/apis/networking.k8s.io/v1/namespaces/models/networkpolicies/kubetest",
+        ]
+    );
+    for r in &applies {
+        assert_eq!(r["content_type"], "application/apply-patch+yaml");
+        assert_eq!(r["query"]["fieldManager"], serde_json::json!(["modelship"]));
+        assert_eq!(r["query"]["force"], serde_json::json!(["true"]));
+    }
+    // It waited on the Deployment's status, and the pods run the image the
+    // pipeline pushed, pinned by digest, which the registry serves.
+    assert!(api.requests().iter().any(|r| r["method"] == "GET"
+        && r["path"] == "/apis/apps/v1/namespaces/models/deployments/kubetest"));
+    let first = api.deployment_applies().last().unwrap().clone();
+    assert_eq!(first["spec"]["replicas"], 2);
+    let image = image_of(&first);
+    let (repo_tag, digest) = image.split_once('@').expect("pinned by digest");
+    assert!(
+        repo_tag.starts_with(&format!("{}/kubetest:", registry.addr)),
+        "{image}"
+    );
+    let pulled = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!(
+            "http://{}/v2/kubetest/manifests/{digest}",
+            registry.addr
+        ))
+        .status()
+        .unwrap();
+    assert!(pulled.success(), "the registry does not serve {image}");
+
+    // Scale: the Deployment is applied again with the new count.
+    assert!(cp.cli(&["scale", "kubetest", "3"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.deployment_applies().last().unwrap()["spec"]["replicas"] != 3 {
+        assert!(Instant::now() < deadline, "scale was not applied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A revision whose pods never become available (the stand-in stalls a
+    // Deployment limited to 13Mi): the run fails and revision 1 comes back.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&v1)
+            .unwrap()
+            .replace("memory: 1Gi", "memory: 13Mi"),
+    )
+    .unwrap();
+    let out = cp.cli(&["deploy", "-f", bad.to_str().unwrap(), "--wait"]);
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("did not roll out"), "{all}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let last = api.deployment_applies().last().unwrap().clone();
+        let memory =
+            &last["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"];
+        if memory == "1024Mi" && image_of(&last) == image {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "revision 1 was not applied back: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Delete removes every object.
+    assert!(cp.cli(&["delete", "kubetest"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let deletes = api
+            .requests()
+            .into_iter()
+            .filter(|r| r["method"] == "DELETE")
+            .count();
+        if deletes == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{deletes} of 5 objects deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cp.kill();
+}

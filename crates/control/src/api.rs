@@ -112,13 +112,11 @@ async fn deploy(State(ctx): State<Arc<Ctx>>, Json(req): Json<DeployRequest>) -> 
                 .into(),
         });
     }
-    if matches!(spec.spec.target, modelship_types::Target::Kubernetes) {
+    if spec.spec.target == modelship_types::Target::Kubernetes && spec.spec.image.is_none() {
         return Err(ApiError::Invalid {
-            field: "spec.target".into(),
-            reason: format!(
-                "`{}` is not supported by the control plane yet (local, docker and swarm are); `modelship render kubernetes` writes its manifests",
-                spec.spec.target
-            ),
+            field: "spec.image".into(),
+            reason: "a Kubernetes cluster pulls images from a registry: name a repository (host[:port]/name) to push to"
+                .into(),
         });
     }
     let name = spec.metadata.name.clone();

@@ -101,12 +101,26 @@ impl Controller {
         }
 
         self.autoscale(now)?;
-        let (swarm_desired, desired): (Vec<_>, Vec<_>) = self
-            .desired()?
-            .into_iter()
-            .partition(|(_, target)| *target == Target::Swarm);
-        let swarm_desired: Vec<Desired> = swarm_desired.into_iter().map(|(d, _)| d).collect();
-        let desired: Vec<Desired> = desired.into_iter().map(|(d, _)| d).collect();
+        let mut by_target: HashMap<Target, Vec<Desired>> = HashMap::new();
+        for (d, target) in self.desired()? {
+            by_target.entry(target).or_default().push(d);
+        }
+        let mut take = |t| by_target.remove(&t).unwrap_or_default();
+        let swarm_desired = take(Target::Swarm);
+        let kube_desired = take(Target::Kubernetes);
+        let mut desired = take(Target::Local);
+        desired.extend(take(Target::Docker));
+        let kube_applied = !self
+            .ctx
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if (!kube_desired.is_empty() || kube_applied)
+            && let Err(e) = crate::cluster::pass(&self.ctx, &kube_desired).await
+        {
+            tracing::error!("kubernetes: {e:#}");
+        }
         if !swarm_desired.is_empty() || !swarm_stored.is_empty() || self.ctx.targets.swarm_in_use()
         {
             self.swarm(&swarm_desired, swarm_stored).await;

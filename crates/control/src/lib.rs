@@ -4,6 +4,7 @@
 //! planner, orchestrator and gateway; the only crate that knows them all.
 
 mod api;
+mod cluster;
 mod controller;
 pub mod digest;
 pub mod kubernetes;
@@ -52,6 +53,7 @@ pub(crate) struct Targets {
     local: Arc<dyn Orchestrator>,
     docker: tokio::sync::OnceCell<Arc<modelship_orchestrator::Docker>>,
     swarm: tokio::sync::OnceCell<Arc<modelship_orchestrator::Swarm>>,
+    kubernetes: tokio::sync::OnceCell<Arc<modelship_orchestrator::Kubernetes>>,
 }
 
 impl Targets {
@@ -72,6 +74,19 @@ impl Targets {
         self.swarm
             .get_or_try_init(|| async {
                 Ok(Arc::new(modelship_orchestrator::Swarm::connect().await?))
+            })
+            .await
+            .cloned()
+    }
+
+    pub(crate) async fn kubernetes(
+        &self,
+    ) -> anyhow::Result<Arc<modelship_orchestrator::Kubernetes>> {
+        self.kubernetes
+            .get_or_try_init(|| async {
+                Ok(Arc::new(
+                    modelship_orchestrator::Kubernetes::connect().await?,
+                ))
             })
             .await
             .cloned()
@@ -117,6 +132,8 @@ pub(crate) struct Ctx {
     /// Deployments with a pipeline run in progress.
     pub running: Mutex<HashSet<String>>,
     pub gateway_addr: SocketAddr,
+    /// What was last applied to Kubernetes, per deployment.
+    pub applied: Mutex<cluster::AppliedMap>,
     /// The latest routes for the etcd publisher, when discovery is on.
     pub published: Option<tokio::sync::watch::Sender<Routable>>,
 }
@@ -200,7 +217,9 @@ pub async fn up(
             local: config.orchestrator,
             docker: tokio::sync::OnceCell::new(),
             swarm: tokio::sync::OnceCell::new(),
+            kubernetes: tokio::sync::OnceCell::new(),
         },
+        applied: Mutex::default(),
         gateway: gateway.clone(),
         data_dir: config.data_dir,
         wake: Notify::new(),

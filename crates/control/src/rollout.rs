@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use modelship_gateway::StatsSnapshot;
 use modelship_orchestrator::now_ms;
 use modelship_planner::{Verdict, Window, judge_canary};
-use modelship_types::{Deployment, ModelDeployment, ReplicaState, Revision, Strategy};
+use modelship_types::{Deployment, ModelDeployment, ReplicaState, Revision, Strategy, Target};
 
 use crate::Ctx;
 
@@ -57,7 +57,7 @@ pub(crate) async fn rollout(
         store.put_deployment(&base)?;
         ctx.wake.notify_one();
         let n = base.revision;
-        wait_converged(ctx, name, n)
+        wait_serving(ctx, spec, name, n)
             .await
             .map_err(Failed::into_error)?;
         return Ok((
@@ -73,6 +73,9 @@ pub(crate) async fn rollout(
         ..new.clone()
     };
     let strategy = match previous {
+        // The cluster's Deployment rolls; the split a canary needs is the
+        // gateway's, which a cluster's traffic does not pass through.
+        _ if spec.spec.target == Target::Kubernetes => Strategy::Rolling,
         Some(_) => spec.spec.rollout.strategy,
         None => Strategy::Rolling, // nothing to compare with or switch from
     };
@@ -102,7 +105,7 @@ pub(crate) async fn rollout(
     let attempt = match (strategy, previous) {
         (Strategy::Canary, Some(p)) => canary(ctx, spec, &base, number, p).await,
         (Strategy::BlueGreen, Some(p)) => blue_green(ctx, spec, &base, number, p).await,
-        _ => wait_converged(ctx, name, number)
+        _ => wait_serving(ctx, spec, name, number)
             .await
             .map(|()| String::new()),
     };
@@ -360,6 +363,23 @@ async fn wait_converged(ctx: &Ctx, name: &str, number: u32) -> Result<(), Failed
             )));
         }
     }
+}
+
+/// Waits until `number` alone serves: its replicas ready and no others, or,
+/// on Kubernetes, its Deployment rolled out.
+async fn wait_serving(
+    ctx: &Ctx,
+    spec: &ModelDeployment,
+    name: &str,
+    number: u32,
+) -> Result<(), Failed> {
+    if spec.spec.target == Target::Kubernetes {
+        return crate::cluster::wait(ctx, name, number, READY_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(Failed::Revision);
+    }
+    wait_converged(ctx, name, number).await
 }
 
 /// Puts the previous revision back (or removes a deployment that never

@@ -7,6 +7,7 @@
 mod cgroup;
 pub mod docker;
 pub mod engine;
+pub mod kubernetes;
 mod local;
 mod probe;
 pub mod swarm;
@@ -19,6 +20,7 @@ use modelship_types::{Replica, ServingLimits};
 pub use cgroup::Cgroups;
 pub use docker::Docker;
 pub use engine::{Engine, EngineError};
+pub use kubernetes::Kubernetes;
 pub use local::Local;
 pub use probe::ready;
 pub use swarm::Swarm;

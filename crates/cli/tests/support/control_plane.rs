@@ -21,10 +21,16 @@ impl ControlPlane {
     }
 
     pub fn start_with(data: &Path, flags: &[&str]) -> ControlPlane {
+        Self::start_env(data, flags, &[])
+    }
+
+    /// Starts with extra environment variables (`KUBECONFIG`, …).
+    pub fn start_env(data: &Path, flags: &[&str], env: &[(&str, &Path)]) -> ControlPlane {
         let mut child = modelship()
             .args(["up", "--api-port", "0", "--gateway-port", "0", "--data-dir"])
             .arg(data)
             .args(flags)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

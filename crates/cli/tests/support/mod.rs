@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test file uses part of it
 
 pub mod control_plane;
+pub mod registry;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

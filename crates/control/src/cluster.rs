@@ -1,0 +1,158 @@
+//! The controller's pass over Kubernetes deployments: when a deployment's
+//! revision or replica count differs from what was last applied, render that
+//! revision's objects and server-side apply them; when a deployment is gone,
+//! delete what was applied for it. The cluster runs and rolls the pods;
+//! rollouts wait on the Deployment's status ([`wait`]).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use modelship_orchestrator::kubernetes::RolloutStatus;
+use modelship_planner::Desired;
+use modelship_types::{QuantChoice, Revision};
+use serde_json::Value;
+
+use crate::Ctx;
+
+/// What was last applied for a deployment.
+#[derive(Debug, Clone)]
+pub(crate) struct Applied {
+    pub revision: u32,
+    pub replicas: u32,
+    pub namespace: String,
+    pub objects: Vec<Value>,
+}
+
+pub(crate) type AppliedMap = HashMap<String, Applied>;
+
+/// The objects `rev` renders to with `replicas` pods, in `namespace`.
+pub(crate) fn objects(
+    rev: &Revision,
+    replicas: u32,
+    namespace: &str,
+) -> anyhow::Result<Vec<Value>> {
+    let image = rev
+        .image
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("revision {} has no image", rev.number))?;
+    let mut planned = rev.spec.clone();
+    planned.spec.model.source = rev.artifact.clone();
+    planned.spec.optimize.quantize = QuantChoice::None;
+    let mut report = crate::plan::plan(&planned, &[])?;
+    report.replicas = replicas;
+    Ok(crate::kubernetes::manifests(
+        &rev.spec, image, &report, namespace,
+    ))
+}
+
+/// One pass over the Kubernetes deployments in `desired`.
+pub(crate) async fn pass(ctx: &Ctx, desired: &[Desired]) -> anyhow::Result<()> {
+    let kube = ctx.targets.kubernetes().await?;
+    let namespace = kube.default_namespace().to_owned();
+    let (to_apply, gone): (Vec<&Desired>, Vec<String>) = {
+        let applied = ctx.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let to_apply = desired
+            .iter()
+            .filter(|d| {
+                applied
+                    .get(&d.deployment)
+                    .is_none_or(|a| a.revision != d.revision || a.replicas != d.replicas)
+            })
+            .collect();
+        let gone = applied
+            .keys()
+            .filter(|n| !desired.iter().any(|d| &d.deployment == *n))
+            .cloned()
+            .collect();
+        (to_apply, gone)
+    };
+    for name in gone {
+        let applied = ctx
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+            .cloned();
+        if let Some(a) = applied {
+            // Forgotten only once deleted, so a failure is tried again.
+            kube.delete(&a.objects).await?;
+            ctx.applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            ctx.event(
+                &name,
+                format!("deleted its Kubernetes objects in {}", a.namespace),
+            );
+        }
+    }
+    for d in to_apply {
+        let Some(rev) = ctx.store.revision(&d.deployment, d.revision)? else {
+            continue;
+        };
+        let objects = objects(&rev, d.replicas, &namespace)?;
+        kube.apply(&objects).await?;
+        ctx.event(
+            &d.deployment,
+            format!(
+                "applied revision {} ({} replica(s)) to Kubernetes namespace {namespace}",
+                d.revision, d.replicas
+            ),
+        );
+        ctx.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                d.deployment.clone(),
+                Applied {
+                    revision: d.revision,
+                    replicas: d.replicas,
+                    namespace: namespace.clone(),
+                    objects,
+                },
+            );
+    }
+    Ok(())
+}
+
+/// Waits until revision `number` of `name` is applied and its Deployment
+/// has rolled out; the rollout's failure (progress deadline) or `timeout`
+/// is an error naming why.
+pub(crate) async fn wait(
+    ctx: &Ctx,
+    name: &str,
+    number: u32,
+    timeout: Duration,
+) -> Result<RolloutStatus, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let kube = ctx
+        .targets
+        .kubernetes()
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    loop {
+        let namespace = ctx
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .filter(|a| a.revision == number)
+            .map(|a| a.namespace.clone());
+        if let Some(ns) = namespace {
+            let status = kube
+                .rollout_status(&ns, name)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            if let Some(why) = status.failed {
+                return Err(format!("the Deployment did not roll out: {why}"));
+            }
+            if status.complete {
+                return Ok(status);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("not rolled out after {} s", timeout.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

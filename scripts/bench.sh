@@ -11,8 +11,10 @@ scripts/setup-services.sh --bench
 cargo build --release --quiet --bin modelship --example bench_generate
 cargo build --release --quiet -p modelship-gateway --example http_load
 # BENCH_ONLY=speed: only the quantization throughput table; =memory: only
-# the estimate-vs-RSS table; =gateway: only the proxy table.
+# the estimate-vs-RSS table; =gateway: only the proxy table; =containers:
+# only the image and target table.
 case "${BENCH_ONLY:-}" in
+  containers) exec "$cache/venv/bin/python" scripts/bench/containers.py ;;
   memory) exec "$cache/venv/bin/python" scripts/bench/memory.py ;;
   gateway) exec "$cache/venv/bin/python" scripts/bench/gateway.py ;;
   speed) exec "$cache/venv/bin/python" scripts/bench/quantize.py ;;
@@ -21,4 +23,5 @@ esac
 "$cache/venv/bin/python" scripts/bench/quantize.py
 "$cache/venv/bin/python" scripts/bench/memory.py
 "$cache/venv/bin/python" scripts/bench/gateway.py
+"$cache/venv/bin/python" scripts/bench/containers.py
 cargo run --release --quiet -p modelship-planner --example place_bench

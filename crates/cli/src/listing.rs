@@ -182,15 +182,24 @@ pub fn status(args: NameArgs) -> Result<(), Failure> {
     let cp = get_json(&args.api, "/v1/status")?;
     print(args.api.output, &v, |v| {
         let d = &v["deployment"];
+        let target = d["target"].as_str().unwrap_or("local");
+        // How limits are enforced is known for local replicas; the engines
+        // enforce their own.
+        let runs_on = match d["image"].as_str() {
+            Some(image) => format!("target: {target}, image {image}"),
+            None => format!(
+                "target: {target}\nresource limits: {}",
+                cp["resource_limits"].as_str().unwrap_or_default()
+            ),
+        };
         let mut s = format!(
-            "{}: revision {}, {}/{} ready, {} old\nmodel: {}\nresource limits: {}\n\nreplicas\n",
+            "{}: revision {}, {}/{} ready, {} old\nmodel: {}\n{runs_on}\n\nreplicas\n",
             d["name"].as_str().unwrap_or_default(),
             d["revision"],
             d["ready"],
             d["replicas"],
             d["old"],
             d["model"].as_str().unwrap_or_default(),
-            cp["resource_limits"].as_str().unwrap_or_default()
         );
         for r in v["replicas"].as_array().into_iter().flatten() {
             s += &format!(

@@ -173,6 +173,11 @@ pub struct DeploymentSummary {
     pub stable: Option<u32>,
     pub traffic: Option<u32>,
     pub model: String,
+    /// Where its replicas run, and the image they run (not for `local`).
+    #[serde(default)]
+    pub target: modelship_types::Target,
+    #[serde(default)]
+    pub image: Option<String>,
     pub updated_at: u64,
 }
 
@@ -181,9 +186,9 @@ fn summary(ctx: &Ctx, d: &Deployment, all: &[Replica]) -> Result<DeploymentSumma
         all.iter()
             .filter(|r| r.deployment == d.name && r.state != ReplicaState::Terminating)
     };
-    let model = ctx
-        .store
-        .revision(&d.name, d.revision)?
+    let rev = ctx.store.revision(&d.name, d.revision)?;
+    let model = rev
+        .as_ref()
         .map(|r| r.artifact.display().to_string())
         .unwrap_or_default();
     Ok(DeploymentSummary {
@@ -197,6 +202,8 @@ fn summary(ctx: &Ctx, d: &Deployment, all: &[Replica]) -> Result<DeploymentSumma
         stable: d.stable,
         traffic: d.traffic,
         model,
+        target: rev.as_ref().map(|r| r.spec.spec.target).unwrap_or_default(),
+        image: rev.and_then(|r| r.image),
         updated_at: d.updated_at,
     })
 }

@@ -8,7 +8,6 @@ stages. Each timing is the median of ROUNDS runs.
 Run by scripts/bench.sh (BENCH_ONLY=containers for this table only)."""
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -18,6 +17,7 @@ import tempfile
 import time
 import urllib.request
 
+from gateway import start_up
 from paths import BIN, MINILM, OUT
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -75,16 +75,6 @@ def start_registry(d):
         except OSError:
             time.sleep(0.05)
     raise SystemExit("docker-registry did not start")
-
-
-def start_up(data):
-    proc = subprocess.Popen([BIN, "up", "--data-dir", data, "--api-port", "0", "--gateway-port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        m = re.search(r"API (http://[^,]+), gateway (http://[^,]+),", line)
-        if m:
-            return proc, m.group(1), m.group(2)
-    raise SystemExit("modelship up did not start")
 
 
 def first_response(gateway, name, deadline=300):

@@ -116,7 +116,9 @@ impl Targets {
         match target {
             Target::Local => Ok(Arc::clone(&self.local)),
             Target::Docker => Ok(self.docker().await?),
-            other => anyhow::bail!("target `{other}` is not supported by the control plane yet"),
+            // Their engines start and stop replicas; the controller's
+            // passes over them (`swarm`, `cluster`) set counts instead.
+            other => anyhow::bail!("`{other}` replicas are not started one by one"),
         }
     }
 }

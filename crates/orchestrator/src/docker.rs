@@ -145,20 +145,10 @@ impl Orchestrator for Docker {
             };
             let name = container_name(&spec.id);
             // A restart replaces the exited container of the same name.
-            match self
-                .engine
-                .call(
-                    Method::DELETE,
-                    &format!("/containers/{name}?force=true"),
-                    None,
-                )
+            self.engine
+                .delete(&format!("/containers/{name}?force=true"))
                 .await
-            {
-                Err(e) if e.status() != Some(StatusCode::NOT_FOUND) => {
-                    return Err(start_error(&spec.id, e));
-                }
-                _ => {}
-            }
+                .map_err(|e| start_error(&spec.id, e))?;
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map_err(|source| OrchestratorError::Start {
@@ -246,18 +236,10 @@ impl Orchestrator for Docker {
                 }
                 _ => {}
             }
-            match self
-                .engine
-                .call(
-                    Method::DELETE,
-                    &format!("/containers/{name}?force=true"),
-                    None,
-                )
+            self.engine
+                .delete(&format!("/containers/{name}?force=true"))
                 .await
-            {
-                Err(e) if e.status() != Some(StatusCode::NOT_FOUND) => Err(err(e)),
-                _ => Ok(()),
-            }
+                .map_err(err)
         }
         .boxed()
     }

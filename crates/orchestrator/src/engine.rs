@@ -176,6 +176,15 @@ impl Engine {
         }
     }
 
+    /// `DELETE` (with `?force=true` where the path asks); an object that is
+    /// already gone is no error.
+    pub async fn delete(&self, path: &str) -> Result<(), EngineError> {
+        match self.call(Method::DELETE, path, None).await {
+            Err(e) if e.status() != Some(StatusCode::NOT_FOUND) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Loads a `docker save`-format archive (`docker load`), streamed from disk.
     pub async fn load_image(&self, archive: &Path) -> Result<(), EngineError> {
         let file = tokio::fs::File::open(archive)

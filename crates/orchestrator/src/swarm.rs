@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hyper::{Method, StatusCode};
+use hyper::Method;
 use modelship_types::{Replica, ReplicaState, ServingLimits, Target};
 use serde_json::{Value, json};
 
@@ -210,14 +210,9 @@ impl Swarm {
     }
 
     pub async fn remove(&self, service: &Service) -> Result<(), EngineError> {
-        match self
-            .engine
-            .call(Method::DELETE, &format!("/services/{}", service.id), None)
+        self.engine
+            .delete(&format!("/services/{}", service.id))
             .await
-        {
-            Err(e) if e.status() != Some(StatusCode::NOT_FOUND) => Err(e),
-            _ => Ok(()),
-        }
     }
 
     /// The service's tasks as replicas: those Swarm wants running, each with

@@ -72,6 +72,26 @@ pub fn write(
     level: Compression,
 ) -> Result<Layer, PackageError> {
     let (tmp, file) = layout.temp_blob()?;
+    let written = write_to(file, files, mtime, level);
+    let (digest, diff_id, size) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            // A half-written blob must not stay behind in the layout.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let blob = layout.commit_blob(&tmp, &digest, size, crate::media::LAYER_GZIP)?;
+    Ok(Layer { blob, diff_id })
+}
+
+/// Streams the layer into `file`: (compressed digest, tar digest, size).
+fn write_to(
+    file: std::fs::File,
+    files: &Files,
+    mtime: u64,
+    level: Compression,
+) -> Result<(String, String, u64), PackageError> {
     let compressed = Hashing::new(file);
     let gz = flate2::GzBuilder::new()
         .mtime(0)
@@ -95,12 +115,7 @@ pub fn write(
     let (mut file, digest) = compressed.finish();
     file.flush().map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
-    drop(file);
-    let blob = layout.commit_blob(&tmp, &digest, size, crate::media::LAYER_GZIP)?;
-    Ok(Layer {
-        blob,
-        diff_id: diff,
-    })
+    Ok((digest, diff, size))
 }
 
 fn append<W: Write>(
@@ -169,5 +184,90 @@ impl<W: Write> Write for Hashing<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(content: &[u8]) -> Files {
+        let mut f = Files::default();
+        f.file("/b/model.gguf", Source::Bytes(content.to_vec()), 0o644);
+        f.file("/a/bin", Source::Bytes(b"#!".to_vec()), 0o755);
+        f.dir("/tmp", 0o1777, 0);
+        f
+    }
+
+    #[test]
+    fn the_same_files_give_the_same_digests_and_any_change_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::open(dir.path()).unwrap();
+        let a = write(&layout, &files(b"weights"), 0, Compression::fast()).unwrap();
+        let b = write(&layout, &files(b"weights"), 0, Compression::fast()).unwrap();
+        assert_eq!((&a.blob, &a.diff_id), (&b.blob, &b.diff_id));
+        let c = write(&layout, &files(b"weightz"), 0, Compression::fast()).unwrap();
+        assert_ne!(a.diff_id, c.diff_id);
+        let d = write(&layout, &files(b"weights"), 1, Compression::fast()).unwrap();
+        assert_ne!(a.diff_id, d.diff_id, "the timestamp is part of the layer");
+        // The blob is stored under its digest, and no temporary file is left.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with(".tmp")), "{names:?}");
+        assert_eq!(
+            std::fs::metadata(layout.blob_path(&a.blob.digest).unwrap())
+                .unwrap()
+                .len(),
+            a.blob.size
+        );
+    }
+
+    #[test]
+    fn entries_are_in_path_order_with_their_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::open(dir.path()).unwrap();
+        let layer = write(&layout, &files(b"w"), 0, Compression::fast()).unwrap();
+        let gz = std::fs::File::open(layout.blob_path(&layer.blob.digest).unwrap()).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gz));
+        let entries: Vec<(String, u32)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().mode().unwrap(),
+                )
+            })
+            .collect();
+        let paths: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["a/", "a/bin", "b/", "b/model.gguf", "tmp/"]);
+        assert_eq!(entries[4].1, 0o1777);
+    }
+
+    #[test]
+    fn a_missing_source_file_is_an_error_naming_it_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::open(dir.path()).unwrap();
+        let mut f = Files::default();
+        f.file("/m", Source::File("/nonexistent/model.gguf".into()), 0o644);
+        let e = write(&layout, &f, 0, Compression::fast()).unwrap_err();
+        let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(chain.contains("/nonexistent/model.gguf"), "{chain}");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp"))
+        );
     }
 }

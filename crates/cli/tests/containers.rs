@@ -456,6 +456,12 @@ async fn lifecycle(target: &str, name: &str, check_engine: impl Fn(&str, u32)) {
     let e1 = embed(&cp.gateway, name, "through the gateway").await;
     assert_eq!(e1.len(), 384);
     check_engine(name, 1);
+    if target == "docker" {
+        // Replica output through the Engine's log stream.
+        let logs = cp.cli(&["logs", name]);
+        let logs = String::from_utf8_lossy(&logs.stdout);
+        assert!(logs.contains("modelship: serving"), "{logs}");
+    }
 
     assert!(cp.cli(&["scale", name, "2"]).status.success());
     cp.wait_ready(2, 1, Duration::from_secs(60));

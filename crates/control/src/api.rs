@@ -421,12 +421,16 @@ async fn logs(
         .iter()
         .filter(|r| r.deployment == name)
     {
-        let Some(path) = ctx.targets.local().log_path(&r.id) else {
+        // Swarm tasks' and Kubernetes pods' output is their engine's
+        // (`docker service logs`, `kubectl logs`).
+        let Ok(orchestrator) = ctx.targets.get(r.target).await else {
             continue;
         };
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        for line in &lines[lines.len().saturating_sub(tail)..] {
+        let lines = orchestrator
+            .logs(r, tail)
+            .await
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot read {}'s logs: {e}", r.id)))?;
+        for line in lines {
             out.push_str(&format!("[{}] {line}\n", r.id));
         }
     }

@@ -6,7 +6,6 @@
 //! capabilities. Containers outlive the control plane; a restarted one finds
 //! them by name.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -116,6 +115,24 @@ pub(crate) fn health_check() -> Value {
         "StartPeriod": 60_000_000_000u64,
         "Retries": 3,
     })
+}
+
+/// Lines from the Engine's log stream: frames of an 8-byte header (stream,
+/// three zero bytes, big-endian length) and the payload, for a container
+/// without a TTY.
+fn demultiplex(bytes: &[u8]) -> Vec<String> {
+    let mut text = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 8 {
+        let len = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        let end = (8 + len).min(rest.len());
+        text.extend_from_slice(&rest[8..end]);
+        rest = &rest[end..];
+    }
+    String::from_utf8_lossy(&text)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The labels that tie an engine object to its deployment and revision.
@@ -244,8 +261,21 @@ impl Orchestrator for Docker {
         .boxed()
     }
 
-    fn log_path(&self, _replica_id: &str) -> Option<PathBuf> {
-        None
+    fn logs<'a>(
+        &'a self,
+        replica: &'a Replica,
+        tail: usize,
+    ) -> BoxFuture<'a, std::io::Result<Vec<String>>> {
+        async move {
+            let name = container_name(&replica.id);
+            let path = format!("/containers/{name}/logs?stdout=1&stderr=1&tail={tail}");
+            match self.engine.raw(hyper::Method::GET, &path).await {
+                Ok(bytes) => Ok(demultiplex(&bytes)),
+                Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(Vec::new()),
+                Err(e) => Err(std::io::Error::other(e)),
+            }
+        }
+        .boxed()
     }
 
     fn limits_note(&self) -> String {
@@ -296,5 +326,19 @@ mod tests {
             cmd.windows(2).any(|w| w == ["--host", "0.0.0.0"]),
             "{cmd:?}"
         );
+    }
+
+    #[test]
+    fn log_frames_are_joined_into_lines() {
+        let frame = |stream: u8, s: &str| {
+            let mut f = vec![stream, 0, 0, 0];
+            f.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            f.extend_from_slice(s.as_bytes());
+            f
+        };
+        let mut bytes = frame(1, "loaded\nserving ");
+        bytes.extend(frame(2, "on :8080\n"));
+        bytes.extend(&frame(1, "cut short")[..10]);
+        assert_eq!(demultiplex(&bytes), ["loaded", "serving on :8080", "c"]);
     }
 }

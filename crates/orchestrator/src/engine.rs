@@ -163,6 +163,14 @@ impl Engine {
         })
     }
 
+    /// A request without a body; the answer's bytes as they are.
+    pub async fn raw(&self, method: Method, path: &str) -> Result<Bytes, EngineError> {
+        let body = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
+        Ok(self.send(method, path, body, "application/json").await?.1)
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value, EngineError> {
         self.call(Method::GET, path, None).await
     }

@@ -118,8 +118,12 @@ pub trait Orchestrator: Send + Sync {
         grace: std::time::Duration,
     ) -> BoxFuture<'a, Result<(), OrchestratorError>>;
 
-    /// Where the replica's output goes, when it is a file.
-    fn log_path(&self, replica_id: &str) -> Option<PathBuf>;
+    /// The last `tail` lines the replica wrote (stdout and stderr).
+    fn logs<'a>(
+        &'a self,
+        replica: &'a Replica,
+        tail: usize,
+    ) -> BoxFuture<'a, std::io::Result<Vec<String>>>;
 
     /// A line for `status` on how resources are enforced.
     fn limits_note(&self) -> String;

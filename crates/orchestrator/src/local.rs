@@ -212,8 +212,25 @@ impl Orchestrator for Local {
         .boxed()
     }
 
-    fn log_path(&self, replica_id: &str) -> Option<PathBuf> {
-        Some(self.logs.join(format!("{replica_id}.log")))
+    fn logs<'a>(
+        &'a self,
+        replica: &'a Replica,
+        tail: usize,
+    ) -> BoxFuture<'a, std::io::Result<Vec<String>>> {
+        async move {
+            let path = self.logs.join(format!("{}.log", replica.id));
+            let text = match tokio::fs::read_to_string(&path).await {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(e),
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            Ok(lines[lines.len().saturating_sub(tail)..]
+                .iter()
+                .map(|l| (*l).to_owned())
+                .collect())
+        }
+        .boxed()
     }
 
     fn limits_note(&self) -> String {

@@ -339,6 +339,6 @@ mod tests {
         let mut bytes = frame(1, "loaded\nserving ");
         bytes.extend(frame(2, "on :8080\n"));
         bytes.extend(&frame(1, "cut short")[..10]);
-        assert_eq!(demultiplex(&bytes), ["loaded", "serving on :8080", "c"]);
+        assert_eq!(demultiplex(&bytes), ["loaded", "serving on :8080", "cu"]);
     }
 }

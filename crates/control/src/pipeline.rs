@@ -385,29 +385,47 @@ async fn package(
                 &image,
             )?;
             let engine = ctx.targets.engine(spec.spec.target).await?;
-            let archive = layout
-                .root()
-                .join(format!(".load-{}.tar", std::process::id()));
-            let (write_to, write_image, write_ref) =
-                (archive.clone(), image.clone(), reference.clone());
-            let layout_root = layout.root().to_owned();
-            blocking(move || {
-                let layout = modelship_package::Layout::open(&layout_root)?;
-                let file = std::io::BufWriter::new(std::fs::File::create(&write_to)?);
-                modelship_package::archive::write(&layout, &write_image, &write_ref, file)?;
-                Ok(())
-            })
-            .await?;
-            let loaded = engine.load_image(&archive).await;
-            let _ = std::fs::remove_file(&archive);
-            loaded?;
+            let what = load(&engine, layout.root(), &image, &reference).await?;
             Ok((
                 reference.to_string(),
                 image.manifest.digest.clone(),
-                format!("loaded {reference} into the Docker engine ({sizes})"),
+                format!("{what} {reference} in the Docker engine ({sizes})"),
             ))
         }
     }
+}
+
+/// Puts the image into the engine unless it holds it already (Docker's
+/// image id is the config's digest); returns what it did.
+async fn load(
+    engine: &modelship_orchestrator::Engine,
+    layout_root: &Path,
+    image: &modelship_package::BuiltImage,
+    reference: &modelship_package::Reference,
+) -> anyhow::Result<&'static str> {
+    let present = engine.find(&format!("/images/{reference}/json")).await?;
+    if present.is_some_and(|i| i["Id"] == image.config.digest) {
+        return Ok("found");
+    }
+    // Named after the image: two deploys of different images load at once.
+    let archive = layout_root.join(format!(
+        ".load-{}-{}.tar",
+        std::process::id(),
+        image.manifest.digest.trim_start_matches("sha256:")
+    ));
+    let (write_to, write_image, write_ref) = (archive.clone(), image.clone(), reference.clone());
+    let layout_root = layout_root.to_owned();
+    blocking(move || {
+        let layout = modelship_package::Layout::open(&layout_root)?;
+        let file = std::io::BufWriter::new(std::fs::File::create(&write_to)?);
+        modelship_package::archive::write(&layout, &write_image, &write_ref, file)?;
+        Ok(())
+    })
+    .await?;
+    let loaded = engine.load_image(&archive).await;
+    let _ = std::fs::remove_file(&archive);
+    loaded?;
+    Ok("loaded")
 }
 
 /// Runs blocking work (model reads, quantization) off the async workers.

@@ -57,7 +57,7 @@ impl Files {
 }
 
 /// A written layer: its blob (compressed) and the digest of its tar.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Layer {
     pub blob: Blob,
     /// `sha256:` of the uncompressed tar (the image config's `diff_ids`).
@@ -65,7 +65,59 @@ pub struct Layer {
 }
 
 /// Writes `files` as a gzipped tar into `layout`. `mtime` stamps every entry.
+/// A layer written before from the same inputs (paths, modes, owners,
+/// contents, time and level) is reused: hashing the inputs is far cheaper
+/// than compressing them again, and gives the same bytes by construction.
 pub fn write(
+    layout: &Layout,
+    files: &Files,
+    mtime: u64,
+    level: Compression,
+) -> Result<Layer, PackageError> {
+    let key = inputs_digest(files, mtime, level)?;
+    if let Some(layer) = layout.cached_layer(&key) {
+        return Ok(layer);
+    }
+    let layer = write_new(layout, files, mtime, level)?;
+    layout.cache_layer(&key, &layer);
+    Ok(layer)
+}
+
+/// The digest of everything that decides a layer's bytes.
+fn inputs_digest(files: &Files, mtime: u64, level: Compression) -> Result<String, PackageError> {
+    let mut h = Sha256::new();
+    h.update(format!("modelship-layer-v1 {mtime} {}\n", level.level()));
+    for (path, (entry, uid)) in &files.entries {
+        match entry {
+            Entry::Dir { mode } => h.update(format!("d {path} {mode:o} {uid}\n")),
+            Entry::File { source, mode } => {
+                h.update(format!("f {path} {mode:o} {uid}\n"));
+                match source {
+                    Source::Bytes(b) => h.update(crate::sha256(b)),
+                    Source::File(f) => {
+                        h.update(file_digest(f).map_err(|e| PackageError::Layer {
+                            path: path.clone(),
+                            source: io::Error::new(
+                                e.kind(),
+                                format!("cannot read {}: {e}", f.display()),
+                            ),
+                        })?)
+                    }
+                }
+                h.update("\n");
+            }
+        }
+    }
+    Ok(format!("sha256:{:x}", h.finalize()))
+}
+
+fn file_digest(path: &Path) -> io::Result<String> {
+    let mut h = Hashing::new(io::sink());
+    io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+    Ok(h.finish().1)
+}
+
+fn write_new(
     layout: &Layout,
     files: &Files,
     mtime: u64,
@@ -222,6 +274,35 @@ mod tests {
                 .len(),
             a.blob.size
         );
+    }
+
+    #[test]
+    fn a_layer_from_unchanged_inputs_is_reused_and_a_lost_blob_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::open(dir.path()).unwrap();
+        let src = dir.path().join("weights.bin");
+        std::fs::write(&src, b"weights").unwrap();
+        let mut f = Files::default();
+        f.file("/models/w.bin", Source::File(src.clone()), 0o644);
+        let first = write(&layout, &f, 0, Compression::fast()).unwrap();
+        let blob = layout.blob_path(&first.blob.digest).unwrap();
+        let built_at = std::fs::metadata(&blob).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let again = write(&layout, &f, 0, Compression::fast()).unwrap();
+        assert_eq!(again.blob, first.blob);
+        let now = std::fs::metadata(&blob).unwrap().modified().unwrap();
+        assert_eq!(now, built_at, "the blob was written again");
+        // The cache follows the content, not the path.
+        std::fs::write(&src, b"weightz").unwrap();
+        assert_ne!(
+            write(&layout, &f, 0, Compression::fast()).unwrap().blob,
+            first.blob
+        );
+        std::fs::write(&src, b"weights").unwrap();
+        std::fs::remove_file(&blob).unwrap();
+        let rebuilt = write(&layout, &f, 0, Compression::fast()).unwrap();
+        assert_eq!(rebuilt.blob, first.blob);
+        assert!(blob.exists());
     }
 
     #[test]

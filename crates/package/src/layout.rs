@@ -105,6 +105,33 @@ impl Layout {
         })
     }
 
+    /// A layer built before from inputs with digest `key`, if its blob is
+    /// still here.
+    pub(crate) fn cached_layer(&self, key: &str) -> Option<crate::layer::Layer> {
+        let path = self
+            .root
+            .join("layers")
+            .join(key.trim_start_matches("sha256:"));
+        let layer: crate::layer::Layer = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let blob = self.blob_path(&layer.blob.digest).ok()?;
+        (std::fs::metadata(blob).ok()?.len() == layer.blob.size).then_some(layer)
+    }
+
+    /// Remembers the layer built from inputs with digest `key`. A failure
+    /// only costs the next build its shortcut.
+    pub(crate) fn cache_layer(&self, key: &str, layer: &crate::layer::Layer) {
+        let dir = self.root.join("layers");
+        let write = std::fs::create_dir_all(&dir).and_then(|()| {
+            let bytes = serde_json::to_vec(layer).expect("plain data serializes");
+            let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, dir.join(key.trim_start_matches("sha256:")))
+        });
+        if let Err(e) = write {
+            tracing::warn!("cannot record the layer cache in {}: {e}", dir.display());
+        }
+    }
+
     pub fn read(&self, digest: &str) -> Result<Vec<u8>, PackageError> {
         let path = self.blob_path(digest)?;
         std::fs::read(&path).map_err(io_err(format!("reading blob {digest}")))

@@ -21,6 +21,8 @@ from gateway import start_up
 from paths import BIN, MINILM, OUT
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+# Deploys per target: the first, and these many again.
+AGAIN = int(os.environ.get("BENCH_AGAIN", "3"))
 
 
 def run(*args, **kw):
@@ -116,13 +118,15 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as d:
         # Builds: cold (fresh cache: optimize + package) and warm.
-        cold, warm = [], []
+        cold, warm, cached = [], [], []
         for i in range(ROUNDS):
             data = os.path.join(d, f"cold{i}")
             t, built = timed(lambda: build(d, data, spec(d, "img", "docker"), "--oci-dir", os.path.join(d, f"oci{i}")))
             cold.append(t)
             t, _ = timed(lambda: build(d, data, spec(d, "img", "docker"), "--oci-dir", os.path.join(d, f"oci{i}w")))
             warm.append(t)
+            t, _ = timed(lambda: build(d, data, spec(d, "img", "docker"), "--oci-dir", os.path.join(d, f"oci{i}w")))
+            cached.append(t)
         sizes = {l["role"]: l["size"] for l in built["layers"]}
         data = os.path.join(d, "cold0")
 
@@ -166,7 +170,7 @@ def main():
             proc, api, gateway = start_up(data)
             try:
                 results = []
-                for i in range(ROUNDS):
+                for i in range(1 + AGAIN):
                     total, stages, image = deploy_to_first_response(d, api, gateway, target, i)
                     results.append((total, stages))
                     if image:
@@ -191,21 +195,28 @@ def main():
         f"| step (median of {ROUNDS}) | seconds |",
         "|---|---:|",
         f"| build, cold (optimize q8_0 + package) | {med(cold):.2f} |",
-        f"| build, warm (optimized model cached) | {med(warm):.2f} |",
+        f"| build, optimized model cached (layers compressed) | {med(warm):.2f} |",
+        f"| build, optimized model and layers cached | {med(cached):.2f} |",
         f"| `docker load` of the archive | {med(loads):.2f} |",
         f"| `build --push` to an empty registry | {med(pushes):.2f} |",
         f"| `build --push` again (all blobs present) | {med(repushes):.2f} |",
         f"| `docker pull` from the registry | {med(pulls):.2f} |",
         "",
-        f"| target | deploy → first response (median of {ROUNDS}) | validate | optimize (cached) | plan | package | rollout |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "Deploy → first response through the gateway; first: a new control plane's first deploy of the"
+        " target (image layers built); again: the median of the later ones (layers reused from the"
+        " layer cache); the image is never in the engine beforehand.",
+        "",
+        "| target | first | again | package, first | package, again | rollout (again) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for target, results in targets.items():
-        total = med([r[0] for r in results])
-        stage = lambda n: med([r[1].get(n, 0.0) for r in results])
-        pkg = f"{stage('package'):.2f}" if target != "local" else "—"
-        lines.append(f"| {target} | {total:.2f} s | {stage('validate'):.2f} | {stage('optimize'):.2f} | "
-                     f"{stage('plan'):.2f} | {pkg} | {stage('rollout'):.2f} |")
+        first, later = results[0], results[1:]
+        again = med([r[0] for r in later])
+        pkg = lambda rs: med([r[1].get("package", 0.0) for r in rs])
+        p_first = f"{first[1].get('package', 0.0):.2f}" if target != "local" else "—"
+        p_again = f"{pkg(later):.2f}" if target != "local" else "—"
+        lines.append(f"| {target} | {first[0]:.2f} s | {again:.2f} s | {p_first} | {p_again} | "
+                     f"{med([r[1].get('rollout', 0.0) for r in later]):.2f} |")
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(OUT, "containers.md"), "w") as f:

@@ -234,6 +234,7 @@ impl Swarm {
             }
         }
         let mut out = Vec::new();
+        let mut running = Vec::new();
         for t in tasks.iter().filter(|t| t["DesiredState"] == "running") {
             let slot = t["Slot"].as_u64().unwrap_or(0);
             let id = format!("{}-{}-s{slot}", service.deployment, service.revision);
@@ -244,34 +245,38 @@ impl Swarm {
             let node = t["NodeID"].as_str().unwrap_or_default();
             let endpoint = match port {
                 Some(port) if !node.is_empty() => {
-                    Some(format!("{}:{port}", self.node_addr(node).await?))
+                    format!("{}:{port}", self.node_addr(node).await?)
                 }
-                _ => None,
+                _ => String::new(),
             };
             let before = known.iter().find(|r| r.id == id);
-            let running = t["Status"]["State"] == "running";
-            let state = match &endpoint {
-                Some(e) if running && ready(e, PROBE_TIMEOUT).await => ReplicaState::Ready,
-                _ if before.is_some_and(|r| {
-                    matches!(r.state, ReplicaState::Ready | ReplicaState::Unready)
-                }) && running =>
-                {
-                    ReplicaState::Unready
-                }
-                _ => ReplicaState::Starting,
-            };
+            running.push(t["Status"]["State"] == "running" && !endpoint.is_empty());
             out.push(Replica {
                 id,
                 deployment: service.deployment.clone(),
                 revision: service.revision,
-                endpoint: endpoint.unwrap_or_default(),
+                endpoint,
                 pid: None,
-                state,
+                // Settled below, once probed.
+                state: before.map_or(ReplicaState::Starting, |r| r.state),
                 restarts: failed.get(&slot).copied().unwrap_or(0),
                 exited_at: None,
                 started_at: before.map_or_else(now_ms, |r| r.started_at),
                 target: Target::Swarm,
             });
+        }
+        // Probed together: one slow task must not hold up the others.
+        let probes = out
+            .iter()
+            .zip(&running)
+            .map(|(r, &up)| async move { up && ready(&r.endpoint, PROBE_TIMEOUT).await });
+        let answers = futures::future::join_all(probes).await;
+        for ((r, up), answered) in out.iter_mut().zip(running).zip(answers) {
+            r.state = match (answered, r.state) {
+                (true, _) => ReplicaState::Ready,
+                (false, ReplicaState::Ready | ReplicaState::Unready) if up => ReplicaState::Unready,
+                _ => ReplicaState::Starting,
+            };
         }
         Ok(out)
     }

@@ -430,14 +430,24 @@ impl Drop for EngineCleanup {
     }
 }
 
-/// Deploy, serve, scale, roll out, roll back and delete on `target`.
-async fn lifecycle(target: &str, name: &str, check_engine: impl Fn(&str, u32)) {
+/// Deploy, serve, scale, roll out, roll back and delete on `target`;
+/// `image` names a repository to push to (the engine then pulls), else the
+/// image is loaded into the engine.
+async fn lifecycle(
+    target: &str,
+    name: &str,
+    image: Option<&str>,
+    check_engine: impl Fn(&str, u32),
+) {
     require_engine();
     let _cleanup = EngineCleanup(name.to_owned());
     let dir = tempfile::tempdir().unwrap();
     let minilm = modelship_testkit::minilm();
     let cp = ControlPlane::start(&dir.path().join("data"));
-    let tail = format!("  target: {target}\n");
+    let mut tail = format!("  target: {target}\n");
+    if let Some(repository) = image {
+        tail += &format!("  image: {repository}\n");
+    }
     let v1 = named_spec(
         dir.path(),
         "v1.yaml",
@@ -517,7 +527,7 @@ async fn lifecycle(target: &str, name: &str, check_engine: impl Fn(&str, u32)) {
 
 #[tokio::test]
 async fn docker_target_serves_scales_rolls_out_back_and_cleans_up() {
-    lifecycle("docker", "dockertest", |name, replicas| {
+    lifecycle("docker", "dockertest", None, |name, replicas| {
         let label = format!("label=dev.modelship.deployment={name}");
         let ids = docker(&["ps", "-q", "--filter", &label]);
         let ids: Vec<&str> = ids.lines().collect();
@@ -541,7 +551,10 @@ async fn docker_target_serves_scales_rolls_out_back_and_cleans_up() {
 
 #[tokio::test]
 async fn swarm_target_serves_scales_rolls_out_back_and_cleans_up() {
-    lifecycle("swarm", "swarmtest", |name, replicas| {
+    // Through a registry, as a Swarm of several nodes needs.
+    let registry = Registry::start();
+    let repository = format!("{}/swarmtest", registry.addr);
+    lifecycle("swarm", "swarmtest", Some(&repository), |name, replicas| {
         let service = format!("modelship-{name}-r1");
         let s: Value = serde_json::from_str(&docker(&["service", "inspect", &service])).unwrap();
         let spec = &s[0]["Spec"];
@@ -551,6 +564,13 @@ async fn swarm_target_serves_scales_rolls_out_back_and_cleans_up() {
         assert_eq!(res["Limits"]["MemoryBytes"], 1u64 << 30);
         assert!(res["Reservations"]["MemoryBytes"].as_u64().unwrap() > 0);
         assert_eq!(spec["UpdateConfig"]["FailureAction"], "rollback");
+        let image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
+            .as_str()
+            .unwrap();
+        assert!(
+            image.starts_with(&format!("{repository}:")) && image.contains("@sha256:"),
+            "the service does not pull the pushed image by digest: {image}"
+        );
         let running = docker(&[
             "service",
             "ps",

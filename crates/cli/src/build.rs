@@ -102,7 +102,7 @@ fn build(
         format!("docker archive {}", path.display())
     } else if args.push.is_some() {
         say(&format!("pushing {reference}…"));
-        let credentials = registry_credentials();
+        let credentials = modelship_package::push::Credentials::from_env();
         pushed = Some(rt.block_on(modelship_package::push::push(
             &layout,
             &image,
@@ -202,14 +202,6 @@ pub fn reference_of(
 /// Does `r` end in `:tag` (a `:` after the last `/`)?
 fn has_tag(r: &str) -> bool {
     r.rsplit('/').next().is_some_and(|last| last.contains(':'))
-}
-
-/// A registry login from `MODELSHIP_REGISTRY_USERNAME`/`_PASSWORD`.
-fn registry_credentials() -> Option<modelship_package::push::Credentials> {
-    Some(modelship_package::push::Credentials {
-        username: std::env::var("MODELSHIP_REGISTRY_USERNAME").ok()?,
-        password: std::env::var("MODELSHIP_REGISTRY_PASSWORD").ok()?,
-    })
 }
 
 #[derive(clap::Args)]

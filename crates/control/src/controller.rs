@@ -106,25 +106,11 @@ impl Controller {
             by_target.entry(target).or_default().push(d);
         }
         let mut take = |t| by_target.remove(&t).unwrap_or_default();
-        let swarm_desired = take(Target::Swarm);
-        let kube_desired = take(Target::Kubernetes);
+        let (swarm, kubernetes) = (take(Target::Swarm), take(Target::Kubernetes));
+        self.engine_passes(&swarm, &kubernetes, swarm_stored).await;
+        // Local processes and Docker containers, one replica at a time.
         let mut desired = take(Target::Local);
         desired.extend(take(Target::Docker));
-        let kube_applied = !self
-            .ctx
-            .applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty();
-        if (!kube_desired.is_empty() || kube_applied)
-            && let Err(e) = crate::cluster::pass(&self.ctx, &kube_desired).await
-        {
-            tracing::error!("kubernetes: {e:#}");
-        }
-        if !swarm_desired.is_empty() || !swarm_stored.is_empty() || self.ctx.targets.swarm_in_use()
-        {
-            self.swarm(&swarm_desired, swarm_stored).await;
-        }
         let actions = reconcile(&desired, &current, now);
         for action in actions {
             // One action failing (a replica that cannot be spawned) must not
@@ -191,6 +177,31 @@ impl Controller {
         }
         scalers.retain(|name, _| seen.contains(name));
         Ok(())
+    }
+
+    /// The passes over engines that run replicas themselves: Kubernetes
+    /// (apply what changed, delete what is gone) and Swarm (scale services,
+    /// read tasks back). Each runs while it has something to do.
+    async fn engine_passes(
+        &self,
+        swarm: &[Desired],
+        kubernetes: &[Desired],
+        swarm_stored: Vec<Replica>,
+    ) {
+        let applied = !self
+            .ctx
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if (!kubernetes.is_empty() || applied)
+            && let Err(e) = crate::cluster::pass(&self.ctx, kubernetes).await
+        {
+            tracing::error!("kubernetes: {e:#}");
+        }
+        if !swarm.is_empty() || !swarm_stored.is_empty() || self.ctx.targets.swarm_in_use() {
+            self.swarm(swarm, swarm_stored).await;
+        }
     }
 
     /// Runs the Swarm pass and records its tasks; when Swarm cannot be

@@ -86,7 +86,8 @@ pub struct Artifact {
 }
 
 /// The optimized model of `spec` (from `data_dir`'s cache when built
-/// before): what `modelship build` packages. Blocking.
+/// before): what `modelship build` packages. The work runs on blocking
+/// threads.
 pub async fn optimized_model(data_dir: &Path, spec: &ModelDeployment) -> anyhow::Result<Artifact> {
     let source = spec.spec.model.source.clone();
     let model_digest = blocking(move || {
@@ -350,10 +351,11 @@ async fn package(
     artifact: &Artifact,
 ) -> anyhow::Result<(String, String, String)> {
     let exe = std::env::current_exe().context("cannot find the modelship binary to package")?;
-    let image_spec =
-        crate::package::image_spec(spec, artifact, exe, crate::package::source_date_epoch()?)?;
-    let data_dir = ctx.data_dir.clone();
+    let created = crate::package::source_date_epoch()?;
+    let (data_dir, spec2, artifact2) = (ctx.data_dir.clone(), spec.clone(), artifact.clone());
+    // Planning reads the model and building compresses it: off the workers.
     let (layout, image) = blocking(move || {
+        let image_spec = crate::package::image_spec(&spec2, &artifact2, exe, created)?;
         crate::package::build(&data_dir, &image_spec, &mut |step| {
             tracing::debug!("package: {step}")
         })
@@ -368,7 +370,8 @@ async fn package(
     match &spec.spec.image {
         Some(repository) => {
             let reference = crate::package::reference(repository, &image)?;
-            let pushed = modelship_package::push::push(&layout, &image, &reference, None).await?;
+            let login = modelship_package::push::Credentials::from_env();
+            let pushed = modelship_package::push::push(&layout, &image, &reference, login).await?;
             Ok((
                 format!("{}@{}", reference, pushed.digest),
                 image.manifest.digest.clone(),

@@ -18,6 +18,17 @@ pub struct Credentials {
     pub password: String,
 }
 
+impl Credentials {
+    /// `MODELSHIP_REGISTRY_USERNAME` and `MODELSHIP_REGISTRY_PASSWORD`, when
+    /// both are set.
+    pub fn from_env() -> Option<Credentials> {
+        Some(Credentials {
+            username: std::env::var("MODELSHIP_REGISTRY_USERNAME").ok()?,
+            password: std::env::var("MODELSHIP_REGISTRY_PASSWORD").ok()?,
+        })
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")

@@ -109,6 +109,14 @@ def deploy_to_first_response(d, api, gateway, target, i):
     history = json.loads(run(BIN, "history", name, "--api", api, "-o", "json"))
     image = history["revisions"][-1].get("image")
     run(BIN, "delete", name, "--api", api)
+    # Replicas outlive the control plane: wait until they are gone.
+    for _ in range(600):
+        replicas = json.loads(run(BIN, "get", "replicas", "--api", api, "-o", "json"))
+        if not any(r["deployment"] == name for r in replicas):
+            break
+        time.sleep(0.1)
+    else:
+        raise SystemExit(f"{name}: replicas left after delete")
     return total, stages, image
 
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use modelship_orchestrator::kubernetes::RolloutStatus;
 use modelship_planner::Desired;
-use modelship_types::{QuantChoice, Revision};
+use modelship_types::Revision;
 use serde_json::Value;
 
 use crate::Ctx;
@@ -35,10 +35,7 @@ pub(crate) fn objects(
         .image
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("revision {} has no image", rev.number))?;
-    let mut planned = rev.spec.clone();
-    planned.spec.model.source = rev.artifact.clone();
-    planned.spec.optimize.quantize = QuantChoice::None;
-    let mut report = crate::plan::plan(&planned, &[])?;
+    let mut report = crate::plan::plan_artifact(&rev.spec, &rev.artifact, &[])?;
     report.replicas = replicas;
     Ok(crate::kubernetes::manifests(
         &rev.spec, image, &report, namespace,

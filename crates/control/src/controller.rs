@@ -465,15 +465,14 @@ impl Controller {
     }
 }
 
-/// A replica's memory limit: the spec's, else the plan's estimate with a
-/// quarter more, so an estimate a little short does not get it killed.
+/// A revision's replica memory limit ([`crate::plan::memory_limit`]); none
+/// when the spec sets none and no estimate was recorded.
 pub(crate) fn memory_limit(rev: &modelship_types::Revision) -> Option<u64> {
-    rev.spec
-        .spec
-        .resources
-        .memory
-        .map(|m| m.0)
-        .or(rev.memory_estimate.map(|e| e + e / 4))
+    let spec = rev.spec.spec.resources.memory;
+    match rev.memory_estimate {
+        Some(estimate) => Some(crate::plan::memory_limit(spec, estimate)),
+        None => spec.map(|m| m.0),
+    }
 }
 
 /// A replica's next state from what was observed; `None`: it is gone for

@@ -41,14 +41,11 @@ pub fn manifests(
     // quarter more (the spec's own limit when it sets one), as the local
     // and Docker targets do.
     let memory_request = plan.estimate.total_bytes;
-    let memory_limit = s
-        .resources
-        .memory
-        .map_or(memory_request + memory_request / 4, |m| m.0);
+    let memory_limit = crate::plan::memory_limit(s.resources.memory, memory_request);
     let cpu = plan.request.cpu;
     let mut resources = json!({
-        "requests": { "cpu": cpu_quantity(cpu), "memory": mebibytes(memory_request) },
-        "limits": { "cpu": cpu_quantity(cpu), "memory": mebibytes(memory_limit) },
+        "requests": { "cpu": quantity(cpu), "memory": mebibytes(memory_request) },
+        "limits": { "cpu": quantity(cpu), "memory": mebibytes(memory_limit) },
     });
     if s.resources.gpu > 0 {
         resources["limits"]["nvidia.com/gpu"] = json!(s.resources.gpu);
@@ -195,23 +192,19 @@ pub fn manifests(
     objects
 }
 
-/// CPUs as a Kubernetes quantity: whole CPUs, else millicores.
-fn cpu_quantity(cpu: f64) -> String {
-    if cpu.fract() == 0.0 {
-        format!("{cpu:.0}")
+/// A number (CPUs, requests in flight) as a Kubernetes quantity: whole,
+/// else in milli-units.
+fn quantity(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
     } else {
-        format!("{}m", (cpu * 1000.0).round() as u64)
+        format!("{}m", (v * 1000.0).round() as u64)
     }
 }
 
 /// Bytes as a Kubernetes quantity in whole MiB, rounded up.
 fn mebibytes(bytes: u64) -> String {
     format!("{}Mi", bytes.div_ceil(1 << 20))
-}
-
-/// A number as a Kubernetes quantity (milli-units when fractional).
-fn quantity(v: f64) -> String {
-    cpu_quantity(v)
 }
 
 /// The `ModelDeployment` CustomResourceDefinition, its schema generated
@@ -425,8 +418,8 @@ mod tests {
 
     #[test]
     fn quantities() {
-        assert_eq!(cpu_quantity(1.0), "1");
-        assert_eq!(cpu_quantity(0.5), "500m");
+        assert_eq!(quantity(1.0), "1");
+        assert_eq!(quantity(0.5), "500m");
         assert_eq!(quantity(2.5), "2500m");
         assert_eq!(mebibytes(1 << 20), "1Mi");
         assert_eq!(mebibytes((1 << 20) + 1), "2Mi");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use modelship_orchestrator::{ReplicaSpec, serve_args};
 use modelship_package::{BuiltImage, ImageSpec, Layout, Reference};
-use modelship_types::{ModelDeployment, QuantChoice};
+use modelship_types::ModelDeployment;
 use serde_json::json;
 
 use crate::pipeline::Artifact;
@@ -31,11 +31,8 @@ pub fn image_spec(
     runtime: PathBuf,
     created: u64,
 ) -> anyhow::Result<ImageSpec> {
-    let mut planned = spec.clone();
-    planned.spec.model.source = artifact.path.clone();
-    planned.spec.optimize.quantize = QuantChoice::None;
     // No nodes: the image records what one replica needs, not where it ran.
-    let report = plan::plan(&planned, &[])?;
+    let report = plan::plan_artifact(spec, &artifact.path, &[])?;
     let replica = ReplicaSpec {
         id: String::new(),
         deployment: spec.metadata.name.clone(),

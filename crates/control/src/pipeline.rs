@@ -196,14 +196,12 @@ async fn stages(
     )?;
 
     // plan: the estimate and the replica count; every replica must fit.
-    let mut planned = spec.clone();
-    planned.spec.model.source = artifact.path.clone();
-    planned.spec.optimize.quantize = QuantChoice::None;
     rec.begin("plan", artifact.digest.clone());
     let started = Instant::now();
+    let (planned, served) = (spec.clone(), artifact.path.clone());
     let report = blocking(move || {
         let node: Node = plan::this_machine()?;
-        plan::plan(&planned, &[node])
+        plan::plan_artifact(&planned, &served, &[node])
     })
     .await;
     let report = match report.and_then(|r| {

@@ -38,6 +38,26 @@ pub struct Request {
     pub gpus: u32,
 }
 
+/// The plan of `spec` once optimized: its model replaced by `artifact`,
+/// the optimized file, which is planned as it is stored.
+pub fn plan_artifact(
+    spec: &ModelDeployment,
+    artifact: &Path,
+    nodes: &[Node],
+) -> anyhow::Result<Report> {
+    let mut planned = spec.clone();
+    planned.spec.model.source = artifact.to_owned();
+    planned.spec.optimize.quantize = QuantChoice::None;
+    plan(&planned, nodes)
+}
+
+/// A replica's memory limit: the spec's, else the plan's estimate with a
+/// quarter more, so an estimate a little short does not get it killed.
+/// Every target limits replicas by this.
+pub fn memory_limit(spec_memory: Option<Bytes>, estimate: u64) -> u64 {
+    spec_memory.map_or(estimate + estimate / 4, |m| m.0)
+}
+
 /// The estimate, replica count and placement of `spec` on `nodes`.
 pub fn plan(spec: &ModelDeployment, nodes: &[Node]) -> anyhow::Result<Report> {
     let source = &spec.spec.model.source;
@@ -219,4 +239,15 @@ pub fn profile_path(model: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     cache.join("profiles").join(format!("{name}.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_limit_is_the_specs_else_the_estimate_and_a_quarter() {
+        assert_eq!(memory_limit(Some(Bytes(1 << 30)), 400 << 20), 1 << 30);
+        assert_eq!(memory_limit(None, 400 << 20), 500 << 20);
+    }
 }

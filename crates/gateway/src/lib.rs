@@ -8,11 +8,12 @@
 
 mod balance;
 pub mod etcd;
+mod http1;
 mod listen;
-mod pool;
 mod proxy;
 mod stats;
 mod tls;
+mod upstream;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -20,7 +21,6 @@ use std::time::Duration;
 
 pub use balance::{Abort, Endpoint, Pick, RevisionRoute, Share, Table};
 pub use listen::serve;
-pub use proxy::router;
 pub use stats::{RevisionStats, StatsSnapshot};
 pub use tls::Tls;
 

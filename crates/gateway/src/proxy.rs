@@ -1,41 +1,104 @@
-//! The HTTP side: authentication, the request's target deployment, the
-//! retry loop, and streaming the chosen replica's answer back.
+//! What the gateway answers: authentication, its own routes, the request's
+//! target deployment, and the retry loop that finds a replica to answer.
+//! The connection loop (`serve`) reads requests and writes what this
+//! decides.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use http_body_util::Full;
 use serde_json::json;
 
 use crate::Gateway;
 use crate::balance::{Endpoint, Pick};
-use crate::pool::{Pool, Unanswered};
+use crate::http1::{self, Head};
+use crate::upstream::{Answer, Pool, Unanswered};
 
-#[derive(Clone)]
-struct Shared {
-    gateway: Gateway,
-    pool: Arc<Pool>,
+/// One gateway thread's state: the shared gateway and its own connections
+/// to the replicas.
+pub(crate) struct Shared {
+    pub(crate) gateway: Gateway,
+    pub(crate) pool: Pool,
 }
 
-/// The gateway's routes: `/v1/models`, `/metrics`, `/healthz`, and every
-/// other request proxied to the deployment it names.
-pub fn router(gateway: Gateway) -> Router {
-    Router::new()
-        .route("/v1/models", get(models))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .fallback(proxy)
-        .with_state(Shared {
-            gateway,
-            pool: Arc::default(),
-        })
+/// What to answer a request with.
+pub(crate) enum Reply {
+    /// A response the gateway makes itself.
+    Local(Local),
+    /// A replica's response, its body still to pass through.
+    Upstream(Answer, Arc<Endpoint>),
+}
+
+/// A complete response of the gateway's own.
+pub(crate) struct Local {
+    pub(crate) status: u16,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: Vec<u8>,
+    /// 503s say when to try again.
+    pub(crate) retry_after: bool,
+}
+
+impl Local {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Local {
+        Local {
+            status,
+            content_type,
+            body: body.into(),
+            retry_after: false,
+        }
+    }
+
+    /// The response's bytes; the body left out for HEAD.
+    pub(crate) fn render(&self, keep_alive: bool, head_only: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160 + self.body.len());
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ndate: {}\r\n",
+                self.status,
+                reason(self.status),
+                self.content_type,
+                self.body.len(),
+                httpdate::fmt_http_date(std::time::SystemTime::now()),
+            )
+            .as_bytes(),
+        );
+        if self.retry_after {
+            out.extend_from_slice(b"retry-after: 1\r\n");
+        }
+        if self.status == 405 {
+            out.extend_from_slice(b"allow: GET, HEAD\r\n");
+        }
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
+}
+
+/// The reason phrases of the statuses the gateway makes itself.
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
 }
 
 /// The gateway's clock: ms since it first looked.
@@ -54,77 +117,100 @@ fn random() -> u64 {
 }
 
 /// The one place gateway errors become HTTP: OpenAI's error body.
-fn error(status: StatusCode, kind: &str, message: String, param: Option<&str>) -> Response {
+pub(crate) fn error(status: u16, kind: &str, message: String, param: Option<&str>) -> Local {
     let mut body = json!({"error": {"message": message, "type": kind}});
     if let Some(p) = param {
         body["error"]["param"] = json!(p);
     }
-    let mut response = (status, axum::Json(body)).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
+    let mut local = Local::new(status, "application/json", body.to_string());
+    local.retry_after = status == 503;
+    local
 }
 
-fn authorized(gateway: &Gateway, headers: &HeaderMap) -> bool {
+fn authorized(gateway: &Gateway, head: &Head) -> bool {
     let keys = &gateway.inner.config.api_keys;
     keys.is_empty()
-        || headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        || head
+            .get("authorization")
+            .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|k| keys.contains(k.trim()))
 }
 
-fn unauthorized() -> Response {
+fn unauthorized() -> Local {
     error(
-        StatusCode::UNAUTHORIZED,
+        401,
         "authentication_error",
         "missing or unknown API key: send `Authorization: Bearer KEY`".into(),
         None,
     )
 }
 
-async fn models(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    if !authorized(&s.gateway, &headers) {
-        return unauthorized();
-    }
-    let table = s.gateway.table();
+fn models(gateway: &Gateway) -> Local {
+    let table = gateway.table();
     let mut names: Vec<&String> = table.deployments.keys().collect();
     names.sort();
     let data: Vec<_> = names
         .iter()
         .map(|n| json!({"id": n, "object": "model", "owned_by": "modelship"}))
         .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    Local::new(
+        200,
+        "application/json",
+        json!({"object": "list", "data": data}).to_string(),
+    )
 }
 
-async fn metrics(State(s): State<Shared>) -> Response {
-    match &s.gateway.inner.metrics {
-        Some(render) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            render(),
-        )
-            .into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
+fn metrics(gateway: &Gateway) -> Local {
+    match &gateway.inner.metrics {
+        Some(render) => Local::new(200, "text/plain; version=0.0.4", render()),
+        None => Local::new(404, "text/plain", "no metrics"),
+    }
+}
+
+/// Answers `head` with `body` (the whole request body, kept to retry it).
+pub(crate) async fn handle(s: &Shared, head: &Head, body: &[u8]) -> Reply {
+    let path = head.path();
+    let own: Option<fn(&Gateway) -> Local> = match path {
+        "/healthz" => Some(|_| Local::new(200, "text/plain; charset=utf-8", "ok")),
+        "/metrics" => Some(metrics),
+        "/v1/models" => Some(models),
+        _ => None,
+    };
+    if let Some(answer) = own {
+        if !matches!(head.method(), "GET" | "HEAD") {
+            return Reply::Local(Local::new(405, "text/plain", "only GET and HEAD"));
+        }
+        if path == "/v1/models" && !authorized(&s.gateway, head) {
+            return Reply::Local(unauthorized());
+        }
+        return Reply::Local(answer(&s.gateway));
+    }
+    if !authorized(&s.gateway, head) {
+        return Reply::Local(unauthorized());
+    }
+    if !(path.starts_with("/v1/") || path.starts_with("/v2/models/")) {
+        return Reply::Local(error(404, "not_found", format!("no route {path}"), None));
+    }
+    match target(path, body) {
+        Ok(deployment) => proxy(s, head, body, &deployment).await,
+        Err(message) => Reply::Local(error(400, "invalid_request_error", message, Some("model"))),
     }
 }
 
 /// The deployment a request is for: `/v2/models/{name}/…` names it in the
 /// path; OpenAI requests in the body's `model` field. The error says what
 /// is wrong with the body.
-fn target(path: &str, body: &[u8]) -> Result<String, String> {
+fn target<'a>(path: &'a str, body: &[u8]) -> Result<Cow<'a, str>, String> {
     if let Some(rest) = path.strip_prefix("/v2/models/") {
-        return Ok(rest.split('/').next().unwrap_or_default().to_owned());
+        return Ok(Cow::Borrowed(rest.split('/').next().unwrap_or_default()));
     }
     #[derive(serde::Deserialize)]
     struct Named {
         model: Option<String>,
     }
     match serde_json::from_slice::<Named>(body) {
-        Ok(Named { model: Some(m) }) => Ok(m),
+        Ok(Named { model: Some(m) }) => Ok(Cow::Owned(m)),
         Ok(Named { model: None }) => {
             Err("`model` is required: the name of a deployment (GET /v1/models lists them)".into())
         }
@@ -134,58 +220,63 @@ fn target(path: &str, body: &[u8]) -> Result<String, String> {
     }
 }
 
-async fn proxy(State(s): State<Shared>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    if !authorized(&s.gateway, &parts.headers) {
-        return unauthorized();
+/// The request as the replica gets it: this hop's fields dropped, `Host`
+/// naming the replica, the body with its length.
+fn upstream_request(head: &Head, body: &[u8], host: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + head.target().len() + body.len());
+    for part in [
+        head.method(),
+        " ",
+        head.target(),
+        " HTTP/1.1\r\nhost: ",
+        host,
+        "\r\n",
+    ] {
+        out.extend_from_slice(part.as_bytes());
     }
-    let path = parts.uri.path().to_owned();
-    if !(path.starts_with("/v1/") || path.starts_with("/v2/models/")) {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no route {path}"),
-            None,
-        );
+    let mut had_length = false;
+    for (name, value) in head.fields() {
+        let framing = name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding");
+        had_length |= framing;
+        if framing
+            || http1::is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"authorization")
+            || name.eq_ignore_ascii_case(b"expect")
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
     }
+    if had_length || !body.is_empty() {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// Sends the request to a replica of `deployment`, and to another when one
+/// fails before answering.
+async fn proxy(s: &Shared, head: &Head, body: &[u8], deployment: &str) -> Reply {
     let config = &s.gateway.inner.config;
-    let body = match axum::body::to_bytes(body, config.max_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                format!("the body is larger than {} bytes", config.max_body_bytes),
-                None,
-            );
-        }
-    };
-    let deployment = match target(&path, &body) {
-        Ok(d) => d,
-        Err(message) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                message,
-                Some("model"),
-            );
-        }
-    };
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or(path.as_str(), |p| p.as_str());
     let table = s.gateway.table();
     let mut tried: Vec<String> = Vec::new();
     for attempt in 0..config.attempts {
-        let endpoint = match table.pick(&deployment, &tried, now_ms(), &mut random) {
+        let endpoint = match table.pick(deployment, &tried, now_ms(), &mut random) {
             Pick::Endpoint(e, Some(abort))
                 if (random() % 10_000) as f64 <= abort.percent * 100.0 - 1.0 =>
             {
                 record(&e, abort.status, 0.0, abort.status >= 500);
-                let status =
-                    StatusCode::from_u16(abort.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return error(
+                let status = if (100..600).contains(&abort.status) {
+                    abort.status
+                } else {
+                    500
+                };
+                return Reply::Local(error(
                     status,
                     "fault_injected",
                     format!(
@@ -193,51 +284,45 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
                         e.revision
                     ),
                     None,
-                );
+                ));
             }
             Pick::Endpoint(e, _) => e,
             Pick::UnknownModel => {
-                return error(
-                    StatusCode::NOT_FOUND,
+                return Reply::Local(error(
+                    404,
                     "model_not_found",
                     format!(
                         "model `{deployment}` is not deployed (GET /v1/models lists the deployments)"
                     ),
                     Some("model"),
-                );
+                ));
             }
             Pick::NoReplica if attempt == 0 => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                return Reply::Local(error(
+                    503,
                     "unavailable",
                     format!("`{deployment}` has no ready replica"),
                     None,
-                );
+                ));
             }
             Pick::NoReplica => break,
         };
         if attempt > 0 {
-            metrics::counter!("modelship_gateway_retries_total", "deployment" => deployment.clone())
+            metrics::counter!("modelship_gateway_retries_total", "deployment" => deployment.to_owned())
                 .increment(1);
         }
-        let mut upstream = hyper::Request::builder()
-            .method(parts.method.clone())
-            .uri(path_and_query)
-            .header(header::HOST, endpoint.addr.as_str())
-            .body(Full::new(body.clone()))
-            .expect("method, uri and body came from a valid request");
-        for (name, value) in &parts.headers {
-            if !is_hop_by_hop(name) && name != header::AUTHORIZATION {
-                upstream.headers_mut().append(name.clone(), value.clone());
-            }
-        }
+        let request = upstream_request(head, body, &endpoint.addr);
         let started = Instant::now();
-        let answer =
-            tokio::time::timeout(config.upstream_timeout, s.pool.send(&endpoint, upstream)).await;
+        let answer = tokio::time::timeout(
+            config.upstream_timeout,
+            s.pool.exchange(&endpoint, &request, head.method()),
+        )
+        .await;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         match answer {
-            Ok(Ok(response)) => {
-                let failed = response.status().is_server_error();
+            Ok(Ok(answer)) => {
+                let status = answer.head.status;
+                let failed = status >= 500;
                 if failed {
                     endpoint.failed(
                         now_ms(),
@@ -247,8 +332,8 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
                 } else {
                     endpoint.succeeded();
                 }
-                record(&endpoint, response.status().as_u16(), ms, failed);
-                return response.map(Body::new);
+                record(&endpoint, status, ms, failed);
+                return Reply::Upstream(answer, endpoint);
             }
             Ok(Err(Unanswered(e))) => {
                 // Nothing came back: safe to send elsewhere.
@@ -262,28 +347,28 @@ async fn proxy(State(s): State<Shared>, request: Request) -> Response {
             }
             Err(_) => {
                 record(&endpoint, 504, ms, true);
-                return error(
-                    StatusCode::GATEWAY_TIMEOUT,
+                return Reply::Local(error(
+                    504,
                     "timeout",
                     format!(
                         "`{deployment}` did not answer within {:?}",
                         config.upstream_timeout
                     ),
                     None,
-                );
+                ));
             }
         }
         tried.push(endpoint.replica.clone());
     }
-    error(
-        StatusCode::BAD_GATEWAY,
+    Reply::Local(error(
+        502,
         "upstream_unavailable",
         format!(
             "no replica of `{deployment}` answered ({} tried)",
             tried.len()
         ),
         None,
-    )
+    ))
 }
 
 fn record(e: &Endpoint, code: u16, ms: f64, failed: bool) {
@@ -297,19 +382,4 @@ fn record(e: &Endpoint, code: u16, ms: f64, failed: bool) {
             "replica" => e.replica.clone(), "code" => code.to_string())
         .increment(1);
     }
-}
-
-fn is_hop_by_hop(name: &header::HeaderName) -> bool {
-    [
-        header::CONNECTION,
-        header::HOST,
-        header::CONTENT_LENGTH,
-        header::TRANSFER_ENCODING,
-        header::TE,
-        header::TRAILER,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-    ]
-    .contains(name)
-        || name.as_str() == "keep-alive"
 }

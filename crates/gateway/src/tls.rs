@@ -1,17 +1,15 @@
-//! TLS for the gateway (`--tls-cert`, `--tls-key`): a listener that hands
-//! axum connections already through their handshake. Handshakes run in
-//! tasks of their own, so a slow client never holds up the next.
+//! TLS for the gateway (`--tls-cert`, `--tls-key`): the handshake of each
+//! accepted connection, in the connection's own task, so a slow client never
+//! holds up the next.
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -53,57 +51,8 @@ impl Tls {
     }
 
     /// Wraps `listener`: must be called inside the runtime that serves it.
-    pub(crate) fn listen(&self, listener: TcpListener) -> io::Result<TlsListener> {
-        let addr = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(256);
-        let acceptor = self.acceptor.clone();
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!("gateway accept: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                if tx.is_closed() {
-                    return;
-                }
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match acceptor.accept(tcp).await {
-                        Ok(tls) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { rx, addr })
-    }
-}
-
-pub(crate) struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<tokio::net::TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accept task only ends with the runtime.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.addr)
+    /// The TLS handshake on an accepted connection.
+    pub(crate) async fn accept(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
+        self.acceptor.accept(tcp).await
     }
 }

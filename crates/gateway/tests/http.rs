@@ -1,0 +1,413 @@
+//! The gateway's HTTP/1.1 handling, end to end over loopback: a raw TCP
+//! client in front, a real HTTP server (axum on hyper) as the replica behind.
+//! What a general-purpose client library would hide is written out byte by
+//! byte here: pipelining, `Expect: 100-continue`, chunked request bodies,
+//! an HTTP/1.0 client of a chunked stream, hop-by-hop fields, malformed and
+//! oversized requests, and a replica restarted under kept-alive connections.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::routing::{any, get};
+use modelship_gateway::{Config, Gateway, Route, serve};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+/// What the replica saw of a request.
+async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json<Value> {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    Json(json!({
+        "method": method.as_str(), "uri": uri.to_string(), "host": h("host"),
+        "authorization": h("authorization"), "connection": h("connection"),
+        "expect": h("expect"), "transfer_encoding": h("transfer-encoding"),
+        "content_length": h("content-length"), "custom": h("x-custom"), "body": body.len(),
+    }))
+}
+
+/// Five events, 20 ms apart, in the chunked coding.
+async fn stream() -> Body {
+    let events = futures::stream::unfold(0, |i| async move {
+        if i == 5 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Some((Ok::<_, std::io::Error>(format!("data: {i}\n\n")), i + 1))
+    });
+    Body::from_stream(events)
+}
+
+/// The replica: serves on `listener` until `stop` fires.
+fn replica(listener: TcpListener) -> oneshot::Sender<()> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = axum::Router::new()
+        .route("/v2/models/echo/stream", get(stream))
+        .fallback(any(echo));
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    stop
+}
+
+struct Setup {
+    gateway: Gateway,
+    addr: SocketAddr,
+    replica: SocketAddr,
+    _stop: watch::Sender<bool>,
+}
+
+async fn setup(config: Config) -> (Setup, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replica_addr = listener.local_addr().unwrap();
+    let stop_replica = replica(listener);
+    let gateway = Gateway::new(config, None);
+    gateway.set_routes(
+        &[Route {
+            deployment: "echo".into(),
+            revision: 1,
+            replica: "echo-1-a".into(),
+            endpoint: replica_addr.to_string(),
+        }],
+        &HashMap::new(),
+    );
+    let (stop, stopped) = watch::channel(false);
+    let (addr, serving) = serve(
+        gateway.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        None,
+        stopped,
+    )
+    .unwrap();
+    tokio::spawn(serving);
+    let setup = Setup {
+        gateway,
+        addr,
+        replica: replica_addr,
+        _stop: stop,
+    };
+    (setup, stop_replica)
+}
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("{e}: {:?}", String::from_utf8_lossy(&self.body));
+        })
+    }
+}
+
+/// Reads one response from `conn` (bytes past it stay in `buf`): a
+/// content-length body, a chunked one (decoded), or one up to the close.
+async fn read_response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let more = async |conn: &mut TcpStream, buf: &mut Vec<u8>| -> bool {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline.into(), conn.read(&mut chunk))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    };
+    let (status, headers, used) = loop {
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut fields);
+        if let httparse::Status::Complete(used) = r.parse(buf).unwrap() {
+            let headers: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            break (r.code.unwrap(), headers, used);
+        }
+        assert!(more(conn, buf).await, "closed within a response head");
+    };
+    buf.drain(..used);
+    let mut response = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if let Some(n) = response.header("content-length") {
+        let n: usize = n.parse().unwrap();
+        while buf.len() < n {
+            assert!(more(conn, buf).await, "closed within a body");
+        }
+        response.body = buf.drain(..n).collect();
+    } else if response.header("transfer-encoding") == Some("chunked") {
+        loop {
+            let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                assert!(more(conn, buf).await);
+                continue;
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&buf[..eol]).unwrap(), 16).unwrap();
+            while buf.len() < eol + 2 + size + 2 {
+                assert!(more(conn, buf).await);
+            }
+            response
+                .body
+                .extend_from_slice(&buf[eol + 2..eol + 2 + size]);
+            buf.drain(..eol + 2 + size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else if status >= 200 && status != 204 && status != 304 {
+        while more(conn, buf).await {}
+        response.body = std::mem::take(buf);
+    }
+    response
+}
+
+async fn connect(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect(addr).await.unwrap()
+}
+
+/// Whether the peer has closed `conn` (within a second).
+async fn closed(conn: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), conn.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_with_this_hops_fields_rewritten() {
+    let (s, _replica) = setup(Config::default()).await;
+    let mut conn = connect(s.addr).await;
+    let body = r#"{"model": "echo", "input": "x"}"#;
+    let two = format!(
+        "POST /v1/embeddings?q=1 HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\
+         X-Custom: kept\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n{body}\
+         GET /v2/models/echo/ready HTTP/1.1\r\nHost: gw\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(two.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let first = read_response(&mut conn, &mut buf).await.json();
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["uri"], "/v1/embeddings?q=1");
+    assert_eq!(
+        first["host"],
+        s.replica.to_string(),
+        "Host names the replica"
+    );
+    assert_eq!(first["custom"], "kept");
+    assert_eq!(first["connection"], Value::Null, "Connection is this hop's");
+    assert_eq!(first["content_length"], body.len().to_string());
+    assert_eq!(first["body"], body.len());
+    let second = read_response(&mut conn, &mut buf).await.json();
+    assert_eq!(second["method"], "GET");
+    assert_eq!(second["uri"], "/v2/models/echo/ready");
+    assert_eq!(second["content_length"], Value::Null, "no body, no length");
+    assert!(buf.is_empty());
+}
+
+#[tokio::test]
+async fn expect_continue_and_chunked_bodies_reach_the_replica_whole() {
+    let (s, _replica) = setup(Config::default()).await;
+    let mut conn = connect(s.addr).await;
+    let body = format!(r#"{{"model": "echo", "input": "{}"}}"#, "y".repeat(3000));
+    let head = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // The go-ahead comes before any byte of the body is sent.
+    let mut buf = Vec::new();
+    let interim = read_response(&mut conn, &mut buf).await;
+    assert_eq!(interim.status, 100);
+    conn.write_all(body.as_bytes()).await.unwrap();
+    let seen = read_response(&mut conn, &mut buf).await.json();
+    assert_eq!(seen["body"], body.len());
+    assert_eq!(
+        seen["expect"],
+        Value::Null,
+        "the gateway already answered it"
+    );
+
+    // The same body in three chunks, with an extension and a trailer.
+    let (a, rest) = body.split_at(10);
+    let (b, c) = rest.split_at(1000);
+    let chunked = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n{:x}\r\n{c}\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        a.len(),
+        b.len(),
+        c.len()
+    );
+    conn.write_all(chunked.as_bytes()).await.unwrap();
+    let seen = read_response(&mut conn, &mut buf).await.json();
+    assert_eq!(seen["body"], body.len());
+    assert_eq!(seen["content_length"], body.len().to_string());
+    assert_eq!(seen["transfer_encoding"], Value::Null);
+}
+
+#[tokio::test]
+async fn streams_pass_through_chunked_and_decoded_for_http_1_0() {
+    let (s, _replica) = setup(Config::default()).await;
+    let expected: String = (0..5).map(|i| format!("data: {i}\n\n")).collect();
+
+    let mut conn = connect(s.addr).await;
+    conn.write_all(b"GET /v2/models/echo/stream HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let chunked = read_response(&mut conn, &mut buf).await;
+    assert_eq!(chunked.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(String::from_utf8(chunked.body).unwrap(), expected);
+    // The connection carries the next request.
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut conn, &mut buf).await.body, b"ok");
+
+    // HTTP/1.0 has no chunked coding: the body comes decoded, ended by the close.
+    let mut old = connect(s.addr).await;
+    old.write_all(b"GET /v2/models/echo/stream HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let plain = read_response(&mut old, &mut buf).await;
+    assert_eq!(plain.header("transfer-encoding"), None);
+    assert_eq!(plain.header("connection"), Some("close"));
+    assert_eq!(String::from_utf8(plain.body).unwrap(), expected);
+}
+
+#[tokio::test]
+async fn bad_requests_are_answered_and_closed() {
+    let config = Config {
+        max_body_bytes: 1000,
+        ..Config::default()
+    };
+    let (s, _replica) = setup(config).await;
+    let cases: [(&[u8], u16); 4] = [
+        (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400),
+        (
+            b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 1001\r\n\r\n",
+            413,
+        ),
+        (
+            b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /v1/embeddings HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            400,
+        ),
+    ];
+    for (request, status) in cases {
+        let mut conn = connect(s.addr).await;
+        conn.write_all(request).await.unwrap();
+        let mut buf = Vec::new();
+        let r = read_response(&mut conn, &mut buf).await;
+        let what = String::from_utf8_lossy(request);
+        assert_eq!(r.status, status, "{what}");
+        assert_eq!(r.header("connection"), Some("close"), "{what}");
+        assert!(r.json()["error"]["message"].is_string(), "{what}");
+        assert!(closed(&mut conn).await, "{what}: still open");
+    }
+    // Too large in chunks: counted as they are decoded.
+    let mut conn = connect(s.addr).await;
+    let chunk = "a".repeat(600);
+    let request = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut conn, &mut buf).await.status, 413);
+}
+
+#[tokio::test]
+async fn a_restarted_replica_costs_no_request_and_no_failure() {
+    let (s, stop_replica) = setup(Config::default()).await;
+    let mut conn = connect(s.addr).await;
+    let request = b"GET /v2/models/echo/ready HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let mut buf = Vec::new();
+    // Two kept-alive connections to the replica in the pool.
+    let mut other = connect(s.addr).await;
+    conn.write_all(request).await.unwrap();
+    other.write_all(request).await.unwrap();
+    assert_eq!(read_response(&mut conn, &mut buf).await.status, 200);
+    assert_eq!(read_response(&mut other, &mut Vec::new()).await.status, 200);
+
+    // The replica restarts on the same port: its idle connections close.
+    stop_replica.send(()).unwrap();
+    let listener = loop {
+        match TcpListener::bind(s.replica).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let _replica = replica(listener);
+
+    for _ in 0..3 {
+        conn.write_all(request).await.unwrap();
+        let r = read_response(&mut conn, &mut buf).await;
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    }
+    let table = s.gateway.table();
+    let endpoint = &table.deployments["echo"][0].endpoints[0];
+    assert_eq!(endpoint.consecutive_failures.load(Ordering::Relaxed), 0);
+    assert_eq!(endpoint.outstanding.load(Ordering::Relaxed), 0);
+    let stats = s.gateway.stats();
+    let errors = stats.get("echo", 1).map(|r| r.errors);
+    assert_eq!(
+        errors,
+        Some(0),
+        "stale connections are not the replica's errors"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_that_is_gone_gets_a_bad_gateway_after_the_attempts() {
+    let (s, stop_replica) = setup(Config::default()).await;
+    stop_replica.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut conn = connect(s.addr).await;
+    conn.write_all(b"GET /v2/models/echo/ready HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut conn, &mut Vec::new()).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"]["type"], "upstream_unavailable");
+}

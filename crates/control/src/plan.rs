@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use candle_core::quantized::GgmlDType;
 use modelship_model::{ModelInfo, inspect};
 use modelship_planner::{
     CapacityProfile, Estimate, ModelShape, Plan, ReplicaRequest, TensorFootprint, WeightsFile,
@@ -70,10 +71,15 @@ pub fn plan(spec: &ModelDeployment, nodes: &[Node]) -> anyhow::Result<Report> {
     })?;
     let (footprints, file, precision) = weights(source, spec.spec.optimize.quantize)?;
     let (resident, loading) = resident_weights(task, file, &footprints);
-    let quantized = footprints
+    // What the layers' quantized kernels copy of their inputs (see
+    // engine-candle's quant_matmul): 16-bit blocks for Q8_0, 8-bit else.
+    let quantized_input_bytes = footprints
         .iter()
-        .any(|t| t.dims == 2 && t.block_quantized && t.name.starts_with("blk."));
-    let shape = shape(&info, task, (resident, loading), quantized)?;
+        .filter(|t| t.dims == 2 && t.block_quantized && t.name.starts_with("blk."))
+        .map(|t| if t.q8_0 { 2 } else { 1 })
+        .max()
+        .unwrap_or(0);
+    let shape = shape(&info, task, (resident, loading), quantized_input_bytes)?;
     let cpu = spec.spec.resources.cpu.unwrap_or(1.0);
     let est = estimate(&shape, &spec.spec.serving, cpu);
     let request = Request {
@@ -120,31 +126,26 @@ fn weights(
 ) -> anyhow::Result<(Vec<TensorFootprint>, WeightsFile, String)> {
     let src = Source::open(source).with_context(|| format!("cannot read {}", source.display()))?;
     let footprint =
-        |t: &modelship_quant::SourceTensor, stored: u64, block_quantized: bool| TensorFootprint {
+        |t: &modelship_quant::SourceTensor, stored: u64, dtype: GgmlDType| TensorFootprint {
             name: t.name.clone(),
             elements: t.elements() as u64,
             stored_bytes: stored,
-            block_quantized,
+            block_quantized: dtype.block_size() > 1,
+            q8_0: dtype == GgmlDType::Q8_0,
             dims: t.shape.len(),
         };
     if let QuantChoice::Type(to) = q {
         // Served from the GGUF that optimize writes.
         let tensors = planned_tensors(&src, to)
             .into_iter()
-            .map(|(t, d)| {
-                footprint(
-                    t,
-                    encoded_len(d.dtype, t.elements()) as u64,
-                    d.dtype.block_size() > 1,
-                )
-            })
+            .map(|(t, d)| footprint(t, encoded_len(d.dtype, t.elements()) as u64, d.dtype))
             .collect();
         return Ok((tensors, WeightsFile::Gguf, to.to_string()));
     }
     let tensors = src
         .tensors
         .iter()
-        .map(|t| footprint(t, t.bytes, t.dtype.block_size() > 1))
+        .map(|t| footprint(t, t.bytes, t.dtype))
         .collect();
     let file = if source.is_dir() {
         WeightsFile::Safetensors {
@@ -164,7 +165,7 @@ fn shape(
     info: &ModelInfo,
     task: Task,
     (weight_bytes, loading_bytes): (u64, u64),
-    quantized_matmuls: bool,
+    quantized_input_bytes: u64,
 ) -> anyhow::Result<ModelShape> {
     let need = |v: Option<usize>, what: &str| {
         v.ok_or_else(|| {
@@ -178,7 +179,7 @@ fn shape(
         task,
         weight_bytes,
         loading_bytes,
-        quantized_matmuls,
+        quantized_input_bytes,
         layers: need(info.layers, "layer count")?,
         hidden: need(info.hidden_size, "hidden size")?,
         heads: need(info.attention_heads, "attention heads")?,

@@ -53,11 +53,32 @@ fn fields_of(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Range<usize>,
         .collect()
 }
 
-fn too_large(what: &str) -> Malformed {
-    Malformed(
-        431,
-        format!("the {what} head is larger than {MAX_HEAD} bytes"),
-    )
+/// The length of a complete head from `httparse`'s verdict on `received`
+/// bytes, `None` while more is to come, or why it is refused: a request
+/// with 4xx, a replica's response with 502.
+fn head_length(
+    verdict: httparse::Result<usize>,
+    received: usize,
+    request: bool,
+) -> Result<Option<usize>, Malformed> {
+    let (what, too_large, malformed) = if request {
+        ("request", 431, 400)
+    } else {
+        ("response", 502, 502)
+    };
+    match verdict {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if received < MAX_HEAD => Ok(None),
+        Ok(_) => Err(Malformed(
+            too_large,
+            format!("the {what} head is larger than {MAX_HEAD} bytes"),
+        )),
+        Err(httparse::Error::TooManyHeaders) => Err(Malformed(
+            too_large,
+            format!("more than {MAX_HEADERS} header fields in the {what} head"),
+        )),
+        Err(e) => Err(Malformed(malformed, format!("malformed {what} head: {e}"))),
+    }
 }
 
 /// A request head at the start of `buf`: `Ok(None)` while it is incomplete,
@@ -65,34 +86,16 @@ fn too_large(what: &str) -> Malformed {
 pub(crate) fn parse_request(buf: &[u8]) -> Result<Option<(Head, usize)>, Malformed> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-            return Err(too_large("request"));
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Malformed(
-                431,
-                format!("more than {MAX_HEADERS} header fields"),
-            ));
-        }
-        Err(e) => return Err(Malformed(400, format!("malformed request head: {e}"))),
+    let Some(len) = head_length(req.parse(buf), buf.len(), true)? else {
+        return Ok(None);
     };
-    if len > MAX_HEAD {
-        return Err(too_large("request"));
-    }
-    let (method, target) = (
-        range_in(buf, req.method.unwrap_or_default().as_bytes()),
-        range_in(buf, req.path.unwrap_or_default().as_bytes()),
-    );
     let head = Head {
+        method: range_in(buf, req.method.unwrap_or_default().as_bytes()),
+        target: range_in(buf, req.path.unwrap_or_default().as_bytes()),
+        status: 0,
         minor: req.version.unwrap_or(1),
         fields: fields_of(buf, req.headers),
         raw: buf[..len].to_vec(),
-        method,
-        target,
-        status: 0,
     };
     Ok(Some((head, len)))
 }
@@ -101,22 +104,16 @@ pub(crate) fn parse_request(buf: &[u8]) -> Result<Option<(Head, usize)>, Malform
 pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(Head, usize)>, Malformed> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
-    let len = match res.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-            return Err(too_large("response"));
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(Malformed(502, format!("malformed response head: {e}"))),
+    let Some(len) = head_length(res.parse(buf), buf.len(), false)? else {
+        return Ok(None);
     };
-    let target = range_in(buf, res.reason.unwrap_or_default().as_bytes());
     let head = Head {
+        method: 0..0,
+        target: range_in(buf, res.reason.unwrap_or_default().as_bytes()),
         status: res.code.unwrap_or_default(),
         minor: res.version.unwrap_or(1),
         fields: fields_of(buf, res.headers),
         raw: buf[..len].to_vec(),
-        method: 0..0,
-        target,
     };
     Ok(Some((head, len)))
 }

@@ -14,9 +14,10 @@ pub struct ModelShape {
     pub weight_bytes: u64,
     /// Extra bytes held only while loading (a mapped weights file).
     pub loading_bytes: u64,
-    /// Whether the linear layers run block-quantized kernels (which copy
-    /// their input and its 8-bit form: more activation memory per token).
-    pub quantized_matmuls: bool,
+    /// Bytes per value of the quantized copy the block-quantized kernels
+    /// make of a layer's input besides its f32 copy: 0 for float matmuls, 1
+    /// for 8-bit blocks, 2 for the 16-bit blocks Q8_0 weights take.
+    pub quantized_input_bytes: u64,
     pub layers: usize,
     pub hidden: usize,
     pub heads: usize,
@@ -43,6 +44,8 @@ pub struct TensorFootprint {
     pub stored_bytes: u64,
     /// Stored in blocks with shared scales (q8_0, q4_k, ...), not as floats.
     pub block_quantized: bool,
+    /// Q8_0 blocks, whose kernel quantizes its input to 16 bits, not 8.
+    pub q8_0: bool,
     pub dims: usize,
 }
 
@@ -147,7 +150,8 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
 /// once at most) and the FFN's live tensors — an encoder's up projection
 /// and its GELU (2 × ffn), a decoder's stacked gate/up output, its SiLU and
 /// their product (4 × ffn); block-quantized kernels also copy an FFN-wide
-/// input and its 8-bit form (5 bytes per value). Attention scores and
+/// input in f32 and quantized (4 + 1 or 2 bytes per value). Attention
+/// scores and
 /// probabilities of one sequence at a time: the whole sequence for
 /// encoders, 256-query chunks for decoders. Encoders pack up to
 /// `max_batch_tokens` tokens; decoders pack every new prompt into one pass,
@@ -158,8 +162,11 @@ fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 
         Task::Embeddings => 2,
         Task::Generate => 4,
     };
-    let per_token =
-        (hidden * 4 + ffn * ffn_live) * 4 + if model.quantized_matmuls { ffn * 5 } else { 0 };
+    let quantized_copy = match model.quantized_input_bytes {
+        0 => 0,
+        q => ffn * (4 + q),
+    };
+    let per_token = (hidden * 4 + ffn * ffn_live) * 4 + quantized_copy;
     let concurrent = limits.max_concurrent as u64;
     match model.task {
         Task::Embeddings => {
@@ -183,7 +190,7 @@ mod tests {
             task: Task::Generate,
             weight_bytes: 96_573_056,
             loading_bytes: 0,
-            quantized_matmuls: true,
+            quantized_input_bytes: 1,
             layers: 30,
             hidden: 576,
             heads: 9,
@@ -209,6 +216,27 @@ mod tests {
             e.weights_bytes + e.kv_cache_bytes + e.activations_bytes + e.runtime_bytes
         );
         assert_eq!(e.cpu_threads, 2);
+    }
+
+    #[test]
+    fn q8_0_kernels_hold_a_wider_input_copy() {
+        let limits = ServingLimits {
+            max_context: 512,
+            max_concurrent: 2,
+            ..ServingLimits::default()
+        };
+        let with = |bytes| {
+            let shape = ModelShape {
+                quantized_input_bytes: bytes,
+                ..smollm()
+            };
+            estimate(&shape, &limits, 1.0).activations_bytes
+        };
+        // Per token of the pass (2 × 512): the FFN-wide input, 1536 values,
+        // in f32 plus one or two bytes each.
+        let tokens = 2 * 512;
+        assert_eq!(with(1) - with(0), tokens * 1536 * 5);
+        assert_eq!(with(2) - with(1), tokens * 1536);
     }
 
     #[test]
@@ -257,6 +285,7 @@ mod tests {
             elements,
             stored_bytes: stored,
             block_quantized: q,
+            q8_0: q,
             dims,
         };
         // A tied llama table in q8_0: f32 for lookups plus q8_0 for the output.
@@ -297,7 +326,7 @@ mod tests {
             context: 512,
             weight_bytes: 90_000_000,
             loading_bytes: 90_000_000,
-            quantized_matmuls: false,
+            quantized_input_bytes: 0,
         };
         let e = estimate(&minilm, &ServingLimits::default(), 0.5);
         assert_eq!(e.kv_cache_bytes, 0);

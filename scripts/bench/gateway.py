@@ -1,8 +1,12 @@
 """The gateway's added latency and throughput (issue 5): one MiniLM replica
 behind `modelship up`'s gateway and behind HAProxy (configured by
 `modelship render haproxy`), against the replica directly, in the same run,
-alternating targets. Two requests: the replica's readiness route through
-the proxy (the proxy hop alone) and a one-sentence embedding.
+alternating targets round by round. Two requests: the replica's readiness
+route through the proxy (the proxy hop alone) and a one-sentence embedding.
+Besides each target's median p50 over the rounds, the median of the
+per-round differences gateway − HAProxy: the two run back to back within a
+round, so the machine's drift between rounds (as large as the hop itself
+on the embedding) cancels out of it.
 Run by scripts/bench.sh (BENCH_ONLY=gateway for this table only)."""
 import json
 import os
@@ -17,8 +21,8 @@ import time
 from paths import BIN, MINILM, OUT, ROOT
 
 LOAD = f"{ROOT}/target/release/examples/http_load"
-SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
-ROUNDS = 3
+SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 
 
 def start_up(data):
@@ -76,16 +80,18 @@ def main():
                     runs[t].append(load(targets[t] + path, c, body))
             med = lambda t, k: sorted(x[k] for x in runs[t])[ROUNDS // 2]
             errors = {t: sum(x["errors"] for x in runs[t]) for t in targets}
-            rows.append((name, c, {t: (med(t, "p50_us"), med(t, "p99_us"), med(t, "rps")) for t in targets}, errors))
+            paired = sorted(g["p50_us"] - h["p50_us"] for g, h in zip(runs["modelship gateway"], runs["haproxy"]))
+            rows.append((name, c, {t: (med(t, "p50_us"), med(t, "p99_us"), med(t, "rps")) for t in targets},
+                         paired[ROUNDS // 2], errors))
             print(f"  {name} c={c}: " + ", ".join(f"{t} p50 {med(t, 'p50_us')} µs p99 {med(t, 'p99_us')} µs {med(t, 'rps'):.0f} rps"
                                                    for t in targets), file=sys.stderr)
         print("| request | concurrency | direct p50 / p99 µs | gateway p50 / p99 µs | HAProxy p50 / p99 µs "
-              "| added p50 gateway / HAProxy µs | req/s direct / gateway / HAProxy |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for name, c, m, errors in rows:
+              "| added p50 gateway / HAProxy µs | gateway − HAProxy p50, paired µs | req/s direct / gateway / HAProxy |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, c, m, paired, errors in rows:
             d, g, h = m["direct"], m["modelship gateway"], m["haproxy"]
             print(f"| {name} | {c} | {d[0]} / {d[1]} | {g[0]} / {g[1]} | {h[0]} / {h[1]} | "
-                  f"{g[0] - d[0]} / {h[0] - d[0]} | {d[2]:.0f} / {g[2]:.0f} / {h[2]:.0f} |")
+                  f"{g[0] - d[0]} / {h[0] - d[0]} | {paired} | {d[2]:.0f} / {g[2]:.0f} / {h[2]:.0f} |")
             if any(errors.values()):
                 print(f"errors: {errors}", file=sys.stderr)
         cli(api, "delete", "minilm")

@@ -1,6 +1,6 @@
 //! What the gateway answers: authentication, its own routes, the request's
 //! target deployment, and the retry loop that finds a replica to answer.
-//! The connection loop (`serve`) reads requests and writes what this
+//! The connection loop (`listen.rs`) reads requests and writes what this
 //! decides.
 
 use std::borrow::Cow;

@@ -48,6 +48,9 @@ pub struct Config {
     pub eject_for: Duration,
     /// Largest request body buffered (bodies are kept to retry them).
     pub max_body_bytes: usize,
+    /// Longest wait for more of a request once it has begun (the client
+    /// gets 408 and the connection closes).
+    pub request_timeout: Duration,
     /// Bearer keys accepted; empty: no authentication.
     pub api_keys: BTreeSet<String>,
 }
@@ -60,6 +63,7 @@ impl Default for Config {
             eject_after: 3,
             eject_for: Duration::from_secs(10),
             max_body_bytes: 16 << 20,
+            request_timeout: Duration::from_secs(60),
             api_keys: BTreeSet::new(),
         }
     }

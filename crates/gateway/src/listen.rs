@@ -27,8 +27,6 @@ use crate::proxy::{self, Reply, Shared};
 use crate::upstream::{After, Pool};
 use crate::{Gateway, Tls};
 
-/// How long a client may take to send a request once it has begun one.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a TLS client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -185,28 +183,30 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = io.shutdown().await;
 }
 
-/// Reads more of the request into `buf`; `idle` while no byte of it has
-/// come: then the gateway's shutdown ends the wait.
+/// Reads more of the request into `buf`. Between requests (`idle`) the
+/// wait is open-ended and the gateway's shutdown ends it; within one the
+/// client has `timeout` for each read.
 async fn read_more<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut Vec<u8>,
     stop: &mut watch::Receiver<bool>,
+    (idle, timeout): (bool, Duration),
 ) -> Result<(), Stop> {
     if buf.len() == buf.capacity() {
         buf.reserve(buf.len().max(4096));
     }
-    let read = if buf.is_empty() {
+    let read = if idle {
         tokio::select! {
             r = io.read_buf(buf) => r,
             _ = stop.wait_for(|s| *s) => return Err(Stop::Quietly),
         }
     } else {
-        tokio::time::timeout(REQUEST_TIMEOUT, io.read_buf(buf))
+        tokio::time::timeout(timeout, io.read_buf(buf))
             .await
             .map_err(|_| {
                 Stop::Answer(Malformed(
                     408,
-                    format!("the request did not arrive within {REQUEST_TIMEOUT:?}"),
+                    format!("no more of the request came within {timeout:?}"),
                 ))
             })?
     };
@@ -223,15 +223,17 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut Vec<u8>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<After, Stop> {
+    let config = &shared.gateway.inner.config;
+    let timeout = config.request_timeout;
     let head = loop {
         if let Some((head, len)) = http1::parse_request(buf).map_err(Stop::Answer)? {
             buf.drain(..len);
             break head;
         }
-        read_more(io, buf, stop).await?;
+        read_more(io, buf, stop, (buf.is_empty(), timeout)).await?;
     };
     let length = head.body_length(None).map_err(Stop::Answer)?;
-    let max = shared.gateway.inner.config.max_body_bytes;
+    let max = config.max_body_bytes;
     let too_large = || {
         Stop::Answer(Malformed(
             413,
@@ -251,7 +253,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         Length::Fixed(n) => {
             let n = n as usize;
             while buf.len() < n {
-                read_more(io, buf, stop).await?;
+                read_more(io, buf, stop, (false, timeout)).await?;
             }
             buf.drain(..n).collect()
         }
@@ -268,7 +270,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 if chunked.done() {
                     break body;
                 }
-                read_more(io, buf, stop).await?;
+                read_more(io, buf, stop, (false, timeout)).await?;
             }
         }
         // `body_length` gives requests no close-delimited bodies.

@@ -358,6 +358,37 @@ async fn bad_requests_are_answered_and_closed() {
 }
 
 #[tokio::test]
+async fn a_request_that_stalls_gets_408_but_an_idle_connection_waits() {
+    let config = Config {
+        request_timeout: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let (s, _replica) = setup(config).await;
+    let stalls: [&[u8]; 3] = [
+        b"GET /v2/models/echo/ready HTTP/1.1\r\nHost: g",
+        b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 10\r\n\r\n{\"mo",
+        // The whole head and not a byte of its body.
+        b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 10\r\n\r\n",
+    ];
+    for stall in stalls {
+        let mut conn = connect(s.addr).await;
+        conn.write_all(stall).await.unwrap();
+        let started = Instant::now();
+        let r = read_response(&mut conn, &mut Vec::new()).await;
+        assert_eq!(r.status, 408, "{:?}", String::from_utf8_lossy(stall));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(closed(&mut conn).await);
+    }
+    // Between requests a kept-alive connection has no such limit.
+    let mut conn = connect(s.addr).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut conn, &mut Vec::new()).await.status, 200);
+}
+
+#[tokio::test]
 async fn a_restarted_replica_costs_no_request_and_no_failure() {
     let (s, stop_replica) = setup(Config::default()).await;
     let mut conn = connect(s.addr).await;

@@ -166,6 +166,18 @@ impl Head {
         })
     }
 
+    /// Which of this message's fields stay on this hop: the hop-by-hop ones,
+    /// and any its `Connection` field names (RFC 9110 §7.6.1).
+    pub(crate) fn hop_only(&self) -> impl Fn(&[u8]) -> bool + '_ {
+        let listed: Vec<&[u8]> = self
+            .values("connection")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .collect();
+        move |name| is_hop_by_hop(name) || listed.iter().any(|t| name.eq_ignore_ascii_case(t))
+    }
+
     /// Whether the sender keeps the connection open after this message:
     /// HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with `keep-alive`.
     pub(crate) fn keep_alive(&self) -> bool {

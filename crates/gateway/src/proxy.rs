@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::Gateway;
 use crate::balance::{Endpoint, Pick};
-use crate::http1::{self, Head};
+use crate::http1::Head;
 use crate::upstream::{Answer, Pool, Unanswered};
 
 /// One gateway thread's state: the shared gateway and its own connections
@@ -235,12 +235,13 @@ fn upstream_request(head: &Head, body: &[u8], host: &str) -> Vec<u8> {
         out.extend_from_slice(part.as_bytes());
     }
     let mut had_length = false;
+    let hop_only = head.hop_only();
     for (name, value) in head.fields() {
         let framing = name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"transfer-encoding");
         had_length |= framing;
         if framing
-            || http1::is_hop_by_hop(name)
+            || hop_only(name)
             || name.eq_ignore_ascii_case(b"authorization")
             || name.eq_ignore_ascii_case(b"expect")
         {

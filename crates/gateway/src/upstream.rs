@@ -185,30 +185,32 @@ enum Pass {
 }
 
 impl Pass {
-    /// Appends what of `input` belongs to the body to `out`; true once the
-    /// body is complete.
-    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
-        match self {
+    /// Appends what of `input` belongs to the body to `out`: whether the
+    /// body is complete, and whether `input` held bytes past its end (the
+    /// connection is then out of step and not reused).
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(bool, bool), String> {
+        let (done, used) = match self {
             Pass::Fixed(left) => {
                 let take = (*left).min(input.len() as u64) as usize;
                 out.extend_from_slice(&input[..take]);
                 *left -= take as u64;
-                Ok(*left == 0)
+                (*left == 0, take)
             }
             Pass::Chunked(c) => {
                 let used = c.feed(input, None)?;
                 out.extend_from_slice(&input[..used]);
-                Ok(c.done())
+                (c.done(), used)
             }
             Pass::Dechunk(c) => {
-                c.feed(input, Some(out))?;
-                Ok(c.done())
+                let used = c.feed(input, Some(out))?;
+                (c.done(), used)
             }
             Pass::UntilClose => {
                 out.extend_from_slice(input);
-                Ok(false)
+                (false, input.len())
             }
-        }
+        };
+        Ok((done, used < input.len()))
     }
 }
 
@@ -234,12 +236,9 @@ impl Answer {
         let keep = keep && matches!(pass, Pass::Fixed(_) | Pass::Chunked(_));
         let mut out = Vec::with_capacity(512 + self.buffered.len());
         self.write_head(&mut out, http10, keep);
-        let mut done = matches!(pass, Pass::Fixed(0));
-        if !done {
-            done = pass
-                .feed(&self.buffered, &mut out)
-                .map_err(std::io::Error::other)?;
-        }
+        let (mut done, mut surplus) = pass
+            .feed(&self.buffered, &mut out)
+            .map_err(std::io::Error::other)?;
         client.write_all(&out).await?;
         let mut buf = self.buffered;
         while !done {
@@ -255,10 +254,11 @@ impl Answer {
                 ));
             }
             out.clear();
-            done = pass.feed(&buf, &mut out).map_err(std::io::Error::other)?;
+            let fed = pass.feed(&buf, &mut out).map_err(std::io::Error::other)?;
+            (done, surplus) = (fed.0, surplus || fed.1);
             client.write_all(&out).await?;
         }
-        if done && self.head.keep_alive() {
+        if done && !surplus && self.head.keep_alive() {
             pool.give_back(addr, self.stream);
         }
         Ok(if keep { After::KeepAlive } else { After::Close })
@@ -270,9 +270,10 @@ impl Answer {
         let _ = write!(out, "HTTP/1.1 {} ", self.head.status);
         out.extend_from_slice(self.head.reason());
         out.extend_from_slice(b"\r\n");
+        let hop_only = self.head.hop_only();
         for (name, value) in self.head.fields() {
             let dechunked = http10 && name.eq_ignore_ascii_case(b"transfer-encoding");
-            if !http1::is_hop_by_hop(name) && !dechunked {
+            if !hop_only(name) && !dechunked {
                 out.extend_from_slice(name);
                 out.extend_from_slice(b": ");
                 out.extend_from_slice(value);

@@ -32,7 +32,8 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json
         "method": method.as_str(), "uri": uri.to_string(), "host": h("host"),
         "authorization": h("authorization"), "connection": h("connection"),
         "expect": h("expect"), "transfer_encoding": h("transfer-encoding"),
-        "content_length": h("content-length"), "custom": h("x-custom"), "body": body.len(),
+        "content_length": h("content-length"), "custom": h("x-custom"),
+        "secret": h("x-secret"), "body": body.len(),
     }))
 }
 
@@ -76,6 +77,11 @@ async fn setup(config: Config) -> (Setup, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let replica_addr = listener.local_addr().unwrap();
     let stop_replica = replica(listener);
+    (gateway_to(replica_addr, config), stop_replica)
+}
+
+/// A gateway on one thread routing deployment `echo` to `replica_addr`.
+fn gateway_to(replica_addr: SocketAddr, config: Config) -> Setup {
     let gateway = Gateway::new(config, None);
     gateway.set_routes(
         &[Route {
@@ -96,13 +102,12 @@ async fn setup(config: Config) -> (Setup, oneshot::Sender<()>) {
     )
     .unwrap();
     tokio::spawn(serving);
-    let setup = Setup {
+    Setup {
         gateway,
         addr,
         replica: replica_addr,
         _stop: stop,
-    };
-    (setup, stop_replica)
+    }
 }
 
 /// A response read off a raw connection.
@@ -217,7 +222,8 @@ async fn pipelined_requests_are_answered_in_order_with_this_hops_fields_rewritte
     let body = r#"{"model": "echo", "input": "x"}"#;
     let two = format!(
         "POST /v1/embeddings?q=1 HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\
-         X-Custom: kept\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n{body}\
+         X-Custom: kept\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n\
+         X-Secret: this hop only\r\n\r\n{body}\
          GET /v2/models/echo/ready HTTP/1.1\r\nHost: gw\r\n\r\n",
         body.len()
     );
@@ -233,6 +239,7 @@ async fn pipelined_requests_are_answered_in_order_with_this_hops_fields_rewritte
     );
     assert_eq!(first["custom"], "kept");
     assert_eq!(first["connection"], Value::Null, "Connection is this hop's");
+    assert_eq!(first["secret"], Value::Null, "so is what Connection names");
     assert_eq!(first["content_length"], body.len().to_string());
     assert_eq!(first["body"], body.len());
     let second = read_response(&mut conn, &mut buf).await.json();
@@ -436,6 +443,43 @@ async fn a_restarted_replica_costs_no_request_and_no_failure() {
         Some(0),
         "stale connections are not the replica's errors"
     );
+}
+
+#[tokio::test]
+async fn a_replica_connection_out_of_step_is_not_reused() {
+    // A replica that sends bytes past the length it declared.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replica_addr = listener.local_addr().unwrap();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            accepted_tx.send(()).unwrap();
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                while conn.read(&mut request).await.is_ok_and(|n| n > 0) {
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA";
+                    if conn.write_all(answer).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let s = gateway_to(replica_addr, Config::default());
+    let mut conn = connect(s.addr).await;
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        conn.write_all(b"GET /v2/models/echo/ready HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut conn, &mut buf).await.body, b"ok");
+    }
+    let mut connections = 0;
+    while accepted.try_recv().is_ok() {
+        connections += 1;
+    }
+    assert_eq!(connections, 2, "one replica connection per response");
 }
 
 #[tokio::test]

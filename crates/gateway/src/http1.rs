@@ -158,24 +158,35 @@ impl Head {
             .map(|(_, v)| v)
     }
 
-    /// Whether any `Connection` field lists `token`.
-    fn connection_has(&self, token: &str) -> bool {
-        self.values("connection").any(|v| {
-            v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
-    }
-
-    /// Which of this message's fields stay on this hop: the hop-by-hop ones,
-    /// and any its `Connection` field names (RFC 9110 §7.6.1).
-    pub(crate) fn hop_only(&self) -> impl Fn(&[u8]) -> bool + '_ {
-        let listed: Vec<&[u8]> = self
-            .values("connection")
+    /// The options the `Connection` fields list, trimmed.
+    fn connection_options(&self) -> impl Iterator<Item = &[u8]> {
+        self.values("connection")
             .flat_map(|v| v.split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
             .filter(|t| !t.is_empty())
-            .collect();
-        move |name| is_hop_by_hop(name) || listed.iter().any(|t| name.eq_ignore_ascii_case(t))
+    }
+
+    /// Whether any `Connection` field lists `token`.
+    fn connection_has(&self, token: &str) -> bool {
+        self.connection_options()
+            .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+    }
+
+    /// Appends the fields the next hop gets, as `name: value` lines: all
+    /// but the hop-by-hop ones, those this message's `Connection` field
+    /// names (RFC 9110 §7.6.1), and those `also_drop` picks.
+    pub(crate) fn forward_fields(&self, out: &mut Vec<u8>, also_drop: impl Fn(&[u8]) -> bool) {
+        let listed: Vec<&[u8]> = self.connection_options().collect();
+        for (name, value) in self.fields() {
+            let hop_only =
+                is_hop_by_hop(name) || listed.iter().any(|t| name.eq_ignore_ascii_case(t));
+            if !hop_only && !also_drop(name) {
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
     }
 
     /// Whether the sender keeps the connection open after this message:

@@ -234,24 +234,20 @@ fn upstream_request(head: &Head, body: &[u8], host: &str) -> Vec<u8> {
     ] {
         out.extend_from_slice(part.as_bytes());
     }
-    let mut had_length = false;
-    let hop_only = head.hop_only();
-    for (name, value) in head.fields() {
-        let framing = name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"transfer-encoding");
-        had_length |= framing;
-        if framing
-            || hop_only(name)
-            || name.eq_ignore_ascii_case(b"authorization")
-            || name.eq_ignore_ascii_case(b"expect")
-        {
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
+    // The body is whole by now: its length is restated, the client's
+    // framing, key and go-ahead request stay here.
+    head.forward_fields(&mut out, |name| {
+        [
+            "content-length",
+            "transfer-encoding",
+            "authorization",
+            "expect",
+        ]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+    });
+    let had_length =
+        head.get("content-length").is_some() || head.get("transfer-encoding").is_some();
     if had_length || !body.is_empty() {
         out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
     }

@@ -270,16 +270,10 @@ impl Answer {
         let _ = write!(out, "HTTP/1.1 {} ", self.head.status);
         out.extend_from_slice(self.head.reason());
         out.extend_from_slice(b"\r\n");
-        let hop_only = self.head.hop_only();
-        for (name, value) in self.head.fields() {
-            let dechunked = http10 && name.eq_ignore_ascii_case(b"transfer-encoding");
-            if !hop_only(name) && !dechunked {
-                out.extend_from_slice(name);
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value);
-                out.extend_from_slice(b"\r\n");
-            }
-        }
+        // An HTTP/1.0 client gets the chunks decoded.
+        self.head.forward_fields(out, |name| {
+            http10 && name.eq_ignore_ascii_case(b"transfer-encoding")
+        });
         match (keep, http10) {
             (false, _) => out.extend_from_slice(b"connection: close\r\n"),
             (true, true) => out.extend_from_slice(b"connection: keep-alive\r\n"),

@@ -1,6 +1,8 @@
 //! Weight matrices as the forward passes use them: block-quantized Q4_1 and
 //! Q8_0 through our kernels on the CPU, other GGUF types through candle's
-//! GGML kernels, and projections of one input stacked into one matrix.
+//! GGML kernels, and projections of one input stacked into one matrix (an
+//! f16 one among Q8_0 ones too: a q8_0 file keeps a grouped-query `attn_v`
+//! in f16).
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Result, Tensor};
@@ -21,8 +23,14 @@ impl Linear {
             GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
             _ => None,
         };
-        if let Some(format) = format.filter(|_| t.device().is_cpu()) {
-            let (rows, cols) = t.shape().dims2()?;
+        Self::with_kernel(t, format)
+    }
+
+    /// Through our kernel for `format` where it runs (on the CPU, whole
+    /// blocks), else through candle's.
+    fn with_kernel(t: QTensor, format: Option<BlockFormat>) -> Result<Self> {
+        let (rows, cols) = t.shape().dims2()?;
+        if let Some(format) = format.filter(|_| t.device().is_cpu() && cols % 32 == 0) {
             let m = QuantMatrix::from_ggml(format, &t.data()?, rows, cols)
                 .map_err(candle_core::Error::Msg)?;
             return Ok(Self::Quant(m));
@@ -52,9 +60,16 @@ pub(crate) enum Projections {
 
 impl Projections {
     pub(crate) fn new(tensors: Vec<QTensor>) -> Result<Self> {
+        // An f16 matrix beside Q8_0 ones joins their stack through the f16
+        // kernel, which takes the same 16-bit activations: one pass instead
+        // of three, and f16 held as f16 rather than expanded to f32.
+        let beside_q8_0 = tensors.iter().any(|t| t.dtype() == GgmlDType::Q8_0);
         let parts = tensors
             .into_iter()
-            .map(Linear::new)
+            .map(|t| match t.dtype() {
+                GgmlDType::F16 if beside_q8_0 => Linear::with_kernel(t, Some(BlockFormat::F16)),
+                _ => Linear::new(t),
+            })
             .collect::<Result<Vec<_>>>()?;
         Self::from_linears(parts)
     }

@@ -9,7 +9,10 @@
 //!   bits, which adds an error as large as the weights' own: on SmolLM2 the
 //!   q8_0 file's top-1 agreement with its f32 original goes from 96.1% to
 //!   98.1% and its KL divergence from 0.0039 to 0.0012 (docs/benchmarks.md),
-//!   and `madd_epi16` keeps the kernel nearly as fast.
+//!   and `madd_epi16` keeps the kernel nearly as fast;
+//! - F16 weights take the same 16-bit activations, so an f16 matrix can be
+//!   stacked with Q8_0 ones that read the same input (a q8_0 file's
+//!   grouped-query `attn_v` is f16 beside Q8_0 `attn_q` and `attn_k`).
 //!
 //! candle's CPU kernel for Q4_1 is scalar and its Q8_0 one runs on a second
 //! thread pool that fights rayon's for the cores; these use AVX2 where the
@@ -24,12 +27,22 @@ const QK: usize = 32;
 const Q4_1_BYTES: usize = 20;
 /// Bytes of a Q8_0 block: f16 scale, 32 signed bytes.
 const Q8_0_BYTES: usize = 34;
+/// Bytes of 32 f16 weights, the unit the F16 kernel steps by.
+const F16_BYTES: usize = 64;
 
-/// The weight block formats with a kernel here.
+/// The weight formats with a kernel here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockFormat {
     Q4_1,
     Q8_0,
+    F16,
+}
+
+/// How a format's kernel wants its input quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activations {
+    Q8_1,
+    Q16,
 }
 
 impl BlockFormat {
@@ -37,16 +50,41 @@ impl BlockFormat {
         match self {
             Self::Q4_1 => Q4_1_BYTES,
             Self::Q8_0 => Q8_0_BYTES,
+            Self::F16 => F16_BYTES,
+        }
+    }
+
+    fn activations(self) -> Activations {
+        match self {
+            Self::Q4_1 => Activations::Q8_1,
+            Self::Q8_0 | Self::F16 => Activations::Q16,
         }
     }
 }
 
-/// A row-major quantized matrix: `rows` outputs, each `cols` inputs wide.
+/// A row-major matrix of weights in blocks: `rows` outputs, each `cols`
+/// inputs wide. A stacked matrix's rows come in parts of different formats,
+/// all taking the same activations.
 pub struct QuantMatrix {
-    format: BlockFormat,
     rows: usize,
     cols: usize,
+    parts: Vec<Part>,
     blocks: Vec<u8>,
+}
+
+/// A run of rows in one format.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    format: BlockFormat,
+    first_row: usize,
+    /// Where its first row starts in `blocks`.
+    offset: usize,
+}
+
+impl Part {
+    fn row_bytes(&self, cols: usize) -> usize {
+        cols / QK * self.format.block_bytes()
+    }
 }
 
 /// One activation row in 8-bit blocks: per block, the scale `d`, `s = d·Σq`
@@ -89,9 +127,13 @@ impl QuantMatrix {
             ));
         }
         Ok(Self {
-            format,
             rows,
             cols,
+            parts: vec![Part {
+                format,
+                first_row: 0,
+                offset: 0,
+            }],
             blocks: bytes.to_vec(),
         })
     }
@@ -100,49 +142,71 @@ impl QuantMatrix {
         self.rows
     }
 
-    /// Stacks matrices that read the same input (same format and width) into
-    /// one, so one pass quantizes the input once and splits once across
-    /// threads. `None` when they do not match.
-    pub fn stack(parts: Vec<QuantMatrix>) -> Option<QuantMatrix> {
-        let first = parts.first()?;
-        let (format, cols) = (first.format, first.cols);
-        if parts.iter().any(|p| p.format != format || p.cols != cols) {
+    /// Stacks matrices that read the same input (same width, formats that
+    /// take the same activations) into one, so one pass quantizes the input
+    /// once and splits once across threads. `None` when they do not match.
+    pub fn stack(matrices: Vec<QuantMatrix>) -> Option<QuantMatrix> {
+        let first = matrices.first()?;
+        let (cols, activations) = (first.cols, first.activations());
+        if matrices
+            .iter()
+            .any(|m| m.cols != cols || m.activations() != activations)
+        {
             return None;
         }
+        let (mut rows, mut parts, mut blocks) = (0, Vec::new(), Vec::new());
+        for m in matrices {
+            for p in m.parts {
+                parts.push(Part {
+                    first_row: rows + p.first_row,
+                    offset: blocks.len() + p.offset,
+                    ..p
+                });
+            }
+            rows += m.rows;
+            blocks.extend(m.blocks);
+        }
         Some(QuantMatrix {
-            format,
+            rows,
             cols,
-            rows: parts.iter().map(|p| p.rows).sum(),
-            blocks: parts.into_iter().flat_map(|p| p.blocks).collect(),
+            parts,
+            blocks,
         })
+    }
+
+    /// The activations every part takes (one kind: `stack` checks).
+    fn activations(&self) -> Activations {
+        self.parts[0].format.activations()
     }
 
     /// `x` is `n` rows of `cols` values; returns `n` rows of `rows` values.
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         assert_eq!(x.len(), n * self.cols, "activation shape");
         let inputs = x.chunks_exact(self.cols);
-        match self.format {
-            BlockFormat::Q4_1 => {
+        match self.activations() {
+            Activations::Q8_1 => {
                 let rows: Vec<Q81Row> = inputs.map(quantize_q8_1).collect();
-                self.times(&rows, dot_q4_1, dot4_q4_1)
+                self.times(&rows, |_| (dot_q4_1, dot4_q4_1))
             }
-            BlockFormat::Q8_0 => {
+            Activations::Q16 => {
                 let rows: Vec<Q16Row> = inputs.map(quantize_q16).collect();
-                self.times(&rows, dot_q8_0, dot4_q8_0)
+                self.times(&rows, |format| match format {
+                    BlockFormat::F16 => (dot_f16, dot4_f16),
+                    _ => (dot_q8_0, dot4_q8_0),
+                })
             }
         }
     }
 
     /// Every weight row · every quantized input row, laid out as `matmul`
-    /// returns them.
+    /// returns them; `kernels` gives the one- and four-input dot products of
+    /// each format present.
     fn times<R: Sync>(
         &self,
         quantized: &[R],
-        dot: fn(&[u8], &R) -> f32,
-        dot4: fn(&[u8], &[R; 4]) -> [f32; 4],
+        kernels: impl Fn(BlockFormat) -> (Dot<R>, Dot4<R>) + Sync,
     ) -> Vec<f32> {
         let n = quantized.len();
-        let row_bytes = self.cols / QK * self.format.block_bytes();
         // Output rows × inputs, then transposed: each weight row is read once
         // for all inputs.
         let mut by_row = vec![0f32; self.rows * n];
@@ -153,7 +217,15 @@ impl QuantMatrix {
             .for_each(|(chunk, out)| {
                 let first = chunk * per_task;
                 for (r, out_row) in out.chunks_exact_mut(n).enumerate() {
-                    let start = (first + r) * row_bytes;
+                    let row = first + r;
+                    let part = self
+                        .parts
+                        .iter()
+                        .rfind(|p| p.first_row <= row)
+                        .expect("parts start at row 0");
+                    let (dot, dot4) = kernels(part.format);
+                    let row_bytes = part.row_bytes(self.cols);
+                    let start = part.offset + (row - part.first_row) * row_bytes;
                     let w = &self.blocks[start..start + row_bytes];
                     // Four inputs per pass over the weight row: its blocks are
                     // unpacked once for all four (prompts, batches).
@@ -182,6 +254,11 @@ impl QuantMatrix {
         out
     }
 }
+
+/// One weight row · one quantized input row.
+type Dot<R> = fn(&[u8], &R) -> f32;
+/// One weight row · four quantized input rows.
+type Dot4<R> = fn(&[u8], &[R; 4]) -> [f32; 4];
 
 /// ggml's `quantize_row_q8_1` (and, ignoring `s`, `quantize_row_q8_0`): scale
 /// by the block's largest magnitude to ±127, rounding half away from zero
@@ -229,18 +306,18 @@ fn quantize_q16(x: &[f32]) -> Q16Row {
     row
 }
 
-/// The AVX2 kernel where the build has AVX2 and FMA (see
+/// The AVX2 kernel where the build has AVX2, FMA and F16C (see
 /// .cargo/config.toml), else the scalar expression.
 macro_rules! simd_or_scalar {
     ($avx2:ident($($arg:expr),*), $scalar:expr) => {{
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
         {
             // SAFETY: the target features are enabled for this build, and every
             // activation row holds as many whole blocks as the weight row
             // (checked in `from_ggml` and `matmul`).
             unsafe { $avx2($($arg),*) }
         }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
         {
             $scalar
         }
@@ -264,6 +341,14 @@ fn dot4_q8_0(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
     )
 }
 
+/// One F16 weight row · four 16-bit activation rows.
+fn dot4_f16(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
+    simd_or_scalar!(
+        dot4_f16_avx2(w, x),
+        std::array::from_fn(|i| dot_f16_scalar(w, &x[i]))
+    )
+}
+
 /// One Q4_1 weight row · one Q8_1 activation row.
 fn dot_q4_1(w: &[u8], x: &Q81Row) -> f32 {
     simd_or_scalar!(dot_q4_1_avx2(w, x), dot_q4_1_scalar(w, x))
@@ -274,11 +359,36 @@ fn dot_q8_0(w: &[u8], x: &Q16Row) -> f32 {
     simd_or_scalar!(dot_q8_0_avx2(w, x), dot_q8_0_scalar(w, x))
 }
 
+/// One F16 weight row · one 16-bit activation row.
+fn dot_f16(w: &[u8], x: &Q16Row) -> f32 {
+    simd_or_scalar!(dot_f16_avx2(w, x), dot_f16_scalar(w, x))
+}
+
 #[cfg_attr(
     all(
         target_arch = "x86_64",
         target_feature = "avx2",
-        target_feature = "fma"
+        target_feature = "fma",
+        target_feature = "f16c"
+    ),
+    allow(dead_code)
+)]
+fn dot_f16_scalar(w: &[u8], x: &Q16Row) -> f32 {
+    let mut sum = 0f32;
+    for (b, wb) in w.chunks_exact(F16_BYTES).enumerate() {
+        let q = &x.q[b * QK..(b + 1) * QK];
+        let block: f32 = (0..QK).map(|j| f16_bits(wb, 2 * j) * q[j] as f32).sum();
+        sum += x.d[b] * block;
+    }
+    sum
+}
+
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
     ),
     allow(dead_code)
 )]
@@ -300,7 +410,8 @@ fn dot_q8_0_scalar(w: &[u8], x: &Q16Row) -> f32 {
     all(
         target_arch = "x86_64",
         target_feature = "avx2",
-        target_feature = "fma"
+        target_feature = "fma",
+        target_feature = "f16c"
     ),
     allow(dead_code)
 )]
@@ -322,9 +433,10 @@ fn dot_q4_1_scalar(w: &[u8], x: &Q81Row) -> f32 {
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
-    target_feature = "fma"
+    target_feature = "fma",
+    target_feature = "f16c"
 ))]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_1_avx2(w: &[u8], x: &Q81Row) -> f32 {
     use std::arch::x86_64::*;
     let low4 = _mm_set1_epi8(0x0F);
@@ -360,9 +472,10 @@ unsafe fn dot_q4_1_avx2(w: &[u8], x: &Q81Row) -> f32 {
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
-    target_feature = "fma"
+    target_feature = "fma",
+    target_feature = "f16c"
 ))]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0_avx2(w: &[u8], x: &Q16Row) -> f32 {
     use std::arch::x86_64::*;
     let mut acc = _mm256_setzero_ps();
@@ -399,9 +512,10 @@ unsafe fn dot_q8_0_avx2(w: &[u8], x: &Q16Row) -> f32 {
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
-    target_feature = "fma"
+    target_feature = "fma",
+    target_feature = "f16c"
 ))]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn widen_q8(wb: &[u8]) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
     use std::arch::x86_64::*;
     debug_assert!(wb.len() >= Q8_0_BYTES);
@@ -417,9 +531,10 @@ unsafe fn widen_q8(wb: &[u8]) -> (std::arch::x86_64::__m256i, std::arch::x86_64:
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
-    target_feature = "fma"
+    target_feature = "fma",
+    target_feature = "f16c"
 ))]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot4_q4_1_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
     let blocks = w.len() / Q4_1_BYTES;
@@ -453,9 +568,10 @@ unsafe fn dot4_q4_1_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
-    target_feature = "fma"
+    target_feature = "fma",
+    target_feature = "f16c"
 ))]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot4_q8_0_avx2(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
     let blocks = w.len() / Q8_0_BYTES;
@@ -488,12 +604,107 @@ unsafe fn dot4_q8_0_avx2(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
     std::array::from_fn(|i| unsafe { hsum(acc[i]) })
 }
 
+/// Σ over one block of 32 f16 weights × 16-bit quants, in f32 lanes.
+///
+/// # Safety
+/// `wb` holds 64 bytes and `q` 32 values; AVX2, FMA and F16C are available.
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
-    target_feature = "fma"
+    target_feature = "fma",
+    target_feature = "f16c"
 ))]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_f16(w: &[std::arch::x86_64::__m256; 4], q: &[i16]) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    debug_assert!(q.len() >= QK);
+    let mut acc = _mm256_setzero_ps();
+    for (k, wk) in w.iter().enumerate() {
+        // SAFETY: values 8k..8k+8 are inside the block (caller).
+        let qk = unsafe { _mm_loadu_si128(q.as_ptr().add(8 * k) as *const __m128i) };
+        acc = _mm256_fmadd_ps(*wk, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(qk)), acc);
+    }
+    acc
+}
+
+/// A block of 32 f16 weights as four vectors of 8 f32.
+///
+/// # Safety
+/// `wb` holds 64 bytes; AVX2 and F16C are available.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_f16(wb: &[u8]) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::*;
+    debug_assert!(wb.len() >= F16_BYTES);
+    // SAFETY: bytes 16k..16k+16 are inside the block (caller).
+    std::array::from_fn(|k| unsafe {
+        _mm256_cvtph_ps(_mm_loadu_si128(wb.as_ptr().add(16 * k) as *const __m128i))
+    })
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_avx2(w: &[u8], x: &Q16Row) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = _mm256_setzero_ps();
+    let blocks = w
+        .chunks_exact(F16_BYTES)
+        .zip(x.q.chunks_exact(QK))
+        .zip(&x.d);
+    for ((wb, q), &xd) in blocks {
+        // SAFETY: wb is 64 bytes and q 32 values (chunks_exact).
+        let sums = unsafe { block_f16(&widen_f16(wb), q) };
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(xd), sums, acc);
+    }
+    // SAFETY: AVX2 is enabled for this function.
+    unsafe { hsum(acc) }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_f16_avx2(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let blocks = w.len() / F16_BYTES;
+    assert!(
+        x.iter()
+            .all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks)
+    );
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (b, wb) in w.chunks_exact(F16_BYTES).enumerate() {
+        // SAFETY: wb is a whole block (chunks_exact).
+        let wf = unsafe { widen_f16(wb) };
+        for i in 0..4 {
+            // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
+            let sums = unsafe { block_f16(&wf, &x[i].q[b * QK..]) };
+            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(x[i].d[b]), sums, acc[i]);
+        }
+    }
+    // SAFETY: AVX2 is enabled for this function.
+    std::array::from_fn(|i| unsafe { hsum(acc[i]) })
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
     use std::arch::x86_64::*;
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -60,12 +60,18 @@ pub enum WeightsFile {
 
 /// `(resident, loading)` bytes of the weights as the candle engine holds
 /// them: block-quantized matrices as stored (quantized kernels); vectors,
-/// float matrices and embedding tables expanded to f32; a llama model's
-/// embedding table also kept as stored when it doubles as the output
-/// projection. Loading safetensors keeps the mapped file resident too.
+/// float matrices and embedding tables expanded to f32, except a q8_0
+/// file's f16 layer matrices (its grouped-query `attn_v`), which join the
+/// Q8_0 kernels' stacks as stored; a llama model's embedding table also kept
+/// as stored when it doubles as the output projection. Loading safetensors
+/// keeps the mapped file resident too.
 pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprint]) -> (u64, u64) {
     let has_output = tensors.iter().any(|t| t.name == "output.weight");
     let f32_bytes = |t: &TensorFootprint| 4 * t.elements;
+    let in_layers = |t: &TensorFootprint| t.dims == 2 && t.name.starts_with("blk.");
+    let q8_0_layers = tensors.iter().any(|t| t.q8_0 && in_layers(t));
+    let beside_q8_0 =
+        |t: &TensorFootprint| q8_0_layers && in_layers(t) && t.stored_bytes == 2 * t.elements;
     let resident = tensors
         .iter()
         .map(|t| {
@@ -73,7 +79,7 @@ pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprin
                 t.name.as_str(),
                 "token_embd.weight" | "position_embd.weight" | "token_types.weight"
             );
-            let held = if t.dims < 2 || !t.block_quantized || table {
+            let held = if t.dims < 2 || table || !(t.block_quantized || beside_q8_0(t)) {
                 f32_bytes(t)
             } else {
                 t.stored_bytes
@@ -297,6 +303,22 @@ mod tests {
         assert_eq!(
             resident_weights(Task::Generate, WeightsFile::Gguf, &llama),
             (4000 + 1063 + 68 + 32, 1063)
+        );
+        // A q8_0 file's f16 attn_v stays f16 in the Q8_0 stack; an f16
+        // layer matrix of a model without Q8_0 ones is expanded.
+        let with_v = [
+            llama.to_vec(),
+            vec![t("blk.0.attn_v.weight", 16, 32, false, 2)],
+        ]
+        .concat();
+        assert_eq!(
+            resident_weights(Task::Generate, WeightsFile::Gguf, &with_v).0,
+            4000 + 1063 + 68 + 32 + 32
+        );
+        let f16_only = [t("blk.0.attn_v.weight", 16, 32, false, 2)];
+        assert_eq!(
+            resident_weights(Task::Generate, WeightsFile::Gguf, &f16_only).0,
+            64
         );
         // f16 matrices are expanded; BERT keeps no output copy.
         let bert = [

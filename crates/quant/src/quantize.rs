@@ -74,6 +74,7 @@ pub fn planned_tensors(source: &Source, to: QuantType) -> Vec<(&SourceTensor, De
     let shape = ModelShape {
         layers: source.layers(),
         has_output: source.tensors.iter().any(|t| t.name == "output.weight"),
+        query_heads_per_kv: source.query_heads_per_kv(),
     };
     source
         .tensors

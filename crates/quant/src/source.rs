@@ -182,12 +182,29 @@ impl Source {
 
     /// Transformer layers (`<arch>.block_count`).
     pub fn layers(&self) -> usize {
-        let key = format!("{}.block_count", self.architecture);
+        self.arch_u32("block_count").unwrap_or(0) as usize
+    }
+
+    /// Query heads per key/value head (`attention.head_count` over
+    /// `attention.head_count_kv`): 1 without grouped-query attention, or
+    /// when either count is missing.
+    pub fn query_heads_per_kv(&self) -> usize {
+        match (
+            self.arch_u32("attention.head_count"),
+            self.arch_u32("attention.head_count_kv"),
+        ) {
+            (Some(q), Some(kv)) if kv > 0 => (q / kv).max(1) as usize,
+            _ => 1,
+        }
+    }
+
+    /// The metadata value `<arch>.<key>` as an integer.
+    fn arch_u32(&self, key: &str) -> Option<u32> {
+        let key = format!("{}.{key}", self.architecture);
         self.metadata
             .iter()
             .find(|(k, _)| *k == key)
             .and_then(|(_, v)| v.to_u32().ok())
-            .unwrap_or(0) as usize
     }
 
     /// Bytes of all tensors in the source.

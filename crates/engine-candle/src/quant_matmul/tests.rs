@@ -99,6 +99,38 @@ proptest! {
 }
 
 proptest! {
+    /// F16 weights: the kernel equals the float dot product of the weights
+    /// with the 16-bit activations (f32 sums), and stays within half a
+    /// 16-bit quantum per activation of the dot product with `x` itself.
+    #[test]
+    fn f16_matches_the_float_dot_within_16_bit_error(
+        w in prop::collection::vec(-2f32..2.0, 32 * 6),
+        blocks in 1usize..6,
+        x in prop::collection::vec(prop_oneof![-4f32..4.0, Just(-4.0), Just(4.0)], 32 * 6),
+    ) {
+        let n = blocks * 32;
+        let w: Vec<f16> = w[..n].iter().map(|&v| f16::from_f32(v)).collect();
+        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+        let x = &x[..n];
+        let xq = quantize_q16(x);
+        let of_quants: f64 = (0..n)
+            .map(|i| w[i].to_f64() * xq.d[i / 32] as f64 * xq.q[i] as f64)
+            .sum();
+        let fast = dot_f16(&bytes, &xq);
+        prop_assert!((fast as f64 - of_quants).abs() <= 1e-4 * (1.0 + of_quants.abs()), "{fast} vs {of_quants}");
+        prop_assert!((fast - dot_f16_scalar(&bytes, &xq)).abs() <= 1e-4 * (1.0 + fast.abs()));
+        let float: f64 = (0..n).map(|i| w[i].to_f64() * x[i] as f64).sum();
+        let mut bound = 1e-4 * (1.0 + float.abs());
+        for b in 0..blocks {
+            let amax = x[b * 32..(b + 1) * 32].iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+            let wsum: f64 = (b * 32..(b + 1) * 32).map(|i| w[i].to_f64().abs()).sum();
+            bound += wsum * amax / 32767.0 * 0.5;
+        }
+        prop_assert!((fast as f64 - float).abs() <= bound, "{fast} vs float {float} (bound {bound})");
+    }
+}
+
+proptest! {
     /// Four rows at once give bit-identical results to one at a time.
     #[test]
     fn four_row_kernels_equal_the_single_row_ones(
@@ -113,11 +145,14 @@ proptest! {
         for b in w8.chunks_exact_mut(34) { b[1] &= 0x3B; }
         let rows8: [Q81Row; 4] = std::array::from_fn(|i| quantize_q8_1(&x[i * 96..(i + 1) * 96]));
         let rows16: [Q16Row; 4] = std::array::from_fn(|i| quantize_q16(&x[i * 96..(i + 1) * 96]));
+        let wf: Vec<u8> = x[..96].iter().flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()).collect();
         let four = dot4_q4_1(&w4, &rows8);
         let eight = dot4_q8_0(&w8, &rows16);
+        let half = dot4_f16(&wf, &rows16);
         for i in 0..4 {
             prop_assert_eq!(four[i].to_bits(), dot_q4_1(&w4, &rows8[i]).to_bits());
             prop_assert_eq!(eight[i].to_bits(), dot_q8_0(&w8, &rows16[i]).to_bits());
+            prop_assert_eq!(half[i].to_bits(), dot_f16(&wf, &rows16[i]).to_bits());
         }
     }
 }
@@ -143,4 +178,75 @@ fn matmul_lays_out_rows_and_inputs() {
     ])
     .unwrap();
     assert_eq!(stacked.matmul(&x, 3), y);
+}
+
+#[test]
+fn an_f16_matrix_stacks_with_q8_0_ones_but_not_with_q4_1() {
+    // Rows of 64 inputs: two Q8_0 rows, three f16 rows, one Q8_0 row.
+    let cols = 64;
+    let q8_row = |q: i8| -> Vec<u8> {
+        let mut b = Vec::new();
+        for _ in 0..cols / 32 {
+            b.extend(f16::from_f32(0.01).to_bits().to_le_bytes());
+            b.extend((0..32).map(|j| (q.wrapping_add(j as i8)) as u8));
+        }
+        b
+    };
+    let f16_row = |k: f32| -> Vec<u8> {
+        (0..cols)
+            .flat_map(|j| {
+                f16::from_f32(k * (j as f32 - 30.0) / 64.0)
+                    .to_bits()
+                    .to_le_bytes()
+            })
+            .collect()
+    };
+    let q8a = QuantMatrix::from_ggml(
+        BlockFormat::Q8_0,
+        &[q8_row(3), q8_row(-40)].concat(),
+        2,
+        cols,
+    )
+    .unwrap();
+    let half = QuantMatrix::from_ggml(
+        BlockFormat::F16,
+        &[f16_row(1.0), f16_row(-0.5), f16_row(2.0)].concat(),
+        3,
+        cols,
+    )
+    .unwrap();
+    let q8b = QuantMatrix::from_ggml(BlockFormat::Q8_0, &q8_row(90), 1, cols).unwrap();
+    let x: Vec<f32> = (0..5 * cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let apart: Vec<Vec<f32>> = [&q8a, &half, &q8b]
+        .iter()
+        .map(|m| m.matmul(&x, 5))
+        .collect();
+    let q8a_rows = (q8a.rows(), half.rows(), q8b.rows());
+    let stacked = QuantMatrix::stack(vec![q8a, half, q8b]).unwrap();
+    assert_eq!(stacked.rows(), 6);
+    let joined = stacked.matmul(&x, 5);
+    // Input i's outputs are the parts' outputs for input i, side by side.
+    for i in 0..5 {
+        let want: Vec<f32> = [
+            &apart[0][i * q8a_rows.0..(i + 1) * q8a_rows.0],
+            &apart[1][i * q8a_rows.1..(i + 1) * q8a_rows.1],
+            &apart[2][i * q8a_rows.2..(i + 1) * q8a_rows.2],
+        ]
+        .concat();
+        assert_eq!(&joined[i * 6..(i + 1) * 6], &want[..], "input {i}");
+    }
+    // The f16 rows are not zero (the test would pass on a dropped part).
+    assert!(apart[1].iter().any(|v| v.abs() > 0.1), "{:?}", apart[1]);
+    // Q4_1 takes 8-bit activations: it cannot share a stack with f16.
+    let q4 = QuantMatrix::from_ggml(
+        BlockFormat::Q4_1,
+        &block(1.0, 0.0, &[1; 32]).repeat(2),
+        1,
+        cols,
+    )
+    .unwrap();
+    let half = QuantMatrix::from_ggml(BlockFormat::F16, &f16_row(1.0), 1, cols).unwrap();
+    assert!(QuantMatrix::stack(vec![q4, half]).is_none());
 }

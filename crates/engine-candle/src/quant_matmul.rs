@@ -1,6 +1,6 @@
-//! Quantized weights × f32 activations on the CPU. Each activation row is
-//! quantized to blocks of 32 integers with one scale, then every output is a
-//! sum of per-block integer dot products:
+//! Quantized (and f16) weights × f32 activations on the CPU. Each activation
+//! row is quantized to blocks of 32 integers with one scale, then every
+//! output is a sum of per-block dot products:
 //!
 //! - Q4_1 weights take 8-bit Q8_1 activations, exactly as ggml computes them
 //!   (the llama.cpp agreement tests hold the original SmolLM2 file to its
@@ -315,7 +315,7 @@ macro_rules! simd_or_scalar {
             // SAFETY: the target features are enabled for this build, and every
             // activation row holds as many whole blocks as the weight row
             // (checked in `from_ggml` and `matmul`).
-            unsafe { $avx2($($arg),*) }
+            unsafe { avx2::$avx2($($arg),*) }
         }
         #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
         {
@@ -329,7 +329,7 @@ macro_rules! simd_or_scalar {
 fn dot4_q4_1(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
     simd_or_scalar!(
         dot4_q4_1_avx2(w, x),
-        std::array::from_fn(|i| dot_q4_1_scalar(w, &x[i]))
+        std::array::from_fn(|i| scalar::dot_q4_1_scalar(w, &x[i]))
     )
 }
 
@@ -337,7 +337,7 @@ fn dot4_q4_1(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
 fn dot4_q8_0(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
     simd_or_scalar!(
         dot4_q8_0_avx2(w, x),
-        std::array::from_fn(|i| dot_q8_0_scalar(w, &x[i]))
+        std::array::from_fn(|i| scalar::dot_q8_0_scalar(w, &x[i]))
     )
 }
 
@@ -345,25 +345,27 @@ fn dot4_q8_0(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
 fn dot4_f16(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
     simd_or_scalar!(
         dot4_f16_avx2(w, x),
-        std::array::from_fn(|i| dot_f16_scalar(w, &x[i]))
+        std::array::from_fn(|i| scalar::dot_f16_scalar(w, &x[i]))
     )
 }
 
 /// One Q4_1 weight row · one Q8_1 activation row.
 fn dot_q4_1(w: &[u8], x: &Q81Row) -> f32 {
-    simd_or_scalar!(dot_q4_1_avx2(w, x), dot_q4_1_scalar(w, x))
+    simd_or_scalar!(dot_q4_1_avx2(w, x), scalar::dot_q4_1_scalar(w, x))
 }
 
 /// One Q8_0 weight row · one 16-bit activation row.
 fn dot_q8_0(w: &[u8], x: &Q16Row) -> f32 {
-    simd_or_scalar!(dot_q8_0_avx2(w, x), dot_q8_0_scalar(w, x))
+    simd_or_scalar!(dot_q8_0_avx2(w, x), scalar::dot_q8_0_scalar(w, x))
 }
 
 /// One F16 weight row · one 16-bit activation row.
 fn dot_f16(w: &[u8], x: &Q16Row) -> f32 {
-    simd_or_scalar!(dot_f16_avx2(w, x), dot_f16_scalar(w, x))
+    simd_or_scalar!(dot_f16_avx2(w, x), scalar::dot_f16_scalar(w, x))
 }
 
+/// The formulas the AVX2 kernels compute, for builds without them and for
+/// the tests.
 #[cfg_attr(
     all(
         target_arch = "x86_64",
@@ -373,344 +375,287 @@ fn dot_f16(w: &[u8], x: &Q16Row) -> f32 {
     ),
     allow(dead_code)
 )]
-fn dot_f16_scalar(w: &[u8], x: &Q16Row) -> f32 {
-    let mut sum = 0f32;
-    for (b, wb) in w.chunks_exact(F16_BYTES).enumerate() {
-        let q = &x.q[b * QK..(b + 1) * QK];
-        let block: f32 = (0..QK).map(|j| f16_bits(wb, 2 * j) * q[j] as f32).sum();
-        sum += x.d[b] * block;
-    }
-    sum
-}
+mod scalar {
+    use super::*;
 
-#[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ),
-    allow(dead_code)
-)]
-fn dot_q8_0_scalar(w: &[u8], x: &Q16Row) -> f32 {
-    let mut sum = 0f32;
-    for (b, wb) in w.chunks_exact(Q8_0_BYTES).enumerate() {
-        let q = &x.q[b * QK..(b + 1) * QK];
-        let sumi: i32 = wb[2..]
-            .iter()
-            .zip(q)
-            .map(|(&a, &b)| a as i8 as i32 * b as i32)
-            .sum();
-        sum += f16_bits(wb, 0) * x.d[b] * sumi as f32;
-    }
-    sum
-}
-
-#[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ),
-    allow(dead_code)
-)]
-fn dot_q4_1_scalar(w: &[u8], x: &Q81Row) -> f32 {
-    let mut sum = 0f32;
-    for (b, wb) in w.chunks_exact(Q4_1_BYTES).enumerate() {
-        let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
-        let q = &x.q[b * QK..(b + 1) * QK];
-        let mut sumi = 0i32;
-        for j in 0..QK / 2 {
-            let byte = wb[4 + j];
-            sumi += (byte & 0x0F) as i32 * q[j] as i32 + (byte >> 4) as i32 * q[j + QK / 2] as i32;
+    pub(super) fn dot_f16_scalar(w: &[u8], x: &Q16Row) -> f32 {
+        let mut sum = 0f32;
+        for (b, wb) in w.chunks_exact(F16_BYTES).enumerate() {
+            let q = &x.q[b * QK..(b + 1) * QK];
+            let block: f32 = (0..QK).map(|j| f16_bits(wb, 2 * j) * q[j] as f32).sum();
+            sum += x.d[b] * block;
         }
-        sum += dw * x.d[b] * sumi as f32 + mw * x.s[b];
+        sum
     }
-    sum
-}
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q4_1_avx2(w: &[u8], x: &Q81Row) -> f32 {
-    use std::arch::x86_64::*;
-    let low4 = _mm_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
-    let blocks = w
-        .chunks_exact(Q4_1_BYTES)
-        .zip(x.q.chunks_exact(QK))
-        .zip(x.d.iter().zip(&x.s));
-    for ((wb, q), (&xd, &xs)) in blocks {
-        let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
-        // SAFETY: wb[4..20] is 16 bytes and q is 32 bytes (chunks_exact).
-        let (nib, q) = unsafe {
-            (
-                _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i),
-                _mm256_loadu_si256(q.as_ptr() as *const __m256i),
-            )
-        };
-        // Low nibbles are values 0..16, high nibbles 16..32.
-        let lo = _mm_and_si128(nib, low4);
-        let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low4);
-        let wq = _mm256_set_m128i(hi, lo);
-        let pairs = _mm256_maddubs_epi16(wq, q);
-        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd), sums, acc);
-        mins += mw * xs;
-    }
-    // SAFETY: AVX2 is enabled for this function.
-    unsafe { hsum(acc) + mins }
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q8_0_avx2(w: &[u8], x: &Q16Row) -> f32 {
-    use std::arch::x86_64::*;
-    let mut acc = _mm256_setzero_ps();
-    let blocks = w
-        .chunks_exact(Q8_0_BYTES)
-        .zip(x.q.chunks_exact(QK))
-        .zip(&x.d);
-    for ((wb, q), &xd) in blocks {
-        // SAFETY: wb[2..34] is 32 bytes and q is 32 values (chunks_exact).
-        let sums = unsafe {
-            let (wlo, whi) = widen_q8(wb);
-            let p = q.as_ptr() as *const __m256i;
-            // Each lane: four products of at most 128 · 32767, under 2^24,
-            // so the integer sum and its conversion to f32 are exact.
-            _mm256_add_epi32(
-                _mm256_madd_epi16(wlo, _mm256_loadu_si256(p)),
-                _mm256_madd_epi16(whi, _mm256_loadu_si256(p.add(1))),
-            )
-        };
-        acc = _mm256_fmadd_ps(
-            _mm256_set1_ps(f16_bits(wb, 0) * xd),
-            _mm256_cvtepi32_ps(sums),
-            acc,
-        );
-    }
-    // SAFETY: AVX2 is enabled for this function.
-    unsafe { hsum(acc) }
-}
-
-/// A Q8_0 block's 32 weights widened to two vectors of 16 `i16`.
-///
-/// # Safety
-/// `wb` holds a whole Q8_0 block (34 bytes); AVX2 is available.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen_q8(wb: &[u8]) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
-    use std::arch::x86_64::*;
-    debug_assert!(wb.len() >= Q8_0_BYTES);
-    // SAFETY: bytes 2..18 and 18..34 are inside the block (caller).
-    unsafe {
-        (
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.as_ptr().add(2) as *const __m128i)),
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.as_ptr().add(18) as *const __m128i)),
-        )
-    }
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot4_q4_1_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
-    use std::arch::x86_64::*;
-    let blocks = w.len() / Q4_1_BYTES;
-    assert!(
-        x.iter()
-            .all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks && r.s.len() >= blocks)
-    );
-    let low4 = _mm_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut mins = [0f32; 4];
-    for (b, wb) in w.chunks_exact(Q4_1_BYTES).enumerate() {
-        let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
-        // SAFETY: wb[4..20] is 16 bytes.
-        let nib = unsafe { _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i) };
-        let lo = _mm_and_si128(nib, low4);
-        let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low4);
-        let wq = _mm256_set_m128i(hi, lo);
-        for i in 0..4 {
-            // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
-            let q = unsafe { _mm256_loadu_si256(x[i].q.as_ptr().add(b * QK) as *const __m256i) };
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, q), ones));
-            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x[i].d[b]), sums, acc[i]);
-            mins[i] += mw * x[i].s[b];
+    pub(super) fn dot_q8_0_scalar(w: &[u8], x: &Q16Row) -> f32 {
+        let mut sum = 0f32;
+        for (b, wb) in w.chunks_exact(Q8_0_BYTES).enumerate() {
+            let q = &x.q[b * QK..(b + 1) * QK];
+            let sumi: i32 = wb[2..]
+                .iter()
+                .zip(q)
+                .map(|(&a, &b)| a as i8 as i32 * b as i32)
+                .sum();
+            sum += f16_bits(wb, 0) * x.d[b] * sumi as f32;
         }
+        sum
     }
-    // SAFETY: AVX2 is enabled for this function.
-    std::array::from_fn(|i| unsafe { hsum(acc[i]) } + mins[i])
+
+    pub(super) fn dot_q4_1_scalar(w: &[u8], x: &Q81Row) -> f32 {
+        let mut sum = 0f32;
+        for (b, wb) in w.chunks_exact(Q4_1_BYTES).enumerate() {
+            let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
+            let q = &x.q[b * QK..(b + 1) * QK];
+            let mut sumi = 0i32;
+            for j in 0..QK / 2 {
+                let byte = wb[4 + j];
+                sumi +=
+                    (byte & 0x0F) as i32 * q[j] as i32 + (byte >> 4) as i32 * q[j + QK / 2] as i32;
+            }
+            sum += dw * x.d[b] * sumi as f32 + mw * x.s[b];
+        }
+        sum
+    }
 }
 
+/// The AVX2 kernels (the build enables AVX2, FMA and F16C for x86-64-v3:
+/// .cargo/config.toml).
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma",
     target_feature = "f16c"
 ))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot4_q8_0_avx2(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
-    use std::arch::x86_64::*;
-    let blocks = w.len() / Q8_0_BYTES;
-    assert!(
-        x.iter()
-            .all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks)
-    );
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for (b, wb) in w.chunks_exact(Q8_0_BYTES).enumerate() {
-        let dw = f16_bits(wb, 0);
-        // SAFETY: wb is a whole block (chunks_exact).
-        let (wlo, whi) = unsafe { widen_q8(wb) };
-        for i in 0..4 {
-            // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
+mod avx2 {
+    use super::*;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q4_1_avx2(w: &[u8], x: &Q81Row) -> f32 {
+        use std::arch::x86_64::*;
+        let low4 = _mm_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
+        let blocks = w
+            .chunks_exact(Q4_1_BYTES)
+            .zip(x.q.chunks_exact(QK))
+            .zip(x.d.iter().zip(&x.s));
+        for ((wb, q), (&xd, &xs)) in blocks {
+            let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
+            // SAFETY: wb[4..20] is 16 bytes and q is 32 bytes (chunks_exact).
+            let (nib, q) = unsafe {
+                (
+                    _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i),
+                    _mm256_loadu_si256(q.as_ptr() as *const __m256i),
+                )
+            };
+            // Low nibbles are values 0..16, high nibbles 16..32.
+            let lo = _mm_and_si128(nib, low4);
+            let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low4);
+            let wq = _mm256_set_m128i(hi, lo);
+            let pairs = _mm256_maddubs_epi16(wq, q);
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd), sums, acc);
+            mins += mw * xs;
+        }
+        // SAFETY: AVX2 is enabled for this function.
+        unsafe { hsum(acc) + mins }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q8_0_avx2(w: &[u8], x: &Q16Row) -> f32 {
+        use std::arch::x86_64::*;
+        let mut acc = _mm256_setzero_ps();
+        let blocks = w
+            .chunks_exact(Q8_0_BYTES)
+            .zip(x.q.chunks_exact(QK))
+            .zip(&x.d);
+        for ((wb, q), &xd) in blocks {
+            // SAFETY: wb[2..34] is 32 bytes and q is 32 values (chunks_exact).
             let sums = unsafe {
-                let p = x[i].q.as_ptr().add(b * QK) as *const __m256i;
+                let (wlo, whi) = widen_q8(wb);
+                let p = q.as_ptr() as *const __m256i;
+                // Each lane: four products of at most 128 · 32767, under 2^24,
+                // so the integer sum and its conversion to f32 are exact.
                 _mm256_add_epi32(
                     _mm256_madd_epi16(wlo, _mm256_loadu_si256(p)),
                     _mm256_madd_epi16(whi, _mm256_loadu_si256(p.add(1))),
                 )
             };
-            acc[i] = _mm256_fmadd_ps(
-                _mm256_set1_ps(dw * x[i].d[b]),
+            acc = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_bits(wb, 0) * xd),
                 _mm256_cvtepi32_ps(sums),
-                acc[i],
+                acc,
             );
         }
+        // SAFETY: AVX2 is enabled for this function.
+        unsafe { hsum(acc) }
     }
-    // SAFETY: AVX2 is enabled for this function.
-    std::array::from_fn(|i| unsafe { hsum(acc[i]) })
-}
 
-/// Σ over one block of 32 f16 weights × 16-bit quants, in f32 lanes.
-///
-/// # Safety
-/// `wb` holds 64 bytes and `q` 32 values; AVX2, FMA and F16C are available.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_f16(w: &[std::arch::x86_64::__m256; 4], q: &[i16]) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    debug_assert!(q.len() >= QK);
-    let mut acc = _mm256_setzero_ps();
-    for (k, wk) in w.iter().enumerate() {
-        // SAFETY: values 8k..8k+8 are inside the block (caller).
-        let qk = unsafe { _mm_loadu_si128(q.as_ptr().add(8 * k) as *const __m128i) };
-        acc = _mm256_fmadd_ps(*wk, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(qk)), acc);
-    }
-    acc
-}
-
-/// A block of 32 f16 weights as four vectors of 8 f32.
-///
-/// # Safety
-/// `wb` holds 64 bytes; AVX2 and F16C are available.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen_f16(wb: &[u8]) -> [std::arch::x86_64::__m256; 4] {
-    use std::arch::x86_64::*;
-    debug_assert!(wb.len() >= F16_BYTES);
-    // SAFETY: bytes 16k..16k+16 are inside the block (caller).
-    std::array::from_fn(|k| unsafe {
-        _mm256_cvtph_ps(_mm_loadu_si128(wb.as_ptr().add(16 * k) as *const __m128i))
-    })
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f16_avx2(w: &[u8], x: &Q16Row) -> f32 {
-    use std::arch::x86_64::*;
-    let mut acc = _mm256_setzero_ps();
-    let blocks = w
-        .chunks_exact(F16_BYTES)
-        .zip(x.q.chunks_exact(QK))
-        .zip(&x.d);
-    for ((wb, q), &xd) in blocks {
-        // SAFETY: wb is 64 bytes and q 32 values (chunks_exact).
-        let sums = unsafe { block_f16(&widen_f16(wb), q) };
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(xd), sums, acc);
-    }
-    // SAFETY: AVX2 is enabled for this function.
-    unsafe { hsum(acc) }
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot4_f16_avx2(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
-    use std::arch::x86_64::*;
-    let blocks = w.len() / F16_BYTES;
-    assert!(
-        x.iter()
-            .all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks)
-    );
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for (b, wb) in w.chunks_exact(F16_BYTES).enumerate() {
-        // SAFETY: wb is a whole block (chunks_exact).
-        let wf = unsafe { widen_f16(wb) };
-        for i in 0..4 {
-            // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
-            let sums = unsafe { block_f16(&wf, &x[i].q[b * QK..]) };
-            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(x[i].d[b]), sums, acc[i]);
+    /// A Q8_0 block's 32 weights widened to two vectors of 16 `i16`.
+    ///
+    /// # Safety
+    /// `wb` holds a whole Q8_0 block (34 bytes); AVX2 is available.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen_q8(wb: &[u8]) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+        use std::arch::x86_64::*;
+        debug_assert!(wb.len() >= Q8_0_BYTES);
+        // SAFETY: bytes 2..18 and 18..34 are inside the block (caller).
+        unsafe {
+            (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.as_ptr().add(2) as *const __m128i)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.as_ptr().add(18) as *const __m128i)),
+            )
         }
     }
-    // SAFETY: AVX2 is enabled for this function.
-    std::array::from_fn(|i| unsafe { hsum(acc[i]) })
-}
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_q4_1_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
+        use std::arch::x86_64::*;
+        let blocks = w.len() / Q4_1_BYTES;
+        assert!(
+            x.iter()
+                .all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks && r.s.len() >= blocks)
+        );
+        let low4 = _mm_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut mins = [0f32; 4];
+        for (b, wb) in w.chunks_exact(Q4_1_BYTES).enumerate() {
+            let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
+            // SAFETY: wb[4..20] is 16 bytes.
+            let nib = unsafe { _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i) };
+            let lo = _mm_and_si128(nib, low4);
+            let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low4);
+            let wq = _mm256_set_m128i(hi, lo);
+            for i in 0..4 {
+                // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
+                let q =
+                    unsafe { _mm256_loadu_si256(x[i].q.as_ptr().add(b * QK) as *const __m256i) };
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, q), ones));
+                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x[i].d[b]), sums, acc[i]);
+                mins[i] += mw * x[i].s[b];
+            }
+        }
+        // SAFETY: AVX2 is enabled for this function.
+        std::array::from_fn(|i| unsafe { hsum(acc[i]) } + mins[i])
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_q8_0_avx2(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
+        use std::arch::x86_64::*;
+        let blocks = w.len() / Q8_0_BYTES;
+        assert!(
+            x.iter()
+                .all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks)
+        );
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (b, wb) in w.chunks_exact(Q8_0_BYTES).enumerate() {
+            let dw = f16_bits(wb, 0);
+            // SAFETY: wb is a whole block (chunks_exact).
+            let (wlo, whi) = unsafe { widen_q8(wb) };
+            for i in 0..4 {
+                // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
+                let sums = unsafe {
+                    let p = x[i].q.as_ptr().add(b * QK) as *const __m256i;
+                    _mm256_add_epi32(
+                        _mm256_madd_epi16(wlo, _mm256_loadu_si256(p)),
+                        _mm256_madd_epi16(whi, _mm256_loadu_si256(p.add(1))),
+                    )
+                };
+                acc[i] = _mm256_fmadd_ps(
+                    _mm256_set1_ps(dw * x[i].d[b]),
+                    _mm256_cvtepi32_ps(sums),
+                    acc[i],
+                );
+            }
+        }
+        // SAFETY: AVX2 is enabled for this function.
+        std::array::from_fn(|i| unsafe { hsum(acc[i]) })
+    }
+
+    /// Σ over one block of 32 f16 weights × 16-bit quants, in f32 lanes.
+    ///
+    /// # Safety
+    /// `wb` holds 64 bytes and `q` 32 values; AVX2, FMA and F16C are available.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block_f16(
+        w: &[std::arch::x86_64::__m256; 4],
+        q: &[i16],
+    ) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        debug_assert!(q.len() >= QK);
+        let mut acc = _mm256_setzero_ps();
+        for (k, wk) in w.iter().enumerate() {
+            // SAFETY: values 8k..8k+8 are inside the block (caller).
+            let qk = unsafe { _mm_loadu_si128(q.as_ptr().add(8 * k) as *const __m128i) };
+            acc = _mm256_fmadd_ps(*wk, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(qk)), acc);
+        }
+        acc
+    }
+
+    /// A block of 32 f16 weights as four vectors of 8 f32.
+    ///
+    /// # Safety
+    /// `wb` holds 64 bytes; AVX2 and F16C are available.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen_f16(wb: &[u8]) -> [std::arch::x86_64::__m256; 4] {
+        use std::arch::x86_64::*;
+        debug_assert!(wb.len() >= F16_BYTES);
+        // SAFETY: bytes 16k..16k+16 are inside the block (caller).
+        std::array::from_fn(|k| unsafe {
+            _mm256_cvtph_ps(_mm_loadu_si128(wb.as_ptr().add(16 * k) as *const __m128i))
+        })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f16_avx2(w: &[u8], x: &Q16Row) -> f32 {
+        use std::arch::x86_64::*;
+        let mut acc = _mm256_setzero_ps();
+        let blocks = w
+            .chunks_exact(F16_BYTES)
+            .zip(x.q.chunks_exact(QK))
+            .zip(&x.d);
+        for ((wb, q), &xd) in blocks {
+            // SAFETY: wb is 64 bytes and q 32 values (chunks_exact).
+            let sums = unsafe { block_f16(&widen_f16(wb), q) };
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(xd), sums, acc);
+        }
+        // SAFETY: AVX2 is enabled for this function.
+        unsafe { hsum(acc) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_f16_avx2(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
+        use std::arch::x86_64::*;
+        let blocks = w.len() / F16_BYTES;
+        assert!(
+            x.iter()
+                .all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks)
+        );
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (b, wb) in w.chunks_exact(F16_BYTES).enumerate() {
+            // SAFETY: wb is a whole block (chunks_exact).
+            let wf = unsafe { widen_f16(wb) };
+            for i in 0..4 {
+                // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
+                let sums = unsafe { block_f16(&wf, &x[i].q[b * QK..]) };
+                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(x[i].d[b]), sums, acc[i]);
+            }
+        }
+        // SAFETY: AVX2 is enabled for this function.
+        std::array::from_fn(|i| unsafe { hsum(acc[i]) })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
+        use std::arch::x86_64::*;
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ proptest! {
         let x = &x[..blocks * 32];
         let xq = quantize_q8_1(x);
         let fast = dot_q4_1(&w, &xq);
-        let scalar = dot_q4_1_scalar(&w, &xq);
+        let scalar = scalar::dot_q4_1_scalar(&w, &xq);
         prop_assert!((fast - scalar).abs() <= 1e-4 * (1.0 + scalar.abs()), "{fast} vs {scalar}");
         let wd = dequantize(&w);
         let float: f64 = wd.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
@@ -86,7 +86,7 @@ proptest! {
             .sum();
         let fast = dot_q8_0(&w, &xq);
         prop_assert!((fast as f64 - exact).abs() <= 1e-4 * (1.0 + exact.abs()), "{fast} vs {exact}");
-        prop_assert!((fast - dot_q8_0_scalar(&w, &xq)).abs() <= 1e-4 * (1.0 + fast.abs()));
+        prop_assert!((fast - scalar::dot_q8_0_scalar(&w, &xq)).abs() <= 1e-4 * (1.0 + fast.abs()));
         let float: f64 = (0..blocks * 32).map(|i| dw(i) * quants[i] as f64 * x[i] as f64).sum();
         let mut bound = 1e-4 * (1.0 + float.abs());
         for b in 0..blocks {
@@ -118,7 +118,7 @@ proptest! {
             .sum();
         let fast = dot_f16(&bytes, &xq);
         prop_assert!((fast as f64 - of_quants).abs() <= 1e-4 * (1.0 + of_quants.abs()), "{fast} vs {of_quants}");
-        prop_assert!((fast - dot_f16_scalar(&bytes, &xq)).abs() <= 1e-4 * (1.0 + fast.abs()));
+        prop_assert!((fast - scalar::dot_f16_scalar(&bytes, &xq)).abs() <= 1e-4 * (1.0 + fast.abs()));
         let float: f64 = (0..n).map(|i| w[i].to_f64() * x[i] as f64).sum();
         let mut bound = 1e-4 * (1.0 + float.abs());
         for b in 0..blocks {

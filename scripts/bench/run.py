@@ -108,7 +108,9 @@ def generate_load(port, texts, concurrency, max_tokens=64):
             raise RuntimeError(f"status {status}")
         produced[k] = json.loads(data)["usage"]["completion_tokens"]
 
-    return sum(produced) / run_clients(client, concurrency)
+    # The clients run first: `sum(produced)` read before them was 0.
+    elapsed = run_clients(client, concurrency)
+    return sum(produced) / elapsed
 
 
 def main():

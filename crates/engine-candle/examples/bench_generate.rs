@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use modelship_engine::GenerateBackend;
-use modelship_engine_candle::{Device, LlamaBackend};
+use modelship_engine_candle::{DecoderBackend, Device};
 use modelship_model::{GgufFile, TextTokenizer};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,12 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let all = tokenizer.encode(&std::fs::read_to_string(text)?, false)?;
     let (ids, following) = (&all[..n_prompt], &all[n_prompt..n_prompt + n_gen]);
     let mut reader = std::fs::File::open(model)?;
-    let backend = LlamaBackend::from_gguf(
-        gguf.content,
-        &mut reader,
-        &Device::Cpu,
-        n_prompt + n_gen + 1,
-    )?;
+    let backend =
+        DecoderBackend::from_gguf(&gguf, &mut reader, &Device::Cpu, n_prompt + n_gen + 1)?;
 
     // Warm-up pass (page in the weights), not timed.
     let mut warm = backend.new_sequence();

@@ -1,5 +1,5 @@
-//! Weight matrices as the forward passes use them: block-quantized Q4_1 and
-//! Q8_0 through our kernels on the CPU, other GGUF types through candle's
+//! Weight matrices as the forward passes use them: block-quantized Q4_0,
+//! Q4_1, Q5_0 and Q8_0 through our kernels on the CPU, other GGUF types through candle's
 //! GGML kernels, and projections of one input stacked into one matrix (an
 //! f16 one among Q8_0 ones too: a q8_0 file keeps a grouped-query `attn_v`
 //! in f16).
@@ -9,21 +9,54 @@ use candle_core::{Module, Result, Tensor};
 
 use crate::quant_matmul::{BlockFormat, QuantMatrix};
 
-/// A weight matrix: Q4_1 and Q8_0 through our kernels on the CPU, anything
+/// A weight matrix: Q4_0, Q4_1, Q5_0 and Q8_0 through our kernels on the CPU, anything
 /// else through candle's GGML kernels.
 pub(crate) enum Linear {
     Quant(QuantMatrix),
     Ggml(QMatMul),
 }
 
+/// Our kernel's format for a GGUF type, if it has one.
+pub(crate) fn kernel_format(dtype: GgmlDType) -> Option<BlockFormat> {
+    match dtype {
+        GgmlDType::Q4_0 => Some(BlockFormat::Q4_0),
+        GgmlDType::Q4_1 => Some(BlockFormat::Q4_1),
+        GgmlDType::Q5_0 => Some(BlockFormat::Q5_0),
+        GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
+        _ => None,
+    }
+}
+
 impl Linear {
     pub(crate) fn new(t: QTensor) -> Result<Self> {
-        let format = match t.dtype() {
-            GgmlDType::Q4_1 => Some(BlockFormat::Q4_1),
-            GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
-            _ => None,
-        };
+        let format = kernel_format(t.dtype());
         Self::with_kernel(t, format)
+    }
+
+    /// A matrix whose GGUF bytes are already held (a tied output sharing the
+    /// token table's): our kernel reads them in place; candle's gets a copy.
+    pub(crate) fn shared(
+        dtype: GgmlDType,
+        bytes: &std::sync::Arc<[u8]>,
+        rows: usize,
+        cols: usize,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        match kernel_format(dtype) {
+            Some(format) if device.is_cpu() && cols % 32 == 0 => Ok(Self::Quant(
+                QuantMatrix::from_shared(format, bytes.clone(), rows, cols)
+                    .map_err(candle_core::Error::Msg)?,
+            )),
+            _ => {
+                let t = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    bytes,
+                    vec![rows, cols],
+                    device,
+                )?;
+                Self::new(t)
+            }
+        }
     }
 
     /// Through our kernel for `format` where it runs (on the CPU, whole
@@ -36,6 +69,17 @@ impl Linear {
             return Ok(Self::Quant(m));
         }
         Ok(Self::Ggml(QMatMul::from_qtensor(t)?))
+    }
+
+    /// Outputs per input.
+    pub(crate) fn rows(&self) -> usize {
+        match self {
+            Self::Quant(m) => m.rows(),
+            Self::Ggml(m) => match m {
+                QMatMul::QTensor(t) => t.shape().dims()[0],
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims()[0],
+            },
+        }
     }
 
     /// `x` is (n, cols); returns (n, rows).
@@ -52,13 +96,58 @@ impl Linear {
 }
 
 /// Projections of the same input (Q, K, V; gate, up): one stacked matrix
-/// when our kernels hold them all, else one product each.
-pub(crate) enum Projections {
+/// when our kernels hold them all (or the file fuses them, as Phi-3 does),
+/// else one product each; biases (Qwen2's Q, K and V) added to the outputs.
+pub(crate) struct Projections {
+    kind: Kind,
+    /// The biases of all outputs side by side, where the model has them.
+    bias: Option<Tensor>,
+}
+
+enum Kind {
     Stacked { linear: Linear, widths: Vec<usize> },
     Separate(Vec<Linear>),
 }
 
 impl Projections {
+    /// One matrix whose rows are `widths` outputs in turn (Phi-3's fused
+    /// `attn_qkv` and gate/up `ffn_up`).
+    pub(crate) fn fused(t: QTensor, widths: Vec<usize>) -> Result<Self> {
+        let rows = t.shape().dims2()?.0;
+        if widths.iter().sum::<usize>() != rows {
+            candle_core::bail!("a fused matrix of {rows} rows cannot hold outputs of {widths:?}");
+        }
+        Ok(Self {
+            kind: Kind::Stacked {
+                linear: Linear::new(t)?,
+                widths,
+            },
+            bias: None,
+        })
+    }
+
+    /// Adds `biases` (one per projection, in order) to the outputs.
+    pub(crate) fn with_biases(mut self, biases: Vec<Tensor>) -> Result<Self> {
+        let widths = self.widths();
+        if biases.len() != widths.len()
+            || biases
+                .iter()
+                .zip(&widths)
+                .any(|(b, &w)| b.dims1().ok() != Some(w))
+        {
+            candle_core::bail!("biases do not match the projections' widths {widths:?}");
+        }
+        self.bias = Some(Tensor::cat(&biases, 0)?);
+        Ok(self)
+    }
+
+    fn widths(&self) -> Vec<usize> {
+        match &self.kind {
+            Kind::Stacked { widths, .. } => widths.clone(),
+            Kind::Separate(parts) => parts.iter().map(Linear::rows).collect(),
+        }
+    }
+
     pub(crate) fn new(tensors: Vec<QTensor>) -> Result<Self> {
         // An f16 matrix beside Q8_0 ones joins their stack through the f16
         // kernel, which takes the same 16-bit activations: one pass instead
@@ -75,8 +164,13 @@ impl Projections {
     }
 
     pub(crate) fn from_linears(parts: Vec<Linear>) -> Result<Self> {
+        let kind = Self::kind_of(parts)?;
+        Ok(Self { kind, bias: None })
+    }
+
+    fn kind_of(parts: Vec<Linear>) -> Result<Kind> {
         if !parts.iter().all(|p| matches!(p, Linear::Quant(_))) {
-            return Ok(Self::Separate(parts));
+            return Ok(Kind::Separate(parts));
         }
         let matrices: Vec<QuantMatrix> = parts
             .into_iter()
@@ -86,10 +180,13 @@ impl Projections {
             })
             .collect();
         let widths = matrices.iter().map(QuantMatrix::rows).collect();
-        let stacked = QuantMatrix::stack(matrices).ok_or_else(|| {
-            candle_core::Error::Msg("projections of one input differ in format or width".into())
-        })?;
-        Ok(Self::Stacked {
+        // Formats taking different activations (Q5_0 beside Q8_0) stay apart.
+        let Some(stacked) = QuantMatrix::stack_if_compatible(&matrices) else {
+            return Ok(Kind::Separate(
+                matrices.into_iter().map(Linear::Quant).collect(),
+            ));
+        };
+        Ok(Kind::Stacked {
             linear: Linear::Quant(stacked),
             widths,
         })
@@ -97,29 +194,37 @@ impl Projections {
 
     /// All projections of `x` side by side, (n, Σ widths).
     pub(crate) fn forward_joined(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Stacked { linear, .. } => linear.forward(x),
-            Self::Separate(parts) if parts.len() == 1 => parts[0].forward(x),
-            Self::Separate(_) => Tensor::cat(&self.forward(x)?, 1),
+        let y = match &self.kind {
+            Kind::Stacked { linear, .. } => linear.forward(x)?,
+            Kind::Separate(parts) if parts.len() == 1 => parts[0].forward(x)?,
+            Kind::Separate(parts) => Tensor::cat(
+                &parts
+                    .iter()
+                    .map(|p| p.forward(x))
+                    .collect::<Result<Vec<_>>>()?,
+                1,
+            )?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
         }
     }
 
     /// Each projection of `x` (n, cols), in order.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        match self {
-            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
-            Self::Stacked { linear, widths } => {
-                let y = linear.forward(x)?;
-                let mut start = 0;
-                widths
-                    .iter()
-                    .map(|&w| {
-                        let part = y.narrow(1, start, w);
-                        start += w;
-                        part
-                    })
-                    .collect()
-            }
+        if let (Kind::Separate(parts), None) = (&self.kind, &self.bias) {
+            return parts.iter().map(|p| p.forward(x)).collect();
         }
+        let y = self.forward_joined(x)?;
+        let mut start = 0;
+        self.widths()
+            .into_iter()
+            .map(|w| {
+                let part = y.narrow(1, start, w);
+                start += w;
+                part
+            })
+            .collect()
     }
 }

@@ -7,19 +7,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use candle_core::Device;
 use modelship_engine::{Engine, ModelCard};
-use modelship_model::{ChatTemplate, GgufFile, HfModel, ModelError, ModelSource, TextTokenizer};
+use modelship_model::{
+    ChatTemplate, Family, GgufFile, HfModel, ModelError, ModelSource, TextTokenizer,
+};
 use modelship_types::{LimitError, ServingLimits, Task};
 
-use crate::{BertBackend, LlamaBackend};
+use crate::{BertBackend, DecoderBackend};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(
-        "{path}: architecture `{architecture}` is not supported for serving (BERT directories, BERT and llama GGUF files are)"
+        "{path}: architecture `{architecture}` is not supported for serving (BERT directories; GGUF files of bert, {decoders})"
     )]
-    Unsupported { path: PathBuf, architecture: String },
+    Unsupported {
+        path: PathBuf,
+        architecture: String,
+        decoders: &'static str,
+    },
     #[error("cannot load the weights of {path}")]
     Weights {
         path: PathBuf,
@@ -50,7 +56,7 @@ pub enum OpenModel {
     Generate {
         tokenizer: TextTokenizer,
         chat: Option<ChatTemplate>,
-        backend: LlamaBackend,
+        backend: DecoderBackend,
         context: usize,
     },
 }
@@ -71,13 +77,17 @@ pub fn open(path: &Path, device: &Device, max_context: usize) -> Result<OpenMode
         ModelSource::HfDir(dir) => open_hf(&dir, device),
         ModelSource::Gguf(file) => {
             let gguf = GgufFile::open(&file)?;
-            match gguf.architecture()? {
-                "llama" => open_llama(gguf, device, max_context),
-                "bert" => open_bert_gguf(gguf, device),
-                other => Err(LoadError::Unsupported {
+            let architecture = gguf.architecture()?;
+            if architecture == "bert" {
+                open_bert_gguf(gguf, device)
+            } else if Family::from_architecture(architecture).is_some() {
+                open_decoder(gguf, device, max_context)
+            } else {
+                Err(LoadError::Unsupported {
                     path: file,
-                    architecture: other.to_owned(),
-                }),
+                    architecture: architecture.to_owned(),
+                    decoders: Family::SUPPORTED,
+                })
             }
         }
     }
@@ -111,7 +121,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine, LoadError> {
             context,
         } => {
             let limits = opts.limits.capped_to_model(context);
-            let card = card(name, Task::Generate, "llama", &limits, None);
+            let family = format!("{:?}", backend.hparams().family).to_lowercase();
+            let card = card(name, Task::Generate, &family, &limits, None);
             Engine::generation(card, limits, tokenizer, chat, backend)
         }
     })
@@ -159,6 +170,7 @@ fn open_hf(dir: &Path, device: &Device) -> Result<OpenModel, LoadError> {
         return Err(LoadError::Unsupported {
             path: dir.to_owned(),
             architecture,
+            decoders: Family::SUPPORTED,
         });
     }
     Ok(OpenModel::Embeddings {
@@ -180,7 +192,11 @@ fn open_bert_gguf(gguf: GgufFile, device: &Device) -> Result<OpenModel, LoadErro
     })
 }
 
-fn open_llama(gguf: GgufFile, device: &Device, max_context: usize) -> Result<OpenModel, LoadError> {
+fn open_decoder(
+    gguf: GgufFile,
+    device: &Device,
+    max_context: usize,
+) -> Result<OpenModel, LoadError> {
     let file = gguf.path.clone();
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;
     let token = |key: &str| {
@@ -204,7 +220,7 @@ fn open_llama(gguf: GgufFile, device: &Device, max_context: usize) -> Result<Ope
         .min(max_context);
     let mut reader = std::fs::File::open(&file).map_err(ModelError::io(&file))?;
     // Rotary tables are built for the positions this replica will serve.
-    let backend = LlamaBackend::from_gguf(gguf.content, &mut reader, device, context)
+    let backend = DecoderBackend::from_gguf(&gguf, &mut reader, device, context)
         .map_err(weights_err(&file))?;
     Ok(OpenModel::Generate {
         tokenizer,

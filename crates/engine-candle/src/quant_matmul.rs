@@ -2,8 +2,9 @@
 //! row is quantized to blocks of 32 integers with one scale, then every
 //! output is a sum of per-block dot products:
 //!
-//! - Q4_1 weights take 8-bit Q8_1 activations, exactly as ggml computes them
-//!   (the llama.cpp agreement tests hold the original SmolLM2 file to its
+//! - Q4_1 weights take 8-bit Q8_1 activations, and Q4_0 and Q5_0 weights
+//!   8-bit Q8_0 ones, exactly as ggml computes them (the llama.cpp agreement
+//!   tests hold the original SmolLM2, Qwen2.5 and Gemma 3 files to its
 //!   numerics);
 //! - Q8_0 weights take 16-bit activations (W8A16). ggml quantizes them to 8
 //!   bits, which adds an error as large as the weights' own: on SmolLM2 the
@@ -14,9 +15,11 @@
 //!   stacked with Q8_0 ones that read the same input (a q8_0 file's
 //!   grouped-query `attn_v` is f16 beside Q8_0 `attn_q` and `attn_k`).
 //!
-//! candle's CPU kernel for Q4_1 is scalar and its Q8_0 one runs on a second
+//! candle's CPU kernels for Q4_0, Q4_1 and Q5_0 are scalar and its Q8_0 one runs on a second
 //! thread pool that fights rayon's for the cores; these use AVX2 where the
 //! build has it and split output rows across rayon.
+
+use std::sync::Arc;
 
 use half::f16;
 use rayon::prelude::*;
@@ -27,13 +30,20 @@ const QK: usize = 32;
 const Q4_1_BYTES: usize = 20;
 /// Bytes of a Q8_0 block: f16 scale, 32 signed bytes.
 const Q8_0_BYTES: usize = 34;
+/// Bytes of a Q4_0 block: f16 scale, 16 bytes of nibbles (value − 8).
+const Q4_0_BYTES: usize = 18;
+/// Bytes of a Q5_0 block: f16 scale, 32 fifth bits, 16 bytes of nibbles
+/// (value − 16).
+const Q5_0_BYTES: usize = 22;
 /// Bytes of 32 f16 weights, the unit the F16 kernel steps by.
 const F16_BYTES: usize = 64;
 
 /// The weight formats with a kernel here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockFormat {
+    Q4_0,
     Q4_1,
+    Q5_0,
     Q8_0,
     F16,
 }
@@ -48,7 +58,9 @@ enum Activations {
 impl BlockFormat {
     fn block_bytes(self) -> usize {
         match self {
+            Self::Q4_0 => Q4_0_BYTES,
             Self::Q4_1 => Q4_1_BYTES,
+            Self::Q5_0 => Q5_0_BYTES,
             Self::Q8_0 => Q8_0_BYTES,
             Self::F16 => F16_BYTES,
         }
@@ -56,7 +68,9 @@ impl BlockFormat {
 
     fn activations(self) -> Activations {
         match self {
-            Self::Q4_1 => Activations::Q8_1,
+            // Q4_0 and Q5_0 take ggml's Q8_0 activations: Q8_1's quants and
+            // scales, without its sum term.
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 => Activations::Q8_1,
             Self::Q8_0 | Self::F16 => Activations::Q16,
         }
     }
@@ -69,7 +83,8 @@ pub struct QuantMatrix {
     rows: usize,
     cols: usize,
     parts: Vec<Part>,
-    blocks: Vec<u8>,
+    /// Shared with the token table when a model ties its embeddings.
+    blocks: Arc<[u8]>,
 }
 
 /// A run of rows in one format.
@@ -114,6 +129,16 @@ impl QuantMatrix {
         rows: usize,
         cols: usize,
     ) -> Result<Self, String> {
+        Self::from_shared(format, Arc::from(bytes), rows, cols)
+    }
+
+    /// As [`QuantMatrix::from_ggml`], holding `bytes` without a copy.
+    pub fn from_shared(
+        format: BlockFormat,
+        bytes: Arc<[u8]>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, String> {
         if !cols.is_multiple_of(QK) {
             return Err(format!(
                 "{format:?} rows of {cols} values are not whole blocks of {QK}"
@@ -134,7 +159,7 @@ impl QuantMatrix {
                 first_row: 0,
                 offset: 0,
             }],
-            blocks: bytes.to_vec(),
+            blocks: bytes,
         })
     }
 
@@ -164,14 +189,36 @@ impl QuantMatrix {
                 });
             }
             rows += m.rows;
-            blocks.extend(m.blocks);
+            blocks.extend_from_slice(&m.blocks);
         }
         Some(QuantMatrix {
             rows,
             cols,
             parts,
-            blocks,
+            blocks: blocks.into(),
         })
+    }
+
+    /// [`QuantMatrix::stack`] of copies, or `None` (the matrices kept) when
+    /// their widths or activations differ.
+    pub fn stack_if_compatible(matrices: &[QuantMatrix]) -> Option<QuantMatrix> {
+        let first = matrices.first()?;
+        if matrices
+            .iter()
+            .any(|m| m.cols != first.cols || m.activations() != first.activations())
+        {
+            return None;
+        }
+        Self::stack(matrices.iter().map(QuantMatrix::clone_shallow).collect())
+    }
+
+    fn clone_shallow(&self) -> QuantMatrix {
+        QuantMatrix {
+            rows: self.rows,
+            cols: self.cols,
+            parts: self.parts.clone(),
+            blocks: self.blocks.clone(),
+        }
     }
 
     /// The activations every part takes (one kind: `stack` checks).
@@ -186,7 +233,11 @@ impl QuantMatrix {
         match self.activations() {
             Activations::Q8_1 => {
                 let rows: Vec<Q81Row> = inputs.map(quantize_q8_1).collect();
-                self.times(&rows, |_| (dot_q4_1, dot4_q4_1))
+                self.times(&rows, |format| match format {
+                    BlockFormat::Q4_0 => (dot_q4_0, dot4_q4_0),
+                    BlockFormat::Q5_0 => (dot_q5_0, dot4_q5_0),
+                    _ => (dot_q4_1, dot4_q4_1),
+                })
             }
             Activations::Q16 => {
                 let rows: Vec<Q16Row> = inputs.map(quantize_q16).collect();
@@ -349,6 +400,32 @@ fn dot4_f16(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
     )
 }
 
+/// One Q4_0 weight row · four Q8_0 activation rows.
+fn dot4_q4_0(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
+    simd_or_scalar!(
+        dot4_q4_0_avx2(w, x),
+        std::array::from_fn(|i| scalar::dot_q4_0_scalar(w, &x[i]))
+    )
+}
+
+/// One Q5_0 weight row · four Q8_0 activation rows.
+fn dot4_q5_0(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
+    simd_or_scalar!(
+        dot4_q5_0_avx2(w, x),
+        std::array::from_fn(|i| scalar::dot_q5_0_scalar(w, &x[i]))
+    )
+}
+
+/// One Q4_0 weight row · one Q8_0 activation row.
+fn dot_q4_0(w: &[u8], x: &Q81Row) -> f32 {
+    simd_or_scalar!(dot_q4_0_avx2(w, x), scalar::dot_q4_0_scalar(w, x))
+}
+
+/// One Q5_0 weight row · one Q8_0 activation row.
+fn dot_q5_0(w: &[u8], x: &Q81Row) -> f32 {
+    simd_or_scalar!(dot_q5_0_avx2(w, x), scalar::dot_q5_0_scalar(w, x))
+}
+
 /// One Q4_1 weight row · one Q8_1 activation row.
 fn dot_q4_1(w: &[u8], x: &Q81Row) -> f32 {
     simd_or_scalar!(dot_q4_1_avx2(w, x), scalar::dot_q4_1_scalar(w, x))
@@ -400,6 +477,55 @@ mod scalar {
             sum += f16_bits(wb, 0) * x.d[b] * sumi as f32;
         }
         sum
+    }
+
+    /// The 32 signed weights of a Q4_0 block, in order.
+    pub(super) fn q4_0_values(wb: &[u8]) -> [i8; QK] {
+        std::array::from_fn(|j| {
+            let byte = wb[2 + j % (QK / 2)];
+            let nibble = if j < QK / 2 { byte & 0x0F } else { byte >> 4 };
+            nibble as i8 - 8
+        })
+    }
+
+    /// The 32 signed weights of a Q5_0 block, in order: value j's fifth bit
+    /// is bit j of the little-endian `qh`.
+    pub(super) fn q5_0_values(wb: &[u8]) -> [i8; QK] {
+        let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
+        std::array::from_fn(|j| {
+            let byte = wb[6 + j % (QK / 2)];
+            let nibble = if j < QK / 2 { byte & 0x0F } else { byte >> 4 };
+            (nibble | (((qh >> j) & 1) as u8) << 4) as i8 - 16
+        })
+    }
+
+    /// ggml's `vec_dot_q4_0_q8_0` / `vec_dot_q5_0_q8_0`: per block, the
+    /// integer sum scaled by both scales.
+    fn dot_signed_blocks(
+        w: &[u8],
+        x: &Q81Row,
+        block_bytes: usize,
+        values: fn(&[u8]) -> [i8; QK],
+    ) -> f32 {
+        let mut sum = 0f32;
+        for (b, wb) in w.chunks_exact(block_bytes).enumerate() {
+            let q = &x.q[b * QK..(b + 1) * QK];
+            let sumi: i32 = values(wb)
+                .iter()
+                .zip(q)
+                .map(|(&a, &b)| a as i32 * b as i32)
+                .sum();
+            sum += f16_bits(wb, 0) * x.d[b] * sumi as f32;
+        }
+        sum
+    }
+
+    pub(super) fn dot_q4_0_scalar(w: &[u8], x: &Q81Row) -> f32 {
+        dot_signed_blocks(w, x, Q4_0_BYTES, q4_0_values)
+    }
+
+    pub(super) fn dot_q5_0_scalar(w: &[u8], x: &Q81Row) -> f32 {
+        dot_signed_blocks(w, x, Q5_0_BYTES, q5_0_values)
     }
 
     pub(super) fn dot_q4_1_scalar(w: &[u8], x: &Q81Row) -> f32 {
@@ -646,6 +772,161 @@ mod avx2 {
         }
         // SAFETY: AVX2 is enabled for this function.
         std::array::from_fn(|i| unsafe { hsum(acc[i]) })
+    }
+
+    /// A Q4_0 block's 32 weights as signed bytes (nibble − 8), in order.
+    ///
+    /// # Safety
+    /// `wb` holds a whole Q4_0 block (18 bytes); AVX2 is available.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_0_bytes(wb: &[u8]) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        debug_assert!(wb.len() >= Q4_0_BYTES);
+        let low4 = _mm_set1_epi8(0x0F);
+        // SAFETY: bytes 2..18 are inside the block (caller).
+        let nib = unsafe { _mm_loadu_si128(wb.as_ptr().add(2) as *const __m128i) };
+        let lo = _mm_and_si128(nib, low4);
+        let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low4);
+        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+    }
+
+    /// A Q5_0 block's 32 weights as signed bytes (5-bit value − 16), in order.
+    ///
+    /// # Safety
+    /// `wb` holds a whole Q5_0 block (22 bytes); AVX2 is available.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5_0_bytes(wb: &[u8]) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        debug_assert!(wb.len() >= Q5_0_BYTES);
+        let low4 = _mm_set1_epi8(0x0F);
+        let qh = i32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
+        // SAFETY: bytes 6..22 are inside the block (caller).
+        let nib = unsafe { _mm_loadu_si128(wb.as_ptr().add(6) as *const __m128i) };
+        let lo = _mm_and_si128(nib, low4);
+        let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low4);
+        let nibbles = _mm256_set_m128i(hi, lo);
+        // Byte j holds byte j/8 of qh with every bit but j%8 set, so it is
+        // all ones exactly when bit j of qh is.
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(qh),
+            _mm256_set_epi64x(
+                0x0303030303030303,
+                0x0202020202020202,
+                0x0101010101010101,
+                0,
+            ),
+        );
+        let bit_set = _mm256_cmpeq_epi8(
+            _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
+            _mm256_set1_epi64x(-1),
+        );
+        // value − 16: a nibble whose fifth bit is clear becomes nibble − 16
+        // (high bits set), one whose bit is set stays the nibble.
+        _mm256_or_si256(
+            nibbles,
+            _mm256_andnot_si256(bit_set, _mm256_set1_epi8(0xF0u8 as i8)),
+        )
+    }
+
+    /// Σ over 32 pairs of signed bytes, as eight i32 lanes converted to f32
+    /// (exact: each lane is at most 4 · 128 · 127).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn signed_pairs(
+        w: std::arch::x86_64::__m256i,
+        q: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // maddubs multiplies unsigned by signed bytes: move w's sign onto q.
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    /// One row of signed-byte blocks (Q4_0, Q5_0) · one Q8_0 activation row.
+    ///
+    /// # Safety
+    /// `values` reads a whole block of `block_bytes`; AVX2 is available.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_signed_avx2(
+        w: &[u8],
+        x: &Q81Row,
+        block_bytes: usize,
+        values: unsafe fn(&[u8]) -> std::arch::x86_64::__m256i,
+    ) -> f32 {
+        use std::arch::x86_64::*;
+        let mut acc = _mm256_setzero_ps();
+        let blocks = w
+            .chunks_exact(block_bytes)
+            .zip(x.q.chunks_exact(QK))
+            .zip(&x.d);
+        for ((wb, q), &xd) in blocks {
+            // SAFETY: wb is a whole block and q 32 quants (chunks_exact).
+            let (wq, q) = unsafe { (values(wb), _mm256_loadu_si256(q.as_ptr() as *const __m256i)) };
+            acc = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_bits(wb, 0) * xd),
+                signed_pairs(wq, q),
+                acc,
+            );
+        }
+        // SAFETY: AVX2 is enabled for this function.
+        unsafe { hsum(acc) }
+    }
+
+    /// One row of signed-byte blocks · four Q8_0 activation rows.
+    ///
+    /// # Safety
+    /// As [`dot_signed_avx2`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot4_signed_avx2(
+        w: &[u8],
+        x: &[Q81Row; 4],
+        block_bytes: usize,
+        values: unsafe fn(&[u8]) -> std::arch::x86_64::__m256i,
+    ) -> [f32; 4] {
+        use std::arch::x86_64::*;
+        let blocks = w.len() / block_bytes;
+        assert!(
+            x.iter()
+                .all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks)
+        );
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (b, wb) in w.chunks_exact(block_bytes).enumerate() {
+            let dw = f16_bits(wb, 0);
+            // SAFETY: wb is a whole block (chunks_exact).
+            let wq = unsafe { values(wb) };
+            for i in 0..4 {
+                // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
+                let q =
+                    unsafe { _mm256_loadu_si256(x[i].q.as_ptr().add(b * QK) as *const __m256i) };
+                acc[i] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(dw * x[i].d[b]), signed_pairs(wq, q), acc[i]);
+            }
+        }
+        // SAFETY: AVX2 is enabled for this function.
+        std::array::from_fn(|i| unsafe { hsum(acc[i]) })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q4_0_avx2(w: &[u8], x: &Q81Row) -> f32 {
+        // SAFETY: q4_0_bytes reads one Q4_0 block; AVX2 is enabled.
+        unsafe { dot_signed_avx2(w, x, Q4_0_BYTES, q4_0_bytes) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q5_0_avx2(w: &[u8], x: &Q81Row) -> f32 {
+        // SAFETY: q5_0_bytes reads one Q5_0 block; AVX2 is enabled.
+        unsafe { dot_signed_avx2(w, x, Q5_0_BYTES, q5_0_bytes) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_q4_0_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
+        // SAFETY: as dot_q4_0_avx2.
+        unsafe { dot4_signed_avx2(w, x, Q4_0_BYTES, q4_0_bytes) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_q5_0_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
+        // SAFETY: as dot_q5_0_avx2.
+        unsafe { dot4_signed_avx2(w, x, Q5_0_BYTES, q5_0_bytes) }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -11,7 +11,7 @@
 //! steps, mean 0.213, max 0.95.
 
 use modelship_engine::GenerateBackend;
-use modelship_engine_candle::{Device, LlamaBackend};
+use modelship_engine_candle::{DecoderBackend, Device};
 use modelship_model::GgufFile;
 
 /// A top-two margin (in logits) below which llama.cpp's own configurations
@@ -25,11 +25,11 @@ const MAX_LOGIT_DIFF: f32 = 1.25;
 const MIN_AGREEMENT: f64 = 0.975;
 
 /// The SmolLM2 test model with room for the fixture's longest prompt.
-fn smollm() -> LlamaBackend {
+fn smollm() -> DecoderBackend {
     let path = modelship_testkit::smollm();
     let gguf = GgufFile::open(&path).unwrap();
     let mut reader = std::fs::File::open(&path).unwrap();
-    LlamaBackend::from_gguf(gguf.content, &mut reader, &Device::Cpu, 1024).unwrap()
+    DecoderBackend::from_gguf(&gguf, &mut reader, &Device::Cpu, 1024).unwrap()
 }
 
 #[test]

@@ -31,6 +31,12 @@ pub enum ModelError {
         key: String,
         problem: &'static str,
     },
+    #[error("{path}: architecture `{architecture}` is not supported (supported: {supported})")]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        architecture: String,
+        supported: &'static str,
+    },
     #[error("cannot build the tokenizer of {path}: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
     #[error("invalid chat template")]

@@ -149,6 +149,15 @@ impl GgufFile {
         }
     }
 
+    /// A float (f32 or f64).
+    pub fn float(&self, key: &str) -> Result<f32, ModelError> {
+        match self.get(key)? {
+            Value::F32(x) => Ok(*x),
+            Value::F64(x) => Ok(*x as f32),
+            _ => Err(self.bad_key(key, "not a float")),
+        }
+    }
+
     pub fn bool(&self, key: &str) -> Result<bool, ModelError> {
         self.get(key)?
             .to_bool()
@@ -184,6 +193,21 @@ impl GgufFile {
                 Value::U8(x) => Ok(*x as i64),
                 Value::I64(x) => Ok(*x),
                 _ => Err(self.bad_key(key, "not an array of integers")),
+            })
+            .collect()
+    }
+
+    /// An array of floats (f32 or f64).
+    pub fn floats(&self, key: &str) -> Result<Vec<f32>, ModelError> {
+        let arr = self
+            .get(key)?
+            .to_vec()
+            .map_err(|_| self.bad_key(key, "not an array"))?;
+        arr.iter()
+            .map(|v| match v {
+                Value::F32(x) => Ok(*x),
+                Value::F64(x) => Ok(*x as f32),
+                _ => Err(self.bad_key(key, "not an array of floats")),
             })
             .collect()
     }

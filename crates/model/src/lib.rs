@@ -5,6 +5,7 @@
 //! Owns reading and describing a model; it runs nothing. No network, no async.
 
 mod chat;
+mod decoder;
 mod error;
 mod gguf;
 mod hf;
@@ -12,6 +13,7 @@ mod info;
 mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
+pub use decoder::{Activation, DecoderHparams, Family, Rope, RopeStyle};
 pub use error::ModelError;
 pub use gguf::{GgufFile, ggml_dtype_name};
 pub use hf::{HfModel, Pooling, SafetensorsTensor};

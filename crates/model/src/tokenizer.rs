@@ -1,10 +1,20 @@
-//! Tokenizers: `tokenizer.json` of an HF directory, or a byte-level BPE rebuilt
-//! from GGUF metadata (`tokenizer.ggml.*`) the way llama.cpp reads it.
+//! Tokenizers: `tokenizer.json` of an HF directory, or one rebuilt from GGUF
+//! metadata (`tokenizer.ggml.*`) the way llama.cpp reads it: a byte-level BPE
+//! (`gpt2`: GPT-2, Llama 3, Qwen2, SmolLM) or a SentencePiece BPE (`llama`:
+//! Gemma, Llama 2, Mistral) whose merges follow the pieces' scores.
+
+use std::collections::HashMap;
 
 use std::path::Path;
 
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
+use tokenizers::normalizers::{Prepend, Replace};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -17,9 +27,16 @@ use crate::{GgufFile, ModelError};
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+const TOKEN_TYPE_BYTE: i64 = 6;
 
 /// The llama-3 pre-tokenizer regex (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Qwen2's: Llama 3's with single digits (`LLAMA_VOCAB_PRE_TYPE_QWEN2`).
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// SentencePiece's visible space.
+const SPM_SPACE: &str = "\u{2581}";
 
 /// GGUF key of a whole Hugging Face `tokenizer.json` (GGUF specification).
 pub const HF_JSON_KEY: &str = "tokenizer.huggingface.json";
@@ -84,8 +101,8 @@ impl TextTokenizer {
     /// Rebuilds the tokenizer from GGUF metadata: the whole Hugging Face
     /// tokenizer when the file carries one (`tokenizer.huggingface.json`, as
     /// modelship writes for BERT models), else llama.cpp's `gpt2` (byte-level
-    /// BPE) model with the `gpt2`/`default`, `smollm` and `llama-bpe`
-    /// pre-tokenizers.
+    /// BPE: the `gpt2`/`default`, `smollm`, `llama-bpe` and `qwen2`
+    /// pre-tokenizers) or `llama` (SentencePiece BPE) model.
     pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
         if g.has(HF_JSON_KEY) {
             return Self::from_hf_json(g.string(HF_JSON_KEY)?.as_bytes(), &g.path);
@@ -94,14 +111,7 @@ impl TextTokenizer {
             path: g.path.clone(),
             reason,
         };
-        let model = g.string("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(fail(format!(
-                "tokenizer.ggml.model `{model}` is not supported (only `gpt2`, byte-level BPE)"
-            )));
-        }
         let tokens = g.strings("tokenizer.ggml.tokens")?;
-        let merges = g.strings("tokenizer.ggml.merges")?;
         let types = if g.has("tokenizer.ggml.token_type") {
             g.ints("tokenizer.ggml.token_type")?
         } else {
@@ -114,66 +124,34 @@ impl TextTokenizer {
                 tokens.len()
             )));
         }
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.to_string(), i as u32))
-            .collect();
-        let merges = merges
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                    .ok_or_else(|| fail(format!("merge {i} `{m}` has no space")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| fail(e.to_string()))?;
-
-        let pre = if g.has("tokenizer.ggml.pre") {
-            g.string("tokenizer.ggml.pre")?
-        } else {
-            "default"
-        };
-        let byte_level = ByteLevel::new(false, true, true);
-        let pre_tokenizer: PreTokenizerWrapper = match pre {
-            "default" | "gpt2" => byte_level.into(),
-            // llama.cpp isolates every digit before the GPT-2 regex.
-            "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-            "llama-bpe" | "llama3" => {
-                let split = Split::new(
-                    SplitPattern::Regex(LLAMA3_PATTERN.into()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| fail(e.to_string()))?;
-                Sequence::new(vec![
-                    split.into(),
-                    ByteLevel::new(false, true, false).into(),
-                ])
-                .into()
-            }
+        let mut inner = match g.string("tokenizer.ggml.model")? {
+            "gpt2" => byte_level_bpe(g, &tokens)?,
+            "llama" => sentencepiece_bpe(g, &tokens, &types)?,
             other => {
                 return Err(fail(format!(
-                    "tokenizer.ggml.pre `{other}` is not supported (gpt2, smollm, llama-bpe)"
+                    "tokenizer.ggml.model `{other}` is not supported (`gpt2`, byte-level BPE; `llama`, SentencePiece BPE)"
                 )));
             }
         };
-
-        let mut inner = Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre_tokenizer));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
-        let specials: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, ty)| matches!(**ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
-            .map(|(t, _)| AddedToken::from(t.to_string(), true))
-            .collect();
+        // Control tokens (`<|im_start|>`, `<start_of_turn>`) are special: parsed
+        // in text, dropped when decoding. User-defined ones (Qwen's
+        // `<tool_call>`, Gemma's runs of spaces and newlines) are matched in
+        // the raw text as llama.cpp matches them, and decode to themselves.
+        let added = |ty: i64| -> Vec<AddedToken> {
+            tokens
+                .iter()
+                .zip(&types)
+                .filter(|(_, t)| **t == ty)
+                .map(|(t, _)| {
+                    AddedToken::from(t.to_string(), ty == TOKEN_TYPE_CONTROL).normalized(false)
+                })
+                .collect()
+        };
         inner
-            .add_special_tokens(specials)
+            .add_special_tokens(added(TOKEN_TYPE_CONTROL))
+            .map_err(|e| fail(e.to_string()))?;
+        inner
+            .add_tokens(added(TOKEN_TYPE_USER_DEFINED))
             .map_err(|e| fail(e.to_string()))?;
 
         let id = |key: &str| -> Result<Option<u32>, ModelError> {
@@ -194,8 +172,20 @@ impl TextTokenizer {
             None
         };
         let mut eos: Vec<u32> = id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
-        // Chat models end a turn with their own token (`<|im_end|>`, `<|eot_id|>`).
-        for end in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
+        if let Some(eot) = id("tokenizer.ggml.eot_token_id")? {
+            eos.push(eot);
+        }
+        // Chat models end a turn with their own token (`<|im_end|>`,
+        // `<|eot_id|>`, `<end_of_turn>`, Phi-3's `<|end|>`), and llama.cpp
+        // ends generation at `<|endoftext|>` and `<|eom_id|>` too.
+        for end in [
+            "<|im_end|>",
+            "<|eot_id|>",
+            "<|eom_id|>",
+            "<|end|>",
+            "<end_of_turn>",
+            "<|endoftext|>",
+        ] {
             if let Some(i) = inner.token_to_id(end)
                 && !eos.contains(&i)
             {
@@ -251,6 +241,167 @@ impl TextTokenizer {
             prefix_index: 0,
         }
     }
+}
+
+fn tokenizer_error(g: &GgufFile) -> impl Fn(String) -> ModelError + '_ {
+    |reason| ModelError::Tokenizer {
+        path: g.path.clone(),
+        reason,
+    }
+}
+
+/// llama.cpp's `gpt2` model: byte-level BPE from the vocabulary and merges,
+/// behind the pre-tokenizer `tokenizer.ggml.pre` names.
+fn byte_level_bpe(g: &GgufFile, tokens: &[&str]) -> Result<Tokenizer, ModelError> {
+    let fail = tokenizer_error(g);
+    let merges = g.strings("tokenizer.ggml.merges")?;
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    let merges = merges
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| fail(format!("merge {i} `{m}` has no space")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+
+    let pre = if g.has("tokenizer.ggml.pre") {
+        g.string("tokenizer.ggml.pre")?
+    } else {
+        "default"
+    };
+    let byte_level = ByteLevel::new(false, true, true);
+    let regex_then_bytes = |pattern: &str| -> Result<PreTokenizerWrapper, ModelError> {
+        let split = Split::new(
+            SplitPattern::Regex(pattern.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        Ok(Sequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into())
+    };
+    let pre_tokenizer: PreTokenizerWrapper = match pre {
+        "default" | "gpt2" => byte_level.into(),
+        // llama.cpp isolates every digit before the GPT-2 regex.
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "llama-bpe" | "llama3" => regex_then_bytes(LLAMA3_PATTERN)?,
+        "qwen2" => regex_then_bytes(QWEN2_PATTERN)?,
+        other => {
+            return Err(fail(format!(
+                "tokenizer.ggml.pre `{other}` is not supported (gpt2, smollm, llama-bpe, qwen2)"
+            )));
+        }
+    };
+    let mut inner = Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(pre_tokenizer));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(inner)
+}
+
+/// llama.cpp's `llama` model (SentencePiece BPE): spaces become `▁`, and
+/// adjacent pieces merge while their concatenation is a piece, the
+/// highest-scoring first; what no piece covers falls back to `<0xXX>` bytes.
+/// As a BPE, that is one merge per way of splitting each piece in two,
+/// ranked by the piece's score (ties: the lower id first).
+fn sentencepiece_bpe(
+    g: &GgufFile,
+    tokens: &[&str],
+    types: &[i64],
+) -> Result<Tokenizer, ModelError> {
+    let fail = tokenizer_error(g);
+    let scores = g.floats("tokenizer.ggml.scores")?;
+    if scores.len() != tokens.len() {
+        return Err(fail(format!(
+            "{} scores for {} tokens",
+            scores.len(),
+            tokens.len()
+        )));
+    }
+    let ids: HashMap<&str, u32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (*t, i as u32))
+        .collect();
+    let mut ranked: Vec<(u32, usize)> = Vec::new(); // (piece, split point)
+    for (i, piece) in tokens.iter().enumerate() {
+        if types[i] == TOKEN_TYPE_BYTE {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            if ids.contains_key(&piece[..at]) && ids.contains_key(&piece[at..]) {
+                ranked.push((i as u32, at));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| {
+        scores[b.0 as usize]
+            .total_cmp(&scores[a.0 as usize])
+            .then(a.0.cmp(&b.0))
+    });
+    let merges = ranked
+        .iter()
+        .map(|&(i, at)| {
+            let piece = tokens[i as usize];
+            (piece[..at].to_owned(), piece[at..].to_owned())
+        })
+        .collect();
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true);
+    if g.has("tokenizer.ggml.unknown_token_id") {
+        let unk = g.uint("tokenizer.ggml.unknown_token_id")? as usize;
+        let unk = tokens
+            .get(unk)
+            .ok_or_else(|| fail(format!("unknown_token_id {unk} is outside the vocabulary")))?;
+        builder = builder.unk_token(unk.to_string());
+    }
+    let bpe = builder.build().map_err(|e| fail(e.to_string()))?;
+    // llama.cpp prepends a space unless the file says not to (Gemma does).
+    let space_prefix =
+        !g.has("tokenizer.ggml.add_space_prefix") || g.bool("tokenizer.ggml.add_space_prefix")?;
+    let mut normalizers = Vec::new();
+    if space_prefix {
+        normalizers.push(Prepend::new(SPM_SPACE.to_owned()).into());
+    }
+    normalizers.push(
+        Replace::new(" ", SPM_SPACE)
+            .map_err(|e| fail(e.to_string()))?
+            .into(),
+    );
+    let mut decoders = vec![
+        tokenizers::decoders::DecoderWrapper::Replace(
+            Replace::new(SPM_SPACE, " ").map_err(|e| fail(e.to_string()))?,
+        ),
+        ByteFallback::default().into(),
+        Fuse::default().into(),
+    ];
+    if space_prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    let mut inner = Tokenizer::new(bpe);
+    inner
+        .with_normalizer(Some(NormalizerSequence::new(normalizers)))
+        .map_err(|e| fail(e.to_string()))?;
+    inner.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(inner)
 }
 
 /// Turns generated ids into text pieces as soon as they form whole characters

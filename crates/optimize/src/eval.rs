@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 use modelship_engine::EmbedBackend;
-use modelship_engine_candle::{Device, LlamaBackend, OpenModel, open};
+use modelship_engine_candle::{DecoderBackend, Device, OpenModel, open};
 use modelship_model::TextTokenizer;
 use serde::Serialize;
 
@@ -290,7 +290,7 @@ fn chunk(
 
 /// `(j, log-probabilities after token j)` for the scored half of a chunk:
 /// `j` from `ctx / 2` to `ctx - 2`, each predicting token `j + 1`.
-fn scored(backend: &LlamaBackend, chunk: &[u32]) -> Result<Vec<(usize, Vec<f64>)>, String> {
+fn scored(backend: &DecoderBackend, chunk: &[u32]) -> Result<Vec<(usize, Vec<f64>)>, String> {
     let logits = backend.score(chunk).map_err(|e| e.0)?;
     let first = chunk.len() / 2;
     Ok((first..chunk.len() - 1)
@@ -311,7 +311,7 @@ fn embed_all(
 }
 
 impl GenerateBaseline {
-    fn compare(&self, model: &Path, backend: &LlamaBackend) -> Result<GenerateReport, EvalError> {
+    fn compare(&self, model: &Path, backend: &DecoderBackend) -> Result<GenerateReport, EvalError> {
         let (mut nll, mut kld, mut agree, mut k) = (0.0, 0.0, 0usize, 0usize);
         for c in &self.chunks {
             for (j, lp) in scored(backend, c).map_err(run_err(model, "scoring"))? {

@@ -14,97 +14,18 @@ fn llama_cpp() -> Value {
 
 #[test]
 fn tokenizer_matches_llama_cpp() {
-    let gguf = GgufFile::open(&modelship_testkit::smollm()).unwrap();
-    let tok = TextTokenizer::from_gguf(&gguf).unwrap();
-    let fx = llama_cpp();
-    let mut cases: Vec<(String, Vec<u32>)> = Vec::new();
-    for t in fx["tokenize"].as_array().unwrap().iter() {
-        cases.push((
-            t["text"].as_str().unwrap().into(),
-            serde_json::from_value(t["tokens"].clone()).unwrap(),
-        ));
-    }
-    for c in fx["completions"].as_array().unwrap() {
-        cases.push((
-            c["prompt"].as_str().unwrap().into(),
-            serde_json::from_value(c["prompt_tokens"].clone()).unwrap(),
-        ));
-    }
-    assert!(cases.len() >= 10);
-    for (text, expected) in cases {
-        assert_eq!(
-            tok.encode(&text, true).unwrap(),
-            expected,
-            "tokens of {text:?}"
-        );
-    }
-}
-
-/// Below this top-two margin llama.cpp's own configurations may pick either
-/// token (see engine-candle's llama_cpp_numerics test).
-const NEAR_TIE: f64 = 0.5;
-
-/// llama.cpp's text up to (not including) its first near-tie step.
-fn text_before_first_near_tie(c: &Value, tok: &TextTokenizer) -> String {
-    let tokens: Vec<u32> = serde_json::from_value(c["tokens"].clone()).unwrap();
-    let first_tie = c["top2"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|t| t[1].as_f64().unwrap() - t[3].as_f64().unwrap() < NEAR_TIE)
-        .unwrap_or(tokens.len())
-        .min(tokens.len());
-    tok.decode(&tokens[..first_tie]).unwrap()
+    assert_tokenizer_matches(&modelship_testkit::smollm(), "llama_greedy.json");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn greedy_output_matches_llama_cpp() {
-    let engine = smollm();
-    let tok =
-        TextTokenizer::from_gguf(&GgufFile::open(&modelship_testkit::smollm()).unwrap()).unwrap();
-    let fx = llama_cpp();
-    let n = fx["max_tokens"].as_u64().unwrap();
-    let completions = fx["completions"].as_array().unwrap();
-    let mut identical = 0;
-    for c in completions {
-        let prompt = c["prompt"].as_str().unwrap();
-        let r = post_json(
-            &engine,
-            "/v1/completions",
-            json!({"prompt": prompt, "max_tokens": n, "temperature": 0}),
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v = r.json();
-        let ours = v["choices"][0]["text"].as_str().unwrap();
-        assert_eq!(
-            v["usage"]["prompt_tokens"],
-            c["prompt_tokens"].as_array().unwrap().len()
-        );
-        if ours == c["text"] {
-            identical += 1;
-            let generated = c["tokens"].as_array().unwrap().len();
-            assert_eq!(v["usage"]["completion_tokens"], generated);
-            let finish = if generated as u64 == n {
-                "length"
-            } else {
-                "stop"
-            };
-            assert_eq!(v["choices"][0]["finish_reason"], finish);
-        } else {
-            // A divergence may only start at a near-tie of llama.cpp's.
-            let agreed = text_before_first_near_tie(c, &tok);
-            assert!(
-                ours.starts_with(&agreed),
-                "{prompt:?}: ours {ours:?} leaves llama.cpp's {agreed:?} before any near-tie"
-            );
-        }
-    }
-    eprintln!(
-        "{identical}/{} greedy completions of {n} tokens identical to llama.cpp's",
-        completions.len()
-    );
-    assert!(identical >= 5, "only {identical} completions identical");
+    assert_greedy_matches(
+        &smollm(),
+        &modelship_testkit::smollm(),
+        "llama_greedy.json",
+        5,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -41,6 +41,22 @@ pub fn smollm() -> PathBuf {
     )
 }
 
+/// Qwen2.5-Coder-0.5B-Instruct, a GGUF file (Q4_K_M: Q5_0, Q8_0, Q4_K, Q6_K).
+pub fn qwen2() -> PathBuf {
+    require(
+        cache_dir().join("models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"),
+        "scripts/fetch-models.sh",
+    )
+}
+
+/// Gemma-3-270M, a GGUF file (Q4_K_M).
+pub fn gemma3() -> PathBuf {
+    require(
+        cache_dir().join("models/gemma-3-270m.Q4_K_M.gguf"),
+        "scripts/fetch-models.sh",
+    )
+}
+
 /// `source` written as `to` into `dir/{to}.gguf` by `modelship quantize`'s
 /// library; returns the file.
 pub fn quantized(source: &Path, to: modelship_types::QuantType, dir: &Path) -> PathBuf {

@@ -250,3 +250,77 @@ fn an_f16_matrix_stacks_with_q8_0_ones_but_not_with_q4_1() {
     let half = QuantMatrix::from_ggml(BlockFormat::F16, &f16_row(1.0), 1, cols).unwrap();
     assert!(QuantMatrix::stack(vec![q4, half]).is_none());
 }
+
+/// candle's own dequantization of GGUF blocks: an independent reading of
+/// the Q4_0 and Q5_0 layouts.
+fn candle_dequantize(dtype: candle_core::quantized::GgmlDType, bytes: &[u8]) -> Vec<f32> {
+    let n = bytes.len() / dtype.type_size() * dtype.block_size();
+    let t = candle_core::quantized::ggml_file::qtensor_from_ggml(
+        dtype,
+        bytes,
+        vec![n],
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    t.dequantize(&candle_core::Device::Cpu)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Random block bytes with finite f16 scales (the exponent's top bit clear).
+fn signed_blocks(raw: &[u8], block_bytes: usize) -> Vec<u8> {
+    let mut w = raw[..raw.len() / block_bytes * block_bytes].to_vec();
+    for b in w.chunks_exact_mut(block_bytes) {
+        b[1] &= 0x3B;
+    }
+    w
+}
+
+proptest! {
+    /// Q4_0 and Q5_0: the values read are candle's, and the kernels (one and
+    /// four inputs, SIMD and scalar) equal the exact integer sum per block
+    /// scaled by both scales, as ggml's `vec_dot_q4_0_q8_0` /
+    /// `vec_dot_q5_0_q8_0` compute it.
+    #[test]
+    fn q4_0_and_q5_0_match_candle_and_the_exact_sum(
+        raw in prop::collection::vec(any::<u8>(), 22 * 4),
+        x in prop::collection::vec(-4f32..4.0, 32 * 4 * 4),
+    ) {
+        use candle_core::quantized::GgmlDType;
+        for (format, bytes, dtype, values) in [
+            (BlockFormat::Q4_0, Q4_0_BYTES, GgmlDType::Q4_0, scalar::q4_0_values as fn(&[u8]) -> [i8; 32]),
+            (BlockFormat::Q5_0, Q5_0_BYTES, GgmlDType::Q5_0, scalar::q5_0_values),
+        ] {
+            let w = signed_blocks(&raw, bytes);
+            let blocks = w.len() / bytes;
+            let cols = blocks * 32;
+            let reference = candle_dequantize(dtype, &w);
+            let ours: Vec<f32> = w
+                .chunks_exact(bytes)
+                .flat_map(|wb| values(wb).map(|v| v as f32 * f16_bits(wb, 0)))
+                .collect();
+            prop_assert_eq!(&ours, &reference, "{:?} values", format);
+            let rows: [Q81Row; 4] = std::array::from_fn(|i| quantize_q8_1(&x[i * cols..(i + 1) * cols]));
+            let (dot, dot4): (Dot<Q81Row>, Dot4<Q81Row>) = match format {
+                BlockFormat::Q4_0 => (dot_q4_0, dot4_q4_0),
+                _ => (dot_q5_0, dot4_q5_0),
+            };
+            let four = dot4(&w, &rows);
+            for (i, row) in rows.iter().enumerate() {
+                let mut exact = 0f32;
+                for (b, wb) in w.chunks_exact(bytes).enumerate() {
+                    let sumi: i32 = values(wb)
+                        .iter()
+                        .zip(&row.q[b * 32..(b + 1) * 32])
+                        .map(|(&a, &q)| a as i32 * q as i32)
+                        .sum();
+                    exact += f16_bits(wb, 0) * row.d[b] * sumi as f32;
+                }
+                let one = dot(&w, row);
+                prop_assert!((one - exact).abs() <= 1e-5 * (1.0 + exact.abs()), "{:?}: {} vs {}", format, one, exact);
+                prop_assert_eq!(four[i].to_bits(), one.to_bits());
+            }
+        }
+    }
+}

@@ -150,3 +150,115 @@ pub async fn spawn_server(engine: Arc<Engine>) -> String {
     ));
     format!("http://{addr}")
 }
+
+/// Asserts that our tokenizer of the GGUF at `model` gives llama.cpp's ids
+/// for every string and prompt of the greedy fixture `fixture`.
+pub fn assert_tokenizer_matches(model: &std::path::Path, fixture: &str) {
+    use modelship_model::{GgufFile, TextTokenizer};
+    let tok = TextTokenizer::from_gguf(&GgufFile::open(model).unwrap()).unwrap();
+    let fx = modelship_testkit::fixture(fixture);
+    let mut cases: Vec<(String, Vec<u32>)> = Vec::new();
+    let strings = fx["tokenize"].as_array().unwrap().iter();
+    let prompts = fx["completions"].as_array().unwrap().iter();
+    for (t, text, ids) in strings
+        .map(|t| (t, "text", "tokens"))
+        .chain(prompts.map(|c| (c, "prompt", "prompt_tokens")))
+    {
+        cases.push((
+            t[text].as_str().unwrap().into(),
+            serde_json::from_value(t[ids].clone()).unwrap(),
+        ));
+    }
+    assert!(cases.len() >= 10);
+    let mut wrong = Vec::new();
+    for (text, expected) in &cases {
+        let ours = tok.encode(text, true).unwrap();
+        if &ours != expected {
+            wrong.push(format!("{text:?}: ours {ours:?}, llama.cpp {expected:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} tokenizations differ from llama.cpp's:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+}
+
+/// Below this top-two margin llama.cpp's own configurations may pick either
+/// token (see engine-candle's llama_cpp_numerics test).
+pub const NEAR_TIE: f64 = 0.5;
+
+/// llama.cpp's text up to (not including) its first near-tie step.
+fn text_before_first_near_tie(c: &Value, tok: &modelship_model::TextTokenizer) -> String {
+    let tokens: Vec<u32> = serde_json::from_value(c["tokens"].clone()).unwrap();
+    let first_tie = c["top2"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|t| t[1].as_f64().unwrap() - t[3].as_f64().unwrap() < NEAR_TIE)
+        .unwrap_or(tokens.len())
+        .min(tokens.len());
+    tok.decode(&tokens[..first_tie]).unwrap()
+}
+
+/// Asserts that every greedy completion of the fixture through `engine`
+/// agrees with llama.cpp's up to its first near-tie, and that at least
+/// `min_identical` are identical to the last token.
+pub async fn assert_greedy_matches(
+    engine: &Arc<Engine>,
+    model: &std::path::Path,
+    fixture: &str,
+    min_identical: usize,
+) {
+    use modelship_model::{GgufFile, TextTokenizer};
+    use serde_json::json;
+    let tok = TextTokenizer::from_gguf(&GgufFile::open(model).unwrap()).unwrap();
+    let fx = modelship_testkit::fixture(fixture);
+    let n = fx["max_tokens"].as_u64().unwrap();
+    let completions = fx["completions"].as_array().unwrap();
+    let mut identical = 0;
+    for c in completions {
+        let prompt = c["prompt"].as_str().unwrap();
+        let r = post_json(
+            engine,
+            "/v1/completions",
+            json!({"prompt": prompt, "max_tokens": n, "temperature": 0}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let ours = v["choices"][0]["text"].as_str().unwrap();
+        assert_eq!(
+            v["usage"]["prompt_tokens"],
+            c["prompt_tokens"].as_array().unwrap().len()
+        );
+        if ours == c["text"] {
+            identical += 1;
+            let generated = c["tokens"].as_array().unwrap().len();
+            assert_eq!(v["usage"]["completion_tokens"], generated);
+            let finish = if generated as u64 == n {
+                "length"
+            } else {
+                "stop"
+            };
+            assert_eq!(v["choices"][0]["finish_reason"], finish);
+        } else {
+            // A divergence may only start at a near-tie of llama.cpp's.
+            let agreed = text_before_first_near_tie(c, &tok);
+            assert!(
+                ours.starts_with(&agreed),
+                "{prompt:?}: ours {ours:?} leaves llama.cpp's {agreed:?} before any near-tie"
+            );
+        }
+    }
+    eprintln!(
+        "{fixture}: {identical}/{} greedy completions of {n} tokens identical to llama.cpp's",
+        completions.len()
+    );
+    assert!(
+        identical >= min_identical,
+        "only {identical} completions identical"
+    );
+}

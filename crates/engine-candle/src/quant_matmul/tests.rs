@@ -324,3 +324,38 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Two rows × four inputs give bit-identical results to one row and one
+    /// input at a time (a batched prompt scores as its sequences would
+    /// alone), and a matrix routes its row pairs through it.
+    #[test]
+    fn two_row_kernels_equal_the_single_row_ones(
+        raw in prop::collection::vec(any::<u8>(), 22 * 3 * 3),
+        x in prop::collection::vec(-4f32..4.0, 96 * 5),
+    ) {
+        for (format, bytes, dot, dot2x4) in [
+            (BlockFormat::Q4_0, Q4_0_BYTES, dot_q4_0 as Dot<Q81Row>, dot2x4_q4_0 as Dot2x4<Q81Row>),
+            (BlockFormat::Q5_0, Q5_0_BYTES, dot_q5_0, dot2x4_q5_0),
+        ] {
+            let w = signed_blocks(&raw[..bytes * 9], bytes);
+            let rows: Vec<&[u8]> = w.chunks_exact(bytes * 3).collect();
+            let inputs: [Q81Row; 4] = std::array::from_fn(|i| quantize_q8_1(&x[i * 96..(i + 1) * 96]));
+            let pair = dot2x4([rows[0], rows[1]], &inputs);
+            for r in 0..2 {
+                for i in 0..4 {
+                    prop_assert_eq!(pair[r][i].to_bits(), dot(rows[r], &inputs[i]).to_bits());
+                }
+            }
+            // Three rows (a pair and a single) by five inputs (four and one).
+            let m = QuantMatrix::from_ggml(format, &w, 3, 96).unwrap();
+            let y = m.matmul(&x, 5);
+            for i in 0..5 {
+                let xi = quantize_q8_1(&x[i * 96..(i + 1) * 96]);
+                for r in 0..3 {
+                    prop_assert_eq!(y[i * 3 + r].to_bits(), dot(rows[r], &xi).to_bits(), "{:?} row {} input {}", format, r, i);
+                }
+            }
+        }
+    }
+}

@@ -6,10 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=$(scripts/fetch-models.sh)
+source scripts/cargo-env.sh
 scripts/setup-peers.sh --bench >/dev/null
 scripts/setup-services.sh --bench
 cargo build --release --quiet --bin modelship --example bench_generate
 cargo build --release --quiet -p modelship-gateway --example http_load
+# BENCH_ONLY=generate: only the decoder families against llama.cpp;
 # BENCH_ONLY=speed: only the quantization throughput table; =quality: only
 # the quantization quality tables; =memory: only
 # the estimate-vs-RSS table; =gateway: only the proxy table; =containers:
@@ -17,6 +19,7 @@ cargo build --release --quiet -p modelship-gateway --example http_load
 case "${BENCH_ONLY:-}" in
   containers) exec "$cache/venv/bin/python" scripts/bench/containers.py ;;
   memory) exec "$cache/venv/bin/python" scripts/bench/memory.py ;;
+  generate) exec "$cache/venv/bin/python" scripts/bench/run.py ;;
   gateway) exec "$cache/venv/bin/python" scripts/bench/gateway.py ;;
   speed | quality) exec "$cache/venv/bin/python" scripts/bench/quantize.py ;;
 esac

@@ -2,10 +2,11 @@
 # The whole test suite on a fresh machine: test models, the Python reference,
 # formatting, lints, then every test in release mode (model forward passes are
 # far too slow unoptimized). Builds into $CARGO_TARGET_DIR, by default a
-# directory in the modelship cache, so a fresh clone reuses the last build.
+# directory in the modelship cache (scripts/cargo-env.sh), the one
+# scripts/demo.sh builds into, so a fresh clone reuses the last build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${MODELSHIP_CACHE:-$HOME/.cache/modelship}/cargo-target}"
+source scripts/cargo-env.sh
 
 command -v cargo >/dev/null || { echo "error: cargo is missing (Rust 1.95 toolchain)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "error: python3 is missing" >&2; exit 1; }

@@ -18,9 +18,9 @@ import sys
 import tempfile
 import time
 
-from paths import BIN, MINILM, OUT, ROOT
+from paths import BIN, BUILD, MINILM, OUT, ROOT
 
-LOAD = f"{ROOT}/target/release/examples/http_load"
+LOAD = f"{BUILD}/examples/http_load"
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 

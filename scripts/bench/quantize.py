@@ -28,9 +28,9 @@ import time
 
 import llama_cpp
 
-from paths import BIN, CORPUS, MINILM, OUT, ROOT, SMOL, TEXT, THREADS
+from paths import BIN, BUILD, CORPUS, MINILM, OUT, ROOT, SMOL, TEXT, THREADS
 
-GEN = f"{ROOT}/target/release/examples/bench_generate"
+GEN = f"{BUILD}/examples/bench_generate"
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 WORK = f"{OUT}/quantize"
 TYPES = ["f32", "f16", "bf16", "q8_0", "q6_k", "q5_k", "q4_1", "q4_k", "q4_0"]

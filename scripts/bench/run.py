@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from paths import BIN, CACHE, MINILM, OUT, ROOT, SMOL, TEXT, THREADS
+from paths import BIN, BUILD, CACHE, GEMMA, MINILM, OUT, QWEN, ROOT, SMOL, TEXT, THREADS
 
 ONNX = f"{CACHE}/models/all-MiniLM-L6-v2-int8/model.onnx"
 SECONDS = float(os.environ.get("BENCH_SECONDS", "15"))
@@ -113,8 +113,65 @@ def generate_load(port, texts, concurrency, max_tokens=64):
     return sum(produced) / elapsed
 
 
+FAMILIES = [("Qwen2.5-Coder-0.5B-Instruct Q4_K_M", QWEN), ("Gemma-3-270M Q4_K_M", GEMMA)]
+
+
+def generation_pair(model, n_prompt=128, n_gen=128, rounds=3):
+    """Ours (bench_generate) and llama.cpp on the same GGUF, tokens and
+    threads, alternated `rounds` times; medians and every run."""
+    runs = {"ours": [], "llama": []}
+    for _ in range(rounds):
+        runs["ours"].append(json.loads(subprocess.check_output(
+            [f"{BUILD}/examples/bench_generate", model, TEXT, str(THREADS), str(n_prompt), str(n_gen)])))
+        runs["llama"].append(json.loads(subprocess.check_output(
+            [sys.executable, f"{ROOT}/scripts/bench/llama_cpp_generate.py", model, TEXT, str(THREADS),
+             str(n_prompt), str(n_gen)], stderr=subprocess.DEVNULL)))
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    r = {}
+    for who in ("ours", "llama"):
+        for k in ("prompt_tps", "decode_tps"):
+            r[f"{who}_{k}"] = median([x[k] for x in runs[who]])
+            r[f"{who}_{k}_all"] = [x[k] for x in runs[who]]
+    r["llama_load_s"] = median([x["load_s"] for x in runs["llama"]])
+    r["llama_peak_rss_mib"] = median([x["peak_rss_mib"] for x in runs["llama"]])
+    return r
+
+
+def families():
+    """The decoder families beyond llama: speed against llama.cpp, start to
+    first token and peak RSS of `modelship serve` after a ~700-token prompt."""
+    rows = []
+    for k, (label, model) in enumerate(FAMILIES):
+        r = generation_pair(model)
+        port = 18120 + k
+        proc, t0 = start_server(model, port)
+        r["start_s"] = first_success(port, "/v1/completions", {"prompt": "Hi", "max_tokens": 1}, t0)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        post(conn, "/v1/completions", {"prompt": " ".join(sentences(60)), "max_tokens": 64, "temperature": 0})
+        r["peak_rss_mib"] = peak_rss_mib(proc.pid)
+        stop(proc)
+        rows.append((label, r))
+    f = lambda x: f"{x:,.1f}"
+    out = [f"| {THREADS} threads, 128-token prompt, 128 decode steps; median of 3 | prompt tok/s ours | llama.cpp "
+           "| **ratio** | decode tok/s ours | llama.cpp | **ratio** | start → first token ours (llama.cpp load) "
+           "| peak RSS ours (llama.cpp) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, r in rows:
+        out.append(f"| {label} | {f(r['ours_prompt_tps'])} {r['ours_prompt_tps_all']} | {f(r['llama_prompt_tps'])} "
+                   f"{r['llama_prompt_tps_all']} | **{r['ours_prompt_tps'] / r['llama_prompt_tps']:.2f}×** | "
+                   f"{f(r['ours_decode_tps'])} {r['ours_decode_tps_all']} | {f(r['llama_decode_tps'])} "
+                   f"{r['llama_decode_tps_all']} | **{r['ours_decode_tps'] / r['llama_decode_tps']:.2f}×** | "
+                   f"{r['start_s'] * 1000:.0f} ms ({r['llama_load_s'] * 1000:.0f} ms) | "
+                   f"{r['peak_rss_mib']:.0f} MiB ({r['llama_peak_rss_mib']:.0f} MiB) |")
+    json.dump(rows, open(f"{OUT}/families.json", "w"), indent=1)
+    return "\n".join(out)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    if os.environ.get("BENCH_ONLY") == "generate":
+        print(families())
+        return
     texts = sentences()
     json.dump(texts, open(f"{OUT}/texts.json", "w"))
     r = {"threads": THREADS, "seconds": SECONDS}
@@ -136,7 +193,7 @@ def main():
     runs = {"ours": [], "llama": []}
     for _ in range(3):
         runs["ours"].append(json.loads(subprocess.check_output(
-            [f"{ROOT}/target/release/examples/bench_generate", SMOL, TEXT, str(THREADS), "128", "128"])))
+            [f"{BUILD}/examples/bench_generate", SMOL, TEXT, str(THREADS), "128", "128"])))
         runs["llama"].append(json.loads(subprocess.check_output(
             [sys.executable, f"{ROOT}/scripts/bench/llama_cpp_generate.py", SMOL, TEXT, str(THREADS), "128", "128"])))
     median = lambda xs: sorted(xs)[len(xs) // 2]
@@ -156,6 +213,7 @@ def main():
 
     json.dump(r, open(f"{OUT}/results.json", "w"), indent=1)
     print(report(r))
+    print(families())
 
 
 def report(r):

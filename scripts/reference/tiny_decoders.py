@@ -5,7 +5,8 @@ greedy continuation of each (llama-cpp-python on the same file).
 
     $MODELSHIP_CACHE/venv/bin/python scripts/reference/tiny_decoders.py SMOLLM2.gguf OUTDIR
 
-Writes OUTDIR/{name}.gguf and OUTDIR/reference.json: per model, the prompt's
+Writes OUTDIR/{name}.gguf and OUTDIR/reference.json (and two bad files,
+bad_falcon.gguf and bad_shape.gguf, for the loaders' error messages): per model, the prompt's
 token ids, llama.cpp's greedy tokens and, at each step teacher-forced along
 them, its two best tokens with their logits. The vocabulary (and tokenizer
 metadata) is SmolLM2's, copied from its GGUF, so prompts are real text.
@@ -103,7 +104,8 @@ def write(path, name, arch, smollm, rng, heads, kv_heads, head_dim, matrix_type=
             tensor(w, b + "attn_qkv.weight", m(q_rows + 2 * kv_rows, WIDTH), matrix_type)
             tensor(w, b + "ffn_up.weight", m(2 * FF, WIDTH), matrix_type)
         else:
-            tensor(w, b + "attn_q.weight", m(q_rows, WIDTH), matrix_type)
+            bad = 32 if features.get("wrong_q_rows") else 0
+            tensor(w, b + "attn_q.weight", m(q_rows + bad, WIDTH), matrix_type)
             tensor(w, b + "attn_k.weight", m(kv_rows, WIDTH), matrix_type)
             tensor(w, b + "attn_v.weight", m(kv_rows, WIDTH), features.get("v_type", matrix_type))
             tensor(w, b + "ffn_gate.weight", m(FF, WIDTH), matrix_type)
@@ -171,6 +173,12 @@ def main(smollm, outdir):
         result[name] = {"architecture": arch, "completions": reference(path)}
     with open(f"{outdir}/reference.json", "w") as f:
         json.dump(result, f)
+    # Bad input for the loaders' error messages: an architecture the engine
+    # does not run, and a file whose attn_q disagrees with its head count.
+    write(f"{outdir}/bad_falcon.gguf", "falcon", "falcon", smollm, np.random.default_rng(0),
+          heads=4, kv_heads=2, head_dim=32)
+    write(f"{outdir}/bad_shape.gguf", "qwen2", "qwen2", smollm, np.random.default_rng(0),
+          heads=4, kv_heads=2, head_dim=32, wrong_q_rows=True)
 
 
 if __name__ == "__main__":

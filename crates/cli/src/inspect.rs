@@ -54,6 +54,35 @@ fn table(i: &ModelInfo) -> String {
         "heads (kv)",
         format!("{} ({})", opt(i.attention_heads), opt(i.kv_heads)),
     );
+    if let Some(d) = &i.decoder {
+        row("head size", d.head_dim.to_string());
+        row("feed forward", d.feed_forward.to_string());
+        let rope = if d.rope_local != d.rope {
+            format!("{} (sliding layers {})", d.rope.base, d.rope_local.base)
+        } else {
+            d.rope.base.to_string()
+        };
+        row("rope base", rope);
+        row(
+            "rope scaling",
+            i.rope_scaling.clone().unwrap_or_else(|| "none".into()),
+        );
+        let local = d.local_layers.iter().filter(|&&l| l).count();
+        row(
+            "sliding window",
+            match d.sliding_window {
+                Some(w) if local > 0 => format!("{w} ({local} of {} layers)", d.layers),
+                _ => "none".into(),
+            },
+        );
+        if let Some(c) = d.final_softcap {
+            row("logit softcap", c.to_string());
+        }
+    }
+    row(
+        "chat template",
+        if i.chat_template { "yes" } else { "no" }.into(),
+    );
     s.push_str("\ndtype      tensors   parameters        bytes\n");
     for (dtype, d) in &i.dtypes {
         s.push_str(&format!(

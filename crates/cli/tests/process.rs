@@ -52,6 +52,70 @@ fn inspect_json_describes_both_formats() {
     );
 }
 
+/// The decoder families beyond llama: counts as stored (separate output
+/// matrix included), head size, rope, sliding window, chat template.
+#[test]
+fn inspect_describes_qwen2_and_gemma3() {
+    let json = |path: std::path::PathBuf| -> Value {
+        let out = modelship()
+            .args(["inspect", "--json"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let q = json(modelship_testkit::qwen2());
+    assert_eq!(q["architecture"], "qwen2");
+    assert_eq!(q["parameters"], 630_167_424);
+    assert_eq!(
+        (&q["layers"], &q["attention_heads"], &q["kv_heads"]),
+        (&json!(24), &json!(14), &json!(2))
+    );
+    assert_eq!(q["decoder"]["head_dim"], 64);
+    assert_eq!(q["decoder"]["rope"]["base"], 1_000_000.0);
+    assert_eq!(q["decoder"]["sliding_window"], Value::Null);
+    assert_eq!(q["vocab_size"], 151_936);
+    assert_eq!(q["chat_template"], true);
+    for t in ["Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"] {
+        assert!(q["dtypes"][t]["tensors"].as_u64().unwrap() > 0, "{t}");
+    }
+
+    let g = json(modelship_testkit::gemma3());
+    assert_eq!(g["architecture"], "gemma3");
+    assert_eq!(g["parameters"], 268_098_176);
+    assert_eq!(g["decoder"]["head_dim"], 256);
+    assert_eq!(g["decoder"]["kv_heads"], 1);
+    assert_eq!(g["decoder"]["sliding_window"], 512);
+    assert_eq!(g["decoder"]["rope_local"]["base"], 10_000.0);
+    let local: Vec<bool> = serde_json::from_value(g["decoder"]["local_layers"].clone()).unwrap();
+    assert_eq!(
+        local.iter().filter(|&&l| l).count(),
+        15,
+        "5 of every 6 of 18 layers"
+    );
+    assert_eq!(g["vocab_size"], 262_144);
+    assert_eq!(g["chat_template"], false);
+
+    let table = modelship()
+        .arg("inspect")
+        .arg(modelship_testkit::gemma3())
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    for want in [
+        "head size       256",
+        "512 (15 of 18 layers)",
+        "1000000 (sliding layers 10000)",
+    ] {
+        assert!(table.contains(want), "{want:?} in {table}");
+    }
+}
+
 #[test]
 fn bad_input_exits_with_a_message_not_a_panic() {
     let dir = std::env::temp_dir().join(format!("modelship-bad-{}", std::process::id()));

@@ -132,6 +132,10 @@ fn weights(
             stored_bytes: stored,
             block_quantized: dtype.block_size() > 1,
             q8_0: dtype == GgmlDType::Q8_0,
+            own_kernel: matches!(
+                dtype,
+                GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0
+            ),
             dims: t.shape.len(),
         };
     if let QuantChoice::Type(to) = q {
@@ -175,14 +179,20 @@ fn shape(
             )
         })
     };
+    let hidden = need(info.hidden_size, "hidden size")?;
+    let heads = need(info.attention_heads, "attention heads")?;
     Ok(ModelShape {
         task,
         weight_bytes,
         loading_bytes,
         quantized_input_bytes,
         layers: need(info.layers, "layer count")?,
-        hidden: need(info.hidden_size, "hidden size")?,
-        heads: need(info.attention_heads, "attention heads")?,
+        hidden,
+        heads,
+        head_dim: info
+            .decoder
+            .as_ref()
+            .map_or(hidden / heads.max(1), |d| d.head_dim),
         kv_heads: need(info.kv_heads, "key/value heads")?,
         ffn: need(info.feed_forward, "feed-forward width")?,
         vocab: need(info.vocab_size, "vocabulary size")?,

@@ -117,6 +117,7 @@ fn random_weight_decoders_agree_with_llama_cpp() {
     assert!(status.success(), "tiny_decoders.py failed");
     let reference: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("reference.json")).unwrap()).unwrap();
+    bad_files_are_named_errors(dir.path());
     let expected = ["llama3", "mistral", "qwen3", "qwen2", "gemma2"];
     assert_eq!(reference.as_object().unwrap().len(), expected.len());
     for name in expected {
@@ -151,4 +152,33 @@ fn random_weight_decoders_agree_with_llama_cpp() {
             s.worst
         );
     }
+}
+
+/// What a user sees for a file the engine cannot run: the supported
+/// architectures listed, the tensor whose shape disagrees named.
+fn bad_files_are_named_errors(dir: &std::path::Path) {
+    let err = |name: &str| -> String {
+        match modelship_engine_candle::open(&dir.join(name), &Device::Cpu, 512) {
+            Ok(_) => panic!("{name} loaded"),
+            Err(e) => {
+                let mut chain = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    chain.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                chain
+            }
+        }
+    };
+    let falcon = err("bad_falcon.gguf");
+    assert!(
+        falcon.contains("`falcon`") && falcon.contains(Family::SUPPORTED),
+        "{falcon}"
+    );
+    let shape = err("bad_shape.gguf");
+    assert!(
+        shape.contains("blk.0.attn_q.weight") && shape.contains("[160, 128]"),
+        "{shape}"
+    );
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use modelship_types::Task;
 use serde::Serialize;
 
-use crate::{GgufFile, HfModel, ModelError, ModelSource, ggml_dtype_name};
+use crate::{DecoderHparams, GgufFile, HfModel, ModelError, ModelSource, ggml_dtype_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +47,13 @@ pub struct ModelInfo {
     pub kv_heads: Option<usize>,
     /// Width of the feed-forward layer.
     pub feed_forward: Option<usize>,
+    /// A decoder's shape beyond the counts: head size, rope, sliding window,
+    /// soft-capping (GGUF decoders the engine runs).
+    pub decoder: Option<DecoderHparams>,
+    /// How rotary positions are scaled beyond the base, if at all.
+    pub rope_scaling: Option<String>,
+    /// Whether the file carries a chat template.
+    pub chat_template: bool,
 }
 
 /// The task an architecture is served for.
@@ -107,6 +114,11 @@ fn describe_hf(m: &HfModel) -> Result<ModelInfo, ModelError> {
             .config_usize("num_key_value_heads")
             .or_else(|| m.config_usize("num_attention_heads")),
         feed_forward: m.config_usize("intermediate_size"),
+        decoder: None,
+        rope_scaling: None,
+        chat_template: m.dir.join("tokenizer_config.json").is_file()
+            && std::fs::read_to_string(m.dir.join("tokenizer_config.json"))
+                .is_ok_and(|t| t.contains("\"chat_template\"")),
     })
 }
 
@@ -127,6 +139,17 @@ fn describe_gguf(g: &GgufFile) -> Result<ModelInfo, ModelError> {
             .ok()
             .map(|tokens| tokens.len())
     });
+    // A decoder that does not parse is still described by its counts; the
+    // engine names what is wrong when it is served.
+    let decoder = DecoderHparams::from_gguf(g).ok();
+    let rope_scaling = if g.content.tensor_infos.contains_key("rope_freqs.weight") {
+        Some("per-frequency factors (rope_freqs)".to_owned())
+    } else {
+        decoder
+            .as_ref()
+            .filter(|d| d.rope.position_scale != 1.0)
+            .map(|d| format!("linear, factor {}", 1.0 / d.rope.position_scale))
+    };
     let file_bytes = std::fs::metadata(&g.path)
         .map_err(ModelError::io(&g.path))?
         .len();
@@ -146,6 +169,9 @@ fn describe_gguf(g: &GgufFile) -> Result<ModelInfo, ModelError> {
         attention_heads: arch("attention.head_count"),
         kv_heads: arch("attention.head_count_kv").or_else(|| arch("attention.head_count")),
         feed_forward: arch("feed_forward_length"),
+        decoder,
+        rope_scaling,
+        chat_template: g.has("tokenizer.chat_template"),
         architecture,
     })
 }

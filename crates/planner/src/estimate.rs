@@ -22,6 +22,8 @@ pub struct ModelShape {
     pub hidden: usize,
     pub heads: usize,
     pub kv_heads: usize,
+    /// Size of one attention head (Gemma's is wider than hidden / heads).
+    pub head_dim: usize,
     pub ffn: usize,
     pub vocab: usize,
     /// Context the model supports.
@@ -35,6 +37,15 @@ pub struct ModelShape {
 /// Q4_1 at 512 × 2 minus its other terms, 24 MiB (docs/benchmarks.md).
 pub const RUNTIME_BYTES: u64 = 24 << 20;
 
+/// A decoder's tokenizer, rebuilt from GGUF metadata, per vocabulary entry
+/// beyond SmolLM2's 49,152 (whose tables [`RUNTIME_BYTES`] already holds):
+/// the vocabulary both ways, the merges, the added tokens. Measured: peak
+/// RSS at 512 × 2 minus the other terms, Qwen2.5 (151,936 entries, a
+/// byte-level BPE) 60 MiB over, Gemma 3 (262,144, SentencePiece merges from
+/// scores) 52 MiB over (docs/benchmarks.md): ~300 bytes an entry.
+pub const TOKENIZER_BYTES_PER_ENTRY: u64 = 300;
+const RUNTIME_VOCAB: u64 = 49_152;
+
 /// One weight tensor in the precision served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorFootprint {
@@ -46,6 +57,9 @@ pub struct TensorFootprint {
     pub block_quantized: bool,
     /// Q8_0 blocks, whose kernel quantizes its input to 16 bits, not 8.
     pub q8_0: bool,
+    /// Blocks the engine's own kernels read in place (Q4_0, Q4_1, Q5_0,
+    /// Q8_0), so a tied output shares the token table's bytes.
+    pub own_kernel: bool,
     pub dims: usize,
 }
 
@@ -60,11 +74,13 @@ pub enum WeightsFile {
 
 /// `(resident, loading)` bytes of the weights as the candle engine holds
 /// them: block-quantized matrices as stored (quantized kernels); vectors,
-/// float matrices and embedding tables expanded to f32, except a q8_0
-/// file's f16 layer matrices (its grouped-query `attn_v`), which join the
-/// Q8_0 kernels' stacks as stored; a llama model's embedding table also kept
-/// as stored when it doubles as the output projection. Loading safetensors
-/// keeps the mapped file resident too.
+/// float matrices and encoders' embedding tables expanded to f32, except a
+/// q8_0 file's f16 layer matrices (its grouped-query `attn_v`), which join
+/// the Q8_0 kernels' stacks as stored. A decoder's token table is kept as
+/// stored (rows expanded when looked up); when it doubles as the output
+/// projection our kernels read it in place, candle's kernels take a copy
+/// (expanded to f32 for float tables). Loading safetensors keeps the mapped
+/// file resident too.
 pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprint]) -> (u64, u64) {
     let has_output = tensors.iter().any(|t| t.name == "output.weight");
     let f32_bytes = |t: &TensorFootprint| 4 * t.elements;
@@ -79,17 +95,19 @@ pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprin
                 t.name.as_str(),
                 "token_embd.weight" | "position_embd.weight" | "token_types.weight"
             );
-            let held = if t.dims < 2 || table || !(t.block_quantized || beside_q8_0(t)) {
+            let decoder_table = task == Task::Generate && t.name == "token_embd.weight";
+            let held = if decoder_table {
+                t.stored_bytes
+            } else if t.dims < 2 || table || !(t.block_quantized || beside_q8_0(t)) {
                 f32_bytes(t)
             } else {
                 t.stored_bytes
             };
-            let tied_output =
-                task == Task::Generate && !has_output && t.name == "token_embd.weight";
-            let output_copy = match (tied_output, t.block_quantized) {
-                (false, _) => 0,
-                (true, true) => t.stored_bytes,
-                (true, false) => f32_bytes(t),
+            let tied_output = decoder_table && !has_output;
+            let output_copy = match (tied_output, t.own_kernel, t.block_quantized) {
+                (false, _, _) | (true, true, _) => 0,
+                (true, false, true) => t.stored_bytes,
+                (true, false, false) => f32_bytes(t),
             };
             held + output_copy
         })
@@ -115,6 +133,8 @@ pub struct Estimate {
     pub kv_cache_bytes: u64,
     /// The largest forward pass's live tensors (see [`activations`]).
     pub activations_bytes: u64,
+    /// The process besides model and workload ([`RUNTIME_BYTES`]), with a
+    /// large vocabulary's tokenizer ([`TOKENIZER_BYTES_PER_ENTRY`]).
     pub runtime_bytes: u64,
     pub total_bytes: u64,
     /// Compute threads (one per CPU asked for, at least one).
@@ -124,7 +144,7 @@ pub struct Estimate {
 /// Estimates one replica of `model` serving `limits` on `cpu` CPUs.
 pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimate {
     let context = limits.max_context.min(model.context) as u64;
-    let head_dim = (model.hidden / model.heads.max(1)) as u64;
+    let head_dim = model.head_dim as u64;
     let kv_cache_bytes = match model.task {
         Task::Generate => {
             2 * model.layers as u64
@@ -137,7 +157,13 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
         Task::Embeddings => 0,
     };
     let activations_bytes = activations(model, limits, context);
-    let runtime_bytes = RUNTIME_BYTES;
+    let tokenizer_bytes = match model.task {
+        Task::Generate => {
+            TOKENIZER_BYTES_PER_ENTRY * (model.vocab as u64).saturating_sub(RUNTIME_VOCAB)
+        }
+        Task::Embeddings => 0,
+    };
+    let runtime_bytes = RUNTIME_BYTES + tokenizer_bytes;
     Estimate {
         weights_bytes: model.weight_bytes,
         loading_bytes: model.loading_bytes,
@@ -164,6 +190,7 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
 /// so up to `max_concurrent × context` tokens, plus each sequence's logits.
 fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 {
     let (hidden, ffn, heads) = (model.hidden as u64, model.ffn as u64, model.heads as u64);
+    let attention = heads * model.head_dim as u64;
     let ffn_live = match model.task {
         Task::Embeddings => 2,
         Task::Generate => 4,
@@ -172,7 +199,7 @@ fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 
         0 => 0,
         q => ffn * (4 + q),
     };
-    let per_token = (hidden * 4 + ffn * ffn_live) * 4 + quantized_copy;
+    let per_token = (hidden * 2 + attention * 2 + ffn * ffn_live) * 4 + quantized_copy;
     let concurrent = limits.max_concurrent as u64;
     match model.task {
         Task::Embeddings => {
@@ -201,6 +228,7 @@ mod tests {
             hidden: 576,
             heads: 9,
             kv_heads: 3,
+            head_dim: 64,
             ffn: 1536,
             vocab: 49152,
             context: 8192,
@@ -292,9 +320,11 @@ mod tests {
             stored_bytes: stored,
             block_quantized: q,
             q8_0: q,
+            own_kernel: q,
             dims,
         };
-        // A tied llama table in q8_0: f32 for lookups plus q8_0 for the output.
+        // A tied llama table in q8_0: kept as stored, and our Q8_0 kernel
+        // reads the output projection from the same bytes.
         let llama = [
             t("token_embd.weight", 1000, 1063, true, 2),
             t("blk.0.attn_q.weight", 64, 68, true, 2),
@@ -302,7 +332,16 @@ mod tests {
         ];
         assert_eq!(
             resident_weights(Task::Generate, WeightsFile::Gguf, &llama),
-            (4000 + 1063 + 68 + 32, 1063)
+            (1063 + 68 + 32, 1063)
+        );
+        // A tied Q6_K table goes through candle's kernel: a second copy.
+        let q6_k = [TensorFootprint {
+            own_kernel: false,
+            ..t("token_embd.weight", 1024, 840, true, 2)
+        }];
+        assert_eq!(
+            resident_weights(Task::Generate, WeightsFile::Gguf, &q6_k).0,
+            2 * 840
         );
         // A q8_0 file's f16 attn_v stays f16 in the Q8_0 stack; an f16
         // layer matrix of a model without Q8_0 ones is expanded.
@@ -313,7 +352,7 @@ mod tests {
         .concat();
         assert_eq!(
             resident_weights(Task::Generate, WeightsFile::Gguf, &with_v).0,
-            4000 + 1063 + 68 + 32 + 32
+            1063 + 68 + 32 + 32
         );
         let f16_only = [t("blk.0.attn_v.weight", 16, 32, false, 2)];
         assert_eq!(
@@ -343,6 +382,7 @@ mod tests {
             hidden: 384,
             heads: 12,
             kv_heads: 12,
+            head_dim: 32,
             ffn: 1536,
             vocab: 30522,
             context: 512,
@@ -353,5 +393,39 @@ mod tests {
         let e = estimate(&minilm, &ServingLimits::default(), 0.5);
         assert_eq!(e.kv_cache_bytes, 0);
         assert_eq!(e.cpu_threads, 1);
+    }
+}
+
+#[cfg(test)]
+mod vocabulary_tests {
+    use super::*;
+
+    /// A large vocabulary's tokenizer counts in the runtime; SmolLM2's is
+    /// inside the measured constant.
+    #[test]
+    fn a_large_vocabulary_adds_its_tokenizer() {
+        let limits = ServingLimits::default();
+        let shape = |vocab| ModelShape {
+            task: Task::Generate,
+            weight_bytes: 0,
+            loading_bytes: 0,
+            quantized_input_bytes: 0,
+            layers: 1,
+            hidden: 64,
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 64,
+            ffn: 64,
+            vocab,
+            context: 512,
+        };
+        assert_eq!(
+            estimate(&shape(49_152), &limits, 1.0).runtime_bytes,
+            RUNTIME_BYTES
+        );
+        assert_eq!(
+            estimate(&shape(151_936), &limits, 1.0).runtime_bytes,
+            RUNTIME_BYTES + 300 * (151_936 - 49_152)
+        );
     }
 }

@@ -43,7 +43,7 @@ impl Linear {
         device: &candle_core::Device,
     ) -> Result<Self> {
         match kernel_format(dtype) {
-            Some(format) if device.is_cpu() && cols % 32 == 0 => Ok(Self::Quant(
+            Some(format) if device.is_cpu() && cols.is_multiple_of(32) => Ok(Self::Quant(
                 QuantMatrix::from_shared(format, bytes.clone(), rows, cols)
                     .map_err(candle_core::Error::Msg)?,
             )),

@@ -20,7 +20,8 @@ metadata) is SmolLM2's, copied from its GGUF, so prompts are real text.
 
 Phi-3 (fused `attn_qkv`, gate/up in `ffn_up`) is not among them: llama.cpp
 0.3.36 refuses a phi3 file with this vocabulary ("error loading model
-vocabulary: unordered_map::at"), so there is no reference to check it by.
+vocabulary: unordered_map::at"). Instead OUTDIR/phi3.gguf comes with
+phi3_split.gguf, a qwen2 file holding the same rows as separate tensors.
 """
 import json
 import sys
@@ -101,8 +102,17 @@ def write(path, name, arch, smollm, rng, heads, kv_heads, head_dim, matrix_type=
         b = f"blk.{i}."
         tensor(w, b + "attn_norm.weight", norm(WIDTH))
         if features.get("fused"):
-            tensor(w, b + "attn_qkv.weight", m(q_rows + 2 * kv_rows, WIDTH), matrix_type)
-            tensor(w, b + "ffn_up.weight", m(2 * FF, WIDTH), matrix_type)
+            qkv, up = m(q_rows + 2 * kv_rows, WIDTH), m(2 * FF, WIDTH)
+            if features.get("split"):
+                # The same rows as separate tensors, for a twin file.
+                tensor(w, b + "attn_q.weight", qkv[:q_rows], matrix_type)
+                tensor(w, b + "attn_k.weight", qkv[q_rows:q_rows + kv_rows], matrix_type)
+                tensor(w, b + "attn_v.weight", qkv[q_rows + kv_rows:], matrix_type)
+                tensor(w, b + "ffn_gate.weight", up[:FF], matrix_type)
+                tensor(w, b + "ffn_up.weight", up[FF:], matrix_type)
+            else:
+                tensor(w, b + "attn_qkv.weight", qkv, matrix_type)
+                tensor(w, b + "ffn_up.weight", up, matrix_type)
         else:
             bad = 32 if features.get("wrong_q_rows") else 0
             tensor(w, b + "attn_q.weight", m(q_rows + bad, WIDTH), matrix_type)
@@ -173,6 +183,12 @@ def main(smollm, outdir):
         result[name] = {"architecture": arch, "completions": reference(path)}
     with open(f"{outdir}/reference.json", "w") as f:
         json.dump(result, f)
+    # Phi-3 has no llama.cpp reference here (see above): its fused file and
+    # a qwen2 twin holding the same rows as separate tensors (no biases,
+    # the same rope and MLP) must give the same logits in our engine.
+    phi3 = dict(heads=4, kv_heads=4, head_dim=32, fused=True, output=True)
+    write(f"{outdir}/phi3.gguf", "phi3", "phi3", smollm, np.random.default_rng(99), **phi3)
+    write(f"{outdir}/phi3_split.gguf", "phi3-split", "qwen2", smollm, np.random.default_rng(99), split=True, **phi3)
     # Bad input for the loaders' error messages: an architecture the engine
     # does not run, and a file whose attn_q disagrees with its head count.
     write(f"{outdir}/bad_falcon.gguf", "falcon", "falcon", smollm, np.random.default_rng(0),

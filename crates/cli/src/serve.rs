@@ -14,7 +14,7 @@ use crate::Failure;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// An HF directory (BERT-family embeddings) or a GGUF file (llama-family generation).
+    /// An HF directory (BERT-family embeddings) or a GGUF file (BERT embeddings; llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3 generation).
     model: PathBuf,
     /// Address to listen on.
     #[arg(long, env = "MODELSHIP_HOST", default_value = "127.0.0.1")]

@@ -1,4 +1,4 @@
-//! Prompt and decode speed of the llama backend, measured the way llama-bench
+//! Prompt and decode speed of the decoder backend, measured the way llama-bench
 //! does: one prompt of N tokens in one forward pass, then M single-token steps
 //! fed the text's next tokens (a step's work does not depend on the token).
 //!

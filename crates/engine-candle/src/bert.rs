@@ -157,7 +157,7 @@ pub struct BertBackend {
     pooling: Pooling,
     normalize: bool,
     device: Device,
-    /// Forward passes run inside this pool (see `LlamaBackend::pool`).
+    /// Forward passes run inside this pool (see `DecoderBackend::pool`).
     pool: rayon::ThreadPool,
 }
 

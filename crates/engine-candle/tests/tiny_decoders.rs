@@ -118,6 +118,7 @@ fn random_weight_decoders_agree_with_llama_cpp() {
     let reference: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("reference.json")).unwrap()).unwrap();
     bad_files_are_named_errors(dir.path());
+    fused_phi3_equals_its_split_twin(dir.path());
     let expected = ["llama3", "mistral", "qwen3", "qwen2", "gemma2"];
     assert_eq!(reference.as_object().unwrap().len(), expected.len());
     for name in expected {
@@ -181,4 +182,25 @@ fn bad_files_are_named_errors(dir: &std::path::Path) {
         shape.contains("blk.0.attn_q.weight") && shape.contains("[160, 128]"),
         "{shape}"
     );
+}
+
+/// Phi-3's fused projections split as separate ones would compute: the
+/// same logits as a qwen2 file with those rows as separate tensors (whose
+/// path the qwen2 file above checks against llama.cpp).
+fn fused_phi3_equals_its_split_twin(dir: &std::path::Path) {
+    let logits = |name: &str| -> Vec<Vec<f32>> {
+        let path = dir.join(name);
+        let gguf = GgufFile::open(&path).unwrap();
+        let mut reader = std::fs::File::open(&path).unwrap();
+        let backend = DecoderBackend::from_gguf(&gguf, &mut reader, &Device::Cpu, 512).unwrap();
+        backend.score(&[1, 504, 3300, 282, 2451, 314]).unwrap()
+    };
+    let (fused, split) = (logits("phi3.gguf"), logits("phi3_split.gguf"));
+    assert_eq!(fused.len(), 6);
+    let spread = fused[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(spread > 1.0, "logits of a real pass, not zeros: {spread}");
+    for (a, b) in fused.iter().zip(&split) {
+        let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(d < 1e-3, "fused and split phi3 differ by {d}");
+    }
 }

@@ -630,7 +630,7 @@ fn attention(
         let mut chunks = Vec::with_capacity(n.div_ceil(QUERY_CHUNK));
         for c0 in (0..n).step_by(QUERY_CHUNK) {
             let len = QUERY_CHUNK.min(n - c0);
-            let (keys, mask) = visible_keys(seg.position + c0, len, window, &h.device().clone())?;
+            let (keys, mask) = visible_keys(seg.position + c0, len, window, h.device())?;
             let (k, v) = (
                 k.narrow(1, keys.start, keys.len())?,
                 v.narrow(1, keys.start, keys.len())?,

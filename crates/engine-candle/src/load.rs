@@ -121,8 +121,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine, LoadError> {
             context,
         } => {
             let limits = opts.limits.capped_to_model(context);
-            let family = format!("{:?}", backend.hparams().family).to_lowercase();
-            let card = card(name, Task::Generate, &family, &limits, None);
+            let family = backend.hparams().family.name();
+            let card = card(name, Task::Generate, family, &limits, None);
             Engine::generation(card, limits, tokenizer, chat, backend)
         }
     })

@@ -105,6 +105,18 @@ impl Family {
         })
     }
 
+    /// The family's GGUF architecture name (Mistral's files say `llama`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Gemma2 => "gemma2",
+            Self::Gemma3 => "gemma3",
+            Self::Phi3 => "phi3",
+        }
+    }
+
     fn is_gemma(self) -> bool {
         matches!(self, Self::Gemma2 | Self::Gemma3)
     }
@@ -287,5 +299,36 @@ impl DecoderHparams {
             (Some(true), Some(w)) => w.min(context),
             _ => context,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every supported name parses, and parses back to itself.
+    #[test]
+    fn supported_names_round_trip() {
+        for name in Family::SUPPORTED.split(", ") {
+            let family = Family::from_architecture(name).unwrap_or_else(|| panic!("{name}"));
+            let expected = if name == "mistral" { "llama" } else { name };
+            assert_eq!(family.name(), expected);
+        }
+        assert_eq!(Family::from_architecture("falcon"), None);
+    }
+
+    /// Gemma 3 slides five layers of every six, Gemma 2 every other one.
+    #[test]
+    fn swa_patterns_follow_llama_cpp() {
+        let local = |f: Family, layers: usize| -> Vec<bool> {
+            let n = f.swa_pattern().unwrap();
+            (0..layers).map(|i| i % n < n - 1).collect()
+        };
+        assert_eq!(
+            local(Family::Gemma3, 12),
+            [true, true, true, true, true, false].repeat(2)
+        );
+        assert_eq!(local(Family::Gemma2, 4), [true, false, true, false]);
+        assert_eq!(Family::Llama.swa_pattern(), None);
     }
 }

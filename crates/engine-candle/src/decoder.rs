@@ -240,6 +240,12 @@ impl DecoderBackend {
         };
         let vocab = embed_info.shape.dims().first().copied().unwrap_or(0);
         let embed_q = t.get("token_embd.weight", &[vocab, width])?;
+        if !width.is_multiple_of(embed_q.dtype().block_size()) {
+            candle_core::bail!(
+                "tensor `token_embd.weight`: rows of {width} are not whole {:?} blocks",
+                embed_q.dtype()
+            );
+        }
         let embeddings = TokenTable {
             dtype: embed_q.dtype(),
             bytes: Arc::from(embed_q.data()?.as_ref()),

@@ -132,10 +132,7 @@ fn weights(
             stored_bytes: stored,
             block_quantized: dtype.block_size() > 1,
             q8_0: dtype == GgmlDType::Q8_0,
-            own_kernel: matches!(
-                dtype,
-                GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0
-            ),
+            own_kernel: modelship_engine_candle::reads_in_place(dtype),
             dims: t.shape.len(),
         };
     if let QuantChoice::Type(to) = q {

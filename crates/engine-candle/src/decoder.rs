@@ -361,6 +361,12 @@ impl DecoderBackend {
         &self.weights.hp
     }
 
+    /// Positions a sequence may reach: the model's context capped by the
+    /// replica's.
+    pub fn context(&self) -> usize {
+        self.weights.context
+    }
+
     /// Runs each sequence's `tokens` at its next positions, all sequences
     /// packed into one batch: the projections and the MLP see every token of
     /// every sequence as one matrix; attention runs per sequence over its own

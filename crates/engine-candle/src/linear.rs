@@ -16,6 +16,12 @@ pub(crate) enum Linear {
     Ggml(QMatMul),
 }
 
+/// Whether our kernels read blocks of `dtype` in place (a tied output then
+/// shares the token table's bytes); the planner counts memory by it.
+pub fn reads_in_place(dtype: GgmlDType) -> bool {
+    kernel_format(dtype).is_some()
+}
+
 /// Our kernel's format for a GGUF type, if it has one.
 pub(crate) fn kernel_format(dtype: GgmlDType) -> Option<BlockFormat> {
     match dtype {
@@ -179,13 +185,14 @@ impl Projections {
                 Linear::Ggml(_) => unreachable!("all parts are Quant (checked above)"),
             })
             .collect();
-        let widths = matrices.iter().map(QuantMatrix::rows).collect();
         // Formats taking different activations (Q5_0 beside Q8_0) stay apart.
-        let Some(stacked) = QuantMatrix::stack_if_compatible(&matrices) else {
+        if !QuantMatrix::stackable(&matrices) {
             return Ok(Kind::Separate(
                 matrices.into_iter().map(Linear::Quant).collect(),
             ));
-        };
+        }
+        let widths = matrices.iter().map(QuantMatrix::rows).collect();
+        let stacked = QuantMatrix::stack(matrices).expect("stackable (checked above)");
         Ok(Kind::Stacked {
             linear: Linear::Quant(stacked),
             widths,

@@ -214,18 +214,14 @@ fn open_decoder(
     } else {
         None
     };
-    let context = gguf
-        .arch_uint("context_length")
-        .map_or(max_context, |c| c as usize)
-        .min(max_context);
     let mut reader = std::fs::File::open(&file).map_err(ModelError::io(&file))?;
     // Rotary tables are built for the positions this replica will serve.
-    let backend = DecoderBackend::from_gguf(&gguf, &mut reader, device, context)
+    let backend = DecoderBackend::from_gguf(&gguf, &mut reader, device, max_context)
         .map_err(weights_err(&file))?;
     Ok(OpenModel::Generate {
+        context: backend.context(),
         tokenizer,
         chat,
         backend,
-        context,
     })
 }

@@ -167,18 +167,25 @@ impl QuantMatrix {
         self.rows
     }
 
+    /// Whether `matrices` can be stacked: some, all of one width, in
+    /// formats that take the same activations.
+    pub fn stackable(matrices: &[QuantMatrix]) -> bool {
+        matrices.first().is_some_and(|first| {
+            matrices
+                .iter()
+                .all(|m| m.cols == first.cols && m.activations() == first.activations())
+        })
+    }
+
     /// Stacks matrices that read the same input (same width, formats that
     /// take the same activations) into one, so one pass quantizes the input
-    /// once and splits once across threads. `None` when they do not match.
+    /// once and splits once across threads. `None` when they do not match
+    /// ([`QuantMatrix::stackable`]).
     pub fn stack(matrices: Vec<QuantMatrix>) -> Option<QuantMatrix> {
-        let first = matrices.first()?;
-        let (cols, activations) = (first.cols, first.activations());
-        if matrices
-            .iter()
-            .any(|m| m.cols != cols || m.activations() != activations)
-        {
+        if !Self::stackable(&matrices) {
             return None;
         }
+        let cols = matrices[0].cols;
         let (mut rows, mut parts, mut blocks) = (0, Vec::new(), Vec::new());
         for m in matrices {
             for p in m.parts {
@@ -197,28 +204,6 @@ impl QuantMatrix {
             parts,
             blocks: blocks.into(),
         })
-    }
-
-    /// [`QuantMatrix::stack`] of copies, or `None` (the matrices kept) when
-    /// their widths or activations differ.
-    pub fn stack_if_compatible(matrices: &[QuantMatrix]) -> Option<QuantMatrix> {
-        let first = matrices.first()?;
-        if matrices
-            .iter()
-            .any(|m| m.cols != first.cols || m.activations() != first.activations())
-        {
-            return None;
-        }
-        Self::stack(matrices.iter().map(QuantMatrix::clone_shallow).collect())
-    }
-
-    fn clone_shallow(&self) -> QuantMatrix {
-        QuantMatrix {
-            rows: self.rows,
-            cols: self.cols,
-            parts: self.parts.clone(),
-            blocks: self.blocks.clone(),
-        }
     }
 
     /// The activations every part takes (one kind: `stack` checks).
@@ -309,11 +294,9 @@ impl QuantMatrix {
                     // format has a kernel for it (prompts): each input block
                     // is loaded once for both. (Four rows for one input, for
                     // decode steps, measured slower: 30 vs 38 tok/s on Qwen2.5.)
-                    let same_part = |g: usize| {
-                        r + g <= out_rows.len()
-                            && self.row(row + g - 1).0.first_row == part.first_row
-                    };
-                    if let (Some(dot2x4), true) = (k.dot2x4, n >= 4 && same_part(2)) {
+                    let pair_in_part =
+                        r + 1 < out_rows.len() && self.row(row + 1).0.first_row == part.first_row;
+                    if let (Some(dot2x4), true) = (k.dot2x4, n >= 4 && pair_in_part) {
                         let w1 = self.row(row + 1).1;
                         let (head, tail) = out_rows.split_at_mut(r + 1);
                         pairs(
@@ -966,28 +949,7 @@ mod avx2 {
     /// One row of signed-byte blocks (Q4_0, Q5_0) · one Q8_0 activation row.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_signed_avx2<const Q5: bool>(w: &[u8], x: &Q81Row) -> f32 {
-        use std::arch::x86_64::*;
-        let mut acc = _mm256_setzero_ps();
-        let blocks = w
-            .chunks_exact(signed_block_bytes::<Q5>())
-            .zip(x.q.chunks_exact(QK))
-            .zip(&x.d);
-        for ((wb, q), &xd) in blocks {
-            // SAFETY: wb is a whole block and q 32 quants (chunks_exact).
-            let (wq, q) = unsafe {
-                (
-                    signed_values::<Q5>(wb),
-                    _mm256_loadu_si256(q.as_ptr() as *const __m256i),
-                )
-            };
-            acc = _mm256_fmadd_ps(
-                _mm256_set1_ps(f16_bits(wb, 0) * xd),
-                signed_pairs(wq, q),
-                acc,
-            );
-        }
-        // SAFETY: AVX2 is enabled for this function.
-        unsafe { hsum(acc) }
+        dot_rows_signed_avx2::<Q5, 1, 1>([w], [x])[0][0]
     }
 
     /// One row of signed-byte blocks · four Q8_0 activation rows.

@@ -81,6 +81,15 @@ pub fn ggml_dtype_name(t: GgmlDType) -> &'static str {
     }
 }
 
+/// An f32 or f64 metadata value, as f32.
+fn as_float(v: &Value) -> Option<f32> {
+    match v {
+        Value::F32(x) => Some(*x),
+        Value::F64(x) => Some(*x as f32),
+        _ => None,
+    }
+}
+
 /// An opened GGUF file: its metadata and tensor table (no tensor data read).
 pub struct GgufFile {
     pub path: PathBuf,
@@ -151,11 +160,7 @@ impl GgufFile {
 
     /// A float (f32 or f64).
     pub fn float(&self, key: &str) -> Result<f32, ModelError> {
-        match self.get(key)? {
-            Value::F32(x) => Ok(*x),
-            Value::F64(x) => Ok(*x as f32),
-            _ => Err(self.bad_key(key, "not a float")),
-        }
+        as_float(self.get(key)?).ok_or_else(|| self.bad_key(key, "not a float"))
     }
 
     pub fn bool(&self, key: &str) -> Result<bool, ModelError> {
@@ -164,52 +169,45 @@ impl GgufFile {
             .map_err(|_| self.bad_key(key, "not a boolean"))
     }
 
-    /// An array of strings.
-    pub fn strings(&self, key: &str) -> Result<Vec<&str>, ModelError> {
+    /// An array's elements, each read by `item`; `what` names the element
+    /// type in the error.
+    fn array<'a, T>(
+        &'a self,
+        key: &str,
+        what: &'static str,
+        item: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Vec<T>, ModelError> {
         let arr = self
             .get(key)?
             .to_vec()
             .map_err(|_| self.bad_key(key, "not an array"))?;
         arr.iter()
-            .map(|v| {
-                v.to_string()
-                    .map(String::as_str)
-                    .map_err(|_| self.bad_key(key, "not an array of strings"))
-            })
+            .map(|v| item(v).ok_or_else(|| self.bad_key(key, what)))
             .collect()
+    }
+
+    /// An array of strings.
+    pub fn strings(&self, key: &str) -> Result<Vec<&str>, ModelError> {
+        self.array(key, "not an array of strings", |v| {
+            v.to_string().ok().map(String::as_str)
+        })
     }
 
     /// An array of integers.
     pub fn ints(&self, key: &str) -> Result<Vec<i64>, ModelError> {
-        let arr = self
-            .get(key)?
-            .to_vec()
-            .map_err(|_| self.bad_key(key, "not an array"))?;
-        arr.iter()
-            .map(|v| match v {
-                Value::I32(x) => Ok(*x as i64),
-                Value::U32(x) => Ok(*x as i64),
-                Value::I8(x) => Ok(*x as i64),
-                Value::U8(x) => Ok(*x as i64),
-                Value::I64(x) => Ok(*x),
-                _ => Err(self.bad_key(key, "not an array of integers")),
-            })
-            .collect()
+        self.array(key, "not an array of integers", |v| match v {
+            Value::I32(x) => Some(*x as i64),
+            Value::U32(x) => Some(*x as i64),
+            Value::I8(x) => Some(*x as i64),
+            Value::U8(x) => Some(*x as i64),
+            Value::I64(x) => Some(*x),
+            _ => None,
+        })
     }
 
     /// An array of floats (f32 or f64).
     pub fn floats(&self, key: &str) -> Result<Vec<f32>, ModelError> {
-        let arr = self
-            .get(key)?
-            .to_vec()
-            .map_err(|_| self.bad_key(key, "not an array"))?;
-        arr.iter()
-            .map(|v| match v {
-                Value::F32(x) => Ok(*x),
-                Value::F64(x) => Ok(*x as f32),
-                _ => Err(self.bad_key(key, "not an array of floats")),
-            })
-            .collect()
+        self.array(key, "not an array of floats", as_float)
     }
 
     pub fn has(&self, key: &str) -> bool {

@@ -107,10 +107,7 @@ impl TextTokenizer {
         if g.has(HF_JSON_KEY) {
             return Self::from_hf_json(g.string(HF_JSON_KEY)?.as_bytes(), &g.path);
         }
-        let fail = |reason: String| ModelError::Tokenizer {
-            path: g.path.clone(),
-            reason,
-        };
+        let fail = tokenizer_error(g);
         let tokens = g.strings("tokenizer.ggml.tokens")?;
         let types = if g.has("tokenizer.ggml.token_type") {
             g.ints("tokenizer.ggml.token_type")?

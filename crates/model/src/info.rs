@@ -116,9 +116,8 @@ fn describe_hf(m: &HfModel) -> Result<ModelInfo, ModelError> {
         feed_forward: m.config_usize("intermediate_size"),
         decoder: None,
         rope_scaling: None,
-        chat_template: m.dir.join("tokenizer_config.json").is_file()
-            && std::fs::read_to_string(m.dir.join("tokenizer_config.json"))
-                .is_ok_and(|t| t.contains("\"chat_template\"")),
+        chat_template: std::fs::read_to_string(m.dir.join("tokenizer_config.json"))
+            .is_ok_and(|t| t.contains("\"chat_template\"")),
     })
 }
 

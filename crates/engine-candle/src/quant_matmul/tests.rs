@@ -308,20 +308,22 @@ proptest! {
             };
             let four = dot4(&w, &rows);
             for (i, row) in rows.iter().enumerate() {
-                // The integer sums are exact; only the f32 sum of the
-                // per-block terms runs in another order (eight lanes, then
-                // across them), so the difference is bounded by the terms'
-                // magnitudes, not the result's (they can cancel).
+                // The kernel scales each lane's integer partial sum (four
+                // products) and adds the lanes in f32, so it rounds in
+                // another order than this sum of whole blocks; the
+                // difference is bounded by the products' magnitudes, not the
+                // result's (lanes and blocks can cancel).
                 let (mut exact, mut magnitude) = (0f32, 0f32);
                 for (b, wb) in w.chunks_exact(bytes).enumerate() {
-                    let sumi: i32 = values(wb)
-                        .iter()
+                    let products = values(wb)
+                        .into_iter()
                         .zip(&row.q[b * 32..(b + 1) * 32])
-                        .map(|(&a, &q)| a as i32 * q as i32)
-                        .sum();
-                    let term = f16_bits(wb, 0) * row.d[b] * sumi as f32;
-                    exact += term;
-                    magnitude += term.abs();
+                        .map(|(a, &q)| a as i32 * q as i32);
+                    let (sumi, sum_abs) =
+                        products.fold((0i32, 0i32), |(s, m), p| (s + p, m + p.abs()));
+                    let scale = f16_bits(wb, 0) * row.d[b];
+                    exact += scale * sumi as f32;
+                    magnitude += (scale * sum_abs as f32).abs();
                 }
                 let one = dot(&w, row);
                 prop_assert!((one - exact).abs() <= 1e-5 * (1.0 + magnitude), "{:?}: {} vs {}", format, one, exact);

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 cache=$(scripts/fetch-models.sh)
 source scripts/cargo-env.sh
 scripts/setup-peers.sh --bench >/dev/null
+scripts/make-checkpoints.sh >/dev/null
 scripts/setup-services.sh --bench
 cargo build --release --quiet --bin modelship --example bench_generate
 cargo build --release --quiet -p modelship-gateway --example http_load

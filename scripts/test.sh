@@ -16,6 +16,8 @@ echo "== test models"
 scripts/fetch-models.sh >/dev/null
 echo "== python reference"
 scripts/setup-peers.sh >/dev/null
+echo "== test checkpoints (written from the test models)"
+scripts/make-checkpoints.sh >/dev/null
 echo "== services (etcd, docker engine and swarm, registry)"
 scripts/setup-services.sh
 

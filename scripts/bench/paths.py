@@ -13,5 +13,7 @@ BUILD = os.environ.get("BUILD", f"{CACHE}/cargo-target/release")
 BIN = f"{BUILD}/modelship"
 QWEN = f"{CACHE}/models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
 GEMMA = f"{CACHE}/models/gemma-3-270m.Q4_K_M.gguf"
+# Written by scripts/make-checkpoints.sh from the Qwen GGUF.
+QWEN_CHECKPOINT = f"{CACHE}/models/hf/Qwen2.5-Coder-0.5B-Instruct-bf16"
 OUT = f"{ROOT}/target/bench"
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))

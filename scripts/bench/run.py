@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from paths import BIN, BUILD, CACHE, GEMMA, MINILM, OUT, QWEN, ROOT, SMOL, TEXT, THREADS
+from paths import BIN, BUILD, CACHE, GEMMA, MINILM, OUT, QWEN, QWEN_CHECKPOINT, ROOT, SMOL, TEXT, THREADS
 
 ONNX = f"{CACHE}/models/all-MiniLM-L6-v2-int8/model.onnx"
 SECONDS = float(os.environ.get("BENCH_SECONDS", "15"))
@@ -113,18 +113,25 @@ def generate_load(port, texts, concurrency, max_tokens=64):
     return sum(produced) / elapsed
 
 
-FAMILIES = [("Qwen2.5-Coder-0.5B-Instruct Q4_K_M", QWEN), ("Gemma-3-270M Q4_K_M", GEMMA)]
+# (label, what we serve, what llama.cpp runs: the same weights as GGUF). The
+# bf16 checkpoint's peer is its f16 GGUF, written by `modelship quantize`
+# (f16 rather than bf16: llama.cpp's usual 16-bit CPU path).
+QWEN_F16 = f"{OUT}/qwen2.5-checkpoint.f16.gguf"
+FAMILIES = [("Qwen2.5-Coder-0.5B-Instruct Q4_K_M", QWEN, QWEN),
+            ("Gemma-3-270M Q4_K_M", GEMMA, GEMMA),
+            ("Qwen2.5-Coder-0.5B-Instruct bf16 checkpoint (llama.cpp: f16 GGUF)", QWEN_CHECKPOINT, QWEN_F16)]
 
 
-def generation_pair(model, n_prompt=128, n_gen=128, rounds=3):
-    """Ours (bench_generate) and llama.cpp on the same GGUF, tokens and
-    threads, alternated `rounds` times; medians and every run."""
+def generation_pair(model, peer=None, n_prompt=128, n_gen=128, rounds=3):
+    """Ours (bench_generate) on `model` and llama.cpp on `peer` (the same
+    GGUF by default), same tokens and threads, alternated `rounds` times;
+    medians and every run."""
     runs = {"ours": [], "llama": []}
     for _ in range(rounds):
         runs["ours"].append(json.loads(subprocess.check_output(
             [f"{BUILD}/examples/bench_generate", model, TEXT, str(THREADS), str(n_prompt), str(n_gen)])))
         runs["llama"].append(json.loads(subprocess.check_output(
-            [sys.executable, f"{ROOT}/scripts/bench/llama_cpp_generate.py", model, TEXT, str(THREADS),
+            [sys.executable, f"{ROOT}/scripts/bench/llama_cpp_generate.py", peer or model, TEXT, str(THREADS),
              str(n_prompt), str(n_gen)], stderr=subprocess.DEVNULL)))
     median = lambda xs: sorted(xs)[len(xs) // 2]
     r = {}
@@ -141,8 +148,11 @@ def families():
     """The decoder families beyond llama: speed against llama.cpp, start to
     first token and peak RSS of `modelship serve` after a ~700-token prompt."""
     rows = []
-    for k, (label, model) in enumerate(FAMILIES):
-        r = generation_pair(model)
+    if not os.path.exists(QWEN_F16):
+        subprocess.check_call([BIN, "quantize", QWEN_CHECKPOINT, "--to", "f16", "-o", QWEN_F16],
+                              stdout=subprocess.DEVNULL)
+    for k, (label, model, peer) in enumerate(FAMILIES):
+        r = generation_pair(model, peer)
         port = 18120 + k
         proc, t0 = start_server(model, port)
         r["start_s"] = first_success(port, "/v1/completions", {"prompt": "Hi", "max_tokens": 1}, t0)

@@ -17,7 +17,7 @@ use crate::compute::{init_threads, peak_rss_bytes};
 
 #[derive(clap::Args)]
 pub struct QuantizeArgs {
-    /// An HF BERT directory or a GGUF file.
+    /// An HF directory (BERT or a decoder checkpoint) or a GGUF file.
     model: PathBuf,
     /// f32, f16, bf16, q8_0, q6_k, q5_k, q4_1, q4_k or q4_0.
     #[arg(long)]
@@ -35,7 +35,7 @@ pub struct QuantizeArgs {
 
 #[derive(clap::Args)]
 pub struct PruneArgs {
-    /// An HF BERT directory or a GGUF file.
+    /// An HF directory (BERT or a decoder checkpoint) or a GGUF file.
     model: PathBuf,
     /// Fraction of each linear layer's weights to zero, in [0, 1).
     #[arg(long)]

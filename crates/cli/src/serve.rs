@@ -14,7 +14,7 @@ use crate::Failure;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// An HF directory (BERT-family embeddings) or a GGUF file (BERT embeddings; llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3 generation).
+    /// An HF directory (BERT embeddings; llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3 checkpoints) or a GGUF file (BERT embeddings; the same decoders).
     model: PathBuf,
     /// Address to listen on.
     #[arg(long, env = "MODELSHIP_HOST", default_value = "127.0.0.1")]

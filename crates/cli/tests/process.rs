@@ -84,6 +84,23 @@ fn inspect_describes_qwen2_and_gemma3() {
     for t in ["Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"] {
         assert!(q["dtypes"][t]["tensors"].as_u64().unwrap() > 0, "{t}");
     }
+    // The same model as a bf16 checkpoint is described as the GGUF it
+    // converts to, with its own storage.
+    let c = json(modelship_testkit::qwen2_checkpoint());
+    assert_eq!(c["format"], "safetensors");
+    for key in [
+        "architecture",
+        "parameters",
+        "layers",
+        "attention_heads",
+        "kv_heads",
+        "vocab_size",
+        "chat_template",
+    ] {
+        assert_eq!(c[key], q[key], "{key}");
+    }
+    assert_eq!(c["decoder"], q["decoder"]);
+    assert_eq!(c["dtypes"]["BF16"]["parameters"], 630_167_424);
 
     let g = json(modelship_testkit::gemma3());
     assert_eq!(g["architecture"], "gemma3");

@@ -148,7 +148,10 @@ fn weights(
         .iter()
         .map(|t| footprint(t, t.bytes, t.dtype))
         .collect();
-    let file = if source.is_dir() {
+    // BERT directories are memory-mapped whole while the engine copies their
+    // tensors out; a decoder checkpoint is read tensor by tensor, as a GGUF
+    // file is.
+    let file = if source.is_dir() && src.architecture == "bert" {
         WeightsFile::Safetensors {
             file_bytes: src.weight_bytes(),
         }

@@ -2,15 +2,16 @@
 //! does: one prompt of N tokens in one forward pass, then M single-token steps
 //! fed the text's next tokens (a step's work does not depend on the token).
 //!
-//!   bench_generate MODEL.gguf TEXT_FILE THREADS PROMPT_TOKENS GEN_TOKENS
+//!   bench_generate MODEL TEXT_FILE THREADS PROMPT_TOKENS GEN_TOKENS
+//!
+//! MODEL is a decoder GGUF file or checkpoint directory.
 //!
 //! Prints one JSON line. Used by scripts/bench.sh.
 
 use std::time::Instant;
 
 use modelship_engine::GenerateBackend;
-use modelship_engine_candle::{DecoderBackend, Device};
-use modelship_model::{GgufFile, TextTokenizer};
+use modelship_engine_candle::{Device, OpenModel, open};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -24,13 +25,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::set_var("CANDLE_NUM_THREADS", "1"); // as `modelship serve` does
     }
     rayon_init(threads.parse()?);
-    let gguf = GgufFile::open(model.as_ref())?;
-    let tokenizer = TextTokenizer::from_gguf(&gguf)?;
+    let OpenModel::Generate {
+        tokenizer, backend, ..
+    } = open(model.as_ref(), &Device::Cpu, n_prompt + n_gen + 1)?
+    else {
+        return Err(format!("{model} is not a decoder").into());
+    };
     let all = tokenizer.encode(&std::fs::read_to_string(text)?, false)?;
     let (ids, following) = (&all[..n_prompt], &all[n_prompt..n_prompt + n_gen]);
-    let mut reader = std::fs::File::open(model)?;
-    let backend =
-        DecoderBackend::from_gguf(&gguf, &mut reader, &Device::Cpu, n_prompt + n_gen + 1)?;
 
     // Warm-up pass (page in the weights), not timed.
     let mut warm = backend.new_sequence();

@@ -13,11 +13,12 @@
 
 use std::sync::Arc;
 
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 use modelship_engine::{BackendError, GenerateBackend};
-use modelship_model::{Activation, DecoderHparams, GgufFile, Rope, RopeStyle};
+use modelship_model::{Activation, DecoderCheckpoint, DecoderHparams, GgufFile, Rope, RopeStyle};
 
 use crate::linear::{Linear, Projections};
 
@@ -62,13 +63,8 @@ impl TokenTable {
             }
             gathered.extend_from_slice(&self.bytes[id * rb..(id + 1) * rb]);
         }
-        candle_core::quantized::ggml_file::qtensor_from_ggml(
-            self.dtype,
-            &gathered,
-            vec![ids.len(), self.width],
-            device,
-        )?
-        .dequantize(device)
+        qtensor_from_ggml(self.dtype, &gathered, vec![ids.len(), self.width], device)?
+            .dequantize(device)
     }
 }
 
@@ -181,13 +177,16 @@ fn rope_tables(
 }
 
 /// Reads tensors by name, checking each one's shape against the metadata.
-struct Tensors<'a, R> {
+struct Tensors<'a> {
     ct: &'a Content,
-    reader: &'a mut R,
+    /// A tensor's data, in the GGUF layout.
+    read: &'a mut dyn FnMut(&str) -> Result<QTensor>,
+    /// A tensor's name for errors (a checkpoint's own name beside it).
+    describe: &'a dyn Fn(&str) -> String,
     device: &'a Device,
 }
 
-impl<R: std::io::Read + std::io::Seek> Tensors<'_, R> {
+impl Tensors<'_> {
     fn has(&self, name: &str) -> bool {
         self.ct.tensor_infos.contains_key(name)
     }
@@ -195,15 +194,16 @@ impl<R: std::io::Read + std::io::Seek> Tensors<'_, R> {
     /// `name`, whose GGUF shape (rows last) must be `dims` (rows first).
     fn get(&mut self, name: &str, dims: &[usize]) -> Result<QTensor> {
         let Some(info) = self.ct.tensor_infos.get(name) else {
-            candle_core::bail!("tensor `{name}` is missing");
+            candle_core::bail!("tensor {} is missing", (self.describe)(name));
         };
         if info.shape.dims() != dims {
             candle_core::bail!(
-                "tensor `{name}` has shape {:?} where the metadata implies {dims:?}",
+                "tensor {} has shape {:?} where the metadata implies {dims:?}",
+                (self.describe)(name),
                 info.shape.dims()
             );
         }
-        self.ct.tensor(self.reader, name, self.device)
+        (self.read)(name)
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
@@ -227,16 +227,54 @@ impl DecoderBackend {
         device: &Device,
         max_context: usize,
     ) -> Result<Self> {
+        let ct = &gguf.content;
+        let mut read = |name: &str| ct.tensor(reader, name, device);
+        let describe = |name: &str| format!("`{name}`");
+        Self::load(gguf, &mut read, &describe, device, max_context)
+    }
+
+    /// Loads a Hugging Face checkpoint as the GGUF it converts to: the same
+    /// names, metadata and values, read from its safetensors as stored.
+    pub fn from_checkpoint(
+        checkpoint: &DecoderCheckpoint,
+        device: &Device,
+        max_context: usize,
+    ) -> Result<Self> {
+        let mut read = |name: &str| {
+            let t = checkpoint
+                .tensor(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("tensor `{name}` is missing")))?;
+            let bytes = checkpoint
+                .read(t)
+                .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+            qtensor_from_ggml(t.dtype, &bytes, t.shape.clone(), device)
+        };
+        let describe = |name: &str| checkpoint.describe(name);
+        Self::load(&checkpoint.gguf, &mut read, &describe, device, max_context)
+    }
+
+    fn load(
+        gguf: &GgufFile,
+        read: &mut dyn FnMut(&str) -> Result<QTensor>,
+        describe: &dyn Fn(&str) -> String,
+        device: &Device,
+        max_context: usize,
+    ) -> Result<Self> {
         let hp =
             DecoderHparams::from_gguf(gguf).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let context = hp.context.min(max_context);
         let ct = &gguf.content;
-        let mut t = Tensors { ct, reader, device };
+        let mut t = Tensors {
+            ct,
+            read,
+            describe,
+            device,
+        };
         let (width, hd) = (hp.width, hp.head_dim);
         let (q_rows, kv_rows, ff) = (hp.heads * hd, hp.kv_heads * hd, hp.feed_forward);
 
         let Some(embed_info) = ct.tensor_infos.get("token_embd.weight") else {
-            candle_core::bail!("tensor `token_embd.weight` is missing");
+            candle_core::bail!("tensor {} is missing", describe("token_embd.weight"));
         };
         let vocab = embed_info.shape.dims().first().copied().unwrap_or(0);
         let embed_q = t.get("token_embd.weight", &[vocab, width])?;

@@ -1,16 +1,17 @@
 //! Weight matrices as the forward passes use them: block-quantized Q4_0,
-//! Q4_1, Q5_0 and Q8_0 through our kernels on the CPU, other GGUF types through candle's
-//! GGML kernels, and projections of one input stacked into one matrix (an
-//! f16 one among Q8_0 ones too: a q8_0 file keeps a grouped-query `attn_v`
-//! in f16).
+//! Q4_1, Q5_0 and Q8_0 and 16-bit F16 and BF16 through our kernels on the
+//! CPU (read as stored: a checkpoint's bf16 weights stay bf16 in memory),
+//! other GGUF types through candle's GGML kernels, and projections of one
+//! input stacked into one matrix (an f16 one among Q8_0 ones too: a q8_0
+//! file keeps a grouped-query `attn_v` in f16).
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Result, Tensor};
 
 use crate::quant_matmul::{BlockFormat, QuantMatrix};
 
-/// A weight matrix: Q4_0, Q4_1, Q5_0 and Q8_0 through our kernels on the CPU, anything
-/// else through candle's GGML kernels.
+/// A weight matrix: Q4_0, Q4_1, Q5_0, Q8_0, F16 and BF16 through our
+/// kernels on the CPU, anything else through candle's GGML kernels.
 pub(crate) enum Linear {
     Quant(QuantMatrix),
     Ggml(QMatMul),
@@ -29,14 +30,23 @@ pub(crate) fn kernel_format(dtype: GgmlDType) -> Option<BlockFormat> {
         GgmlDType::Q4_1 => Some(BlockFormat::Q4_1),
         GgmlDType::Q5_0 => Some(BlockFormat::Q5_0),
         GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
+        GgmlDType::F16 => Some(BlockFormat::F16),
+        GgmlDType::BF16 => Some(BlockFormat::BF16),
         _ => None,
     }
 }
 
 impl Linear {
     pub(crate) fn new(t: QTensor) -> Result<Self> {
-        let format = kernel_format(t.dtype());
-        Self::with_kernel(t, format)
+        let (rows, cols) = t.shape().dims2()?;
+        if let Some(format) =
+            kernel_format(t.dtype()).filter(|_| t.device().is_cpu() && cols % 32 == 0)
+        {
+            let m = QuantMatrix::from_ggml(format, &t.data()?, rows, cols)
+                .map_err(candle_core::Error::Msg)?;
+            return Ok(Self::Quant(m));
+        }
+        Ok(Self::Ggml(QMatMul::from_qtensor(t)?))
     }
 
     /// A matrix whose GGUF bytes are already held (a tied output sharing the
@@ -63,18 +73,6 @@ impl Linear {
                 Self::new(t)
             }
         }
-    }
-
-    /// Through our kernel for `format` where it runs (on the CPU, whole
-    /// blocks), else through candle's.
-    fn with_kernel(t: QTensor, format: Option<BlockFormat>) -> Result<Self> {
-        let (rows, cols) = t.shape().dims2()?;
-        if let Some(format) = format.filter(|_| t.device().is_cpu() && cols % 32 == 0) {
-            let m = QuantMatrix::from_ggml(format, &t.data()?, rows, cols)
-                .map_err(candle_core::Error::Msg)?;
-            return Ok(Self::Quant(m));
-        }
-        Ok(Self::Ggml(QMatMul::from_qtensor(t)?))
     }
 
     /// Outputs per input.
@@ -154,17 +152,13 @@ impl Projections {
         }
     }
 
+    /// Projections of one input, stacked where their formats take the same
+    /// activations (an f16 `attn_v` beside Q8_0 `attn_q` and `attn_k`: one
+    /// pass instead of three).
     pub(crate) fn new(tensors: Vec<QTensor>) -> Result<Self> {
-        // An f16 matrix beside Q8_0 ones joins their stack through the f16
-        // kernel, which takes the same 16-bit activations: one pass instead
-        // of three, and f16 held as f16 rather than expanded to f32.
-        let beside_q8_0 = tensors.iter().any(|t| t.dtype() == GgmlDType::Q8_0);
         let parts = tensors
             .into_iter()
-            .map(|t| match t.dtype() {
-                GgmlDType::F16 if beside_q8_0 => Linear::with_kernel(t, Some(BlockFormat::F16)),
-                _ => Linear::new(t),
-            })
+            .map(Linear::new)
             .collect::<Result<Vec<_>>>()?;
         Self::from_linears(parts)
     }

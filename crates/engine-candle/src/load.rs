@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use candle_core::Device;
 use modelship_engine::{Engine, ModelCard};
 use modelship_model::{
-    ChatTemplate, Family, GgufFile, HfModel, ModelError, ModelSource, TextTokenizer,
+    CHECKPOINT_TYPES, ChatTemplate, DecoderCheckpoint, Family, GgufFile, HfModel, ModelError,
+    ModelSource, TextTokenizer, checkpoint_family,
 };
 use modelship_types::{LimitError, ServingLimits, Task};
 
@@ -19,12 +20,13 @@ pub enum LoadError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(
-        "{path}: architecture `{architecture}` is not supported for serving (BERT directories; GGUF files of bert, {decoders})"
+        "{path}: architecture `{architecture}` is not supported for serving (GGUF files of bert, {decoders}; Hugging Face directories of bert, {checkpoints})"
     )]
     Unsupported {
         path: PathBuf,
         architecture: String,
         decoders: &'static str,
+        checkpoints: &'static str,
     },
     #[error("cannot load the weights of {path}")]
     Weights {
@@ -74,7 +76,7 @@ impl OpenModel {
 /// positions (capped by the model's own context).
 pub fn open(path: &Path, device: &Device, max_context: usize) -> Result<OpenModel, LoadError> {
     match ModelSource::detect(path)? {
-        ModelSource::HfDir(dir) => open_hf(&dir, device),
+        ModelSource::HfDir(dir) => open_hf(&dir, device, max_context),
         ModelSource::Gguf(file) => {
             let gguf = GgufFile::open(&file)?;
             let architecture = gguf.architecture()?;
@@ -87,6 +89,7 @@ pub fn open(path: &Path, device: &Device, max_context: usize) -> Result<OpenMode
                     path: file,
                     architecture: architecture.to_owned(),
                     decoders: Family::SUPPORTED,
+                    checkpoints: CHECKPOINT_TYPES,
                 })
             }
         }
@@ -163,14 +166,21 @@ fn weights_err(path: &Path) -> impl FnOnce(candle_core::Error) -> LoadError {
     move |source| LoadError::Weights { path, source }
 }
 
-fn open_hf(dir: &Path, device: &Device) -> Result<OpenModel, LoadError> {
+fn open_hf(dir: &Path, device: &Device, max_context: usize) -> Result<OpenModel, LoadError> {
     let hf = HfModel::open(dir)?;
     let architecture = hf.model_type().unwrap_or("unknown").to_owned();
+    if checkpoint_family(&architecture).is_some() {
+        let checkpoint = DecoderCheckpoint::open(&hf)?;
+        let backend = DecoderBackend::from_checkpoint(&checkpoint, device, max_context)
+            .map_err(weights_err(dir))?;
+        return decoder(&checkpoint.gguf, backend);
+    }
     if architecture != "bert" {
         return Err(LoadError::Unsupported {
             path: dir.to_owned(),
             architecture,
             decoders: Family::SUPPORTED,
+            checkpoints: CHECKPOINT_TYPES,
         });
     }
     Ok(OpenModel::Embeddings {
@@ -198,7 +208,16 @@ fn open_decoder(
     max_context: usize,
 ) -> Result<OpenModel, LoadError> {
     let file = gguf.path.clone();
-    let tokenizer = TextTokenizer::from_gguf(&gguf)?;
+    let mut reader = std::fs::File::open(&file).map_err(ModelError::io(&file))?;
+    // Rotary tables are built for the positions this replica will serve.
+    let backend = DecoderBackend::from_gguf(&gguf, &mut reader, device, max_context)
+        .map_err(weights_err(&file))?;
+    decoder(&gguf, backend)
+}
+
+/// A decoder's tokenizer and chat template from its (GGUF) metadata.
+fn decoder(gguf: &GgufFile, backend: DecoderBackend) -> Result<OpenModel, LoadError> {
+    let tokenizer = TextTokenizer::from_gguf(gguf)?;
     let token = |key: &str| {
         gguf.uint(key)
             .ok()
@@ -214,10 +233,6 @@ fn open_decoder(
     } else {
         None
     };
-    let mut reader = std::fs::File::open(&file).map_err(ModelError::io(&file))?;
-    // Rotary tables are built for the positions this replica will serve.
-    let backend = DecoderBackend::from_gguf(&gguf, &mut reader, device, max_context)
-        .map_err(weights_err(&file))?;
     Ok(OpenModel::Generate {
         context: backend.context(),
         tokenizer,

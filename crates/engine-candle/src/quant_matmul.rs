@@ -11,9 +11,11 @@
 //!   q8_0 file's top-1 agreement with its f32 original goes from 96.1% to
 //!   98.1% and its KL divergence from 0.0039 to 0.0012 (docs/benchmarks.md),
 //!   and `madd_epi16` keeps the kernel nearly as fast;
-//! - F16 weights take the same 16-bit activations, so an f16 matrix can be
-//!   stacked with Q8_0 ones that read the same input (a q8_0 file's
-//!   grouped-query `attn_v` is f16 beside Q8_0 `attn_q` and `attn_k`).
+//! - F16 and BF16 weights take the same 16-bit activations, so a 16-bit
+//!   matrix can be stacked with Q8_0 ones that read the same input (a q8_0
+//!   file's grouped-query `attn_v` is f16 beside Q8_0 `attn_q` and `attn_k`),
+//!   and a checkpoint's f16 or bf16 weights are read as stored, never
+//!   widened to f32 in memory.
 //!
 //! candle's CPU kernels for Q4_0, Q4_1 and Q5_0 are scalar and its Q8_0 one runs on a second
 //! thread pool that fights rayon's for the cores; these use AVX2 where the
@@ -35,7 +37,7 @@ const Q4_0_BYTES: usize = 18;
 /// Bytes of a Q5_0 block: f16 scale, 32 fifth bits, 16 bytes of nibbles
 /// (value − 16).
 const Q5_0_BYTES: usize = 22;
-/// Bytes of 32 f16 weights, the unit the F16 kernel steps by.
+/// Bytes of 32 f16 or bf16 weights, the unit the 16-bit kernels step by.
 const F16_BYTES: usize = 64;
 
 /// The weight formats with a kernel here.
@@ -46,6 +48,7 @@ pub enum BlockFormat {
     Q5_0,
     Q8_0,
     F16,
+    BF16,
 }
 
 /// How a format's kernel wants its input quantized.
@@ -62,7 +65,7 @@ impl BlockFormat {
             Self::Q4_1 => Q4_1_BYTES,
             Self::Q5_0 => Q5_0_BYTES,
             Self::Q8_0 => Q8_0_BYTES,
-            Self::F16 => F16_BYTES,
+            Self::F16 | Self::BF16 => F16_BYTES,
         }
     }
 
@@ -71,7 +74,7 @@ impl BlockFormat {
             // Q4_0 and Q5_0 take ggml's Q8_0 activations: Q8_1's quants and
             // scales, without its sum term.
             Self::Q4_0 | Self::Q4_1 | Self::Q5_0 => Activations::Q8_1,
-            Self::Q8_0 | Self::F16 => Activations::Q16,
+            Self::Q8_0 | Self::F16 | Self::BF16 => Activations::Q16,
         }
     }
 }
@@ -242,6 +245,11 @@ impl QuantMatrix {
                     BlockFormat::F16 => Kernels {
                         dot: dot_f16,
                         dot4: dot4_f16,
+                        dot2x4: None,
+                    },
+                    BlockFormat::BF16 => Kernels {
+                        dot: dot_bf16,
+                        dot4: dot4_bf16,
                         dot2x4: None,
                     },
                     _ => Kernels {
@@ -431,13 +439,13 @@ fn quantize_q16(x: &[f32]) -> Q16Row {
 /// The AVX2 kernel where the build has AVX2, FMA and F16C (see
 /// .cargo/config.toml), else the scalar expression.
 macro_rules! simd_or_scalar {
-    ($avx2:ident($($arg:expr),*), $scalar:expr) => {{
+    ($avx2:ident $(::<$generic:tt>)? ($($arg:expr),*), $scalar:expr) => {{
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
         {
             // SAFETY: the target features are enabled for this build, and every
             // activation row holds as many whole blocks as the weight row
             // (checked in `from_ggml` and `matmul`).
-            unsafe { avx2::$avx2($($arg),*) }
+            unsafe { avx2::$avx2 $(::<$generic>)? ($($arg),*) }
         }
         #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
         {
@@ -466,8 +474,16 @@ fn dot4_q8_0(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
 /// One F16 weight row · four 16-bit activation rows.
 fn dot4_f16(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
     simd_or_scalar!(
-        dot4_f16_avx2(w, x),
+        dot4_half_avx2::<false>(w, x),
         std::array::from_fn(|i| scalar::dot_f16_scalar(w, &x[i]))
+    )
+}
+
+/// One BF16 weight row · four 16-bit activation rows.
+fn dot4_bf16(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
+    simd_or_scalar!(
+        dot4_half_avx2::<true>(w, x),
+        std::array::from_fn(|i| scalar::dot_bf16_scalar(w, &x[i]))
     )
 }
 
@@ -526,7 +542,16 @@ fn dot_q8_0(w: &[u8], x: &Q16Row) -> f32 {
 
 /// One F16 weight row · one 16-bit activation row.
 fn dot_f16(w: &[u8], x: &Q16Row) -> f32 {
-    simd_or_scalar!(dot_f16_avx2(w, x), scalar::dot_f16_scalar(w, x))
+    simd_or_scalar!(dot_half_avx2::<false>(w, x), scalar::dot_f16_scalar(w, x))
+}
+
+/// One BF16 weight row · one 16-bit activation row.
+fn dot_bf16(w: &[u8], x: &Q16Row) -> f32 {
+    simd_or_scalar!(dot_half_avx2::<true>(w, x), scalar::dot_bf16_scalar(w, x))
+}
+
+fn bf16_bits(b: &[u8], at: usize) -> f32 {
+    half::bf16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
 /// The formulas the AVX2 kernels compute, for builds without them and for
@@ -544,10 +569,19 @@ mod scalar {
     use super::*;
 
     pub(super) fn dot_f16_scalar(w: &[u8], x: &Q16Row) -> f32 {
+        dot_half_scalar(w, x, f16_bits)
+    }
+
+    pub(super) fn dot_bf16_scalar(w: &[u8], x: &Q16Row) -> f32 {
+        dot_half_scalar(w, x, bf16_bits)
+    }
+
+    /// 16-bit weights read by `value(block, byte offset)`.
+    fn dot_half_scalar(w: &[u8], x: &Q16Row, value: fn(&[u8], usize) -> f32) -> f32 {
         let mut sum = 0f32;
         for (b, wb) in w.chunks_exact(F16_BYTES).enumerate() {
             let q = &x.q[b * QK..(b + 1) * QK];
-            let block: f32 = (0..QK).map(|j| f16_bits(wb, 2 * j) * q[j] as f32).sum();
+            let block: f32 = (0..QK).map(|j| value(wb, 2 * j) * q[j] as f32).sum();
             sum += x.d[b] * block;
         }
         sum
@@ -823,8 +857,34 @@ mod avx2 {
         })
     }
 
+    /// A block of 32 bf16 weights as four vectors of 8 f32 (a bf16 is the
+    /// top half of an f32).
+    ///
+    /// # Safety
+    /// `wb` holds 64 bytes; AVX2 is available.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_f16_avx2(w: &[u8], x: &Q16Row) -> f32 {
+    unsafe fn widen_bf16(wb: &[u8]) -> [std::arch::x86_64::__m256; 4] {
+        use std::arch::x86_64::*;
+        debug_assert!(wb.len() >= F16_BYTES);
+        // SAFETY: bytes 16k..16k+16 are inside the block (caller).
+        std::array::from_fn(|k| unsafe {
+            let h = _mm_loadu_si128(wb.as_ptr().add(16 * k) as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        })
+    }
+
+    /// A block of 32 16-bit weights widened: bf16 where `BF16`, else f16.
+    ///
+    /// # Safety
+    /// `wb` holds 64 bytes; AVX2 and F16C are available.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen_half<const BF16: bool>(wb: &[u8]) -> [std::arch::x86_64::__m256; 4] {
+        // SAFETY: as the caller's.
+        unsafe { if BF16 { widen_bf16(wb) } else { widen_f16(wb) } }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_half_avx2<const BF16: bool>(w: &[u8], x: &Q16Row) -> f32 {
         use std::arch::x86_64::*;
         let mut acc = _mm256_setzero_ps();
         let blocks = w
@@ -833,7 +893,7 @@ mod avx2 {
             .zip(&x.d);
         for ((wb, q), &xd) in blocks {
             // SAFETY: wb is 64 bytes and q 32 values (chunks_exact).
-            let sums = unsafe { block_f16(&widen_f16(wb), q) };
+            let sums = unsafe { block_f16(&widen_half::<BF16>(wb), q) };
             acc = _mm256_fmadd_ps(_mm256_set1_ps(xd), sums, acc);
         }
         // SAFETY: AVX2 is enabled for this function.
@@ -841,7 +901,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot4_f16_avx2(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
+    pub(super) unsafe fn dot4_half_avx2<const BF16: bool>(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
         use std::arch::x86_64::*;
         let blocks = w.len() / F16_BYTES;
         assert!(
@@ -851,7 +911,7 @@ mod avx2 {
         let mut acc = [_mm256_setzero_ps(); 4];
         for (b, wb) in w.chunks_exact(F16_BYTES).enumerate() {
             // SAFETY: wb is a whole block (chunks_exact).
-            let wf = unsafe { widen_f16(wb) };
+            let wf = unsafe { widen_half::<BF16>(wb) };
             for i in 0..4 {
                 // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
                 let sums = unsafe { block_f16(&wf, &x[i].q[b * QK..]) };

@@ -119,6 +119,7 @@ fn random_weight_decoders_agree_with_llama_cpp() {
         serde_json::from_slice(&std::fs::read(dir.path().join("reference.json")).unwrap()).unwrap();
     bad_files_are_named_errors(dir.path());
     fused_phi3_equals_its_split_twin(dir.path());
+    checkpoints_convert_back_exactly(dir.path());
     let expected = ["llama3", "mistral", "qwen3", "qwen2", "gemma2"];
     assert_eq!(reference.as_object().unwrap().len(), expected.len());
     for name in expected {
@@ -152,6 +153,58 @@ fn random_weight_decoders_agree_with_llama_cpp() {
             "{name}: mean {mean}, max {}",
             s.worst
         );
+    }
+}
+
+/// Each family as a Hugging Face checkpoint (scripts/reference/gguf_to_hf.py,
+/// f32) reads back as the GGUF file it was written from: `quantize --to f32`
+/// of it holds every tensor of the original bit for bit and the same
+/// metadata, by PyPI `gguf`'s reader (Mistral's Q/K rows reordered, Gemma's
+/// norms back to 1 + w, Phi-3's fused names), and serving the checkpoint
+/// gives that f32 file's logits exactly.
+fn checkpoints_convert_back_exactly(dir: &std::path::Path) {
+    let root = modelship_testkit::repo_root();
+    for name in ["mistral", "qwen3", "qwen2", "gemma2", "phi3"] {
+        let original = dir.join(format!("{name}.gguf"));
+        let checkpoint = dir.join(format!("{name}-hf"));
+        let out = Command::new(modelship_testkit::python())
+            .arg(root.join("scripts/reference/gguf_to_hf.py"))
+            .args([&original, &checkpoint])
+            .args(["--dtype", "f32"])
+            .output()
+            .expect("run gguf_to_hf.py");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sub = dir.join(format!("{name}-f32"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let back = modelship_testkit::quantized(&checkpoint, modelship_types::QuantType::F32, &sub);
+        let out = Command::new(modelship_testkit::python())
+            .arg(root.join("scripts/reference/gguf_check.py"))
+            .arg("same")
+            .args([&original, &back])
+            .output()
+            .expect("run gguf_check.py");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let same: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for list in ["missing_tensors", "differing_tensors", "differing_keys"] {
+            assert_eq!(same[list], serde_json::json!([]), "{name} {list}: {same}");
+        }
+        let logits = |path: &std::path::Path| -> Vec<Vec<f32>> {
+            let modelship_engine_candle::OpenModel::Generate { backend, .. } =
+                modelship_engine_candle::open(path, &Device::Cpu, 512).unwrap()
+            else {
+                panic!("{name}: not a decoder")
+            };
+            backend.score(&[1, 504, 3300, 282, 2451, 314]).unwrap()
+        };
+        assert_eq!(logits(&checkpoint), logits(&back), "{name}");
     }
 }
 

@@ -117,7 +117,7 @@ impl Family {
         }
     }
 
-    fn is_gemma(self) -> bool {
+    pub(crate) fn is_gemma(self) -> bool {
         matches!(self, Self::Gemma2 | Self::Gemma3)
     }
 

@@ -31,6 +31,12 @@ pub enum ModelError {
         key: String,
         problem: &'static str,
     },
+    #[error("{path}: field `{field}` is {problem}")]
+    Config {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
     #[error("{path}: architecture `{architecture}` is not supported (supported: {supported})")]
     UnsupportedArchitecture {
         path: PathBuf,

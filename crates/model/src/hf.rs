@@ -19,6 +19,10 @@ pub struct SafetensorsTensor {
     pub dtype: String,
     pub shape: Vec<usize>,
     pub bytes: u64,
+    /// Which of the model's weight files holds it, and where its bytes start
+    /// in that file.
+    pub file: usize,
+    pub offset: u64,
 }
 
 impl SafetensorsTensor {
@@ -81,18 +85,10 @@ impl HfModel {
                 "expected a JSON object",
             ));
         }
-        let mut weight_files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(ModelError::io(dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .collect();
-        weight_files.sort();
-        if weight_files.is_empty() {
-            return Err(ModelError::invalid(dir, "no *.safetensors weights"));
-        }
+        let weight_files = weight_files(dir)?;
         let mut tensors = Vec::new();
-        for f in &weight_files {
-            tensors.extend(read_safetensors_header(f)?);
+        for (i, f) in weight_files.iter().enumerate() {
+            tensors.extend(read_safetensors_header(f, i)?);
         }
         let (pooling, normalize) = read_sentence_transformers(dir)?;
         Ok(Self {
@@ -123,6 +119,51 @@ impl HfModel {
     }
 }
 
+/// The weight files: the shards `model.safetensors.index.json` names (each
+/// must exist), else every `*.safetensors` file of the directory.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let index_path = dir.join("model.safetensors.index.json");
+    if index_path.is_file() {
+        #[derive(Deserialize)]
+        struct Index {
+            weight_map: std::collections::BTreeMap<String, String>,
+        }
+        let index: Index = read_json(&index_path)?;
+        let names: std::collections::BTreeSet<&String> = index.weight_map.values().collect();
+        let mut files = Vec::with_capacity(names.len());
+        for name in names {
+            let file = dir.join(name);
+            if name.contains('/') || !file.is_file() {
+                return Err(ModelError::invalid(
+                    &index_path,
+                    format!(
+                        "the shard `{name}` it names is not a file in {}",
+                        dir.display()
+                    ),
+                ));
+            }
+            files.push(file);
+        }
+        if files.is_empty() {
+            return Err(ModelError::invalid(
+                &index_path,
+                "its weight_map names no shard",
+            ));
+        }
+        return Ok(files);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(ModelError::io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ModelError::invalid(dir, "no *.safetensors weights"));
+    }
+    Ok(files)
+}
+
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
     let text = std::fs::read_to_string(path).map_err(ModelError::io(path))?;
     serde_json::from_str(&text).map_err(|source| ModelError::Json {
@@ -133,7 +174,7 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 
 /// Reads the JSON header of a safetensors file and checks that every tensor's
 /// byte range matches its dtype and shape and lies inside the file.
-fn read_safetensors_header(path: &Path) -> Result<Vec<SafetensorsTensor>, ModelError> {
+fn read_safetensors_header(path: &Path, file: usize) -> Result<Vec<SafetensorsTensor>, ModelError> {
     let mut f = File::open(path).map_err(ModelError::io(path))?;
     let file_len = f.metadata().map_err(ModelError::io(path))?.len();
     let mut len = [0u8; 8];
@@ -176,8 +217,14 @@ fn read_safetensors_header(path: &Path) -> Result<Vec<SafetensorsTensor>, ModelE
                 format!("tensor `{name}`: unknown dtype `{}`", e.dtype),
             )
         })?;
-        let elements: u64 = e.shape.iter().map(|&d| d as u64).product();
-        if end < begin || end > data_len || end - begin != elements * width {
+        // Checked: a hostile shape must not wrap around to a plausible size.
+        let elements = e
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let size = elements.and_then(|n| n.checked_mul(width));
+        let elements = elements.unwrap_or(u64::MAX);
+        if end < begin || end > data_len || Some(end - begin) != size {
             return Err(ModelError::invalid(
                 path,
                 format!(
@@ -191,6 +238,8 @@ fn read_safetensors_header(path: &Path) -> Result<Vec<SafetensorsTensor>, ModelE
             dtype: e.dtype,
             shape: e.shape,
             bytes: end - begin,
+            file,
+            offset: 8 + header_len + begin,
         });
     }
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
@@ -270,7 +319,7 @@ mod tests {
             r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"__metadata__":{"format":"pt"}}"#,
             24,
         );
-        let t = read_safetensors_header(&p).unwrap();
+        let t = read_safetensors_header(&p, 0).unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].elements(), 6);
         assert_eq!(t[0].bytes, 24);
@@ -284,7 +333,7 @@ mod tests {
             r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}"#,
             8,
         );
-        let err = read_safetensors_header(&p).unwrap_err().to_string();
+        let err = read_safetensors_header(&p, 0).unwrap_err().to_string();
         assert!(err.contains("tensor `a`"), "{err}");
     }
 
@@ -293,7 +342,7 @@ mod tests {
         let d = tempdir("len");
         let p = d.join("model.safetensors");
         std::fs::write(&p, 1_000_000u64.to_le_bytes()).unwrap();
-        let err = read_safetensors_header(&p).unwrap_err().to_string();
+        let err = read_safetensors_header(&p, 0).unwrap_err().to_string();
         assert!(err.contains("offset 0"), "{err}");
     }
 

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use modelship_types::Task;
 use serde::Serialize;
 
-use crate::{DecoderHparams, GgufFile, HfModel, ModelError, ModelSource, ggml_dtype_name};
+use crate::{
+    DecoderCheckpoint, DecoderHparams, GgufFile, HfModel, ModelError, ModelSource,
+    checkpoint_family, ggml_dtype_name,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +89,20 @@ fn describe_hf(m: &HfModel) -> Result<ModelInfo, ModelError> {
         s.bytes += t.bytes;
     }
     let architecture = m.model_type().unwrap_or("unknown").to_owned();
+    // A decoder checkpoint is described as the GGUF it converts to; one that
+    // does not convert is still described by its config, and `serve` or
+    // `quantize` name what is wrong.
+    let converted = checkpoint_family(&architecture).and_then(|_| DecoderCheckpoint::open(m).ok());
+    let decoder = converted
+        .as_ref()
+        .and_then(|c| DecoderHparams::from_gguf(&c.gguf).ok());
+    let rope_scaling = converted
+        .as_ref()
+        .and_then(|c| rope_scaling(&c.gguf, decoder.as_ref()));
+    let architecture = match &decoder {
+        Some(d) => d.family.name().to_owned(),
+        None => architecture,
+    };
     Ok(ModelInfo {
         path: m.dir.clone(),
         format: ModelFormat::Safetensors,
@@ -114,8 +131,8 @@ fn describe_hf(m: &HfModel) -> Result<ModelInfo, ModelError> {
             .config_usize("num_key_value_heads")
             .or_else(|| m.config_usize("num_attention_heads")),
         feed_forward: m.config_usize("intermediate_size"),
-        decoder: None,
-        rope_scaling: None,
+        decoder,
+        rope_scaling,
         chat_template: std::fs::read_to_string(m.dir.join("tokenizer_config.json"))
             .is_ok_and(|t| t.contains("\"chat_template\"")),
     })
@@ -141,14 +158,7 @@ fn describe_gguf(g: &GgufFile) -> Result<ModelInfo, ModelError> {
     // A decoder that does not parse is still described by its counts; the
     // engine names what is wrong when it is served.
     let decoder = DecoderHparams::from_gguf(g).ok();
-    let rope_scaling = if g.content.tensor_infos.contains_key("rope_freqs.weight") {
-        Some("per-frequency factors (rope_freqs)".to_owned())
-    } else {
-        decoder
-            .as_ref()
-            .filter(|d| d.rope.position_scale != 1.0)
-            .map(|d| format!("linear, factor {}", 1.0 / d.rope.position_scale))
-    };
+    let rope_scaling = rope_scaling(g, decoder.as_ref());
     let file_bytes = std::fs::metadata(&g.path)
         .map_err(ModelError::io(&g.path))?
         .len();
@@ -173,6 +183,17 @@ fn describe_gguf(g: &GgufFile) -> Result<ModelInfo, ModelError> {
         chat_template: g.has("tokenizer.chat_template"),
         architecture,
     })
+}
+
+/// How a decoder scales rotary positions, if it does.
+fn rope_scaling(g: &GgufFile, decoder: Option<&DecoderHparams>) -> Option<String> {
+    if g.content.tensor_infos.contains_key("rope_freqs.weight") {
+        Some("per-frequency factors (rope_freqs)".to_owned())
+    } else {
+        decoder
+            .filter(|d| d.rope.position_scale != 1.0)
+            .map(|d| format!("linear, factor {}", 1.0 / d.rope.position_scale))
+    }
 }
 
 fn dir_bytes(dir: &Path) -> Result<u64, ModelError> {

@@ -5,6 +5,7 @@
 //! Owns reading and describing a model; it runs nothing. No network, no async.
 
 mod chat;
+mod checkpoint;
 mod decoder;
 mod error;
 mod gguf;
@@ -13,6 +14,7 @@ mod info;
 mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
+pub use checkpoint::{CHECKPOINT_TYPES, CheckpointTensor, DecoderCheckpoint, checkpoint_family};
 pub use decoder::{Activation, DecoderHparams, Family, Rope, RopeStyle};
 pub use error::ModelError;
 pub use gguf::{GgufFile, ggml_dtype_name};

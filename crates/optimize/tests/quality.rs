@@ -138,3 +138,58 @@ fn optimize_keeps_the_smallest_passing_precision_or_none() {
         outcome.table()
     );
 }
+
+/// `auto` on a Hugging Face checkpoint measures every candidate against the
+/// checkpoint itself, served as stored (no f32 reference file is written):
+/// the bf16 candidate holds the same values, so its perplexity is the
+/// checkpoint's to the last bit, its top-1 agreement full and its KL
+/// divergence only the f16 rounding of the stored reference log-probabilities
+/// (~4e-5); the 4-bit ones diverge more than q8_0, and the smallest passing
+/// candidate is chosen.
+#[test]
+fn optimize_measures_candidates_against_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = modelship_testkit::smollm_checkpoint_bf16();
+    let opts = EvalOptions {
+        ctx: 128,
+        chunks: Some(2),
+        ..EvalOptions::default()
+    };
+    let spec = Optimize {
+        quantize: QuantChoice::Auto,
+        gate: Gate {
+            max_kld: Some(0.05),
+            ..Gate::default()
+        },
+        ..Optimize::default()
+    };
+    let outcome = optimize(&checkpoint, &spec, dir.path(), opts, &mut |_| {}).unwrap();
+    assert_eq!(outcome.reference, checkpoint);
+    assert_eq!(outcome.candidates.len(), QuantType::ALL.len());
+    let report = |q: QuantType| match &outcome
+        .candidates
+        .iter()
+        .find(|c| c.quant == q)
+        .unwrap()
+        .report
+    {
+        Report::Generate(r) => r.clone(),
+        other => panic!("{other:?}"),
+    };
+    let bf16 = report(QuantType::Bf16);
+    assert!(
+        bf16.ppl_increase == 0.0 && bf16.top1_agreement == 1.0 && bf16.kld < 1e-4,
+        "{bf16:?}"
+    );
+    let (q8, q4) = (report(QuantType::Q8_0), report(QuantType::Q4_0));
+    assert!(q8.kld > 0.0 && q4.kld > q8.kld, "q8_0 {q8:?}\nq4_0 {q4:?}");
+    let chosen = outcome.chosen().expect("q8_0 passes a KL bound of 0.05");
+    for c in &outcome.candidates {
+        assert!(
+            c.file_bytes >= chosen.file_bytes || !c.passed(),
+            "{} is smaller and passes:\n{}",
+            c.quant,
+            outcome.table()
+        );
+    }
+}

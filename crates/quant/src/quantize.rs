@@ -167,7 +167,7 @@ pub fn quantize(
             })??;
             let mut data = match payload {
                 Payload::Stored(raw) => {
-                    writer.write_tensor(raw).map_err(write_err)?;
+                    writer.write_tensor(&raw).map_err(write_err)?;
                     source.release(t);
                     reports.push(report(t, d, raw.len(), None));
                     continue;
@@ -231,7 +231,7 @@ pub fn quantize(
 
 /// What the reader hands the encoder: stored bytes to copy, or floats.
 enum Payload<'a> {
-    Stored(&'a [u8]),
+    Stored(Cow<'a, [u8]>),
     Floats(Cow<'a, [f32]>),
 }
 

@@ -1,6 +1,8 @@
 //! A model to quantize, tensor by tensor: a GGUF file (any type candle
-//! reads) or a Hugging Face BERT directory, with tensors under their GGUF
-//! names and the GGUF metadata the output will carry.
+//! reads), a Hugging Face BERT directory, or a Hugging Face decoder
+//! checkpoint (read as the GGUF llama.cpp's converter writes from it), with
+//! tensors under their GGUF names and the GGUF metadata the output will
+//! carry.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::safetensors::MmapedSafetensors;
-use modelship_model::{HfModel, ModelSource};
+use modelship_model::{DecoderCheckpoint, HfModel, ModelSource, checkpoint_family};
 
 use crate::bert;
 use crate::{QuantError, encode};
@@ -37,6 +39,7 @@ impl SourceTensor {
 enum Reader {
     Gguf(memmap2::Mmap),
     Safetensors(MmapedSafetensors),
+    Checkpoint(DecoderCheckpoint),
 }
 
 /// An opened source model.
@@ -122,10 +125,16 @@ impl Source {
     fn open_hf(dir: &Path) -> Result<Self, QuantError> {
         let hf = HfModel::open(dir)?;
         let architecture = hf.model_type().unwrap_or("unknown").to_owned();
+        if checkpoint_family(&architecture).is_some() {
+            return Self::open_checkpoint(dir, DecoderCheckpoint::open(&hf)?);
+        }
         if architecture != "bert" {
             return Err(QuantError::Unsupported {
                 path: dir.to_owned(),
-                what: format!("Hugging Face architecture `{architecture}` (BERT directories are)"),
+                what: format!(
+                    "Hugging Face architecture `{architecture}` (bert and {} are)",
+                    modelship_model::CHECKPOINT_TYPES
+                ),
             });
         }
         let invalid = |reason: String| QuantError::Invalid {
@@ -180,6 +189,37 @@ impl Source {
         })
     }
 
+    fn open_checkpoint(dir: &Path, checkpoint: DecoderCheckpoint) -> Result<Self, QuantError> {
+        let architecture = checkpoint.gguf.architecture()?.to_owned();
+        let mut metadata: Vec<(String, Value)> = checkpoint
+            .gguf
+            .content
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        metadata.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors = checkpoint
+            .tensors
+            .iter()
+            .map(|t| SourceTensor {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                dtype: t.dtype,
+                bytes: encode::encoded_len(t.dtype, t.shape.iter().product()) as u64,
+                source_name: t.name.clone(),
+                file_offset: 0,
+            })
+            .collect();
+        Ok(Self {
+            path: dir.to_owned(),
+            architecture,
+            metadata,
+            tensors,
+            reader: Reader::Checkpoint(checkpoint),
+        })
+    }
+
     /// Transformer layers (`<arch>.block_count`).
     pub fn layers(&self) -> usize {
         self.arch_u32("block_count").unwrap_or(0) as usize
@@ -212,22 +252,33 @@ impl Source {
         self.tensors.iter().map(|t| t.bytes).sum()
     }
 
-    /// One tensor's stored bytes, straight from the mapped file.
-    pub fn stored(&self, t: &SourceTensor) -> Result<&[u8], QuantError> {
+    /// One tensor's stored bytes: straight from the mapped file, or (for a
+    /// checkpoint) read and converted.
+    pub fn stored(&self, t: &SourceTensor) -> Result<Cow<'_, [u8]>, QuantError> {
         let bytes = match &self.reader {
             Reader::Gguf(map) => {
                 // In bounds: checked for every tensor when the file was opened.
                 let start = t.file_offset as usize;
-                &map[start..start + t.bytes as usize]
+                Cow::Borrowed(&map[start..start + t.bytes as usize])
             }
-            Reader::Safetensors(st) => st
-                .get(&t.source_name)
-                .map_err(|source| QuantError::Read {
-                    path: self.path.clone(),
-                    tensor: t.name.clone(),
-                    source: Box::new(source),
-                })?
-                .data(),
+            Reader::Safetensors(st) => Cow::Borrowed(
+                st.get(&t.source_name)
+                    .map_err(|source| QuantError::Read {
+                        path: self.path.clone(),
+                        tensor: t.name.clone(),
+                        source: Box::new(source),
+                    })?
+                    .data(),
+            ),
+            Reader::Checkpoint(c) => {
+                let ct = c
+                    .tensor(&t.source_name)
+                    .ok_or_else(|| QuantError::Invalid {
+                        path: self.path.clone(),
+                        reason: format!("tensor `{}` is missing", t.name),
+                    })?;
+                Cow::Owned(c.read(ct)?)
+            }
         };
         if bytes.len() as u64 != t.bytes {
             return Err(QuantError::Invalid {
@@ -272,12 +323,14 @@ impl Source {
         mut scratch: Vec<f32>,
     ) -> Result<Cow<'_, [f32]>, QuantError> {
         let bytes = self.stored(t)?;
-        if t.dtype == GgmlDType::F32
+        if let Cow::Borrowed(bytes) = bytes
+            && t.dtype == GgmlDType::F32
             && cfg!(target_endian = "little")
             && let Ok(floats) = bytemuck::try_cast_slice::<u8, f32>(bytes)
         {
             return Ok(Cow::Borrowed(floats));
         }
+        let bytes = &bytes[..];
         if matches!(t.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
             floats_from_le(t.dtype, bytes, t.elements(), &mut scratch);
             return Ok(Cow::Owned(scratch));

@@ -100,6 +100,12 @@ fn blocks_match_the_gguf_reference_quantizer() {
 
 /// Our greedy tokens on `file` against llama.cpp's on the same file.
 fn greedy_agrees(file: &Path) {
+    greedy_agrees_on(file, file);
+}
+
+/// Our greedy tokens on `ours` (a GGUF file or a checkpoint) against
+/// llama.cpp's on `file` (the same weights as GGUF).
+fn greedy_agrees_on(ours: &Path, file: &Path) {
     let prompts = [
         "The capital of France is",
         "def fibonacci(n):",
@@ -109,7 +115,7 @@ fn greedy_agrees(file: &Path) {
     let mut args = vec!["greedy", path(file), "16"];
     args.extend(prompts);
     let theirs = check(&args);
-    let OpenModel::Generate { backend, .. } = open(file, &Device::Cpu, 512).unwrap() else {
+    let OpenModel::Generate { backend, .. } = open(ours, &Device::Cpu, 512).unwrap() else {
         panic!("a generative model")
     };
     let mut matched = 0;
@@ -160,6 +166,67 @@ fn llama_cpp_runs_our_llama_files_to_our_greedy_tokens() {
             dir.path(),
         ));
     }
+}
+
+/// A Hugging Face checkpoint (scripts/make-checkpoints.sh writes SmolLM2's
+/// from its GGUF, dequantized to f32) quantizes to the file llama.cpp's
+/// converter writes: back to f32 it is the original GGUF again, by
+/// llama.cpp's own reader (every tensor equal to the original's dequantized
+/// values, after our Q/K row reordering undid the writer's; the tokenizer,
+/// merges, token types, special ids, chat template and hyper-parameters
+/// equal); its q8_0/q4_0/q4_1 blocks are gguf.quants' bytes.
+#[test]
+fn checkpoints_convert_to_the_gguf_they_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = modelship_testkit::smollm_checkpoint();
+    let f32_file = modelship_testkit::quantized(&checkpoint, QuantType::F32, dir.path());
+    let same = check(&["same", path(&modelship_testkit::smollm()), path(&f32_file)]);
+    assert_eq!(same["tensors"], 272, "{same}");
+    for list in ["missing_tensors", "differing_tensors", "differing_keys"] {
+        assert_eq!(same[list], serde_json::json!([]), "{list}: {same}");
+    }
+    // The original's `add_space_prefix` steers SentencePiece vocabularies
+    // only; llama.cpp's byte-level BPE converter does not write it.
+    assert_eq!(
+        same["keys_only_in_original"],
+        serde_json::json!(["tokenizer.ggml.add_space_prefix"]),
+        "{same}"
+    );
+    let mut identical = 0;
+    for to in [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1] {
+        identical += check_blocks(
+            &f32_file,
+            &modelship_testkit::quantized(&checkpoint, to, dir.path()),
+        );
+    }
+    assert!(
+        identical > 3 * 30,
+        "only {identical} tensors compared byte for byte"
+    );
+}
+
+/// Checkpoints served directly (bf16 in shards, read as stored) decode
+/// greedily to llama.cpp's tokens on the bf16 GGUF `quantize` writes from
+/// them, up to its near-ties; and llama.cpp runs our q8_0 file of the Qwen2.5
+/// checkpoint to our tokens.
+#[test]
+fn llama_cpp_runs_checkpoints_to_our_greedy_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    for checkpoint in [
+        modelship_testkit::smollm_checkpoint_bf16(),
+        modelship_testkit::qwen2_checkpoint(),
+    ] {
+        let sub = dir.path().join(checkpoint.file_name().unwrap());
+        std::fs::create_dir_all(&sub).unwrap();
+        let bf16 = modelship_testkit::quantized(&checkpoint, QuantType::Bf16, &sub);
+        greedy_agrees_on(&checkpoint, &bf16);
+    }
+    let q8 = modelship_testkit::quantized(
+        &modelship_testkit::qwen2_checkpoint(),
+        QuantType::Q8_0,
+        dir.path(),
+    );
+    greedy_agrees(&q8);
 }
 
 #[test]

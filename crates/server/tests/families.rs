@@ -4,7 +4,9 @@
 //! GELU gating, sliding-window layers with their own rope base) — checked
 //! against llama.cpp's tokenization and greedy output on the same files
 //! (tests/fixtures/{qwen2,gemma3}_greedy.json, made by
-//! scripts/reference/llama_greedy.py with llama-cpp-python).
+//! scripts/reference/llama_greedy.py with llama-cpp-python); and the same
+//! models as Hugging Face checkpoints (scripts/make-checkpoints.sh), whose
+//! tokenizer.json and tokenizer_config.json become that same GGUF metadata.
 
 mod common;
 
@@ -100,4 +102,36 @@ async fn qwen2_chat_answers_and_stops_at_its_end_of_turn() {
     assert!(!answer.contains("<|im_end|>"), "{answer:?}");
     assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() < 40);
+}
+
+/// A checkpoint's tokenizer.json, read as llama.cpp's converter reads it,
+/// tokenizes as llama.cpp does on the GGUF it came from.
+#[test]
+fn checkpoint_tokenizers_match_llama_cpp() {
+    assert_tokenizer_matches(&modelship_testkit::qwen2_checkpoint(), "qwen2_greedy.json");
+    assert_tokenizer_matches(
+        &modelship_testkit::smollm_checkpoint_bf16(),
+        "llama_greedy.json",
+    );
+}
+
+/// A Qwen2.5 checkpoint served directly: its chat template (with tools)
+/// comes from tokenizer_config.json, its answer names Paris, and generation
+/// stops at its end-of-turn token, as on the GGUF.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_chats_like_its_gguf() {
+    let engine = engine(modelship_testkit::qwen2_checkpoint());
+    let question = json!([{"role": "user", "content": "What is the capital of France?"}]);
+    let r = post_json(
+        &engine,
+        "/v1/chat/completions",
+        json!({"messages": question, "max_tokens": 32, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let answer = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(answer.contains("Paris"), "{answer:?}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert_eq!(v["model"], "Qwen2.5-Coder-0.5B-Instruct-bf16");
 }

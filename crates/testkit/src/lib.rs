@@ -57,6 +57,31 @@ pub fn gemma3() -> PathBuf {
     )
 }
 
+/// SmolLM2-135M-Instruct as a Hugging Face checkpoint: its GGUF's weights
+/// dequantized to f32, one `model.safetensors`.
+pub fn smollm_checkpoint() -> PathBuf {
+    require(
+        cache_dir().join("models/hf/SmolLM2-135M-Instruct-f32"),
+        "scripts/make-checkpoints.sh",
+    )
+}
+
+/// SmolLM2-135M-Instruct as a bf16 checkpoint in three shards with an index.
+pub fn smollm_checkpoint_bf16() -> PathBuf {
+    require(
+        cache_dir().join("models/hf/SmolLM2-135M-Instruct-bf16"),
+        "scripts/make-checkpoints.sh",
+    )
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct as a bf16 checkpoint in two shards.
+pub fn qwen2_checkpoint() -> PathBuf {
+    require(
+        cache_dir().join("models/hf/Qwen2.5-Coder-0.5B-Instruct-bf16"),
+        "scripts/make-checkpoints.sh",
+    )
+}
+
 /// `source` written as `to` into `dir/{to}.gguf` by `modelship quantize`'s
 /// library; returns the file.
 pub fn quantized(source: &Path, to: modelship_types::QuantType, dir: &Path) -> PathBuf {

@@ -131,6 +131,33 @@ proptest! {
 }
 
 proptest! {
+    /// BF16 weights: the kernel equals the float dot product of the weights
+    /// with the 16-bit activations, computed here from `half`'s own bf16
+    /// decoding (an independent reading of the layout), and the scalar body.
+    #[test]
+    fn bf16_matches_the_float_dot_of_its_quants(
+        w in prop::collection::vec(prop_oneof![-2f32..2.0, -1e30f32..1e30, -1e-30f32..1e-30], 32 * 6),
+        blocks in 1usize..6,
+        x in prop::collection::vec(-4f32..4.0, 32 * 6),
+    ) {
+        let n = blocks * 32;
+        let w: Vec<half::bf16> = w[..n].iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+        let xq = quantize_q16(&x[..n]);
+        let of_quants: f64 = (0..n)
+            .map(|i| w[i].to_f64() * xq.d[i / 32] as f64 * xq.q[i] as f64)
+            .sum();
+        let magnitude: f64 = (0..n)
+            .map(|i| (w[i].to_f64() * xq.d[i / 32] as f64 * xq.q[i] as f64).abs())
+            .sum();
+        let fast = dot_bf16(&bytes, &xq);
+        prop_assert!((fast as f64 - of_quants).abs() <= 1e-5 * (1.0 + magnitude), "{fast} vs {of_quants}");
+        let slow = scalar::dot_bf16_scalar(&bytes, &xq);
+        prop_assert!((fast as f64 - slow as f64).abs() <= 1e-5 * (1.0 + magnitude), "{fast} vs scalar {slow}");
+    }
+}
+
+proptest! {
     /// Four rows at once give bit-identical results to one at a time.
     #[test]
     fn four_row_kernels_equal_the_single_row_ones(
@@ -149,7 +176,9 @@ proptest! {
         let four = dot4_q4_1(&w4, &rows8);
         let eight = dot4_q8_0(&w8, &rows16);
         let half = dot4_f16(&wf, &rows16);
+        let brain = dot4_bf16(&wf, &rows16);
         for i in 0..4 {
+            prop_assert_eq!(brain[i].to_bits(), dot_bf16(&wf, &rows16[i]).to_bits());
             prop_assert_eq!(four[i].to_bits(), dot_q4_1(&w4, &rows8[i]).to_bits());
             prop_assert_eq!(eight[i].to_bits(), dot_q8_0(&w8, &rows16[i]).to_bits());
             prop_assert_eq!(half[i].to_bits(), dot_f16(&wf, &rows16[i]).to_bits());

@@ -153,9 +153,20 @@ pub async fn spawn_server(engine: Arc<Engine>) -> String {
 
 /// Asserts that our tokenizer of the GGUF at `model` gives llama.cpp's ids
 /// for every string and prompt of the greedy fixture `fixture`.
+/// The tokenizer `serve` builds for a GGUF file or a decoder checkpoint
+/// (from the GGUF metadata the checkpoint converts to).
+pub fn tokenizer_of(model: &std::path::Path) -> modelship_model::TextTokenizer {
+    use modelship_model::{DecoderCheckpoint, GgufFile, HfModel, TextTokenizer};
+    if model.is_dir() {
+        let checkpoint = DecoderCheckpoint::open(&HfModel::open(model).unwrap()).unwrap();
+        TextTokenizer::from_gguf(&checkpoint.gguf).unwrap()
+    } else {
+        TextTokenizer::from_gguf(&GgufFile::open(model).unwrap()).unwrap()
+    }
+}
+
 pub fn assert_tokenizer_matches(model: &std::path::Path, fixture: &str) {
-    use modelship_model::{GgufFile, TextTokenizer};
-    let tok = TextTokenizer::from_gguf(&GgufFile::open(model).unwrap()).unwrap();
+    let tok = tokenizer_of(model);
     let fx = modelship_testkit::fixture(fixture);
     let mut cases: Vec<(String, Vec<u32>)> = Vec::new();
     let strings = fx["tokenize"].as_array().unwrap().iter();
@@ -212,9 +223,8 @@ pub async fn assert_greedy_matches(
     fixture: &str,
     min_identical: usize,
 ) {
-    use modelship_model::{GgufFile, TextTokenizer};
     use serde_json::json;
-    let tok = TextTokenizer::from_gguf(&GgufFile::open(model).unwrap()).unwrap();
+    let tok = tokenizer_of(model);
     let fx = modelship_testkit::fixture(fixture);
     let n = fx["max_tokens"].as_u64().unwrap();
     let completions = fx["completions"].as_array().unwrap();

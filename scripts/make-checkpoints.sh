@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Hugging Face checkpoint directories (config.json, safetensors, tokenizer.json)
+# for the safetensors loader tests, written from the cached GGUF test models by
+# scripts/reference/gguf_to_hf.py (run scripts/fetch-models.sh and
+# scripts/setup-peers.sh first):
+#   $CACHE/models/hf/SmolLM2-135M-Instruct-f32            f32, one file
+#   $CACHE/models/hf/SmolLM2-135M-Instruct-bf16           bf16, 3 shards
+#   $CACHE/models/hf/Qwen2.5-Coder-0.5B-Instruct-bf16     bf16, 2 shards
+#
+#   MODELSHIP_CACHE   cache root (default ~/.cache/modelship)
+#
+# Idempotent: a directory is complete once it exists (the converter renames it
+# into place); it is reused while its .source stamp (the GGUF's size and mtime,
+# the converter's checksum and the options) still matches, else rewritten.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${MODELSHIP_CACHE:-$HOME/.cache/modelship}"
+PY="$CACHE/venv/bin/python"
+OUT="$CACHE/models/hf"
+CONVERTER=scripts/reference/gguf_to_hf.py
+mkdir -p "$OUT"
+
+checkpoint() { # NAME GGUF DTYPE SHARDS
+  local dir="$OUT/$1" gguf="$CACHE/models/$2" stamp
+  [ -f "$gguf" ] || { echo "error: $gguf is missing (run scripts/fetch-models.sh)" >&2; exit 1; }
+  stamp="$(stat -c '%s %Y' "$gguf") $(sha256sum "$CONVERTER" | cut -d' ' -f1) --dtype $3 --shards $4"
+  if [ -d "$dir" ] && [ "$(cat "$dir/.source" 2>/dev/null)" = "$stamp" ]; then
+    echo "reused  $dir"
+    return
+  fi
+  "$PY" "$CONVERTER" "$gguf" "$dir" --dtype "$3" --shards "$4"
+  echo "$stamp" > "$dir/.source"
+  echo "written $dir ($(du -sh "$dir" | cut -f1))"
+}
+
+checkpoint SmolLM2-135M-Instruct-f32 SmolLM2-135M-Instruct.Q4_1.gguf f32 1
+checkpoint SmolLM2-135M-Instruct-bf16 SmolLM2-135M-Instruct.Q4_1.gguf bf16 3
+checkpoint Qwen2.5-Coder-0.5B-Instruct-bf16 Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf bf16 2

@@ -1,10 +1,13 @@
 """Estimate vs measured peak RSS (issue 4): `modelship serve` for MiniLM (f32
-HF directory, q8_0 GGUF) and SmolLM2 (q4_1, q8_0, f16) at two
+HF directory, q8_0 GGUF), SmolLM2 (q4_1, q8_0, f16), Qwen2.5 (Q4_K_M, and
+its bf16 checkpoint) and Gemma 3 at two
 context/concurrency settings each, under a load that fills every limit
 (embeddings: two requests, each one full batch of full-length inputs; generation:
 `max_concurrent` streams whose prompt and completion reach `max_context`).
 Compares VmHWM with `modelship plan --json`'s `estimate.total_bytes`.
-Run by scripts/bench.sh (BENCH_ONLY=memory for this table only)."""
+Run by scripts/bench.sh (BENCH_ONLY=memory for this table only; MEMORY_ONLY=NAME
+and MEMORY_CONTEXT=N keep the cases whose label holds NAME and the settings
+of that max_context)."""
 import http.client
 import json
 import os
@@ -14,7 +17,7 @@ import tempfile
 import threading
 import time
 
-from paths import BIN, CORPUS, GEMMA, MINILM, OUT, QWEN, SMOL
+from paths import BIN, CORPUS, GEMMA, MINILM, OUT, QWEN, QWEN_CHECKPOINT, SMOL
 
 TEXT = open(CORPUS, encoding="utf-8").read()
 WORK = f"{OUT}/memory"
@@ -123,15 +126,22 @@ def main():
         ("SmolLM2 f16", quantized(SMOL, "f16", "smollm"), "generate"),
         ("Qwen2.5-Coder-0.5B Q4_K_M", QWEN, "generate"),
         ("Gemma-3-270M Q4_K_M", GEMMA, "generate"),
+        ("Qwen2.5-Coder-0.5B bf16 checkpoint", QWEN_CHECKPOINT, "generate"),
     ]
     if os.environ.get("MEMORY_ONLY"):
         cases = [c for c in cases if os.environ["MEMORY_ONLY"] in c[0]]
     settings = {
         "embeddings": [{"max_context": 128, "max_concurrent": 4, "max_batch_tokens": 2048},
                        {"max_context": 512, "max_concurrent": 4, "max_batch_tokens": 16384}],
-        "generate": [{"max_context": 512, "max_concurrent": 2, "max_batch_tokens": 16384},
-                     {"max_context": 2048, "max_concurrent": 4, "max_batch_tokens": 16384}],
+        # A generation pass holds new prompts up to max_batch_tokens: one
+        # 512-token prompt, or two 2048-token ones, each pass the load's
+        # timing reaches every run (its first prompt starts a pass alone).
+        "generate": [{"max_context": 512, "max_concurrent": 2, "max_batch_tokens": 512},
+                     {"max_context": 2048, "max_concurrent": 4, "max_batch_tokens": 4096}],
     }
+    if os.environ.get("MEMORY_CONTEXT"):
+        settings = {task: [s for s in ss if str(s["max_context"]) == os.environ["MEMORY_CONTEXT"]]
+                    for task, ss in settings.items()}
     rows = []
     for label, model, task in cases:
         for serving in settings[task]:

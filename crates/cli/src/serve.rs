@@ -37,7 +37,7 @@ pub struct Args {
     /// Sequences generated at once.
     #[arg(long, default_value_t = ServingLimits::default().max_concurrent)]
     max_concurrent: usize,
-    /// Padded tokens in one embedding forward pass.
+    /// Tokens in one forward pass: padded embedding inputs, or the new prompts of one generation step together.
     #[arg(long, default_value_t = ServingLimits::default().max_batch_tokens)]
     max_batch_tokens: usize,
     /// Requests waiting beyond those being served; more get 429.

@@ -71,12 +71,15 @@ pub fn plan(spec: &ModelDeployment, nodes: &[Node]) -> anyhow::Result<Report> {
     })?;
     let (footprints, file, precision) = weights(source, spec.spec.optimize.quantize)?;
     let (resident, loading) = resident_weights(task, file, &footprints);
-    // What the layers' quantized kernels copy of their inputs (see
-    // engine-candle's quant_matmul): 16-bit blocks for Q8_0, 8-bit else.
+    // What the layers' kernels copy of their inputs (see engine-candle's
+    // quant_matmul): 16-bit blocks for Q8_0, F16 and BF16, 8-bit for the
+    // other block formats.
     let quantized_input_bytes = footprints
         .iter()
-        .filter(|t| t.dims == 2 && t.block_quantized && t.name.starts_with("blk."))
-        .map(|t| if t.q8_0 { 2 } else { 1 })
+        .filter(|t| {
+            t.dims == 2 && (t.block_quantized || t.own_kernel) && t.name.starts_with("blk.")
+        })
+        .map(|t| if t.wide_input { 2 } else { 1 })
         .max()
         .unwrap_or(0);
     let shape = shape(&info, task, (resident, loading), quantized_input_bytes)?;
@@ -131,7 +134,7 @@ fn weights(
             elements: t.elements() as u64,
             stored_bytes: stored,
             block_quantized: dtype.block_size() > 1,
-            q8_0: dtype == GgmlDType::Q8_0,
+            wide_input: matches!(dtype, GgmlDType::Q8_0 | GgmlDType::F16 | GgmlDType::BF16),
             own_kernel: modelship_engine_candle::reads_in_place(dtype),
             dims: t.shape.len(),
         };

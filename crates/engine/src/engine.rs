@@ -100,6 +100,7 @@ impl Engine {
             backend,
             tokenizer.clone(),
             limits.max_concurrent,
+            limits.max_batch_tokens,
             limits.max_queue,
         );
         Self {

@@ -1,7 +1,11 @@
 //! The generation actor: one thread owns the backend and runs up to
 //! `max_concurrent` sequences, each with its own KV cache, batched
 //! continuously: every step is one forward pass over the new prompts and the
-//! last token of every running sequence. More requests wait in a bounded
+//! last token of every running sequence. The prompts that join one pass
+//! hold at most `max_batch_tokens` tokens together (a single prompt always
+//! fits: the limits check `max_batch_tokens ≥ max_context`), so a burst of
+//! long prompts runs in several bounded passes rather than one that holds
+//! activations for all of them. More requests wait in a bounded
 //! queue. Text leaves as soon as it forms whole characters, minus anything
 //! that may still turn into a stop sequence.
 
@@ -78,12 +82,15 @@ impl Generator {
         backend: B,
         tokenizer: Arc<TextTokenizer>,
         max_concurrent: usize,
+        max_batch_tokens: usize,
         max_queue: usize,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("modelship-generate".into())
-            .spawn(move || Worker::new(backend, &tokenizer, max_concurrent).run(rx))
+            .spawn(move || {
+                Worker::new(backend, &tokenizer, max_concurrent, max_batch_tokens).run(rx)
+            })
             .expect("spawning a thread");
         let capacity = max_concurrent + max_queue;
         Self {
@@ -143,16 +150,31 @@ struct Worker<'t, B: GenerateBackend> {
     backend: B,
     tokenizer: &'t TextTokenizer,
     max_concurrent: usize,
+    /// Prompt tokens one pass may hold.
+    max_batch_tokens: usize,
     waiting: VecDeque<Job>,
     running: Vec<Active<'t, B::Sequence>>,
 }
 
+/// Whether a prompt of `len` tokens joins a pass already holding `pending`
+/// prompt tokens: the first always does, the rest while the pass stays
+/// within `budget`.
+fn joins_pass(pending: usize, len: usize, budget: usize) -> bool {
+    pending == 0 || pending + len <= budget
+}
+
 impl<'t, B: GenerateBackend> Worker<'t, B> {
-    fn new(backend: B, tokenizer: &'t TextTokenizer, max_concurrent: usize) -> Self {
+    fn new(
+        backend: B,
+        tokenizer: &'t TextTokenizer,
+        max_concurrent: usize,
+        max_batch_tokens: usize,
+    ) -> Self {
         Self {
             backend,
             tokenizer,
             max_concurrent,
+            max_batch_tokens,
             waiting: VecDeque::new(),
             running: Vec::new(),
         }
@@ -181,16 +203,23 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
         }
     }
 
-    /// Moves waiting jobs into the running set while there is room; their
-    /// prompts run with the next step.
+    /// Moves waiting jobs into the running set while there is room and
+    /// their prompts fit this step's pass; their prompts run with the next
+    /// step.
     fn admit(&mut self) {
+        let mut prompt_tokens = 0;
         while self.running.len() < self.max_concurrent {
-            let Some(job) = self.waiting.pop_front() else {
+            let Some(next) = self.waiting.front() else {
                 return;
             };
+            if !joins_pass(prompt_tokens, next.prompt.len(), self.max_batch_tokens) {
+                return;
+            }
+            let job = self.waiting.pop_front().expect("front exists");
             if job.events.is_closed() {
                 continue;
             }
+            prompt_tokens += job.prompt.len();
             self.running.push(Active {
                 seq: self.backend.new_sequence(),
                 sampler: Sampler::new(job.params.sampling),
@@ -305,5 +334,30 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
             return Ok(Step::Finished(FinishReason::Length));
         }
         Ok(Step::Feed(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::joins_pass;
+
+    #[test]
+    fn prompts_join_a_pass_within_the_token_budget() {
+        // The first prompt runs even alone over the budget (the limits keep
+        // it within max_context ≤ max_batch_tokens anyway).
+        assert!(joins_pass(0, 5000, 4096));
+        assert!(joins_pass(2048, 2048, 4096));
+        assert!(!joins_pass(2048, 2049, 4096));
+        // Four 2048-token prompts under 4096: two passes of two.
+        let (mut passes, mut pending) = (vec![], 0);
+        for _ in 0..4 {
+            if !joins_pass(pending, 2048, 4096) {
+                passes.push(pending);
+                pending = 0;
+            }
+            pending += 2048;
+        }
+        passes.push(pending);
+        assert_eq!(passes, [4096, 4096]);
     }
 }

@@ -55,10 +55,11 @@ pub struct TensorFootprint {
     pub stored_bytes: u64,
     /// Stored in blocks with shared scales (q8_0, q4_k, ...), not as floats.
     pub block_quantized: bool,
-    /// Q8_0 blocks, whose kernel quantizes its input to 16 bits, not 8.
-    pub q8_0: bool,
-    /// Blocks the engine's own kernels read in place (Q4_0, Q4_1, Q5_0,
-    /// Q8_0), so a tied output shares the token table's bytes.
+    /// Its kernel quantizes its input to 16 bits, not 8 (Q8_0, F16, BF16).
+    pub wide_input: bool,
+    /// A format the engine's own kernels read in place (Q4_0, Q4_1, Q5_0,
+    /// Q8_0, F16, BF16): its matrices are held as stored, and a tied output
+    /// shares the token table's bytes.
     pub own_kernel: bool,
     pub dims: usize,
 }
@@ -73,22 +74,20 @@ pub enum WeightsFile {
 }
 
 /// `(resident, loading)` bytes of the weights as the candle engine holds
-/// them: block-quantized matrices as stored (quantized kernels); vectors,
-/// float matrices and encoders' embedding tables expanded to f32, except a
-/// q8_0 file's f16 layer matrices (its grouped-query `attn_v`), which join
-/// the Q8_0 kernels' stacks as stored. A decoder's token table is kept as
+/// them: block-quantized matrices and those our kernels read (f16, bf16)
+/// as stored; vectors, other float matrices and encoders' embedding tables
+/// expanded to f32. A decoder's token table is kept as
 /// stored (rows expanded when looked up); when it doubles as the output
 /// projection our kernels read it in place, candle's kernels take a copy
 /// (expanded to f32 for float tables). Loading safetensors keeps the mapped
-/// file resident too.
+/// file resident too; loading GGUF (or a decoder checkpoint) holds one
+/// tensor's read bytes beside what is already held, and the engine loads
+/// the token table and output first, so only what a tensor's read exceeds
+/// the weights still to come adds to the peak.
 pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprint]) -> (u64, u64) {
     let has_output = tensors.iter().any(|t| t.name == "output.weight");
     let f32_bytes = |t: &TensorFootprint| 4 * t.elements;
-    let in_layers = |t: &TensorFootprint| t.dims == 2 && t.name.starts_with("blk.");
-    let q8_0_layers = tensors.iter().any(|t| t.q8_0 && in_layers(t));
-    let beside_q8_0 =
-        |t: &TensorFootprint| q8_0_layers && in_layers(t) && t.stored_bytes == 2 * t.elements;
-    let resident = tensors
+    let held: Vec<u64> = tensors
         .iter()
         .map(|t| {
             let table = matches!(
@@ -98,7 +97,7 @@ pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprin
             let decoder_table = task == Task::Generate && t.name == "token_embd.weight";
             let held = if decoder_table {
                 t.stored_bytes
-            } else if t.dims < 2 || table || !(t.block_quantized || beside_q8_0(t)) {
+            } else if t.dims < 2 || table || !(t.block_quantized || t.own_kernel) {
                 f32_bytes(t)
             } else {
                 t.stored_bytes
@@ -111,13 +110,33 @@ pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprin
             };
             held + output_copy
         })
-        .sum();
+        .collect();
+    let resident = held.iter().sum();
     let loading = match file {
         WeightsFile::Safetensors { file_bytes } => file_bytes,
-        // One tensor's bytes at a time.
-        WeightsFile::Gguf => tensors.iter().map(|t| t.stored_bytes).max().unwrap_or(0),
+        WeightsFile::Gguf => {
+            let mut order: Vec<usize> = (0..tensors.len()).collect();
+            order.sort_by_key(|&i| load_rank(&tensors[i].name));
+            // Walking back from the last tensor loaded: what is still to
+            // come after each one.
+            let mut to_come = 0u64;
+            let mut extra = 0u64;
+            for &i in order.iter().rev() {
+                extra = extra.max(tensors[i].stored_bytes.saturating_sub(to_come));
+                to_come += held[i];
+            }
+            extra
+        }
     };
     (resident, loading)
+}
+
+/// The engine's load order: the tables and the output, then layer by layer.
+fn load_rank(name: &str) -> (usize, usize) {
+    match name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+        Some((layer, _)) => (1, layer.parse().unwrap_or(usize::MAX)),
+        None => (0, 0),
+    }
 }
 
 /// One replica's needs, term by term. The peak is the weights and the
@@ -186,8 +205,9 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
 /// scores and
 /// probabilities of one sequence at a time: the whole sequence for
 /// encoders, 256-query chunks for decoders. Encoders pack up to
-/// `max_batch_tokens` tokens; decoders pack every new prompt into one pass,
-/// so up to `max_concurrent × context` tokens, plus each sequence's logits.
+/// `max_batch_tokens` tokens; decoders pack new prompts into one pass up to
+/// `max_batch_tokens` of them, so up to `max_concurrent × context` tokens
+/// within that, plus each sequence's logits.
 fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 {
     let (hidden, ffn, heads) = (model.hidden as u64, model.ffn as u64, model.heads as u64);
     let attention = heads * model.head_dim as u64;
@@ -207,7 +227,7 @@ fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 
             tokens * per_token + heads * context * context * 2 * 4
         }
         Task::Generate => {
-            let tokens = concurrent * context;
+            let tokens = (concurrent * context).min(limits.max_batch_tokens as u64);
             let scores = heads * context.min(256) * context * 2 * 4;
             tokens * per_token + scores + model.vocab as u64 * concurrent * 4
         }
@@ -319,20 +339,32 @@ mod tests {
             elements,
             stored_bytes: stored,
             block_quantized: q,
-            q8_0: q,
+            wide_input: q,
             own_kernel: q,
             dims,
         };
         // A tied llama table in q8_0: kept as stored, and our Q8_0 kernel
-        // reads the output projection from the same bytes.
+        // reads the output projection from the same bytes. It loads first:
+        // its read adds to the peak only what exceeds the layers to come.
         let llama = [
-            t("token_embd.weight", 1000, 1063, true, 2),
             t("blk.0.attn_q.weight", 64, 68, true, 2),
             t("blk.0.attn_norm.weight", 8, 32, false, 1),
+            t("token_embd.weight", 1000, 1063, true, 2),
         ];
         assert_eq!(
             resident_weights(Task::Generate, WeightsFile::Gguf, &llama),
-            (1063 + 68 + 32, 1063)
+            (1063 + 68 + 32, 1063 - 68 - 32)
+        );
+        // A layer's read beyond the layers after it counts whole: the last
+        // one loaded has nothing after it.
+        let big_last = [
+            t("token_embd.weight", 10, 10, true, 2),
+            t("blk.1.ffn_up.weight", 500, 600, true, 2),
+            t("blk.0.ffn_up.weight", 100, 120, true, 2),
+        ];
+        assert_eq!(
+            resident_weights(Task::Generate, WeightsFile::Gguf, &big_last).1,
+            600
         );
         // A tied Q6_K table goes through candle's kernel: a second copy.
         let q6_k = [TensorFootprint {
@@ -343,20 +375,19 @@ mod tests {
             resident_weights(Task::Generate, WeightsFile::Gguf, &q6_k).0,
             2 * 840
         );
-        // A q8_0 file's f16 attn_v stays f16 in the Q8_0 stack; an f16
-        // layer matrix of a model without Q8_0 ones is expanded.
-        let with_v = [
-            llama.to_vec(),
-            vec![t("blk.0.attn_v.weight", 16, 32, false, 2)],
-        ]
-        .concat();
+        // f16 and bf16 matrices stay 16-bit in our kernels; a float
+        // matrix no kernel of ours reads is expanded to f32.
+        let sixteen = [TensorFootprint {
+            own_kernel: true,
+            ..t("blk.0.attn_v.weight", 16, 32, false, 2)
+        }];
         assert_eq!(
-            resident_weights(Task::Generate, WeightsFile::Gguf, &with_v).0,
-            1063 + 68 + 32 + 32
+            resident_weights(Task::Generate, WeightsFile::Gguf, &sixteen).0,
+            32
         );
-        let f16_only = [t("blk.0.attn_v.weight", 16, 32, false, 2)];
+        let other = [t("blk.0.attn_v.weight", 16, 32, false, 2)];
         assert_eq!(
-            resident_weights(Task::Generate, WeightsFile::Gguf, &f16_only).0,
+            resident_weights(Task::Generate, WeightsFile::Gguf, &other).0,
             64
         );
         // f16 matrices are expanded; BERT keeps no output copy.

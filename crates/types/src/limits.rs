@@ -11,7 +11,8 @@ pub struct ServingLimits {
     pub max_context: usize,
     /// Sequences generated at the same time (each holds a KV cache).
     pub max_concurrent: usize,
-    /// Padded tokens in one embedding forward pass (batch size × longest input).
+    /// Tokens in one forward pass: padded embedding inputs (batch size ×
+    /// longest input), or the new prompts of a generation step together.
     pub max_batch_tokens: usize,
     /// Requests waiting for the engine beyond those being served; more get 429.
     pub max_queue: usize,

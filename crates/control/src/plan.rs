@@ -71,18 +71,21 @@ pub fn plan(spec: &ModelDeployment, nodes: &[Node]) -> anyhow::Result<Report> {
     })?;
     let (footprints, file, precision) = weights(source, spec.spec.optimize.quantize)?;
     let (resident, loading) = resident_weights(task, file, &footprints);
-    // What the layers' kernels copy of their inputs (see engine-candle's
-    // quant_matmul): 16-bit blocks for Q8_0, F16 and BF16, 8-bit for the
-    // other block formats.
-    let quantized_input_bytes = footprints
+    // What the down projections' kernels copy of their FFN-wide inputs (see
+    // ModelShape::ffn_input_copy_per_256): ours an f32 copy and 8- or 16-bit
+    // quants, candle's k-quant kernels Q8_K blocks, its float matmul none.
+    let ffn_input_copy_per_256 = footprints
         .iter()
-        .filter(|t| {
-            t.dims == 2 && (t.block_quantized || t.own_kernel) && t.name.starts_with("blk.")
+        .filter(|t| t.dims == 2 && t.name.ends_with("ffn_down.weight"))
+        .map(|t| match (t.own_kernel, t.block_quantized) {
+            (true, _) if t.wide_input => 256 * (4 + 2),
+            (true, _) => 256 * (4 + 1),
+            (false, true) => 292,
+            (false, false) => 0,
         })
-        .map(|t| if t.wide_input { 2 } else { 1 })
         .max()
         .unwrap_or(0);
-    let shape = shape(&info, task, (resident, loading), quantized_input_bytes)?;
+    let shape = shape(&info, task, (resident, loading), ffn_input_copy_per_256)?;
     let cpu = spec.spec.resources.cpu.unwrap_or(1.0);
     let est = estimate(&shape, &spec.spec.serving, cpu);
     let request = Request {
@@ -136,6 +139,10 @@ fn weights(
             block_quantized: dtype.block_size() > 1,
             wide_input: matches!(dtype, GgmlDType::Q8_0 | GgmlDType::F16 | GgmlDType::BF16),
             own_kernel: modelship_engine_candle::reads_in_place(dtype),
+            packed_bytes: match t.shape.as_slice() {
+                &[rows, cols] => modelship_engine_candle::candle_packed_bytes(dtype, rows, cols),
+                _ => 0,
+            },
             dims: t.shape.len(),
         };
     if let QuantChoice::Type(to) = q {
@@ -172,7 +179,7 @@ fn shape(
     info: &ModelInfo,
     task: Task,
     (weight_bytes, loading_bytes): (u64, u64),
-    quantized_input_bytes: u64,
+    ffn_input_copy_per_256: u64,
 ) -> anyhow::Result<ModelShape> {
     let need = |v: Option<usize>, what: &str| {
         v.ok_or_else(|| {
@@ -188,7 +195,7 @@ fn shape(
         task,
         weight_bytes,
         loading_bytes,
-        quantized_input_bytes,
+        ffn_input_copy_per_256,
         layers: need(info.layers, "layer count")?,
         hidden,
         heads,

@@ -15,5 +15,5 @@ pub use bert::BertBackend;
 pub use candle_core::Device;
 pub use decoder::DecoderBackend;
 pub use device::{DeviceError, parse_device};
-pub use linear::reads_in_place;
+pub use linear::{candle_packed_bytes, reads_in_place};
 pub use load::{LoadError, LoadOptions, OpenModel, load, open};

@@ -23,6 +23,22 @@ pub fn reads_in_place(dtype: GgmlDType) -> bool {
     kernel_format(dtype).is_some()
 }
 
+/// Bytes candle keeps beside a `(rows, cols)` matrix of `dtype` that its
+/// kernels multiply (one [`reads_in_place`] does not cover): on x86, candle
+/// 0.11 repacks Q4_K matrices, and Q6_K ones once an input has several
+/// rows (every prompt), whose rows are a multiple of 16 and columns of 256,
+/// into 16-row tiles with f32 scales, cached for the matrix's life: 0.75 and
+/// 1.25 bytes a weight (`quantized::repack_x86`). The planner counts them.
+pub fn candle_packed_bytes(dtype: GgmlDType, rows: usize, cols: usize) -> u64 {
+    let tiles = cfg!(target_arch = "x86_64") && rows.is_multiple_of(16) && cols.is_multiple_of(256);
+    let weights = (rows * cols) as u64;
+    match dtype {
+        GgmlDType::Q4K if tiles => weights * 3 / 4,
+        GgmlDType::Q6K if tiles => weights * 5 / 4,
+        _ => 0,
+    }
+}
+
 /// Our kernel's format for a GGUF type, if it has one.
 pub(crate) fn kernel_format(dtype: GgmlDType) -> Option<BlockFormat> {
     match dtype {

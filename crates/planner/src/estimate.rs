@@ -14,10 +14,12 @@ pub struct ModelShape {
     pub weight_bytes: u64,
     /// Extra bytes held only while loading (a mapped weights file).
     pub loading_bytes: u64,
-    /// Bytes per value of the quantized copy the block-quantized kernels
-    /// make of a layer's input besides its f32 copy: 0 for float matmuls, 1
-    /// for 8-bit blocks, 2 for the 16-bit blocks Q8_0 weights take.
-    pub quantized_input_bytes: u64,
+    /// Bytes the down projection's kernel copies of its FFN-wide input, per
+    /// 256 values: 0 for candle's float matmul; for our kernels an f32 copy
+    /// and the quantized one, 256 × (4 + 1) for 8-bit activations and
+    /// 256 × (4 + 2) for the 16-bit ones (Q8_0, F16, BF16); 292 for candle's
+    /// k-quant kernels (Q8_K blocks).
+    pub ffn_input_copy_per_256: u64,
     pub layers: usize,
     pub hidden: usize,
     pub heads: usize,
@@ -61,6 +63,9 @@ pub struct TensorFootprint {
     /// Q8_0, F16, BF16): its matrices are held as stored, and a tied output
     /// shares the token table's bytes.
     pub own_kernel: bool,
+    /// What candle's kernels keep beside it (a repacked copy of some
+    /// k-quant matrices; engine-candle's `candle_packed_bytes`).
+    pub packed_bytes: u64,
     pub dims: usize,
 }
 
@@ -99,13 +104,15 @@ pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprin
                 t.stored_bytes
             } else if t.dims < 2 || table || !(t.block_quantized || t.own_kernel) {
                 f32_bytes(t)
-            } else {
+            } else if t.own_kernel {
                 t.stored_bytes
+            } else {
+                t.stored_bytes + t.packed_bytes
             };
             let tied_output = decoder_table && !has_output;
             let output_copy = match (tied_output, t.own_kernel, t.block_quantized) {
                 (false, _, _) | (true, true, _) => 0,
-                (true, false, true) => t.stored_bytes,
+                (true, false, true) => t.stored_bytes + t.packed_bytes,
                 (true, false, false) => f32_bytes(t),
             };
             held + output_copy
@@ -215,10 +222,7 @@ fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 
         Task::Embeddings => 2,
         Task::Generate => 4,
     };
-    let quantized_copy = match model.quantized_input_bytes {
-        0 => 0,
-        q => ffn * (4 + q),
-    };
+    let quantized_copy = ffn * model.ffn_input_copy_per_256 / 256;
     let per_token = (hidden * 2 + attention * 2 + ffn * ffn_live) * 4 + quantized_copy;
     let concurrent = limits.max_concurrent as u64;
     match model.task {
@@ -243,7 +247,7 @@ mod tests {
             task: Task::Generate,
             weight_bytes: 96_573_056,
             loading_bytes: 0,
-            quantized_input_bytes: 1,
+            ffn_input_copy_per_256: 5 * 256,
             layers: 30,
             hidden: 576,
             heads: 9,
@@ -281,16 +285,17 @@ mod tests {
         };
         let with = |bytes| {
             let shape = ModelShape {
-                quantized_input_bytes: bytes,
+                ffn_input_copy_per_256: bytes,
                 ..smollm()
             };
             estimate(&shape, &limits, 1.0).activations_bytes
         };
         // Per token of the pass (2 × 512): the FFN-wide input, 1536 values,
-        // in f32 plus one or two bytes each.
+        // in f32 plus one or two bytes each, or candle's Q8_K blocks.
         let tokens = 2 * 512;
-        assert_eq!(with(1) - with(0), tokens * 1536 * 5);
-        assert_eq!(with(2) - with(1), tokens * 1536);
+        assert_eq!(with(5 * 256) - with(0), tokens * 1536 * 5);
+        assert_eq!(with(6 * 256) - with(5 * 256), tokens * 1536);
+        assert_eq!(with(292) - with(0), tokens * 1536 * 292 / 256);
     }
 
     #[test]
@@ -341,6 +346,7 @@ mod tests {
             block_quantized: q,
             wide_input: q,
             own_kernel: q,
+            packed_bytes: 0,
             dims,
         };
         // A tied llama table in q8_0: kept as stored, and our Q8_0 kernel
@@ -366,14 +372,26 @@ mod tests {
             resident_weights(Task::Generate, WeightsFile::Gguf, &big_last).1,
             600
         );
-        // A tied Q6_K table goes through candle's kernel: a second copy.
+        // A tied Q6_K table goes through candle's kernel: a second copy,
+        // and candle's repacked tiles of it.
         let q6_k = [TensorFootprint {
             own_kernel: false,
+            packed_bytes: 1280,
             ..t("token_embd.weight", 1024, 840, true, 2)
         }];
         assert_eq!(
             resident_weights(Task::Generate, WeightsFile::Gguf, &q6_k).0,
-            2 * 840
+            2 * 840 + 1280
+        );
+        // A Q4_K layer matrix: as stored, plus candle's tiles.
+        let q4_k = [TensorFootprint {
+            own_kernel: false,
+            packed_bytes: 768,
+            ..t("blk.0.ffn_down.weight", 1024, 576, true, 2)
+        }];
+        assert_eq!(
+            resident_weights(Task::Generate, WeightsFile::Gguf, &q4_k).0,
+            576 + 768
         );
         // f16 and bf16 matrices stay 16-bit in our kernels; a float
         // matrix no kernel of ours reads is expanded to f32.
@@ -419,7 +437,7 @@ mod tests {
             context: 512,
             weight_bytes: 90_000_000,
             loading_bytes: 90_000_000,
-            quantized_input_bytes: 0,
+            ffn_input_copy_per_256: 0,
         };
         let e = estimate(&minilm, &ServingLimits::default(), 0.5);
         assert_eq!(e.kv_cache_bytes, 0);
@@ -440,7 +458,7 @@ mod vocabulary_tests {
             task: Task::Generate,
             weight_bytes: 0,
             loading_bytes: 0,
-            quantized_input_bytes: 0,
+            ffn_input_copy_per_256: 0,
             layers: 1,
             hidden: 64,
             heads: 1,

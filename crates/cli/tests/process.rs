@@ -135,9 +135,8 @@ fn inspect_describes_qwen2_and_gemma3() {
 
 #[test]
 fn bad_input_exits_with_a_message_not_a_panic() {
-    let dir = std::env::temp_dir().join(format!("modelship-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let truncated = dir.join("truncated.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let truncated = dir.path().join("truncated.gguf");
     let bytes = std::fs::read(modelship_testkit::smollm()).unwrap();
     std::fs::write(&truncated, &bytes[..4096]).unwrap();
     let out = modelship().arg("inspect").arg(&truncated).output().unwrap();
@@ -150,7 +149,7 @@ fn bad_input_exits_with_a_message_not_a_panic() {
 
     let out = modelship()
         .arg("inspect")
-        .arg(dir.join("missing"))
+        .arg(dir.path().join("missing"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

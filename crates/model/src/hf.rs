@@ -304,18 +304,11 @@ mod tests {
         path
     }
 
-    fn tempdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("modelship-hf-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     #[test]
     fn reads_a_valid_header() {
-        let d = tempdir("valid");
+        let d = tempfile::tempdir().unwrap();
         let p = write_safetensors(
-            &d,
+            d.path(),
             r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"__metadata__":{"format":"pt"}}"#,
             24,
         );
@@ -327,9 +320,9 @@ mod tests {
 
     #[test]
     fn rejects_offsets_outside_the_file() {
-        let d = tempdir("outside");
+        let d = tempfile::tempdir().unwrap();
         let p = write_safetensors(
-            &d,
+            d.path(),
             r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}"#,
             8,
         );
@@ -339,8 +332,8 @@ mod tests {
 
     #[test]
     fn rejects_a_header_length_past_the_end() {
-        let d = tempdir("len");
-        let p = d.join("model.safetensors");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("model.safetensors");
         std::fs::write(&p, 1_000_000u64.to_le_bytes()).unwrap();
         let err = read_safetensors_header(&p, 0).unwrap_err().to_string();
         assert!(err.contains("offset 0"), "{err}");

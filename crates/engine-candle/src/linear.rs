@@ -52,12 +52,20 @@ pub(crate) fn kernel_format(dtype: GgmlDType) -> Option<BlockFormat> {
     }
 }
 
+/// Our kernel for a `cols`-wide matrix of `dtype` where it runs: on the
+/// CPU, rows of whole 32-value blocks.
+fn runs_on_our_kernel(
+    dtype: GgmlDType,
+    cols: usize,
+    device: &candle_core::Device,
+) -> Option<BlockFormat> {
+    kernel_format(dtype).filter(|_| device.is_cpu() && cols.is_multiple_of(32))
+}
+
 impl Linear {
     pub(crate) fn new(t: QTensor) -> Result<Self> {
         let (rows, cols) = t.shape().dims2()?;
-        if let Some(format) =
-            kernel_format(t.dtype()).filter(|_| t.device().is_cpu() && cols % 32 == 0)
-        {
+        if let Some(format) = runs_on_our_kernel(t.dtype(), cols, &t.device()) {
             let m = QuantMatrix::from_ggml(format, &t.data()?, rows, cols)
                 .map_err(candle_core::Error::Msg)?;
             return Ok(Self::Quant(m));
@@ -74,8 +82,8 @@ impl Linear {
         cols: usize,
         device: &candle_core::Device,
     ) -> Result<Self> {
-        match kernel_format(dtype) {
-            Some(format) if device.is_cpu() && cols.is_multiple_of(32) => Ok(Self::Quant(
+        match runs_on_our_kernel(dtype, cols, device) {
+            Some(format) => Ok(Self::Quant(
                 QuantMatrix::from_shared(format, bytes.clone(), rows, cols)
                     .map_err(candle_core::Error::Msg)?,
             )),

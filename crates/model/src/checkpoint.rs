@@ -17,6 +17,7 @@ use candle_core::quantized::gguf_file::{Content, TensorInfo, Value, VersionedMag
 use serde_json::{Map, Value as Json};
 
 use crate::hf::read_json;
+use crate::tokenizer::{LLAMA3_PATTERN, QWEN2_PATTERN};
 use crate::{Family, GgufFile, HfModel, ModelError};
 
 /// config.json `model_type`s read as decoders, for error messages.
@@ -29,11 +30,6 @@ const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
 
-/// The regexes that identify the pre-tokenizers llama.cpp names (it hashes a
-/// probe text's tokens instead; these are the patterns behind those names).
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
 /// A decoder checkpoint under its GGUF description.
 pub struct DecoderCheckpoint {
     /// Metadata and tensor table of the GGUF it converts to (no data: read
@@ -41,6 +37,7 @@ pub struct DecoderCheckpoint {
     pub gguf: GgufFile,
     /// In the order a GGUF writer writes them.
     pub tensors: Vec<CheckpointTensor>,
+    family: Family,
     files: Vec<PathBuf>,
 }
 
@@ -235,6 +232,7 @@ impl DecoderCheckpoint {
                 },
             },
             tensors,
+            family,
             files: hf.weight_files.clone(),
         })
     }
@@ -247,12 +245,7 @@ impl DecoderCheckpoint {
     /// Names a GGUF tensor for an error: with the checkpoint name it comes
     /// from, when that can be told.
     pub fn describe(&self, gguf_name: &str) -> String {
-        let family = self
-            .gguf
-            .architecture()
-            .ok()
-            .and_then(Family::from_architecture);
-        match family.and_then(|f| hf_name(f, gguf_name)) {
+        match hf_name(self.family, gguf_name) {
             Some(hf) => format!("`{hf}` (GGUF `{gguf_name}`)"),
             None => format!("`{gguf_name}`"),
         }
@@ -344,22 +337,17 @@ fn interleave_halves(raw: &[u8], rows: usize, heads: usize) -> Vec<u8> {
     out
 }
 
-/// Little-endian F32/F16/BF16 values as f32.
-fn floats_le(dtype: GgmlDType, raw: &[u8]) -> Box<dyn Iterator<Item = f32> + '_> {
-    match dtype {
-        GgmlDType::F16 => Box::new(
-            raw.chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        ),
-        GgmlDType::BF16 => Box::new(
-            raw.chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-        ),
-        _ => Box::new(
-            raw.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        ),
-    }
+/// Little-endian F16 or BF16 values (F32 for any other type) as f32.
+pub fn floats_le(dtype: GgmlDType, raw: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    let width = match dtype {
+        GgmlDType::F16 | GgmlDType::BF16 => 2,
+        _ => 4,
+    };
+    raw.chunks_exact(width).map(move |b| match dtype {
+        GgmlDType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+        GgmlDType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        _ => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+    })
 }
 
 /// config.json fields, read with errors that name the field.
@@ -739,9 +727,11 @@ fn pre_tokenizer_name(pre: Option<&Json>) -> Option<&'static str> {
             if kind(split).as_deref() == Some("Split")
                 && byte_level_regex(bytes) == Some(false) =>
         {
+            // The patterns behind the names (llama.cpp tells them apart by
+            // hashing a probe text's tokens instead).
             match split.get("pattern")?.get("Regex")?.as_str()? {
-                QWEN2_REGEX => Some("qwen2"),
-                LLAMA3_REGEX => Some("llama-bpe"),
+                QWEN2_PATTERN => Some("qwen2"),
+                LLAMA3_PATTERN => Some("llama-bpe"),
                 _ => None,
             }
         }
@@ -754,40 +744,41 @@ fn ignored(hf: &str) -> bool {
     hf.ends_with(".rotary_emb.inv_freq")
 }
 
-/// Per-layer names: (Hugging Face, GGUF), as llama.cpp's tensor map pairs
-/// them. Gemma's four norms per layer take other names than llama's two.
-fn layer_names(family: Family) -> &'static [(&'static str, &'static str)] {
-    const COMMON: &[(&str, &str)] = &[
+/// Per-layer projection names: (Hugging Face, GGUF), as llama.cpp's tensor
+/// map pairs them (Phi-3's fused `qkv_proj` and `gate_up_proj` among them).
+const PROJECTIONS: &[(&str, &str)] = &[
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("self_attn.q_norm", "attn_q_norm"),
+    ("self_attn.k_norm", "attn_k_norm"),
+    ("self_attn.qkv_proj", "attn_qkv"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.gate_up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// Per-layer norm names: llama's two, or Gemma's four (its
+/// `post_attention_layernorm` is a post-norm, not the FFN's pre-norm).
+fn norm_names(family: Family) -> &'static [(&'static str, &'static str)] {
+    const LLAMA: &[(&str, &str)] = &[
         ("input_layernorm", "attn_norm"),
-        ("self_attn.q_proj", "attn_q"),
-        ("self_attn.k_proj", "attn_k"),
-        ("self_attn.v_proj", "attn_v"),
-        ("self_attn.o_proj", "attn_output"),
-        ("self_attn.q_norm", "attn_q_norm"),
-        ("self_attn.k_norm", "attn_k_norm"),
-        ("self_attn.qkv_proj", "attn_qkv"),
-        ("mlp.gate_proj", "ffn_gate"),
-        ("mlp.up_proj", "ffn_up"),
-        ("mlp.gate_up_proj", "ffn_up"),
-        ("mlp.down_proj", "ffn_down"),
         ("post_attention_layernorm", "ffn_norm"),
     ];
     const GEMMA: &[(&str, &str)] = &[
         ("input_layernorm", "attn_norm"),
-        ("self_attn.q_proj", "attn_q"),
-        ("self_attn.k_proj", "attn_k"),
-        ("self_attn.v_proj", "attn_v"),
-        ("self_attn.o_proj", "attn_output"),
-        ("self_attn.q_norm", "attn_q_norm"),
-        ("self_attn.k_norm", "attn_k_norm"),
-        ("mlp.gate_proj", "ffn_gate"),
-        ("mlp.up_proj", "ffn_up"),
-        ("mlp.down_proj", "ffn_down"),
         ("post_attention_layernorm", "post_attention_norm"),
         ("pre_feedforward_layernorm", "ffn_norm"),
         ("post_feedforward_layernorm", "post_ffw_norm"),
     ];
-    if family.is_gemma() { GEMMA } else { COMMON }
+    if family.is_gemma() { GEMMA } else { LLAMA }
+}
+
+/// Every per-layer name pair of `family`.
+fn layer_names(family: Family) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    PROJECTIONS.iter().chain(norm_names(family))
 }
 
 /// Whole-model names: (Hugging Face, GGUF).
@@ -809,7 +800,7 @@ fn gguf_name(family: Family, hf: &str) -> Option<String> {
     if !matches!(kind, "weight" | "bias") {
         return None;
     }
-    let &(_, g) = layer_names(family).iter().find(|(h, _)| *h == module)?;
+    let &(_, g) = layer_names(family).find(|(h, _)| *h == module)?;
     Some(format!("blk.{layer}.{g}.{kind}"))
 }
 
@@ -821,7 +812,7 @@ fn hf_name(family: Family, gguf: &str) -> Option<String> {
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, kind) = rest.rsplit_once('.')?;
-    let &(h, _) = layer_names(family).iter().find(|(_, g)| *g == module)?;
+    let &(h, _) = layer_names(family).find(|(_, g)| *g == module)?;
     Some(format!("model.layers.{layer}.{h}.{kind}"))
 }
 

@@ -133,8 +133,12 @@ fn describe_hf(m: &HfModel) -> Result<ModelInfo, ModelError> {
         feed_forward: m.config_usize("intermediate_size"),
         decoder,
         rope_scaling,
-        chat_template: std::fs::read_to_string(m.dir.join("tokenizer_config.json"))
-            .is_ok_and(|t| t.contains("\"chat_template\"")),
+        // A converted checkpoint has read tokenizer_config.json already.
+        chat_template: match &converted {
+            Some(c) => c.gguf.has("tokenizer.chat_template"),
+            None => std::fs::read_to_string(m.dir.join("tokenizer_config.json"))
+                .is_ok_and(|t| t.contains("\"chat_template\"")),
+        },
     })
 }
 

@@ -14,7 +14,9 @@ mod info;
 mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
-pub use checkpoint::{CHECKPOINT_TYPES, CheckpointTensor, DecoderCheckpoint, checkpoint_family};
+pub use checkpoint::{
+    CHECKPOINT_TYPES, CheckpointTensor, DecoderCheckpoint, checkpoint_family, floats_le,
+};
 pub use decoder::{Activation, DecoderHparams, Family, Rope, RopeStyle};
 pub use error::ModelError;
 pub use gguf::{GgufFile, ggml_dtype_name};

@@ -362,20 +362,7 @@ impl Source {
 fn floats_from_le(dtype: GgmlDType, raw: &[u8], n: usize, out: &mut Vec<f32>) {
     out.clear();
     out.reserve(n);
-    match dtype {
-        GgmlDType::F32 => out.extend(
-            raw.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        ),
-        GgmlDType::F16 => out.extend(
-            raw.chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        ),
-        _ => out.extend(
-            raw.chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-        ),
-    }
+    out.extend(modelship_model::floats_le(dtype, raw));
 }
 
 /// llama.cpp's order for BERT: embeddings, then each layer's tensors.

@@ -18,8 +18,9 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 use modelship_engine::{BackendError, GenerateBackend};
-use modelship_model::{Activation, DecoderCheckpoint, DecoderHparams, GgufFile, Rope, RopeStyle};
+use modelship_model::{DecoderCheckpoint, DecoderHparams, GgufFile, Rope, RopeStyle};
 
+use crate::gated::gated;
 use crate::linear::{Linear, Projections};
 
 struct Layer {
@@ -456,12 +457,8 @@ impl DecoderBackend {
             let a = post_norm(a, layer.post_attn_norm.as_ref(), hp.rms_eps)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, hp.rms_eps)?;
-            let gu = layer.gate_up.forward(&h)?;
-            let g = match hp.activation {
-                Activation::Silu => gu[0].silu()?,
-                Activation::GeluTanh => gu[0].gelu()?,
-            };
-            let m = layer.down.forward(&(g * &gu[1])?)?;
+            let gu = layer.gate_up.forward_joined(&h)?;
+            let m = layer.down.forward(&gated(&gu, hp.activation)?)?;
             x = (x + post_norm(m, layer.post_ffn_norm.as_ref(), hp.rms_eps)?)?;
         }
         for (seq, tokens) in batch.iter_mut() {

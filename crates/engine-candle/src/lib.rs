@@ -6,6 +6,7 @@
 mod bert;
 mod decoder;
 mod device;
+mod gated;
 mod gguf_md;
 mod linear;
 mod load;

@@ -105,14 +105,6 @@ impl Part {
     }
 }
 
-/// One activation row in 8-bit blocks: per block, the scale `d`, `s = d·Σq`
-/// (Q8_1's extra term, used against Q4_1's minimum) and 32 quants.
-struct Q81Row {
-    d: Vec<f32>,
-    s: Vec<f32>,
-    q: Vec<i8>,
-}
-
 /// One activation row in 16-bit blocks: per block, the scale `d` (kept in
 /// f32: this format never leaves memory) and 32 quants.
 struct Q16Row {
@@ -217,45 +209,25 @@ impl QuantMatrix {
     /// `x` is `n` rows of `cols` values; returns `n` rows of `rows` values.
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         assert_eq!(x.len(), n * self.cols, "activation shape");
-        let inputs = x.chunks_exact(self.cols);
         match self.activations() {
-            Activations::Q8_1 => {
-                let rows: Vec<Q81Row> = inputs.map(quantize_q8_1).collect();
-                self.times(&rows, |format| match format {
-                    BlockFormat::Q4_0 => Kernels {
-                        dot: dot_q4_0,
-                        dot4: dot4_q4_0,
-                        dot2x4: Some(dot2x4_q4_0),
-                    },
-                    BlockFormat::Q5_0 => Kernels {
-                        dot: dot_q5_0,
-                        dot4: dot4_q5_0,
-                        dot2x4: Some(dot2x4_q5_0),
-                    },
-                    _ => Kernels {
-                        dot: dot_q4_1,
-                        dot4: dot4_q4_1,
-                        dot2x4: None,
-                    },
-                })
-            }
+            Activations::Q8_1 => self.times_int8(&int8::Q8Inputs::quantize(x, n, self.cols)),
             Activations::Q16 => {
-                let rows: Vec<Q16Row> = inputs.map(quantize_q16).collect();
+                let rows: Vec<Q16Row> = x.chunks_exact(self.cols).map(quantize_q16).collect();
+                if n == 1 {
+                    return self.column_q16(&rows[0]);
+                }
                 self.times(&rows, |format| match format {
                     BlockFormat::F16 => Kernels {
                         dot: dot_f16,
                         dot4: dot4_f16,
-                        dot2x4: None,
                     },
                     BlockFormat::BF16 => Kernels {
                         dot: dot_bf16,
                         dot4: dot4_bf16,
-                        dot2x4: None,
                     },
                     _ => Kernels {
                         dot: dot_q8_0,
                         dot4: dot4_q8_0,
-                        dot2x4: None,
                     },
                 })
             }
@@ -274,6 +246,131 @@ impl QuantMatrix {
         (part, &self.blocks[start..start + row_bytes])
     }
 
+    /// The rows of part `p`.
+    fn part_rows(&self, p: usize) -> std::ops::Range<usize> {
+        let end = self
+            .parts
+            .get(p + 1)
+            .map_or(self.rows, |next| next.first_row);
+        self.parts[p].first_row..end
+    }
+
+    /// Rows per parallel task: four tasks a thread, whole tiles of four.
+    fn rows_per_task(&self) -> usize {
+        (self.rows / (rayon::current_num_threads() * 4)).max(16) & !3
+    }
+
+    /// Every weight row (Q4_0, Q5_0, Q4_1) · every 8-bit input row, in
+    /// tiles of two rows × a group of inputs: the rows' blocks are decoded
+    /// once per group, each input block loaded once for both rows. A task
+    /// takes a range of rows for every input, so each weight row is read
+    /// from memory once, and writes its outputs in place.
+    fn times_int8(&self, x: &int8::Q8Inputs) -> Vec<f32> {
+        let (n, rows) = (x.rows(), self.rows);
+        let mut out = vec![0f32; n * rows];
+        if n == 1 {
+            self.column_int8(x.group(0), &mut out);
+            return out;
+        }
+        let sink = Sink {
+            out: out.as_mut_ptr(),
+            rows,
+        };
+        let (per_task, isa) = (self.rows_per_task(), int8::Isa::best());
+        (0..rows.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|task| {
+                let mine = task * per_task..rows.min((task + 1) * per_task);
+                for p in 0..self.parts.len() {
+                    let part_rows = self.part_rows(p);
+                    let range = mine.start.max(part_rows.start)..mine.end.min(part_rows.end);
+                    let format = self.parts[p].format;
+                    let mut r = range.start;
+                    while r < range.end {
+                        // The tallest tile that fits: its rows' blocks are
+                        // decoded once per group.
+                        let tallest = isa.tile_rows();
+                        let take = [4, 2, 1]
+                            .into_iter()
+                            .find(|&t| t <= tallest.min(range.end - r))
+                            .expect("a row is left");
+                        let w: [&[u8]; 4] =
+                            std::array::from_fn(|k| self.row(r + k.min(take - 1)).1);
+                        for g in 0..x.groups() {
+                            let group = x.group(g);
+                            let (first, width) = (g * int8::GROUP, group.width);
+                            let emit = |outputs: &[[f32; int8::GROUP]]| {
+                                for (k, o) in outputs.iter().enumerate() {
+                                    for (i, &v) in o[..width].iter().enumerate() {
+                                        // SAFETY: this task alone writes rows
+                                        // `mine` (r + k is one) of every input.
+                                        unsafe { sink.set(first + i, r + k, v) };
+                                    }
+                                }
+                            };
+                            match take {
+                                4 => emit(&int8_tile::<4>(isa, format, w, group)),
+                                2 => emit(&int8_tile::<2>(isa, format, [w[0], w[1]], group)),
+                                _ => emit(&int8_tile::<1>(isa, format, [w[0]], group)),
+                            }
+                        }
+                        r += take;
+                    }
+                }
+            });
+        out
+    }
+
+    /// Every weight row · one 8-bit input (a decode step).
+    fn column_int8(&self, x: int8::Q8Group<'_>, out: &mut [f32]) {
+        let isa = int8::Isa::best();
+        self.runs(out, |format, w, out| match format {
+            BlockFormat::Q4_0 => int8::column::<{ int8::Q4_0 }>(isa, w, x, out),
+            BlockFormat::Q5_0 => int8::column::<{ int8::Q5_0 }>(isa, w, x, out),
+            BlockFormat::Q4_1 => int8::column::<{ int8::Q4_1 }>(isa, w, x, out),
+            other => unreachable!("{other:?} takes 16-bit activations"),
+        });
+    }
+
+    /// Every weight row · one 16-bit input (a decode step).
+    fn column_q16(&self, x: &Q16Row) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows];
+        let row_bytes = |format: BlockFormat| self.cols / QK * format.block_bytes();
+        self.runs(&mut out, |format, w, out| {
+            column_q16(format, w, row_bytes(format), x, out)
+        });
+        out
+    }
+
+    /// Splits the outputs of one input across tasks and calls `run` with
+    /// each task's rows of one part: their format, their bytes and their
+    /// outputs. One kernel call for a run of rows, not one per row: a call
+    /// per row of 28 blocks cost a decode step 15% on Qwen2.5.
+    fn runs(&self, out: &mut [f32], run: impl Fn(BlockFormat, &[u8], &mut [f32]) + Sync) {
+        let per_task = self.rows_per_task();
+        out.par_chunks_mut(per_task)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let mine = task * per_task..task * per_task + out.len();
+                for p in 0..self.parts.len() {
+                    let part_rows = self.part_rows(p);
+                    let range = mine.start.max(part_rows.start)..mine.end.min(part_rows.end);
+                    if range.is_empty() {
+                        continue;
+                    }
+                    let part = &self.parts[p];
+                    let row_bytes = part.row_bytes(self.cols);
+                    let first = part.offset + (range.start - part.first_row) * row_bytes;
+                    let w = &self.blocks[first..first + range.len() * row_bytes];
+                    run(
+                        part.format,
+                        w,
+                        &mut out[range.start - mine.start..range.end - mine.start],
+                    );
+                }
+            });
+    }
+
     /// Every weight row · every quantized input row, laid out as `matmul`
     /// returns them; `kernels` gives the dot products of each format present.
     fn times<R: Sync>(
@@ -285,41 +382,17 @@ impl QuantMatrix {
         // Output rows × inputs, then transposed: each weight row is read once
         // for all inputs.
         let mut by_row = vec![0f32; self.rows * n];
-        // An even count, so row pairs never straddle two tasks.
-        let per_task = (self.rows / (rayon::current_num_threads() * 4)).max(16) & !1;
+        let per_task = self.rows_per_task();
         by_row
             .par_chunks_mut(per_task * n)
             .enumerate()
             .for_each(|(chunk, out)| {
                 let first = chunk * per_task;
-                let mut out_rows: Vec<&mut [f32]> = out.chunks_exact_mut(n).collect();
-                let mut r = 0;
-                while r < out_rows.len() {
-                    let row = first + r;
-                    let (part, w) = self.row(row);
+                for (r, out_row) in out.chunks_exact_mut(n).enumerate() {
+                    let (part, w) = self.row(first + r);
                     let k = kernels(part.format);
-                    // Two rows of one part at once for four inputs where the
-                    // format has a kernel for it (prompts): each input block
-                    // is loaded once for both. (Four rows for one input, for
-                    // decode steps, measured slower: 30 vs 38 tok/s on Qwen2.5.)
-                    let pair_in_part =
-                        r + 1 < out_rows.len() && self.row(row + 1).0.first_row == part.first_row;
-                    if let (Some(dot2x4), true) = (k.dot2x4, n >= 4 && pair_in_part) {
-                        let w1 = self.row(row + 1).1;
-                        let (head, tail) = out_rows.split_at_mut(r + 1);
-                        pairs(
-                            [w, w1],
-                            [&mut head[r], &mut tail[0]],
-                            quantized,
-                            k.dot,
-                            dot2x4,
-                        );
-                        r += 2;
-                        continue;
-                    }
                     // Four inputs per pass over the weight row: its blocks are
                     // unpacked once for all four (prompts, batches).
-                    let out_row = &mut out_rows[r];
                     for (o, xq) in out_row.chunks_mut(4).zip(quantized.chunks(4)) {
                         if let (Ok(o4), Ok(x4)) =
                             (<&mut [f32; 4]>::try_from(&mut *o), <&[R; 4]>::try_from(xq))
@@ -331,7 +404,6 @@ impl QuantMatrix {
                             }
                         }
                     }
-                    r += 1;
                 }
             });
         if n == 1 {
@@ -347,30 +419,39 @@ impl QuantMatrix {
     }
 }
 
-/// Two weight rows · every input: four inputs at a time through `dot2x4`,
-/// the rest one by one.
-fn pairs<R>(
-    [w0, w1]: [&[u8]; 2],
-    [out0, out1]: [&mut &mut [f32]; 2],
-    quantized: &[R],
-    dot: Dot<R>,
-    dot2x4: Dot2x4<R>,
-) {
-    for ((o0, o1), xq) in out0
-        .chunks_mut(4)
-        .zip(out1.chunks_mut(4))
-        .zip(quantized.chunks(4))
-    {
-        if let Ok(x4) = <&[R; 4]>::try_from(xq) {
-            let [a, b] = dot2x4([w0, w1], x4);
-            o0.copy_from_slice(&a);
-            o1.copy_from_slice(&b);
-        } else {
-            for ((o0, o1), x) in o0.iter_mut().zip(o1.iter_mut()).zip(xq) {
-                *o0 = dot(w0, x);
-                *o1 = dot(w1, x);
-            }
-        }
+/// `R` rows of an 8-bit-activation format · one group of inputs.
+fn int8_tile<const R: usize>(
+    isa: int8::Isa,
+    format: BlockFormat,
+    w: [&[u8]; R],
+    x: int8::Q8Group<'_>,
+) -> [[f32; int8::GROUP]; R] {
+    match format {
+        BlockFormat::Q4_0 => int8::tile::<{ int8::Q4_0 }, R>(isa, w, x),
+        BlockFormat::Q5_0 => int8::tile::<{ int8::Q5_0 }, R>(isa, w, x),
+        BlockFormat::Q4_1 => int8::tile::<{ int8::Q4_1 }, R>(isa, w, x),
+        other => unreachable!("{other:?} takes 16-bit activations"),
+    }
+}
+
+/// The output of a matmul, `n` inputs × `rows` outputs, written by tasks
+/// that each own a range of rows across every input.
+struct Sink {
+    out: *mut f32,
+    rows: usize,
+}
+
+// SAFETY: tasks write disjoint elements (each owns its rows), and the
+// buffer outlives them (`times_int8` joins its tasks before returning it).
+unsafe impl Sync for Sink {}
+
+impl Sink {
+    /// # Safety
+    /// `input` and `row` are inside the output, and no other task writes
+    /// this row.
+    unsafe fn set(&self, input: usize, row: usize, v: f32) {
+        // SAFETY: inside the buffer and owned by the caller (above).
+        unsafe { *self.out.add(input * self.rows + row) = v };
     }
 }
 
@@ -378,44 +459,12 @@ fn pairs<R>(
 struct Kernels<R> {
     dot: Dot<R>,
     dot4: Dot4<R>,
-    /// Two rows × four inputs, where the format has one.
-    dot2x4: Option<Dot2x4<R>>,
 }
 
 /// One weight row · one quantized input row.
 type Dot<R> = fn(&[u8], &R) -> f32;
-/// Two weight rows · four quantized input rows.
-type Dot2x4<R> = fn([&[u8]; 2], &[R; 4]) -> [[f32; 4]; 2];
-
 /// One weight row · four quantized input rows.
 type Dot4<R> = fn(&[u8], &[R; 4]) -> [f32; 4];
-
-/// ggml's `quantize_row_q8_1` (and, ignoring `s`, `quantize_row_q8_0`): scale
-/// by the block's largest magnitude to ±127, rounding half away from zero
-/// (`roundf`; ties to even agreed with llama.cpp on fewer greedy steps).
-fn quantize_q8_1(x: &[f32]) -> Q81Row {
-    let blocks = x.len() / QK;
-    let mut row = Q81Row {
-        d: Vec::with_capacity(blocks),
-        s: Vec::with_capacity(blocks),
-        q: Vec::with_capacity(x.len()),
-    };
-    for block in x.chunks_exact(QK) {
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for &v in block {
-            let q = (v * id).round() as i8;
-            sum += q as i32;
-            row.q.push(q);
-        }
-        // Stored as f16 in ggml's block; round the same way.
-        row.d.push(f16::from_f32(d).to_f32());
-        row.s.push(f16::from_f32(sum as f32 * d).to_f32());
-    }
-    row
-}
 
 /// 16-bit blocks: scale by the block's largest magnitude to ±32767. The
 /// rounding error is 1/258 of 8-bit blocks', so a block holding one outlier
@@ -454,15 +503,6 @@ macro_rules! simd_or_scalar {
     }};
 }
 
-/// One Q4_1 weight row · four Q8_1 activation rows, each summed exactly as
-/// [`dot_q4_1`] sums it.
-fn dot4_q4_1(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
-    simd_or_scalar!(
-        dot4_q4_1_avx2(w, x),
-        std::array::from_fn(|i| scalar::dot_q4_1_scalar(w, &x[i]))
-    )
-}
-
 /// One Q8_0 weight row · four 16-bit activation rows.
 fn dot4_q8_0(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
     simd_or_scalar!(
@@ -487,52 +527,39 @@ fn dot4_bf16(w: &[u8], x: &[Q16Row; 4]) -> [f32; 4] {
     )
 }
 
-/// One Q4_0 weight row · four Q8_0 activation rows.
-fn dot4_q4_0(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
-    simd_or_scalar!(
-        dot4_q4_0_avx2(w, x),
-        std::array::from_fn(|i| scalar::dot_q4_0_scalar(w, &x[i]))
-    )
+/// Each row of `w` (rows of `row_bytes`, in a 16-bit-activation format) ·
+/// one 16-bit input: `out[r]`, as the one-row kernels give it.
+fn column_q16(format: BlockFormat, w: &[u8], row_bytes: usize, x: &Q16Row, out: &mut [f32]) {
+    assert_eq!(w.len(), out.len() * row_bytes, "a run of whole rows");
+    match format {
+        BlockFormat::F16 => simd_or_scalar!(
+            column_q16_avx2::<{ avx2::F16 }>(w, row_bytes, x, out),
+            rows_scalar(w, row_bytes, out, |row| scalar::dot_f16_scalar(row, x))
+        ),
+        BlockFormat::BF16 => simd_or_scalar!(
+            column_q16_avx2::<{ avx2::BF16 }>(w, row_bytes, x, out),
+            rows_scalar(w, row_bytes, out, |row| scalar::dot_bf16_scalar(row, x))
+        ),
+        _ => simd_or_scalar!(
+            column_q16_avx2::<{ avx2::Q8_0 }>(w, row_bytes, x, out),
+            rows_scalar(w, row_bytes, out, |row| scalar::dot_q8_0_scalar(row, x))
+        ),
+    }
 }
 
-/// One Q5_0 weight row · four Q8_0 activation rows.
-fn dot4_q5_0(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
-    simd_or_scalar!(
-        dot4_q5_0_avx2(w, x),
-        std::array::from_fn(|i| scalar::dot_q5_0_scalar(w, &x[i]))
-    )
-}
-
-/// Two Q4_0 weight rows · four Q8_0 activation rows, each output summed
-/// exactly as [`dot_q4_0`] sums it.
-fn dot2x4_q4_0(w: [&[u8]; 2], x: &[Q81Row; 4]) -> [[f32; 4]; 2] {
-    simd_or_scalar!(
-        dot2x4_q4_0_avx2(w, x),
-        w.map(|w| std::array::from_fn(|i| scalar::dot_q4_0_scalar(w, &x[i])))
-    )
-}
-
-/// Two Q5_0 weight rows · four Q8_0 activation rows.
-fn dot2x4_q5_0(w: [&[u8]; 2], x: &[Q81Row; 4]) -> [[f32; 4]; 2] {
-    simd_or_scalar!(
-        dot2x4_q5_0_avx2(w, x),
-        w.map(|w| std::array::from_fn(|i| scalar::dot_q5_0_scalar(w, &x[i])))
-    )
-}
-
-/// One Q4_0 weight row · one Q8_0 activation row.
-fn dot_q4_0(w: &[u8], x: &Q81Row) -> f32 {
-    simd_or_scalar!(dot_q4_0_avx2(w, x), scalar::dot_q4_0_scalar(w, x))
-}
-
-/// One Q5_0 weight row · one Q8_0 activation row.
-fn dot_q5_0(w: &[u8], x: &Q81Row) -> f32 {
-    simd_or_scalar!(dot_q5_0_avx2(w, x), scalar::dot_q5_0_scalar(w, x))
-}
-
-/// One Q4_1 weight row · one Q8_1 activation row.
-fn dot_q4_1(w: &[u8], x: &Q81Row) -> f32 {
-    simd_or_scalar!(dot_q4_1_avx2(w, x), scalar::dot_q4_1_scalar(w, x))
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ),
+    allow(dead_code)
+)]
+fn rows_scalar(w: &[u8], row_bytes: usize, out: &mut [f32], dot: impl Fn(&[u8]) -> f32) {
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+        *o = dot(row);
+    }
 }
 
 /// One Q8_0 weight row · one 16-bit activation row.
@@ -600,71 +627,6 @@ mod scalar {
         }
         sum
     }
-
-    /// The 32 signed weights of a Q4_0 block, in order.
-    pub(super) fn q4_0_values(wb: &[u8]) -> [i8; QK] {
-        std::array::from_fn(|j| {
-            let byte = wb[2 + j % (QK / 2)];
-            let nibble = if j < QK / 2 { byte & 0x0F } else { byte >> 4 };
-            nibble as i8 - 8
-        })
-    }
-
-    /// The 32 signed weights of a Q5_0 block, in order: value j's fifth bit
-    /// is bit j of the little-endian `qh`.
-    pub(super) fn q5_0_values(wb: &[u8]) -> [i8; QK] {
-        let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
-        std::array::from_fn(|j| {
-            let byte = wb[6 + j % (QK / 2)];
-            let nibble = if j < QK / 2 { byte & 0x0F } else { byte >> 4 };
-            (nibble | (((qh >> j) & 1) as u8) << 4) as i8 - 16
-        })
-    }
-
-    /// ggml's `vec_dot_q4_0_q8_0` / `vec_dot_q5_0_q8_0`: per block, the
-    /// integer sum scaled by both scales.
-    fn dot_signed_blocks(
-        w: &[u8],
-        x: &Q81Row,
-        block_bytes: usize,
-        values: fn(&[u8]) -> [i8; QK],
-    ) -> f32 {
-        let mut sum = 0f32;
-        for (b, wb) in w.chunks_exact(block_bytes).enumerate() {
-            let q = &x.q[b * QK..(b + 1) * QK];
-            let sumi: i32 = values(wb)
-                .iter()
-                .zip(q)
-                .map(|(&a, &b)| a as i32 * b as i32)
-                .sum();
-            sum += f16_bits(wb, 0) * x.d[b] * sumi as f32;
-        }
-        sum
-    }
-
-    pub(super) fn dot_q4_0_scalar(w: &[u8], x: &Q81Row) -> f32 {
-        dot_signed_blocks(w, x, Q4_0_BYTES, q4_0_values)
-    }
-
-    pub(super) fn dot_q5_0_scalar(w: &[u8], x: &Q81Row) -> f32 {
-        dot_signed_blocks(w, x, Q5_0_BYTES, q5_0_values)
-    }
-
-    pub(super) fn dot_q4_1_scalar(w: &[u8], x: &Q81Row) -> f32 {
-        let mut sum = 0f32;
-        for (b, wb) in w.chunks_exact(Q4_1_BYTES).enumerate() {
-            let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
-            let q = &x.q[b * QK..(b + 1) * QK];
-            let mut sumi = 0i32;
-            for j in 0..QK / 2 {
-                let byte = wb[4 + j];
-                sumi +=
-                    (byte & 0x0F) as i32 * q[j] as i32 + (byte >> 4) as i32 * q[j + QK / 2] as i32;
-            }
-            sum += dw * x.d[b] * sumi as f32 + mw * x.s[b];
-        }
-        sum
-    }
 }
 
 /// The AVX2 kernels (the build enables AVX2, FMA and F16C for x86-64-v3:
@@ -678,40 +640,37 @@ mod scalar {
 mod avx2 {
     use super::*;
 
+    /// [`column_q16_avx2`]'s formats.
+    pub(super) const Q8_0: u8 = 0;
+    pub(super) const F16: u8 = 1;
+    pub(super) const BF16: u8 = 2;
+
+    /// Each row of `w` · one 16-bit input, in one call.
+    ///
+    /// # Safety
+    /// `w` is whole rows of `row_bytes` in format `KIND`, each as wide as
+    /// `x`; AVX2, FMA and F16C are available.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_q4_1_avx2(w: &[u8], x: &Q81Row) -> f32 {
-        use std::arch::x86_64::*;
-        let low4 = _mm_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
-        let blocks = w
-            .chunks_exact(Q4_1_BYTES)
-            .zip(x.q.chunks_exact(QK))
-            .zip(x.d.iter().zip(&x.s));
-        for ((wb, q), (&xd, &xs)) in blocks {
-            let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
-            // SAFETY: wb[4..20] is 16 bytes and q is 32 bytes (chunks_exact).
-            let (nib, q) = unsafe {
-                (
-                    _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i),
-                    _mm256_loadu_si256(q.as_ptr() as *const __m256i),
-                )
+    pub(super) unsafe fn column_q16_avx2<const KIND: u8>(
+        w: &[u8],
+        row_bytes: usize,
+        x: &Q16Row,
+        out: &mut [f32],
+    ) {
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+            // SAFETY: as the caller's.
+            *o = unsafe {
+                match KIND {
+                    Q8_0 => dot_q8_0_avx2(row, x),
+                    F16 => dot_half_avx2::<false>(row, x),
+                    _ => dot_half_avx2::<true>(row, x),
+                }
             };
-            // Low nibbles are values 0..16, high nibbles 16..32.
-            let lo = _mm_and_si128(nib, low4);
-            let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low4);
-            let wq = _mm256_set_m128i(hi, lo);
-            let pairs = _mm256_maddubs_epi16(wq, q);
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd), sums, acc);
-            mins += mw * xs;
         }
-        // SAFETY: AVX2 is enabled for this function.
-        unsafe { hsum(acc) + mins }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
     pub(super) unsafe fn dot_q8_0_avx2(w: &[u8], x: &Q16Row) -> f32 {
         use std::arch::x86_64::*;
         let mut acc = _mm256_setzero_ps();
@@ -756,38 +715,6 @@ mod avx2 {
                 _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.as_ptr().add(18) as *const __m128i)),
             )
         }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot4_q4_1_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
-        use std::arch::x86_64::*;
-        let blocks = w.len() / Q4_1_BYTES;
-        assert!(
-            x.iter()
-                .all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks && r.s.len() >= blocks)
-        );
-        let low4 = _mm_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut mins = [0f32; 4];
-        for (b, wb) in w.chunks_exact(Q4_1_BYTES).enumerate() {
-            let (dw, mw) = (f16_bits(wb, 0), f16_bits(wb, 2));
-            // SAFETY: wb[4..20] is 16 bytes.
-            let nib = unsafe { _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i) };
-            let lo = _mm_and_si128(nib, low4);
-            let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low4);
-            let wq = _mm256_set_m128i(hi, lo);
-            for i in 0..4 {
-                // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
-                let q =
-                    unsafe { _mm256_loadu_si256(x[i].q.as_ptr().add(b * QK) as *const __m256i) };
-                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, q), ones));
-                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x[i].d[b]), sums, acc[i]);
-                mins[i] += mw * x[i].s[b];
-            }
-        }
-        // SAFETY: AVX2 is enabled for this function.
-        std::array::from_fn(|i| unsafe { hsum(acc[i]) } + mins[i])
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -884,6 +811,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
     pub(super) unsafe fn dot_half_avx2<const BF16: bool>(w: &[u8], x: &Q16Row) -> f32 {
         use std::arch::x86_64::*;
         let mut acc = _mm256_setzero_ps();
@@ -922,181 +850,6 @@ mod avx2 {
         std::array::from_fn(|i| unsafe { hsum(acc[i]) })
     }
 
-    /// A Q4_0 block's 32 weights as signed bytes (nibble − 8), in order.
-    ///
-    /// # Safety
-    /// `wb` holds a whole Q4_0 block (18 bytes); AVX2 is available.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_0_bytes(wb: &[u8]) -> std::arch::x86_64::__m256i {
-        use std::arch::x86_64::*;
-        debug_assert!(wb.len() >= Q4_0_BYTES);
-        let low4 = _mm_set1_epi8(0x0F);
-        // SAFETY: bytes 2..18 are inside the block (caller).
-        let nib = unsafe { _mm_loadu_si128(wb.as_ptr().add(2) as *const __m128i) };
-        let lo = _mm_and_si128(nib, low4);
-        let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low4);
-        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
-    }
-
-    /// A Q5_0 block's 32 weights as signed bytes (5-bit value − 16), in order.
-    ///
-    /// # Safety
-    /// `wb` holds a whole Q5_0 block (22 bytes); AVX2 is available.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q5_0_bytes(wb: &[u8]) -> std::arch::x86_64::__m256i {
-        use std::arch::x86_64::*;
-        debug_assert!(wb.len() >= Q5_0_BYTES);
-        let low4 = _mm_set1_epi8(0x0F);
-        let qh = i32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
-        // SAFETY: bytes 6..22 are inside the block (caller).
-        let nib = unsafe { _mm_loadu_si128(wb.as_ptr().add(6) as *const __m128i) };
-        let lo = _mm_and_si128(nib, low4);
-        let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low4);
-        let nibbles = _mm256_set_m128i(hi, lo);
-        // Byte j holds byte j/8 of qh with every bit but j%8 set, so it is
-        // all ones exactly when bit j of qh is.
-        let spread = _mm256_shuffle_epi8(
-            _mm256_set1_epi32(qh),
-            _mm256_set_epi64x(
-                0x0303030303030303,
-                0x0202020202020202,
-                0x0101010101010101,
-                0,
-            ),
-        );
-        let bit_set = _mm256_cmpeq_epi8(
-            _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
-            _mm256_set1_epi64x(-1),
-        );
-        // value − 16: a nibble whose fifth bit is clear becomes nibble − 16
-        // (high bits set), one whose bit is set stays the nibble.
-        _mm256_or_si256(
-            nibbles,
-            _mm256_andnot_si256(bit_set, _mm256_set1_epi8(0xF0u8 as i8)),
-        )
-    }
-
-    /// Σ over 32 pairs of signed bytes, as eight i32 lanes converted to f32
-    /// (exact: each lane is at most 4 · 128 · 127).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn signed_pairs(
-        w: std::arch::x86_64::__m256i,
-        q: std::arch::x86_64::__m256i,
-    ) -> std::arch::x86_64::__m256 {
-        use std::arch::x86_64::*;
-        // maddubs multiplies unsigned by signed bytes: move w's sign onto q.
-        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-    }
-
-    /// A signed-byte block's 32 weights: Q5_0's when `Q5`, else Q4_0's.
-    /// A const parameter rather than a function pointer, so the decoding is
-    /// inlined into the kernels' loops.
-    ///
-    /// # Safety
-    /// `wb` holds a whole block of the format; AVX2 is available.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn signed_values<const Q5: bool>(wb: &[u8]) -> std::arch::x86_64::__m256i {
-        // SAFETY: as the caller's.
-        unsafe { if Q5 { q5_0_bytes(wb) } else { q4_0_bytes(wb) } }
-    }
-
-    const fn signed_block_bytes<const Q5: bool>() -> usize {
-        if Q5 { Q5_0_BYTES } else { Q4_0_BYTES }
-    }
-
-    /// One row of signed-byte blocks (Q4_0, Q5_0) · one Q8_0 activation row.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_signed_avx2<const Q5: bool>(w: &[u8], x: &Q81Row) -> f32 {
-        dot_rows_signed_avx2::<Q5, 1, 1>([w], [x])[0][0]
-    }
-
-    /// One row of signed-byte blocks · four Q8_0 activation rows.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot4_signed_avx2<const Q5: bool>(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
-        let [out] = dot_rows_signed_avx2::<Q5, 1, 4>([w], x.each_ref());
-        out
-    }
-
-    /// `R` rows of signed-byte blocks · `N` Q8_0 activation rows: each
-    /// activation block is loaded once for the `R` rows, each weight block
-    /// decoded once for the `N` inputs, and the `R × N` sums are independent
-    /// chains the core overlaps. Every output is summed in the same order as
-    /// [`dot_signed_avx2`] sums it.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_rows_signed_avx2<const Q5: bool, const R: usize, const N: usize>(
-        w: [&[u8]; R],
-        x: [&Q81Row; N],
-    ) -> [[f32; N]; R] {
-        use std::arch::x86_64::*;
-        let bytes = signed_block_bytes::<Q5>();
-        let blocks = w[0].len() / bytes;
-        assert!(w.iter().all(|r| r.len() == blocks * bytes));
-        assert!(
-            x.iter()
-                .all(|r| r.q.len() >= blocks * QK && r.d.len() >= blocks)
-        );
-        let mut acc = [[_mm256_setzero_ps(); N]; R];
-        for b in 0..blocks {
-            let at = b * bytes;
-            // Plain loops, not closures: a closure would not inherit this
-            // function's target features, and the decoding would not inline.
-            let mut wq = [_mm256_setzero_si256(); R];
-            let mut dw = [0f32; R];
-            for r in 0..R {
-                // SAFETY: each row holds `blocks` whole blocks (asserted above).
-                wq[r] = unsafe { signed_values::<Q5>(&w[r][at..at + bytes]) };
-                dw[r] = f16_bits(w[r], at);
-            }
-            for i in 0..N {
-                // SAFETY: row i holds `blocks` blocks of 32 quants (asserted above).
-                let q =
-                    unsafe { _mm256_loadu_si256(x[i].q.as_ptr().add(b * QK) as *const __m256i) };
-                let dx = x[i].d[b];
-                for r in 0..R {
-                    acc[r][i] = _mm256_fmadd_ps(
-                        _mm256_set1_ps(dw[r] * dx),
-                        signed_pairs(wq[r], q),
-                        acc[r][i],
-                    );
-                }
-            }
-        }
-        // SAFETY: AVX2 is enabled for this function.
-        std::array::from_fn(|r| std::array::from_fn(|i| unsafe { hsum(acc[r][i]) }))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_q4_0_avx2(w: &[u8], x: &Q81Row) -> f32 {
-        dot_signed_avx2::<false>(w, x)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_q5_0_avx2(w: &[u8], x: &Q81Row) -> f32 {
-        dot_signed_avx2::<true>(w, x)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot4_q4_0_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
-        dot4_signed_avx2::<false>(w, x)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot4_q5_0_avx2(w: &[u8], x: &[Q81Row; 4]) -> [f32; 4] {
-        dot4_signed_avx2::<true>(w, x)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot2x4_q4_0_avx2(w: [&[u8]; 2], x: &[Q81Row; 4]) -> [[f32; 4]; 2] {
-        dot_rows_signed_avx2::<false, 2, 4>(w, x.each_ref())
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot2x4_q5_0_avx2(w: [&[u8]; 2], x: &[Q81Row; 4]) -> [[f32; 4]; 2] {
-        dot_rows_signed_avx2::<true, 2, 4>(w, x.each_ref())
-    }
-
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
         use std::arch::x86_64::*;
@@ -1106,6 +859,8 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 }
+
+mod int8;
 
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,13 @@ fn dequantize(w: &[u8]) -> Vec<f32> {
     out
 }
 
+/// One weight row · one input row through the 8-bit-activation kernels
+/// on `isa`.
+fn int8_dot(isa: int8::Isa, format: BlockFormat, w: &[u8], x: &[f32]) -> f32 {
+    let q = int8::Q8Inputs::quantize(x, 1, x.len());
+    int8_tile::<1>(isa, format, [w], q.group(0))[0][0]
+}
+
 proptest! {
     /// The SIMD kernel equals the scalar formula, and both stay within the
     /// error Q8_1 allows of the exact float dot product: half a quantum per
@@ -44,9 +51,8 @@ proptest! {
             w.extend(block(*d, *m, nibbles[b * 32..(b + 1) * 32].try_into().unwrap()));
         }
         let x = &x[..blocks * 32];
-        let xq = quantize_q8_1(x);
-        let fast = dot_q4_1(&w, &xq);
-        let scalar = scalar::dot_q4_1_scalar(&w, &xq);
+        let fast = int8_dot(int8::Isa::best(), BlockFormat::Q4_1, &w, x);
+        let scalar = int8_dot(int8::Isa::Scalar, BlockFormat::Q4_1, &w, x);
         prop_assert!((fast - scalar).abs() <= 1e-4 * (1.0 + scalar.abs()), "{fast} vs {scalar}");
         let wd = dequantize(&w);
         let float: f64 = wd.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
@@ -158,28 +164,23 @@ proptest! {
 }
 
 proptest! {
-    /// Four rows at once give bit-identical results to one at a time.
+    /// Four inputs at once give bit-identical results to one at a time
+    /// (the 16-bit-activation formats).
     #[test]
     fn four_row_kernels_equal_the_single_row_ones(
-        w4 in prop::collection::vec(any::<u8>(), 20 * 3),
         w8 in prop::collection::vec(any::<u8>(), 34 * 3),
         x in prop::collection::vec(-4f32..4.0, 96 * 4),
     ) {
         // Keep the f16 scales finite: clear the exponent's top bit.
-        let mut w4 = w4;
-        for b in w4.chunks_exact_mut(20) { b[1] &= 0x3B; b[3] &= 0x3B; }
         let mut w8 = w8;
         for b in w8.chunks_exact_mut(34) { b[1] &= 0x3B; }
-        let rows8: [Q81Row; 4] = std::array::from_fn(|i| quantize_q8_1(&x[i * 96..(i + 1) * 96]));
         let rows16: [Q16Row; 4] = std::array::from_fn(|i| quantize_q16(&x[i * 96..(i + 1) * 96]));
         let wf: Vec<u8> = x[..96].iter().flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()).collect();
-        let four = dot4_q4_1(&w4, &rows8);
         let eight = dot4_q8_0(&w8, &rows16);
         let half = dot4_f16(&wf, &rows16);
         let brain = dot4_bf16(&wf, &rows16);
         for i in 0..4 {
             prop_assert_eq!(brain[i].to_bits(), dot_bf16(&wf, &rows16[i]).to_bits());
-            prop_assert_eq!(four[i].to_bits(), dot_q4_1(&w4, &rows8[i]).to_bits());
             prop_assert_eq!(eight[i].to_bits(), dot_q8_0(&w8, &rows16[i]).to_bits());
             prop_assert_eq!(half[i].to_bits(), dot_f16(&wf, &rows16[i]).to_bits());
         }
@@ -306,91 +307,119 @@ fn signed_blocks(raw: &[u8], block_bytes: usize) -> Vec<u8> {
     w
 }
 
+/// A block as the kernels read it: 32 integer weights, the scale and the
+/// minimum (Q4_1's; zero for the offset formats).
+fn int8_ints(format: BlockFormat, wb: &[u8]) -> ([i32; 32], f32, f32) {
+    let (u, dw, m) = match format {
+        BlockFormat::Q4_0 => int8::unsigned_block::<{ int8::Q4_0 }>(wb),
+        BlockFormat::Q5_0 => int8::unsigned_block::<{ int8::Q5_0 }>(wb),
+        _ => int8::unsigned_block::<{ int8::Q4_1 }>(wb),
+    };
+    let offset = match format {
+        BlockFormat::Q4_0 => 8,
+        BlockFormat::Q5_0 => 16,
+        _ => 0,
+    };
+    if offset != 0 {
+        // The offset formats' term is −offset·dw.
+        assert_eq!(m.to_bits(), (-(offset as f32) * dw).to_bits());
+    }
+    let min = if offset == 0 { m } else { 0.0 };
+    (u.map(|u| u as i32 - offset), dw, min)
+}
+
+const INT8_FORMATS: [(BlockFormat, usize, candle_core::quantized::GgmlDType); 3] = [
+    (
+        BlockFormat::Q4_0,
+        Q4_0_BYTES,
+        candle_core::quantized::GgmlDType::Q4_0,
+    ),
+    (
+        BlockFormat::Q5_0,
+        Q5_0_BYTES,
+        candle_core::quantized::GgmlDType::Q5_0,
+    ),
+    (
+        BlockFormat::Q4_1,
+        Q4_1_BYTES,
+        candle_core::quantized::GgmlDType::Q4_1,
+    ),
+];
+
 proptest! {
-    /// Q4_0 and Q5_0: the values read are candle's, and the kernels (one and
-    /// four inputs, SIMD and scalar) equal the exact integer sum per block
-    /// scaled by both scales, as ggml's `vec_dot_q4_0_q8_0` /
-    /// `vec_dot_q5_0_q8_0` compute it.
+    /// Q4_0, Q5_0 and Q4_1: the values read are candle's, and every kernel
+    /// (scalar, AVX2, AVX-512) equals the exact integer sum per block scaled
+    /// by both scales, as ggml's `vec_dot_q4_0_q8_0` / `vec_dot_q5_0_q8_0`
+    /// / `vec_dot_q4_1_q8_1` compute it.
     #[test]
-    fn q4_0_and_q5_0_match_candle_and_the_exact_sum(
+    fn int8_formats_match_candle_and_the_exact_sum(
         raw in prop::collection::vec(any::<u8>(), 22 * 4),
-        x in prop::collection::vec(-4f32..4.0, 32 * 4 * 4),
+        x in prop::collection::vec(-4f32..4.0, 32 * 4),
     ) {
-        use candle_core::quantized::GgmlDType;
-        for (format, bytes, dtype, values) in [
-            (BlockFormat::Q4_0, Q4_0_BYTES, GgmlDType::Q4_0, scalar::q4_0_values as fn(&[u8]) -> [i8; 32]),
-            (BlockFormat::Q5_0, Q5_0_BYTES, GgmlDType::Q5_0, scalar::q5_0_values),
-        ] {
-            let w = signed_blocks(&raw, bytes);
+        for (format, bytes, dtype) in INT8_FORMATS {
+            let mut w = signed_blocks(&raw, bytes);
+            if format == BlockFormat::Q4_1 {
+                for b in w.chunks_exact_mut(bytes) { b[3] &= 0x3B; }
+            }
             let blocks = w.len() / bytes;
             let cols = blocks * 32;
-            let reference = candle_dequantize(dtype, &w);
-            let ours: Vec<f32> = w
-                .chunks_exact(bytes)
-                .flat_map(|wb| values(wb).map(|v| v as f32 * f16_bits(wb, 0)))
+            let blocks_read: Vec<_> = w.chunks_exact(bytes).map(|wb| int8_ints(format, wb)).collect();
+            let values: Vec<f32> = blocks_read
+                .iter()
+                .flat_map(|(ints, dw, min)| ints.map(|v| v as f32 * dw + min))
                 .collect();
-            prop_assert_eq!(&ours, &reference, "{:?} values", format);
-            let rows: [Q81Row; 4] = std::array::from_fn(|i| quantize_q8_1(&x[i * cols..(i + 1) * cols]));
-            let (dot, dot4): (Dot<Q81Row>, Dot4<Q81Row>) = match format {
-                BlockFormat::Q4_0 => (dot_q4_0, dot4_q4_0),
-                _ => (dot_q5_0, dot4_q5_0),
-            };
-            let four = dot4(&w, &rows);
-            for (i, row) in rows.iter().enumerate() {
-                // The kernel scales each lane's integer partial sum (four
-                // products) and adds the lanes in f32, so it rounds in
-                // another order than this sum of whole blocks; the
-                // difference is bounded by the products' magnitudes, not the
-                // result's (lanes and blocks can cancel).
-                let (mut exact, mut magnitude) = (0f32, 0f32);
-                for (b, wb) in w.chunks_exact(bytes).enumerate() {
-                    let products = values(wb)
-                        .into_iter()
-                        .zip(&row.q[b * 32..(b + 1) * 32])
-                        .map(|(a, &q)| a as i32 * q as i32);
-                    let (sumi, sum_abs) =
-                        products.fold((0i32, 0i32), |(s, m), p| (s + p, m + p.abs()));
-                    let scale = f16_bits(wb, 0) * row.d[b];
-                    exact += scale * sumi as f32;
-                    magnitude += (scale * sum_abs as f32).abs();
-                }
-                let one = dot(&w, row);
-                prop_assert!((one - exact).abs() <= 1e-5 * (1.0 + magnitude), "{:?}: {} vs {}", format, one, exact);
-                prop_assert_eq!(four[i].to_bits(), one.to_bits());
+            prop_assert_eq!(&values, &candle_dequantize(dtype, &w), "{:?} values", format);
+            let x = &x[..cols];
+            let inputs = int8::Q8Inputs::quantize(x, 1, cols);
+            let (d, q, s) = inputs.row(0);
+            // The kernels scale each lane's integer partial sum (four
+            // products) and add the lanes and the terms in f32, so they
+            // round in another order than this sum of whole blocks; the
+            // difference is bounded by the products' magnitudes, not the
+            // result's (lanes and blocks can cancel).
+            let (mut exact, mut magnitude) = (0f32, 0f32);
+            for (b, (ints, dw, min)) in blocks_read.iter().enumerate() {
+                let products = ints.iter().zip(&q[b * 32..(b + 1) * 32]).map(|(&v, &q)| v * q as i32);
+                let (sumi, sum_abs) = products.fold((0i32, 0i32), |(t, a), p| (t + p, a + p.abs()));
+                let scale = dw * d[b];
+                exact += scale * sumi as f32 + min * s[b];
+                magnitude += (scale * sum_abs as f32).abs() + (min * s[b]).abs();
+            }
+            for isa in int8::Isa::available() {
+                let one = int8_dot(isa, format, &w, x);
+                prop_assert!((one - exact).abs() <= 1e-5 * (1.0 + magnitude), "{:?} on {:?}: {} vs {}", format, isa, one, exact);
             }
         }
     }
 }
 
 proptest! {
-    /// Two rows × four inputs give bit-identical results to one row and one
-    /// input at a time (a batched prompt scores as its sequences would
-    /// alone), and a matrix routes its row pairs through it.
+    /// A matrix in tiles of rows × groups of inputs gives, bit for bit, what
+    /// one row and one input at a time give (a batched prompt scores as its
+    /// sequences would alone), and the SIMD kernels give the same bits.
     #[test]
-    fn two_row_kernels_equal_the_single_row_ones(
-        raw in prop::collection::vec(any::<u8>(), 22 * 3 * 3),
-        x in prop::collection::vec(-4f32..4.0, 96 * 5),
+    fn int8_tiles_equal_one_row_and_one_input(
+        raw in prop::collection::vec(any::<u8>(), 22 * 3 * 7),
+        x in prop::collection::vec(-4f32..4.0, 96 * 7),
     ) {
-        for (format, bytes, dot, dot2x4) in [
-            (BlockFormat::Q4_0, Q4_0_BYTES, dot_q4_0 as Dot<Q81Row>, dot2x4_q4_0 as Dot2x4<Q81Row>),
-            (BlockFormat::Q5_0, Q5_0_BYTES, dot_q5_0, dot2x4_q5_0),
-        ] {
-            let w = signed_blocks(&raw[..bytes * 9], bytes);
+        let simd: Vec<int8::Isa> = int8::Isa::available().into_iter().filter(|&i| i != int8::Isa::Scalar).collect();
+        for (format, bytes, _) in INT8_FORMATS {
+            let w = signed_blocks(&raw[..bytes * 3 * 7], bytes);
             let rows: Vec<&[u8]> = w.chunks_exact(bytes * 3).collect();
-            let inputs: [Q81Row; 4] = std::array::from_fn(|i| quantize_q8_1(&x[i * 96..(i + 1) * 96]));
-            let pair = dot2x4([rows[0], rows[1]], &inputs);
-            for r in 0..2 {
-                for i in 0..4 {
-                    prop_assert_eq!(pair[r][i].to_bits(), dot(rows[r], &inputs[i]).to_bits());
+            // Seven rows (a tile of four or two pairs, then one) by seven
+            // inputs (groups of four and three).
+            let m = QuantMatrix::from_ggml(format, &w, 7, 96).unwrap();
+            let y = m.matmul(&x, 7);
+            for i in 0..7 {
+                let xi = &x[i * 96..(i + 1) * 96];
+                // One input alone goes through the decode step's kernel.
+                let column = m.matmul(xi, 1);
+                for r in 0..7 {
+                    prop_assert_eq!(column[r].to_bits(), y[i * 7 + r].to_bits(), "{:?} row {} input {} alone", format, r, i);
                 }
-            }
-            // Three rows (a pair and a single) by five inputs (four and one).
-            let m = QuantMatrix::from_ggml(format, &w, 3, 96).unwrap();
-            let y = m.matmul(&x, 5);
-            for i in 0..5 {
-                let xi = quantize_q8_1(&x[i * 96..(i + 1) * 96]);
-                for r in 0..3 {
-                    prop_assert_eq!(y[i * 3 + r].to_bits(), dot(rows[r], &xi).to_bits(), "{:?} row {} input {}", format, r, i);
+                for (r, row) in rows.iter().enumerate() {
+                    let alone: Vec<u32> = simd.iter().map(|&isa| int8_dot(isa, format, row, xi).to_bits()).collect();
+                    prop_assert!(alone.iter().all(|&b| b == y[i * 7 + r].to_bits()), "{:?} row {} input {}: {:?} vs {}", format, r, i, alone, y[i * 7 + r]);
                 }
             }
         }

@@ -32,13 +32,16 @@ import gguf
 from gguf import GGMLQuantizationType as Q
 from llama_cpp import Llama
 
-WIDTH, FF, LAYERS, CTX = 128, 256, 3, 512
+WIDTH, FF, LAYERS, CTX = 128, 256, 3, 1024
 PROMPTS = [
     "The capital of France is",
     "def add(a, b):\n    return",
     "Once upon a time",
     "1, 2, 3, 4,",
     "Water boils at",
+    # ~770 tokens: past the engine's sliding-window cache (512 rows for
+    # gemma2's window of 8), so its oldest rows are dropped mid-prompt.
+    "A story: " + "the quick brown fox jumps over the lazy dog; " * 70,
 ]
 N_TOKENS = 16
 

@@ -9,8 +9,8 @@ use anyhow::Context;
 use candle_core::quantized::GgmlDType;
 use modelship_model::{ModelInfo, inspect};
 use modelship_planner::{
-    CapacityProfile, Estimate, ModelShape, Plan, ReplicaRequest, TensorFootprint, WeightsFile,
-    estimate, place, resident_weights, size_for_slo,
+    CapacityProfile, Estimate, ModelShape, Plan, ReplicaRequest, SlidingWindow, TensorFootprint,
+    WeightsFile, estimate, place, resident_weights, size_for_slo,
 };
 use modelship_quant::encode::encoded_len;
 use modelship_quant::{Source, planned_tensors};
@@ -207,6 +207,13 @@ fn shape(
         ffn: need(info.feed_forward, "feed-forward width")?,
         vocab: need(info.vocab_size, "vocabulary size")?,
         context: need(info.context_length, "context length")?,
+        sliding_window: info.decoder.as_ref().and_then(|d| {
+            let window = d.sliding_window?;
+            Some(SlidingWindow {
+                layers: d.local_layers.iter().filter(|&&local| local).count(),
+                positions: modelship_engine_candle::window_cache_positions(window),
+            })
+        }),
     })
 }
 

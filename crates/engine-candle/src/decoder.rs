@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use modelship_engine::{BackendError, GenerateBackend};
 use modelship_model::{DecoderCheckpoint, DecoderHparams, GgufFile, Rope, RopeStyle};
 
+use crate::attention::{Scoring, attend_cpu, key_hidden};
 use crate::gated::gated;
 use crate::linear::{Linear, Projections};
 
@@ -99,43 +100,80 @@ pub struct DecoderBackend {
     pool: Arc<rayon::ThreadPool>,
 }
 
+/// Positions a sliding-window layer's cache holds at most, whatever the
+/// context: queries attend in chunks of [`QUERY_CHUNK`], and a chunk sees
+/// its `window − 1` earlier positions, so the cache needs `window − 1 +
+/// QUERY_CHUNK` rows; twice the larger of the two leaves room to drop old
+/// rows once per `window` steps rather than every step. The planner counts
+/// the cache by it.
+pub fn window_cache_positions(window: usize) -> usize {
+    2 * window.max(QUERY_CHUNK)
+}
+
 /// Keys and values of one layer for one sequence: buffers of shape
 /// (kv_heads, capacity, head_dim) filled up to `len`, grown by doubling, so a
-/// decode step writes one row instead of copying the whole cache.
+/// decode step writes one row instead of copying the whole cache. Row 0
+/// holds position `first`: a sliding-window layer's cache drops the rows no
+/// later query can see, so it holds at most [`window_cache_positions`].
 pub struct KvCache {
     k: Tensor,
     v: Tensor,
     len: usize,
+    first: usize,
 }
 
 impl KvCache {
-    /// Appends (kv_heads, n, head_dim) keys and values; returns views of all of
-    /// them so far.
+    /// Appends (kv_heads, n, head_dim) keys and values of positions
+    /// `position..position + n`; returns views of the rows held and the
+    /// position of their first. With a `window`, rows more than `window − 1`
+    /// before `position` may be dropped (no query from `position` on sees
+    /// them).
     fn append(
         slot: &mut Option<KvCache>,
         k_new: &Tensor,
         v_new: &Tensor,
         max_len: usize,
-    ) -> Result<(Tensor, Tensor)> {
+        position: usize,
+        window: Option<usize>,
+    ) -> Result<(Tensor, Tensor, usize)> {
         let (kv_heads, n, hd) = k_new.dims3()?;
-        let len = slot.as_ref().map_or(0, |c| c.len);
-        let needed = len + n;
+        let (len, first) = slot.as_ref().map_or((0, position), |c| (c.len, c.first));
         let capacity = slot.as_ref().map_or(0, |c| c.k.dim(1).unwrap_or(0));
-        if needed > capacity {
-            let grown = needed.max(capacity * 2).max(64).min(max_len.max(needed));
+        if len + n > capacity {
+            // Rows no query from `position` on can see.
+            let stale = window.map_or(0, |w| {
+                (position + 1)
+                    .saturating_sub(w)
+                    .saturating_sub(first)
+                    .min(len)
+            });
+            let kept = len - stale;
+            let needed = kept + n;
+            let cap = window.map_or(max_len, |w| window_cache_positions(w).min(max_len));
+            let grown = needed.max(capacity * 2).max(64).min(cap.max(needed));
             let k = Tensor::zeros((kv_heads, grown, hd), k_new.dtype(), k_new.device())?;
             let v = Tensor::zeros((kv_heads, grown, hd), v_new.dtype(), v_new.device())?;
             if let Some(old) = slot.take() {
-                k.slice_set(&old.k.narrow(1, 0, old.len)?.contiguous()?, 1, 0)?;
-                v.slice_set(&old.v.narrow(1, 0, old.len)?.contiguous()?, 1, 0)?;
+                k.slice_set(&old.k.narrow(1, stale, kept)?.contiguous()?, 1, 0)?;
+                v.slice_set(&old.v.narrow(1, stale, kept)?.contiguous()?, 1, 0)?;
             }
-            *slot = Some(KvCache { k, v, len });
+            *slot = Some(KvCache {
+                k,
+                v,
+                len: kept,
+                first: first + stale,
+            });
         }
         let cache = slot.as_mut().expect("allocated above");
-        cache.k.slice_set(&k_new.contiguous()?, 1, len)?;
-        cache.v.slice_set(&v_new.contiguous()?, 1, len)?;
-        cache.len = needed;
-        Ok((cache.k.narrow(1, 0, needed)?, cache.v.narrow(1, 0, needed)?))
+        debug_assert_eq!(cache.first + cache.len, position, "positions in order");
+        cache.k.slice_set(&k_new.contiguous()?, 1, cache.len)?;
+        cache.v.slice_set(&v_new.contiguous()?, 1, cache.len)?;
+        cache.len += n;
+        Ok((
+            cache.k.narrow(1, 0, cache.len)?,
+            cache.v.narrow(1, 0, cache.len)?,
+            cache.first,
+        ))
     }
 }
 
@@ -533,13 +571,6 @@ struct Segment {
 /// Query positions attended at once during a prompt.
 const QUERY_CHUNK: usize = 256;
 
-/// How attention scores are shaped before the softmax.
-#[derive(Clone, Copy)]
-struct Scoring {
-    scale: f32,
-    softcap: Option<f32>,
-}
-
 /// Softmax attention of queries (kv, group, len, hd) over keys and values
 /// (kv, total, hd), with an additive mask (len, total) for prompts.
 fn attend(
@@ -586,10 +617,7 @@ fn visible_keys(
 ) -> Result<(std::ops::Range<usize>, Option<Tensor>)> {
     let end = first + len;
     let start = window.map_or(0, |w| (first + 1).saturating_sub(w));
-    let hidden = |i: usize, j: usize| {
-        let p = first + i;
-        j > p || window.is_some_and(|w| p - j >= w)
-    };
+    let hidden = |i: usize, j: usize| key_hidden(first + i, j, window);
     let any_hidden = (0..len).any(|i| hidden(i, start) || hidden(i, end - 1));
     if !any_hidden {
         return Ok((start..end, None));
@@ -664,8 +692,6 @@ fn attention(
     let mut outs = Vec::with_capacity(segments.len());
     for (seg, cache) in segments.iter().zip(caches.iter_mut()) {
         let n = seg.len;
-        let (k_new, v_new) = (k.narrow(1, seg.start, n)?, v.narrow(1, seg.start, n)?);
-        let (k, v) = KvCache::append(cache, &k_new, &v_new, w.context)?;
         // (heads, n, hd) as (kv_heads, group, n, hd): query heads that share
         // a KV head are stacked against it.
         let q = q
@@ -673,22 +699,32 @@ fn attention(
             .contiguous()?
             .reshape((kv_heads, group, n, hd))?;
         // Long prompts attend in chunks of queries, so the score matrix stays
-        // small (a 4k prompt would otherwise build a 600 MB one per layer).
+        // small (a 4k prompt would otherwise build a 600 MB one per layer),
+        // each chunk's keys and values appended to the cache first, so a
+        // sliding-window layer holds only what its next chunk can see.
         let mut chunks = Vec::with_capacity(n.div_ceil(QUERY_CHUNK));
         for c0 in (0..n).step_by(QUERY_CHUNK) {
             let len = QUERY_CHUNK.min(n - c0);
-            let (keys, mask) = visible_keys(seg.position + c0, len, window, h.device())?;
+            let position = seg.position + c0;
+            let (k, v, first) = KvCache::append(
+                cache,
+                &k.narrow(1, seg.start + c0, len)?,
+                &v.narrow(1, seg.start + c0, len)?,
+                w.context,
+                position,
+                window,
+            )?;
+            let q = q.narrow(2, c0, len)?;
+            if h.device().is_cpu() {
+                chunks.push(attend_cpu(&q, &k, &v, (position, first), window, scoring)?);
+                continue;
+            }
+            let (keys, mask) = visible_keys(position, len, window, h.device())?;
             let (k, v) = (
-                k.narrow(1, keys.start, keys.len())?,
-                v.narrow(1, keys.start, keys.len())?,
+                k.narrow(1, keys.start - first, keys.len())?,
+                v.narrow(1, keys.start - first, keys.len())?,
             );
-            chunks.push(attend(
-                &q.narrow(2, c0, len)?,
-                &k,
-                &v,
-                mask.as_ref(),
-                scoring,
-            )?);
+            chunks.push(attend(&q, &k, &v, mask.as_ref(), scoring)?);
         }
         let out = Tensor::cat(&chunks, 2)?; // (kv, group, n, hd)
         outs.push(
@@ -820,5 +856,113 @@ mod tests {
         // Without a window a decode step sees everything.
         let (keys, mask) = visible_keys(100, 1, None, &dev).unwrap();
         assert_eq!((keys, mask.is_none()), (0..101, true));
+    }
+
+    /// A sliding-window layer's cache keeps, through a long prompt in
+    /// chunks and then decode steps, every key a query sees, in order, and
+    /// never more than `window_cache_positions` rows; a full layer's keeps
+    /// every position.
+    #[test]
+    fn a_window_cache_holds_what_its_queries_see_and_no_more() {
+        let dev = Device::Cpu;
+        let rows = |p0: usize, n: usize| {
+            let values: Vec<f32> = (p0..p0 + n).map(|p| p as f32).collect();
+            Tensor::from_vec(values, (1, n, 1), &dev).unwrap()
+        };
+        for window in [None, Some(300)] {
+            let (mut slot, mut position) = (None, 0);
+            let passes = [256, 256, 256, 100]
+                .into_iter()
+                .chain(std::iter::repeat_n(1, 900));
+            for n in passes {
+                let new = rows(position, n);
+                let (k, v, first) = KvCache::append(
+                    &mut slot,
+                    &new,
+                    &(&new * 2.0).unwrap(),
+                    4096,
+                    position,
+                    window,
+                )
+                .unwrap();
+                let held: Vec<f32> = k.flatten_all().unwrap().to_vec1().unwrap();
+                let want: Vec<f32> = (first..position + n).map(|p| p as f32).collect();
+                assert_eq!(held, want, "window {window:?} at {position}");
+                let doubled: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+                assert_eq!(doubled, want.iter().map(|p| p * 2.0).collect::<Vec<_>>());
+                let (keys, _) = visible_keys(position, n, window, &dev).unwrap();
+                assert!(
+                    keys.start >= first,
+                    "key {} dropped (first {first})",
+                    keys.start
+                );
+                let capacity = slot.as_ref().unwrap().k.dim(1).unwrap();
+                match window {
+                    Some(w) => assert!(capacity <= window_cache_positions(w), "{capacity} rows"),
+                    None => assert_eq!(first, 0),
+                }
+                position += n;
+            }
+            if let Some(w) = window {
+                assert!(slot.as_ref().unwrap().first > 0, "old rows dropped");
+                assert!(position > window_cache_positions(w));
+            }
+        }
+    }
+
+    /// The CPU kernel reads the cache's rows in place and gives candle's
+    /// ops' attention: causal, through a window, soft-capped.
+    #[test]
+    fn cpu_attention_equals_candle_ops() {
+        let dev = Device::Cpu;
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| (i as f32 * 0.37 + seed).sin() * 2.0)
+                .collect()
+        };
+        let (kv, group, len, hd) = (2, 3, 4, 16);
+        let first_query = 10;
+        let buffer =
+            |seed| Tensor::from_vec(values(kv * 20 * hd, seed), (kv, 20, hd), &dev).unwrap();
+        let (kb, vb) = (buffer(1.0), buffer(2.0));
+        let q = Tensor::from_vec(
+            values(kv * group * len * hd, 3.0),
+            (kv, group, len, hd),
+            &dev,
+        )
+        .unwrap();
+        // A full layer holds positions 0..14; a windowed one 2..14 (its
+        // older rows dropped), both as rows 3.. of a larger cache buffer.
+        for (window, softcap, first_key) in [(None, None, 0), (Some(5), Some(8.0), 2)] {
+            let total = first_query + len - first_key;
+            let (k, v) = (
+                kb.narrow(1, 3, total).unwrap(),
+                vb.narrow(1, 3, total).unwrap(),
+            );
+            let scoring = Scoring {
+                scale: 0.25,
+                softcap,
+            };
+            let ours = attend_cpu(&q, &k, &v, (first_query, first_key), window, scoring).unwrap();
+            let (keys, mask) = visible_keys(first_query, len, window, &dev).unwrap();
+            let from = keys.start - first_key;
+            let theirs = attend(
+                &q,
+                &k.narrow(1, from, keys.len()).unwrap(),
+                &v.narrow(1, from, keys.len()).unwrap(),
+                mask.as_ref(),
+                scoring,
+            )
+            .unwrap();
+            let diff = (ours - theirs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 2e-3, "window {window:?}: {diff}");
+        }
     }
 }

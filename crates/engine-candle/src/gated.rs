@@ -58,7 +58,7 @@ fn gelu_argument(x: f32) -> f32 {
 /// split into `round(t)`, put in the exponent bits, and `2^f` for the rest
 /// `|f| ≤ 0.5` by its Taylor polynomial of degree 6.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     // 1.5·2^23: adding it leaves round(t) in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let t = (x * std::f32::consts::LOG2_E).clamp(-126.0, 126.0);

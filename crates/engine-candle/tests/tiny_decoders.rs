@@ -129,7 +129,7 @@ fn random_weight_decoders_agree_with_llama_cpp() {
         let arch = reference[name]["architecture"].as_str().unwrap();
         assert_eq!(Some(hp.family), Family::from_architecture(arch), "{name}");
         let mut reader = std::fs::File::open(&path).unwrap();
-        let backend = DecoderBackend::from_gguf(&gguf, &mut reader, &Device::Cpu, 512).unwrap();
+        let backend = DecoderBackend::from_gguf(&gguf, &mut reader, &Device::Cpu, 1024).unwrap();
         let completions = &reference[name]["completions"];
         let tol = Tolerance::for_logits(logit_scale(completions));
         let s = teacher_forced(&backend, completions, tol.near_tie);
@@ -245,7 +245,7 @@ fn fused_phi3_equals_its_split_twin(dir: &std::path::Path) {
         let path = dir.join(name);
         let gguf = GgufFile::open(&path).unwrap();
         let mut reader = std::fs::File::open(&path).unwrap();
-        let backend = DecoderBackend::from_gguf(&gguf, &mut reader, &Device::Cpu, 512).unwrap();
+        let backend = DecoderBackend::from_gguf(&gguf, &mut reader, &Device::Cpu, 1024).unwrap();
         backend.score(&[1, 504, 3300, 282, 2451, 314]).unwrap()
     };
     let (fused, split) = (logits("phi3.gguf"), logits("phi3_split.gguf"));

@@ -30,6 +30,18 @@ pub struct ModelShape {
     pub vocab: usize,
     /// Context the model supports.
     pub context: usize,
+    /// Layers that attend through a sliding window, where the model has
+    /// them.
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+/// A model's sliding-window layers and what each one's cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SlidingWindow {
+    pub layers: usize,
+    /// Positions one such layer's cache holds at most, however long the
+    /// context (`engine_candle::window_cache_positions`).
+    pub positions: usize,
 }
 
 /// The process itself besides model and workload: binary, allocator arenas,
@@ -153,9 +165,11 @@ fn load_rank(name: &str) -> (usize, usize) {
 pub struct Estimate {
     pub weights_bytes: u64,
     pub loading_bytes: u64,
-    /// Keys and values of every sequence at full context: 2 × layers ×
-    /// kv_heads × head_dim × 4 bytes (the cache holds f32) × context ×
-    /// concurrent sequences. Zero for encoders.
+    /// Keys and values of every sequence at full context: 2 × kv_heads ×
+    /// head_dim × 4 bytes (the cache holds f32) × concurrent sequences ×
+    /// the positions the layers hold: the context in each full-attention
+    /// layer, at most [`SlidingWindow::positions`] in each sliding-window
+    /// one. Zero for encoders.
     pub kv_cache_bytes: u64,
     /// The largest forward pass's live tensors (see [`activations`]).
     pub activations_bytes: u64,
@@ -173,12 +187,12 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
     let head_dim = model.head_dim as u64;
     let kv_cache_bytes = match model.task {
         Task::Generate => {
-            2 * model.layers as u64
-                * model.kv_heads as u64
-                * head_dim
-                * 4
-                * context
-                * limits.max_concurrent as u64
+            let (windowed, window_positions) = model
+                .sliding_window
+                .map_or((0, 0), |w| (w.layers as u64, w.positions as u64));
+            let full = model.layers as u64 - windowed;
+            let positions = full * context + windowed * context.min(window_positions);
+            2 * model.kv_heads as u64 * head_dim * 4 * positions * limits.max_concurrent as u64
         }
         Task::Embeddings => 0,
     };
@@ -256,7 +270,39 @@ mod tests {
             ffn: 1536,
             vocab: 49152,
             context: 8192,
+            sliding_window: None,
         }
+    }
+
+    #[test]
+    fn sliding_window_layers_hold_only_their_window() {
+        let limits = ServingLimits {
+            max_context: 2048,
+            max_concurrent: 4,
+            ..ServingLimits::default()
+        };
+        let windowed = ModelShape {
+            sliding_window: Some(SlidingWindow {
+                layers: 25,
+                positions: 1024,
+            }),
+            ..smollm()
+        };
+        // Per layer and position: 2 × 3 KV heads × 64 × 4 bytes × 4 sequences.
+        let per = 2 * 3 * 64 * 4 * 4;
+        assert_eq!(
+            estimate(&windowed, &limits, 1.0).kv_cache_bytes,
+            per * (5 * 2048 + 25 * 1024)
+        );
+        // Under the window's positions, every layer holds the whole context.
+        let short = ServingLimits {
+            max_context: 512,
+            ..limits
+        };
+        assert_eq!(
+            estimate(&windowed, &short, 1.0).kv_cache_bytes,
+            estimate(&smollm(), &short, 1.0).kv_cache_bytes
+        );
     }
 
     #[test]
@@ -435,6 +481,7 @@ mod tests {
             ffn: 1536,
             vocab: 30522,
             context: 512,
+            sliding_window: None,
             weight_bytes: 90_000_000,
             loading_bytes: 90_000_000,
             ffn_input_copy_per_256: 0,
@@ -467,6 +514,7 @@ mod vocabulary_tests {
             ffn: 64,
             vocab,
             context: 512,
+            sliding_window: None,
         };
         assert_eq!(
             estimate(&shape(49_152), &limits, 1.0).runtime_bytes,

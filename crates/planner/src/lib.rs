@@ -19,7 +19,8 @@ pub use autoscale::{Sample, ScaleDecision, ScalerState, autoscale};
 pub use canary::{Verdict, Window, judge_canary};
 pub use capacity::{CapacityPoint, CapacityProfile, Sizing, size_for_slo};
 pub use estimate::{
-    Estimate, ModelShape, RUNTIME_BYTES, TensorFootprint, WeightsFile, estimate, resident_weights,
+    Estimate, ModelShape, RUNTIME_BYTES, SlidingWindow, TensorFootprint, WeightsFile, estimate,
+    resident_weights,
 };
 pub use placement::{Pending, Placement, Plan, ReplicaRequest, place, place_onto};
 pub use reconcile::{

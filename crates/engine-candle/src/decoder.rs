@@ -490,14 +490,23 @@ impl DecoderBackend {
                 (Some(loc), true) => (&loc.0, &loc.1),
                 _ => (&global.0, &global.1),
             };
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, hp.rms_eps)?;
-            let a = attention(w, layer, &h, cos, sin, &segments, &mut caches)?;
-            let a = post_norm(a, layer.post_attn_norm.as_ref(), hp.rms_eps)?;
+            // Blocks, so each step's tensors are freed before the next.
+            let a = {
+                let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, hp.rms_eps)?;
+                let a = attention(w, layer, &h, cos, sin, &segments, &mut caches)?;
+                post_norm(a, layer.post_attn_norm.as_ref(), hp.rms_eps)?
+            };
             x = (x + a)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, hp.rms_eps)?;
-            let gu = layer.gate_up.forward_joined(&h)?;
-            let m = layer.down.forward(&gated(&gu, hp.activation)?)?;
-            x = (x + post_norm(m, layer.post_ffn_norm.as_ref(), hp.rms_eps)?)?;
+            let m = {
+                let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, hp.rms_eps)?;
+                let gated = gated(&layer.gate_up.forward_joined(&h)?, hp.activation)?;
+                post_norm(
+                    layer.down.forward(&gated)?,
+                    layer.post_ffn_norm.as_ref(),
+                    hp.rms_eps,
+                )?
+            };
+            x = (x + m)?;
         }
         for (seq, tokens) in batch.iter_mut() {
             seq.position += tokens.len();
@@ -668,22 +677,28 @@ fn attention(
         .forward(h)?
         .try_into()
         .map_err(|_| candle_core::Error::Msg("expected Q, K and V".into()))?;
-    let q = split(
-        head_norm(q, layer.q_norm.as_ref(), heads, hp.rms_eps)?,
-        heads,
-    )?;
-    let k = split(
-        head_norm(k, layer.k_norm.as_ref(), kv_heads, hp.rms_eps)?,
-        kv_heads,
-    )?;
-    let v = split(v, kv_heads)?;
     let rope = |t: &Tensor| match hp.rope_style {
         RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(t, cos, sin),
         RopeStyle::Halves => candle_nn::rotary_emb::rope(t, cos, sin),
     };
-    let q = through_f16(&rope(&q)?.squeeze(0)?)?;
-    let k = through_f16(&rope(&k)?.squeeze(0)?)?;
-    let v = through_f16(&v.squeeze(0)?)?;
+    // Each projection to its final form in one expression, so the steps in
+    // between are freed as it goes (a shadowed binding would live to the end
+    // of the function: a long prompt's peak held them all).
+    let q = through_f16(
+        &rope(&split(
+            head_norm(q, layer.q_norm.as_ref(), heads, hp.rms_eps)?,
+            heads,
+        )?)?
+        .squeeze(0)?,
+    )?;
+    let k = through_f16(
+        &rope(&split(
+            head_norm(k, layer.k_norm.as_ref(), kv_heads, hp.rms_eps)?,
+            kv_heads,
+        )?)?
+        .squeeze(0)?,
+    )?;
+    let v = through_f16(&split(v, kv_heads)?.squeeze(0)?)?;
     let window = if layer.local { hp.sliding_window } else { None };
     let scoring = Scoring {
         scale: hp.attention_scale,

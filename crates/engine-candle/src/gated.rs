@@ -6,7 +6,7 @@
 //! the sigmoid of `2z`), computed here with a polynomial `exp` the compiler
 //! vectorizes.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 use modelship_model::Activation;
 use rayon::prelude::*;
 
@@ -24,7 +24,13 @@ pub(crate) fn gated(joined: &Tensor, activation: Activation) -> Result<Tensor> {
         };
         return act * joined.narrow(1, f, f)?;
     }
-    let data = joined.flatten_all()?.to_vec1::<f32>()?;
+    // The projections' output, read where it is (a copy only if it is not
+    // one contiguous f32 buffer).
+    let (storage, layout) = joined.storage_and_layout();
+    let data: std::borrow::Cow<[f32]> = match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(all)), Some((from, to))) => all[from..to].into(),
+        _ => joined.flatten_all()?.to_vec1::<f32>()?.into(),
+    };
     let mut out = vec![0f32; n * f];
     let rows = out.par_chunks_mut(f).zip(data.par_chunks_exact(width));
     rows.for_each(|(out, row)| {

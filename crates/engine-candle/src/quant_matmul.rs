@@ -3,9 +3,10 @@
 //! output is a sum of per-block dot products:
 //!
 //! - Q4_1 weights take 8-bit Q8_1 activations, and Q4_0 and Q5_0 weights
-//!   8-bit Q8_0 ones, exactly as ggml computes them (the llama.cpp agreement
-//!   tests hold the original SmolLM2, Qwen2.5 and Gemma 3 files to its
-//!   numerics);
+//!   8-bit Q8_0 ones, quantized exactly as ggml quantizes them (the
+//!   llama.cpp agreement tests hold the original SmolLM2, Qwen2.5 and
+//!   Gemma 3 files to its numerics); their kernels ([`int8`]) read the
+//!   weights as unsigned integers with a per-block offset term;
 //! - Q8_0 weights take 16-bit activations (W8A16). ggml quantizes them to 8
 //!   bits, which adds an error as large as the weights' own: on SmolLM2 the
 //!   q8_0 file's top-1 agreement with its f32 original goes from 96.1% to
@@ -17,9 +18,10 @@
 //!   and a checkpoint's f16 or bf16 weights are read as stored, never
 //!   widened to f32 in memory.
 //!
-//! candle's CPU kernels for Q4_0, Q4_1 and Q5_0 are scalar and its Q8_0 one runs on a second
-//! thread pool that fights rayon's for the cores; these use AVX2 where the
-//! build has it and split output rows across rayon.
+//! candle's CPU kernels for Q4_0, Q4_1 and Q5_0 are scalar and its Q8_0 one
+//! runs on a second thread pool that fights rayon's for the cores; these use
+//! AVX2 where the build has it (and AVX-512 where the CPU has it, for the
+//! 8-bit-activation formats) and split output rows across rayon.
 
 use std::sync::Arc;
 

@@ -220,21 +220,21 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
 /// The largest pass's live tensors. Per token in the pass: the hidden
 /// state, its residual, Q/K/V and the attention output (hidden × 4 f32 at
 /// once at most) and the FFN's live tensors — an encoder's up projection
-/// and its GELU (2 × ffn), a decoder's stacked gate/up output, its SiLU and
-/// their product (4 × ffn); block-quantized kernels also copy an FFN-wide
-/// input in f32 and quantized (4 + 1 or 2 bytes per value). Attention
-/// scores and
-/// probabilities of one sequence at a time: the whole sequence for
-/// encoders, 256-query chunks for decoders. Encoders pack up to
-/// `max_batch_tokens` tokens; decoders pack new prompts into one pass up to
-/// `max_batch_tokens` of them, so up to `max_concurrent × context` tokens
-/// within that, plus each sequence's logits.
+/// and its GELU (2 × ffn), a decoder's stacked gate/up output and the gated
+/// activation made from it in one pass (3 × ffn); block-quantized kernels
+/// also copy an FFN-wide input in f32 and quantized (4 + 1 or 2 bytes per
+/// value). Encoders hold the attention scores and probabilities of one
+/// sequence at a time; decoders none (the CPU attention keeps one query's
+/// scores at a time). Encoders pack up to `max_batch_tokens` tokens;
+/// decoders pack new prompts into one pass up to `max_batch_tokens` of
+/// them, so up to `max_concurrent × context` tokens within that, plus each
+/// sequence's logits.
 fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 {
     let (hidden, ffn, heads) = (model.hidden as u64, model.ffn as u64, model.heads as u64);
     let attention = heads * model.head_dim as u64;
     let ffn_live = match model.task {
         Task::Embeddings => 2,
-        Task::Generate => 4,
+        Task::Generate => 3,
     };
     let quantized_copy = ffn * model.ffn_input_copy_per_256 / 256;
     let per_token = (hidden * 2 + attention * 2 + ffn * ffn_live) * 4 + quantized_copy;
@@ -246,8 +246,7 @@ fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 
         }
         Task::Generate => {
             let tokens = (concurrent * context).min(limits.max_batch_tokens as u64);
-            let scores = heads * context.min(256) * context * 2 * 4;
-            tokens * per_token + scores + model.vocab as u64 * concurrent * 4
+            tokens * per_token + model.vocab as u64 * concurrent * 4
         }
     }
 }
@@ -272,6 +271,25 @@ mod tests {
             context: 8192,
             sliding_window: None,
         }
+    }
+
+    #[test]
+    fn decoder_activations_hold_the_pass_and_the_logits() {
+        let limits = ServingLimits {
+            max_context: 512,
+            max_concurrent: 2,
+            max_batch_tokens: 1024,
+            ..ServingLimits::default()
+        };
+        // Per token: hidden and residual, Q/K/V and attention out (576 each,
+        // 9 heads × 64), gate/up and the gated activation (3 × 1536), in
+        // f32; the down projection's input copy (1536 × 5 bytes). No score
+        // matrix. Then the two sequences' logits.
+        let per_token = (576 * 2 + 576 * 2 + 1536 * 3) * 4 + 1536 * 5;
+        assert_eq!(
+            estimate(&smollm(), &limits, 1.0).activations_bytes,
+            1024 * per_token + 49152 * 2 * 4
+        );
     }
 
     #[test]

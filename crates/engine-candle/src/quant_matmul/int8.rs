@@ -363,8 +363,9 @@ macro_rules! shared_kernels {
         #[target_feature(enable = $features)]
         #[inline]
         unsafe fn unsigned_block<const F: u8>(wb: *const u8) -> (__m256i, f32, f32) {
-            // SAFETY (each `nibbles`): the block's 16 nibble bytes start there.
-            // SAFETY: the block starts with its f16 scale (caller).
+            // SAFETY (here and at each `nibbles` below): the block starts
+            // with its f16 scale, and its 16 nibble bytes start at the offset
+            // given (caller: a whole block of format F).
             let dw = unsafe { f16::from_bits(u16::from_le_bytes([*wb, *wb.add(1)])).to_f32() };
             match F {
                 Q4_0 => (unsafe { nibbles(wb.add(2)) }, dw, -8.0 * dw),

@@ -85,7 +85,10 @@ pub fn plan(spec: &ModelDeployment, nodes: &[Node]) -> anyhow::Result<Report> {
         })
         .max()
         .unwrap_or(0);
-    let shape = shape(&info, task, (resident, loading), ffn_input_copy_per_256)?;
+    let shape = ModelShape {
+        on_gpu: spec.spec.resources.gpu > 0,
+        ..shape(&info, task, (resident, loading), ffn_input_copy_per_256)?
+    };
     let cpu = spec.spec.resources.cpu.unwrap_or(1.0);
     let est = estimate(&shape, &spec.spec.serving, cpu);
     let request = Request {
@@ -214,6 +217,7 @@ fn shape(
                 positions: modelship_engine_candle::window_cache_positions(window),
             })
         }),
+        on_gpu: false,
     })
 }
 

@@ -54,9 +54,12 @@ pub(crate) fn attend_cpu(
             let head = row / (group * len);
             let p = first_query + row % len;
             // The keys this query sees, as rows of the cache.
-            let from = window
-                .map_or(0, |w| (p + 1).saturating_sub(w))
-                .max(first_key);
+            let seen_from = window.map_or(0, |w| (p + 1).saturating_sub(w));
+            debug_assert!(
+                seen_from >= first_key,
+                "a key position {p} sees was dropped"
+            );
+            let from = seen_from.max(first_key);
             let to = (p + 1).min(first_key + total);
             debug_assert!((from..to).all(|j| !key_hidden(p, j, window)));
             scores.clear();

@@ -61,8 +61,9 @@ fn gelu_argument(x: f32) -> f32 {
 /// `e^x` to within `3e-7 + 1e-7·|x|` relative (the rounding of `x·log2(e)`
 /// grows with `x`), for `x` in ±87 (clamped beyond: the
 /// activations only need its limits there): `2^t` for `t = x·log2(e)`,
-/// split into `round(t)`, put in the exponent bits, and `2^f` for the rest
-/// `|f| ≤ 0.5` by its Taylor polynomial of degree 6.
+/// split into `round(t)`, put in the exponent bits, and `2^r = e^(r·ln 2)`
+/// for the rest `|r| ≤ 0.5` by the Taylor polynomial of degree 6 of `e^f`,
+/// `|f| ≤ 0.35`.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     // 1.5·2^23: adding it leaves round(t) in the low mantissa bits.

@@ -263,8 +263,9 @@ impl QuantMatrix {
     }
 
     /// Every weight row (Q4_0, Q5_0, Q4_1) · every 8-bit input row, in
-    /// tiles of two rows × a group of inputs: the rows' blocks are decoded
-    /// once per group, each input block loaded once for both rows. A task
+    /// tiles of rows (four on AVX-512, two on AVX2) × a group of inputs: the
+    /// rows' blocks are decoded once per group, each input block loaded once
+    /// for all the tile's rows. A task
     /// takes a range of rows for every input, so each weight row is read
     /// from memory once, and writes its outputs in place.
     fn times_int8(&self, x: &int8::Q8Inputs) -> Vec<f32> {

@@ -33,6 +33,9 @@ pub struct ModelShape {
     /// Layers that attend through a sliding window, where the model has
     /// them.
     pub sliding_window: Option<SlidingWindow>,
+    /// The replica runs on a GPU, through candle's attention and gating ops
+    /// (score matrices, 4 × ffn live), not the CPU's fused ones.
+    pub on_gpu: bool,
 }
 
 /// A model's sliding-window layers and what each one's cache holds.
@@ -190,7 +193,7 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
             let (windowed, window_positions) = model
                 .sliding_window
                 .map_or((0, 0), |w| (w.layers as u64, w.positions as u64));
-            let full = model.layers as u64 - windowed;
+            let full = (model.layers as u64).saturating_sub(windowed);
             let positions = full * context + windowed * context.min(window_positions);
             2 * model.kv_heads as u64 * head_dim * 4 * positions * limits.max_concurrent as u64
         }
@@ -221,11 +224,12 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
 /// state, its residual, Q/K/V and the attention output (hidden × 4 f32 at
 /// once at most) and the FFN's live tensors — an encoder's up projection
 /// and its GELU (2 × ffn), a decoder's stacked gate/up output and the gated
-/// activation made from it in one pass (3 × ffn); block-quantized kernels
-/// also copy an FFN-wide input in f32 and quantized (4 + 1 or 2 bytes per
+/// activation made from it in one pass (3 × ffn; on a GPU candle's
+/// activation and product besides, 4 × ffn); block-quantized kernels also
+/// copy an FFN-wide input in f32 and quantized (4 + 1 or 2 bytes per
 /// value). Encoders hold the attention scores and probabilities of one
-/// sequence at a time; decoders none (the CPU attention keeps one query's
-/// scores at a time). Encoders pack up to `max_batch_tokens` tokens;
+/// sequence at a time; decoders on a GPU those of a 256-query chunk, on the
+/// CPU none (its attention keeps one query's scores at a time). Encoders pack up to `max_batch_tokens` tokens;
 /// decoders pack new prompts into one pass up to `max_batch_tokens` of
 /// them, so up to `max_concurrent × context` tokens within that, plus each
 /// sequence's logits.
@@ -234,6 +238,7 @@ fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 
     let attention = heads * model.head_dim as u64;
     let ffn_live = match model.task {
         Task::Embeddings => 2,
+        Task::Generate if model.on_gpu => 4,
         Task::Generate => 3,
     };
     let quantized_copy = ffn * model.ffn_input_copy_per_256 / 256;
@@ -246,7 +251,14 @@ fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 
         }
         Task::Generate => {
             let tokens = (concurrent * context).min(limits.max_batch_tokens as u64);
-            tokens * per_token + model.vocab as u64 * concurrent * 4
+            // candle's attention holds a 256-query chunk's scores; the CPU's
+            // keeps one query's at a time.
+            let scores = if model.on_gpu {
+                heads * context.min(256) * context * 2 * 4
+            } else {
+                0
+            };
+            tokens * per_token + scores + model.vocab as u64 * concurrent * 4
         }
     }
 }
@@ -270,6 +282,7 @@ mod tests {
             vocab: 49152,
             context: 8192,
             sliding_window: None,
+            on_gpu: false,
         }
     }
 
@@ -289,6 +302,16 @@ mod tests {
         assert_eq!(
             estimate(&smollm(), &limits, 1.0).activations_bytes,
             1024 * per_token + 49152 * 2 * 4
+        );
+        // On a GPU: candle's activation and product (one more ffn) and a
+        // 256-query chunk's scores and probabilities per head.
+        let gpu = ModelShape {
+            on_gpu: true,
+            ..smollm()
+        };
+        assert_eq!(
+            estimate(&gpu, &limits, 1.0).activations_bytes,
+            1024 * (per_token + 1536 * 4) + 9 * 256 * 512 * 2 * 4 + 49152 * 2 * 4
         );
     }
 
@@ -500,6 +523,7 @@ mod tests {
             vocab: 30522,
             context: 512,
             sliding_window: None,
+            on_gpu: false,
             weight_bytes: 90_000_000,
             loading_bytes: 90_000_000,
             ffn_input_copy_per_256: 0,
@@ -533,6 +557,7 @@ mod vocabulary_tests {
             vocab,
             context: 512,
             sliding_window: None,
+            on_gpu: false,
         };
         assert_eq!(
             estimate(&shape(49_152), &limits, 1.0).runtime_bytes,

@@ -424,13 +424,13 @@ macro_rules! shared_kernels {
             // array stalls on store forwarding, once a block.
             // SAFETY: N floats at p (caller).
             unsafe {
+                // `movq` for two floats: `p` is only 4-byte aligned, and
+                // `_mm_load_sd` reads through an aligned `*const f64`.
+                let two = || _mm_castsi128_ps(_mm_loadl_epi64(p as *const __m128i));
                 match N {
                     1 => _mm_load_ss(p),
-                    2 => _mm_castpd_ps(_mm_load_sd(p as *const f64)),
-                    3 => _mm_movelh_ps(
-                        _mm_castpd_ps(_mm_load_sd(p as *const f64)),
-                        _mm_load_ss(p.add(2)),
-                    ),
+                    2 => two(),
+                    3 => _mm_movelh_ps(two(), _mm_load_ss(p.add(2))),
                     _ => _mm_loadu_ps(p),
                 }
             }

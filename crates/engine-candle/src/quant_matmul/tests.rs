@@ -267,6 +267,12 @@ fn an_f16_matrix_stacks_with_q8_0_ones_but_not_with_q4_1() {
         .concat();
         assert_eq!(&joined[i * 6..(i + 1) * 6], &want[..], "input {i}");
     }
+    // One input alone (a decode step's path, a run of rows per part) gives
+    // the same outputs.
+    for i in 0..5 {
+        let one = stacked.matmul(&x[i * cols..(i + 1) * cols], 1);
+        assert_eq!(&one[..], &joined[i * 6..(i + 1) * 6], "input {i} alone");
+    }
     // The f16 rows are not zero (the test would pass on a dropped part).
     assert!(apart[1].iter().any(|v| v.abs() > 0.1), "{:?}", apart[1]);
     // Q4_1 takes 8-bit activations: it cannot share a stack with f16.
@@ -423,5 +429,60 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+/// Q4_0, Q5_0 and Q4_1 parts stacked (they take the same 8-bit inputs),
+/// with part boundaries inside the parallel tasks and the tiles, give each
+/// part's own outputs for a batch and for one input alone.
+#[test]
+fn int8_parts_stack_and_split_across_tasks() {
+    let cols = 64;
+    let parts: Vec<(BlockFormat, usize, usize)> = vec![
+        (BlockFormat::Q4_0, Q4_0_BYTES, 23),
+        (BlockFormat::Q5_0, Q5_0_BYTES, 30),
+        (BlockFormat::Q4_1, Q4_1_BYTES, 17),
+    ];
+    let matrix = |(format, bytes, rows): (BlockFormat, usize, usize), seed: usize| {
+        let raw: Vec<u8> = (0..rows * cols / 32 * bytes)
+            .map(|i| ((i * 131 + seed * 17) % 251) as u8)
+            .collect();
+        let mut w = signed_blocks(&raw, bytes);
+        if format == BlockFormat::Q4_1 {
+            for b in w.chunks_exact_mut(bytes) {
+                b[3] &= 0x3B;
+            }
+        }
+        QuantMatrix::from_ggml(format, &w, rows, cols).unwrap()
+    };
+    let x: Vec<f32> = (0..5 * cols)
+        .map(|i| ((i * 29 % 97) as f32 - 48.0) / 20.0)
+        .collect();
+    for n in [5, 1] {
+        let x = &x[..n * cols];
+        let apart: Vec<Vec<f32>> = parts
+            .iter()
+            .enumerate()
+            .map(|(k, &p)| matrix(p, k).matmul(x, n))
+            .collect();
+        let stacked = QuantMatrix::stack(
+            parts
+                .iter()
+                .enumerate()
+                .map(|(k, &p)| matrix(p, k))
+                .collect(),
+        )
+        .unwrap();
+        assert_eq!(stacked.rows(), 70);
+        let joined = stacked.matmul(x, n);
+        for i in 0..n {
+            let want: Vec<f32> = parts
+                .iter()
+                .zip(&apart)
+                .flat_map(|(&(_, _, rows), y)| y[i * rows..(i + 1) * rows].to_vec())
+                .collect();
+            assert_eq!(&joined[i * 70..(i + 1) * 70], &want[..], "n {n}, input {i}");
+        }
+        assert!(joined.iter().any(|v| v.abs() > 0.1), "{joined:?}");
     }
 }

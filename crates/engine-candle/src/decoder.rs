@@ -684,20 +684,11 @@ fn attention(
     // Each projection to its final form in one expression, so the steps in
     // between are freed as it goes (a shadowed binding would live to the end
     // of the function: a long prompt's peak held them all).
-    let q = through_f16(
-        &rope(&split(
-            head_norm(q, layer.q_norm.as_ref(), heads, hp.rms_eps)?,
-            heads,
-        )?)?
-        .squeeze(0)?,
-    )?;
-    let k = through_f16(
-        &rope(&split(
-            head_norm(k, layer.k_norm.as_ref(), kv_heads, hp.rms_eps)?,
-            kv_heads,
-        )?)?
-        .squeeze(0)?,
-    )?;
+    let normed_roped = |t: Tensor, norm: Option<&Tensor>, count: usize| {
+        through_f16(&rope(&split(head_norm(t, norm, count, hp.rms_eps)?, count)?)?.squeeze(0)?)
+    };
+    let q = normed_roped(q, layer.q_norm.as_ref(), heads)?;
+    let k = normed_roped(k, layer.k_norm.as_ref(), kv_heads)?;
     let v = through_f16(&split(v, kv_heads)?.squeeze(0)?)?;
     let window = if layer.local { hp.sliding_window } else { None };
     let scoring = Scoring {

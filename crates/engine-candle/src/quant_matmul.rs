@@ -492,14 +492,14 @@ fn quantize_q16(x: &[f32]) -> Q16Row {
 /// .cargo/config.toml), else the scalar expression.
 macro_rules! simd_or_scalar {
     ($avx2:ident $(::<$generic:tt>)? ($($arg:expr),*), $scalar:expr) => {{
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+        #[cfg(x86_v3)]
         {
             // SAFETY: the target features are enabled for this build, and every
             // activation row holds as many whole blocks as the weight row
             // (checked in `from_ggml` and `matmul`).
             unsafe { avx2::$avx2 $(::<$generic>)? ($($arg),*) }
         }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
+        #[cfg(not(x86_v3))]
         {
             $scalar
         }
@@ -550,15 +550,7 @@ fn column_q16(format: BlockFormat, w: &[u8], row_bytes: usize, x: &Q16Row, out: 
     }
 }
 
-#[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ),
-    allow(dead_code)
-)]
+#[cfg_attr(x86_v3, allow(dead_code))]
 fn rows_scalar(w: &[u8], row_bytes: usize, out: &mut [f32], dot: impl Fn(&[u8]) -> f32) {
     for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
         *o = dot(row);
@@ -586,15 +578,7 @@ fn bf16_bits(b: &[u8], at: usize) -> f32 {
 
 /// The formulas the AVX2 kernels compute, for builds without them and for
 /// the tests.
-#[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ),
-    allow(dead_code)
-)]
+#[cfg_attr(x86_v3, allow(dead_code))]
 mod scalar {
     use super::*;
 
@@ -634,12 +618,7 @@ mod scalar {
 
 /// The AVX2 kernels (the build enables AVX2, FMA and F16C for x86-64-v3:
 /// .cargo/config.toml).
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg(x86_v3)]
 mod avx2 {
     use super::*;
 

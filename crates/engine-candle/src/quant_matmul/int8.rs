@@ -59,6 +59,14 @@ pub(super) struct Q8Group<'a> {
     q: &'a [i8],
 }
 
+impl Q8Group<'_> {
+    /// The per-block terms format `F`'s offset multiplies: Q4_1's f16-rounded
+    /// `d·Σq` (as ggml's Q8_1 stores it), the exact one for Q4_0 and Q5_0.
+    fn terms<const F: u8>(&self) -> &[f32] {
+        if F == Q4_1 { self.s } else { self.sum }
+    }
+}
+
 impl Q8Inputs {
     /// `x` is `n` rows of `cols` values, `cols` whole blocks.
     ///
@@ -144,26 +152,14 @@ pub(super) enum Isa {
     Avx512,
 }
 
-const SIMD: bool = cfg!(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-));
-
 impl Isa {
     /// The kernels this CPU runs: AVX2 where the build has it (x86-64-v3,
     /// .cargo/config.toml), AVX-512 where the CPU also has it (checked once).
     pub(super) fn available() -> Vec<Isa> {
         let mut isas = vec![Isa::Scalar];
-        if SIMD {
+        if cfg!(x86_v3) {
             isas.push(Isa::Avx2);
-            #[cfg(all(
-                target_arch = "x86_64",
-                target_feature = "avx2",
-                target_feature = "fma",
-                target_feature = "f16c"
-            ))]
+            #[cfg(x86_v3)]
             if avx512::available() {
                 isas.push(Isa::Avx512);
             }
@@ -181,6 +177,29 @@ impl Isa {
     pub(super) fn tile_rows(self) -> usize {
         if self == Isa::Avx512 { 4 } else { 2 }
     }
+}
+
+/// `$call` on `$isa`'s kernels: the `scalar`, `avx2` or `avx512` module's
+/// function of that name.
+///
+/// SAFETY (of the SIMD arms): the build enables AVX2, FMA and F16C, AVX-512
+/// is asserted present before its kernels run, and the callers assert that
+/// the rows and the inputs hold the `blocks` whole blocks the kernels read.
+macro_rules! on_isa {
+    ($isa:expr, $($call:tt)*) => {
+        match $isa {
+            Isa::Scalar => scalar::$($call)*,
+            #[cfg(x86_v3)]
+            Isa::Avx2 => unsafe { avx2::$($call)* },
+            #[cfg(x86_v3)]
+            Isa::Avx512 => {
+                assert!(avx512::available(), "AVX-512 kernels on a CPU without them");
+                unsafe { avx512::$($call)* }
+            }
+            #[allow(unreachable_patterns)]
+            other => unreachable!("{other:?} kernels are not in this build"),
+        }
+    };
 }
 
 /// `R` weight rows of `format` · a group's inputs on `isa` (one of
@@ -225,32 +244,7 @@ fn tile_n<const F: u8, const R: usize, const N: usize>(
         x.width == N && x.d.len() == blocks * N && x.q.len() == blocks * N * QK,
         "a group of {N} inputs as wide as the weight rows"
     );
-    let terms = if F == Q4_1 { x.s } else { x.sum };
-    match isa {
-        Isa::Scalar => scalar::tile::<F, R, N>(w, x.d, terms, x.q, blocks),
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        ))]
-        // SAFETY: the build enables AVX2, FMA and F16C, and the rows and the
-        // group hold `blocks` whole blocks (asserted above).
-        Isa::Avx2 => unsafe { avx2::tile::<F, R, N>(w, x.d, terms, x.q, blocks) },
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        ))]
-        Isa::Avx512 => {
-            assert!(avx512::available(), "AVX-512 kernels on a CPU without them");
-            // SAFETY: as AVX2's, and the CPU has AVX-512 (asserted).
-            unsafe { avx512::tile::<F, R, N>(w, x.d, terms, x.q, blocks) }
-        }
-        #[allow(unreachable_patterns)]
-        other => unreachable!("{other:?} kernels are not in this build"),
-    }
+    on_isa!(isa, tile::<F, R, N>(w, x.d, x.terms::<F>(), x.q, blocks))
 }
 
 /// `out.len()` weight rows of `format`, one after another in `w`, · a group
@@ -262,36 +256,7 @@ pub(super) fn column<const F: u8>(isa: Isa, w: &[u8], x: Q8Group<'_>, out: &mut 
         x.width == 1 && x.q.len() == blocks * QK && w.len() == out.len() * blocks * block_bytes(F),
         "one input as wide as the weight rows"
     );
-    let terms = if F == Q4_1 { x.s } else { x.sum };
-    match isa {
-        Isa::Scalar => {
-            let row_bytes = blocks * block_bytes(F);
-            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
-                *o = scalar::tile::<F, 1, 1>([row], x.d, terms, x.q, blocks)[0][0];
-            }
-        }
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        ))]
-        // SAFETY: as in `tile_n`.
-        Isa::Avx2 => unsafe { avx2::column::<F>(w, x.d, terms, x.q, blocks, out) },
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        ))]
-        Isa::Avx512 => {
-            assert!(avx512::available(), "AVX-512 kernels on a CPU without them");
-            // SAFETY: as in `tile_n`.
-            unsafe { avx512::column::<F>(w, x.d, terms, x.q, blocks, out) }
-        }
-        #[allow(unreachable_patterns)]
-        other => unreachable!("{other:?} kernels are not in this build"),
-    }
+    on_isa!(isa, column::<F>(w, x.d, x.terms::<F>(), x.q, blocks, out))
 }
 
 /// A block's weights as unsigned integers, its scale `dw` and its term `m`
@@ -349,6 +314,21 @@ mod scalar {
                 sum + offsets
             })
         })
+    }
+
+    /// Each row of `w` · one input, as [`tile`] with `R = N = 1` gives it.
+    pub(super) fn column<const F: u8>(
+        w: &[u8],
+        d: &[f32],
+        terms: &[f32],
+        q: &[i8],
+        blocks: usize,
+        out: &mut [f32],
+    ) {
+        let row_bytes = blocks * block_bytes(F);
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+            *o = tile::<F, 1, 1>([row], d, terms, q, blocks)[0][0];
+        }
     }
 }
 
@@ -524,12 +504,7 @@ macro_rules! shared_kernels {
 
 /// AVX2: the fifth bits spread by a shuffle and a compare, the products
 /// summed by `maddubs` and `madd`.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg(x86_v3)]
 mod avx2 {
     use std::arch::x86_64::*;
 
@@ -573,12 +548,7 @@ mod avx2 {
 /// bits are a mask, the products one `vpdpbusd`, and 32 vector registers
 /// hold a tile of four rows × four inputs. The integer lanes are the AVX2
 /// kernel's, so both give the same outputs.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg(x86_v3)]
 mod avx512 {
     use std::arch::x86_64::*;
 

@@ -44,7 +44,10 @@ download() { # SPEC KIND(binary|source) -> prints archive path
     if [ "$kind" = binary ]; then
       "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$WHEELS" "$spec" >&2
     else
-      "$PY" -m pip download --quiet --no-deps --no-binary=:all: --no-build-isolation -d "$WHEELS" "$spec" >&2 ||
+      # Without build isolation first (no setuptools download); a fresh
+      # venv lacks `wheel` for that, so its failure is quiet and the
+      # isolated retry reports what goes wrong.
+      "$PY" -m pip download --quiet --no-deps --no-binary=:all: --no-build-isolation -d "$WHEELS" "$spec" >/dev/null 2>&1 ||
         "$PY" -m pip download --quiet --no-deps --no-binary=:all: -d "$WHEELS" "$spec" >&2
     fi
     found=$(ls "$WHEELS"/"$pattern"* "$WHEELS"/"$name-$version"* 2>/dev/null | head -n1)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Hugging Face checkpoint directories (config.json, safetensors, tokenizer.json)
+# Hugging Face checkpoint directories (config.json, safetensors, tokenizer files)
 # for the safetensors loader tests, written from the cached GGUF test models by
 # scripts/reference/gguf_to_hf.py (run scripts/fetch-models.sh and
 # scripts/setup-peers.sh first):
 #   $CACHE/models/hf/SmolLM2-135M-Instruct-f32            f32, one file
 #   $CACHE/models/hf/SmolLM2-135M-Instruct-bf16           bf16, 3 shards
 #   $CACHE/models/hf/Qwen2.5-Coder-0.5B-Instruct-bf16     bf16, 2 shards
+#   $CACHE/models/hf/gemma-3-270m-bf16                     bf16, SentencePiece tokenizer.model
 #
 #   MODELSHIP_CACHE   cache root (default ~/.cache/modelship)
 #
@@ -37,3 +38,4 @@ checkpoint() { # NAME GGUF DTYPE SHARDS
 checkpoint SmolLM2-135M-Instruct-f32 SmolLM2-135M-Instruct.Q4_1.gguf f32 1
 checkpoint SmolLM2-135M-Instruct-bf16 SmolLM2-135M-Instruct.Q4_1.gguf bf16 3
 checkpoint Qwen2.5-Coder-0.5B-Instruct-bf16 Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf bf16 2
+checkpoint gemma-3-270m-bf16 gemma-3-270m.Q4_K_M.gguf bf16 1

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes a Hugging Face decoder checkpoint directory (config.json,
-safetensors weights, tokenizer.json and its configs) from a GGUF file, so the
+safetensors weights, the tokenizer and its configs) from a GGUF file, so the
 safetensors loaders can be tested on the same models as the GGUF ones.
 
     $MODELSHIP_CACHE/venv/bin/python scripts/reference/gguf_to_hf.py GGUF OUT_DIR [--dtype f32|bf16|f16] [--shards N]
@@ -10,11 +10,13 @@ renamed to the Transformers name (the inverse of gguf/tensor_mapping.py) and
 undone where llama.cpp's converter changed it: the q/k row order of llama
 files (for its interleaved rope) and the +1 of Gemma's norms. Architectures:
 llama (and Mistral files), qwen2, qwen3, phi3, gemma2, gemma3; tokenizers:
-byte-level BPE ("gpt2") only. The directory is written as OUT_DIR.partial and
+byte-level BPE ("gpt2") as tokenizer.json, SentencePiece ("llama") as
+tokenizer.model (every token a piece, with its score and type). The directory is written as OUT_DIR.partial and
 renamed, so OUT_DIR exists only complete.
 """
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -65,7 +67,6 @@ GEMMA_LAYER_NAMES = {
     "post_ffw_norm": "post_feedforward_layernorm",
 }
 REFUSED_TENSORS = {
-    "rope_freqs.weight": "Llama 3 rope scaling",
     "rope_factors_long.weight": "Phi-3 LongRoPE",
     "rope_factors_short.weight": "Phi-3 LongRoPE",
 }
@@ -133,11 +134,36 @@ def dequantized(t):
     return values.reshape(shape)
 
 
+def llama3_rope_factors(base, dim, scaling):
+    """Llama 3's factor per rotated pair, from config.json's `rope_scaling`, as
+    llama.cpp's converter computes its `rope_freqs.weight` (here in float64,
+    rounded to float32 once, as modelship does)."""
+    factor = scaling.get("factor", 8.0)
+    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    original = scaling.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = original / low, original / high
+    out = []
+    for i in range(dim // 2):
+        freq = 1.0 / float(base) ** (2 * i / dim)
+        wavelen = 2.0 * math.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append(1.0 / ((1.0 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
 def tensor_plan(reader, arch, hp):
     """(HF name, GGUF tensor, shape, transform) for every tensor, in writing
-    order: embeddings, layers in order, final norm, output."""
+    order: embeddings, layers in order, final norm, output. Llama 3's rope
+    factors are config.json's `rope_scaling`, not a tensor."""
     plan = []
     for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            continue
         name = hf_name(arch, t.name)
         shape = tuple(int(n) for n in reversed(t.shape))
         transform = None
@@ -279,6 +305,71 @@ def pre_tokenizer(pre):
     fail(f"BPE pre-tokenizer {pre!r} is not supported (smollm, qwen2, llama-bpe, gpt2)")
 
 
+def protobuf_field(number, wire, payload):
+    """One protobuf field: its key, then a varint, 4 bytes or length-delimited bytes."""
+    def varint(v):
+        out = bytearray()
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+        return bytes(out)
+    key = varint(number << 3 | wire)
+    if wire == 0:
+        return key + varint(payload)
+    if wire == 5:
+        return key + payload
+    return key + varint(len(payload)) + payload
+
+
+def sentencepiece_model(reader):
+    """tokenizer.model (SentencePiece's ModelProto) holding every GGUF token as
+    a piece with its score and type: SentencePiece numbers its types as
+    llama.cpp does. A BPE model without a dummy prefix (Gemma's)."""
+    tokens = field(reader, "tokenizer.ggml.tokens", required=True)
+    scores = field(reader, "tokenizer.ggml.scores", required=True)
+    types = field(reader, "tokenizer.ggml.token_type", required=True)
+    out = bytearray()
+    for t, score, kind in zip(tokens, scores, types):
+        piece = (protobuf_field(1, 2, t.encode("utf-8")) + protobuf_field(2, 5, struct.pack("<f", score))
+                 + protobuf_field(3, 0, int(kind)))
+        out += protobuf_field(1, 2, piece)
+    out += protobuf_field(2, 2, protobuf_field(3, 0, 2))  # trainer_spec.model_type = BPE
+    add_prefix = bool(field(reader, "tokenizer.ggml.add_space_prefix", default=True))
+    out += protobuf_field(3, 2, protobuf_field(1, 2, b"identity") + protobuf_field(3, 0, int(add_prefix)))
+    return bytes(out)
+
+
+def sentencepiece_files(reader, context_length):
+    """tokenizer.model and tokenizer_config.json (added tokens: the control
+    and user-defined ones) for a SentencePiece (`llama`) vocabulary;
+    transformers builds its fast tokenizer from tokenizer.model."""
+    tokens = field(reader, "tokenizer.ggml.tokens", required=True)
+    types = field(reader, "tokenizer.ggml.token_type", required=True)
+    added = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                      "single_word": False, "special": kind == CONTROL}
+             for i, (t, kind) in enumerate(zip(tokens, types)) if kind in (CONTROL, USER_DEFINED)}
+
+    def token(key):
+        i = field(reader, f"tokenizer.ggml.{key}_token_id")
+        return None if i is None else tokens[i]
+    config = {
+        "add_bos_token": field(reader, "tokenizer.ggml.add_bos_token"),
+        "add_eos_token": field(reader, "tokenizer.ggml.add_eos_token"),
+        "add_sep_token": field(reader, "tokenizer.ggml.add_sep_token"),
+        "added_tokens_decoder": added,
+        "bos_token": token("bos"),
+        "chat_template": field(reader, "tokenizer.chat_template"),
+        "clean_up_tokenization_spaces": False,
+        "eos_token": token("eos"),
+        "model_max_length": context_length,
+        "pad_token": token("padding"),
+        "tokenizer_class": "GemmaTokenizer" if field(reader, "general.architecture") in GEMMA else "LlamaTokenizer",
+        "unk_token": token("unknown"),
+    }
+    return sentencepiece_model(reader), {k: v for k, v in config.items() if v is not None}
+
+
 def tokenizer_files(reader, context_length):
     """tokenizer.json (a tokenizers.Tokenizer) and tokenizer_config.json."""
     model = field(reader, "tokenizer.ggml.model")
@@ -394,7 +485,7 @@ def write_json(path, value):
         f.write("\n")
 
 
-def convert(gguf_path, out_dir, dtype, n_shards):
+def convert(gguf_path, out_dir, dtype, n_shards, rope_scaling_arg=None):
     reader = gguf.GGUFReader(gguf_path)
     arch = field(reader, "general.architecture", required=True)
     if arch not in ARCHITECTURES:
@@ -404,7 +495,21 @@ def convert(gguf_path, out_dir, dtype, n_shards):
     vocab_size = int(names["token_embd.weight"].shape[1])
     tied = "output.weight" not in names
     config = model_config(reader, arch, hp, vocab_size, tied, DTYPES[dtype][2])
-    tokenizer, tokenizer_config = tokenizer_files(reader, config["max_position_embeddings"])
+    if "rope_freqs.weight" in names:
+        # The factors are computed from config.json: only parameters that
+        # give exactly the file's factors are written.
+        if rope_scaling_arg is None or arch != "llama":
+            fail("rope_freqs.weight: Llama 3 rope factors need --rope-scaling (a llama file)")
+        scaling = {"rope_type": "llama3", **json.loads(rope_scaling_arg)}
+        ours = llama3_rope_factors(config["rope_theta"], hp["head_dim"], scaling)
+        theirs = np.asarray(names["rope_freqs.weight"].data, dtype=np.float32).reshape(-1)
+        if not np.array_equal(ours, theirs):
+            fail(f"rope_freqs.weight {theirs.tolist()} is not --rope-scaling's {ours.tolist()}")
+        config["rope_scaling"] = scaling
+    if field(reader, "tokenizer.ggml.model") == "llama":
+        tokenizer, tokenizer_config = sentencepiece_files(reader, config["max_position_embeddings"])
+    else:
+        tokenizer, tokenizer_config = tokenizer_files(reader, config["max_position_embeddings"])
     plan = tensor_plan(reader, arch, hp)
     shards, total = shard(plan, n_shards, dtype)
 
@@ -416,7 +521,11 @@ def convert(gguf_path, out_dir, dtype, n_shards):
         write_json(f"{partial}/config.json", config)
         generation = {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config}
         write_json(f"{partial}/generation_config.json", generation)
-        tokenizer.save(f"{partial}/tokenizer.json")
+        if isinstance(tokenizer, bytes):
+            with open(f"{partial}/tokenizer.model", "wb") as f:
+                f.write(tokenizer)
+        else:
+            tokenizer.save(f"{partial}/tokenizer.json")
         write_json(f"{partial}/tokenizer_config.json", tokenizer_config)
         if n_shards == 1:
             write_safetensors(f"{partial}/model.safetensors", plan, dtype)
@@ -442,10 +551,12 @@ def main():
     p.add_argument("out_dir")
     p.add_argument("--dtype", choices=DTYPES, default="f32")
     p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--rope-scaling", help="JSON of config.json's llama3 `rope_scaling` that gives the "
+                   "file's rope_freqs.weight (checked)")
     args = p.parse_args()
     if args.shards < 1:
         fail("--shards must be at least 1")
-    convert(args.gguf, args.out_dir.rstrip("/"), args.dtype, args.shards)
+    convert(args.gguf, args.out_dir.rstrip("/"), args.dtype, args.shards, args.rope_scaling)
 
 
 if __name__ == "__main__":

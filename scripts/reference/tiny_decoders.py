@@ -32,6 +32,14 @@ import gguf
 from gguf import GGMLQuantizationType as Q
 from llama_cpp import Llama
 
+from gguf_to_hf import llama3_rope_factors
+
+# config.json's `rope_scaling` the llama3 file's factors come from (in
+# reference.json too, for writing it as a checkpoint). The original context
+# puts two of the 16 pairs between the kept and the divided ones.
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                  "high_freq_factor": 4.0, "original_max_position_embeddings": 32768}
+
 WIDTH, FF, LAYERS, CTX = 128, 256, 3, 1024
 PROMPTS = [
     "The capital of France is",
@@ -98,8 +106,10 @@ def write(path, name, arch, smollm, rng, heads, kv_heads, head_dim, matrix_type=
         # Scaled up so that the logits are peaked: few near-ties to hide behind.
         tensor(w, "output.weight", m(vocab, WIDTH) * 20.0, Q.Q8_0)
     if features.get("rope_freqs"):
-        # Llama 3's factors: 1 for high frequencies, up to 8 for low ones.
-        tensor(w, "rope_freqs.weight", np.linspace(1.0, 8.0, head_dim // 2))
+        # Llama 3's factors as its converter computes them from config.json:
+        # 1 for high frequencies, 8 for low ones, blended in between.
+        base = features.get("rope_base", 10000.0)
+        tensor(w, "rope_freqs.weight", llama3_rope_factors(base, head_dim, LLAMA3_SCALING))
     q_rows, kv_rows = heads * head_dim, kv_heads * head_dim
     for i in range(LAYERS):
         b = f"blk.{i}."
@@ -184,6 +194,8 @@ def main(smollm, outdir):
         path = f"{outdir}/{name}.gguf"
         write(path, name, arch, smollm, np.random.default_rng(k), **spec)
         result[name] = {"architecture": arch, "completions": reference(path)}
+        if spec.get("rope_freqs"):
+            result[name]["rope_scaling"] = LLAMA3_SCALING
     with open(f"{outdir}/reference.json", "w") as f:
         json.dump(result, f)
     # Phi-3 has no llama.cpp reference here (see above): its fused file and

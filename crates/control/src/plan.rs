@@ -162,8 +162,7 @@ fn weights(
         .map(|t| footprint(t, t.bytes, t.dtype))
         .collect();
     // BERT directories are memory-mapped whole while the engine copies their
-    // tensors out; a decoder checkpoint is read tensor by tensor, as a GGUF
-    // file is.
+    // tensors out; a decoder checkpoint is mapped and read as a GGUF file is.
     let file = if source.is_dir() && src.architecture == "bert" {
         WeightsFile::Safetensors {
             file_bytes: src.weight_bytes(),

@@ -5,14 +5,14 @@
 //! into one (tokens, hidden) matrix, so each linear layer is one large matrix
 //! product and no work is spent on padding; only attention runs per sequence.
 
-use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use modelship_engine::{BackendError, EmbedBackend};
-use modelship_model::{HfModel, NORMALIZE_KEY, POOLING_KEY, Pooling};
+use modelship_model::{GgufFile, HfModel, NORMALIZE_KEY, POOLING_KEY, Pooling};
 
 use crate::gguf_md::{md_f32, md_u32};
 use crate::linear::{Linear, Projections};
+use crate::weight_bytes::GgufTensors;
 use serde::Deserialize;
 
 type Result<T> = candle_core::Result<T>;
@@ -232,11 +232,9 @@ impl BertBackend {
     /// A BERT GGUF as modelship (or llama.cpp's converter) writes it: float
     /// tensors become f32 matrices, block-quantized ones stay quantized and
     /// run through the quantized kernels.
-    pub fn from_gguf<R: std::io::Read + std::io::Seek>(
-        ct: &Content,
-        reader: &mut R,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn from_gguf(gguf: &GgufFile, device: &Device) -> Result<Self> {
+        let ct = &gguf.content;
+        let tensors = GgufTensors::open(gguf)?;
         let layers_n = md_u32(ct, "bert.block_count")?;
         let heads = md_u32(ct, "bert.attention.head_count")?;
         let hidden = md_u32(ct, "bert.embedding_length")?;
@@ -260,8 +258,8 @@ impl BertBackend {
             Some(v) => v.to_bool()?,
             None => true,
         };
-        let mut q = |name: &str| ct.tensor(reader, name, device);
-        let mut vector = |name: &str| q(name)?.dequantize(device);
+        let q = |name: &str| tensors.get(name);
+        let vector = |name: &str| q(name)?.dequantize(device);
         let word = vector("token_embd.weight")?;
         let position = vector("position_embd.weight")?;
         let token_type = vector("token_types.weight")?.get(0)?;
@@ -272,13 +270,13 @@ impl BertBackend {
         };
         let mut layers = Vec::with_capacity(layers_n);
         for i in 0..layers_n {
-            let mut dense = |name: &str| -> Result<Dense> {
+            let dense = |name: &str| -> Result<Dense> {
                 let w = q(&format!("blk.{i}.{name}.weight"))?;
                 let b = q(&format!("blk.{i}.{name}.bias"))?.dequantize(device)?;
-                let w = if w.dtype().block_size() == 1 {
+                let w = if w.dtype.block_size() == 1 {
                     Weight::Transposed(w.dequantize(device)?.t()?.contiguous()?)
                 } else {
-                    Weight::Gguf(Linear::new(w)?)
+                    Weight::Gguf(Linear::new(w, device)?)
                 };
                 Ok(Dense { w, b })
             };
@@ -286,7 +284,7 @@ impl BertBackend {
             let attn_out = dense("attn_output")?;
             let up = dense("ffn_up")?;
             let down = dense("ffn_down")?;
-            let mut norm = |name: &str| -> Result<Norm> {
+            let norm = |name: &str| -> Result<Norm> {
                 Ok(Norm {
                     w: q(&format!("blk.{i}.{name}.weight"))?.dequantize(device)?,
                     b: q(&format!("blk.{i}.{name}.bias"))?.dequantize(device)?,

@@ -13,16 +13,17 @@
 
 use std::sync::Arc;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 use modelship_engine::{BackendError, GenerateBackend};
 use modelship_model::{DecoderCheckpoint, DecoderHparams, GgufFile, Rope, RopeStyle};
 
 use crate::attention::{Scoring, attend_cpu, key_hidden};
 use crate::gated::gated;
-use crate::linear::{Linear, Projections};
+use crate::linear::{Linear, Projections, runs_on_our_kernel};
+use crate::weight_bytes::{GgufTensors, StoredTensor, WeightBytes};
 
 struct Layer {
     attn_norm: Tensor,
@@ -44,7 +45,7 @@ struct Layer {
 /// for the tokens looked up).
 struct TokenTable {
     dtype: GgmlDType,
-    bytes: Arc<[u8]>,
+    bytes: WeightBytes,
     rows: usize,
     width: usize,
 }
@@ -219,7 +220,7 @@ fn rope_tables(
 struct Tensors<'a> {
     ct: &'a Content,
     /// A tensor's data, in the GGUF layout.
-    read: &'a mut dyn FnMut(&str) -> Result<QTensor>,
+    read: &'a mut dyn FnMut(&str) -> Result<StoredTensor>,
     /// A tensor's name for errors (a checkpoint's own name beside it).
     describe: &'a dyn Fn(&str) -> String,
     device: &'a Device,
@@ -231,7 +232,7 @@ impl Tensors<'_> {
     }
 
     /// `name`, whose GGUF shape (rows last) must be `dims` (rows first).
-    fn get(&mut self, name: &str, dims: &[usize]) -> Result<QTensor> {
+    fn get(&mut self, name: &str, dims: &[usize]) -> Result<StoredTensor> {
         let Some(info) = self.ct.tensor_infos.get(name) else {
             candle_core::bail!("tensor {} is missing", (self.describe)(name));
         };
@@ -243,6 +244,10 @@ impl Tensors<'_> {
             );
         }
         (self.read)(name)
+    }
+
+    fn matrix(&mut self, name: &str, dims: &[usize]) -> Result<Linear> {
+        Linear::new(self.get(name, dims)?, self.device)
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
@@ -258,51 +263,81 @@ impl Tensors<'_> {
     }
 }
 
+fn hparams(
+    hp: std::result::Result<DecoderHparams, modelship_model::ModelError>,
+) -> Result<DecoderHparams> {
+    hp.map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
 impl DecoderBackend {
-    /// Loads a decoder GGUF; `max_context` caps the rotary tables.
-    pub fn from_gguf<R: std::io::Read + std::io::Seek>(
-        gguf: &GgufFile,
-        reader: &mut R,
-        device: &Device,
-        max_context: usize,
-    ) -> Result<Self> {
-        let ct = &gguf.content;
-        let mut read = |name: &str| ct.tensor(reader, name, device);
+    /// Loads a decoder GGUF, its weights memory-mapped; `max_context` caps
+    /// the rotary tables.
+    pub fn from_gguf(gguf: &GgufFile, device: &Device, max_context: usize) -> Result<Self> {
+        let hp = hparams(DecoderHparams::from_gguf(gguf))?;
+        let tensors = GgufTensors::open(gguf)?;
+        let mut read = |name: &str| tensors.get(name);
         let describe = |name: &str| format!("`{name}`");
-        Self::load(gguf, &mut read, &describe, device, max_context)
+        Self::load(hp, &gguf.content, &mut read, &describe, device, max_context)
     }
 
     /// Loads a Hugging Face checkpoint as the GGUF it converts to: the same
-    /// names, metadata and values, read from its safetensors as stored.
+    /// names, metadata and values, its safetensors memory-mapped and read as
+    /// stored. Stored, Q and K rows keep Hugging Face's order, whose rope
+    /// rotates halves (llama.cpp's llama converter reorders them for its
+    /// interleaved one: `quantize` writes that order).
     pub fn from_checkpoint(
         checkpoint: &DecoderCheckpoint,
         device: &Device,
         max_context: usize,
     ) -> Result<Self> {
+        let mut hp = hparams(DecoderHparams::from_gguf(&checkpoint.gguf))?;
+        hp.rope_style = RopeStyle::Halves;
+        let maps = checkpoint
+            .weight_files()
+            .iter()
+            .map(|f| {
+                WeightBytes::map(f)
+                    .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", f.display())))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut read = |name: &str| {
             let t = checkpoint
                 .tensor(name)
                 .ok_or_else(|| candle_core::Error::Msg(format!("tensor `{name}` is missing")))?;
-            let bytes = checkpoint
-                .read(t)
-                .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
-            qtensor_from_ggml(t.dtype, &bytes, t.shape.clone(), device)
+            let bytes = match checkpoint.stored(t) {
+                Some(at) => maps[at.file].slice(at.offset, at.len).ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "tensor {} lies past the end of {}",
+                        checkpoint.describe(name),
+                        checkpoint.weight_files()[at.file].display()
+                    ))
+                })?,
+                None => WeightBytes::owned(
+                    checkpoint
+                        .read(t)
+                        .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?,
+                ),
+            };
+            Ok(StoredTensor {
+                dtype: t.dtype,
+                dims: t.shape.clone(),
+                bytes,
+            })
         };
         let describe = |name: &str| checkpoint.describe(name);
-        Self::load(&checkpoint.gguf, &mut read, &describe, device, max_context)
+        let content = &checkpoint.gguf.content;
+        Self::load(hp, content, &mut read, &describe, device, max_context)
     }
 
     fn load(
-        gguf: &GgufFile,
-        read: &mut dyn FnMut(&str) -> Result<QTensor>,
+        hp: DecoderHparams,
+        ct: &Content,
+        read: &mut dyn FnMut(&str) -> Result<StoredTensor>,
         describe: &dyn Fn(&str) -> String,
         device: &Device,
         max_context: usize,
     ) -> Result<Self> {
-        let hp =
-            DecoderHparams::from_gguf(gguf).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let context = hp.context.min(max_context);
-        let ct = &gguf.content;
         let mut t = Tensors {
             ct,
             read,
@@ -316,23 +351,34 @@ impl DecoderBackend {
             candle_core::bail!("tensor {} is missing", describe("token_embd.weight"));
         };
         let vocab = embed_info.shape.dims().first().copied().unwrap_or(0);
-        let embed_q = t.get("token_embd.weight", &[vocab, width])?;
-        if !width.is_multiple_of(embed_q.dtype().block_size()) {
+        let embed = t.get("token_embd.weight", &[vocab, width])?;
+        if !width.is_multiple_of(embed.dtype.block_size()) {
             candle_core::bail!(
                 "tensor `token_embd.weight`: rows of {width} are not whole {:?} blocks",
-                embed_q.dtype()
+                embed.dtype
             );
         }
+        // The table stays in the file where the output reads it in place
+        // (tied, in a format of our kernels): rows are looked up there too.
+        // Otherwise it is copied out, as candle's output matrix is, and the
+        // planner counts it so either way.
+        let in_place =
+            !t.has("output.weight") && runs_on_our_kernel(embed.dtype, width, device).is_some();
         let embeddings = TokenTable {
-            dtype: embed_q.dtype(),
-            bytes: Arc::from(embed_q.data()?.as_ref()),
+            dtype: embed.dtype,
+            bytes: if in_place {
+                embed.bytes.clone()
+            } else {
+                let owned = WeightBytes::owned(embed.bytes.to_vec());
+                embed.bytes.release();
+                owned
+            },
             rows: vocab,
             width,
         };
-        drop(embed_q);
         let norm = t.vector("output_norm.weight", width)?;
         let output = if t.has("output.weight") {
-            Linear::new(t.get("output.weight", &[vocab, width])?)?
+            t.matrix("output.weight", &[vocab, width])?
         } else {
             // Tied embeddings: the output projection reads the token table.
             Linear::shared(embeddings.dtype, &embeddings.bytes, vocab, width, device)?
@@ -349,13 +395,17 @@ impl DecoderBackend {
                 Projections::fused(
                     t.get(&n("attn_qkv.weight"), &[q_rows + 2 * kv_rows, width])?,
                     vec![q_rows, kv_rows, kv_rows],
+                    device,
                 )?
             } else {
-                Projections::new(vec![
-                    t.get(&n("attn_q.weight"), &[q_rows, width])?,
-                    t.get(&n("attn_k.weight"), &[kv_rows, width])?,
-                    t.get(&n("attn_v.weight"), &[kv_rows, width])?,
-                ])?
+                Projections::new(
+                    vec![
+                        t.get(&n("attn_q.weight"), &[q_rows, width])?,
+                        t.get(&n("attn_k.weight"), &[kv_rows, width])?,
+                        t.get(&n("attn_v.weight"), &[kv_rows, width])?,
+                    ],
+                    device,
+                )?
             };
             let qkv = if t.has(&n("attn_q.bias")) {
                 qkv.with_biases(vec![
@@ -367,24 +417,31 @@ impl DecoderBackend {
                 qkv
             };
             let gate_up = if t.has(&n("ffn_gate.weight")) {
-                Projections::new(vec![
-                    t.get(&n("ffn_gate.weight"), &[ff, width])?,
-                    t.get(&n("ffn_up.weight"), &[ff, width])?,
-                ])?
+                Projections::new(
+                    vec![
+                        t.get(&n("ffn_gate.weight"), &[ff, width])?,
+                        t.get(&n("ffn_up.weight"), &[ff, width])?,
+                    ],
+                    device,
+                )?
             } else {
                 // Phi-3: gate and up fused in `ffn_up`, gate first.
-                Projections::fused(t.get(&n("ffn_up.weight"), &[2 * ff, width])?, vec![ff, ff])?
+                Projections::fused(
+                    t.get(&n("ffn_up.weight"), &[2 * ff, width])?,
+                    vec![ff, ff],
+                    device,
+                )?
             };
             layers.push(Layer {
                 attn_norm: t.vector(&n("attn_norm.weight"), width)?,
                 qkv,
                 q_norm: t.optional_vector(&n("attn_q_norm.weight"), hd)?,
                 k_norm: t.optional_vector(&n("attn_k_norm.weight"), hd)?,
-                wo: Linear::new(t.get(&n("attn_output.weight"), &[width, q_rows])?)?,
+                wo: t.matrix(&n("attn_output.weight"), &[width, q_rows])?,
                 post_attn_norm: t.optional_vector(&n("post_attention_norm.weight"), width)?,
                 ffn_norm: t.vector(&n("ffn_norm.weight"), width)?,
                 gate_up,
-                down: Linear::new(t.get(&n("ffn_down.weight"), &[width, ff])?)?,
+                down: t.matrix(&n("ffn_down.weight"), &[width, ff])?,
                 post_ffn_norm: t.optional_vector(&n("post_ffw_norm.weight"), width)?,
                 local: hp.local_layers[i],
             });

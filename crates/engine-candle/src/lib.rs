@@ -12,6 +12,7 @@ mod gguf_md;
 mod linear;
 mod load;
 mod quant_matmul;
+mod weight_bytes;
 
 pub use bert::BertBackend;
 pub use candle_core::Device;

@@ -5,10 +5,11 @@
 //! input stacked into one matrix (an f16 one among Q8_0 ones too: a q8_0
 //! file keeps a grouped-query `attn_v` in f16).
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Module, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::{Device, Module, Result, Tensor};
 
 use crate::quant_matmul::{BlockFormat, QuantMatrix};
+use crate::weight_bytes::{StoredTensor, WeightBytes};
 
 /// A weight matrix: Q4_0, Q4_1, Q5_0, Q8_0, F16 and BF16 through our
 /// kernels on the CPU, anything else through candle's GGML kernels.
@@ -54,48 +55,53 @@ pub(crate) fn kernel_format(dtype: GgmlDType) -> Option<BlockFormat> {
 
 /// Our kernel for a `cols`-wide matrix of `dtype` where it runs: on the
 /// CPU, rows of whole 32-value blocks.
-fn runs_on_our_kernel(
+pub(crate) fn runs_on_our_kernel(
     dtype: GgmlDType,
     cols: usize,
-    device: &candle_core::Device,
+    device: &Device,
 ) -> Option<BlockFormat> {
     kernel_format(dtype).filter(|_| device.is_cpu() && cols.is_multiple_of(32))
 }
 
 impl Linear {
-    pub(crate) fn new(t: QTensor) -> Result<Self> {
-        let (rows, cols) = t.shape().dims2()?;
-        if let Some(format) = runs_on_our_kernel(t.dtype(), cols, &t.device()) {
-            let m = QuantMatrix::from_ggml(format, &t.data()?, rows, cols)
+    /// A matrix as its file stores it: our kernel reads the bytes where
+    /// they lie; candle's gets a copy.
+    pub(crate) fn new(t: StoredTensor, device: &Device) -> Result<Self> {
+        let [rows, cols] = t.dims[..] else {
+            candle_core::bail!("a matrix has two dims, not {:?}", t.dims);
+        };
+        if let Some(format) = runs_on_our_kernel(t.dtype, cols, device) {
+            t.bytes.will_need();
+            let m = QuantMatrix::from_bytes(format, t.bytes, rows, cols)
                 .map_err(candle_core::Error::Msg)?;
             return Ok(Self::Quant(m));
         }
-        Ok(Self::Ggml(QMatMul::from_qtensor(t)?))
+        Ok(Self::Ggml(QMatMul::from_qtensor(t.into_qtensor(device)?)?))
     }
 
-    /// A matrix whose GGUF bytes are already held (a tied output sharing the
-    /// token table's): our kernel reads them in place; candle's gets a copy.
+    /// A matrix whose bytes another part reads too (a tied output shares
+    /// the token table's).
     pub(crate) fn shared(
         dtype: GgmlDType,
-        bytes: &std::sync::Arc<[u8]>,
+        bytes: &WeightBytes,
         rows: usize,
         cols: usize,
-        device: &candle_core::Device,
+        device: &Device,
     ) -> Result<Self> {
+        let t = StoredTensor {
+            dtype,
+            dims: vec![rows, cols],
+            bytes: bytes.clone(),
+        };
         match runs_on_our_kernel(dtype, cols, device) {
-            Some(format) => Ok(Self::Quant(
-                QuantMatrix::from_shared(format, bytes.clone(), rows, cols)
-                    .map_err(candle_core::Error::Msg)?,
-            )),
-            _ => {
-                let t = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                    dtype,
-                    bytes,
-                    vec![rows, cols],
-                    device,
-                )?;
-                Self::new(t)
-            }
+            Some(format) => Ok(Self::Quant({
+                t.bytes.will_need();
+                QuantMatrix::from_bytes(format, t.bytes, rows, cols)
+                    .map_err(candle_core::Error::Msg)?
+            })),
+            // A copy, without letting the table's pages go: its rows are
+            // still read in place.
+            None => Ok(Self::Ggml(QMatMul::from_qtensor(t.qtensor(device)?)?)),
         }
     }
 
@@ -140,14 +146,14 @@ enum Kind {
 impl Projections {
     /// One matrix whose rows are `widths` outputs in turn (Phi-3's fused
     /// `attn_qkv` and gate/up `ffn_up`).
-    pub(crate) fn fused(t: QTensor, widths: Vec<usize>) -> Result<Self> {
-        let rows = t.shape().dims2()?.0;
+    pub(crate) fn fused(t: StoredTensor, widths: Vec<usize>, device: &Device) -> Result<Self> {
+        let rows = t.dims.first().copied().unwrap_or(0);
         if widths.iter().sum::<usize>() != rows {
             candle_core::bail!("a fused matrix of {rows} rows cannot hold outputs of {widths:?}");
         }
         Ok(Self {
             kind: Kind::Stacked {
-                linear: Linear::new(t)?,
+                linear: Linear::new(t, device)?,
                 widths,
             },
             bias: None,
@@ -179,10 +185,10 @@ impl Projections {
     /// Projections of one input, stacked where their formats take the same
     /// activations (an f16 `attn_v` beside Q8_0 `attn_q` and `attn_k`: one
     /// pass instead of three).
-    pub(crate) fn new(tensors: Vec<QTensor>) -> Result<Self> {
+    pub(crate) fn new(tensors: Vec<StoredTensor>, device: &Device) -> Result<Self> {
         let parts = tensors
             .into_iter()
-            .map(Linear::new)
+            .map(|t| Linear::new(t, device))
             .collect::<Result<Vec<_>>>()?;
         Self::from_linears(parts)
     }

@@ -193,11 +193,9 @@ fn open_hf(dir: &Path, device: &Device, max_context: usize) -> Result<OpenModel,
 fn open_bert_gguf(gguf: GgufFile, device: &Device) -> Result<OpenModel, LoadError> {
     let file = gguf.path.clone();
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;
-    let mut reader = std::fs::File::open(&file).map_err(ModelError::io(&file))?;
     Ok(OpenModel::Embeddings {
         tokenizer,
-        backend: BertBackend::from_gguf(&gguf.content, &mut reader, device)
-            .map_err(weights_err(&file))?,
+        backend: BertBackend::from_gguf(&gguf, device).map_err(weights_err(&file))?,
         context: gguf.arch_uint("context_length").map_or(512, |c| c as usize),
     })
 }
@@ -208,10 +206,9 @@ fn open_decoder(
     max_context: usize,
 ) -> Result<OpenModel, LoadError> {
     let file = gguf.path.clone();
-    let mut reader = std::fs::File::open(&file).map_err(ModelError::io(&file))?;
     // Rotary tables are built for the positions this replica will serve.
-    let backend = DecoderBackend::from_gguf(&gguf, &mut reader, device, max_context)
-        .map_err(weights_err(&file))?;
+    let backend =
+        DecoderBackend::from_gguf(&gguf, device, max_context).map_err(weights_err(&file))?;
     decoder(&gguf, backend)
 }
 

@@ -23,10 +23,10 @@
 //! AVX2 where the build has it (and AVX-512 where the CPU has it, for the
 //! 8-bit-activation formats) and split output rows across rayon.
 
-use std::sync::Arc;
-
 use half::f16;
 use rayon::prelude::*;
+
+use crate::weight_bytes::WeightBytes;
 
 /// Values per block.
 const QK: usize = 32;
@@ -83,22 +83,21 @@ impl BlockFormat {
 
 /// A row-major matrix of weights in blocks: `rows` outputs, each `cols`
 /// inputs wide. A stacked matrix's rows come in parts of different formats,
-/// all taking the same activations.
+/// all taking the same activations, each part's bytes where they lie (a
+/// model file's mapping, or the token table a tied output shares).
 pub struct QuantMatrix {
     rows: usize,
     cols: usize,
     parts: Vec<Part>,
-    /// Shared with the token table when a model ties its embeddings.
-    blocks: Arc<[u8]>,
 }
 
 /// A run of rows in one format.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 struct Part {
     format: BlockFormat,
     first_row: usize,
-    /// Where its first row starts in `blocks`.
-    offset: usize,
+    /// Its rows' blocks, rows first.
+    blocks: WeightBytes,
 }
 
 impl Part {
@@ -119,20 +118,21 @@ fn f16_bits(b: &[u8], at: usize) -> f32 {
 }
 
 impl QuantMatrix {
-    /// From GGUF bytes of a (rows, cols) tensor.
+    /// From GGUF bytes of a (rows, cols) tensor, copied.
+    #[cfg(test)]
     pub fn from_ggml(
         format: BlockFormat,
         bytes: &[u8],
         rows: usize,
         cols: usize,
     ) -> Result<Self, String> {
-        Self::from_shared(format, Arc::from(bytes), rows, cols)
+        Self::from_bytes(format, WeightBytes::owned(bytes.to_vec()), rows, cols)
     }
 
-    /// As [`QuantMatrix::from_ggml`], holding `bytes` without a copy.
-    pub fn from_shared(
+    /// As [`QuantMatrix::from_ggml`], reading `bytes` where they lie.
+    pub(crate) fn from_bytes(
         format: BlockFormat,
-        bytes: Arc<[u8]>,
+        bytes: WeightBytes,
         rows: usize,
         cols: usize,
     ) -> Result<Self, String> {
@@ -141,10 +141,13 @@ impl QuantMatrix {
                 "{format:?} rows of {cols} values are not whole blocks of {QK}"
             ));
         }
-        let expected = rows * cols / QK * format.block_bytes();
-        if bytes.len() != expected {
+        let expected = rows
+            .checked_mul(cols / QK)
+            .and_then(|b| b.checked_mul(format.block_bytes()));
+        if expected != Some(bytes.len()) {
             return Err(format!(
-                "a ({rows}, {cols}) {format:?} tensor has {expected} bytes, not {}",
+                "a ({rows}, {cols}) {format:?} tensor needs {} bytes, not {}",
+                expected.map_or("more than 2^64".into(), |e| e.to_string()),
                 bytes.len()
             ));
         }
@@ -154,9 +157,8 @@ impl QuantMatrix {
             parts: vec![Part {
                 format,
                 first_row: 0,
-                offset: 0,
+                blocks: bytes,
             }],
-            blocks: bytes,
         })
     }
 
@@ -183,24 +185,17 @@ impl QuantMatrix {
             return None;
         }
         let cols = matrices[0].cols;
-        let (mut rows, mut parts, mut blocks) = (0, Vec::new(), Vec::new());
+        let (mut rows, mut parts) = (0, Vec::new());
         for m in matrices {
             for p in m.parts {
                 parts.push(Part {
                     first_row: rows + p.first_row,
-                    offset: blocks.len() + p.offset,
                     ..p
                 });
             }
             rows += m.rows;
-            blocks.extend_from_slice(&m.blocks);
         }
-        Some(QuantMatrix {
-            rows,
-            cols,
-            parts,
-            blocks: blocks.into(),
-        })
+        Some(QuantMatrix { rows, cols, parts })
     }
 
     /// The activations every part takes (one kind: `stack` checks).
@@ -244,8 +239,8 @@ impl QuantMatrix {
             .rfind(|p| p.first_row <= row)
             .expect("parts start at row 0");
         let row_bytes = part.row_bytes(self.cols);
-        let start = part.offset + (row - part.first_row) * row_bytes;
-        (part, &self.blocks[start..start + row_bytes])
+        let start = (row - part.first_row) * row_bytes;
+        (part, &part.blocks[start..start + row_bytes])
     }
 
     /// The rows of part `p`.
@@ -363,8 +358,8 @@ impl QuantMatrix {
                     }
                     let part = &self.parts[p];
                     let row_bytes = part.row_bytes(self.cols);
-                    let first = part.offset + (range.start - part.first_row) * row_bytes;
-                    let w = &self.blocks[first..first + range.len() * row_bytes];
+                    let first = (range.start - part.first_row) * row_bytes;
+                    let w = &part.blocks[first..first + range.len() * row_bytes];
                     run(
                         part.format,
                         w,

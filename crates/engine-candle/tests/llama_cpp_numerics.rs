@@ -28,8 +28,7 @@ const MIN_AGREEMENT: f64 = 0.975;
 fn smollm() -> DecoderBackend {
     let path = modelship_testkit::smollm();
     let gguf = GgufFile::open(&path).unwrap();
-    let mut reader = std::fs::File::open(&path).unwrap();
-    DecoderBackend::from_gguf(&gguf, &mut reader, &Device::Cpu, 1024).unwrap()
+    DecoderBackend::from_gguf(&gguf, &Device::Cpu, 1024).unwrap()
 }
 
 #[test]

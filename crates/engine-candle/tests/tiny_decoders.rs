@@ -119,7 +119,7 @@ fn random_weight_decoders_agree_with_llama_cpp() {
         serde_json::from_slice(&std::fs::read(dir.path().join("reference.json")).unwrap()).unwrap();
     bad_files_are_named_errors(dir.path());
     fused_phi3_equals_its_split_twin(dir.path());
-    checkpoints_convert_back_exactly(dir.path());
+    checkpoints_convert_back_exactly(dir.path(), &reference);
     let expected = ["llama3", "mistral", "qwen3", "qwen2", "gemma2"];
     assert_eq!(reference.as_object().unwrap().len(), expected.len());
     for name in expected {
@@ -128,8 +128,7 @@ fn random_weight_decoders_agree_with_llama_cpp() {
         let hp = DecoderHparams::from_gguf(&gguf).unwrap();
         let arch = reference[name]["architecture"].as_str().unwrap();
         assert_eq!(Some(hp.family), Family::from_architecture(arch), "{name}");
-        let mut reader = std::fs::File::open(&path).unwrap();
-        let backend = DecoderBackend::from_gguf(&gguf, &mut reader, &Device::Cpu, 1024).unwrap();
+        let backend = DecoderBackend::from_gguf(&gguf, &Device::Cpu, 1024).unwrap();
         let completions = &reference[name]["completions"];
         let tol = Tolerance::for_logits(logit_scale(completions));
         let s = teacher_forced(&backend, completions, tol.near_tie);
@@ -162,17 +161,22 @@ fn random_weight_decoders_agree_with_llama_cpp() {
 /// metadata, by PyPI `gguf`'s reader (Mistral's Q/K rows reordered, Gemma's
 /// norms back to 1 + w, Phi-3's fused names), and serving the checkpoint
 /// gives that f32 file's logits exactly.
-fn checkpoints_convert_back_exactly(dir: &std::path::Path) {
+fn checkpoints_convert_back_exactly(dir: &std::path::Path, reference: &Value) {
     let root = modelship_testkit::repo_root();
-    for name in ["mistral", "qwen3", "qwen2", "gemma2", "phi3"] {
+    for name in ["llama3", "mistral", "qwen3", "qwen2", "gemma2", "phi3"] {
         let original = dir.join(format!("{name}.gguf"));
         let checkpoint = dir.join(format!("{name}-hf"));
-        let out = Command::new(modelship_testkit::python())
+        let mut convert = Command::new(modelship_testkit::python());
+        convert
             .arg(root.join("scripts/reference/gguf_to_hf.py"))
             .args([&original, &checkpoint])
-            .args(["--dtype", "f32"])
-            .output()
-            .expect("run gguf_to_hf.py");
+            .args(["--dtype", "f32"]);
+        // Llama 3's rope factors come from config.json's `rope_scaling`,
+        // computed again by the checkpoint reader.
+        if let Some(scaling) = reference[name].get("rope_scaling") {
+            convert.args(["--rope-scaling", &scaling.to_string()]);
+        }
+        let out = convert.output().expect("run gguf_to_hf.py");
         assert!(
             out.status.success(),
             "{name}: {}",
@@ -244,8 +248,7 @@ fn fused_phi3_equals_its_split_twin(dir: &std::path::Path) {
     let logits = |name: &str| -> Vec<Vec<f32>> {
         let path = dir.join(name);
         let gguf = GgufFile::open(&path).unwrap();
-        let mut reader = std::fs::File::open(&path).unwrap();
-        let backend = DecoderBackend::from_gguf(&gguf, &mut reader, &Device::Cpu, 1024).unwrap();
+        let backend = DecoderBackend::from_gguf(&gguf, &Device::Cpu, 1024).unwrap();
         backend.score(&[1, 504, 3300, 282, 2451, 314]).unwrap()
     };
     let (fused, split) = (logits("phi3.gguf"), logits("phi3_split.gguf"));

@@ -21,8 +21,7 @@ use crate::tokenizer::{LLAMA3_PATTERN, QWEN2_PATTERN};
 use crate::{Family, GgufFile, HfModel, ModelError};
 
 /// config.json `model_type`s read as decoders, for error messages.
-pub const CHECKPOINT_TYPES: &str =
-    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text (byte-level BPE tokenizers)";
+pub const CHECKPOINT_TYPES: &str = "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text";
 
 /// llama.cpp's token types.
 const NORMAL: i32 = 1;
@@ -50,11 +49,33 @@ pub struct CheckpointTensor {
     /// Type and shape (rows first) as converted.
     pub dtype: GgmlDType,
     pub shape: Vec<usize>,
-    stored: GgmlDType,
-    file: usize,
-    offset: u64,
-    bytes: u64,
-    change: Change,
+    data: Data,
+}
+
+/// Where a tensor's values come from.
+#[derive(Debug, Clone)]
+enum Data {
+    /// `len` bytes of type `stored` at `offset` of weight file `file`,
+    /// changed by `change` when read.
+    Stored {
+        stored: GgmlDType,
+        file: usize,
+        offset: u64,
+        len: u64,
+        change: Change,
+    },
+    /// f32 values the converter computes from config.json (Llama 3's rope
+    /// frequency factors).
+    Computed(Vec<f32>),
+}
+
+/// A tensor's bytes in the checkpoint's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredAt {
+    /// Index into [`DecoderCheckpoint::weight_files`].
+    pub file: usize,
+    pub offset: u64,
+    pub len: u64,
 }
 
 /// What the converter does to a tensor's values.
@@ -139,7 +160,7 @@ impl DecoderCheckpoint {
             .unwrap_or_else(|| "model".into());
         metadata.insert("general.name".into(), Value::String(name));
         let vocab_size = config.opt_usize("vocab_size")?;
-        metadata.extend(tokenizer_metadata(&hf.dir, vocab_size, &config)?);
+        metadata.extend(tokenizer_metadata(&hf.dir, family, vocab_size, &config)?);
 
         let heads = config.usize("num_attention_heads")?;
         let kv_heads = config.opt_usize("num_key_value_heads")?.unwrap_or(heads);
@@ -199,11 +220,22 @@ impl DecoderCheckpoint {
                     stored
                 },
                 shape: t.shape.clone(),
-                stored,
-                file: t.file,
-                offset: t.offset,
-                bytes: t.bytes,
-                change,
+                data: Data::Stored {
+                    stored,
+                    file: t.file,
+                    offset: t.offset,
+                    len: t.bytes,
+                    change,
+                },
+            });
+        }
+        if let Some(factors) = rope_factors(&config)? {
+            tensors.push(CheckpointTensor {
+                name: "rope_freqs.weight".into(),
+                source: "rope_scaling".into(),
+                dtype: GgmlDType::F32,
+                shape: vec![factors.len()],
+                data: Data::Computed(factors),
             });
         }
         tensors.sort_by_key(|t| write_order(&t.name));
@@ -251,17 +283,57 @@ impl DecoderCheckpoint {
         }
     }
 
+    /// The safetensors files holding the weights, as [`StoredAt::file`]
+    /// indexes them.
+    pub fn weight_files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Where a tensor lies in the checkpoint, for a reader that uses it as
+    /// stored: `None` where the conversion changes its values' type (Gemma's
+    /// norms, 1 + w in f32), so only [`DecoderCheckpoint::read`] gives them.
+    /// As stored, a llama model's Q and K rows keep Hugging Face's order,
+    /// whose rope rotates halves: `read` reorders them for llama.cpp's
+    /// interleaved rope.
+    pub fn stored(&self, t: &CheckpointTensor) -> Option<StoredAt> {
+        match t.data {
+            Data::Stored {
+                file,
+                offset,
+                len,
+                change,
+                ..
+            } if change != Change::AddOne => Some(StoredAt { file, offset, len }),
+            _ => None,
+        }
+    }
+
     /// A tensor's bytes as converted: `t.dtype`, rows first.
     pub fn read(&self, t: &CheckpointTensor) -> Result<Vec<u8>, ModelError> {
-        let path = &self.files[t.file];
-        let file = File::open(path).map_err(ModelError::io(path))?;
-        let mut raw = vec![0u8; t.bytes as usize];
-        file.read_exact_at(&mut raw, t.offset)
+        let (stored, file, offset, len, change) = match &t.data {
+            Data::Computed(values) => {
+                return Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+            }
+            Data::Stored {
+                stored,
+                file,
+                offset,
+                len,
+                change,
+            } => (*stored, *file, *offset, *len, *change),
+        };
+        let path = &self.files[file];
+        let f = File::open(path).map_err(ModelError::io(path))?;
+        let len = usize::try_from(len).map_err(|_| {
+            ModelError::invalid(path, format!("tensor `{}` is too large", t.source))
+        })?;
+        let mut raw = vec![0u8; len];
+        f.read_exact_at(&mut raw, offset)
             .map_err(ModelError::io(path))?;
-        Ok(match t.change {
+        Ok(match change {
             Change::None => raw,
             Change::InterleaveHalves { heads } => interleave_halves(&raw, t.shape[0], heads),
-            Change::AddOne => floats_le(t.stored, &raw)
+            Change::AddOne => floats_le(stored, &raw)
                 .map(|v| v + 1.0)
                 .flat_map(f32::to_le_bytes)
                 .collect(),
@@ -501,12 +573,14 @@ fn arch_metadata(family: Family, c: &Config) -> Result<HashMap<String, Value>, M
                 put("rope.scaling.type", Value::String("linear".into()));
                 put("rope.scaling.factor", Value::F32(factor as f32));
             }
+            // The factors become a tensor (`rope_factors`), as in llama.cpp.
+            Some("llama3") if family == Family::Llama => {}
             Some("default") | None if scaling.get("factor").is_none() => {}
             other => {
                 return Err(c.bad(
                     "rope_scaling",
                     format!(
-                        "of type {}: only linear scaling is read from checkpoints",
+                        "of type {}: linear scaling, and llama3 for llama models, are read from checkpoints",
                         other.unwrap_or("(none)")
                     ),
                 ));
@@ -520,16 +594,292 @@ fn arch_metadata(family: Family, c: &Config) -> Result<HashMap<String, Value>, M
     Ok(md)
 }
 
-/// `tokenizer.*` metadata from tokenizer.json and tokenizer_config.json, as
-/// llama.cpp's converter writes a byte-level BPE (`gpt2`) vocabulary: the
-/// vocabulary padded to the model's rows with `[PADn]`, added tokens as
-/// control (special) or user-defined tokens, merges, the pre-tokenizer's
-/// name, special token ids, `add_bos_token` and the chat template.
+/// Llama 3's rope scaling as llama.cpp's converter writes it: one factor
+/// per rotated pair that the pair's frequency is divided by — 1 for
+/// wavelengths under `original_max_position_embeddings / high_freq_factor`,
+/// `factor` over `original / low_freq_factor`, and in between the blend
+/// Hugging Face's `_compute_llama3_parameters` makes. `None` without
+/// `rope_scaling.rope_type: llama3`. Computed in f64 and rounded once (the
+/// converter mixes f32 and f64: the two differ by under 1e-7). The original
+/// context is `rope_scaling`'s, as Hugging Face reads it (llama.cpp's
+/// converter reads a top-level field, default 8192: the same for Meta's
+/// configs, which set it only in `rope_scaling`).
+fn rope_factors(c: &Config) -> Result<Option<Vec<f32>>, ModelError> {
+    let Some(scaling) = c.get("rope_scaling").filter(|s| {
+        s.get("rope_type")
+            .or_else(|| s.get("type"))
+            .and_then(Json::as_str)
+            == Some("llama3")
+    }) else {
+        return Ok(None);
+    };
+    let number = |field: &str, default: f64| -> Result<f64, ModelError> {
+        match scaling.get(field) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| {
+                    c.bad(
+                        &format!("rope_scaling.{field}"),
+                        format!("{v}, not a positive number"),
+                    )
+                }),
+        }
+    };
+    let factor = number("factor", 8.0)?;
+    let low = number("low_freq_factor", 1.0)?;
+    let high = number("high_freq_factor", 4.0)?;
+    let original = number("original_max_position_embeddings", 8192.0)?;
+    if high <= low {
+        return Err(c.bad(
+            "rope_scaling.high_freq_factor",
+            format!("{high}, not above low_freq_factor {low}"),
+        ));
+    }
+    let base = f64::from(c.opt_f32("rope_theta")?.unwrap_or(1e4));
+    let heads = c.usize("num_attention_heads")?;
+    let dim = match c.opt_usize("head_dim")? {
+        Some(d) => d,
+        None => c.usize("hidden_size")? / heads.max(1),
+    };
+    let (low_wavelen, high_wavelen) = (original / low, original / high);
+    let factors = (0..dim / 2)
+        .map(|i| {
+            let freq = 1.0 / base.powf((2 * i) as f64 / dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let f = if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            f as f32
+        })
+        .collect();
+    Ok(Some(factors))
+}
+
+/// A vocabulary as llama.cpp's converter writes it: the tokens and their
+/// types in id order, and the keys of its model (`tokenizer.ggml.model`,
+/// merges or scores, …).
+struct Vocabulary {
+    tokens: Vec<Value>,
+    types: Vec<Value>,
+    keys: HashMap<String, Value>,
+}
+
+/// `tokenizer.*` metadata as llama.cpp's converter writes it: a
+/// SentencePiece vocabulary (`llama`) from tokenizer.model where the
+/// converter reads one for the family, else the byte-level BPE (`gpt2`) of
+/// tokenizer.json; then, from tokenizer_config.json and config.json, the
+/// special token ids, `add_{bos,eos,sep}_token` and the chat template.
 fn tokenizer_metadata(
     dir: &Path,
+    family: Family,
     vocab_size: Option<usize>,
     config: &Config,
 ) -> Result<HashMap<String, Value>, ModelError> {
+    let settings_path = dir.join("tokenizer_config.json");
+    let settings: Map<String, Json> = if settings_path.is_file() {
+        read_json(&settings_path)?
+    } else {
+        Map::new()
+    };
+    let settings = Config {
+        path: &settings_path,
+        json: &settings,
+        prefix: "",
+    };
+    let spm = dir.join("tokenizer.model");
+    // llama.cpp tries SentencePiece first for these, byte-level BPE for the
+    // others (Qwen's). Its Phi-3 converter has its own variant (tokenizer.json's
+    // added tokens too, no special-looking test, `▁` kept): not mirrored.
+    let sentencepiece_first = matches!(
+        family,
+        Family::Llama | Family::Phi3 | Family::Gemma2 | Family::Gemma3
+    );
+    let Vocabulary {
+        tokens,
+        types,
+        keys: mut md,
+    } = if sentencepiece_first && spm.is_file() {
+        sentencepiece_vocabulary(&spm, dir, vocab_size, &settings)?
+    } else {
+        bpe_vocabulary(dir, vocab_size, config)?
+    };
+    if family.is_gemma() {
+        // Gemma's converters turn SentencePiece's dummy prefix off.
+        md.insert("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false));
+    }
+    let n = tokens.len();
+    let id_of = |token: &str| {
+        tokens
+            .iter()
+            .position(|t| matches!(t, Value::String(s) if s == token))
+    };
+    for (kind, key) in [
+        ("bos", "bos_token_id"),
+        ("eos", "eos_token_id"),
+        ("unk", "unknown_token_id"),
+        ("pad", "padding_token_id"),
+    ] {
+        let field = format!("{kind}_token");
+        // A string, or an object with `content` (older transformers).
+        let named = match settings.get(&field) {
+            None => None,
+            Some(Json::String(s)) => Some(s.as_str()),
+            Some(v) => Some(
+                v.get("content")
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| settings.bad(&field, format!("{v}, not a token")))?,
+            ),
+        };
+        let id = match named {
+            Some(token) => Some(id_of(token).ok_or_else(|| {
+                settings.bad(&field, format!("`{token}`, which is not in the vocabulary"))
+            })?),
+            None => config.opt_usize(&format!("{kind}_token_id"))?,
+        };
+        if let Some(id) = id.filter(|&id| id < n) {
+            md.insert(format!("tokenizer.ggml.{key}"), Value::U32(id as u32));
+        }
+    }
+    for key in ["add_bos_token", "add_eos_token", "add_sep_token"] {
+        if let Some(add) = settings.opt_bool(key)? {
+            md.insert(format!("tokenizer.ggml.{key}"), Value::Bool(add));
+        }
+    }
+    match settings.get("chat_template") {
+        None => {}
+        Some(Json::String(t)) => {
+            md.insert("tokenizer.chat_template".into(), Value::String(t.clone()));
+        }
+        Some(Json::Array(named)) => {
+            // Several named templates: llama.cpp takes `default`.
+            let default = named
+                .iter()
+                .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(Json::as_str)
+                .ok_or_else(|| settings.bad("chat_template", "a list without a `default`"))?;
+            md.insert(
+                "tokenizer.chat_template".into(),
+                Value::String(default.to_owned()),
+            );
+        }
+        Some(v) => return Err(settings.bad("chat_template", format!("{v}, not a template"))),
+    }
+    md.insert("tokenizer.ggml.tokens".into(), Value::Array(tokens));
+    md.insert("tokenizer.ggml.token_type".into(), Value::Array(types));
+    Ok(md)
+}
+
+/// A SentencePiece vocabulary as llama.cpp's `_create_vocab_sentencepiece`
+/// makes it: tokenizer.model's pieces, scores and types in id order, padded
+/// to the model's rows with `[PADn]` (unused, score −10000); then the tokens
+/// added.json and tokenizer_config.json's `added_tokens_decoder` add, at
+/// score −1000, as control tokens (special ones, or ones that look special)
+/// or user-defined ones (their `▁` read as spaces).
+fn sentencepiece_vocabulary(
+    path: &Path,
+    dir: &Path,
+    vocab_size: Option<usize>,
+    settings: &Config,
+) -> Result<Vocabulary, ModelError> {
+    let pieces = crate::sentencepiece::read_pieces(path)?;
+    let n = vocab_size.unwrap_or(pieces.len());
+    check_vocab_size(n, settings)?;
+    let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
+    let mut scores = vec![-10000f32; n];
+    let mut types = vec![UNUSED; n];
+    for (id, p) in pieces.into_iter().enumerate().take(n) {
+        // llama.cpp asks SentencePiece for unknown, control, unused and byte
+        // pieces only: a user-defined one is normal unless the added tokens
+        // below list it.
+        let kind = if p.kind == USER_DEFINED {
+            NORMAL
+        } else {
+            p.kind
+        };
+        (tokens[id], scores[id], types[id]) = (p.text, p.score, kind);
+    }
+    let added_path = dir.join("added_tokens.json");
+    if added_path.is_file() {
+        let added: Map<String, Json> = read_json(&added_path)?;
+        for (token, id) in added {
+            let id = id.as_u64().ok_or_else(|| {
+                ModelError::invalid(&added_path, format!("`{token}` is not given a token id"))
+            })?;
+            if let Some(id) = usize::try_from(id).ok().filter(|&i| i < n) {
+                (tokens[id], scores[id], types[id]) = (token, -1000.0, USER_DEFINED);
+            }
+        }
+    }
+    if let Some(decoder) = settings.get("added_tokens_decoder") {
+        let decoder = decoder
+            .as_object()
+            .ok_or_else(|| settings.bad("added_tokens_decoder", "not an object"))?;
+        for (id, data) in decoder {
+            let field = format!("added_tokens_decoder.{id}");
+            let content = data
+                .get("content")
+                .and_then(Json::as_str)
+                .ok_or_else(|| settings.bad(&field, "no `content`"))?;
+            let id: usize = id
+                .parse()
+                .map_err(|_| settings.bad(&field, "not keyed by a token id"))?;
+            if id >= n {
+                continue;
+            }
+            let special = data.get("special").and_then(Json::as_bool) == Some(true);
+            (tokens[id], types[id]) = if special || looks_special(content) {
+                (content.to_owned(), CONTROL)
+            } else {
+                (content.replace('\u{2581}', " "), USER_DEFINED)
+            };
+            scores[id] = -1000.0;
+        }
+    }
+    let mut keys = HashMap::new();
+    keys.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+    keys.insert("tokenizer.ggml.pre".into(), Value::String("default".into()));
+    keys.insert(
+        "tokenizer.ggml.scores".into(),
+        Value::Array(scores.into_iter().map(Value::F32).collect()),
+    );
+    Ok(Vocabulary {
+        tokens: tokens.into_iter().map(Value::String).collect(),
+        types: types.into_iter().map(Value::I32).collect(),
+        keys,
+    })
+}
+
+/// The most tokens a vocabulary may hold (Gemma's has 262,144): checked
+/// before `[PADn]` rows are made for a `vocab_size` from config.json.
+const MAX_VOCABULARY: usize = 1 << 24;
+
+fn check_vocab_size(n: usize, config: &Config) -> Result<(), ModelError> {
+    if n > MAX_VOCABULARY {
+        return Err(config.bad(
+            "vocab_size",
+            format!("{n}, more than the {MAX_VOCABULARY} tokens modelship reads"),
+        ));
+    }
+    Ok(())
+}
+
+/// A byte-level BPE vocabulary from tokenizer.json, as llama.cpp's
+/// converter writes a `gpt2` one: the vocabulary padded to the model's rows
+/// with `[PADn]`, added tokens as control (special) or user-defined tokens,
+/// merges and the pre-tokenizer's name.
+fn bpe_vocabulary(
+    dir: &Path,
+    vocab_size: Option<usize>,
+    config: &Config,
+) -> Result<Vocabulary, ModelError> {
     let path = dir.join("tokenizer.json");
     let json: Json = read_json(&path)?;
     let bad = |reason: String| ModelError::invalid(&path, reason);
@@ -538,7 +888,7 @@ fn tokenizer_metadata(
         || model.get("byte_fallback").and_then(Json::as_bool) == Some(true)
     {
         return Err(bad(
-            "`model` is not a byte-level BPE (SentencePiece vocabularies need tokenizer.model, which modelship does not read yet)"
+            "`model` is not a byte-level BPE, and no tokenizer.model holds the SentencePiece vocabulary it comes from"
                 .into(),
         ));
     }
@@ -588,6 +938,7 @@ fn tokenizer_metadata(
         ));
     }
     let n = vocab_size.unwrap_or(highest);
+    check_vocab_size(n, config)?;
     let (mut tokens, mut types) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for id in 0..n as u32 {
         let (token, kind) = by_id
@@ -614,83 +965,15 @@ fn tokenizer_metadata(
     let pre = pre_tokenizer_name(json.get("pre_tokenizer")).ok_or_else(|| {
         bad("`pre_tokenizer` is none that modelship recognizes (GPT-2's byte level, SmolLM's, Llama 3's and Qwen2's regexes)".into())
     })?;
-
-    let mut md = HashMap::new();
-    md.insert(
-        "tokenizer.ggml.model".to_owned(),
-        Value::String("gpt2".into()),
-    );
-    md.insert("tokenizer.ggml.pre".to_owned(), Value::String(pre.into()));
-    let id_of = |token: &str| {
-        tokens
-            .iter()
-            .position(|t| matches!(t, Value::String(s) if s == token))
-    };
-    let settings_path = dir.join("tokenizer_config.json");
-    let settings: Map<String, Json> = if settings_path.is_file() {
-        read_json(&settings_path)?
-    } else {
-        Map::new()
-    };
-    let settings = Config {
-        path: &settings_path,
-        json: &settings,
-        prefix: "",
-    };
-    for (kind, key) in [
-        ("bos", "bos_token_id"),
-        ("eos", "eos_token_id"),
-        ("unk", "unknown_token_id"),
-        ("pad", "padding_token_id"),
-    ] {
-        let field = format!("{kind}_token");
-        // A string, or an object with `content` (older transformers).
-        let named = match settings.get(&field) {
-            None => None,
-            Some(Json::String(s)) => Some(s.as_str()),
-            Some(v) => Some(
-                v.get("content")
-                    .and_then(Json::as_str)
-                    .ok_or_else(|| settings.bad(&field, format!("{v}, not a token")))?,
-            ),
-        };
-        let id = match named {
-            Some(token) => Some(id_of(token).ok_or_else(|| {
-                settings.bad(&field, format!("`{token}`, which is not in the vocabulary"))
-            })?),
-            None => config.opt_usize(&format!("{kind}_token_id"))?,
-        };
-        if let Some(id) = id.filter(|&id| id < n) {
-            md.insert(format!("tokenizer.ggml.{key}"), Value::U32(id as u32));
-        }
-    }
-    if let Some(add) = settings.opt_bool("add_bos_token")? {
-        md.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(add));
-    }
-    match settings.get("chat_template") {
-        None => {}
-        Some(Json::String(t)) => {
-            md.insert("tokenizer.chat_template".into(), Value::String(t.clone()));
-        }
-        Some(Json::Array(named)) => {
-            // Several named templates: llama.cpp takes `default`.
-            let default = named
-                .iter()
-                .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
-                .and_then(|t| t.get("template"))
-                .and_then(Json::as_str)
-                .ok_or_else(|| settings.bad("chat_template", "a list without a `default`"))?;
-            md.insert(
-                "tokenizer.chat_template".into(),
-                Value::String(default.to_owned()),
-            );
-        }
-        Some(v) => return Err(settings.bad("chat_template", format!("{v}, not a template"))),
-    }
-    md.insert("tokenizer.ggml.tokens".into(), Value::Array(tokens));
-    md.insert("tokenizer.ggml.token_type".into(), Value::Array(types));
-    md.insert("tokenizer.ggml.merges".into(), Value::Array(merges));
-    Ok(md)
+    let mut keys = HashMap::new();
+    keys.insert("tokenizer.ggml.model".into(), Value::String("gpt2".into()));
+    keys.insert("tokenizer.ggml.pre".into(), Value::String(pre.into()));
+    keys.insert("tokenizer.ggml.merges".into(), Value::Array(merges));
+    Ok(Vocabulary {
+        tokens,
+        types,
+        keys,
+    })
 }
 
 /// llama.cpp's `does_token_look_special`: added tokens some models forget
@@ -1023,5 +1306,62 @@ mod tests {
         .unwrap();
         let err = open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("SentencePiece"), "{err}");
+    }
+
+    #[test]
+    fn llama3_rope_scaling_becomes_the_rope_factors_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let scaling = serde_json::json!({
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192
+        });
+        write_checkpoint(
+            dir.path(),
+            &[],
+            &[
+                ("rope_scaling", scaling),
+                ("rope_theta", serde_json::json!(500000.0)),
+            ],
+        );
+        let c = open(dir.path()).unwrap();
+        let t = c.tensor("rope_freqs.weight").expect("rope_freqs.weight");
+        assert_eq!((t.dtype, t.shape.clone()), (GgmlDType::F32, vec![2]));
+        assert_eq!(c.stored(t), None, "computed, not stored");
+        let factors = floats(&c.read(t).unwrap());
+        // Head size 4: frequencies 1 (wavelength 2π, under 8192 / 4: kept)
+        // and 500000^-½ (wavelength 4443, between 2048 and 8192: blended).
+        let wavelen = 2.0 * std::f64::consts::PI * 500000f64.sqrt();
+        let smooth = (8192.0 / wavelen - 1.0) / 3.0;
+        let blended = 1.0 / ((1.0 - smooth) / 8.0 + smooth);
+        assert_eq!(factors[0], 1.0);
+        assert!(
+            (f64::from(factors[1]) - blended).abs() < 1e-6,
+            "{factors:?} vs {blended}"
+        );
+        assert!(factors[1] > 1.0 && factors[1] < 8.0);
+        // Each family's own scaling it cannot read is named.
+        write_checkpoint(
+            dir.path(),
+            &[],
+            &[(
+                "rope_scaling",
+                serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+            )],
+        );
+        let err = open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("rope_scaling") && err.contains("yarn"),
+            "{err}"
+        );
+        write_checkpoint(
+            dir.path(),
+            &[],
+            &[(
+                "rope_scaling",
+                serde_json::json!({"rope_type": "llama3", "factor": "eight"}),
+            )],
+        );
+        let err = open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("rope_scaling.factor"), "{err}");
     }
 }

@@ -11,11 +11,12 @@ mod error;
 mod gguf;
 mod hf;
 mod info;
+mod sentencepiece;
 mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use checkpoint::{
-    CHECKPOINT_TYPES, CheckpointTensor, DecoderCheckpoint, checkpoint_family, floats_le,
+    CHECKPOINT_TYPES, CheckpointTensor, DecoderCheckpoint, StoredAt, checkpoint_family, floats_le,
 };
 pub use decoder::{Activation, DecoderHparams, Family, Rope, RopeStyle};
 pub use error::ModelError;

@@ -176,9 +176,12 @@ fn optimize_measures_candidates_against_a_checkpoint() {
         Report::Generate(r) => r.clone(),
         other => panic!("{other:?}"),
     };
+    // The same bf16 weights: the checkpoint is served with Hugging Face's
+    // rope (halves) and its GGUF with llama.cpp's order (interleaved), the
+    // same products summed in another order, so only rounding differs.
     let bf16 = report(QuantType::Bf16);
     assert!(
-        bf16.ppl_increase == 0.0 && bf16.top1_agreement == 1.0 && bf16.kld < 1e-4,
+        bf16.ppl_increase.abs() < 1e-4 && bf16.top1_agreement == 1.0 && bf16.kld < 1e-4,
         "{bf16:?}"
     );
     let (q8, q4) = (report(QuantType::Q8_0), report(QuantType::Q4_0));

@@ -89,19 +89,20 @@ pub struct TensorFootprint {
 pub enum WeightsFile {
     /// Safetensors, memory-mapped while the engine copies them out.
     Safetensors { file_bytes: u64 },
-    /// GGUF, read tensor by tensor.
+    /// GGUF (or a decoder checkpoint), mapped: what our kernels read is
+    /// used in place, the rest copied out tensor by tensor.
     Gguf,
 }
 
 /// `(resident, loading)` bytes of the weights as the candle engine holds
-/// them: block-quantized matrices and those our kernels read (f16, bf16)
-/// as stored; vectors, other float matrices and encoders' embedding tables
-/// expanded to f32. A decoder's token table is kept as
+/// them: block-quantized matrices and those our kernels read (a decoder's
+/// f16, bf16) as stored; vectors, other float matrices (every one of an
+/// encoder's) and encoders' embedding tables expanded to f32. A decoder's token table is kept as
 /// stored (rows expanded when looked up); when it doubles as the output
 /// projection our kernels read it in place, candle's kernels take a copy
 /// (expanded to f32 for float tables). Loading safetensors keeps the mapped
-/// file resident too; loading GGUF (or a decoder checkpoint) holds one
-/// tensor's read bytes beside what is already held, and the engine loads
+/// file resident too; loading GGUF (or a decoder checkpoint), mapped, holds
+/// one copied-out tensor's bytes beside what is already held, and the engine loads
 /// the token table and output first, so only what a tensor's read exceeds
 /// the weights still to come adds to the peak.
 pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprint]) -> (u64, u64) {
@@ -118,6 +119,9 @@ pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprin
             let held = if decoder_table {
                 t.stored_bytes
             } else if t.dims < 2 || table || !(t.block_quantized || t.own_kernel) {
+                f32_bytes(t)
+            } else if task == Task::Embeddings && !t.block_quantized {
+                // BERT expands float matrices (f16, bf16) to f32.
                 f32_bytes(t)
             } else if t.own_kernel {
                 t.stored_bytes
@@ -144,13 +148,31 @@ pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprin
             let mut to_come = 0u64;
             let mut extra = 0u64;
             for &i in order.iter().rev() {
-                extra = extra.max(tensors[i].stored_bytes.saturating_sub(to_come));
+                extra =
+                    extra.max(read_bytes(task, &tensors[i], has_output).saturating_sub(to_come));
                 to_come += held[i];
             }
             extra
         }
     };
     (resident, loading)
+}
+
+/// Bytes loading `t` holds beside what is already held: none for a matrix
+/// our kernels read where it lies in the mapped file (a decoder's tied
+/// token table too), its stored bytes for one copied out (the file's pages
+/// are let go once candle holds the copy). Encoders read only their
+/// block-quantized layer matrices in place: tables and float matrices are
+/// expanded to f32.
+fn read_bytes(task: Task, t: &TensorFootprint, has_output: bool) -> u64 {
+    let table = t.name == "token_embd.weight";
+    let in_place = t.own_kernel
+        && t.dims >= 2
+        && match task {
+            Task::Generate => !table || !has_output,
+            Task::Embeddings => t.block_quantized && !t.name.contains("_embd."),
+        };
+    if in_place { 0 } else { t.stored_bytes }
 }
 
 /// The engine's load order: the tables and the output, then layer by layer.
@@ -437,8 +459,9 @@ mod tests {
             dims,
         };
         // A tied llama table in q8_0: kept as stored, and our Q8_0 kernel
-        // reads the output projection from the same bytes. It loads first:
-        // its read adds to the peak only what exceeds the layers to come.
+        // reads the output projection from the same bytes. Mapped, neither
+        // it nor the Q8_0 layer adds to the peak while loading; the norm,
+        // copied out last, adds its bytes.
         let llama = [
             t("blk.0.attn_q.weight", 64, 68, true, 2),
             t("blk.0.attn_norm.weight", 8, 32, false, 1),
@@ -446,18 +469,33 @@ mod tests {
         ];
         assert_eq!(
             resident_weights(Task::Generate, WeightsFile::Gguf, &llama),
-            (1063 + 68 + 32, 1063 - 68 - 32)
+            (1063 + 68 + 32, 32)
         );
-        // A layer's read beyond the layers after it counts whole: the last
-        // one loaded has nothing after it.
+        // A copied-out matrix's read beyond the layers after it counts
+        // whole: the last one loaded has nothing after it.
+        let candle = |name: &str, elements: u64, stored: u64| TensorFootprint {
+            own_kernel: false,
+            ..t(name, elements, stored, true, 2)
+        };
         let big_last = [
-            t("token_embd.weight", 10, 10, true, 2),
-            t("blk.1.ffn_up.weight", 500, 600, true, 2),
-            t("blk.0.ffn_up.weight", 100, 120, true, 2),
+            candle("token_embd.weight", 10, 10),
+            candle("blk.1.ffn_up.weight", 500, 600),
+            candle("blk.0.ffn_up.weight", 100, 120),
         ];
         assert_eq!(
             resident_weights(Task::Generate, WeightsFile::Gguf, &big_last).1,
             600
+        );
+        // An encoder reads its block-quantized matrices in place, and
+        // expands float ones (an f16 matrix, last: nothing after it) to f32.
+        let f16 = TensorFootprint {
+            block_quantized: false,
+            ..t("blk.1.attn_q.weight", 64, 128, true, 2)
+        };
+        let bert = [t("blk.0.attn_q.weight", 64, 68, true, 2), f16];
+        assert_eq!(
+            resident_weights(Task::Embeddings, WeightsFile::Gguf, &bert),
+            (68 + 256, 128)
         );
         // A tied Q6_K table goes through candle's kernel: a second copy,
         // and candle's repacked tiles of it.

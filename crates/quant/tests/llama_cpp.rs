@@ -205,9 +205,28 @@ fn checkpoints_convert_to_the_gguf_they_came_from() {
     );
 }
 
-/// Checkpoints served directly (bf16 in shards, read as stored) decode
-/// greedily to llama.cpp's tokens on the bf16 GGUF `quantize` writes from
-/// them, up to its near-ties; and llama.cpp runs our q8_0 file of the Qwen2.5
+/// A checkpoint whose vocabulary is SentencePiece's tokenizer.model
+/// (Gemma 3's, written from its GGUF) quantizes to that GGUF's metadata:
+/// the pieces, scores and token types, special ids, flags, chat template
+/// and hyper-parameters, by PyPI `gguf`'s reader; every tensor is there
+/// (their values are bf16's, not the original's Q4_K).
+#[test]
+fn a_sentencepiece_checkpoint_converts_to_its_gguf_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let bf16 = modelship_testkit::quantized(
+        &modelship_testkit::gemma3_checkpoint(),
+        QuantType::Bf16,
+        dir.path(),
+    );
+    let same = check(&["same", path(&modelship_testkit::gemma3()), path(&bf16)]);
+    for list in ["missing_tensors", "differing_keys", "keys_only_in_original"] {
+        assert_eq!(same[list], serde_json::json!([]), "{list}: {same}");
+    }
+}
+
+/// Checkpoints served directly (bf16 in shards, read as stored; Gemma 3's
+/// with its SentencePiece vocabulary) decode greedily to llama.cpp's tokens
+/// on the bf16 GGUF `quantize` writes from them, up to its near-ties; and llama.cpp runs our q8_0 file of the Qwen2.5
 /// checkpoint to our tokens.
 #[test]
 fn llama_cpp_runs_checkpoints_to_our_greedy_tokens() {
@@ -215,6 +234,7 @@ fn llama_cpp_runs_checkpoints_to_our_greedy_tokens() {
     for checkpoint in [
         modelship_testkit::smollm_checkpoint_bf16(),
         modelship_testkit::qwen2_checkpoint(),
+        modelship_testkit::gemma3_checkpoint(),
     ] {
         let sub = dir.path().join(checkpoint.file_name().unwrap());
         std::fs::create_dir_all(&sub).unwrap();

@@ -104,14 +104,20 @@ async fn qwen2_chat_answers_and_stops_at_its_end_of_turn() {
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() < 40);
 }
 
-/// A checkpoint's tokenizer.json, read as llama.cpp's converter reads it,
-/// tokenizes as llama.cpp does on the GGUF it came from.
+/// A checkpoint's tokenizer (tokenizer.json, or SentencePiece's
+/// tokenizer.model), read as llama.cpp's converter reads it, tokenizes as
+/// llama.cpp does on the GGUF it came from.
 #[test]
 fn checkpoint_tokenizers_match_llama_cpp() {
     assert_tokenizer_matches(&modelship_testkit::qwen2_checkpoint(), "qwen2_greedy.json");
     assert_tokenizer_matches(
         &modelship_testkit::smollm_checkpoint_bf16(),
         "llama_greedy.json",
+    );
+    // SentencePiece: the vocabulary, scores and types from tokenizer.model.
+    assert_tokenizer_matches(
+        &modelship_testkit::gemma3_checkpoint(),
+        "gemma3_greedy.json",
     );
 }
 

@@ -82,6 +82,15 @@ pub fn qwen2_checkpoint() -> PathBuf {
     )
 }
 
+/// Gemma-3-270M as a bf16 checkpoint whose vocabulary is SentencePiece's
+/// `tokenizer.model` (no tokenizer.json).
+pub fn gemma3_checkpoint() -> PathBuf {
+    require(
+        cache_dir().join("models/hf/gemma-3-270m-bf16"),
+        "scripts/make-checkpoints.sh",
+    )
+}
+
 /// `source` written as `to` into `dir/{to}.gguf` by `modelship quantize`'s
 /// library; returns the file.
 pub fn quantized(source: &Path, to: modelship_types::QuantType, dir: &Path) -> PathBuf {

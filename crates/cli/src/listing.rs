@@ -178,7 +178,10 @@ fn short(digest: &str) -> &str {
 }
 
 pub fn status(args: NameArgs) -> Result<(), Failure> {
-    let v = get_json(&args.api, &format!("/v1/deployments/{}", args.name))?;
+    let v = get_json(
+        &args.api,
+        &format!("/v1/deployments/{}", crate::ops::segment(&args.name)),
+    )?;
     let cp = get_json(&args.api, "/v1/status")?;
     print(args.api.output, &v, |v| {
         let d = &v["deployment"];
@@ -219,7 +222,13 @@ pub fn status(args: NameArgs) -> Result<(), Failure> {
 }
 
 pub fn history(args: NameArgs) -> Result<(), Failure> {
-    let v = get_json(&args.api, &format!("/v1/deployments/{}/history", args.name))?;
+    let v = get_json(
+        &args.api,
+        &format!(
+            "/v1/deployments/{}/history",
+            crate::ops::segment(&args.name)
+        ),
+    )?;
     print(args.api.output, &v, |v| {
         let mut s = format!("{:>8}  {:<30} {}\n", "REVISION", "CAUSE", "MODEL");
         for r in v["revisions"].as_array().into_iter().flatten() {

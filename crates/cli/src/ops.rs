@@ -120,11 +120,38 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(Failure::User)
 }
 
+/// `name` as one URL path segment: every byte but RFC 3986's unreserved
+/// ones percent-encoded, so a name cannot reach another route (`a/b`,
+/// `..`, `?`).
+pub fn segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The key sent to the control API: `up` sets one of its own keys for the
+/// specs it deploys; every other command reads `MODELSHIP_API_KEY`.
+static API_KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Sends `key` to the control API from now on (before any call).
+pub fn use_api_key(key: String) {
+    let _ = API_KEY.set(Some(key));
+}
+
 /// A request to the API; API errors come back as their message, a bad
 /// request as a configuration failure (exit 64).
 async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> Result<Value, Failure> {
     let client = reqwest::Client::new();
     let mut req = client.request(method, url);
+    let key = API_KEY.get_or_init(|| std::env::var("MODELSHIP_API_KEY").ok());
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -275,7 +302,7 @@ fn post(api: &Api, path: &str, body: Value) -> Result<Value, Failure> {
 pub fn rollback(args: RollbackArgs) -> Result<(), Failure> {
     let v = post(
         &args.api,
-        &format!("/v1/deployments/{}/rollback", args.name),
+        &format!("/v1/deployments/{}/rollback", segment(&args.name)),
         json!({"to": args.to}),
     )?;
     print(args.api.output, &v, |v| {
@@ -289,7 +316,7 @@ pub fn rollback(args: RollbackArgs) -> Result<(), Failure> {
 pub fn scale(args: ScaleArgs) -> Result<(), Failure> {
     let v = post(
         &args.api,
-        &format!("/v1/deployments/{}/scale", args.name),
+        &format!("/v1/deployments/{}/scale", segment(&args.name)),
         json!({"replicas": args.replicas}),
     )?;
     print(args.api.output, &v, |_| {
@@ -298,7 +325,7 @@ pub fn scale(args: ScaleArgs) -> Result<(), Failure> {
 }
 
 pub fn delete(args: NameArgs) -> Result<(), Failure> {
-    let url = format!("{}/v1/deployments/{}", args.api.api, args.name);
+    let url = format!("{}/v1/deployments/{}", args.api.api, segment(&args.name));
     let v = runtime()?.block_on(call(reqwest::Method::DELETE, &url, None))?;
     print(args.api.output, &v, |_| {
         format!("{} deleted; its replicas are stopping\n", args.name)
@@ -308,9 +335,26 @@ pub fn delete(args: NameArgs) -> Result<(), Failure> {
 pub fn logs(args: LogsArgs) -> Result<(), Failure> {
     let v = get_json(
         &args.api,
-        &format!("/v1/deployments/{}/logs?tail={}", args.name, args.tail),
+        &format!(
+            "/v1/deployments/{}/logs?tail={}",
+            segment(&args.name),
+            args.tail
+        ),
     )?;
     print(args.api.output, &v, |v| {
         v.as_str().unwrap_or_default().to_owned()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_stay_one_path_segment() {
+        assert_eq!(segment("minilm-2"), "minilm-2");
+        assert_eq!(segment("a/b"), "a%2Fb");
+        assert_eq!(segment("x?y=1#z"), "x%3Fy%3D1%23z");
+        assert_eq!(segment("é"), "%C3%A9");
+    }
 }

@@ -56,7 +56,10 @@ pub fn render(command: RenderCommand) -> Result<(), Failure> {
         RenderCommand::Nginx(a) => (a, false),
         RenderCommand::Kubernetes(a) => return kubernetes(a),
     };
-    let v = get_json(&args.api, &format!("/v1/deployments/{}", args.name))?;
+    let v = get_json(
+        &args.api,
+        &format!("/v1/deployments/{}", crate::ops::segment(&args.name)),
+    )?;
     let d: DeploymentSummary = parse(v["deployment"].clone())?;
     let replicas: Vec<Replica> = parse(v["replicas"].clone())?;
     let ready: Vec<(String, String, u32)> = replicas

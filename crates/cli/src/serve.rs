@@ -81,6 +81,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
     limits
         .validate()
         .map_err(|e| Failure::Config(anyhow::Error::new(e).context("invalid serving limits")))?;
+    let api_key = args
+        .api_key
+        .as_deref()
+        .map(modelship_types::auth::parse_key)
+        .transpose()
+        .map_err(|e| Failure::Config(anyhow::anyhow!("--api-key (or MODELSHIP_API_KEY): {e}")))?;
     let threads = crate::compute::init_threads(args.threads)?;
     let device = parse_device(&args.device).map_err(|e| Failure::Config(e.into()))?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
@@ -121,7 +127,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         );
         let options = ServeOptions {
             drain: Duration::from_secs(args.shutdown_timeout),
-            api_key: args.api_key,
+            api_key,
         };
         modelship_server::serve(listener, Arc::new(engine), shutdown_signal(), options)
             .await

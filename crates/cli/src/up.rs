@@ -17,9 +17,13 @@ pub struct Args {
     /// Where state (state.db), replica logs and optimized models live.
     #[arg(long, env = "MODELSHIP_DATA_DIR", default_value = ".modelship")]
     data_dir: PathBuf,
-    /// Address the API and the gateway listen on.
+    /// Address the control API listens on: keep it private (loopback) when
+    /// the gateway is exposed.
     #[arg(long, default_value = "127.0.0.1")]
-    host: IpAddr,
+    api_host: IpAddr,
+    /// Address the gateway listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    gateway_host: IpAddr,
     /// 0 picks a free port (the banner on stderr says which).
     #[arg(long, default_value_t = 7070)]
     api_port: u16,
@@ -28,9 +32,15 @@ pub struct Args {
     /// Gateway threads (default: one per core).
     #[arg(long)]
     gateway_threads: Option<usize>,
-    /// A file of gateway API keys, one per line; requests without one get 401.
+    /// A file of API keys, one per line: the gateway and the control API
+    /// answer 401 without one (the CLI sends MODELSHIP_API_KEY), and
+    /// replicas get a key of their own (DATA_DIR/replica.key) that only the
+    /// gateway sends.
     #[arg(long)]
     api_keys: Option<PathBuf>,
+    /// Serve the gateway's /metrics without a key.
+    #[arg(long)]
+    public_metrics: bool,
     #[command(flatten)]
     tls: TlsArgs,
     /// Also publish routes in etcd (`etcd://HOST:PORT`) for other gateways
@@ -47,7 +57,10 @@ pub fn run(mut args: Args) -> Result<(), Failure> {
         .iter()
         .map(|p| crate::ops::resolved_spec(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let gateway_config = gateway_config(args.api_keys.as_deref())?;
+    let gateway_config = gateway_config(args.api_keys.as_deref(), args.public_metrics)?;
+    if let Some(key) = gateway_config.api_keys.first() {
+        crate::ops::use_api_key(key.clone());
+    }
     // Absolute: revisions record artifact paths under it, and replicas may
     // be started from another working directory.
     std::fs::create_dir_all(&args.data_dir)
@@ -68,8 +81,8 @@ pub fn run(mut args: Args) -> Result<(), Failure> {
     let metrics = modelship_server::recorder();
     let config = Config {
         data_dir: args.data_dir.clone(),
-        api: SocketAddr::new(args.host, args.api_port),
-        gateway: SocketAddr::new(args.host, args.gateway_port),
+        api: SocketAddr::new(args.api_host, args.api_port),
+        gateway: SocketAddr::new(args.gateway_host, args.gateway_port),
         orchestrator: Arc::new(orchestrator),
         gateway_config,
         gateway_threads: args
@@ -110,8 +123,12 @@ pub fn run(mut args: Args) -> Result<(), Failure> {
 /// line (`#` starts a comment).
 pub fn gateway_config(
     api_keys: Option<&std::path::Path>,
+    public_metrics: bool,
 ) -> Result<modelship_gateway::Config, Failure> {
-    let mut config = modelship_gateway::Config::default();
+    let mut config = modelship_gateway::Config {
+        public_metrics,
+        ..modelship_gateway::Config::default()
+    };
     if let Some(path) = api_keys {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read --api-keys {}", path.display()))
@@ -120,8 +137,12 @@ pub fn gateway_config(
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
-            .collect();
+            .map(|l| {
+                modelship_types::auth::parse_key(l).map_err(|e| {
+                    Failure::Config(anyhow::anyhow!("--api-keys {}: {e}", path.display()))
+                })
+            })
+            .collect::<Result<_, _>>()?;
         if config.api_keys.is_empty() {
             return Err(Failure::Config(anyhow::anyhow!(
                 "--api-keys {} holds no key",
@@ -147,6 +168,13 @@ pub struct GatewayArgs {
     threads: Option<usize>,
     #[arg(long)]
     api_keys: Option<PathBuf>,
+    /// The replicas' key (a control plane's DATA_DIR/replica.key, written
+    /// when it has --api-keys): sent to them in place of the client's.
+    #[arg(long)]
+    replica_key_file: Option<PathBuf>,
+    /// Serve /metrics without a key.
+    #[arg(long)]
+    public_metrics: bool,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -179,10 +207,19 @@ pub fn gateway(args: GatewayArgs) -> Result<(), Failure> {
     let etcd = modelship_gateway::etcd::Etcd::parse(&args.discovery)
         .map_err(|e| Failure::Config(e.into()))?;
     let metrics = modelship_server::recorder();
-    let gateway = modelship_gateway::Gateway::new(
-        gateway_config(args.api_keys.as_deref())?,
-        Some(Arc::new(move || metrics.render())),
-    );
+    let mut config = gateway_config(args.api_keys.as_deref(), args.public_metrics)?;
+    if let Some(path) = &args.replica_key_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --replica-key-file {}", path.display()))
+            .map_err(Failure::Config)?;
+        config.upstream_key = Some(modelship_types::auth::parse_key(&text).map_err(|e| {
+            Failure::Config(anyhow::anyhow!(
+                "--replica-key-file {}: {e}",
+                path.display()
+            ))
+        })?);
+    }
+    let gateway = modelship_gateway::Gateway::new(config, Some(Arc::new(move || metrics.render())));
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -651,9 +651,119 @@ async fn the_gateway_authenticates_streams_and_counts() {
         .unwrap();
     assert_eq!(r.status(), 400);
 
+    // The scheme is case-insensitive (RFC 9110).
+    let r = client
+        .post(format!("{}/v1/completions", cp.gateway))
+        .header("authorization", "bearer secret-1")
+        .json(&json!({"model": "smol", "prompt": "Hi", "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The control API wants a key too: nothing changes without one.
+    let api = |path: &str| format!("{}{path}", cp.api);
+    for (method, path) in [
+        (reqwest::Method::POST, "/v1/deployments"),
+        (reqwest::Method::DELETE, "/v1/deployments/smol"),
+        (reqwest::Method::POST, "/v1/deployments/smol/scale"),
+        (reqwest::Method::GET, "/v1/replicas"),
+        (reqwest::Method::GET, "/v1/status"),
+    ] {
+        let r = client
+            .request(method.clone(), api(path))
+            .json(&json!({"replicas": 3, "spec": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method} {path}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["type"],
+            "authentication_error"
+        );
+    }
+    let health = client.get(api("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    // With the key, a malformed body or path is a JSON error naming it.
+    for (method, path, body) in [
+        (reqwest::Method::POST, "/v1/deployments", "{"),
+        (reqwest::Method::GET, "/v1/runs/abc", ""),
+    ] {
+        let r = client
+            .request(method, api(path))
+            .bearer_auth("secret-1")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{path}: {v}");
+    }
+    let unkeyed = modelship()
+        .args(["get", "replicas", "--api", &cp.api])
+        .env_remove("MODELSHIP_API_KEY")
+        .output()
+        .unwrap();
+    assert!(!unkeyed.status.success());
+    assert!(String::from_utf8_lossy(&unkeyed.stderr).contains("API key"));
+    // The deployment is untouched, and the CLI with the key sees it.
+    let replicas = cp.replicas();
+    assert_eq!(replicas.len(), 1, "{replicas:?}");
+
+    // A replica's own port bypasses nothing: it wants the replica key
+    // (DATA_DIR/replica.key), which only the gateway sends.
+    let endpoint = replicas[0]["endpoint"].as_str().unwrap();
+    let direct = format!("http://{endpoint}/v1/completions");
+    let one = json!({"prompt": "Hi", "max_tokens": 1});
+    for key in [None, Some("secret-1")] {
+        let mut req = client.post(&direct).json(&one);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 401, "key {key:?}");
+    }
+    let replica_key = std::fs::read_to_string(dir.path().join("data/replica.key")).unwrap();
+    assert_eq!(replica_key.len(), 64, "32 random bytes in hex");
+    let r = client
+        .post(&direct)
+        .bearer_auth(replica_key.trim())
+        .json(&one)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // An empty key would guard nothing: a configuration error.
+    let empty = modelship()
+        .args([
+            "serve",
+            modelship_testkit::smollm().to_str().unwrap(),
+            "--api-key",
+            "",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        empty.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&empty.stderr)
+    );
+
+    // `/metrics` is behind the key too (`--public-metrics` opens it).
+    let r = client
+        .get(format!("{}/metrics", cp.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
     // Its own metrics, per deployment, revision and replica.
     let metrics = client
         .get(format!("{}/metrics", cp.gateway))
+        .bearer_auth("secret-1")
         .send()
         .await
         .unwrap()

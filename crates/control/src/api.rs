@@ -11,6 +11,7 @@
 //! | `GET /v1/deployments/{name}/logs?tail=N` | its replicas' output |
 //! | `GET /v1/revisions`, `/v1/replicas`, `/v1/runs[/{id}]`, `/v1/status` | listings |
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -71,8 +72,56 @@ impl IntoResponse for ApiError {
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
-    Router::new()
+/// An extractor (`Json`, `Path`, `Query`) whose rejection answers as the
+/// API's other errors do, JSON naming what is wrong, not axum's plain text.
+pub(crate) struct Api<E>(pub E);
+
+fn rejected(what: &str, why: impl std::fmt::Display) -> ApiError {
+    ApiError::Invalid {
+        field: what.into(),
+        reason: why.to_string(),
+    }
+}
+
+impl<S: Send + Sync, E> axum::extract::FromRequestParts<S> for Api<E>
+where
+    E: axum::extract::FromRequestParts<S>,
+    E::Rejection: std::fmt::Display,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> std::result::Result<Self, ApiError> {
+        E::from_request_parts(parts, state)
+            .await
+            .map(Api)
+            .map_err(|e| rejected("request", e))
+    }
+}
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S>
+    for Api<Json<T>>
+{
+    type Rejection = ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &S,
+    ) -> std::result::Result<Self, ApiError> {
+        <Json<T> as axum::extract::FromRequest<S>>::from_request(req, state)
+            .await
+            .map(Api)
+            .map_err(|e| rejected("body", e))
+    }
+}
+
+/// The control API; with `keys`, every route but `/healthz` wants one of
+/// them (`Authorization: Bearer KEY`, as the gateway does).
+pub(crate) fn router(ctx: Arc<Ctx>, keys: BTreeSet<String>) -> Router {
+    let keys = Arc::new(keys);
+    let guarded = Router::new()
         .route("/v1/deployments", post(deploy).get(deployments))
         .route("/v1/deployments/{name}", get(deployment).delete(delete))
         .route("/v1/deployments/{name}/scale", post(scale))
@@ -84,7 +133,31 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/runs", get(runs))
         .route("/v1/runs/{id}", get(run))
         .route("/v1/status", get(status))
-        .with_state(ctx)
+        .route_layer(axum::middleware::from_fn(move |req, next| {
+            require_key(Arc::clone(&keys), req, next)
+        }))
+        .with_state(ctx);
+    guarded.route("/healthz", get(|| async { "ok" }))
+}
+
+async fn require_key(
+    keys: Arc<BTreeSet<String>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if keys.is_empty() || modelship_types::auth::authorized(given, keys.iter().map(String::as_str))
+    {
+        return next.run(req).await;
+    }
+    let body = json!({"error": {
+        "message": "missing or unknown API key: send `Authorization: Bearer KEY` (the CLI sends MODELSHIP_API_KEY)",
+        "type": "authentication_error",
+    }});
+    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
 }
 
 /// `POST /v1/deployments`: the spec as JSON, its paths absolute.
@@ -93,7 +166,10 @@ pub struct DeployRequest {
     pub spec: serde_json::Value,
 }
 
-async fn deploy(State(ctx): State<Arc<Ctx>>, Json(req): Json<DeployRequest>) -> Result<Response> {
+async fn deploy(
+    State(ctx): State<Arc<Ctx>>,
+    Api(Json(req)): Api<Json<DeployRequest>>,
+) -> Result<Response> {
     let spec: ModelDeployment = serde_path_to_error::deserialize(req.spec).map_err(|e| {
         let path = e.path().to_string();
         ApiError::Invalid {
@@ -227,7 +303,7 @@ fn existing(ctx: &Ctx, name: &str) -> Result<Deployment> {
 
 async fn deployment(
     State(ctx): State<Arc<Ctx>>,
-    Path(name): Path<String>,
+    Api(Path(name)): Api<Path<String>>,
 ) -> Result<Json<serde_json::Value>> {
     let d = existing(&ctx, &name)?;
     let all = ctx.store.replicas()?;
@@ -246,7 +322,7 @@ async fn deployment(
 
 async fn delete(
     State(ctx): State<Arc<Ctx>>,
-    Path(name): Path<String>,
+    Api(Path(name)): Api<Path<String>>,
 ) -> Result<Json<serde_json::Value>> {
     existing(&ctx, &name)?;
     ctx.store.delete_deployment(&name)?;
@@ -262,8 +338,8 @@ struct ScaleRequest {
 
 async fn scale(
     State(ctx): State<Arc<Ctx>>,
-    Path(name): Path<String>,
-    Json(req): Json<ScaleRequest>,
+    Api(Path(name)): Api<Path<String>>,
+    Api(Json(req)): Api<Json<ScaleRequest>>,
 ) -> Result<Json<serde_json::Value>> {
     if req.replicas > 10_000 {
         return Err(ApiError::Invalid {
@@ -298,8 +374,8 @@ struct RollbackRequest {
 /// forward, as with `kubectl rollout undo`): its spec and artifact.
 async fn rollback(
     State(ctx): State<Arc<Ctx>>,
-    Path(name): Path<String>,
-    Json(req): Json<RollbackRequest>,
+    Api(Path(name)): Api<Path<String>>,
+    Api(Json(req)): Api<Json<RollbackRequest>>,
 ) -> Result<Json<serde_json::Value>> {
     let d = existing(&ctx, &name)?;
     let revisions = ctx.store.revisions(Some(&name))?;
@@ -378,7 +454,7 @@ async fn rollback(
 
 async fn history(
     State(ctx): State<Arc<Ctx>>,
-    Path(name): Path<String>,
+    Api(Path(name)): Api<Path<String>>,
 ) -> Result<Json<serde_json::Value>> {
     let revisions = ctx.store.revisions(Some(&name))?;
     let events = ctx.store.events(&name)?;
@@ -409,8 +485,8 @@ struct LogsQuery {
 
 async fn logs(
     State(ctx): State<Arc<Ctx>>,
-    Path(name): Path<String>,
-    Query(q): Query<LogsQuery>,
+    Api(Path(name)): Api<Path<String>>,
+    Api(Query(q)): Api<Query<LogsQuery>>,
 ) -> Result<String> {
     existing(&ctx, &name)?;
     let tail = q.tail.unwrap_or(50);
@@ -444,14 +520,14 @@ struct ByDeployment {
 
 async fn revisions(
     State(ctx): State<Arc<Ctx>>,
-    Query(q): Query<ByDeployment>,
+    Api(Query(q)): Api<Query<ByDeployment>>,
 ) -> Result<Json<Vec<Revision>>> {
     Ok(Json(ctx.store.revisions(q.deployment.as_deref())?))
 }
 
 async fn replicas(
     State(ctx): State<Arc<Ctx>>,
-    Query(q): Query<ByDeployment>,
+    Api(Query(q)): Api<Query<ByDeployment>>,
 ) -> Result<Json<Vec<Replica>>> {
     let all = ctx.store.replicas()?;
     Ok(Json(match q.deployment {
@@ -462,12 +538,12 @@ async fn replicas(
 
 async fn runs(
     State(ctx): State<Arc<Ctx>>,
-    Query(q): Query<ByDeployment>,
+    Api(Query(q)): Api<Query<ByDeployment>>,
 ) -> Result<Json<Vec<Run>>> {
     Ok(Json(ctx.store.runs(q.deployment.as_deref())?))
 }
 
-async fn run(State(ctx): State<Arc<Ctx>>, Path(id): Path<u64>) -> Result<Json<Run>> {
+async fn run(State(ctx): State<Arc<Ctx>>, Api(Path(id)): Api<Path<u64>>) -> Result<Json<Run>> {
     ctx.store
         .run(id)?
         .map(Json)

@@ -342,6 +342,7 @@ impl Controller {
             limits: rev.spec.spec.serving,
             cpu: rev.spec.spec.resources.cpu,
             memory: memory_limit(&rev),
+            api_key: self.ctx.replica_key.clone(),
         };
         let target = rev.spec.spec.target;
         let orchestrator = self.ctx.targets.get(target).await?;

@@ -47,6 +47,34 @@ pub struct Config {
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
+/// The key this data directory's replicas require (`replica.key`, mode
+/// 0600, made once from 32 random bytes): kept, so replicas that outlive
+/// the control plane still take the next one's gateway. Another gateway
+/// reads it with `modelship gateway --replica-key-file`.
+pub fn replica_key(data_dir: &std::path::Path) -> anyhow::Result<modelship_types::auth::Secret> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("replica.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let key = modelship_types::auth::parse_key(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return Ok(modelship_types::auth::Secret::new(key));
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for the replica key")?;
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(key.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(modelship_types::auth::Secret::new(key))
+}
+
 /// The orchestrators replicas run on: local processes always, Docker once a
 /// deployment asks for it (so `up` works where no engine runs).
 pub(crate) struct Targets {
@@ -138,6 +166,8 @@ pub(crate) struct Ctx {
     pub applied: Mutex<cluster::AppliedMap>,
     /// The latest routes for the etcd publisher, when discovery is on.
     pub published: Option<tokio::sync::watch::Sender<Routable>>,
+    /// The key replicas are started with, when the gateway has keys.
+    pub replica_key: Option<modelship_types::auth::Secret>,
 }
 
 impl Ctx {
@@ -194,7 +224,17 @@ pub async fn up(
     let api_listener = tokio::net::TcpListener::bind(config.api)
         .await
         .with_context(|| format!("cannot listen on {} (--api-port)", config.api))?;
-    let gateway = Gateway::new(config.gateway_config, config.metrics);
+    // One set of keys guards the gateway and the API; replicas then get a
+    // key of their own that only the gateway sends.
+    let api_keys = config.gateway_config.api_keys.clone();
+    let replica_key = if api_keys.is_empty() {
+        None
+    } else {
+        Some(replica_key(&config.data_dir)?)
+    };
+    let mut gateway_config = config.gateway_config;
+    gateway_config.upstream_key = replica_key.as_ref().map(|k| k.expose().to_owned());
+    let gateway = Gateway::new(gateway_config, config.metrics);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (gateway_addr, gw) = modelship_gateway::serve(
         gateway.clone(),
@@ -228,12 +268,13 @@ pub async fn up(
         running: Mutex::new(HashSet::new()),
         gateway_addr: bound.gateway,
         published,
+        replica_key,
     });
     let controller = tokio::spawn(controller::Controller::new(Arc::clone(&ctx)).run());
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let api = axum::serve(api_listener, api::router(Arc::clone(&ctx)))
+    let api = axum::serve(api_listener, api::router(Arc::clone(&ctx), api_keys))
         .with_graceful_shutdown(wait(stop_rx));
     let run = async move {
         tokio::spawn(async move {

@@ -42,6 +42,8 @@ pub fn image_spec(
         limits: spec.spec.serving,
         cpu: spec.spec.resources.cpu,
         memory: spec.spec.resources.memory.map(|m| m.0),
+        // An image never carries a key: the control plane gives its own.
+        api_key: None,
     };
     let model = ImageSpec::model_in_image(&artifact.path);
     let cmd = serve_args(&model, "0.0.0.0", PORT, &replica);

@@ -199,7 +199,8 @@ impl BertBackend {
             .get((cfg.type_vocab_size, h), "token_type_embeddings.weight")?
             .get(0)?;
         let embed_norm = Norm::load(&e, "LayerNorm", h, cfg.layer_norm_eps)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        // Not reserved from the config's count: a missing layer fails below.
+        let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let l = vb.pp(format!("encoder.layer.{i}"));
             let qkv = ["query", "key", "value"]
@@ -268,7 +269,8 @@ impl BertBackend {
             b: vector("token_embd_norm.bias")?,
             eps: eps as f32,
         };
-        let mut layers = Vec::with_capacity(layers_n);
+        // Not reserved from the metadata's count: a missing layer fails below.
+        let mut layers = Vec::new();
         for i in 0..layers_n {
             let dense = |name: &str| -> Result<Dense> {
                 let w = q(&format!("blk.{i}.{name}.weight"))?;

@@ -53,6 +53,12 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Bearer keys accepted; empty: no authentication.
     pub api_keys: BTreeSet<String>,
+    /// The key replicas require (the control plane gives its replicas one,
+    /// so their ports do not bypass `api_keys`): sent upstream in place of
+    /// the client's.
+    pub upstream_key: Option<String>,
+    /// Serve `/metrics` without a key even when `api_keys` guard the rest.
+    pub public_metrics: bool,
 }
 
 impl Default for Config {
@@ -65,6 +71,8 @@ impl Default for Config {
             max_body_bytes: 16 << 20,
             request_timeout: Duration::from_secs(60),
             api_keys: BTreeSet::new(),
+            upstream_key: None,
+            public_metrics: false,
         }
     }
 }

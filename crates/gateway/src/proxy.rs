@@ -130,11 +130,10 @@ pub(crate) fn error(status: u16, kind: &str, message: String, param: Option<&str
 fn authorized(gateway: &Gateway, head: &Head) -> bool {
     let keys = &gateway.inner.config.api_keys;
     keys.is_empty()
-        || head
-            .get("authorization")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|k| keys.contains(k.trim()))
+        || modelship_types::auth::authorized(
+            head.get("authorization"),
+            keys.iter().map(String::as_str),
+        )
 }
 
 fn unauthorized() -> Local {
@@ -179,9 +178,19 @@ pub(crate) async fn handle(s: &Shared, head: &Head, body: &[u8]) -> Reply {
     };
     if let Some(answer) = own {
         if !matches!(head.method(), "GET" | "HEAD") {
-            return Reply::Local(Local::new(405, "text/plain", "only GET and HEAD"));
+            return Reply::Local(error(
+                405,
+                "invalid_request_error",
+                format!(
+                    "{} is not allowed on {path}: only GET and HEAD",
+                    head.method()
+                ),
+                None,
+            ));
         }
-        if path == "/v1/models" && !authorized(&s.gateway, head) {
+        let open =
+            path == "/healthz" || (path == "/metrics" && s.gateway.inner.config.public_metrics);
+        if !open && !authorized(&s.gateway, head) {
             return Reply::Local(unauthorized());
         }
         return Reply::Local(answer(&s.gateway));
@@ -222,7 +231,7 @@ fn target<'a>(path: &'a str, body: &[u8]) -> Result<Cow<'a, str>, String> {
 
 /// The request as the replica gets it: this hop's fields dropped, `Host`
 /// naming the replica, the body with its length.
-fn upstream_request(head: &Head, body: &[u8], host: &str) -> Vec<u8> {
+fn upstream_request(head: &Head, body: &[u8], host: &str, key: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + head.target().len() + body.len());
     for part in [
         head.method(),
@@ -235,7 +244,8 @@ fn upstream_request(head: &Head, body: &[u8], host: &str) -> Vec<u8> {
         out.extend_from_slice(part.as_bytes());
     }
     // The body is whole by now: its length is restated, the client's
-    // framing, key and go-ahead request stay here.
+    // framing, key and go-ahead request stay here (the replica's own key,
+    // if it has one, goes instead).
     head.forward_fields(&mut out, |name| {
         [
             "content-length",
@@ -246,6 +256,11 @@ fn upstream_request(head: &Head, body: &[u8], host: &str) -> Vec<u8> {
         .iter()
         .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
     });
+    if let Some(key) = key {
+        for part in ["authorization: Bearer ", key, "\r\n"] {
+            out.extend_from_slice(part.as_bytes());
+        }
+    }
     let had_length =
         head.get("content-length").is_some() || head.get("transfer-encoding").is_some();
     if had_length || !body.is_empty() {
@@ -308,7 +323,7 @@ async fn proxy(s: &Shared, head: &Head, body: &[u8], deployment: &str) -> Reply 
             metrics::counter!("modelship_gateway_retries_total", "deployment" => deployment.to_owned())
                 .increment(1);
         }
-        let request = upstream_request(head, body, &endpoint.addr);
+        let request = upstream_request(head, body, &endpoint.addr, config.upstream_key.as_deref());
         let started = Instant::now();
         let answer = tokio::time::timeout(
             config.upstream_timeout,

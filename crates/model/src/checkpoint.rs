@@ -262,6 +262,7 @@ impl DecoderCheckpoint {
                     tensor_infos,
                     tensor_data_offset: 0,
                 },
+                skipped: Vec::new(),
             },
             tensors,
             family,

@@ -183,6 +183,20 @@ impl DecoderHparams {
                 "zero (or the width or layer count is)",
             ));
         }
+        // Far above any model (Llama 3 405B: 126 layers, width 16384, 128
+        // heads), and low enough that products of them cannot overflow and
+        // per-layer tables are small; the tensors' shapes are checked
+        // against them at load.
+        for (k, v, max) in [
+            ("block_count", layers, 1 << 12),
+            ("embedding_length", width, 1 << 20),
+            ("attention.head_count", heads, 1 << 12),
+            ("attention.head_count_kv", kv_heads, 1 << 12),
+        ] {
+            if v > max {
+                return Err(bad(k, "larger than any model modelship runs"));
+            }
+        }
         if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(bad(
                 "attention.head_count_kv",
@@ -199,6 +213,18 @@ impl DecoderHparams {
             return Err(bad(
                 "attention.key_length",
                 "not an even size equal to the value length",
+            ));
+        }
+        if head_dim > 1 << 14 {
+            return Err(bad(
+                "attention.key_length",
+                "larger than any model modelship runs",
+            ));
+        }
+        if opt_uint("feed_forward_length")?.is_some_and(|f| f > 1 << 22) {
+            return Err(bad(
+                "feed_forward_length",
+                "larger than any model modelship runs",
             ));
         }
         if let Some(rope_dims) = opt_uint("rope.dimension_count")?
@@ -330,5 +356,49 @@ mod tests {
         );
         assert_eq!(local(Family::Gemma2, 4), [true, false, true, false]);
         assert_eq!(Family::Llama.swa_pattern(), None);
+    }
+
+    /// Counts far past any model are refused by name before anything is
+    /// sized from them (a block count of 2^32 − 1 aborted on allocation).
+    #[test]
+    fn absurd_hyper_parameters_are_named() {
+        use std::collections::HashMap;
+
+        use candle_core::quantized::gguf_file::{Content, Value, VersionedMagic};
+        let gguf = |key: &str, v: u32| {
+            let mut metadata: HashMap<String, Value> = [
+                ("general.architecture", Value::String("llama".into())),
+                ("llama.block_count", Value::U32(2)),
+                ("llama.embedding_length", Value::U32(64)),
+                ("llama.attention.head_count", Value::U32(4)),
+                ("llama.feed_forward_length", Value::U32(128)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            metadata.insert(key.to_owned(), Value::U32(v));
+            GgufFile {
+                path: "m.gguf".into(),
+                content: Content {
+                    magic: VersionedMagic::GgufV3,
+                    metadata,
+                    tensor_infos: HashMap::new(),
+                    tensor_data_offset: 0,
+                },
+                skipped: Vec::new(),
+            }
+        };
+        assert!(DecoderHparams::from_gguf(&gguf("llama.block_count", 2)).is_ok());
+        for key in [
+            "llama.block_count",
+            "llama.embedding_length",
+            "llama.attention.head_count",
+            "llama.feed_forward_length",
+        ] {
+            let err = DecoderHparams::from_gguf(&gguf(key, u32::MAX))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 }

@@ -19,12 +19,6 @@ pub enum ModelError {
     },
     #[error("invalid {path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("invalid GGUF file {path}")]
-    Gguf {
-        path: PathBuf,
-        #[source]
-        source: candle_core::Error,
-    },
     #[error("{path}: GGUF metadata key `{key}` is {problem}")]
     Metadata {
         path: PathBuf,

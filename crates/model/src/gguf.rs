@@ -1,8 +1,8 @@
-//! GGUF: the tensor table and typed metadata access on top of candle's reader,
-//! which bounds-checks every length against the file size.
+//! GGUF: the tensor table (read by `gguf_header`, every length checked
+//! against the file) and typed metadata access.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::GgmlDType;
@@ -13,49 +13,14 @@ use crate::ModelError;
 const MAGIC: &[u8; 4] = b"GGUF";
 
 pub(crate) fn has_magic(path: &Path) -> Result<bool, ModelError> {
+    // Checked before opening: opening a FIFO would wait for a writer.
+    crate::files::regular_file(path)?;
     let mut magic = [0u8; 4];
     let mut f = File::open(path).map_err(ModelError::io(path))?;
     match f.read_exact(&mut magic) {
         Ok(()) => Ok(&magic == MAGIC),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(ModelError::io(path)(e)),
-    }
-}
-
-/// A buffered reader that knows its position. candle's GGUF reader asks for
-/// the position before every length-prefixed value; on a plain or buffered
-/// `File` each ask is an `lseek`, on SmolLM2's 49k-token vocabulary about
-/// 100k of them (and 250k unbuffered reads), a quarter-second of start-up.
-struct PositionedReader<R> {
-    inner: std::io::BufReader<R>,
-    pos: u64,
-}
-
-impl<R: Read + Seek> PositionedReader<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner: std::io::BufReader::with_capacity(1 << 16, inner),
-            pos: 0,
-        }
-    }
-}
-
-impl<R: Read> Read for PositionedReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl<R: Seek> Seek for PositionedReader<R> {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        self.pos = self.inner.seek(to)?;
-        Ok(self.pos)
-    }
-
-    fn stream_position(&mut self) -> std::io::Result<u64> {
-        Ok(self.pos)
     }
 }
 
@@ -94,6 +59,9 @@ fn as_float(v: &Value) -> Option<f32> {
 pub struct GgufFile {
     pub path: PathBuf,
     pub content: Content,
+    /// Metadata keys whose long arrays were skipped, not read (nothing in
+    /// modelship reads them).
+    pub skipped: Vec<String>,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -106,16 +74,20 @@ impl std::fmt::Debug for GgufFile {
 }
 
 impl GgufFile {
+    /// The header of the GGUF file at `path`, every count, length and
+    /// offset checked against the file (`gguf_header`).
     pub fn open(path: &Path) -> Result<Self, ModelError> {
-        let f = File::open(path).map_err(ModelError::io(path))?;
-        let mut f = PositionedReader::new(f);
-        let content = Content::read(&mut f).map_err(|source| ModelError::Gguf {
-            path: path.to_owned(),
-            source,
-        })?;
+        crate::files::regular_file(path)?;
+        let file = File::open(path).map_err(ModelError::io(path))?;
+        // SAFETY: read-only, and only while the header is read; modelship
+        // does not write a model it reads.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(ModelError::io(path))?;
+        let header =
+            crate::gguf_header::read(&map).map_err(|reason| ModelError::invalid(path, reason))?;
         Ok(Self {
             path: path.to_owned(),
-            content,
+            content: header.content,
+            skipped: header.skipped,
         })
     }
 

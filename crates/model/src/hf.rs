@@ -165,8 +165,8 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 }
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(ModelError::io(path))?;
-    serde_json::from_str(&text).map_err(|source| ModelError::Json {
+    let bytes = crate::files::read_small(path, crate::files::MAX_SMALL_FILE)?;
+    serde_json::from_slice(&bytes).map_err(|source| ModelError::Json {
         path: path.to_owned(),
         source,
     })
@@ -175,6 +175,7 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 /// Reads the JSON header of a safetensors file and checks that every tensor's
 /// byte range matches its dtype and shape and lies inside the file.
 fn read_safetensors_header(path: &Path, file: usize) -> Result<Vec<SafetensorsTensor>, ModelError> {
+    crate::files::regular_file(path)?;
     let mut f = File::open(path).map_err(ModelError::io(path))?;
     let file_len = f.metadata().map_err(ModelError::io(path))?.len();
     let mut len = [0u8; 8];

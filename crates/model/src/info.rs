@@ -136,8 +136,11 @@ fn describe_hf(m: &HfModel) -> Result<ModelInfo, ModelError> {
         // A converted checkpoint has read tokenizer_config.json already.
         chat_template: match &converted {
             Some(c) => c.gguf.has("tokenizer.chat_template"),
-            None => std::fs::read_to_string(m.dir.join("tokenizer_config.json"))
-                .is_ok_and(|t| t.contains("\"chat_template\"")),
+            None => crate::files::read_small(
+                &m.dir.join("tokenizer_config.json"),
+                crate::files::MAX_SMALL_FILE,
+            )
+            .is_ok_and(|t| t.windows(15).any(|w| w == b"\"chat_template\"")),
         },
     })
 }

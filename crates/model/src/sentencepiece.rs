@@ -22,14 +22,7 @@ pub(crate) struct Piece {
 
 /// The pieces of the SentencePiece model at `path`.
 pub(crate) fn read_pieces(path: &Path) -> Result<Vec<Piece>, ModelError> {
-    let meta = std::fs::metadata(path).map_err(ModelError::io(path))?;
-    if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
-        return Err(ModelError::invalid(
-            path,
-            format!("not a regular file of at most {MAX_FILE_BYTES} bytes"),
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(ModelError::io(path))?;
+    let bytes = crate::files::read_small(path, MAX_FILE_BYTES)?;
     parse_pieces(&bytes).map_err(|reason| ModelError::invalid(path, reason))
 }
 

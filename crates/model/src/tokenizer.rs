@@ -72,7 +72,7 @@ impl TextTokenizer {
     /// `tokenizer.json` as written, without its truncation and padding: the
     /// server decides what is too long and pads batches itself.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let json = std::fs::read(path).map_err(ModelError::io(path))?;
+        let json = crate::files::read_small(path, crate::files::MAX_SMALL_FILE)?;
         Self::from_hf_json(&json, path)
     }
 

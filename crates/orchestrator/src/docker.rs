@@ -15,7 +15,9 @@ use modelship_types::{Replica, ReplicaState, Target};
 use serde_json::{Value, json};
 
 use crate::engine::{Engine, EngineError, query_value};
-use crate::{Liveness, Orchestrator, OrchestratorError, ReplicaSpec, now_ms, ready, serve_args};
+use crate::{
+    Liveness, Orchestrator, OrchestratorError, ReplicaSpec, now_ms, ready, serve_args, serve_env,
+};
 
 /// The port replicas listen on inside their container.
 pub const CONTAINER_PORT: u16 = 8080;
@@ -92,9 +94,14 @@ impl Docker {
         if let Some(memory) = spec.memory {
             host["Memory"] = json!(memory);
         }
+        let env: Vec<String> = serve_env(spec)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         json!({
             "Image": image,
             "Cmd": args,
+            "Env": env,
             "ExposedPorts": { &port: {} },
             "Labels": labels(spec),
             "Healthcheck": health_check(),
@@ -301,8 +308,10 @@ mod tests {
             limits: Default::default(),
             cpu: Some(1.5),
             memory: Some(512 << 20),
+            api_key: Some(modelship_types::auth::Secret::new("replica-key".into())),
         };
         let c = Docker::container(&spec, "modelship/minilm:abc", 41000);
+        assert_eq!(c["Env"], json!(["MODELSHIP_API_KEY=replica-key"]));
         assert_eq!(c["HostConfig"]["NanoCpus"], 1_500_000_000u64);
         assert_eq!(c["HostConfig"]["Memory"], 512u64 << 20);
         assert_eq!(

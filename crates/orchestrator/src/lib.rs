@@ -15,6 +15,7 @@ pub mod swarm;
 use std::path::PathBuf;
 
 use futures::future::BoxFuture;
+use modelship_types::auth::Secret;
 use modelship_types::{Replica, ServingLimits};
 
 pub use cgroup::Cgroups;
@@ -41,6 +42,9 @@ pub struct ReplicaSpec {
     pub cpu: Option<f64>,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
+    /// The key the replica requires (the control plane's replica key, when
+    /// its gateway has keys: a replica's own port then bypasses nothing).
+    pub api_key: Option<Secret>,
 }
 
 /// The arguments of `modelship serve` for a replica of `spec` serving
@@ -68,6 +72,16 @@ pub fn serve_args(model: &str, host: &str, port: u16, spec: &ReplicaSpec) -> Vec
         args.push(value);
     }
     args
+}
+
+/// The environment of `modelship serve` for a replica of `spec`, beside
+/// [`serve_args`]: its key goes in `MODELSHIP_API_KEY`, not on a command
+/// line every local user can read.
+pub fn serve_env(spec: &ReplicaSpec) -> Vec<(&'static str, String)> {
+    spec.api_key
+        .iter()
+        .map(|k| ("MODELSHIP_API_KEY", k.expose().to_owned()))
+        .collect()
 }
 
 /// What an orchestrator sees of a replica it was given.

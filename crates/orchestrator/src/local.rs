@@ -17,6 +17,7 @@ use tokio::process::{Child, Command};
 
 use crate::{
     Cgroups, Liveness, Orchestrator, OrchestratorError, ReplicaSpec, now_ms, ready, serve_args,
+    serve_env,
 };
 
 /// How long a readiness check may take before the replica counts as not ready.
@@ -60,9 +61,10 @@ impl Local {
             port,
             spec,
         ))
-        // The gateway in front authenticates; the replica on loopback
-        // must not expect a key the gateway does not send.
+        // The replica's key is the one the gateway sends (none when the
+        // gateway has no keys), never one this process inherited.
         .env_remove("MODELSHIP_API_KEY")
+        .envs(serve_env(spec))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

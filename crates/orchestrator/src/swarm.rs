@@ -94,6 +94,8 @@ impl Swarm {
             limits: spec.limits,
             cpu: spec.cpu,
             memory: spec.memory,
+            // Swarm services get no replica key yet (issue 15).
+            api_key: None,
         };
         let labels = json!({
             MANAGED_LABEL: "true",

@@ -1,4 +1,4 @@
-//! Bearer-token check for the API routes.
+//! Bearer-token check for the API routes (the rule in `modelship_types::auth`).
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -16,31 +16,10 @@ pub(crate) async fn require_key(
     let Some(key) = &state.api_key else {
         return next.run(req).await;
     };
-    let given = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+    let given = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    if modelship_types::auth::authorized(given, [&**key]) {
         next.run(req).await
     } else {
         ApiError::unauthorized().into_response()
-    }
-}
-
-/// Compares without returning early, so timing does not reveal the key.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compares_whole_keys() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
     }
 }

@@ -40,10 +40,30 @@ impl ApiError {
         }
     }
 
-    pub fn not_found(message: impl Into<String>) -> Self {
+    /// A request naming a model this replica does not serve (OpenAI's
+    /// `model_not_found`).
+    pub fn model_not_found(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
             message: message.into(),
+            param: Some("model".into()),
+        }
+    }
+
+    /// A path no route serves, worded as OpenAI words it.
+    pub fn no_route(method: &str, path: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: format!("Invalid URL ({method} {path})"),
+            param: None,
+        }
+    }
+
+    /// A route asked with a method it does not take.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("{method} is not allowed on {path}"),
             param: None,
         }
     }
@@ -68,7 +88,7 @@ impl ApiError {
         match self.status {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
-            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::NOT_FOUND => "invalid_request_error",
             StatusCode::PAYLOAD_TOO_LARGE => "invalid_request_error",
             s if s.is_server_error() => "server_error",
             _ => "invalid_request_error",
@@ -79,7 +99,10 @@ impl ApiError {
         match self.status {
             StatusCode::UNAUTHORIZED => Some("invalid_api_key"),
             StatusCode::TOO_MANY_REQUESTS => Some("overloaded"),
-            StatusCode::NOT_FOUND => Some("model_not_found"),
+            // A route 404 is not a missing model.
+            StatusCode::NOT_FOUND if self.param.as_deref() == Some("model") => {
+                Some("model_not_found")
+            }
             StatusCode::PAYLOAD_TOO_LARGE => Some("request_too_large"),
             _ => None,
         }

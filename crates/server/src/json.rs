@@ -33,8 +33,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 
 /// Parses `bytes` as `T`, naming the field at fault.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|err| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let param = (path != ".").then_some(path);
@@ -46,7 +46,11 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             (None, _) => format!("invalid request: {inner}"),
         };
         ApiError::bad_request(param, message)
-    })
+    })?;
+    // One JSON value and nothing after it but whitespace.
+    de.end()
+        .map_err(|e| ApiError::bad_request(None, format!("the body is not valid JSON: {e}")))?;
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -77,6 +81,14 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_body_are_refused() {
+        let e = parse::<Req>(br#"{"input": "a"} {"input": "b"}"#).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("trailing"), "{}", e.message);
+        assert!(parse::<Req>(b"{\"input\": \"a\"}\n  ").is_ok());
     }
 
     #[test]

@@ -53,7 +53,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/health/ready", get(v2::ready))
         .route("/metrics", get(metrics::render))
         .route("/health", get(v2::ready))
-        .fallback(|| async { ApiError::not_found("no such route") })
+        .fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError::no_route(method.as_str(), uri.path())
+            },
+        )
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError::method_not_allowed(method.as_str(), uri.path())
+            },
+        )
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

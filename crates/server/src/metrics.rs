@@ -57,13 +57,31 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let started = Instant::now();
-    metrics::gauge!("modelship_requests_in_flight").increment(1.0);
+    let in_flight = InFlight::start();
     let resp = next.run(req).await;
-    metrics::gauge!("modelship_requests_in_flight").decrement(1.0);
+    drop(in_flight);
     let status = resp.status().as_u16().to_string();
     metrics::counter!("modelship_requests_total", "route" => route.clone(), "status" => status.clone())
         .increment(1);
     metrics::histogram!("modelship_request_duration_seconds", "route" => route, "status" => status)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// One request counted in `modelship_requests_in_flight` until dropped: a
+/// client that goes away drops the handler's future mid-`await`, and the
+/// count must come back down then too (it is the autoscaler's signal).
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!("modelship_requests_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("modelship_requests_in_flight").decrement(1.0);
+    }
 }

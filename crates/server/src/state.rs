@@ -40,7 +40,7 @@ impl AppState {
     /// A request's `model` must name the served model when given.
     pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
         match model {
-            Some(m) if m != self.engine.card().name => Err(ApiError::not_found(format!(
+            Some(m) if m != self.engine.card().name => Err(ApiError::model_not_found(format!(
                 "model `{m}` is not served here; this server serves `{}`",
                 self.engine.card().name
             ))),

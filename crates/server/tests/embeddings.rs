@@ -286,8 +286,18 @@ async fn health_metadata_and_model_list() {
         get(&engine, "/v1/models/all-MiniLM-L6-v2").await.status,
         200
     );
-    assert_eq!(get(&engine, "/v1/models/gpt-4").await.status, 404);
-    assert_eq!(get(&engine, "/nope").await.status, 404);
+    let r = get(&engine, "/v1/models/gpt-4").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    // A route that does not exist is not a missing model, and a wrong
+    // method is a 405; both answer in OpenAI's shape.
+    let r = get(&engine, "/nope").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["message"], "Invalid URL (GET /nope)");
+    assert_eq!(r.json()["error"]["code"], serde_json::Value::Null);
+    let r = get(&engine, "/v1/embeddings").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
 }
 
 #[tokio::test(flavor = "multi_thread")]

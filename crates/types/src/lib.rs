@@ -3,6 +3,7 @@
 //! deployment spec. Pure data with validation; no I/O, no async runtime,
 //! nothing heavier than serde.
 
+pub mod auth;
 mod autoscale;
 mod limits;
 mod optimize;

@@ -13,6 +13,8 @@ pub struct ControlPlane {
     child: Child,
     pub api: String,
     pub gateway: String,
+    /// The first key of `--api-keys`, which the CLI then sends.
+    pub key: Option<String>,
 }
 
 impl ControlPlane {
@@ -40,19 +42,37 @@ impl ControlPlane {
             let rest = &banner[banner.find(after).expect(&banner) + after.len()..];
             rest[..rest.find(',').unwrap()].to_owned()
         };
+        let key = flags
+            .iter()
+            .position(|f| *f == "--api-keys")
+            .and_then(|i| std::fs::read_to_string(flags[i + 1]).ok())
+            .and_then(|text| {
+                text.lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned)
+            });
         ControlPlane {
             api: url("API "),
             gateway: url("gateway "),
             child,
+            key,
         }
     }
 
+    /// `modelship ARGS --api API`, sending the control plane's key.
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = modelship();
+        cmd.args(args).args(["--api", &self.api]);
+        match &self.key {
+            Some(key) => cmd.env("MODELSHIP_API_KEY", key),
+            None => cmd.env_remove("MODELSHIP_API_KEY"),
+        };
+        cmd
+    }
+
     pub fn cli(&self, args: &[&str]) -> Output {
-        let out = modelship()
-            .args(args)
-            .args(["--api", &self.api])
-            .output()
-            .unwrap();
+        let out = self.command(args).output().unwrap();
         if !out.status.success() {
             eprintln!(
                 "modelship {args:?}: {}",
@@ -116,9 +136,7 @@ impl Drop for ControlPlane {
     /// first, while the API can still name them.
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
-            let out = modelship()
-                .args(["get", "replicas", "-o", "json", "--api", &self.api])
-                .output();
+            let out = self.command(&["get", "replicas", "-o", "json"]).output();
             if let Ok(out) = out
                 && let Ok(replicas) = serde_json::from_slice::<Vec<Value>>(&out.stdout)
             {

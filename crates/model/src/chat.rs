@@ -6,6 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 
+/// Instructions one rendering may run: the real templates (Qwen2.5's with
+/// tools, Gemma's, SmolLM2's) take a few thousand for a conversation of
+/// dozens of messages.
+const TEMPLATE_FUEL: u64 = 1_000_000;
+/// The longest prompt a template may write.
+const MAX_RENDERED: usize = 16 << 20;
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -29,6 +36,11 @@ impl std::fmt::Debug for ChatTemplate {
 impl ChatTemplate {
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, ModelError> {
         let mut env = Environment::new();
+        // A template is the model author's code: bounded, so a loop of
+        // loops cannot take the server's memory or time (a template of two
+        // nested `range(100000)` grew it to 1.4 GB).
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(64);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<Value, _> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
@@ -48,19 +60,46 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(ModelError::Template)?;
-        tmpl.render(context! {
-            messages => messages,
-            add_generation_prompt => true,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-        })
-        .map_err(ModelError::Template)
+        let text = tmpl
+            .render(context! {
+                messages => messages,
+                add_generation_prompt => true,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })
+            .map_err(ModelError::Template)?;
+        if text.len() > MAX_RENDERED {
+            return Err(ModelError::Template(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "the chat template wrote {} bytes, more than {MAX_RENDERED}",
+                    text.len()
+                ),
+            )));
+        }
+        Ok(text)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runaway_template_is_stopped() {
+        let loops =
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(loops, "", "").unwrap();
+        let started = std::time::Instant::now();
+        let err = t.render(&[]).unwrap_err();
+        // What a client reads (the engine reports the error's chain).
+        let why = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("fuel")),
+            "{why:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
 
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'].strip() + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 

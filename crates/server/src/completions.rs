@@ -289,7 +289,13 @@ async fn respond(
     stream: bool,
     include_usage: bool,
 ) -> Result<Response, ApiError> {
-    let (events, _prompt_tokens) = state.engine.generate(&prompt, &params)?;
+    // Rendering the template and tokenizing a long prompt take real time:
+    // not on the async runtime, whose threads answer health checks.
+    let engine = state.engine.clone();
+    let (events, _prompt_tokens) =
+        tokio::task::spawn_blocking(move || engine.generate(&prompt, &params))
+            .await
+            .map_err(|_| ApiError::unavailable("the request was cancelled"))??;
     let header = Header::new(state, kind);
     if stream {
         Ok(Sse::new(sse_events(header, events, include_usage)).into_response())

@@ -123,5 +123,6 @@ fn service_spec(
         memory: crate::controller::memory_limit(&rev),
         reserve_memory: rev.memory_estimate,
         replicas,
+        api_key: ctx.replica_key.clone(),
     })
 }

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::docker::{CONTAINER_PORT, MANAGED_LABEL, health_check};
 use crate::engine::{Engine, EngineError, query_value};
-use crate::{ReplicaSpec, now_ms, ready, serve_args};
+use crate::{ReplicaSpec, now_ms, ready, serve_args, serve_env};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a task may drain after SIGTERM before Swarm kills it.
@@ -36,6 +36,8 @@ pub struct ServiceSpec {
     /// What to reserve on a node: the plan's estimate.
     pub reserve_memory: Option<u64>,
     pub replicas: u32,
+    /// The key its replicas require (see [`ReplicaSpec::api_key`]).
+    pub api_key: Option<modelship_types::auth::Secret>,
 }
 
 /// A service modelship created.
@@ -94,9 +96,12 @@ impl Swarm {
             limits: spec.limits,
             cpu: spec.cpu,
             memory: spec.memory,
-            // Swarm services get no replica key yet (issue 15).
-            api_key: None,
+            api_key: spec.api_key.clone(),
         };
+        let env: Vec<String> = serve_env(&replica)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let labels = json!({
             MANAGED_LABEL: "true",
             "dev.modelship.deployment": spec.deployment,
@@ -122,6 +127,7 @@ impl Swarm {
                 "ContainerSpec": {
                     "Image": spec.image,
                     "Args": serve_args(&spec.model, "0.0.0.0", CONTAINER_PORT, &replica),
+                    "Env": env,
                     "Labels": labels,
                     "ReadOnly": true,
                     "Mounts": [{ "Type": "tmpfs", "Target": "/tmp" }],
@@ -323,8 +329,13 @@ mod tests {
             memory: Some(1 << 30),
             reserve_memory: Some(512 << 20),
             replicas: 2,
+            api_key: Some(modelship_types::auth::Secret::new("replica-key".into())),
         };
         let s = Swarm::definition(&spec);
+        assert_eq!(
+            s["TaskTemplate"]["ContainerSpec"]["Env"],
+            json!(["MODELSHIP_API_KEY=replica-key"])
+        );
         assert_eq!(s["Name"], "modelship-minilm-r3");
         assert_eq!(s["Mode"]["Replicated"]["Replicas"], 2);
         let r = &s["TaskTemplate"]["Resources"];

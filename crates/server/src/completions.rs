@@ -295,7 +295,7 @@ async fn respond(
     let (events, _prompt_tokens) =
         tokio::task::spawn_blocking(move || engine.generate(&prompt, &params))
             .await
-            .map_err(|_| ApiError::unavailable("the request was cancelled"))??;
+            .map_err(|_| ApiError::unavailable("the engine could not start this request"))??;
     let header = Header::new(state, kind);
     if stream {
         Ok(Sse::new(sse_events(header, events, include_usage)).into_response())

@@ -86,7 +86,8 @@ pub fn render(command: RenderCommand) -> Result<(), Failure> {
         modelship_control::render::haproxy(&args.name, &args.bind, &upstreams)
     } else {
         modelship_control::render::nginx(&args.name, &args.bind, &upstreams)
-    };
+    }
+    .map_err(|e| Failure::Config(anyhow::anyhow!(e)))?;
     print!("{text}");
     Ok(())
 }

@@ -47,7 +47,32 @@ pub fn weights(
         .collect()
 }
 
-pub fn haproxy(deployment: &str, bind: &str, upstreams: &[Upstream]) -> String {
+/// A value written into a proxy's configuration: letters, digits and
+/// `. : _ - [ ]` only (names, `host:port`, IPv6 brackets), so none can end
+/// a line or a block and add directives of its own.
+fn checked<'a>(what: &str, v: &'a str) -> Result<&'a str, String> {
+    let fine = |c: char| c.is_ascii_alphanumeric() || ".:_-[]".contains(c);
+    if v.is_empty() || !v.chars().all(fine) {
+        return Err(format!(
+            "{what} {v:?} cannot go into a proxy configuration (letters, digits and . : _ - [ ] only)"
+        ));
+    }
+    Ok(v)
+}
+
+/// Every value the configurations write, checked.
+fn check_all(deployment: &str, bind: &str, upstreams: &[Upstream]) -> Result<(), String> {
+    checked("the deployment name", deployment)?;
+    checked("--bind", bind)?;
+    for u in upstreams {
+        checked("the replica id", &u.replica)?;
+        checked("the replica endpoint", &u.endpoint)?;
+    }
+    Ok(())
+}
+
+pub fn haproxy(deployment: &str, bind: &str, upstreams: &[Upstream]) -> Result<String, String> {
+    check_all(deployment, bind, upstreams)?;
     let mut s = format!(
         "# modelship: upstreams of deployment `{deployment}` (regenerate after each rollout)\n\
          global\n    maxconn 4096\n\n\
@@ -69,10 +94,11 @@ pub fn haproxy(deployment: &str, bind: &str, upstreams: &[Upstream]) -> String {
             if u.weight == 0 { " disabled" } else { "" }
         );
     }
-    s
+    Ok(s)
 }
 
-pub fn nginx(deployment: &str, bind: &str, upstreams: &[Upstream]) -> String {
+pub fn nginx(deployment: &str, bind: &str, upstreams: &[Upstream]) -> Result<String, String> {
+    check_all(deployment, bind, upstreams)?;
     let mut s = format!(
         "# modelship: upstreams of deployment `{deployment}` (regenerate after each rollout)\n\
          # open-source nginx checks health passively (max_fails); the gateway and\n\
@@ -96,7 +122,7 @@ pub fn nginx(deployment: &str, bind: &str, upstreams: &[Upstream]) -> String {
          \x20       proxy_next_upstream error timeout non_idempotent;\n\
          \x20       proxy_next_upstream_tries 3;\n    }}\n}}\n"
     );
-    s
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -131,7 +157,7 @@ mod tests {
 
     #[test]
     fn configs_name_every_replica_with_checks_and_retries() {
-        let h = haproxy("m", "127.0.0.1:8081", &canary());
+        let h = haproxy("m", "127.0.0.1:8081", &canary()).unwrap();
         for want in [
             "bind 127.0.0.1:8081",
             "balance leastconn",
@@ -142,7 +168,7 @@ mod tests {
         ] {
             assert!(h.contains(want), "{want}\n{h}");
         }
-        let n = nginx("m", "8081", &canary());
+        let n = nginx("m", "8081", &canary()).unwrap();
         for want in [
             "least_conn;",
             "server 127.0.0.1:9001 weight=2 max_fails=3",
@@ -151,5 +177,17 @@ mod tests {
         ] {
             assert!(n.contains(want), "{want}\n{n}");
         }
+    }
+
+    #[test]
+    fn values_that_could_add_directives_are_refused() {
+        let err =
+            haproxy("m", "127.0.0.1:8081\n    server evil 6.6.6.6:80", &canary()).unwrap_err();
+        assert!(err.contains("--bind"), "{err}");
+        let mut bad = canary();
+        bad[0].endpoint = "127.0.0.1:9001; } server { listen 80".into();
+        assert!(nginx("m", "8081", &bad).unwrap_err().contains("endpoint"));
+        assert!(nginx("m{", "8081", &canary()).is_err());
+        assert!(haproxy("m", "[::1]:8081", &canary()).is_ok());
     }
 }

@@ -160,13 +160,9 @@ impl WeightBytes {
     /// (SIGBUS). modelship writes models under new names and renames them
     /// into place, which leaves a mapped file as it was.
     pub(crate) fn map(path: &Path) -> std::io::Result<Self> {
-        // Checked before opening: opening a FIFO would wait for a writer.
-        if !std::fs::metadata(path)?.is_file() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", path.display()),
-            ));
-        }
+        // The project's one rule for model files (a FIFO would block the open).
+        modelship_model::regular_file(path)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let file = File::open(path)?;
         // SAFETY: read-only; sound while nobody writes or truncates the file
         // (above), which modelship itself never does to a model it serves.

@@ -13,7 +13,7 @@ pub(crate) const MAX_SMALL_FILE: u64 = 256 << 20;
 
 /// Fails unless `path` is a regular file (not a FIFO, device or folder).
 /// Checked before opening: opening a FIFO waits for a writer.
-pub(crate) fn regular_file(path: &Path) -> Result<(), ModelError> {
+pub fn regular_file(path: &Path) -> Result<(), ModelError> {
     let meta = std::fs::metadata(path).map_err(ModelError::io(path))?;
     if meta.is_file() {
         Ok(())

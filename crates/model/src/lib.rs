@@ -22,6 +22,7 @@ pub use checkpoint::{
 };
 pub use decoder::{Activation, DecoderHparams, Family, Rope, RopeStyle};
 pub use error::ModelError;
+pub use files::regular_file;
 pub use gguf::{GgufFile, ggml_dtype_name};
 pub use hf::{HfModel, Pooling, SafetensorsTensor};
 pub use info::{DTypeStats, ModelFormat, ModelInfo, inspect};

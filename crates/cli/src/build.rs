@@ -40,6 +40,10 @@ pub struct Args {
     runtime: Option<PathBuf>,
     #[arg(short = 'o', long, value_parser = ["text", "json"], default_value = "text")]
     output: String,
+    /// Package what symbolic links leaving the model directory point to
+    /// (a Hugging Face cache's snapshot), instead of refusing them.
+    #[arg(long)]
+    follow_links: bool,
 }
 
 #[derive(Serialize)]
@@ -80,7 +84,15 @@ fn build(
         .oci_dir
         .clone()
         .unwrap_or_else(|| package::images_dir(&args.data_dir));
-    let (layout, image) = build_into(&rt, &spec, &args.data_dir, &layout_dir, runtime, &say)?;
+    let (layout, image) = build_into(
+        &rt,
+        &spec,
+        &args.data_dir,
+        &layout_dir,
+        runtime,
+        args.follow_links,
+        &say,
+    )?;
     let reference = match (&args.push, &args.tag) {
         (Some(r), _) | (None, Some(r)) if has_tag(r) => Reference::parse(r)?,
         (Some(r), _) | (None, Some(r)) => package::reference(r, &image)?,
@@ -163,11 +175,14 @@ fn build_into(
     data_dir: &std::path::Path,
     layout_dir: &std::path::Path,
     runtime: PathBuf,
+    follow_links: bool,
     say: &dyn Fn(&str),
 ) -> anyhow::Result<(Layout, modelship_package::BuiltImage)> {
     say("optimizing (cached when built before)…");
     let artifact = rt.block_on(modelship_control::optimized_model(data_dir, spec))?;
-    let image_spec = package::image_spec(spec, &artifact, runtime, package::source_date_epoch()?)?;
+    let mut image_spec =
+        package::image_spec(spec, &artifact, runtime, package::source_date_epoch()?)?;
+    image_spec.follow_links = follow_links;
     let layout = Layout::open(layout_dir)?;
     let image = modelship_package::build(&image_spec, &layout, &mut |step| {
         say(&format!("writing the {step}…"))
@@ -189,6 +204,7 @@ pub fn reference_of(
         data_dir,
         &package::images_dir(data_dir),
         exe,
+        false,
         &|_| {},
     )?;
     let repository = spec

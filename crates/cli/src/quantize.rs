@@ -95,6 +95,7 @@ pub fn run_prune(args: PruneArgs) -> Result<(), Failure> {
 fn run(model: &Path, output: &Path, opts: QuantizeOptions) -> Result<Summary, Failure> {
     let started = std::time::Instant::now();
     let source = Source::open(model).with_context(|| format!("cannot open {}", model.display()))?;
+    check_servable(model)?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(source.tensors.len() as u64);
         bar.set_style(
@@ -115,6 +116,26 @@ fn run(model: &Path, output: &Path, opts: QuantizeOptions) -> Result<Summary, Fa
         elapsed: started.elapsed(),
         ..summary
     })
+}
+
+/// Refuses a model `serve` could not load (a tensor missing or of the wrong
+/// shape) before anything is written: the engine's loader is the one
+/// statement of what each architecture needs, so it is asked rather than
+/// restated here. Weights it reads in place are mapped, not copied.
+fn check_servable(model: &Path) -> Result<(), Failure> {
+    let limits = modelship_types::ServingLimits {
+        max_context: 16,
+        ..Default::default()
+    };
+    let opts = modelship_engine_candle::LoadOptions {
+        name: None,
+        device: modelship_engine_candle::Device::Cpu,
+        limits,
+    };
+    modelship_engine_candle::load(model, &opts)
+        .map(drop)
+        .with_context(|| format!("{} is not a complete model", model.display()))?;
+    Ok(())
 }
 
 /// Tensors grouped by the type they got and why.

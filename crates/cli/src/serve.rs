@@ -55,6 +55,13 @@ pub struct Args {
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
+    /// Seconds a client may take to send a request's head; a kept-alive
+    /// connection idle this long is closed too.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Seconds a request's body may take to arrive (408 after).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
     /// Require `Authorization: Bearer KEY` on the API routes (health and
     /// metrics stay open).
     #[arg(long, env = "MODELSHIP_API_KEY", hide_env_values = true)]
@@ -115,7 +122,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -126,15 +133,20 @@ pub fn run(args: Args) -> Result<(), Failure> {
             card.name, card.task
         );
         let options = ServeOptions {
-            drain: Duration::from_secs(args.shutdown_timeout),
-            api_key,
+            header_timeout: Duration::from_secs(args.header_timeout),
+            body_timeout: Duration::from_secs(args.body_timeout),
+            ..ServeOptions::new(Duration::from_secs(args.shutdown_timeout), api_key)
         };
         modelship_server::serve(listener, Arc::new(engine), shutdown_signal(), options)
             .await
             .context("server failed")?;
         tracing::info!("stopped");
         Ok::<(), anyhow::Error>(())
-    })?;
+    });
+    // Dropping a runtime waits for its blocking tasks, however long they
+    // run (a tokenizer on a huge prompt): the drain already had its time.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served?;
     Ok(())
 }
 

@@ -67,6 +67,24 @@ fn a_failed_quantize_leaves_nothing_behind() {
     assert!(!out.exists() && !dir.path().join("out.gguf.partial").exists());
 }
 
+/// A GGUF without `output_norm.weight` (its name changed in the header):
+/// quantize refuses it by that name and writes nothing.
+#[test]
+fn quantize_refuses_an_incomplete_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(modelship_testkit::smollm()).unwrap();
+    let name = b"output_norm.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap();
+    bytes[at + 10] = b'X'; // output_norX.weight
+    let incomplete = dir.path().join("incomplete.gguf");
+    std::fs::write(&incomplete, bytes).unwrap();
+    let out = dir.path().join("out.gguf");
+    let o = run(&["quantize", s(&incomplete), "--to", "q8_0", "-o", s(&out)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("output_norm.weight"), "{}", text(&o));
+    assert!(!out.exists() && !dir.path().join("out.gguf.partial").exists());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pruned_models_report_sparsity_evaluate_and_serve() {
     let dir = tempfile::tempdir().unwrap();

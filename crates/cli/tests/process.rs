@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 mod support;
 
-use support::{modelship, serve, sigterm};
+use support::{modelship, serve, serve_with, sigterm};
 
 #[test]
 fn inspect_json_describes_both_formats() {
@@ -215,6 +215,66 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
         "drained and exited {:?} after the request began",
         started.elapsed()
     );
+}
+
+/// Waits up to `limit` for `child` to exit.
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running {limit:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM while the engine is in the middle of long work (a generation
+/// far from its end, a pass over hundreds of long texts): the drain lasts
+/// `--shutdown-timeout`, then the process exits, whatever the engine does.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_is_honoured_during_long_engine_work() {
+    let long_texts: Vec<String> = (0..256)
+        .map(|i| format!("{i} {}", "a rather long passage of text ".repeat(80)))
+        .collect();
+    let cases = [
+        (
+            modelship_testkit::minilm(),
+            "/v1/embeddings",
+            json!({ "input": long_texts, "truncate": true }),
+        ),
+        (
+            modelship_testkit::smollm(),
+            "/v1/completions",
+            json!({ "prompt": "Once upon a time", "max_tokens": 1000, "temperature": 0 }),
+        ),
+    ];
+    for (model, route, body) in cases {
+        let (mut child, url) =
+            serve_with(&model, &["--shutdown-timeout", "1", "--max-inputs", "256"]);
+        let client = reqwest::Client::new();
+        let request = tokio::spawn(client.post(format!("{url}{route}")).json(&body).send());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if request.is_finished() {
+            let _ = child.kill();
+            panic!("{route}: answered at once: {:?}", request.await);
+        }
+        let signalled = Instant::now();
+        sigterm(&child);
+        let status = exit_within(&mut child, Duration::from_secs(6));
+        let took = signalled.elapsed();
+        eprintln!("{route}: exited {took:?} after SIGTERM ({status})");
+        assert!(status.success(), "{route}: exit status {status}");
+        assert!(took >= Duration::from_millis(900), "{route}: the drain ran");
+        // The client saw its request end, not hang.
+        let outcome = tokio::time::timeout(Duration::from_secs(5), request)
+            .await
+            .expect("the request ended with the process");
+        assert!(outcome.unwrap().is_err(), "{route}: cut off, not answered");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

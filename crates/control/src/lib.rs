@@ -221,6 +221,8 @@ pub async fn up(
         )
     })?;
     let store = Store::open(&config.data_dir.join("state.db"))?;
+    // No run survives the control plane that ran it.
+    let interrupted = store.interrupt_runs(modelship_orchestrator::now_ms())?;
     let api_listener = tokio::net::TcpListener::bind(config.api)
         .await
         .with_context(|| format!("cannot listen on {} (--api-port)", config.api))?;
@@ -270,6 +272,12 @@ pub async fn up(
         published,
         replica_key,
     });
+    for run in interrupted {
+        ctx.event(
+            &run.deployment,
+            format!("run {}: {}", run.id, run.error.unwrap_or_default()),
+        );
+    }
     let controller = tokio::spawn(controller::Controller::new(Arc::clone(&ctx)).run());
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -96,6 +96,7 @@ pub fn image_spec(
         port: PORT,
         labels,
         created,
+        follow_links: false,
     })
 }
 

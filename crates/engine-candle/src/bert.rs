@@ -12,7 +12,7 @@ use modelship_model::{GgufFile, HfModel, NORMALIZE_KEY, POOLING_KEY, Pooling};
 
 use crate::gguf_md::{md_f32, md_u32};
 use crate::linear::{Linear, Projections};
-use crate::weight_bytes::GgufTensors;
+use crate::weight_bytes::{GgufTensors, StoredTensor};
 use serde::Deserialize;
 
 type Result<T> = candle_core::Result<T>;
@@ -259,22 +259,39 @@ impl BertBackend {
             Some(v) => v.to_bool()?,
             None => true,
         };
-        let q = |name: &str| tensors.get(name);
-        let vector = |name: &str| q(name)?.dequantize(device);
-        let word = vector("token_embd.weight")?;
-        let position = vector("position_embd.weight")?;
-        let token_type = vector("token_types.weight")?.get(0)?;
+        let ff = md_u32(ct, "bert.feed_forward_length")?;
+        // Every tensor's shape is checked against the metadata here, at
+        // load: a kernel handed a wrong one asserts, on the first request.
+        let q = |name: &str, dims: &[usize]| -> Result<StoredTensor> {
+            let t = tensors.get(name)?;
+            if t.dims != dims {
+                candle_core::bail!(
+                    "tensor `{name}` has shape {:?} where the metadata implies {dims:?}",
+                    t.dims
+                );
+            }
+            Ok(t)
+        };
+        // Tables have as many rows as they have (vocabulary, positions).
+        let table = |name: &str| -> Result<Tensor> {
+            let rows = tensors.get(name)?.dims.first().copied().unwrap_or(0);
+            q(name, &[rows, hidden])?.dequantize(device)
+        };
+        let vector = |name: &str, len: usize| q(name, &[len])?.dequantize(device);
+        let word = table("token_embd.weight")?;
+        let position = table("position_embd.weight")?;
+        let token_type = table("token_types.weight")?.get(0)?;
         let norm = Norm {
-            w: vector("token_embd_norm.weight")?,
-            b: vector("token_embd_norm.bias")?,
+            w: vector("token_embd_norm.weight", hidden)?,
+            b: vector("token_embd_norm.bias", hidden)?,
             eps: eps as f32,
         };
         // Not reserved from the metadata's count: a missing layer fails below.
         let mut layers = Vec::new();
         for i in 0..layers_n {
-            let dense = |name: &str| -> Result<Dense> {
-                let w = q(&format!("blk.{i}.{name}.weight"))?;
-                let b = q(&format!("blk.{i}.{name}.bias"))?.dequantize(device)?;
+            let dense = |name: &str, (rows, cols): (usize, usize)| -> Result<Dense> {
+                let w = q(&format!("blk.{i}.{name}.weight"), &[rows, cols])?;
+                let b = vector(&format!("blk.{i}.{name}.bias"), rows)?;
                 let w = if w.dtype.block_size() == 1 {
                     Weight::Transposed(w.dequantize(device)?.t()?.contiguous()?)
                 } else {
@@ -282,14 +299,19 @@ impl BertBackend {
                 };
                 Ok(Dense { w, b })
             };
-            let qkv = Dense::fused(vec![dense("attn_q")?, dense("attn_k")?, dense("attn_v")?])?;
-            let attn_out = dense("attn_output")?;
-            let up = dense("ffn_up")?;
-            let down = dense("ffn_down")?;
+            let square = (hidden, hidden);
+            let qkv = Dense::fused(vec![
+                dense("attn_q", square)?,
+                dense("attn_k", square)?,
+                dense("attn_v", square)?,
+            ])?;
+            let attn_out = dense("attn_output", square)?;
+            let up = dense("ffn_up", (ff, hidden))?;
+            let down = dense("ffn_down", (hidden, ff))?;
             let norm = |name: &str| -> Result<Norm> {
                 Ok(Norm {
-                    w: q(&format!("blk.{i}.{name}.weight"))?.dequantize(device)?,
-                    b: q(&format!("blk.{i}.{name}.bias"))?.dequantize(device)?,
+                    w: vector(&format!("blk.{i}.{name}.weight"), hidden)?,
+                    b: vector(&format!("blk.{i}.{name}.bias"), hidden)?,
                     eps: eps as f32,
                 })
             };

@@ -1,11 +1,14 @@
 //! Dynamic batching of embedding requests under a token budget.
 //!
-//! A request's texts become separate entries, so one large request can share
-//! forward passes with small ones and never exceeds the budget alone. The queue
-//! is FIFO: a batch takes entries from the front while the padded cost
-//! (`entries × longest entry`) stays within the budget; the first entry is
-//! always taken, and every entry fits on its own because inputs are checked
-//! against `max_context ≤ max_batch_tokens` before they are queued.
+//! A request's texts become separate entries, so one large request shares
+//! forward passes with small ones and never exceeds the budget alone.
+//! Requests take turns: a batch takes one text from each waiting request in
+//! the order of their turns, round after round, while the padded cost
+//! (`entries × longest entry`) stays within the budget, and a request whose
+//! text was taken goes to the back. A one-word request that arrives behind
+//! 512 texts is in the next batch instead of after all of them. The first
+//! entry is always taken, and every entry fits on its own because inputs are
+//! checked against `max_context ≤ max_batch_tokens` before they are queued.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -18,6 +21,8 @@ pub struct Entry {
 }
 
 struct Pending<R> {
+    /// Texts not yet batched, in input order: (index, tokens).
+    queued: VecDeque<(usize, Vec<u32>)>,
     vectors: Vec<Option<Vec<f32>>>,
     remaining: usize,
     reply: R,
@@ -27,7 +32,8 @@ struct Pending<R> {
 /// carries the answer back (a oneshot sender in the engine, a plain value in
 /// tests).
 pub struct BatchQueue<R> {
-    entries: VecDeque<Entry>,
+    /// Requests with texts still queued, the one whose turn it is first.
+    turns: VecDeque<u64>,
     pending: HashMap<u64, Pending<R>>,
     next_id: u64,
 }
@@ -35,7 +41,7 @@ pub struct BatchQueue<R> {
 impl<R> Default for BatchQueue<R> {
     fn default() -> Self {
         Self {
-            entries: VecDeque::new(),
+            turns: VecDeque::new(),
             pending: HashMap::new(),
             next_id: 0,
         }
@@ -46,26 +52,24 @@ impl<R> Default for BatchQueue<R> {
 pub type Finished<R> = (R, Vec<Vec<f32>>);
 
 impl<R> BatchQueue<R> {
-    /// Queues the texts of one request.
+    /// Queues the texts of one request; it takes its turn after the
+    /// requests already waiting.
     pub fn append(&mut self, inputs: Vec<Vec<u32>>, reply: R) {
         let id = self.next_id;
         self.next_id += 1;
         let n = inputs.len();
+        if n > 0 {
+            self.turns.push_back(id);
+        }
         self.pending.insert(
             id,
             Pending {
+                queued: inputs.into_iter().enumerate().collect(),
                 vectors: vec![None; n],
                 remaining: n,
                 reply,
             },
         );
-        for (index, tokens) in inputs.into_iter().enumerate() {
-            self.entries.push_back(Entry {
-                request: id,
-                index,
-                tokens,
-            });
-        }
     }
 
     /// Requests not yet answered.
@@ -73,21 +77,37 @@ impl<R> BatchQueue<R> {
         self.pending.len()
     }
 
+    /// Whether no text waits for a batch.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.turns.is_empty()
     }
 
-    /// Takes the next batch whose padded size stays within `budget` tokens.
+    /// Takes the next batch whose padded size stays within `budget` tokens,
+    /// one text per request per turn.
     pub fn next_batch(&mut self, budget: usize) -> Vec<Entry> {
         let mut batch: Vec<Entry> = Vec::new();
         let mut longest = 0;
-        while let Some(front) = self.entries.front() {
-            let longest_with = longest.max(front.tokens.len());
+        while let Some(&request) = self.turns.front() {
+            let p = self
+                .pending
+                .get_mut(&request)
+                .expect("a request with a turn is pending");
+            let (_, tokens) = p.queued.front().expect("a request with a turn has texts");
+            let longest_with = longest.max(tokens.len());
             if !batch.is_empty() && longest_with * (batch.len() + 1) > budget {
                 break;
             }
             longest = longest_with;
-            batch.extend(self.entries.pop_front());
+            let (index, tokens) = p.queued.pop_front().expect("front exists");
+            batch.push(Entry {
+                request,
+                index,
+                tokens,
+            });
+            self.turns.pop_front();
+            if !p.queued.is_empty() {
+                self.turns.push_back(request);
+            }
         }
         batch
     }
@@ -115,8 +135,8 @@ impl<R> BatchQueue<R> {
         done
     }
 
-    /// Removes the requests of `batch` (its forward pass failed) and every
-    /// queued entry of theirs; returns their replies.
+    /// Removes the requests of `batch` (its forward pass failed) and their
+    /// queued texts; returns their replies.
     pub fn fail(&mut self, batch: &[Entry]) -> Vec<R> {
         let mut failed = Vec::new();
         for e in batch {
@@ -124,16 +144,14 @@ impl<R> BatchQueue<R> {
                 failed.push(p.reply);
             }
         }
-        self.entries
-            .retain(|e| self.pending.contains_key(&e.request));
+        self.turns.retain(|r| self.pending.contains_key(r));
         failed
     }
 
     /// Drops requests whose caller went away, so no compute is spent on them.
     pub fn drop_cancelled(&mut self, is_cancelled: impl Fn(&R) -> bool) {
         self.pending.retain(|_, p| !is_cancelled(&p.reply));
-        self.entries
-            .retain(|e| self.pending.contains_key(&e.request));
+        self.turns.retain(|r| self.pending.contains_key(r));
     }
 }
 
@@ -156,6 +174,26 @@ mod tests {
         let b2 = q.next_batch(40);
         assert_eq!(b2.len(), 1);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_small_request_behind_a_large_one_joins_the_next_batch() {
+        let mut q = BatchQueue::default();
+        q.append(vec![toks(10); 512], "large");
+        q.append(vec![toks(3)], "small");
+        let first = q.next_batch(40);
+        assert_eq!(first.len(), 4);
+        assert_eq!(
+            first
+                .iter()
+                .map(|e| (e.request, e.index))
+                .collect::<Vec<_>>(),
+            vec![(0, 0), (1, 0), (0, 1), (0, 2)]
+        );
+        let vectors = first.iter().map(|_| vec![0.0]).collect();
+        let done = q.complete(first, vectors);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].0, "small");
     }
 
     #[test]
@@ -200,8 +238,8 @@ mod tests {
     }
 
     proptest! {
-        /// Every entry is batched exactly once, in FIFO order, and no batch of
-        /// two or more entries exceeds the budget.
+        /// Every entry is batched exactly once, each request's in input order,
+        /// and no batch of two or more entries exceeds the budget.
         #[test]
         fn batching_is_complete_ordered_and_bounded(
             requests in prop::collection::vec(prop::collection::vec(1usize..64, 1..6), 1..20),
@@ -224,8 +262,33 @@ mod tests {
                 let vs = b.iter().map(|e| vec![e.index as f32]).collect();
                 finished += q.complete(b, vs).len();
             }
+            for r in 0..requests.len() as u64 {
+                let mine: Vec<usize> = seen.iter().filter(|s| s.0 == r).map(|s| s.1).collect();
+                prop_assert!(mine.windows(2).all(|w| w[0] < w[1]), "request {} out of order", r);
+            }
+            seen.sort_unstable();
             prop_assert_eq!(seen, expected);
             prop_assert_eq!(finished, requests.len());
+        }
+
+        /// Requests take turns: with texts of one length, every request's
+        /// k-th text is batched before any request's (k+1)-th.
+        #[test]
+        fn requests_take_turns(
+            counts in prop::collection::vec(1usize..12, 1..8),
+            per_batch in 1usize..6,
+        ) {
+            let mut q = BatchQueue::default();
+            for (r, &n) in counts.iter().enumerate() {
+                q.append(vec![toks(8); n], r);
+            }
+            let mut order = Vec::new();
+            while !q.is_empty() {
+                let b = q.next_batch(8 * per_batch);
+                prop_assert!(b.len() <= per_batch);
+                order.extend(b.into_iter().map(|e| e.index));
+            }
+            prop_assert!(order.windows(2).all(|w| w[0] <= w[1]), "{:?}", order);
         }
     }
 }

@@ -7,11 +7,12 @@ use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::batcher::BatchQueue;
+use crate::thread::ComputeThread;
 use crate::{BackendError, EmbedBackend, EngineError};
 
 type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, BackendError>>;
 
-struct Job {
+pub(crate) struct Job {
     inputs: Vec<Vec<u32>>,
     reply: Reply,
 }
@@ -19,7 +20,7 @@ struct Job {
 /// Handle to the embedding thread. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Embedder {
-    tx: mpsc::UnboundedSender<Job>,
+    thread: ComputeThread<Job>,
     /// One permit per request in the engine: bounds the queue.
     admission: Arc<Semaphore>,
     max_queue: usize,
@@ -33,13 +34,11 @@ impl Embedder {
         max_batch_tokens: usize,
         max_queue: usize,
     ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
-            .name("modelship-embed".into())
-            .spawn(move || run(backend, rx, max_batch_tokens))
-            .expect("spawning a thread");
+        let thread = ComputeThread::start("modelship-embed", move |rx| {
+            run(backend, rx, max_batch_tokens)
+        });
         Self {
-            tx,
+            thread,
             admission: Arc::new(Semaphore::new(max_queue)),
             max_queue,
         }
@@ -54,18 +53,20 @@ impl Embedder {
                     queued: self.max_queue,
                 })?;
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job { inputs, reply })
-            .map_err(|_| EngineError::Unavailable)?;
+        self.thread.send(Job { inputs, reply })?;
         match rx.await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(EngineError::Backend(e)),
             Err(_) => Err(EngineError::Unavailable),
         }
     }
+
+    pub(crate) fn thread(&self) -> &ComputeThread<Job> {
+        &self.thread
+    }
 }
 
-fn run<B: EmbedBackend>(mut backend: B, mut rx: mpsc::UnboundedReceiver<Job>, budget: usize) {
+fn run<B: EmbedBackend>(mut backend: B, rx: &mut mpsc::UnboundedReceiver<Job>, budget: usize) {
     let mut queue: BatchQueue<Reply> = BatchQueue::default();
     loop {
         // Block only when there is nothing to do; then take everything that

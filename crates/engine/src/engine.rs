@@ -122,12 +122,42 @@ impl Engine {
         &self.limits
     }
 
-    /// Embeds `texts`. Inputs longer than the context are an error naming the
-    /// input, unless `truncate` asks to keep their first tokens.
+    /// Whether the model's compute thread still runs. A panic in the backend
+    /// ends it for good: from then on every request fails.
+    pub fn is_running(&self) -> bool {
+        match &self.worker {
+            Worker::Embed(e) => e.thread().is_running(),
+            Worker::Generate { generator, .. } => generator.thread().is_running(),
+        }
+    }
+
+    /// Resolves once the compute thread has stopped, with why.
+    pub async fn stopped(&self) -> String {
+        match &self.worker {
+            Worker::Embed(e) => e.thread().stopped().await,
+            Worker::Generate { generator, .. } => generator.thread().stopped().await,
+        }
+    }
+
+    /// Embeds `texts`: [`Engine::tokenize_inputs`], then
+    /// [`Engine::embed_tokens`].
     pub async fn embed(&self, texts: &[String], truncate: bool) -> Result<Embeddings, EngineError> {
-        let Worker::Embed(embedder) = &self.worker else {
+        let inputs = self.tokenize_inputs(texts, truncate)?;
+        self.embed_tokens(inputs).await
+    }
+
+    /// The token ids of embedding inputs, checked against the limits. Inputs
+    /// longer than the context are an error naming the input, unless
+    /// `truncate` asks to keep their first tokens. CPU work proportional to
+    /// the text: a server runs it off its async runtime.
+    pub fn tokenize_inputs(
+        &self,
+        texts: &[String],
+        truncate: bool,
+    ) -> Result<Vec<Vec<u32>>, EngineError> {
+        if !matches!(self.worker, Worker::Embed(_)) {
             return Err(self.wrong_task(Task::Embeddings));
-        };
+        }
         if texts.is_empty() {
             return Err(EngineError::invalid("input", "`input` must not be empty"));
         }
@@ -171,6 +201,14 @@ impl Engine {
             }
             inputs.push(ids);
         }
+        Ok(inputs)
+    }
+
+    /// Vectors for inputs from [`Engine::tokenize_inputs`], in order.
+    pub async fn embed_tokens(&self, inputs: Vec<Vec<u32>>) -> Result<Embeddings, EngineError> {
+        let Worker::Embed(embedder) = &self.worker else {
+            return Err(self.wrong_task(Task::Embeddings));
+        };
         let prompt_tokens = inputs.iter().map(Vec::len).sum();
         let vectors = embedder.embed(inputs).await?;
         Ok(Embeddings {

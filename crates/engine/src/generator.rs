@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::StopMatcher;
+use crate::thread::ComputeThread;
 use crate::{EngineError, GenerateBackend};
 
 /// What to generate, after validation.
@@ -62,7 +63,7 @@ pub enum GenerationEvent {
 /// The events of one generation. Dropping it cancels the generation.
 pub type GenerationStream = mpsc::UnboundedReceiver<GenerationEvent>;
 
-struct Job {
+pub(crate) struct Job {
     prompt: Vec<u32>,
     params: GenerateParams,
     events: mpsc::UnboundedSender<GenerationEvent>,
@@ -72,7 +73,7 @@ struct Job {
 
 #[derive(Clone)]
 pub(crate) struct Generator {
-    tx: mpsc::UnboundedSender<Job>,
+    thread: ComputeThread<Job>,
     admission: Arc<Semaphore>,
     capacity: usize,
 }
@@ -85,16 +86,12 @@ impl Generator {
         max_batch_tokens: usize,
         max_queue: usize,
     ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
-            .name("modelship-generate".into())
-            .spawn(move || {
-                Worker::new(backend, &tokenizer, max_concurrent, max_batch_tokens).run(rx)
-            })
-            .expect("spawning a thread");
+        let thread = ComputeThread::start("modelship-generate", move |rx| {
+            Worker::new(backend, &tokenizer, max_concurrent, max_batch_tokens).run(rx)
+        });
         let capacity = max_concurrent + max_queue;
         Self {
-            tx,
+            thread,
             admission: Arc::new(Semaphore::new(capacity)),
             capacity,
         }
@@ -113,16 +110,18 @@ impl Generator {
                     queued: self.capacity,
                 })?;
         let (events, rx) = mpsc::unbounded_channel();
-        self.tx
-            .send(Job {
-                prompt,
-                params,
-                events,
-                enqueued: Instant::now(),
-                _permit: permit,
-            })
-            .map_err(|_| EngineError::Unavailable)?;
+        self.thread.send(Job {
+            prompt,
+            params,
+            events,
+            enqueued: Instant::now(),
+            _permit: permit,
+        })?;
         Ok(rx)
+    }
+
+    pub(crate) fn thread(&self) -> &ComputeThread<Job> {
+        &self.thread
     }
 }
 
@@ -180,7 +179,7 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
         }
     }
 
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
+    fn run(mut self, rx: &mut mpsc::UnboundedReceiver<Job>) {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 match rx.blocking_recv() {

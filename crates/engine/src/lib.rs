@@ -15,6 +15,7 @@ mod error;
 mod generator;
 pub mod sampler;
 pub mod stop;
+mod thread;
 
 pub use backend::{BackendError, EmbedBackend, GenerateBackend};
 pub use engine::{Embeddings, Engine, GenerateRequest, ModelCard, Prompt};

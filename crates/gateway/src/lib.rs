@@ -48,9 +48,12 @@ pub struct Config {
     pub eject_for: Duration,
     /// Largest request body buffered (bodies are kept to retry them).
     pub max_body_bytes: usize,
-    /// Longest wait for more of a request once it has begun (the client
-    /// gets 408 and the connection closes).
+    /// Longest a request's head may take from its first byte, and a body
+    /// between two reads (the client gets 408 and the connection closes).
     pub request_timeout: Duration,
+    /// How long a kept-alive client connection may sit between requests
+    /// before the gateway closes it.
+    pub idle_timeout: Duration,
     /// Bearer keys accepted; empty: no authentication.
     pub api_keys: BTreeSet<String>,
     /// The key replicas require (the control plane gives its replicas one,
@@ -70,6 +73,7 @@ impl Default for Config {
             eject_for: Duration::from_secs(10),
             max_body_bytes: 16 << 20,
             request_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(75),
             api_keys: BTreeSet::new(),
             upstream_key: None,
             public_metrics: false,

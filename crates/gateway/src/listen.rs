@@ -183,36 +183,86 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = io.shutdown().await;
 }
 
-/// Reads more of the request into `buf`. Between requests (`idle`) the
-/// wait is open-ended and the gateway's shutdown ends it; within one the
-/// client has `timeout` for each read.
+/// How long a read of the client may wait.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Between requests: up to the idle timeout, or until shutdown.
+    Idle(Duration),
+    /// Within a request's head: until its deadline.
+    Until(tokio::time::Instant),
+    /// Within a body: this long for each read.
+    Each(Duration),
+}
+
+/// Reads more of the request into `buf`, waiting as `wait` allows. A client
+/// idle too long is closed quietly; one that stalls within a request gets
+/// 408.
 async fn read_more<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut Vec<u8>,
     stop: &mut watch::Receiver<bool>,
-    (idle, timeout): (bool, Duration),
+    wait: Wait,
+    request_timeout: Duration,
 ) -> Result<(), Stop> {
     if buf.len() == buf.capacity() {
         buf.reserve(buf.len().max(4096));
     }
-    let read = if idle {
-        tokio::select! {
+    let stalled = || {
+        Stop::Answer(Malformed(
+            408,
+            format!("the request did not arrive within {request_timeout:?}"),
+        ))
+    };
+    let read = match wait {
+        Wait::Idle(idle) => tokio::select! {
             r = io.read_buf(buf) => r,
             _ = stop.wait_for(|s| *s) => return Err(Stop::Quietly),
-        }
-    } else {
-        tokio::time::timeout(timeout, io.read_buf(buf))
+            _ = tokio::time::sleep(idle) => return Err(Stop::Quietly),
+        },
+        Wait::Until(deadline) => tokio::time::timeout_at(deadline, io.read_buf(buf))
             .await
-            .map_err(|_| {
-                Stop::Answer(Malformed(
-                    408,
-                    format!("no more of the request came within {timeout:?}"),
-                ))
-            })?
+            .map_err(|_| stalled())?,
+        Wait::Each(each) => tokio::time::timeout(each, io.read_buf(buf))
+            .await
+            .map_err(|_| stalled())?,
     };
     match read {
         Ok(0) | Err(_) => Err(Stop::Quietly),
         Ok(_) => Ok(()),
+    }
+}
+
+/// Awaits `work` (the replica's answer) while watching the client: one
+/// that closes its connection first has abandoned its request, and
+/// dropping `work` closes the replica's connection, which stops what the
+/// replica computes for it (a generation runs to `max_tokens` otherwise).
+/// What a pipelining client sends meanwhile stays in `buf` for its next
+/// request; past `limit` bytes the client is no longer read.
+async fn unless_abandoned<S: AsyncRead + Unpin, T>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    limit: usize,
+    work: impl Future<Output = T>,
+) -> Result<T, Stop> {
+    tokio::pin!(work);
+    loop {
+        if buf.len() >= limit {
+            return Ok(work.await);
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(4096);
+        }
+        tokio::select! {
+            biased;
+            out = &mut work => return Ok(out),
+            read = io.read_buf(buf) => match read {
+                Ok(0) | Err(_) => {
+                    metrics::counter!("modelship_gateway_abandoned_total").increment(1);
+                    return Err(Stop::Quietly);
+                }
+                Ok(_) => {}
+            },
+        }
     }
 }
 
@@ -225,12 +275,21 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<After, Stop> {
     let config = &shared.gateway.inner.config;
     let timeout = config.request_timeout;
+    // The head must be whole within `request_timeout` of its first byte.
+    let mut deadline = None;
     let head = loop {
         if let Some((head, len)) = http1::parse_request(buf).map_err(Stop::Answer)? {
             buf.drain(..len);
             break head;
         }
-        read_more(io, buf, stop, (buf.is_empty(), timeout)).await?;
+        if deadline.is_none() && !buf.is_empty() {
+            deadline = Some(tokio::time::Instant::now() + timeout);
+        }
+        let wait = match deadline {
+            None => Wait::Idle(config.idle_timeout),
+            Some(d) => Wait::Until(d),
+        };
+        read_more(io, buf, stop, wait, timeout).await?;
     };
     let length = head.body_length(None).map_err(Stop::Answer)?;
     let max = config.max_body_bytes;
@@ -253,7 +312,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         Length::Fixed(n) => {
             let n = n as usize;
             while buf.len() < n {
-                read_more(io, buf, stop, (false, timeout)).await?;
+                read_more(io, buf, stop, Wait::Each(timeout), timeout).await?;
             }
             buf.drain(..n).collect()
         }
@@ -270,7 +329,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 if chunked.done() {
                     break body;
                 }
-                read_more(io, buf, stop, (false, timeout)).await?;
+                read_more(io, buf, stop, Wait::Each(timeout), timeout).await?;
             }
         }
         // `body_length` gives requests no close-delimited bodies.
@@ -283,7 +342,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let http10 = head.minor == 0;
     let keep = head.keep_alive() && !*stop.borrow();
-    match proxy::handle(shared, &head, &body).await {
+    let limit = config.max_body_bytes;
+    match unless_abandoned(io, buf, limit, proxy::handle(shared, &head, &body)).await? {
         Reply::Local(local) => {
             let bytes = local.render(keep, head.method() == "HEAD");
             io.write_all(&bytes).await.map_err(|_| Stop::Quietly)?;

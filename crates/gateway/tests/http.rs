@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -49,11 +49,38 @@ async fn stream() -> Body {
     Body::from_stream(events)
 }
 
+/// Slow requests the replica began, and those dropped before their end.
+static SLOW_BEGUN: AtomicUsize = AtomicUsize::new(0);
+static SLOW_DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts itself dropped unless `finished`.
+struct Abandoned {
+    finished: bool,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if !self.finished {
+            SLOW_DROPPED.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Answers after 10 s, as a long non-streamed generation does.
+async fn slow() -> &'static str {
+    SLOW_BEGUN.fetch_add(1, Ordering::SeqCst);
+    let mut guard = Abandoned { finished: false };
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    guard.finished = true;
+    "done"
+}
+
 /// The replica: serves on `listener` until `stop` fires.
 fn replica(listener: TcpListener) -> oneshot::Sender<()> {
     let (stop, stopped) = oneshot::channel::<()>();
     let app = axum::Router::new()
         .route("/v2/models/echo/stream", get(stream))
+        .route("/v2/models/echo/slow", get(slow))
         .fallback(any(echo));
     tokio::spawn(async move {
         axum::serve(listener, app)
@@ -393,6 +420,74 @@ async fn a_request_that_stalls_gets_408_but_an_idle_connection_waits() {
         .await
         .unwrap();
     assert_eq!(read_response(&mut conn, &mut Vec::new()).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_slow_head_and_an_idle_connection_are_closed() {
+    let config = Config {
+        request_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let (s, _replica) = setup(config).await;
+    // A byte every 100 ms never stalls one read, but the head as a whole
+    // has 500 ms.
+    let mut conn = connect(s.addr).await;
+    let started = Instant::now();
+    let head = b"GET /v2/models/echo/ready HTTP/1.1\r\nHost: gateway\r\nX-Pad: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut = false;
+    for byte in head {
+        if conn.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let r = read_response(&mut conn, &mut Vec::new()).await;
+    assert_eq!(r.status, 408, "cut: {cut}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // After its answer, a kept-alive connection has the idle timeout.
+    let mut conn = connect(s.addr).await;
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut conn, &mut Vec::new()).await.status, 200);
+    let idle = Instant::now();
+    assert!(closed(&mut conn).await, "an idle connection stayed open");
+    assert!(idle.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_stops_its_request_on_the_replica() {
+    let (s, _replica) = setup(Config::default()).await;
+    let mut conn = connect(s.addr).await;
+    conn.write_all(b"GET /v2/models/echo/slow HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while SLOW_BEGUN.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the replica got the request");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(conn);
+    // The gateway closes its replica connection, and the replica drops
+    // the request's work, long before the 10 s it would take.
+    let left = Instant::now();
+    while SLOW_DROPPED.load(Ordering::SeqCst) == 0 {
+        assert!(
+            left.elapsed() < Duration::from_secs(3),
+            "the replica kept working for a client that left"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

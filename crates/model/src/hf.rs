@@ -185,8 +185,11 @@ fn read_safetensors_header(path: &Path, file: usize) -> Result<Vec<SafetensorsTe
     if header_len > MAX_HEADER_BYTES || header_len + 8 > file_len {
         return Err(ModelError::invalid(
             path,
+            // Not the value read: the file may be anything (a linked
+            // secret), and an error must not print its bytes.
             format!(
-                "header length {header_len} at offset 0 does not fit the file ({file_len} bytes)"
+                "not a safetensors file: its 8-byte header length at offset 0 \
+                 does not fit the file ({file_len} bytes) or the {MAX_HEADER_BYTES}-byte limit"
             ),
         ));
     }
@@ -338,6 +341,21 @@ mod tests {
         std::fs::write(&p, 1_000_000u64.to_le_bytes()).unwrap();
         let err = read_safetensors_header(&p, 0).unwrap_err().to_string();
         assert!(err.contains("offset 0"), "{err}");
+    }
+
+    /// A `model.safetensors` that is something else (a secret linked in):
+    /// the error says so without printing what its first bytes hold.
+    #[test]
+    fn a_file_that_is_not_safetensors_is_not_echoed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("model.safetensors");
+        let secret = b"hunter2-password-of-the-admin";
+        std::fs::write(&p, secret).unwrap();
+        let err = read_safetensors_header(&p, 0).unwrap_err().to_string();
+        let as_length = u64::from_le_bytes(secret[..8].try_into().unwrap());
+        assert!(err.contains("not a safetensors file"), "{err}");
+        assert!(!err.contains(&as_length.to_string()), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct ImageSpec {
     /// Seconds since the epoch stamped on files and the config
     /// (`SOURCE_DATE_EPOCH`); 0 by default, so builds are reproducible.
     pub created: u64,
+    /// Package what symbolic links that leave the model directory point to
+    /// (a Hugging Face cache's snapshot links into its blobs), instead of
+    /// refusing them.
+    pub follow_links: bool,
 }
 
 impl ImageSpec {
@@ -115,7 +119,7 @@ pub fn build(
     // level saves nearly as much as the default at a fraction of the time.
     let model = layer::write(
         layout,
-        &model_files(&spec.model)?,
+        &model_files(&spec.model, spec.follow_links)?,
         spec.created,
         Compression::fast(),
     )?;
@@ -269,36 +273,96 @@ fn libraries(name: &str, exe: &[u8]) -> Result<Vec<(PathBuf, String)>, PackageEr
 }
 
 /// A model file, or a directory's regular files, under [`MODEL_DIR`].
-fn model_files(model: &Path) -> Result<Files, PackageError> {
+///
+/// What goes into the model layer is what lies inside the model directory:
+/// a symbolic link whose target is outside it (a secret linked in by
+/// mistake or by an adversary) is refused by name unless `follow_links`,
+/// since `--push` would upload it. Links inside it are followed; anything
+/// but files, directories and links (a FIFO, a socket) is refused.
+fn model_files(model: &Path, follow_links: bool) -> Result<Files, PackageError> {
     let dest = ImageSpec::model_in_image(model);
     let mut files = Files::default();
     if model.is_dir() {
-        add_dir(&mut files, model, &dest)?;
+        let root = std::fs::canonicalize(model).map_err(|source| PackageError::Io {
+            what: format!("resolving the model directory {}", model.display()),
+            source,
+        })?;
+        let walk = Walk {
+            root: &root,
+            follow_links,
+        };
+        walk.dir(&mut files, model, &dest, &mut Vec::new())?;
     } else {
         files.file(&dest, Source::File(model.to_owned()), 0o644);
     }
     Ok(files)
 }
 
-fn add_dir(files: &mut Files, dir: &Path, dest: &str) -> Result<(), PackageError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| PackageError::Io {
-        what: format!("reading the model directory {}", dir.display()),
-        source,
-    })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| PackageError::Io {
+struct Walk<'a> {
+    /// The model directory, resolved.
+    root: &'a Path,
+    follow_links: bool,
+}
+
+impl Walk<'_> {
+    /// Adds `dir` under `dest`; `open` holds the resolved directories being
+    /// walked, so a link back to one of them is a loop, refused.
+    fn dir(
+        &self,
+        files: &mut Files,
+        dir: &Path,
+        dest: &str,
+        open: &mut Vec<PathBuf>,
+    ) -> Result<(), PackageError> {
+        let reading = |source| PackageError::Io {
             what: format!("reading the model directory {}", dir.display()),
             source,
-        })?;
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if path.is_dir() {
-            add_dir(files, &path, &format!("{dest}/{name}"))?;
-        } else if path.is_file() {
-            files.file(&format!("{dest}/{name}"), Source::File(path), 0o644);
+        };
+        let resolved = std::fs::canonicalize(dir).map_err(reading)?;
+        if open.contains(&resolved) {
+            return Err(refused(dir, "links back to a directory that contains it"));
         }
+        open.push(resolved);
+        let mut entries = std::fs::read_dir(dir)
+            .map_err(reading)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(reading)?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let dest = format!("{dest}/{name}");
+            let kind = entry.file_type().map_err(reading)?;
+            if kind.is_symlink() {
+                let target = std::fs::canonicalize(&path)
+                    .map_err(|_| refused(&path, "is a link to nothing"))?;
+                if !target.starts_with(self.root) && !self.follow_links {
+                    return Err(refused(
+                        &path,
+                        "links outside the model directory (`modelship build --follow-links` packages what it points to)",
+                    ));
+                }
+            }
+            // Follows links: the checks above decided they may be.
+            let meta = std::fs::metadata(&path).map_err(reading)?;
+            if meta.is_dir() {
+                self.dir(files, &path, &dest, open)?;
+            } else if meta.is_file() {
+                files.file(&dest, Source::File(path), 0o644);
+            } else {
+                return Err(refused(&path, "is not a regular file or directory"));
+            }
+        }
+        open.pop();
+        Ok(())
     }
-    Ok(())
+}
+
+fn refused(path: &Path, why: &str) -> PackageError {
+    PackageError::Refused {
+        path: path.to_owned(),
+        reason: why.to_owned(),
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch.
@@ -326,6 +390,56 @@ fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The paths a model directory puts into the layer, or the error.
+    fn packaged(model: &Path, follow_links: bool) -> Result<Vec<String>, String> {
+        let files = model_files(model, follow_links).map_err(|e| e.to_string())?;
+        Ok(files.paths().map(str::to_owned).collect())
+    }
+
+    #[test]
+    fn links_that_leave_the_model_directory_are_refused_by_name() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"a private key").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("id_rsa"), b"another").unwrap();
+        let model = dir.path().join("model");
+        std::fs::create_dir_all(model.join("sub")).unwrap();
+        std::fs::write(model.join("config.json"), b"{}").unwrap();
+        // A link that stays inside is packaged as its target's content.
+        symlink("../config.json", model.join("sub/alias.json")).unwrap();
+        let ok = packaged(&model, false).unwrap();
+        assert!(
+            ok.iter().any(|p| p.ends_with("model/sub/alias.json")),
+            "{ok:?}"
+        );
+
+        for (link, target) in [("model.safetensors", &secret), ("cache", &outside)] {
+            symlink(target, model.join(link)).unwrap();
+            let err = packaged(&model, false).unwrap_err();
+            assert!(
+                err.contains(link) && err.contains("outside the model directory"),
+                "{err}"
+            );
+            assert!(!err.contains("private"), "{err}");
+            // Followed when asked.
+            let followed = packaged(&model, true).unwrap();
+            assert!(followed.iter().any(|p| p.contains(link)), "{followed:?}");
+            std::fs::remove_file(model.join(link)).unwrap();
+        }
+
+        // A loop and a dangling link are refused, never walked forever.
+        symlink(".", model.join("sub/again")).unwrap();
+        let err = packaged(&model, false).unwrap_err();
+        assert!(err.contains("again") && err.contains("links back"), "{err}");
+        std::fs::remove_file(model.join("sub/again")).unwrap();
+        symlink("nothing-here", model.join("dangling")).unwrap();
+        let err = packaged(&model, false).unwrap_err();
+        assert!(err.contains("dangling"), "{err}");
+    }
 
     #[test]
     fn rfc3339_of_known_instants() {

@@ -56,6 +56,8 @@ pub enum PackageError {
     },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("refusing to package {path}: it {reason}")]
+    Refused { path: PathBuf, reason: String },
     #[error("not a sha256 digest: {0:?}")]
     Digest(String),
     #[error("invalid image reference {reference:?}: {reason}")]

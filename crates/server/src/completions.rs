@@ -293,9 +293,7 @@ async fn respond(
     // not on the async runtime, whose threads answer health checks.
     let engine = state.engine.clone();
     let (events, _prompt_tokens) =
-        tokio::task::spawn_blocking(move || engine.generate(&prompt, &params))
-            .await
-            .map_err(|_| ApiError::unavailable("the engine could not start this request"))??;
+        crate::state::off_runtime(move || engine.generate(&prompt, &params)).await?;
     let header = Header::new(state, kind);
     if stream {
         Ok(Sse::new(sse_events(header, events, include_usage)).into_response())

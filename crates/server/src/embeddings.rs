@@ -15,8 +15,8 @@ use crate::state::AppState;
 pub struct EmbeddingsRequest {
     input: Texts,
     model: Option<String>,
-    #[serde(default)]
-    encoding_format: EncodingFormat,
+    /// `null` is the default, as OpenAI's SDKs send it.
+    encoding_format: Option<EncodingFormat>,
     dimensions: Option<usize>,
     #[allow(dead_code)]
     user: Option<String>,
@@ -78,7 +78,7 @@ pub(crate) async fn embeddings(
             ),
         ));
     }
-    let out = state.engine.embed(&req.input.0, req.truncate).await?;
+    let out = state.embed(req.input.0, req.truncate).await?;
     let data = out
         .vectors
         .into_iter()
@@ -86,7 +86,7 @@ pub(crate) async fn embeddings(
         .map(|(index, v)| EmbeddingItem {
             object: "embedding",
             index,
-            embedding: match req.encoding_format {
+            embedding: match req.encoding_format.unwrap_or_default() {
                 EncodingFormat::Float => EmbeddingValue::Float(v),
                 EncodingFormat::Base64 => EmbeddingValue::Base64(encode_f32(&v)),
             },

@@ -75,6 +75,25 @@ pub struct ServeOptions {
     pub drain: Duration,
     /// Bearer token required on the API routes.
     pub api_key: Option<String>,
+    /// How long a client may take to send a request's head, counted from
+    /// the connection's last response when it is kept alive: a half-sent
+    /// head and an idle connection are both closed after it.
+    pub header_timeout: Duration,
+    /// How long a request's body may take to arrive once its head has
+    /// (408 after it).
+    pub body_timeout: Duration,
+}
+
+impl ServeOptions {
+    /// `drain` and `api_key` with the default connection timeouts.
+    pub fn new(drain: Duration, api_key: Option<String>) -> Self {
+        Self {
+            drain,
+            api_key,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -82,46 +101,77 @@ impl std::fmt::Debug for ServeOptions {
         f.debug_struct("ServeOptions")
             .field("drain", &self.drain)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
             .finish()
     }
 }
 
-/// Serves `engine` on `listener` until `shutdown` resolves; then stops
-/// accepting, reports not-ready, and lets in-flight requests (streams
-/// included) finish for up to `options.drain`.
+/// Serves `engine` on `listener` until `shutdown` resolves or the engine's
+/// compute thread dies; then stops accepting, reports not-ready, and lets
+/// in-flight requests (streams included) finish for up to `options.drain`.
+/// A dead engine is an error, so the process exits failed and whatever
+/// supervises it restarts it.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
 ) -> std::io::Result<()> {
-    let drain = options.drain;
-    let state = AppState::new(engine, metrics::recorder()).with_api_key(options.api_key);
+    let state = AppState::new(engine.clone(), metrics::recorder()).with_api_key(options.api_key);
     let ready = state.ready.clone();
-    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = router(state);
-    let signal = async move {
-        shutdown.await;
-        ready.store(false, Ordering::Relaxed);
-        tracing::info!("shutting down: draining in-flight requests");
-        let _ = draining_tx.send(());
-    };
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
-    let server = tokio::spawn(async move { server.await });
-    tokio::pin!(server);
-    tokio::select! {
-        biased;
-        res = &mut server => return res.unwrap_or_else(|e| Err(std::io::Error::other(e))),
-        _ = draining_rx => {}
-    }
-    match tokio::time::timeout(drain, &mut server).await {
-        Ok(res) => res.unwrap_or_else(|e| Err(std::io::Error::other(e))),
-        Err(_) => {
-            tracing::warn!(
-                seconds = drain.as_secs(),
-                "drain timeout reached; exiting with requests in flight"
-            );
-            Ok(())
+    let app = router(state).layer(axum::Extension(json::BodyTimeout(options.body_timeout)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(options.header_timeout);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let stop = async {
+        tokio::select! {
+            _ = shutdown => None,
+            why = engine.stopped() => Some(why),
         }
+    };
+    tokio::pin!(stop);
+    let engine_died = loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors, typically: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            why = &mut stop => break why,
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn =
+            connections.watch(http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    };
+    drop(listener);
+    ready.store(false, Ordering::Relaxed);
+    match &engine_died {
+        Some(why) => tracing::error!(reason = %why, "the engine stopped: shutting down"),
+        None => tracing::info!("shutting down: draining in-flight requests"),
+    }
+    if tokio::time::timeout(options.drain, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            seconds = options.drain.as_secs(),
+            "drain timeout reached; exiting with requests in flight"
+        );
+    }
+    match engine_died {
+        Some(why) => Err(std::io::Error::other(format!("the engine stopped: {why}"))),
+        None => Ok(()),
     }
 }

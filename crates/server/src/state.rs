@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use modelship_engine::Engine;
+use modelship_engine::{Embeddings, Engine, EngineError};
 
 use crate::error::ApiError;
 
@@ -33,8 +33,21 @@ impl AppState {
         self
     }
 
+    /// Ready while not shutting down and while the engine's compute thread
+    /// runs: a replica whose engine died answers nothing but 503.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.engine.is_running()
+    }
+
+    /// Embeds `texts`, tokenized on the blocking pool.
+    pub(crate) async fn embed(
+        &self,
+        texts: Vec<String>,
+        truncate: bool,
+    ) -> Result<Embeddings, ApiError> {
+        let engine = self.engine.clone();
+        let inputs = off_runtime(move || engine.tokenize_inputs(&texts, truncate)).await?;
+        Ok(self.engine.embed_tokens(inputs).await?)
     }
 
     /// A request's `model` must name the served model when given.
@@ -47,4 +60,16 @@ impl AppState {
             _ => Ok(()),
         }
     }
+}
+
+/// Runs CPU work proportional to a request (rendering a template, tokenizing
+/// a long text) on the blocking pool: the runtime's threads must stay free
+/// to answer health checks and other clients.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| ApiError::unavailable("the engine could not start this request"))?
+        .map_err(ApiError::from)
 }

@@ -160,10 +160,11 @@ pub(crate) async fn infer(
     let card = state.engine.card();
     let output = match card.task {
         Task::Embeddings => {
-            let out = state.engine.embed(&texts, params.truncate).await?;
+            let inputs = texts.len();
+            let out = state.embed(texts, params.truncate).await?;
             let dim = card.dimensions.unwrap_or(0);
             let data: Vec<f32> = out.vectors.into_iter().flatten().collect();
-            json!({ "name": "embedding", "datatype": "FP32", "shape": [texts.len(), dim], "data": data })
+            json!({ "name": "embedding", "datatype": "FP32", "shape": [inputs, dim], "data": data })
         }
         Task::Generate => {
             let request = GenerateRequest {

@@ -179,6 +179,24 @@ async fn bad_requests_name_the_field() {
     let r = post(&engine, "/v1/embeddings", "{\"input\": ").await;
     assert_eq!(r.status, 400);
     assert!(r.error().2.contains("not valid JSON"));
+    // A null field is valid JSON: `encoding_format: null` is the default,
+    // and a null where a value is required is named as a null.
+    let r = post_json(
+        &engine,
+        "/v1/embeddings",
+        json!({"input": "x", "encoding_format": null}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["data"][0]["embedding"].is_array());
+    let r = post_json(&engine, "/v1/embeddings", json!({"input": null})).await;
+    assert_eq!(r.status, 400);
+    let (param, _, message) = r.error();
+    assert_eq!(param.as_deref(), Some("input"), "{message}");
+    assert!(
+        message.contains("null") && !message.contains("not valid JSON"),
+        "{message}"
+    );
     let r = post_json(
         &engine,
         "/v1/embeddings",

@@ -257,6 +257,25 @@ impl Store {
         })
     }
 
+    /// Ends every run still recorded as running (see [`Run::interrupted`]):
+    /// called when a control plane starts, since none of them can still be
+    /// running then. Returns the runs it ended.
+    pub fn interrupt_runs(&self, now_ms: u64) -> Result<Vec<Run>> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let runs: Vec<Run> = all(&tx, "SELECT body FROM runs ORDER BY id", [], "run")?;
+            let ended: Vec<Run> = runs.iter().filter_map(|r| r.interrupted(now_ms)).collect();
+            for run in &ended {
+                tx.execute(
+                    "UPDATE runs SET body = ?1 WHERE id = ?2",
+                    params![json(run), run.id as i64],
+                )?;
+            }
+            tx.commit()?;
+            Ok(ended)
+        })
+    }
+
     pub fn put_run(&self, run: &Run) -> Result<()> {
         self.with(|c| {
             c.execute(

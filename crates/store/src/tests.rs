@@ -105,6 +105,16 @@ fn everything_written_survives_reopening() {
     assert_eq!(store.run(1).unwrap().unwrap().revision, Some(2));
     assert_eq!(store.events("a").unwrap()[0].message, "hi");
 
+    // The run was left running by a store that closed: the next start
+    // ends it, once.
+    let ended = store.interrupt_runs(50).unwrap();
+    assert_eq!(ended.len(), 1);
+    let run = store.run(1).unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.finished_at, Some(50));
+    assert!(run.error.unwrap().starts_with("interrupted"));
+    assert!(store.interrupt_runs(60).unwrap().is_empty());
+
     store.delete_deployment("a").unwrap();
     assert_eq!(store.deployment("a").unwrap(), None);
     assert!(store.revisions(Some("a")).unwrap().is_empty());

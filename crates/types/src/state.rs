@@ -120,6 +120,39 @@ pub struct Run {
     pub finished_at: Option<u64>,
 }
 
+impl Run {
+    /// This run, ended as failed at `now_ms` because the control plane that
+    /// ran it stopped (killed, crashed) before it finished: a run left
+    /// `running` would read as still in progress forever. Its open stage
+    /// fails too, named in the error. `None` when it had finished.
+    pub fn interrupted(&self, now_ms: u64) -> Option<Run> {
+        if self.status != RunStatus::Running {
+            return None;
+        }
+        let mut run = self.clone();
+        let stage = run
+            .stages
+            .iter_mut()
+            .rev()
+            .find(|s| s.status == RunStatus::Running);
+        let during = match stage {
+            Some(stage) => {
+                stage.status = RunStatus::Failed;
+                stage.duration_ms = Some(now_ms.saturating_sub(stage.started_at));
+                stage.detail = "interrupted".to_owned();
+                format!(" during its {} stage", stage.name)
+            }
+            None => String::new(),
+        };
+        run.status = RunStatus::Failed;
+        run.error = Some(format!(
+            "interrupted: the control plane stopped{during} before the run finished"
+        ));
+        run.finished_at = Some(now_ms);
+        Some(run)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -151,4 +184,47 @@ pub struct Event {
     pub deployment: String,
     pub at: u64,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(name: &str, status: RunStatus) -> Stage {
+        Stage {
+            name: name.into(),
+            status,
+            inputs_digest: String::new(),
+            outputs_digest: None,
+            started_at: 1_000,
+            duration_ms: None,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_unfinished_run_is_failed_naming_its_open_stage() {
+        let run = Run {
+            id: 3,
+            deployment: "d".into(),
+            revision: Some(2),
+            status: RunStatus::Running,
+            error: None,
+            stages: vec![
+                stage("validate", RunStatus::Succeeded),
+                stage("rollout", RunStatus::Running),
+            ],
+            started_at: 900,
+            finished_at: None,
+        };
+        let ended = run.interrupted(5_000).unwrap();
+        assert_eq!(ended.status, RunStatus::Failed);
+        assert_eq!(ended.finished_at, Some(5_000));
+        assert!(ended.error.as_deref().unwrap().contains("rollout stage"));
+        assert_eq!(ended.stages[0].status, RunStatus::Succeeded);
+        assert_eq!(ended.stages[1].status, RunStatus::Failed);
+        assert_eq!(ended.stages[1].duration_ms, Some(4_000));
+        // A finished run is left alone.
+        assert_eq!(ended.interrupted(9_000), None);
+    }
 }

@@ -14,10 +14,16 @@ pub fn modelship() -> Command {
 
 /// Starts `modelship serve` on a free port; returns the child and its base URL.
 pub fn serve(model: &std::path::Path) -> (Child, String) {
+    serve_with(model, &[])
+}
+
+/// `serve` with more flags.
+pub fn serve_with(model: &std::path::Path, flags: &[&str]) -> (Child, String) {
     let mut child = modelship()
         .arg("serve")
         .arg(model)
         .args(["--port", "0", "--threads", "2"])
+        .args(flags)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

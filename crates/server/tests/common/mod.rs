@@ -136,19 +136,25 @@ pub fn vectors(v: &Value) -> Vec<Vec<f32>> {
 
 /// Serves `engine` on a real loopback socket; returns its base URL.
 pub async fn spawn_server(engine: Arc<Engine>) -> String {
+    let options = modelship_server::ServeOptions::new(std::time::Duration::from_secs(5), None);
+    spawn_server_with(engine, options).await.0
+}
+
+/// Serves `engine` with `options`; returns its base URL and the server's
+/// outcome.
+pub async fn spawn_server_with(
+    engine: Arc<Engine>,
+    options: modelship_server::ServeOptions,
+) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let options = modelship_server::ServeOptions {
-        drain: std::time::Duration::from_secs(5),
-        api_key: None,
-    };
-    tokio::spawn(modelship_server::serve(
+    let served = tokio::spawn(modelship_server::serve(
         listener,
         engine,
         std::future::pending(),
         options,
     ));
-    format!("http://{addr}")
+    (format!("http://{addr}"), served)
 }
 
 /// Asserts that our tokenizer of the GGUF at `model` gives llama.cpp's ids

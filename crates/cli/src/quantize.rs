@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use modelship_model::ggml_dtype_name;
-use modelship_quant::{QuantizeOptions, Source, Summary, quantize};
+use modelship_quant::{QuantizeOptions, Source, Summary, quantize_verified};
 use modelship_types::{PrunePattern, PruneSpec, QuantType};
 
 use crate::Failure;
@@ -95,7 +95,6 @@ pub fn run_prune(args: PruneArgs) -> Result<(), Failure> {
 fn run(model: &Path, output: &Path, opts: QuantizeOptions) -> Result<Summary, Failure> {
     let started = std::time::Instant::now();
     let source = Source::open(model).with_context(|| format!("cannot open {}", model.display()))?;
-    check_servable(model)?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(source.tensors.len() as u64);
         bar.set_style(
@@ -106,10 +105,16 @@ fn run(model: &Path, output: &Path, opts: QuantizeOptions) -> Result<Summary, Fa
     } else {
         ProgressBar::hidden()
     };
-    let summary = quantize(&source, output, opts, &mut |done, _, name| {
-        bar.set_position(done as u64);
-        bar.set_message(name.to_owned());
-    })
+    let summary = quantize_verified(
+        &source,
+        output,
+        opts,
+        &mut |done, _, name| {
+            bar.set_position(done as u64);
+            bar.set_message(name.to_owned());
+        },
+        &servable,
+    )
     .with_context(|| format!("cannot write {}", output.display()))?;
     bar.finish_and_clear();
     Ok(Summary {
@@ -118,24 +123,16 @@ fn run(model: &Path, output: &Path, opts: QuantizeOptions) -> Result<Summary, Fa
     })
 }
 
-/// Refuses a model `serve` could not load (a tensor missing or of the wrong
-/// shape) before anything is written: the engine's loader is the one
-/// statement of what each architecture needs, so it is asked rather than
-/// restated here. Weights it reads in place are mapped, not copied.
-fn check_servable(model: &Path) -> Result<(), Failure> {
-    let limits = modelship_types::ServingLimits {
-        max_context: 16,
-        ..Default::default()
-    };
-    let opts = modelship_engine_candle::LoadOptions {
-        name: None,
-        device: modelship_engine_candle::Device::Cpu,
-        limits,
-    };
-    modelship_engine_candle::load(model, &opts)
-        .map(drop)
-        .with_context(|| format!("{} is not a complete model", model.display()))?;
-    Ok(())
+/// Whether `serve` can load the weights of the written model (no tensor
+/// missing or of the wrong shape): the engine's loader is the one statement
+/// of what each architecture needs, so it is asked rather than restated
+/// here. Checking the output rather than the source catches a bad source
+/// and a fault of the writer alike, and costs less: the matrices our kernels
+/// read stay mapped where they lie. (The tokenizer metadata is copied as
+/// read.)
+fn servable(model: &Path) -> Result<(), String> {
+    modelship_engine_candle::check_gguf_weights(model)
+        .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
 }
 
 /// Tensors grouped by the type they got and why.

@@ -38,6 +38,10 @@ pub struct KubernetesArgs {
     /// Where optimized models are cached (shared with `build` and `up`).
     #[arg(long, env = "MODELSHIP_DATA_DIR", default_value = ".modelship")]
     data_dir: PathBuf,
+    /// API keys the pods require, one a line (as `up --api-keys`): they go
+    /// into a Secret the pods mount.
+    #[arg(long)]
+    api_keys: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -102,7 +106,12 @@ fn kubernetes(args: KubernetesArgs) -> Result<(), Failure> {
         None => crate::build::reference_of(&spec, &args.data_dir).map_err(Failure::User)?,
     };
     let plan = modelship_control::plan::plan(&spec, &[]).map_err(Failure::User)?;
-    let objects = modelship_control::kubernetes::manifests(&spec, &image, &plan, &args.namespace);
+    let keys = match &args.api_keys {
+        Some(path) => crate::up::read_api_keys(path)?,
+        None => Default::default(),
+    };
+    let objects =
+        modelship_control::kubernetes::manifests(&spec, &image, &plan, &args.namespace, &keys);
     print!("{}", yaml_documents(&objects).map_err(Failure::User)?);
     Ok(())
 }

@@ -66,6 +66,10 @@ pub struct Args {
     /// metrics stay open).
     #[arg(long, env = "MODELSHIP_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Accept every key of this file too, one a line (as `up --api-keys`):
+    /// how Kubernetes pods get theirs, from a mounted Secret.
+    #[arg(long, env = "MODELSHIP_API_KEYS_FILE")]
+    api_keys: Option<PathBuf>,
 }
 
 impl Args {
@@ -88,12 +92,17 @@ pub fn run(args: Args) -> Result<(), Failure> {
     limits
         .validate()
         .map_err(|e| Failure::Config(anyhow::Error::new(e).context("invalid serving limits")))?;
-    let api_key = args
+    let mut api_keys: Vec<String> = args
         .api_key
         .as_deref()
         .map(modelship_types::auth::parse_key)
         .transpose()
-        .map_err(|e| Failure::Config(anyhow::anyhow!("--api-key (or MODELSHIP_API_KEY): {e}")))?;
+        .map_err(|e| Failure::Config(anyhow::anyhow!("--api-key (or MODELSHIP_API_KEY): {e}")))?
+        .into_iter()
+        .collect();
+    if let Some(path) = &args.api_keys {
+        api_keys.extend(crate::up::read_api_keys(path)?);
+    }
     let threads = crate::compute::init_threads(args.threads)?;
     let device = parse_device(&args.device).map_err(|e| Failure::Config(e.into()))?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
@@ -135,7 +144,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         let options = ServeOptions {
             header_timeout: Duration::from_secs(args.header_timeout),
             body_timeout: Duration::from_secs(args.body_timeout),
-            ..ServeOptions::new(Duration::from_secs(args.shutdown_timeout), api_key)
+            ..ServeOptions::new(Duration::from_secs(args.shutdown_timeout), api_keys)
         };
         modelship_server::serve(listener, Arc::new(engine), shutdown_signal(), options)
             .await

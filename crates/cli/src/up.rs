@@ -2,6 +2,7 @@
 //! gateway and state store. Replicas outlive it: stopping `up` leaves them
 //! serving, and the next `up` on the same data directory adopts them.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -119,8 +120,31 @@ pub fn run(mut args: Args) -> Result<(), Failure> {
     })
 }
 
-/// The gateway's settings from the command line: API keys from a file, one a
-/// line (`#` starts a comment).
+/// API keys from a file, one a line (`#` starts a comment); a file without
+/// one is a configuration error, since it would guard nothing.
+pub fn read_api_keys(path: &std::path::Path) -> Result<BTreeSet<String>, Failure> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --api-keys {}", path.display()))
+        .map_err(Failure::Config)?;
+    let keys = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            modelship_types::auth::parse_key(l)
+                .map_err(|e| Failure::Config(anyhow::anyhow!("--api-keys {}: {e}", path.display())))
+        })
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    if keys.is_empty() {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "--api-keys {} holds no key",
+            path.display()
+        )));
+    }
+    Ok(keys)
+}
+
+/// The gateway's settings from the command line (keys: [`read_api_keys`]).
 pub fn gateway_config(
     api_keys: Option<&std::path::Path>,
     public_metrics: bool,
@@ -130,25 +154,7 @@ pub fn gateway_config(
         ..modelship_gateway::Config::default()
     };
     if let Some(path) = api_keys {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --api-keys {}", path.display()))
-            .map_err(Failure::Config)?;
-        config.api_keys = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| {
-                modelship_types::auth::parse_key(l).map_err(|e| {
-                    Failure::Config(anyhow::anyhow!("--api-keys {}: {e}", path.display()))
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        if config.api_keys.is_empty() {
-            return Err(Failure::Config(anyhow::anyhow!(
-                "--api-keys {} holds no key",
-                path.display()
-            )));
-        }
+        config.api_keys = read_api_keys(path)?;
     }
     Ok(config)
 }

@@ -96,6 +96,30 @@ fn rendered_objects_are_valid_kubernetes_1_33_and_match_the_snapshot() {
     // The spec's memory (1Gi) is the limit; the plan's estimate the request.
     assert!(yaml.contains("memory: 1024Mi"), "{yaml}");
     assert!(!yaml.contains("HorizontalPodAutoscaler"));
+
+    // With API keys: a Secret the pods mount, still valid Kubernetes, and
+    // the keys nowhere but in the Secret.
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "# team keys\nk8s-key-one\nk8s-key-two\n").unwrap();
+    let yaml = run(&[
+        "render",
+        "kubernetes",
+        "-f",
+        fixed.to_str().unwrap(),
+        "--image",
+        "fixed:v1",
+        "--api-keys",
+        keys.to_str().unwrap(),
+    ]);
+    std::fs::write(&file, &yaml).unwrap();
+    validate(&file);
+    let secret_doc = yaml
+        .split("\n---\n")
+        .find(|d| d.contains("kind: Secret"))
+        .expect("a Secret");
+    assert!(secret_doc.contains("k8s-key-one") && secret_doc.contains("fixed-api-keys"));
+    assert_eq!(yaml.matches("k8s-key-one").count(), 1, "{yaml}");
+    assert!(yaml.contains("MODELSHIP_API_KEYS_FILE"), "{yaml}");
 }
 
 #[test]
@@ -282,9 +306,13 @@ fn deploy_server_side_applies_waits_scales_rolls_back_and_deletes() {
     let api = KubeApi::start(dir.path());
     let kubeconfig = api.kubeconfig(dir.path());
     let registry = support::registry::Registry::start();
+    // With API keys, which the pods (reached through their Service, not the
+    // gateway) must require too.
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "cluster-api-key\n").unwrap();
     let cp = ControlPlane::start_env(
         &dir.path().join("data"),
-        &[],
+        &["--api-keys", keys.to_str().unwrap()],
         &[("KUBECONFIG", &kubeconfig)],
     );
     let minilm = modelship_testkit::minilm();
@@ -314,11 +342,25 @@ fn deploy_server_side_applies_waits_scales_rolls_back_and_deletes() {
         paths,
         [
             "/api/v1/namespaces/models/serviceaccounts/kubetest",
+            "/api/v1/namespaces/models/secrets/kubetest-api-keys",
             "/apis/apps/v1/namespaces/models/deployments/kubetest",
             "/api/v1/namespaces/models/services/kubetest",
             "/apis/policy/v1/namespaces/models/poddisruptionbudgets/kubetest",
             "/apis/networking.k8s.io/v1/namespaces/models/networkpolicies/kubetest",
         ]
+    );
+    // The key is in the Secret, which the pods mount; nowhere else.
+    assert_eq!(
+        applies[1]["body"]["stringData"]["keys"],
+        "cluster-api-key\n"
+    );
+    for r in applies.iter().filter(|r| r["body"]["kind"] != "Secret") {
+        assert!(!r["body"].to_string().contains("cluster-api-key"), "{r}");
+    }
+    let pod = &applies[2]["body"]["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["env"][0]["name"],
+        "MODELSHIP_API_KEYS_FILE"
     );
     for r in &applies {
         assert_eq!(r["content_type"], "application/apply-patch+yaml");
@@ -403,10 +445,10 @@ fn deploy_server_side_applies_waits_scales_rolls_back_and_deletes() {
             .into_iter()
             .filter(|r| r["method"] == "DELETE")
             .count();
-        if deletes == 5 {
+        if deletes == 6 {
             break;
         }
-        assert!(Instant::now() < deadline, "{deletes} of 5 objects deleted");
+        assert!(Instant::now() < deadline, "{deletes} of 6 objects deleted");
         std::thread::sleep(Duration::from_millis(100));
     }
     cp.kill();

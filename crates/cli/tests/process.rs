@@ -277,6 +277,59 @@ async fn sigterm_is_honoured_during_long_engine_work() {
     }
 }
 
+/// `serve --api-keys FILE` (how Kubernetes pods get theirs) accepts each
+/// key of the file and nothing else; health stays open.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_accepts_every_key_of_its_keys_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "first-key\n# a comment\nsecond-key\n").unwrap();
+    let (mut child, url) = serve_with(
+        &modelship_testkit::minilm(),
+        &["--api-keys", keys.to_str().unwrap()],
+    );
+    let client = reqwest::Client::new();
+    let embed = |key: Option<&'static str>| {
+        let mut r = client
+            .post(format!("{url}/v1/embeddings"))
+            .json(&json!({ "input": "keys" }));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send()
+    };
+    assert_eq!(embed(Some("first-key")).await.unwrap().status(), 200);
+    assert_eq!(embed(Some("second-key")).await.unwrap().status(), 200);
+    assert_eq!(embed(Some("# a comment")).await.unwrap().status(), 401);
+    assert_eq!(embed(None).await.unwrap().status(), 401);
+    let health = client
+        .get(format!("{url}/v2/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+
+    // A file without a key guards nothing: a configuration error.
+    std::fs::write(&keys, "# none\n").unwrap();
+    let out = modelship()
+        .args([
+            "serve",
+            modelship_testkit::minilm().to_str().unwrap(),
+            "--api-keys",
+        ])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_served_replica_answers_the_readme_curl() {
     let (mut child, url) = serve(&modelship_testkit::minilm());

@@ -25,11 +25,13 @@ pub(crate) struct Applied {
 
 pub(crate) type AppliedMap = HashMap<String, Applied>;
 
-/// The objects `rev` renders to with `replicas` pods, in `namespace`.
+/// The objects `rev` renders to with `replicas` pods, in `namespace`; the
+/// pods require `api_keys` when there are any.
 pub(crate) fn objects(
     rev: &Revision,
     replicas: u32,
     namespace: &str,
+    api_keys: &std::collections::BTreeSet<String>,
 ) -> anyhow::Result<Vec<Value>> {
     let image = rev
         .image
@@ -38,7 +40,7 @@ pub(crate) fn objects(
     let mut report = crate::plan::plan_artifact(&rev.spec, &rev.artifact, &[])?;
     report.replicas = replicas;
     Ok(crate::kubernetes::manifests(
-        &rev.spec, image, &report, namespace,
+        &rev.spec, image, &report, namespace, api_keys,
     ))
 }
 
@@ -87,7 +89,7 @@ pub(crate) async fn pass(ctx: &Ctx, desired: &[Desired]) -> anyhow::Result<()> {
         let Some(rev) = ctx.store.revision(&d.deployment, d.revision)? else {
             continue;
         };
-        let objects = objects(&rev, d.replicas, &namespace)?;
+        let objects = objects(&rev, d.replicas, &namespace, &ctx.api_keys)?;
         kube.apply(&objects).await?;
         ctx.event(
             &d.deployment,

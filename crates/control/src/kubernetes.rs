@@ -2,7 +2,7 @@
 //! the `ModelDeployment` CRD generated from the spec's Rust types. Pure:
 //! values in, JSON objects out; applying them is the client's business.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use modelship_types::{ModelDeployment, Strategy};
 use serde_json::{Map, Value, json};
@@ -17,14 +17,25 @@ const GRACE_SECONDS: u64 = 40;
 /// Seconds a terminating pod keeps serving while endpoints drop it.
 const PRE_STOP_SECONDS: u64 = 5;
 
+/// Where a pod finds the API keys (the Secret's one file).
+const API_KEYS_DIR: &str = "/var/run/modelship/api-keys";
+const API_KEYS_FILE: &str = "keys";
+
 /// The objects of `spec` running `image`, with the plan's resources, in
 /// `namespace`: ServiceAccount, Deployment, Service, PodDisruptionBudget,
 /// NetworkPolicy and, when the spec autoscales, a HorizontalPodAutoscaler.
+///
+/// With `api_keys`, the pods require them: on a cluster the Service is the
+/// way in (no gateway stands in front), so it asks for the keys the gateway
+/// would. They travel in a Secret mounted as a file (never in the pod spec,
+/// where anyone who may read Deployments would see them), and a digest of
+/// them on the pod template rolls the pods when they change.
 pub fn manifests(
     spec: &ModelDeployment,
     image: &str,
     plan: &Report,
     namespace: &str,
+    api_keys: &BTreeSet<String>,
 ) -> Vec<Value> {
     let name = &spec.metadata.name;
     let s = &spec.spec;
@@ -99,6 +110,33 @@ pub fn manifests(
     if !s.node_selector.is_empty() {
         pod_spec["nodeSelector"] = json!(s.node_selector);
     }
+    let mut pod_annotations = json!({
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": PORT.to_string(),
+        "prometheus.io/path": "/metrics",
+    });
+    let keys_secret = format!("{name}-api-keys");
+    let keys_text: String = api_keys.iter().map(|k| format!("{k}\n")).collect();
+    if !api_keys.is_empty() {
+        let server = &mut pod_spec["containers"][0];
+        server["env"] = json!([{
+            "name": "MODELSHIP_API_KEYS_FILE",
+            "value": format!("{API_KEYS_DIR}/{API_KEYS_FILE}"),
+        }]);
+        server["volumeMounts"]
+            .as_array_mut()
+            .expect("a list above")
+            .push(json!({ "name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": true }));
+        pod_spec["volumes"]
+            .as_array_mut()
+            .expect("a list above")
+            .push(json!({
+                "name": "api-keys",
+                "secret": { "secretName": keys_secret, "defaultMode": 0o440 },
+            }));
+        pod_annotations["modelship.dev/api-keys-digest"] =
+            json!(crate::digest::of_bytes(keys_text.as_bytes()));
+    }
     let mut deployment_spec = json!({
         "selector": { "matchLabels": selector },
         "revisionHistoryLimit": 5,
@@ -107,10 +145,7 @@ pub fn manifests(
             "rollingUpdate": { "maxSurge": s.rollout.max_surge, "maxUnavailable": s.rollout.max_unavailable },
         },
         "template": {
-            "metadata": {
-                "labels": labels,
-                "annotations": { "prometheus.io/scrape": "true", "prometheus.io/port": PORT.to_string(), "prometheus.io/path": "/metrics" },
-            },
+            "metadata": { "labels": labels, "annotations": pod_annotations },
             "spec": pod_spec,
         },
     });
@@ -130,6 +165,20 @@ pub fn manifests(
     }
     let mut objects = vec![
         json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata, "automountServiceAccountToken": false }),
+    ];
+    if !api_keys.is_empty() {
+        let mut secret_meta = metadata.clone();
+        secret_meta["name"] = json!(keys_secret);
+        objects.push(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": secret_meta,
+            "type": "Opaque",
+            "immutable": false,
+            "stringData": { API_KEYS_FILE: keys_text },
+        }));
+    }
+    objects.extend([
         json!({ "apiVersion": "apps/v1", "kind": "Deployment", "metadata": deployment_meta, "spec": deployment_spec }),
         json!({
             "apiVersion": "v1",
@@ -162,7 +211,7 @@ pub fn manifests(
                 "ingress": [{ "ports": [{ "port": "http", "protocol": "TCP" }] }],
             },
         }),
-    ];
+    ]);
     if let Some(a) = &s.autoscale {
         objects.push(json!({
             "apiVersion": "autoscaling/v2",
@@ -414,6 +463,56 @@ mod tests {
                 .unwrap()
                 .contains(&json!("model"))
         );
+    }
+
+    #[test]
+    fn api_keys_travel_in_a_secret_the_pods_mount() {
+        let spec: ModelDeployment = serde_json::from_value(json!({
+            "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": { "name": "smol" },
+            "spec": {
+                "model": { "source": modelship_testkit::minilm(), "task": "embeddings" },
+                "target": "kubernetes",
+            },
+        }))
+        .unwrap();
+        let plan = crate::plan::plan(&spec, &[]).unwrap();
+        let open = manifests(&spec, "img", &plan, "ns", &BTreeSet::new());
+        assert!(open.iter().all(|o| o["kind"] != "Secret"));
+        let keys = BTreeSet::from(["key-one".to_owned(), "key-two".to_owned()]);
+        let guarded = manifests(&spec, "img", &plan, "ns", &keys);
+        let secret = guarded.iter().find(|o| o["kind"] == "Secret").unwrap();
+        assert_eq!(secret["metadata"]["name"], "smol-api-keys");
+        assert_eq!(secret["stringData"]["keys"], "key-one\nkey-two\n");
+        let deployment = guarded.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        let pod = &deployment["spec"]["template"];
+        let server = &pod["spec"]["containers"][0];
+        assert_eq!(
+            server["env"][0],
+            json!({ "name": "MODELSHIP_API_KEYS_FILE", "value": "/var/run/modelship/api-keys/keys" })
+        );
+        assert!(
+            pod["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["secret"]["secretName"] == "smol-api-keys")
+        );
+        // The keys are in the Secret only; a change of keys changes the pods.
+        assert!(!deployment.to_string().contains("key-one"));
+        let other = manifests(
+            &spec,
+            "img",
+            &plan,
+            "ns",
+            &BTreeSet::from(["key-three".to_owned()]),
+        );
+        let digest = |objects: &[Value]| {
+            objects.iter().find(|o| o["kind"] == "Deployment").unwrap()["spec"]["template"]
+                ["metadata"]["annotations"]["modelship.dev/api-keys-digest"]
+                .clone()
+        };
+        assert_ne!(digest(&guarded), digest(&other));
     }
 
     #[test]

@@ -168,6 +168,9 @@ pub(crate) struct Ctx {
     pub published: Option<tokio::sync::watch::Sender<Routable>>,
     /// The key replicas are started with, when the gateway has keys.
     pub replica_key: Option<modelship_types::auth::Secret>,
+    /// The API keys (the gateway's): Kubernetes pods, which clients reach
+    /// through their Service rather than the gateway, require them.
+    pub api_keys: std::collections::BTreeSet<String>,
 }
 
 impl Ctx {
@@ -271,6 +274,7 @@ pub async fn up(
         gateway_addr: bound.gateway,
         published,
         replica_key,
+        api_keys: api_keys.clone(),
     });
     for run in interrupted {
         ctx.event(

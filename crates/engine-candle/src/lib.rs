@@ -19,4 +19,4 @@ pub use candle_core::Device;
 pub use decoder::{DecoderBackend, window_cache_positions};
 pub use device::{DeviceError, parse_device};
 pub use linear::{candle_packed_bytes, reads_in_place};
-pub use load::{LoadError, LoadOptions, OpenModel, load, open};
+pub use load::{LoadError, LoadOptions, OpenModel, check_gguf_weights, load, open};

@@ -79,20 +79,47 @@ pub fn open(path: &Path, device: &Device, max_context: usize) -> Result<OpenMode
         ModelSource::HfDir(dir) => open_hf(&dir, device, max_context),
         ModelSource::Gguf(file) => {
             let gguf = GgufFile::open(&file)?;
-            let architecture = gguf.architecture()?;
-            if architecture == "bert" {
-                open_bert_gguf(gguf, device)
-            } else if Family::from_architecture(architecture).is_some() {
-                open_decoder(gguf, device, max_context)
-            } else {
-                Err(LoadError::Unsupported {
-                    path: file,
-                    architecture: architecture.to_owned(),
-                    decoders: Family::SUPPORTED,
-                    checkpoints: CHECKPOINT_TYPES,
-                })
+            match gguf_kind(&gguf)? {
+                GgufKind::Bert => open_bert_gguf(gguf, device),
+                GgufKind::Decoder => open_decoder(gguf, device, max_context),
             }
         }
+    }
+}
+
+/// Loads the weights of the GGUF file at `path` as [`open`] does (every
+/// tensor its architecture needs, each of the shape the metadata implies)
+/// on the CPU, without building its tokenizer: how `quantize` checks what
+/// it wrote. The matrices our kernels read stay mapped, not copied.
+pub fn check_gguf_weights(path: &Path) -> Result<(), LoadError> {
+    let gguf = GgufFile::open(path)?;
+    let device = Device::Cpu;
+    match gguf_kind(&gguf)? {
+        GgufKind::Bert => BertBackend::from_gguf(&gguf, &device).map(drop),
+        GgufKind::Decoder => DecoderBackend::from_gguf(&gguf, &device, 16).map(drop),
+    }
+    .map_err(weights_err(path))
+}
+
+enum GgufKind {
+    Bert,
+    Decoder,
+}
+
+/// Which loader reads `gguf`, by its architecture.
+fn gguf_kind(gguf: &GgufFile) -> Result<GgufKind, LoadError> {
+    let architecture = gguf.architecture()?;
+    if architecture == "bert" {
+        Ok(GgufKind::Bert)
+    } else if Family::from_architecture(architecture).is_some() {
+        Ok(GgufKind::Decoder)
+    } else {
+        Err(LoadError::Unsupported {
+            path: gguf.path.clone(),
+            architecture: architecture.to_owned(),
+            decoders: Family::SUPPORTED,
+            checkpoints: CHECKPOINT_TYPES,
+        })
     }
 }
 

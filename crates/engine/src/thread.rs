@@ -44,12 +44,14 @@ impl<J: Send + 'static> ComputeThread<J> {
             .name(name.into())
             .spawn(move || {
                 let why = match catch_unwind(AssertUnwindSafe(|| body(&mut rx))) {
+                    // Its engine was dropped: the queue closed.
                     Ok(()) => "the engine thread returned".to_owned(),
                     Err(payload) => {
-                        format!("the engine thread panicked: {}", panic_text(&*payload))
+                        let why = format!("the engine thread panicked: {}", panic_text(&*payload));
+                        tracing::error!(reason = %why, "engine stopped");
+                        why
                     }
                 };
-                tracing::error!(reason = %why, "engine stopped");
                 let _ = reason.set(why);
                 // Closing the queue last: whoever sees it closed finds the reason.
                 drop(rx);

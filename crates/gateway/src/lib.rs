@@ -8,6 +8,8 @@
 
 mod balance;
 pub mod etcd;
+#[doc(hidden)]
+pub mod fuzz;
 mod http1;
 mod listen;
 mod proxy;

@@ -139,17 +139,8 @@ impl DecoderCheckpoint {
                 supported: CHECKPOINT_TYPES,
             })?;
         let config_path = hf.dir.join("config.json");
-        // Gemma 3's multimodal config keeps the decoder in `text_config`.
         let root = hf.config.as_object().expect("HfModel checks an object");
-        let (json, prefix) = match root.get("text_config") {
-            Some(Json::Object(text)) => (text, "text_config."),
-            _ => (root, ""),
-        };
-        let config = Config {
-            path: &config_path,
-            json,
-            prefix,
-        };
+        let config = Config::of_decoder(&config_path, root);
         let mut metadata = arch_metadata(family, &config)?;
         let name = root
             .get("_name_or_path")
@@ -431,7 +422,17 @@ struct Config<'a> {
     prefix: &'a str,
 }
 
-impl Config<'_> {
+impl<'a> Config<'a> {
+    /// The decoder's part of `root`: Gemma 3's multimodal config keeps it
+    /// in `text_config`.
+    fn of_decoder(path: &'a Path, root: &'a Map<String, Json>) -> Self {
+        let (json, prefix) = match root.get("text_config") {
+            Some(Json::Object(text)) => (text, "text_config."),
+            _ => (root, ""),
+        };
+        Config { path, json, prefix }
+    }
+
     fn bad(&self, field: &str, problem: impl Into<String>) -> ModelError {
         ModelError::Config {
             path: self.path.to_owned(),
@@ -1107,6 +1108,17 @@ fn write_order(gguf: &str) -> (usize, usize, String) {
         None if gguf.starts_with("token_embd") => (0, 0, gguf.to_owned()),
         None => (2, 0, gguf.to_owned()),
     }
+}
+
+/// The `{arch}.*` metadata a parsed `config.json` converts to (no tokenizer,
+/// no weights), for the fuzz target: `None` for an unknown `model_type`.
+pub(crate) fn config_metadata(
+    path: &Path,
+    root: &Map<String, Json>,
+) -> Option<Result<HashMap<String, Value>, ModelError>> {
+    let model_type = root.get("model_type").and_then(Json::as_str)?;
+    let family = checkpoint_family(model_type)?;
+    Some(arch_metadata(family, &Config::of_decoder(path, root)))
 }
 
 #[cfg(test)]

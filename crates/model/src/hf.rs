@@ -181,26 +181,52 @@ fn read_safetensors_header(path: &Path, file: usize) -> Result<Vec<SafetensorsTe
     let mut len = [0u8; 8];
     f.read_exact(&mut len)
         .map_err(|_| ModelError::invalid(path, "shorter than the 8-byte header length"))?;
-    let header_len = u64::from_le_bytes(len);
-    if header_len > MAX_HEADER_BYTES || header_len + 8 > file_len {
-        return Err(ModelError::invalid(
-            path,
-            // Not the value read: the file may be anything (a linked
-            // secret), and an error must not print its bytes.
-            format!(
-                "not a safetensors file: its 8-byte header length at offset 0 \
-                 does not fit the file ({file_len} bytes) or the {MAX_HEADER_BYTES}-byte limit"
-            ),
-        ));
-    }
+    let header_len = header_length(u64::from_le_bytes(len), file_len)
+        .map_err(|reason| ModelError::invalid(path, reason))?;
     let mut header = vec![0u8; header_len as usize];
     f.read_exact(&mut header).map_err(ModelError::io(path))?;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|source| ModelError::Json {
+    parse_safetensors_header(&header, file_len, file).map_err(|e| match e {
+        HeaderError::Json(source) => ModelError::Json {
             path: path.to_owned(),
             source,
-        })?;
-    let data_len = file_len - 8 - header_len;
+        },
+        HeaderError::Invalid(reason) => ModelError::invalid(path, reason),
+    })
+}
+
+/// The header's length from the file's first 8 bytes, if it fits the file
+/// and the limit.
+pub(crate) fn header_length(declared: u64, file_len: u64) -> Result<u64, String> {
+    if declared > MAX_HEADER_BYTES || declared + 8 > file_len {
+        // Not the value read: the file may be anything (a linked secret),
+        // and an error must not print its bytes.
+        return Err(format!(
+            "not a safetensors file: its 8-byte header length at offset 0 \
+             does not fit the file ({file_len} bytes) or the {MAX_HEADER_BYTES}-byte limit"
+        ));
+    }
+    Ok(declared)
+}
+
+pub(crate) enum HeaderError {
+    Json(serde_json::Error),
+    Invalid(String),
+}
+
+/// The tensors a safetensors JSON header `header` lists, in a file of
+/// `file_len` bytes (the header starting at byte 8): every range checked
+/// against its dtype and shape and against the data that follows.
+pub(crate) fn parse_safetensors_header(
+    header: &[u8],
+    file_len: u64,
+    file: usize,
+) -> Result<Vec<SafetensorsTensor>, HeaderError> {
+    let header_len = header.len() as u64;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(HeaderError::Json)?;
+    let data_len = file_len
+        .checked_sub(8 + header_len)
+        .ok_or_else(|| HeaderError::Invalid("the header is longer than the file".into()))?;
     let mut tensors = Vec::with_capacity(header.len());
     for (name, entry) in header {
         if name == "__metadata__" {
@@ -213,13 +239,10 @@ fn read_safetensors_header(path: &Path, file: usize) -> Result<Vec<SafetensorsTe
             data_offsets: (u64, u64),
         }
         let e: Entry = serde_json::from_value(entry)
-            .map_err(|err| ModelError::invalid(path, format!("tensor `{name}`: {err}")))?;
+            .map_err(|err| HeaderError::Invalid(format!("tensor `{name}`: {err}")))?;
         let (begin, end) = e.data_offsets;
         let width = dtype_width(&e.dtype).ok_or_else(|| {
-            ModelError::invalid(
-                path,
-                format!("tensor `{name}`: unknown dtype `{}`", e.dtype),
-            )
+            HeaderError::Invalid(format!("tensor `{name}`: unknown dtype `{}`", e.dtype))
         })?;
         // Checked: a hostile shape must not wrap around to a plausible size.
         let elements = e
@@ -229,13 +252,10 @@ fn read_safetensors_header(path: &Path, file: usize) -> Result<Vec<SafetensorsTe
         let size = elements.and_then(|n| n.checked_mul(width));
         let elements = elements.unwrap_or(u64::MAX);
         if end < begin || end > data_len || Some(end - begin) != size {
-            return Err(ModelError::invalid(
-                path,
-                format!(
-                    "tensor `{name}`: data_offsets [{begin}, {end}] do not hold {elements} {} values inside {data_len} data bytes",
-                    e.dtype
-                ),
-            ));
+            return Err(HeaderError::Invalid(format!(
+                "tensor `{name}`: data_offsets [{begin}, {end}] do not hold {elements} {} values inside {data_len} data bytes",
+                e.dtype
+            )));
         }
         tensors.push(SafetensorsTensor {
             name,

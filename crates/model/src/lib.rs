@@ -9,6 +9,8 @@ mod checkpoint;
 mod decoder;
 mod error;
 mod files;
+#[doc(hidden)]
+pub mod fuzz;
 mod gguf;
 mod gguf_header;
 mod hf;

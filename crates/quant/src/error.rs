@@ -24,6 +24,8 @@ pub enum QuantError {
         #[source]
         source: Box<candle_core::Error>,
     },
+    #[error("the written model would not load, so {path} was not written: {reason}")]
+    Refused { path: PathBuf, reason: String },
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,

@@ -18,5 +18,6 @@ pub use error::QuantError;
 pub use policy::{Decision, ModelShape, Rule};
 pub use quantize::{
     QuantizeOptions, Summary, TensorReport, planned_bytes, planned_tensors, quantize,
+    quantize_verified,
 };
 pub use source::{Source, SourceTensor};

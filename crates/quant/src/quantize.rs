@@ -99,6 +99,19 @@ pub fn quantize(
     opts: QuantizeOptions,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Summary, QuantError> {
+    quantize_verified(source, output, opts, progress, &|_| Ok(()))
+}
+
+/// [`quantize`], with `verify` asked about the written file before it takes
+/// `output`'s place: a file it refuses (one `serve` could not load, a
+/// tensor missing from the source) is removed, never left to be half-used.
+pub fn quantize_verified(
+    source: &Source,
+    output: &Path,
+    opts: QuantizeOptions,
+    progress: &mut dyn FnMut(usize, usize, &str),
+    verify: &dyn Fn(&Path) -> Result<(), String>,
+) -> Result<Summary, QuantError> {
     let start = Instant::now();
     let decisions: Vec<Decision> = planned_tensors(source, opts.to)
         .into_iter()
@@ -208,7 +221,13 @@ pub fn quantize(
             .map_err(write_err)?;
         Ok(reports)
     });
-    let tensors = match result {
+    let tensors = match result.and_then(|r| {
+        verify(&partial).map_err(|reason| QuantError::Refused {
+            path: output.to_owned(),
+            reason,
+        })?;
+        Ok(r)
+    }) {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_file(&partial);

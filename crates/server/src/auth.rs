@@ -13,11 +13,11 @@ pub(crate) async fn require_key(
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(key) = &state.api_key else {
+    if state.api_keys.is_empty() {
         return next.run(req).await;
-    };
+    }
     let given = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-    if modelship_types::auth::authorized(given, [&**key]) {
+    if modelship_types::auth::authorized(given, state.api_keys.iter().map(String::as_str)) {
         next.run(req).await
     } else {
         ApiError::unauthorized().into_response()

@@ -9,6 +9,8 @@ mod auth;
 mod completions;
 mod embeddings;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod input;
 mod json;
 mod metrics;
@@ -73,8 +75,8 @@ pub fn router(state: AppState) -> Router {
 pub struct ServeOptions {
     /// How long in-flight requests may run after shutdown begins.
     pub drain: Duration,
-    /// Bearer token required on the API routes.
-    pub api_key: Option<String>,
+    /// Bearer tokens the API routes accept (none: open).
+    pub api_keys: Vec<String>,
     /// How long a client may take to send a request's head, counted from
     /// the connection's last response when it is kept alive: a half-sent
     /// head and an idle connection are both closed after it.
@@ -85,11 +87,11 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
-    /// `drain` and `api_key` with the default connection timeouts.
-    pub fn new(drain: Duration, api_key: Option<String>) -> Self {
+    /// `drain` and `api_keys` with the default connection timeouts.
+    pub fn new(drain: Duration, api_keys: Vec<String>) -> Self {
         Self {
             drain,
-            api_key,
+            api_keys,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
         }
@@ -100,7 +102,7 @@ impl std::fmt::Debug for ServeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServeOptions")
             .field("drain", &self.drain)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_keys", &format!("<{} redacted>", self.api_keys.len()))
             .field("header_timeout", &self.header_timeout)
             .field("body_timeout", &self.body_timeout)
             .finish()
@@ -118,7 +120,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
 ) -> std::io::Result<()> {
-    let state = AppState::new(engine.clone(), metrics::recorder()).with_api_key(options.api_key);
+    let state = AppState::new(engine.clone(), metrics::recorder()).with_api_keys(options.api_keys);
     let ready = state.ready.clone();
     let app = router(state).layer(axum::Extension(json::BodyTimeout(options.body_timeout)));
     let mut http = hyper::server::conn::http1::Builder::new();

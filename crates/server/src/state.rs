@@ -13,8 +13,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// False once shutdown begins: readiness fails so balancers stop sending.
     pub ready: Arc<AtomicBool>,
-    /// Bearer token the API routes require, when set. Never logged.
-    pub api_key: Option<Arc<str>>,
+    /// Bearer tokens the API routes accept; none: the API is open. Never
+    /// logged.
+    pub api_keys: Arc<[String]>,
 }
 
 impl AppState {
@@ -23,13 +24,13 @@ impl AppState {
             engine,
             metrics,
             ready: Arc::new(AtomicBool::new(true)),
-            api_key: None,
+            api_keys: Arc::from([]),
         }
     }
 
     /// Requires `Authorization: Bearer KEY` on the API routes.
-    pub fn with_api_key(mut self, key: Option<String>) -> Self {
-        self.api_key = key.map(Arc::from);
+    pub fn with_api_keys(mut self, keys: Vec<String>) -> Self {
+        self.api_keys = Arc::from(keys);
         self
     }
 

@@ -99,7 +99,7 @@ struct InferInput {
 /// Request-level parameters: `truncate` for embeddings, sampling for generation.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InferParameters {
+pub(crate) struct InferParameters {
     #[serde(default)]
     truncate: bool,
     max_tokens: Option<usize>,
@@ -115,7 +115,9 @@ fn bad(param: &str, message: impl Into<String>) -> ApiError {
 }
 
 /// The texts of the request's single BYTES input, with its shape checked.
-fn texts(req: InferRequest) -> Result<(Vec<String>, InferParameters, Option<String>), ApiError> {
+pub(crate) fn texts(
+    req: InferRequest,
+) -> Result<(Vec<String>, InferParameters, Option<String>), ApiError> {
     let mut inputs = req.inputs;
     if inputs.len() != 1 {
         return Err(bad(

@@ -468,7 +468,7 @@ async fn an_api_key_guards_the_api_but_not_health_or_metrics() {
     use axum::http::Request;
     let state = || {
         modelship_server::AppState::new(minilm(), modelship_server::recorder())
-            .with_api_key(Some("s3cret".into()))
+            .with_api_keys(vec!["s3cret".into()])
     };
     let embed = |auth: Option<&str>| {
         let mut r = Request::post("/v1/embeddings").header("content-type", "application/json");

@@ -53,7 +53,7 @@ fn minilm_engine(limits: ServingLimits, panics_over: usize) -> Arc<Engine> {
 }
 
 fn options() -> ServeOptions {
-    ServeOptions::new(Duration::from_secs(5), None)
+    ServeOptions::new(Duration::from_secs(5), Vec::new())
 }
 
 async fn status(client: &reqwest::Client, url: String) -> u16 {

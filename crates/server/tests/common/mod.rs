@@ -136,7 +136,8 @@ pub fn vectors(v: &Value) -> Vec<Vec<f32>> {
 
 /// Serves `engine` on a real loopback socket; returns its base URL.
 pub async fn spawn_server(engine: Arc<Engine>) -> String {
-    let options = modelship_server::ServeOptions::new(std::time::Duration::from_secs(5), None);
+    let options =
+        modelship_server::ServeOptions::new(std::time::Duration::from_secs(5), Vec::new());
     spawn_server_with(engine, options).await.0
 }
 

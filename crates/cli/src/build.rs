@@ -180,9 +180,13 @@ fn build_into(
 ) -> anyhow::Result<(Layout, modelship_package::BuiltImage)> {
     say("optimizing (cached when built before)…");
     let artifact = rt.block_on(modelship_control::optimized_model(data_dir, spec))?;
-    let mut image_spec =
-        package::image_spec(spec, &artifact, runtime, package::source_date_epoch()?)?;
-    image_spec.follow_links = follow_links;
+    let image_spec = package::image_spec(
+        spec,
+        &artifact,
+        runtime,
+        package::source_date_epoch()?,
+        follow_links,
+    )?;
     let layout = Layout::open(layout_dir)?;
     let image = modelship_package::build(&image_spec, &layout, &mut |step| {
         say(&format!("writing the {step}…"))

@@ -110,8 +110,16 @@ fn kubernetes(args: KubernetesArgs) -> Result<(), Failure> {
         Some(path) => crate::up::read_api_keys(path)?,
         None => Default::default(),
     };
-    let objects =
-        modelship_control::kubernetes::manifests(&spec, &image, &plan, &args.namespace, &keys);
+    // No salt for the keys' digest here: pods of rendered objects pick up
+    // new keys when they restart.
+    let objects = modelship_control::kubernetes::manifests(
+        &spec,
+        &image,
+        &plan,
+        &args.namespace,
+        &keys,
+        None,
+    );
     print!("{}", yaml_documents(&objects).map_err(Failure::User)?);
     Ok(())
 }

@@ -57,10 +57,10 @@ pub struct Args {
     shutdown_timeout: u64,
     /// Seconds a client may take to send a request's head; a kept-alive
     /// connection idle this long is closed too.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = modelship_server::HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     header_timeout: u64,
     /// Seconds a request's body may take to arrive (408 after).
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = modelship_server::BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout: u64,
     /// Require `Authorization: Bearer KEY` on the API routes (health and
     /// metrics stay open).

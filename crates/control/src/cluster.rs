@@ -26,12 +26,12 @@ pub(crate) struct Applied {
 pub(crate) type AppliedMap = HashMap<String, Applied>;
 
 /// The objects `rev` renders to with `replicas` pods, in `namespace`; the
-/// pods require `api_keys` when there are any.
+/// pods require the control plane's API keys when it has any.
 pub(crate) fn objects(
+    ctx: &Ctx,
     rev: &Revision,
     replicas: u32,
     namespace: &str,
-    api_keys: &std::collections::BTreeSet<String>,
 ) -> anyhow::Result<Vec<Value>> {
     let image = rev
         .image
@@ -39,8 +39,16 @@ pub(crate) fn objects(
         .ok_or_else(|| anyhow::anyhow!("revision {} has no image", rev.number))?;
     let mut report = crate::plan::plan_artifact(&rev.spec, &rev.artifact, &[])?;
     report.replicas = replicas;
+    // The replica key salts the keys' digest: a secret nobody reading the
+    // Deployment knows.
+    let salt = ctx.replica_key.as_ref().map(|k| k.expose());
     Ok(crate::kubernetes::manifests(
-        &rev.spec, image, &report, namespace, api_keys,
+        &rev.spec,
+        image,
+        &report,
+        namespace,
+        &ctx.api_keys,
+        salt,
     ))
 }
 
@@ -89,7 +97,7 @@ pub(crate) async fn pass(ctx: &Ctx, desired: &[Desired]) -> anyhow::Result<()> {
         let Some(rev) = ctx.store.revision(&d.deployment, d.revision)? else {
             continue;
         };
-        let objects = objects(&rev, d.replicas, &namespace, &ctx.api_keys)?;
+        let objects = objects(ctx, &rev, d.replicas, &namespace)?;
         kube.apply(&objects).await?;
         ctx.event(
             &d.deployment,

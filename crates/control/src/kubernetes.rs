@@ -28,14 +28,18 @@ const API_KEYS_FILE: &str = "keys";
 /// With `api_keys`, the pods require them: on a cluster the Service is the
 /// way in (no gateway stands in front), so it asks for the keys the gateway
 /// would. They travel in a Secret mounted as a file (never in the pod spec,
-/// where anyone who may read Deployments would see them), and a digest of
-/// them on the pod template rolls the pods when they change.
+/// where anyone who may read Deployments would see them). With `keys_salt`
+/// (a secret of the control plane's own) a digest of the keys salted with
+/// it goes on the pod template, so pods roll when the keys change and the
+/// digest tells nothing about weak keys; without one there is none, and
+/// pods pick up new keys when they restart.
 pub fn manifests(
     spec: &ModelDeployment,
     image: &str,
     plan: &Report,
     namespace: &str,
     api_keys: &BTreeSet<String>,
+    keys_salt: Option<&str>,
 ) -> Vec<Value> {
     let name = &spec.metadata.name;
     let s = &spec.spec;
@@ -96,6 +100,9 @@ pub fn manifests(
             "runAsNonRoot": true,
             "runAsUser": modelship_package::USER_ID,
             "runAsGroup": modelship_package::USER_ID,
+            // Mounted Secrets (the API keys) belong to this group, so the
+            // server, not root only, may read them.
+            "fsGroup": modelship_package::USER_ID,
             "seccompProfile": { "type": "RuntimeDefault" },
         },
         "containers": [container],
@@ -134,8 +141,11 @@ pub fn manifests(
                 "name": "api-keys",
                 "secret": { "secretName": keys_secret, "defaultMode": 0o440 },
             }));
-        pod_annotations["modelship.dev/api-keys-digest"] =
-            json!(crate::digest::of_bytes(keys_text.as_bytes()));
+        if let Some(salt) = keys_salt {
+            let salted = format!("{salt}\n{keys_text}");
+            pod_annotations["modelship.dev/api-keys-digest"] =
+                json!(crate::digest::of_bytes(salted.as_bytes()));
+        }
     }
     let mut deployment_spec = json!({
         "selector": { "matchLabels": selector },
@@ -477,10 +487,10 @@ mod tests {
         }))
         .unwrap();
         let plan = crate::plan::plan(&spec, &[]).unwrap();
-        let open = manifests(&spec, "img", &plan, "ns", &BTreeSet::new());
+        let open = manifests(&spec, "img", &plan, "ns", &BTreeSet::new(), Some("salt"));
         assert!(open.iter().all(|o| o["kind"] != "Secret"));
         let keys = BTreeSet::from(["key-one".to_owned(), "key-two".to_owned()]);
-        let guarded = manifests(&spec, "img", &plan, "ns", &keys);
+        let guarded = manifests(&spec, "img", &plan, "ns", &keys, Some("salt"));
         let secret = guarded.iter().find(|o| o["kind"] == "Secret").unwrap();
         assert_eq!(secret["metadata"]["name"], "smol-api-keys");
         assert_eq!(secret["stringData"]["keys"], "key-one\nkey-two\n");
@@ -506,6 +516,7 @@ mod tests {
             &plan,
             "ns",
             &BTreeSet::from(["key-three".to_owned()]),
+            Some("salt"),
         );
         let digest = |objects: &[Value]| {
             objects.iter().find(|o| o["kind"] == "Deployment").unwrap()["spec"]["template"]
@@ -513,6 +524,12 @@ mod tests {
                 .clone()
         };
         assert_ne!(digest(&guarded), digest(&other));
+        // Salted: the digest is not the keys' own.
+        let unsalted = crate::digest::of_bytes(b"key-one\nkey-two\n");
+        assert!(digest(&guarded).is_string() && digest(&guarded) != json!(unsalted));
+        // Without a salt, no digest at all.
+        let rendered = manifests(&spec, "img", &plan, "ns", &keys, None);
+        assert!(digest(&rendered).is_null());
     }
 
     #[test]

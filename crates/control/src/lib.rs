@@ -224,8 +224,6 @@ pub async fn up(
         )
     })?;
     let store = Store::open(&config.data_dir.join("state.db"))?;
-    // No run survives the control plane that ran it.
-    let interrupted = store.interrupt_runs(modelship_orchestrator::now_ms())?;
     let api_listener = tokio::net::TcpListener::bind(config.api)
         .await
         .with_context(|| format!("cannot listen on {} (--api-port)", config.api))?;
@@ -253,6 +251,10 @@ pub async fn up(
         api: api_listener.local_addr()?,
         gateway: gateway_addr,
     };
+    // No run survives the control plane that ran it. Ended only once this
+    // one holds its ports: a second `up` on the same data directory and
+    // ports fails above, before it touches the first one's runs.
+    let interrupted = store.interrupt_runs(modelship_orchestrator::now_ms())?;
     let published = config.discovery.map(|etcd| {
         let (tx, rx) = tokio::sync::watch::channel(Routable::default());
         tokio::spawn(publish_to_etcd(etcd, rx));

@@ -24,12 +24,15 @@ pub fn images_dir(data_dir: &Path) -> PathBuf {
 }
 
 /// What the image of `spec` serving `artifact` holds. `created` stamps it
-/// (seconds since the epoch; `SOURCE_DATE_EPOCH` or 0).
+/// (seconds since the epoch; `SOURCE_DATE_EPOCH` or 0); `follow_links`
+/// packages what links leaving the model directory point to
+/// ([`ImageSpec::follow_links`]).
 pub fn image_spec(
     spec: &ModelDeployment,
     artifact: &Artifact,
     runtime: PathBuf,
     created: u64,
+    follow_links: bool,
 ) -> anyhow::Result<ImageSpec> {
     // No nodes: the image records what one replica needs, not where it ran.
     let report = plan::plan_artifact(spec, &artifact.path, &[])?;
@@ -96,7 +99,7 @@ pub fn image_spec(
         port: PORT,
         labels,
         created,
-        follow_links: false,
+        follow_links,
     })
 }
 

@@ -353,7 +353,9 @@ async fn package(
     let (data_dir, spec2, artifact2) = (ctx.data_dir.clone(), spec.clone(), artifact.clone());
     // Planning reads the model and building compresses it: off the workers.
     let (layout, image) = blocking(move || {
-        let image_spec = crate::package::image_spec(&spec2, &artifact2, exe, created)?;
+        // A spec has no switch for links leaving the model directory:
+        // `modelship build --follow-links` and `spec.image` package those.
+        let image_spec = crate::package::image_spec(&spec2, &artifact2, exe, created, false)?;
         crate::package::build(&data_dir, &image_spec, &mut |step| {
             tracing::debug!("package: {step}")
         })

@@ -42,6 +42,12 @@ pub struct Embeddings {
     pub prompt_tokens: usize,
 }
 
+/// Embedding inputs as [`Engine::tokenize_inputs`] checked them (not empty,
+/// none past the context): the only way to make one, so the scheduler only
+/// ever sees inputs that fit its budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedInputs(Vec<Vec<u32>>);
+
 /// Optional request knobs before defaults are applied.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerateRequest {
@@ -154,7 +160,7 @@ impl Engine {
         &self,
         texts: &[String],
         truncate: bool,
-    ) -> Result<Vec<Vec<u32>>, EngineError> {
+    ) -> Result<EmbedInputs, EngineError> {
         if !matches!(self.worker, Worker::Embed(_)) {
             return Err(self.wrong_task(Task::Embeddings));
         }
@@ -201,14 +207,15 @@ impl Engine {
             }
             inputs.push(ids);
         }
-        Ok(inputs)
+        Ok(EmbedInputs(inputs))
     }
 
     /// Vectors for inputs from [`Engine::tokenize_inputs`], in order.
-    pub async fn embed_tokens(&self, inputs: Vec<Vec<u32>>) -> Result<Embeddings, EngineError> {
+    pub async fn embed_tokens(&self, inputs: EmbedInputs) -> Result<Embeddings, EngineError> {
         let Worker::Embed(embedder) = &self.worker else {
             return Err(self.wrong_task(Task::Embeddings));
         };
+        let EmbedInputs(inputs) = inputs;
         let prompt_tokens = inputs.iter().map(Vec::len).sum();
         let vectors = embedder.embed(inputs).await?;
         Ok(Embeddings {

@@ -18,7 +18,7 @@ pub mod stop;
 mod thread;
 
 pub use backend::{BackendError, EmbedBackend, GenerateBackend};
-pub use engine::{Embeddings, Engine, GenerateRequest, ModelCard, Prompt};
+pub use engine::{EmbedInputs, Embeddings, Engine, GenerateRequest, ModelCard, Prompt};
 pub use error::EngineError;
 pub use generator::{FinishReason, GenerateParams, GenerationEvent, GenerationStream, Usage};
 pub use sampler::SamplingParams;

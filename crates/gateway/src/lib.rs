@@ -50,8 +50,8 @@ pub struct Config {
     pub eject_for: Duration,
     /// Largest request body buffered (bodies are kept to retry them).
     pub max_body_bytes: usize,
-    /// Longest a request's head may take from its first byte, and a body
-    /// between two reads (the client gets 408 and the connection closes).
+    /// Longest a request's head may take from its first byte, and its body
+    /// after the head (the client gets 408 and the connection closes).
     pub request_timeout: Duration,
     /// How long a kept-alive client connection may sit between requests
     /// before the gateway closes it.

@@ -188,10 +188,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
 enum Wait {
     /// Between requests: up to the idle timeout, or until shutdown.
     Idle(Duration),
-    /// Within a request's head: until its deadline.
+    /// Within a request: until its deadline.
     Until(tokio::time::Instant),
-    /// Within a body: this long for each read.
-    Each(Duration),
 }
 
 /// Reads more of the request into `buf`, waiting as `wait` allows. A client
@@ -220,9 +218,6 @@ async fn read_more<S: AsyncRead + Unpin>(
             _ = tokio::time::sleep(idle) => return Err(Stop::Quietly),
         },
         Wait::Until(deadline) => tokio::time::timeout_at(deadline, io.read_buf(buf))
-            .await
-            .map_err(|_| stalled())?,
-        Wait::Each(each) => tokio::time::timeout(each, io.read_buf(buf))
             .await
             .map_err(|_| stalled())?,
     };
@@ -275,7 +270,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<After, Stop> {
     let config = &shared.gateway.inner.config;
     let timeout = config.request_timeout;
-    // The head must be whole within `request_timeout` of its first byte.
+    // The head must be whole within `request_timeout` of its first byte,
+    // and the body within as long again: a client trickling a byte a
+    // minute cannot hold a connection and its buffer.
     let mut deadline = None;
     let head = loop {
         if let Some((head, len)) = http1::parse_request(buf).map_err(Stop::Answer)? {
@@ -291,6 +288,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         };
         read_more(io, buf, stop, wait, timeout).await?;
     };
+    let body_deadline = tokio::time::Instant::now() + timeout;
     let length = head.body_length(None).map_err(Stop::Answer)?;
     let max = config.max_body_bytes;
     let too_large = || {
@@ -312,7 +310,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         Length::Fixed(n) => {
             let n = n as usize;
             while buf.len() < n {
-                read_more(io, buf, stop, Wait::Each(timeout), timeout).await?;
+                read_more(io, buf, stop, Wait::Until(body_deadline), timeout).await?;
             }
             buf.drain(..n).collect()
         }
@@ -329,7 +327,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 if chunked.done() {
                     break body;
                 }
-                read_more(io, buf, stop, Wait::Each(timeout), timeout).await?;
+                read_more(io, buf, stop, Wait::Until(body_deadline), timeout).await?;
             }
         }
         // `body_length` gives requests no close-delimited bodies.

@@ -11,7 +11,7 @@ use crate::ModelError;
 /// dozens of messages.
 const TEMPLATE_FUEL: u64 = 1_000_000;
 /// The longest prompt a template may write.
-const MAX_RENDERED: usize = 16 << 20;
+pub(crate) const MAX_RENDERED: usize = 16 << 20;
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -139,6 +139,14 @@ impl Family {
     }
 }
 
+// Far above any model (Llama 3 405B: 126 layers, width 16384, 128 heads),
+// and low enough that products of them cannot overflow.
+pub(crate) const MAX_LAYERS: usize = 1 << 12;
+pub(crate) const MAX_WIDTH: usize = 1 << 20;
+pub(crate) const MAX_HEADS: usize = 1 << 12;
+pub(crate) const MAX_HEAD_DIM: usize = 1 << 14;
+pub(crate) const MAX_FEED_FORWARD: usize = 1 << 22;
+
 impl DecoderHparams {
     /// Reads `{arch}.*` metadata. Fails naming the key that is missing or of
     /// the wrong type, and on head counts that do not fit together.
@@ -188,10 +196,10 @@ impl DecoderHparams {
         // per-layer tables are small; the tensors' shapes are checked
         // against them at load.
         for (k, v, max) in [
-            ("block_count", layers, 1 << 12),
-            ("embedding_length", width, 1 << 20),
-            ("attention.head_count", heads, 1 << 12),
-            ("attention.head_count_kv", kv_heads, 1 << 12),
+            ("block_count", layers, MAX_LAYERS),
+            ("embedding_length", width, MAX_WIDTH),
+            ("attention.head_count", heads, MAX_HEADS),
+            ("attention.head_count_kv", kv_heads, MAX_HEADS),
         ] {
             if v > max {
                 return Err(bad(k, "larger than any model modelship runs"));
@@ -215,13 +223,13 @@ impl DecoderHparams {
                 "not an even size equal to the value length",
             ));
         }
-        if head_dim > 1 << 14 {
+        if head_dim > MAX_HEAD_DIM {
             return Err(bad(
                 "attention.key_length",
                 "larger than any model modelship runs",
             ));
         }
-        if opt_uint("feed_forward_length")?.is_some_and(|f| f > 1 << 22) {
+        if opt_uint("feed_forward_length")?.is_some_and(|f| f > MAX_FEED_FORWARD) {
             return Err(bad(
                 "feed_forward_length",
                 "larger than any model modelship runs",

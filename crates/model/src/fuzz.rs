@@ -46,7 +46,7 @@ pub fn gguf_header(bytes: &[u8]) {
         skipped: header.skipped,
     };
     if let Ok(hp) = DecoderHparams::from_gguf(&gguf) {
-        assert!(hp.layers <= 4096 && hp.width <= 1 << 20);
+        within_limits(&hp);
     }
 }
 
@@ -95,7 +95,7 @@ pub fn checkpoint_config(bytes: &[u8]) {
         skipped: Vec::new(),
     };
     if let Ok(hp) = DecoderHparams::from_gguf(&gguf) {
-        assert!(hp.layers <= 4096 && hp.heads <= 4096 && hp.head_dim <= 1 << 14);
+        within_limits(&hp);
     }
 }
 
@@ -123,8 +123,17 @@ pub fn chat_template(bytes: &[u8]) {
         })
         .collect();
     if let Ok(prompt) = template.render(&messages) {
-        assert!(prompt.len() <= 16 << 20);
+        assert!(prompt.len() <= crate::chat::MAX_RENDERED);
     }
+}
+
+/// What `DecoderHparams::from_gguf` promises of what it accepts.
+fn within_limits(hp: &DecoderHparams) {
+    use crate::decoder::{MAX_FEED_FORWARD, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_WIDTH};
+    assert!(hp.layers <= MAX_LAYERS && hp.width <= MAX_WIDTH);
+    assert!(hp.heads <= MAX_HEADS && hp.kv_heads <= MAX_HEADS && hp.head_dim <= MAX_HEAD_DIM);
+    assert!(hp.feed_forward <= MAX_FEED_FORWARD);
+    assert!(hp.heads.is_multiple_of(hp.kv_heads));
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Building an image: the three layers, the image config and the manifest,
 //! written into a [`Layout`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use flate2::Compression;
@@ -291,7 +291,13 @@ fn model_files(model: &Path, follow_links: bool) -> Result<Files, PackageError> 
             root: &root,
             follow_links,
         };
-        walk.dir(&mut files, model, &dest, &mut Vec::new())?;
+        walk.dir(
+            &mut files,
+            model,
+            &dest,
+            &mut Vec::new(),
+            &mut HashSet::new(),
+        )?;
     } else {
         files.file(&dest, Source::File(model.to_owned()), 0o644);
     }
@@ -305,14 +311,17 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    /// Adds `dir` under `dest`; `open` holds the resolved directories being
-    /// walked, so a link back to one of them is a loop, refused.
+    /// Adds `dir` under `dest`. `open` holds the resolved directories being
+    /// walked, so a link back to one of them is a loop, refused; `seen`
+    /// every one walked, so links cannot make a directory's content count
+    /// twice (or, chained, 2^n times).
     fn dir(
         &self,
         files: &mut Files,
         dir: &Path,
         dest: &str,
         open: &mut Vec<PathBuf>,
+        seen: &mut HashSet<PathBuf>,
     ) -> Result<(), PackageError> {
         let reading = |source| PackageError::Io {
             what: format!("reading the model directory {}", dir.display()),
@@ -321,6 +330,12 @@ impl Walk<'_> {
         let resolved = std::fs::canonicalize(dir).map_err(reading)?;
         if open.contains(&resolved) {
             return Err(refused(dir, "links back to a directory that contains it"));
+        }
+        if !seen.insert(resolved.clone()) {
+            return Err(refused(
+                dir,
+                "is a second way into a directory already packaged",
+            ));
         }
         open.push(resolved);
         let mut entries = std::fs::read_dir(dir)
@@ -346,9 +361,12 @@ impl Walk<'_> {
             // Follows links: the checks above decided they may be.
             let meta = std::fs::metadata(&path).map_err(reading)?;
             if meta.is_dir() {
-                self.dir(files, &path, &dest, open)?;
+                self.dir(files, &path, &dest, open, seen)?;
             } else if meta.is_file() {
-                files.file(&dest, Source::File(path), 0o644);
+                // The resolved path, not the link: what was checked is what
+                // the layer reads, even if the link changes meanwhile.
+                let target = std::fs::canonicalize(&path).map_err(reading)?;
+                files.file(&dest, Source::File(target), 0o644);
             } else {
                 return Err(refused(&path, "is not a regular file or directory"));
             }
@@ -430,6 +448,13 @@ mod tests {
             assert!(followed.iter().any(|p| p.contains(link)), "{followed:?}");
             std::fs::remove_file(model.join(link)).unwrap();
         }
+
+        // Two ways into one directory would package it twice (and chained,
+        // 2^n times): refused.
+        symlink("sub", model.join("sub2")).unwrap();
+        let err = packaged(&model, false).unwrap_err();
+        assert!(err.contains("second way"), "{err}");
+        std::fs::remove_file(model.join("sub2")).unwrap();
 
         // A loop and a dangling link are refused, never walked forever.
         symlink(".", model.join("sub/again")).unwrap();

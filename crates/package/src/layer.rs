@@ -41,12 +41,12 @@ impl Files {
         );
     }
 
-    /// Adds a file, and every missing parent directory (0755, root).
     /// The paths of the entries, in order.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
     }
 
+    /// Adds a file, and every missing parent directory (0755, root).
     pub fn file(&mut self, path: &str, source: Source, mode: u32) {
         let path = path.trim_matches('/');
         let mut parent = Path::new(path).parent();

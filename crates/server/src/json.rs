@@ -15,9 +15,6 @@ pub struct Json<T>(pub T);
 #[derive(Debug, Clone, Copy)]
 pub struct BodyTimeout(pub Duration);
 
-/// Without a [`BodyTimeout`] (a router used in-process).
-const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
-
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
@@ -25,7 +22,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
         let timeout = req
             .extensions()
             .get::<BodyTimeout>()
-            .map_or(DEFAULT_BODY_TIMEOUT, |t| t.0);
+            // Without one: a router used in-process.
+            .map_or(crate::BODY_TIMEOUT, |t| t.0);
         let read = tokio::time::timeout(timeout, Bytes::from_request(req, state));
         let bytes = read.await.map_err(|_| ApiError {
             status: StatusCode::REQUEST_TIMEOUT,

@@ -70,6 +70,11 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Default of [`ServeOptions::header_timeout`].
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of [`ServeOptions::body_timeout`].
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How a replica serves, beyond its engine.
 #[derive(Clone)]
 pub struct ServeOptions {
@@ -92,8 +97,8 @@ impl ServeOptions {
         Self {
             drain,
             api_keys,
-            header_timeout: Duration::from_secs(30),
-            body_timeout: Duration::from_secs(60),
+            header_timeout: HEADER_TIMEOUT,
+            body_timeout: BODY_TIMEOUT,
         }
     }
 }

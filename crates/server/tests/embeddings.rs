@@ -7,10 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use common::*;
-use modelship_engine::{BackendError, EmbedBackend, Engine, ModelCard};
-use modelship_engine_candle::{BertBackend, Device};
-use modelship_model::{HfModel, TextTokenizer};
-use modelship_types::{ServingLimits, Task};
+use modelship_engine::{BackendError, EmbedBackend, Engine};
+use modelship_engine_candle::BertBackend;
+use modelship_types::ServingLimits;
 use serde_json::json;
 
 /// Inputs of every kind: short, long, unicode, punctuation, whitespace.
@@ -359,26 +358,12 @@ impl EmbedBackend for Recording {
 }
 
 fn recording_engine(limits: ServingLimits) -> (Arc<Engine>, BatchLog) {
-    let dir = modelship_testkit::minilm();
-    let hf = HfModel::open(&dir).unwrap();
     let batches = Arc::new(Mutex::new(Vec::new()));
     let backend = Recording {
-        inner: BertBackend::load(&hf, &Device::Cpu).unwrap(),
+        inner: minilm_backend(),
         batches: batches.clone(),
     };
-    let card = ModelCard {
-        name: "minilm".into(),
-        task: Task::Embeddings,
-        architecture: "bert".into(),
-        max_context: limits.max_context,
-        dimensions: Some(384),
-        created: 0,
-    };
-    let tok = TextTokenizer::from_file(&hf.tokenizer_path()).unwrap();
-    (
-        Arc::new(Engine::embeddings(card, limits, tok, backend)),
-        batches,
-    )
+    (minilm_engine_around(backend, limits), batches)
 }
 
 #[tokio::test(flavor = "multi_thread")]

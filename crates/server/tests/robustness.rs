@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use modelship_engine::{BackendError, EmbedBackend, Engine, ModelCard};
-use modelship_engine_candle::{BertBackend, Device};
-use modelship_model::{HfModel, TextTokenizer};
+use modelship_engine::{BackendError, EmbedBackend, Engine};
+use modelship_engine_candle::BertBackend;
 use modelship_server::ServeOptions;
-use modelship_types::{ServingLimits, Task};
+use modelship_types::ServingLimits;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,21 +34,11 @@ impl EmbedBackend for Faulty {
 }
 
 fn minilm_engine(limits: ServingLimits, panics_over: usize) -> Arc<Engine> {
-    let hf = HfModel::open(&modelship_testkit::minilm()).unwrap();
     let backend = Faulty {
-        inner: BertBackend::load(&hf, &Device::Cpu).unwrap(),
+        inner: minilm_backend(),
         panics_over,
     };
-    let card = ModelCard {
-        name: "minilm".into(),
-        task: Task::Embeddings,
-        architecture: "bert".into(),
-        max_context: limits.max_context,
-        dimensions: Some(384),
-        created: 0,
-    };
-    let tokenizer = TextTokenizer::from_file(&hf.tokenizer_path()).unwrap();
-    Arc::new(Engine::embeddings(card, limits, tokenizer, backend))
+    minilm_engine_around(backend, limits)
 }
 
 fn options() -> ServeOptions {

@@ -27,6 +27,31 @@ fn candle_core_cpu() -> modelship_engine_candle::Device {
     modelship_engine_candle::parse_device("cpu").expect("cpu")
 }
 
+/// An embedding engine with MiniLM's card and tokenizer around `backend`
+/// (MiniLM's own, wrapped to record or to fail).
+pub fn minilm_engine_around(
+    backend: impl modelship_engine::EmbedBackend,
+    limits: ServingLimits,
+) -> Arc<Engine> {
+    let hf = modelship_model::HfModel::open(&modelship_testkit::minilm()).unwrap();
+    let card = modelship_engine::ModelCard {
+        name: "minilm".into(),
+        task: modelship_types::Task::Embeddings,
+        architecture: "bert".into(),
+        max_context: limits.max_context,
+        dimensions: Some(384),
+        created: 0,
+    };
+    let tokenizer = modelship_model::TextTokenizer::from_file(&hf.tokenizer_path()).unwrap();
+    Arc::new(Engine::embeddings(card, limits, tokenizer, backend))
+}
+
+/// MiniLM's own backend, as `serve` loads it.
+pub fn minilm_backend() -> modelship_engine_candle::BertBackend {
+    let hf = modelship_model::HfModel::open(&modelship_testkit::minilm()).unwrap();
+    modelship_engine_candle::BertBackend::load(&hf, &candle_core_cpu()).unwrap()
+}
+
 /// One MiniLM engine shared by the tests of a binary (default limits).
 pub fn minilm() -> Arc<Engine> {
     static E: OnceLock<Arc<Engine>> = OnceLock::new();

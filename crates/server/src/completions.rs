@@ -18,8 +18,9 @@ use serde_json::{Value, json};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::error::ApiError;
+use crate::inert::{self, Inert};
 use crate::input::{Content, Texts};
-use crate::json::Json;
+use crate::json::{OpenAiJson, OpenAiRequest};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -47,8 +48,10 @@ pub struct CompletionRequest {
     stream: bool,
     stream_options: Option<StreamOptions>,
     n: Option<usize>,
-    #[allow(dead_code)]
-    user: Option<String>,
+}
+
+impl OpenAiRequest for CompletionRequest {
+    const INERT: &'static [Inert] = inert::COMPLETIONS;
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,8 +79,10 @@ pub struct ChatRequest {
     stream: bool,
     stream_options: Option<StreamOptions>,
     n: Option<usize>,
-    #[allow(dead_code)]
-    user: Option<String>,
+}
+
+impl OpenAiRequest for ChatRequest {
+    const INERT: &'static [Inert] = inert::CHAT;
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -195,7 +200,7 @@ fn check_n(n: Option<usize>) -> Result<(), ApiError> {
 
 pub(crate) async fn completions(
     State(state): State<AppState>,
-    Json(req): Json<CompletionRequest>,
+    OpenAiJson(req): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     state.check_model(req.model.as_deref())?;
     check_n(req.n)?;
@@ -233,7 +238,7 @@ pub(crate) async fn completions(
 
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
-    Json(req): Json<ChatRequest>,
+    OpenAiJson(req): OpenAiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     state.check_model(req.model.as_deref())?;
     check_n(req.n)?;

@@ -5,13 +5,13 @@
 use crate::completions::{ChatRequest, CompletionRequest};
 use crate::embeddings::EmbeddingsRequest;
 use crate::error::ApiError;
-use crate::json::parse;
+use crate::json::{parse, parse_openai};
 use crate::v2::{InferRequest, texts};
 
 pub fn request_bodies(bytes: &[u8]) {
     check(parse::<EmbeddingsRequest>(bytes).map(drop));
-    check(parse::<CompletionRequest>(bytes).map(drop));
-    check(parse::<ChatRequest>(bytes).map(drop));
+    check(parse_openai::<CompletionRequest>(bytes).map(drop));
+    check(parse_openai::<ChatRequest>(bytes).map(drop));
     check(parse::<InferRequest>(bytes).and_then(texts).map(drop));
 }
 

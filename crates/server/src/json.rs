@@ -19,38 +19,79 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let timeout = req
-            .extensions()
-            .get::<BodyTimeout>()
-            // Without one: a router used in-process.
-            .map_or(crate::BODY_TIMEOUT, |t| t.0);
-        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state));
-        let bytes = read.await.map_err(|_| ApiError {
-            status: StatusCode::REQUEST_TIMEOUT,
-            message: format!("the request body did not arrive within {timeout:?}"),
-            param: None,
-        })?;
-        let bytes = bytes.map_err(|rejection| {
-            let status = rejection.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError {
-                    status,
-                    message: "the request body is larger than the limit (see --max-body-bytes)"
-                        .into(),
-                    param: None,
-                }
-            } else {
-                ApiError::bad_request(None, rejection.body_text())
-            }
-        })?;
-        parse(&bytes).map(Json)
+        parse(&body(req, state).await?).map(Json)
     }
+}
+
+/// A request of OpenAI's schema, whose fields we do not act on are taken
+/// out first ([`crate::inert`]).
+pub trait OpenAiRequest: DeserializeOwned {
+    const INERT: &'static [crate::inert::Inert];
+}
+
+/// The JSON body of an [`OpenAiRequest`].
+pub struct OpenAiJson<T>(pub T);
+
+impl<S: Send + Sync, T: OpenAiRequest> FromRequest<S> for OpenAiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        parse_openai(&body(req, state).await?).map(OpenAiJson)
+    }
+}
+
+/// The body's bytes, within the size limit and the body timeout.
+async fn body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let timeout = req
+        .extensions()
+        .get::<BodyTimeout>()
+        // Without one: a router used in-process.
+        .map_or(crate::BODY_TIMEOUT, |t| t.0);
+    let read = tokio::time::timeout(timeout, Bytes::from_request(req, state));
+    let bytes = read.await.map_err(|_| ApiError {
+        status: StatusCode::REQUEST_TIMEOUT,
+        message: format!("the request body did not arrive within {timeout:?}"),
+        param: None,
+    })?;
+    bytes.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError {
+                status,
+                message: "the request body is larger than the limit (see --max-body-bytes)".into(),
+                param: None,
+            }
+        } else {
+            ApiError::bad_request(None, rejection.body_text())
+        }
+    })
+}
+
+/// Parses `bytes` as the OpenAI request `T`: its inert fields checked and
+/// taken out, the rest read strictly.
+pub fn parse_openai<T: OpenAiRequest>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut body: serde_json::Value = parse(bytes)?;
+    if let Some(map) = body.as_object_mut() {
+        crate::inert::take(map, T::INERT)?;
+    }
+    named(serde_path_to_error::deserialize(body))
 }
 
 /// Parses `bytes` as `T`, naming the field at fault.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+    let value = named(serde_path_to_error::deserialize(&mut de))?;
+    // One JSON value and nothing after it but whitespace.
+    de.end()
+        .map_err(|e| ApiError::bad_request(None, format!("the body is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// A deserialization's error as a 400 naming the field at fault.
+fn named<T>(
+    result: Result<T, serde_path_to_error::Error<serde_json::Error>>,
+) -> Result<T, ApiError> {
+    result.map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let param = (path != ".").then_some(path);
@@ -62,11 +103,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             (None, _) => format!("invalid request: {inner}"),
         };
         ApiError::bad_request(param, message)
-    })?;
-    // One JSON value and nothing after it but whitespace.
-    de.end()
-        .map_err(|e| ApiError::bad_request(None, format!("the body is not valid JSON: {e}")))?;
-    Ok(value)
+    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod embeddings;
 mod error;
 #[doc(hidden)]
 pub mod fuzz;
+mod inert;
 mod input;
 mod json;
 mod metrics;

@@ -302,6 +302,82 @@ async fn limits_and_bad_values_are_400_naming_the_field() {
     assert_eq!(r.error().0.as_deref(), Some("model"));
 }
 
+/// What OpenAI clients and UIs send at its defaults is served; a value that
+/// asks for something not done here is a 400 naming the field; a field
+/// outside OpenAI's schema stays an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_defaults_are_accepted_and_unsupported_values_named() {
+    let engine = smollm();
+    let chat = json!({
+        "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4, "temperature": 0,
+        "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "logprobs": false,
+        "top_logprobs": null, "n": 1, "parallel_tool_calls": true, "store": false,
+        "metadata": {"app": "ui"}, "user": "u-1", "service_tier": "auto",
+        "response_format": {"type": "text"}, "stream_options": null,
+    });
+    let r = post_json(&engine, "/v1/chat/completions", chat.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let plain = post_json(
+        &engine,
+        "/v1/chat/completions",
+        json!({"messages": chat["messages"], "max_tokens": 4, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        plain.json()["choices"][0]["message"]["content"],
+        "the inert fields changed the answer"
+    );
+    let completion = json!({
+        "prompt": "Once upon", "max_tokens": 4, "echo": false, "best_of": 1,
+        "logprobs": null, "presence_penalty": 0.0, "suffix": null, "user": "u",
+    });
+    let r = post_json(&engine, "/v1/completions", completion).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    for (route, body, param) in [
+        (
+            "/v1/chat/completions",
+            json!({"presence_penalty": 0.6}),
+            "presence_penalty",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"logprobs": true}),
+            "logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        ("/v1/chat/completions", json!({"bogus_field": 1}), ""),
+        ("/v1/completions", json!({"echo": true}), "echo"),
+    ] {
+        let mut request = if route == "/v1/completions" {
+            json!({"prompt": "x"})
+        } else {
+            json!({"messages": [{"role": "user", "content": "x"}]})
+        };
+        for (k, v) in body.as_object().unwrap() {
+            request[k] = v.clone();
+        }
+        let r = post_json(&engine, route, request).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        let (p, _, message) = r.error();
+        if param.is_empty() {
+            assert!(message.contains("bogus_field"), "{message}");
+        } else {
+            assert_eq!(p.as_deref(), Some(param), "{message}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn open_inference_protocol_generates_text() {
     let engine = smollm();

@@ -224,6 +224,31 @@ impl Engine {
         })
     }
 
+    /// The token ids of `text` as this model reads it (`add_special`: with
+    /// the tokens its tokenizer adds around a sequence, as a prompt gets).
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<u32>, EngineError> {
+        self.tokenizer
+            .encode(text, add_special)
+            .map_err(|e| EngineError::invalid("prompt", e))
+    }
+
+    /// The text of token ids, special tokens included; an id outside the
+    /// vocabulary is an error naming its place.
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String, EngineError> {
+        if let Some(i) = ids
+            .iter()
+            .position(|&id| self.tokenizer.id_to_token(id).is_none())
+        {
+            return Err(EngineError::invalid(
+                "tokens",
+                format!("tokens[{i}] = {} is not in this model's vocabulary", ids[i]),
+            ));
+        }
+        self.tokenizer
+            .decode_all(ids)
+            .map_err(|e| EngineError::invalid("tokens", e))
+    }
+
     /// Starts a generation; returns its event stream and the prompt's length.
     pub fn generate(
         &self,

@@ -208,8 +208,15 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// The text of `ids`, special tokens left out (what a completion shows).
     pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
         self.inner.decode(ids, true).map_err(|e| e.to_string())
+    }
+
+    /// The text of `ids`, special tokens included (`<|im_start|>`): what
+    /// `/detokenize` answers, as vLLM and llama.cpp do.
+    pub fn decode_all(&self, ids: &[u32]) -> Result<String, String> {
+        self.inner.decode(ids, false).map_err(|e| e.to_string())
     }
 
     /// The token `encode` prepends when asked for special tokens, if any.

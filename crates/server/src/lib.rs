@@ -16,6 +16,7 @@ mod input;
 mod json;
 mod metrics;
 mod state;
+mod tokens;
 mod v2;
 
 use std::future::Future;
@@ -42,6 +43,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(completions::chat_completions))
+        .route("/tokenize", post(tokens::tokenize))
+        .route("/detokenize", post(tokens::detokenize))
         .route("/v2", get(v2::server_metadata))
         .route("/v2/models/{name}", get(v2::model_metadata))
         .route("/v2/models/{name}/ready", get(v2::model_ready))

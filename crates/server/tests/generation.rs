@@ -419,3 +419,56 @@ async fn generation_metrics_are_exported() {
         assert!(text.contains(needle), "missing {needle}");
     }
 }
+
+/// `/tokenize` gives llama.cpp's ids for the fixture's strings (vLLM's and
+/// llama.cpp's request shapes), and `/detokenize` gives the text back.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokenize_and_detokenize_round_trip_with_llama_cpp_ids() {
+    let engine = smollm();
+    let fx = modelship_testkit::fixture("llama_greedy.json");
+    let mut checked = 0;
+    for t in fx["tokenize"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        let expected = &t["tokens"];
+        let r = post_json(&engine, "/tokenize", json!({"prompt": text})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(&v["tokens"], expected, "{text:?}");
+        assert_eq!(v["count"], expected.as_array().unwrap().len());
+        assert!(v["max_model_len"].as_u64().unwrap() > 0);
+        // llama.cpp's shape: `content`, special tokens off by default.
+        let r = post_json(
+            &engine,
+            "/tokenize",
+            json!({"content": text, "add_special": true}),
+        )
+        .await;
+        assert_eq!(&r.json()["tokens"], expected, "{text:?}");
+        let r = post_json(&engine, "/detokenize", json!({"tokens": expected})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let back = r.json();
+        assert_eq!(back["prompt"], back["content"]);
+        assert_eq!(back["prompt"], text, "{text:?}");
+        checked += 1;
+    }
+    assert!(checked >= 5);
+    let r = post_json(
+        &engine,
+        "/detokenize",
+        json!({"tokens": [1, 4_000_000_000u32]}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let (param, _, message) = r.error();
+    assert_eq!(param.as_deref(), Some("tokens"));
+    assert!(message.contains("tokens[1]"), "{message}");
+    let r = post_json(&engine, "/tokenize", json!({"prompt": "a", "content": "b"})).await;
+    assert_eq!(r.status, 400);
+    let r = post_json(
+        &engine,
+        "/tokenize",
+        json!({"prompt": "a", "model": "other"}),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+}

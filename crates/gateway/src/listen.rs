@@ -202,9 +202,7 @@ async fn read_more<S: AsyncRead + Unpin>(
     wait: Wait,
     request_timeout: Duration,
 ) -> Result<(), Stop> {
-    if buf.len() == buf.capacity() {
-        buf.reserve(buf.len().max(4096));
-    }
+    make_room(buf);
     let stalled = || {
         Stop::Answer(Malformed(
             408,
@@ -227,6 +225,13 @@ async fn read_more<S: AsyncRead + Unpin>(
     }
 }
 
+/// Room for the next read: a full buffer doubles (4 KiB at least).
+fn make_room(buf: &mut Vec<u8>) {
+    if buf.len() == buf.capacity() {
+        buf.reserve(buf.len().max(4096));
+    }
+}
+
 /// Awaits `work` (the replica's answer) while watching the client: one
 /// that closes its connection first has abandoned its request, and
 /// dropping `work` closes the replica's connection, which stops what the
@@ -244,9 +249,7 @@ async fn unless_abandoned<S: AsyncRead + Unpin, T>(
         if buf.len() >= limit {
             return Ok(work.await);
         }
-        if buf.len() == buf.capacity() {
-            buf.reserve(4096);
-        }
+        make_room(buf);
         tokio::select! {
             biased;
             out = &mut work => return Ok(out),
@@ -340,8 +343,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let http10 = head.minor == 0;
     let keep = head.keep_alive() && !*stop.borrow();
-    let limit = config.max_body_bytes;
-    match unless_abandoned(io, buf, limit, proxy::handle(shared, &head, &body)).await? {
+    match unless_abandoned(io, buf, max, proxy::handle(shared, &head, &body)).await? {
         Reply::Local(local) => {
             let bytes = local.render(keep, head.method() == "HEAD");
             io.write_all(&bytes).await.map_err(|_| Stop::Quietly)?;

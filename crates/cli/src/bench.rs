@@ -169,10 +169,11 @@ async fn one_request(engine: &Engine, client: u32, max_tokens: usize) -> anyhow:
                 temperature: Some(0.0),
                 ..GenerateRequest::default()
             };
-            let (mut events, _) = engine.generate(&prompt, &request)?;
+            let (mut samples, _) = engine.generate(&prompt, &request)?;
+            let mut events = samples.pop().expect("one sample");
             while let Some(event) = events.recv().await {
                 match event {
-                    GenerationEvent::Text(_) => {}
+                    GenerationEvent::Prompt(_) | GenerationEvent::Text { .. } => {}
                     GenerationEvent::Done { .. } => break,
                     GenerationEvent::Failed(e) => return Err(e.into()),
                 }

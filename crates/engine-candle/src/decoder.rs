@@ -819,6 +819,39 @@ impl GenerateBackend for DecoderBackend {
         Ok(logits.pop().expect("one sequence in, one out"))
     }
 
+    fn forward_all(
+        &self,
+        seq: &mut DecoderSequence,
+        tokens: &[u32],
+    ) -> std::result::Result<Vec<Vec<f32>>, BackendError> {
+        self.check_fits(seq, tokens)?;
+        self.pool
+            .install(|| self.run(&mut [(seq, tokens)], true))
+            .map_err(|e| BackendError(e.to_string()))
+    }
+
+    fn fork(&self, seq: &DecoderSequence) -> std::result::Result<DecoderSequence, BackendError> {
+        // A cache is written in place (`slice_set`): the copy owns its rows.
+        let copy = |c: &KvCache| -> Result<KvCache> {
+            Ok(KvCache {
+                k: c.k.copy()?,
+                v: c.v.copy()?,
+                len: c.len,
+                first: c.first,
+            })
+        };
+        let cache = seq
+            .cache
+            .iter()
+            .map(|c| c.as_ref().map(copy).transpose())
+            .collect::<Result<_>>()
+            .map_err(|e| BackendError(e.to_string()))?;
+        Ok(DecoderSequence {
+            cache,
+            position: seq.position,
+        })
+    }
+
     fn forward_batch(
         &self,
         batch: &mut [(&mut DecoderSequence, &[u32])],

@@ -24,6 +24,23 @@ pub trait GenerateBackend: Send + 'static {
     /// logits for the token after the last one.
     fn forward(&self, seq: &mut Self::Sequence, tokens: &[u32]) -> Result<Vec<f32>, BackendError>;
 
+    /// Appends `tokens` and returns the logits after each of them (a
+    /// prompt's own log-probabilities). The default runs one token at a time.
+    fn forward_all(
+        &self,
+        seq: &mut Self::Sequence,
+        tokens: &[u32],
+    ) -> Result<Vec<Vec<f32>>, BackendError> {
+        tokens
+            .iter()
+            .map(|&t| self.forward(seq, std::slice::from_ref(&t)))
+            .collect()
+    }
+
+    /// An independent copy of `seq`, cache included: samples of one prompt
+    /// share its prefill.
+    fn fork(&self, seq: &Self::Sequence) -> Result<Self::Sequence, BackendError>;
+
     /// `forward` for several sequences at once (prompts and decode steps
     /// alike); backends that can pack them into one pass override this.
     fn forward_batch(

@@ -1,16 +1,26 @@
 //! The façade a server talks to: validates and tokenizes requests against the
 //! serving limits, then hands them to the embedding or generation scheduler.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use modelship_model::{ChatMessage, ChatTemplate, TextTokenizer};
+use modelship_model::{ChatMessage, ChatTemplate, TextTokenizer, TokenBytes, ToolFormat};
 use modelship_types::{ServingLimits, Task};
 
+use crate::constraint::{Constraint, Grammars};
 use crate::embedder::Embedder;
 use crate::generator::Generator;
+use crate::logits::Penalties;
+use crate::tools::{self, ToolChoice, Tools};
 use crate::{
     EmbedBackend, EngineError, GenerateBackend, GenerateParams, GenerationStream, SamplingParams,
 };
+
+/// The most samples one request may ask for (OpenAI's limit).
+pub const MAX_N: usize = 128;
+/// The most alternatives a token's log-probability may list.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+/// The most token ids one `logit_bias` may name.
+pub const MAX_LOGIT_BIAS: usize = 1024;
 
 /// What a client can know about the served model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,12 +37,22 @@ pub struct ModelCard {
     pub created: u64,
 }
 
-/// A generation prompt: raw text, or chat messages rendered with the model's
-/// template.
+/// A generation prompt: raw text, token ids, or chat messages rendered with
+/// the model's template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prompt {
     Text(String),
+    Tokens(Vec<u32>),
     Chat(Vec<ChatMessage>),
+}
+
+/// What the output must be, enforced token by token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputFormat {
+    /// JSON valid for this schema (`{"type": "object"}` for any object).
+    JsonSchema(serde_json::Value),
+    /// Text of a Lark grammar in llguidance's dialect (demanded tool calls).
+    Lark(String),
 }
 
 /// Vectors for the inputs of one request, in order.
@@ -57,6 +77,21 @@ pub struct GenerateRequest {
     pub top_k: Option<usize>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    pub min_p: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    /// (token id, bias), the ids as the client wrote them.
+    pub logit_bias: Vec<(i64, f32)>,
+    pub n: Option<usize>,
+    /// Alternatives to list per generated token; `Some(0)`: the chosen
+    /// token's log-probability only.
+    pub logprobs: Option<usize>,
+    /// The same for the prompt's tokens.
+    pub prompt_logprobs: Option<usize>,
+    pub format: Option<OutputFormat>,
+    /// Chat only: the tools offered and what is demanded of them.
+    pub tools: Option<Tools>,
 }
 
 enum Worker {
@@ -65,6 +100,8 @@ enum Worker {
         generator: Generator,
         /// Boxed: a template environment is large and rarely touched.
         chat: Option<Box<ChatTemplate>>,
+        /// Built the first time a request asks for a format.
+        grammars: OnceLock<Result<Grammars, String>>,
     },
 }
 
@@ -73,6 +110,8 @@ pub struct Engine {
     card: ModelCard,
     limits: ServingLimits,
     tokenizer: Arc<TextTokenizer>,
+    /// Every token's bytes, for log-probabilities; built when first asked.
+    token_bytes: OnceLock<Vec<TokenBytes>>,
     worker: Worker,
 }
 
@@ -90,6 +129,7 @@ impl Engine {
             card,
             limits,
             tokenizer: Arc::new(tokenizer),
+            token_bytes: OnceLock::new(),
             worker: Worker::Embed(embedder),
         }
     }
@@ -113,9 +153,11 @@ impl Engine {
             card,
             limits,
             tokenizer,
+            token_bytes: OnceLock::new(),
             worker: Worker::Generate {
                 generator,
                 chat: chat.map(Box::new),
+                grammars: OnceLock::new(),
             },
         }
     }
@@ -249,17 +291,53 @@ impl Engine {
             .map_err(|e| EngineError::invalid("tokens", e))
     }
 
-    /// Starts a generation; returns its event stream and the prompt's length.
+    /// How the model writes tool calls; `None`: it takes no tools.
+    pub fn tool_format(&self) -> Option<ToolFormat> {
+        match &self.worker {
+            Worker::Generate { chat: Some(t), .. } => t.tool_format(),
+            _ => None,
+        }
+    }
+
+    /// What token `id` stands for (`None` outside the vocabulary).
+    pub fn token_bytes(&self, id: u32) -> Option<&TokenBytes> {
+        self.token_bytes
+            .get_or_init(|| self.tokenizer.token_bytes())
+            .get(id as usize)
+    }
+
+    /// Starts a generation: one event stream per sample (`n`), and the
+    /// prompt's tokens.
     pub fn generate(
         &self,
         prompt: &Prompt,
         request: &GenerateRequest,
-    ) -> Result<(GenerationStream, usize), EngineError> {
-        let Worker::Generate { generator, chat } = &self.worker else {
+    ) -> Result<(Vec<GenerationStream>, Vec<u32>), EngineError> {
+        let Worker::Generate {
+            generator,
+            chat,
+            grammars,
+        } = &self.worker
+        else {
             return Err(self.wrong_task(Task::Generate));
         };
         let (text, field) = match prompt {
             Prompt::Text(t) => (t.clone(), "prompt"),
+            Prompt::Tokens(ids) => {
+                if let Some(i) = ids
+                    .iter()
+                    .position(|&id| self.tokenizer.id_to_token(id).is_none())
+                {
+                    return Err(EngineError::invalid(
+                        "prompt",
+                        format!(
+                            "prompt token {i} = {} is not in this model's vocabulary",
+                            ids[i]
+                        ),
+                    ));
+                }
+                return self.start(generator, grammars, ids.clone(), "prompt", request);
+            }
             Prompt::Chat(messages) => {
                 if messages.is_empty() {
                     return Err(EngineError::invalid(
@@ -273,8 +351,20 @@ impl Engine {
                         "this model has no chat template; use /v1/completions",
                     )
                 })?;
+                let offered: Vec<serde_json::Value> = match &request.tools {
+                    Some(t) if t.choice != ToolChoice::None => {
+                        if template.tool_format().is_none() {
+                            return Err(EngineError::invalid(
+                                "tools",
+                                "this model's chat template does not render tools",
+                            ));
+                        }
+                        t.functions.iter().map(|f| f.spec.clone()).collect()
+                    }
+                    _ => Vec::new(),
+                };
                 let text = template
-                    .render(messages)
+                    .render(messages, &offered)
                     .map_err(|e| EngineError::invalid("messages", chain(&e)))?;
                 (text, "messages")
             }
@@ -283,6 +373,17 @@ impl Engine {
             .tokenizer
             .encode(&text, true)
             .map_err(|e| EngineError::invalid(field, e))?;
+        self.start(generator, grammars, ids, field, request)
+    }
+
+    fn start(
+        &self,
+        generator: &Generator,
+        grammars: &OnceLock<Result<Grammars, String>>,
+        ids: Vec<u32>,
+        field: &'static str,
+        request: &GenerateRequest,
+    ) -> Result<(Vec<GenerationStream>, Vec<u32>), EngineError> {
         if ids.is_empty() {
             return Err(EngineError::invalid(
                 field,
@@ -290,8 +391,52 @@ impl Engine {
             ));
         }
         let params = self.generate_params(request, ids.len(), field)?;
-        let prompt_tokens = ids.len();
-        Ok((generator.generate(ids, params)?, prompt_tokens))
+        let demanded = match (&request.tools, self.tool_format()) {
+            (Some(t), Some(f)) => tools::call_grammar(f, t).map(OutputFormat::Lark),
+            _ => None,
+        };
+        let format = match (&request.format, demanded) {
+            (Some(_), Some(_)) => {
+                return Err(EngineError::invalid(
+                    "response_format",
+                    "a tool call is demanded (`tool_choice`): its arguments follow the function's parameters, not `response_format`",
+                ));
+            }
+            (Some(f), None) => Some(f.clone()),
+            (None, demanded) => demanded,
+        };
+        let constraint = match &format {
+            None => None,
+            Some(format) => Some(self.constraint(grammars, format)?),
+        };
+        let streams = generator.generate(ids.clone(), params, constraint)?;
+        Ok((streams, ids))
+    }
+
+    /// Compiles an output format against this model's vocabulary.
+    fn constraint(
+        &self,
+        grammars: &OnceLock<Result<Grammars, String>>,
+        format: &OutputFormat,
+    ) -> Result<Constraint, EngineError> {
+        let grammars = grammars
+            .get_or_init(|| Grammars::new(self.tokenizer.clone()))
+            .as_ref()
+            .map_err(|e| EngineError::invalid("response_format", e.clone()))?;
+        match format {
+            OutputFormat::JsonSchema(schema) => grammars.json_schema(schema).map_err(|e| {
+                EngineError::invalid(
+                    "response_format",
+                    format!("the JSON schema cannot be enforced: {e}"),
+                )
+            }),
+            OutputFormat::Lark(grammar) => grammars.lark(grammar).map_err(|e| {
+                EngineError::invalid(
+                    "tools",
+                    format!("the parameters of the demanded function cannot be enforced: {e}"),
+                )
+            }),
+        }
     }
 
     /// Applies defaults and checks every knob against the limits.
@@ -352,16 +497,77 @@ impl Engine {
         if r.stop.len() > 4 {
             return Err(EngineError::invalid("stop", "at most 4 stop sequences"));
         }
+        let min_p = in_range("min_p", r.min_p, 0.0, 0.0..=1.0)?;
+        let penalties = Penalties {
+            presence: in_range("presence_penalty", r.presence_penalty, 0.0, -2.0..=2.0)?,
+            frequency: in_range("frequency_penalty", r.frequency_penalty, 0.0, -2.0..=2.0)?,
+            repetition: in_range("repetition_penalty", r.repetition_penalty, 1.0, 0.01..=10.0)?,
+        };
+        let n = r.n.unwrap_or(1);
+        let most = MAX_N.min(self.limits.max_concurrent);
+        if n == 0 || n > most {
+            return Err(EngineError::invalid(
+                "n",
+                format!("`n` is {n}: it must be between 1 and {most} on this replica"),
+            ));
+        }
+        for (field, top) in [
+            ("logprobs", r.logprobs),
+            ("prompt_logprobs", r.prompt_logprobs),
+        ] {
+            if top.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+                return Err(EngineError::invalid(
+                    field,
+                    format!("at most {MAX_TOP_LOGPROBS} alternatives per token"),
+                ));
+            }
+        }
         Ok(GenerateParams {
             max_tokens,
             sampling: SamplingParams {
                 temperature,
                 top_p,
                 top_k: r.top_k.unwrap_or(0),
+                min_p,
                 seed: r.seed,
             },
             stop: r.stop.clone(),
+            penalties,
+            logit_bias: self.logit_bias(&r.logit_bias)?,
+            logprobs: r.logprobs,
+            prompt_logprobs: r.prompt_logprobs,
+            n,
         })
+    }
+
+    /// Checks a `logit_bias`: ids in the vocabulary, biases in [−100, 100].
+    fn logit_bias(&self, bias: &[(i64, f32)]) -> Result<Vec<(u32, f32)>, EngineError> {
+        if bias.len() > MAX_LOGIT_BIAS {
+            return Err(EngineError::invalid(
+                "logit_bias",
+                format!("{} tokens; at most {MAX_LOGIT_BIAS}", bias.len()),
+            ));
+        }
+        bias.iter()
+            .map(|&(id, b)| {
+                let token = u32::try_from(id)
+                    .ok()
+                    .filter(|&t| self.tokenizer.id_to_token(t).is_some())
+                    .ok_or_else(|| {
+                        EngineError::invalid(
+                            "logit_bias",
+                            format!("token {id} is not in this model's vocabulary"),
+                        )
+                    })?;
+                if !(-100.0..=100.0).contains(&b) {
+                    return Err(EngineError::invalid(
+                        "logit_bias",
+                        format!("the bias of token {id} is {b}: it must be between -100 and 100"),
+                    ));
+                }
+                Ok((token, b))
+            })
+            .collect()
     }
 
     fn wrong_task(&self, asked: Task) -> EngineError {
@@ -369,6 +575,28 @@ impl Engine {
             served: self.card.task.as_str(),
             asked: asked.as_str(),
         }
+    }
+}
+
+/// `value` (or `default`) when within `range`, else an error naming `field`.
+fn in_range(
+    field: &'static str,
+    value: Option<f32>,
+    default: f32,
+    range: std::ops::RangeInclusive<f32>,
+) -> Result<f32, EngineError> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(EngineError::invalid(
+            field,
+            format!(
+                "`{field}` is {v}: it must be between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        ))
     }
 }
 

@@ -16,6 +16,8 @@ use std::time::Instant;
 use modelship_model::{Detokenizer, TextTokenizer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use crate::constraint::Constraint;
+use crate::logits::{self, History, Penalties, TokenLogprob};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::StopMatcher;
 use crate::thread::ComputeThread;
@@ -27,11 +29,21 @@ pub struct GenerateParams {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    pub penalties: Penalties,
+    /// Added to the logits of these token ids before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Report each generated token's log-probability and this many of the
+    /// most likely tokens at its place.
+    pub logprobs: Option<usize>,
+    /// The same for the prompt's tokens (completions' `echo`).
+    pub prompt_logprobs: Option<usize>,
+    /// Independent samples that share one prefill.
+    pub n: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// End of sequence token or a stop sequence.
+    /// End of sequence token, a stop sequence, or a grammar completed.
     Stop,
     /// `max_tokens` or the context length reached.
     Length,
@@ -52,23 +64,44 @@ pub struct Usage {
     pub completion_tokens: usize,
 }
 
-/// One event of a generation, in order: text pieces, then `Done` or `Failed`.
+/// One event of a generation, in order: the prompt's log-probabilities when
+/// asked, text pieces, then `Done` or `Failed`.
 #[derive(Debug, Clone)]
 pub enum GenerationEvent {
-    Text(String),
-    Done { reason: FinishReason, usage: Usage },
+    /// Every prompt token, the first with no log-probability.
+    Prompt(Vec<TokenLogprob>),
+    /// Generated text and, when asked, the tokens that made it. A token's
+    /// text may be held back (a character spanning tokens, a possible stop
+    /// sequence): it comes with the piece its text ends in.
+    Text {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    Done {
+        reason: FinishReason,
+        usage: Usage,
+    },
     Failed(EngineError),
 }
 
 /// The events of one generation. Dropping it cancels the generation.
 pub type GenerationStream = mpsc::UnboundedReceiver<GenerationEvent>;
 
-pub(crate) struct Job {
+type Events = mpsc::UnboundedSender<GenerationEvent>;
+
+/// What the samples of one request share.
+struct Request {
     prompt: Vec<u32>,
     params: GenerateParams,
-    events: mpsc::UnboundedSender<GenerationEvent>,
     enqueued: Instant,
     _permit: OwnedSemaphorePermit,
+}
+
+pub(crate) struct Job {
+    request: Arc<Request>,
+    /// One per sample, in order.
+    events: Vec<Events>,
+    constraint: Option<Constraint>,
 }
 
 #[derive(Clone)]
@@ -97,11 +130,14 @@ impl Generator {
         }
     }
 
+    /// Starts `params.n` samples of `prompt` (`n ≤ max_concurrent`, which
+    /// the engine checks); one stream each.
     pub(crate) fn generate(
         &self,
         prompt: Vec<u32>,
         params: GenerateParams,
-    ) -> Result<GenerationStream, EngineError> {
+        constraint: Option<Constraint>,
+    ) -> Result<Vec<GenerationStream>, EngineError> {
         let permit =
             self.admission
                 .clone()
@@ -109,15 +145,20 @@ impl Generator {
                 .map_err(|_| EngineError::Overloaded {
                     queued: self.capacity,
                 })?;
-        let (events, rx) = mpsc::unbounded_channel();
+        let (events, streams) = (0..params.n.max(1))
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
         self.thread.send(Job {
-            prompt,
-            params,
+            request: Arc::new(Request {
+                prompt,
+                params,
+                enqueued: Instant::now(),
+                _permit: permit,
+            }),
             events,
-            enqueued: Instant::now(),
-            _permit: permit,
+            constraint,
         })?;
-        Ok(rx)
+        Ok(streams)
     }
 
     pub(crate) fn thread(&self) -> &ComputeThread<Job> {
@@ -125,15 +166,26 @@ impl Generator {
     }
 }
 
-/// A sequence being generated.
+/// One sample being generated.
 struct Active<'t, S> {
-    job: Job,
+    request: Arc<Request>,
+    events: Events,
+    /// The request's other samples, started from this one's cache once its
+    /// prompt has run: (sample number, events, grammar state).
+    forks: Vec<(u64, Events, Option<Constraint>)>,
     seq: S,
     sampler: Sampler,
     detok: Detokenizer<'t>,
     stop: StopMatcher,
-    /// Sampled, not yet emitted nor fed back; `None` before the prompt ran.
-    next: Option<u32>,
+    history: History,
+    constraint: Option<Constraint>,
+    /// The prompt has run (the cache holds it).
+    prefilled: bool,
+    /// Sampled, not yet emitted nor fed back, with its log-probability when
+    /// asked.
+    next: Option<(u32, Option<TokenLogprob>)>,
+    /// Log-probabilities of tokens whose text is still held back.
+    held: Vec<TokenLogprob>,
     generated: usize,
 }
 
@@ -160,6 +212,12 @@ struct Worker<'t, B: GenerateBackend> {
 /// within `budget`.
 fn joins_pass(pending: usize, len: usize, budget: usize) -> bool {
     pending == 0 || pending + len <= budget
+}
+
+/// Sample `k`'s seed: the request's for the first, distinct and still
+/// reproducible for the others.
+fn fork_seed(seed: Option<u64>, k: u64) -> Option<u64> {
+    seed.map(|s| s ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 impl<'t, B: GenerateBackend> Worker<'t, B> {
@@ -202,101 +260,237 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
         }
     }
 
-    /// Moves waiting jobs into the running set while there is room and
-    /// their prompts fit this step's pass; their prompts run with the next
-    /// step.
+    /// Moves waiting jobs into the running set while there is room for all
+    /// their samples and their prompts fit this step's pass; their prompts
+    /// run with the next step.
     fn admit(&mut self) {
         let mut prompt_tokens = 0;
-        while self.running.len() < self.max_concurrent {
+        loop {
             let Some(next) = self.waiting.front() else {
                 return;
             };
-            if !joins_pass(prompt_tokens, next.prompt.len(), self.max_batch_tokens) {
+            let room = self.running.is_empty()
+                || self.running.len() + next.events.len() <= self.max_concurrent;
+            if !room
+                || !joins_pass(
+                    prompt_tokens,
+                    next.request.prompt.len(),
+                    self.max_batch_tokens,
+                )
+            {
                 return;
             }
             let job = self.waiting.pop_front().expect("front exists");
-            if job.events.is_closed() {
+            if job.events.iter().all(|e| e.is_closed()) {
                 continue;
             }
-            prompt_tokens += job.prompt.len();
-            self.running.push(Active {
-                seq: self.backend.new_sequence(),
-                sampler: Sampler::new(job.params.sampling),
-                detok: self.tokenizer.stream(),
-                stop: StopMatcher::new(job.params.stop.clone()),
-                next: None,
-                generated: 0,
-                job,
-            });
+            prompt_tokens += job.request.prompt.len();
+            let mut events = job.events.into_iter();
+            let first = events.next().expect("at least one sample");
+            let forks = events
+                .enumerate()
+                .map(|(k, e)| {
+                    (
+                        k as u64 + 1,
+                        e,
+                        job.constraint.as_ref().map(Constraint::fork),
+                    )
+                })
+                .collect();
+            let active = sample(
+                self.tokenizer,
+                job.request,
+                first,
+                0,
+                job.constraint,
+                self.backend.new_sequence(),
+            );
+            self.running.push(Active { forks, ..active });
         }
     }
+}
 
+/// A sample of `request` over `seq` (fresh, or a fork of a prefilled one).
+fn sample<'t, S>(
+    tokenizer: &'t TextTokenizer,
+    request: Arc<Request>,
+    events: Events,
+    k: u64,
+    constraint: Option<Constraint>,
+    seq: S,
+) -> Active<'t, S> {
+    let p = &request.params;
+    let sampling = SamplingParams {
+        seed: fork_seed(p.sampling.seed, k),
+        ..p.sampling
+    };
+    Active {
+        sampler: Sampler::new(sampling),
+        stop: StopMatcher::new(p.stop.clone()),
+        history: History::new(&request.prompt),
+        detok: tokenizer.stream(),
+        forks: Vec::new(),
+        prefilled: false,
+        next: None,
+        held: Vec::new(),
+        generated: 0,
+        seq,
+        events,
+        constraint,
+        request,
+    }
+}
+
+impl<'t, B: GenerateBackend> Worker<'t, B> {
     /// One step for every running sequence: emit each one's pending token,
     /// then one forward pass over all that go on (new prompts and single
     /// decode tokens packed together), then sample each one's next token.
+    /// A prompt whose own log-probabilities are asked for runs alone, with
+    /// the logits after every position.
     fn step_all(&mut self) {
-        let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(self.running.len());
+        // Aligned with `running` once the loop ends; `None`: not in the pass.
+        let mut feeds: Vec<Option<Vec<u32>>> = Vec::with_capacity(self.running.len());
+        let mut born = Vec::new();
         let mut i = 0;
         while i < self.running.len() {
-            match self.emit(i) {
+            let step = self.emit(i);
+            let scored = self.running[i].request.params.prompt_logprobs.is_some();
+            match step {
+                Ok(Step::Prefill) if scored => match self.prefill_scored(i) {
+                    Ok(forks) => {
+                        born.extend(forks);
+                        feeds.push(None);
+                        i += 1;
+                    }
+                    Err(e) => self.finish(i, Err(e)),
+                },
                 Ok(Step::Prefill) => {
-                    feeds.push(self.running[i].job.prompt.clone());
+                    feeds.push(Some(self.running[i].request.prompt.clone()));
                     i += 1;
                 }
                 Ok(Step::Feed(token)) => {
-                    feeds.push(vec![token]);
+                    feeds.push(Some(vec![token]));
                     i += 1;
                 }
                 Ok(Step::Finished(reason)) => self.finish(i, Ok(reason)),
                 Err(e) => self.finish(i, Err(e)),
             }
         }
-        if self.running.is_empty() {
-            return;
-        }
-        let mut batch: Vec<(&mut B::Sequence, &[u32])> = self
-            .running
-            .iter_mut()
-            .zip(&feeds)
-            .map(|(a, f)| (&mut a.seq, f.as_slice()))
-            .collect();
-        match self.backend.forward_batch(&mut batch) {
-            Ok(logits) => {
-                for (a, logits) in self.running.iter_mut().zip(logits) {
-                    if a.next.is_none() {
-                        metrics::histogram!("modelship_time_to_first_token_seconds")
-                            .record(a.job.enqueued.elapsed().as_secs_f64());
-                        metrics::counter!("modelship_prompt_tokens_total")
-                            .increment(a.job.prompt.len() as u64);
+        let in_pass: Vec<usize> = (0..feeds.len()).filter(|&i| feeds[i].is_some()).collect();
+        if !in_pass.is_empty() {
+            let mut batch: Vec<(&mut B::Sequence, &[u32])> = self
+                .running
+                .iter_mut()
+                .zip(&feeds)
+                .filter_map(|(a, f)| Some((&mut a.seq, f.as_deref()?)))
+                .collect();
+            match self.backend.forward_batch(&mut batch) {
+                Ok(all) => {
+                    // Backwards: `finish` moves the last sequence into the gap.
+                    for (i, logits) in in_pass.into_iter().zip(all).rev() {
+                        match self.after_forward(i, logits) {
+                            Ok(forks) => born.extend(forks),
+                            Err(e) => self.finish(i, Err(e)),
+                        }
                     }
-                    a.next = Some(a.sampler.sample(&logits));
                 }
-            }
-            Err(e) => {
-                while !self.running.is_empty() {
-                    self.finish(0, Err(EngineError::Backend(e.clone())));
+                Err(e) => {
+                    while !self.running.is_empty() {
+                        self.finish(0, Err(EngineError::Backend(e.clone())));
+                    }
                 }
             }
         }
+        self.running.extend(born);
     }
 
-    /// Ends sequence `i`: flushes held text on a length stop, then reports.
+    /// Runs sequence `i`'s prompt alone, keeping the logits after every
+    /// position: reports each prompt token's log-probability, then samples
+    /// as [`Self::after_forward`] does.
+    fn prefill_scored(&mut self, i: usize) -> Result<Vec<Active<'t, B::Sequence>>, EngineError> {
+        let a = &mut self.running[i];
+        let top = a.request.params.prompt_logprobs.unwrap_or(0);
+        let mut rows = self
+            .backend
+            .forward_all(&mut a.seq, &a.request.prompt)
+            .map_err(EngineError::Backend)?;
+        let prompt = &a.request.prompt;
+        let mut scored = Vec::with_capacity(prompt.len());
+        scored.push(TokenLogprob {
+            token: prompt[0],
+            logprob: None,
+            top: Vec::new(),
+        });
+        for (row, &token) in rows.iter().zip(&prompt[1..]) {
+            scored.push(logits::logprob_of(row, token, top));
+        }
+        let last = rows.pop().ok_or_else(|| {
+            EngineError::Backend(crate::BackendError("no logits for the prompt".into()))
+        })?;
+        let forks = self.after_forward(i, last)?;
+        let event = GenerationEvent::Prompt(scored);
+        let a = &self.running[i];
+        for e in std::iter::once(&a.events).chain(forks.iter().map(|f| &f.events)) {
+            let _ = e.send(event.clone());
+        }
+        Ok(forks)
+    }
+
+    /// Sequence `i`'s forward pass gave `logits`: after a prompt, start its
+    /// forks from its cache; then sample its next token (each fork its own).
+    fn after_forward(
+        &mut self,
+        i: usize,
+        logits: Vec<f32>,
+    ) -> Result<Vec<Active<'t, B::Sequence>>, EngineError> {
+        let mut born = Vec::new();
+        let a = &mut self.running[i];
+        if !a.prefilled {
+            a.prefilled = true;
+            metrics::histogram!("modelship_time_to_first_token_seconds")
+                .record(a.request.enqueued.elapsed().as_secs_f64());
+            metrics::counter!("modelship_prompt_tokens_total")
+                .increment(a.request.prompt.len() as u64);
+            for (k, events, constraint) in std::mem::take(&mut a.forks) {
+                let seq = self.backend.fork(&a.seq).map_err(EngineError::Backend)?;
+                let mut fork = sample(
+                    self.tokenizer,
+                    a.request.clone(),
+                    events,
+                    k,
+                    constraint,
+                    seq,
+                );
+                fork.prefilled = true;
+                choose(&mut fork, logits.clone())?;
+                born.push(fork);
+            }
+        }
+        choose(&mut self.running[i], logits)?;
+        Ok(born)
+    }
+
+    /// Ends sequence `i`: flushes text held back for a possible stop
+    /// sequence that never came, then reports.
     fn finish(&mut self, i: usize, outcome: Result<FinishReason, EngineError>) {
         let mut a = self.running.swap_remove(i);
         match outcome {
             Ok(reason) => {
                 let rest = a.stop.flush();
-                if !rest.is_empty() && reason == FinishReason::Length {
-                    let _ = a.job.events.send(GenerationEvent::Text(rest));
+                if !rest.is_empty() || !a.held.is_empty() {
+                    let _ = a.events.send(GenerationEvent::Text {
+                        text: rest,
+                        logprobs: std::mem::take(&mut a.held),
+                    });
                 }
                 let usage = Usage {
-                    prompt_tokens: a.job.prompt.len(),
+                    prompt_tokens: a.request.prompt.len(),
                     completion_tokens: a.generated,
                 };
-                let _ = a.job.events.send(GenerationEvent::Done { reason, usage });
+                let _ = a.events.send(GenerationEvent::Done { reason, usage });
             }
             Err(e) => {
-                let _ = a.job.events.send(GenerationEvent::Failed(e));
+                let _ = a.events.send(GenerationEvent::Failed(e));
             }
         }
     }
@@ -304,17 +498,23 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
     /// Emits sequence `i`'s pending token; says whether it goes on.
     fn emit(&mut self, i: usize) -> Result<Step, EngineError> {
         let a = &mut self.running[i];
-        if a.job.events.is_closed() {
+        if a.events.is_closed() && a.forks.iter().all(|f| f.1.is_closed()) {
             // The client went away: free the slot now.
             return Ok(Step::Finished(FinishReason::Stop));
         }
-        let Some(token) = a.next else {
+        if !a.prefilled {
             return Ok(Step::Prefill);
+        }
+        let Some((token, logprob)) = a.next.take() else {
+            return Err(EngineError::Backend(crate::BackendError(
+                "a sequence ran without a sampled token".into(),
+            )));
         };
         if self.tokenizer.eos().contains(&token) {
             return Ok(Step::Finished(FinishReason::Stop));
         }
         a.generated += 1;
+        a.held.extend(logprob);
         metrics::counter!("modelship_generated_tokens_total").increment(1);
         let piece = a
             .detok
@@ -323,17 +523,49 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
         if let Some(piece) = piece {
             let s = a.stop.push(&piece);
             if !s.emit.is_empty() {
-                let _ = a.job.events.send(GenerationEvent::Text(s.emit));
+                let _ = a.events.send(GenerationEvent::Text {
+                    text: s.emit,
+                    logprobs: std::mem::take(&mut a.held),
+                });
             }
             if s.stopped {
+                // The tokens that spelt the stop sequence are not output.
+                a.held.clear();
                 return Ok(Step::Finished(FinishReason::Stop));
             }
         }
-        if a.generated >= a.job.params.max_tokens {
+        if a.constraint.as_ref().is_some_and(Constraint::is_finished) {
+            return Ok(Step::Finished(FinishReason::Stop));
+        }
+        if a.generated >= a.request.params.max_tokens {
             return Ok(Step::Finished(FinishReason::Length));
         }
         Ok(Step::Feed(token))
     }
+}
+
+/// Picks a sample's next token from its logits: reads the log-probabilities
+/// first (the model's distribution), then applies biases, penalties and the
+/// grammar, then samples.
+fn choose<S>(a: &mut Active<'_, S>, mut logits: Vec<f32>) -> Result<(), EngineError> {
+    let p = &a.request.params;
+    let raw = p.logprobs.map(|_| logits.clone());
+    if !p.logit_bias.is_empty() || !p.penalties.is_none() {
+        logits::adjust(&mut logits, &p.logit_bias, &p.penalties, &a.history);
+    }
+    let grammar_error =
+        |e: String| EngineError::Backend(crate::BackendError(format!("the output grammar: {e}")));
+    if let Some(c) = &mut a.constraint {
+        c.mask(&mut logits).map_err(grammar_error)?;
+    }
+    let token = a.sampler.sample(&logits);
+    if let Some(c) = &mut a.constraint {
+        c.accept(token).map_err(grammar_error)?;
+    }
+    a.history.push(token);
+    let logprob = raw.map(|raw| logits::logprob_of(&raw, token, p.logprobs.unwrap_or(0)));
+    a.next = Some((token, logprob));
+    Ok(())
 }
 
 #[cfg(test)]

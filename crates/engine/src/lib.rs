@@ -9,16 +9,24 @@
 
 mod backend;
 pub mod batcher;
+mod constraint;
 mod embedder;
 mod engine;
 mod error;
 mod generator;
+pub mod logits;
 pub mod sampler;
 pub mod stop;
 mod thread;
+pub mod tools;
 
 pub use backend::{BackendError, EmbedBackend, GenerateBackend};
-pub use engine::{EmbedInputs, Embeddings, Engine, GenerateRequest, ModelCard, Prompt};
+pub use engine::{
+    EmbedInputs, Embeddings, Engine, GenerateRequest, MAX_N, MAX_TOP_LOGPROBS, ModelCard,
+    OutputFormat, Prompt,
+};
 pub use error::EngineError;
 pub use generator::{FinishReason, GenerateParams, GenerationEvent, GenerationStream, Usage};
+pub use logits::TokenLogprob;
 pub use sampler::SamplingParams;
+pub use tools::{Function, ToolChoice, ToolOutput, ToolParser, Tools};

@@ -1,5 +1,5 @@
-//! Token sampling: greedy at temperature 0, otherwise temperature, top-k and
-//! top-p (nucleus) filtering, then a draw from a seeded generator so that the
+//! Token sampling: greedy at temperature 0, otherwise temperature, top-k,
+//! top-p (nucleus) and min-p filtering, then a draw from a seeded generator so that the
 //! same seed gives the same text.
 
 /// How the next token is chosen. Defaults follow OpenAI's API.
@@ -11,6 +11,9 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Keep the `top_k` most likely tokens; 0 keeps all.
     pub top_k: usize,
+    /// Drop tokens less likely than `min_p` times the most likely one
+    /// (vLLM's and llama.cpp's min-p); 0 keeps all.
+    pub min_p: f32,
     pub seed: Option<u64>,
 }
 
@@ -20,6 +23,7 @@ impl Default for SamplingParams {
             temperature: 1.0,
             top_p: 1.0,
             top_k: 0,
+            min_p: 0.0,
             seed: None,
         }
     }
@@ -96,6 +100,13 @@ impl Sampler {
             }
             probs.truncate(cut);
             order.truncate(cut);
+        }
+        if p.min_p > 0.0 {
+            // Sorted best first: the kept tokens are a prefix.
+            let floor = p.min_p * probs[0];
+            let cut = probs.iter().take_while(|&&pr| pr >= floor).count();
+            probs.truncate(cut.max(1));
+            order.truncate(cut.max(1));
         }
         let total: f32 = probs.iter().sum();
         let mut r = self.rng.next_f32() * total;
@@ -195,6 +206,19 @@ mod tests {
             let t = s.sample(&logits) as usize;
             let better = logits.iter().filter(|&&x| x > logits[t]).count();
             prop_assert!(better < k);
+        }
+
+        #[test]
+        fn min_p_drops_the_unlikely(
+            logits in prop::collection::vec(-5f32..5.0, 2..100),
+            min_p in 0.01f32..1.0,
+            seed in any::<u64>(),
+        ) {
+            let mut s = Sampler::new(SamplingParams { min_p, seed: Some(seed), ..Default::default() });
+            let t = s.sample(&logits) as usize;
+            let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+            // p(t) / p(max) = exp(logit_t − max) ≥ min_p.
+            prop_assert!((logits[t] - max).exp() >= min_p * (1.0 - 1e-4));
         }
 
         #[test]

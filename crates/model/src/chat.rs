@@ -13,11 +13,74 @@ const TEMPLATE_FUEL: u64 = 1_000_000;
 /// The longest prompt a template may write.
 pub(crate) const MAX_RENDERED: usize = 16 << 20;
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One chat message, in the shape Hugging Face chat templates read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ChatMessage {
     pub role: String,
-    pub content: String,
+    /// `None` for an assistant turn that only calls tools.
+    pub content: Option<String>,
+    /// The tools an assistant turn called.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` turn: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.to_owned(),
+            content: Some(content.to_owned()),
+            ..Self::default()
+        }
+    }
+}
+
+/// A call of a tool, as templates render it: `{"id", "type": "function",
+/// "function": {"name", "arguments": {…}}}` (arguments an object, as
+/// Hugging Face's templates expect, not OpenAI's JSON string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
+/// How a model writes its tool calls, read from its chat template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolFormat {
+    /// Qwen2.5's and Hermes': `<tool_call>{"name", "arguments"}</tool_call>`.
+    Hermes,
+    /// Llama 3.1–3.3's: a bare `{"name", "parameters"}` object.
+    Llama3Json,
+    /// Mistral's: `[TOOL_CALLS][{"name", "arguments"}, …]`.
+    Mistral,
+}
+
+impl ToolFormat {
+    /// The format a template's source speaks, if it renders tools at all.
+    pub fn of_template(source: &str) -> Option<Self> {
+        if !source.contains("tools") {
+            return None;
+        }
+        if source.contains("<tool_call>") {
+            Some(Self::Hermes)
+        } else if source.contains("[TOOL_CALLS]") {
+            Some(Self::Mistral)
+        } else if source.contains("<|python_tag|>") || source.contains("ipython") {
+            Some(Self::Llama3Json)
+        } else {
+            None
+        }
+    }
 }
 
 /// A compiled chat template and the special tokens it may refer to.
@@ -25,6 +88,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    tool_format: Option<ToolFormat>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -51,11 +115,23 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
+            tool_format: ToolFormat::of_template(source),
         })
     }
 
+    /// How the model writes tool calls; `None`: its template renders no tools.
+    pub fn tool_format(&self) -> Option<ToolFormat> {
+        self.tool_format
+    }
+
     /// The prompt for `messages`, ending with the assistant's turn opened.
-    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, ModelError> {
+    /// `tools` (OpenAI's `{"type": "function", "function": {…}}` entries)
+    /// go to the template as Hugging Face's `tools`; empty renders none.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+    ) -> Result<String, ModelError> {
         let tmpl = self
             .env
             .get_template("chat")
@@ -63,6 +139,7 @@ impl ChatTemplate {
         let text = tmpl
             .render(context! {
                 messages => messages,
+                tools => (!tools.is_empty()).then_some(tools),
                 add_generation_prompt => true,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
@@ -91,7 +168,7 @@ mod tests {
             "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
         let t = ChatTemplate::new(loops, "", "").unwrap();
         let started = std::time::Instant::now();
-        let err = t.render(&[]).unwrap_err();
+        let err = t.render(&[], &[]).unwrap_err();
         // What a client reads (the engine reports the error's chain).
         let why = std::error::Error::source(&err).map(ToString::to_string);
         assert!(
@@ -106,12 +183,7 @@ mod tests {
     #[test]
     fn renders_chatml_with_python_methods() {
         let t = ChatTemplate::new(CHATML, "<s>", "</s>").unwrap();
-        let out = t
-            .render(&[ChatMessage {
-                role: "user".into(),
-                content: "  hi ".into(),
-            }])
-            .unwrap();
+        let out = t.render(&[ChatMessage::new("user", "  hi ")], &[]).unwrap();
         assert_eq!(
             out,
             "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
@@ -121,7 +193,7 @@ mod tests {
     #[test]
     fn raise_exception_becomes_an_error() {
         let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
-        let err = t.render(&[]).unwrap_err();
+        let err = t.render(&[], &[]).unwrap_err();
         let chain = format!("{:?}", err);
         assert!(chain.contains("roles must alternate"), "{chain}");
     }

@@ -117,12 +117,9 @@ pub fn chat_template(bytes: &[u8]) {
     let messages: Vec<ChatMessage> = text
         .split('\u{1}')
         .zip(roles.iter().cycle())
-        .map(|(content, role)| ChatMessage {
-            role: (*role).to_owned(),
-            content: content.to_owned(),
-        })
+        .map(|(content, role)| ChatMessage::new(role, content))
         .collect();
-    if let Ok(prompt) = template.render(&messages) {
+    if let Ok(prompt) = template.render(&messages, &[]) {
         assert!(prompt.len() <= crate::chat::MAX_RENDERED);
     }
 }

@@ -18,7 +18,7 @@ mod info;
 mod sentencepiece;
 mod tokenizer;
 
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatMessage, ChatTemplate, FunctionCall, ToolCall, ToolFormat};
 pub use checkpoint::{
     CHECKPOINT_TYPES, CheckpointTensor, DecoderCheckpoint, StoredAt, checkpoint_family, floats_le,
 };
@@ -28,7 +28,9 @@ pub use files::regular_file;
 pub use gguf::{GgufFile, ggml_dtype_name};
 pub use hf::{HfModel, Pooling, SafetensorsTensor};
 pub use info::{DTypeStats, ModelFormat, ModelInfo, inspect};
-pub use tokenizer::{Detokenizer, HF_JSON_KEY, NORMALIZE_KEY, POOLING_KEY, TextTokenizer};
+pub use tokenizer::{
+    Detokenizer, HF_JSON_KEY, NORMALIZE_KEY, POOLING_KEY, TextTokenizer, TokenBytes,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -56,6 +56,28 @@ pub struct TextTokenizer {
     bos: Option<u32>,
     /// Tokens that end generation.
     eos: Vec<u32>,
+    /// How a token's vocabulary entry spells its bytes.
+    spelling: Spelling,
+}
+
+/// How vocabulary entries spell bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spelling {
+    /// GPT-2's byte-to-character map (`Ġ` is a space).
+    ByteLevel,
+    /// SentencePiece: `▁` is a space, `<0xNN>` one byte.
+    SentencePiece,
+    /// Whatever the tokenizer decodes a lone token to (BERT's WordPiece).
+    Decoded,
+}
+
+/// What one token id stands for, as generation emits it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TokenBytes {
+    /// The raw bytes (a byte-level token may hold part of a character).
+    pub bytes: Vec<u8>,
+    /// A control token (`<|im_end|>`): not text, left out of completions.
+    pub special: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -91,10 +113,15 @@ impl TextTokenizer {
             .filter_map(|t| inner.token_to_id(t))
             .take(1)
             .collect();
+        let spelling = match tokenizer_json_decoder(json) {
+            Some("ByteLevel") => Spelling::ByteLevel,
+            _ => Spelling::Decoded,
+        };
         Ok(Self {
             inner,
             bos: None,
             eos,
+            spelling,
         })
     }
 
@@ -121,9 +148,12 @@ impl TextTokenizer {
                 tokens.len()
             )));
         }
-        let mut inner = match g.string("tokenizer.ggml.model")? {
-            "gpt2" => byte_level_bpe(g, &tokens)?,
-            "llama" => sentencepiece_bpe(g, &tokens, &types)?,
+        let (mut inner, spelling) = match g.string("tokenizer.ggml.model")? {
+            "gpt2" => (byte_level_bpe(g, &tokens)?, Spelling::ByteLevel),
+            "llama" => (
+                sentencepiece_bpe(g, &tokens, &types)?,
+                Spelling::SentencePiece,
+            ),
             other => {
                 return Err(fail(format!(
                     "tokenizer.ggml.model `{other}` is not supported (`gpt2`, byte-level BPE; `llama`, SentencePiece BPE)"
@@ -189,7 +219,12 @@ impl TextTokenizer {
                 eos.push(i);
             }
         }
-        Ok(Self { inner, bos, eos })
+        Ok(Self {
+            inner,
+            bos,
+            eos,
+            spelling,
+        })
     }
 
     /// Token ids of `text`. `add_special` adds what the model expects around a
@@ -236,6 +271,44 @@ impl TextTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// Token ids `0..vocab_size()`, special tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The bytes of every token id, in id order (`vocab_size()` entries):
+    /// what log-probabilities report and what a grammar matches against.
+    /// An id with no entry gets no bytes.
+    pub fn token_bytes(&self) -> Vec<TokenBytes> {
+        let added = self.inner.get_added_tokens_decoder();
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                if let Some(t) = added.get(&id) {
+                    return TokenBytes {
+                        bytes: t.content.as_bytes().to_vec(),
+                        special: t.special,
+                    };
+                }
+                let Some(piece) = self.inner.id_to_token(id) else {
+                    return TokenBytes::default();
+                };
+                let bytes = match self.spelling {
+                    Spelling::ByteLevel => byte_level_bytes(&piece),
+                    Spelling::SentencePiece => sentencepiece_bytes(&piece),
+                    Spelling::Decoded => self
+                        .inner
+                        .decode(&[id], false)
+                        .map(String::into_bytes)
+                        .unwrap_or_default(),
+                };
+                TokenBytes {
+                    bytes,
+                    special: false,
+                }
+            })
+            .collect()
+    }
+
     /// A detokenizer for a stream of generated ids.
     pub fn stream(&self) -> Detokenizer<'_> {
         Detokenizer {
@@ -245,6 +318,60 @@ impl TextTokenizer {
             prefix_index: 0,
         }
     }
+}
+
+/// The `decoder.type` of a `tokenizer.json`, if it parses.
+fn tokenizer_json_decoder(json: &[u8]) -> Option<&'static str> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    match v.get("decoder")?.get("type")?.as_str()? {
+        "ByteLevel" => Some("ByteLevel"),
+        _ => None,
+    }
+}
+
+/// GPT-2's byte-level alphabet, by code point: printable Latin-1 characters
+/// stand for themselves, the other 68 bytes for U+0100 on, in order.
+fn byte_level_byte(c: char) -> Option<u8> {
+    static TABLE: std::sync::LazyLock<HashMap<char, u8>> = std::sync::LazyLock::new(|| {
+        let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        let mut next = 0x100u32;
+        (0..=255u8)
+            .map(|b| {
+                let c = if printable(b) {
+                    char::from(b)
+                } else {
+                    next += 1;
+                    char::from_u32(next - 1).expect("below the surrogates")
+                };
+                (c, b)
+            })
+            .collect()
+    });
+    TABLE.get(&c).copied()
+}
+
+/// A byte-level piece's bytes; a character outside the alphabet (not
+/// written by a byte-level trainer) stands for its own UTF-8.
+fn byte_level_bytes(piece: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(piece.len());
+    for c in piece.chars() {
+        match byte_level_byte(c) {
+            Some(b) => out.push(b),
+            None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+    out
+}
+
+/// A SentencePiece piece's bytes: `<0xNN>` is that byte, `▁` a space.
+fn sentencepiece_bytes(piece: &str) -> Vec<u8> {
+    if let Some(hex) = piece.strip_prefix("<0x").and_then(|p| p.strip_suffix('>'))
+        && hex.len() == 2
+        && let Ok(b) = u8::from_str_radix(hex, 16)
+    {
+        return vec![b];
+    }
+    piece.replace(SPM_SPACE, " ").into_bytes()
 }
 
 fn tokenizer_error(g: &GgufFile) -> impl Fn(String) -> ModelError + '_ {

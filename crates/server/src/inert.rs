@@ -25,10 +25,6 @@ const fn inert(field: &'static str, accepts: fn(&Value) -> bool, refusal: &'stat
     }
 }
 
-fn zero(v: &Value) -> bool {
-    v.is_null() || v.as_f64() == Some(0.0)
-}
-
 fn one(v: &Value) -> bool {
     v.is_null() || v.as_f64() == Some(1.0)
 }
@@ -54,21 +50,13 @@ fn text_or_null(v: &Value) -> bool {
     v.is_null() || v.is_string()
 }
 
-fn bool_or_null(v: &Value) -> bool {
-    v.is_null() || v.is_boolean()
-}
-
 fn object_or_null(v: &Value) -> bool {
     v.is_null() || v.is_object()
 }
 
-/// `tool_choice` / `function_call` without tools: no call asked for.
+/// `function_call` without functions: no call asked for.
 fn no_call(v: &Value) -> bool {
     matches!(v.as_str(), Some("none" | "auto")) || v.is_null()
-}
-
-fn text_response(v: &Value) -> bool {
-    v.is_null() || v.get("type").and_then(Value::as_str) == Some("text")
 }
 
 fn text_only(v: &Value) -> bool {
@@ -79,29 +67,13 @@ fn empty_suffix(v: &Value) -> bool {
     v.is_null() || v.as_str() == Some("")
 }
 
-const PENALTIES: &str = "penalties are not applied yet: only 0 is accepted";
-const LOGIT_BIAS: &str = "logit biases are not applied yet: only {} is accepted";
-const LOGPROBS: &str = "log-probabilities are not returned yet";
-const TOOLS: &str = "tool calling is not supported yet";
+const FUNCTIONS: &str = "the deprecated `functions` are not supported: use `tools`";
 const IDENTITY: &str = "a string identifying the caller";
 
 /// Chat completions' fields that do nothing here.
 pub const CHAT: &[Inert] = &[
-    inert("presence_penalty", zero, PENALTIES),
-    inert("frequency_penalty", zero, PENALTIES),
-    inert("logit_bias", empty, LOGIT_BIAS),
-    inert("logprobs", off, LOGPROBS),
-    inert("top_logprobs", zero, LOGPROBS),
-    inert("tools", empty, TOOLS),
-    inert("tool_choice", no_call, TOOLS),
-    inert("parallel_tool_calls", bool_or_null, "true or false"),
-    inert("functions", empty, TOOLS),
-    inert("function_call", no_call, TOOLS),
-    inert(
-        "response_format",
-        text_response,
-        "structured outputs are not supported yet: only {\"type\": \"text\"} is accepted",
-    ),
+    inert("functions", empty, FUNCTIONS),
+    inert("function_call", no_call, FUNCTIONS),
     inert("store", off, "completions are not stored here"),
     inert("metadata", object_or_null, "an object"),
     inert("service_tier", text_or_null, "a string"),
@@ -118,11 +90,6 @@ pub const CHAT: &[Inert] = &[
 
 /// Completions' fields that do nothing here.
 pub const COMPLETIONS: &[Inert] = &[
-    inert("presence_penalty", zero, PENALTIES),
-    inert("frequency_penalty", zero, PENALTIES),
-    inert("logit_bias", empty, LOGIT_BIAS),
-    inert("logprobs", zero, LOGPROBS),
-    inert("echo", off, "echoing the prompt is not supported yet"),
     inert("best_of", one, "only `best_of: 1` is supported"),
     inert(
         "suffix",
@@ -165,18 +132,16 @@ mod tests {
         let rest = check(
             CHAT,
             json!({
-                "messages": [], "presence_penalty": 0, "frequency_penalty": 0.0,
-                "logit_bias": {}, "logprobs": false, "top_logprobs": null, "tools": [],
-                "tool_choice": "auto", "parallel_tool_calls": true, "store": false,
+                "messages": [], "functions": [], "function_call": "auto", "store": false,
                 "metadata": {"trace": "1"}, "service_tier": "auto", "user": "u-1",
-                "response_format": {"type": "text"}, "modalities": ["text"],
+                "modalities": ["text"],
             }),
         )
         .unwrap();
         assert_eq!(rest.keys().collect::<Vec<_>>(), ["messages"]);
         let rest = check(
             COMPLETIONS,
-            json!({"prompt": "x", "echo": false, "best_of": 1, "suffix": null, "logprobs": null}),
+            json!({"prompt": "x", "best_of": 1, "suffix": null}),
         )
         .unwrap();
         assert_eq!(rest.keys().collect::<Vec<_>>(), ["prompt"]);
@@ -185,15 +150,8 @@ mod tests {
     #[test]
     fn values_that_ask_for_something_are_refused_by_name() {
         for (body, field) in [
-            (json!({"presence_penalty": 0.5}), "presence_penalty"),
-            (json!({"logit_bias": {"42": -100}}), "logit_bias"),
-            (json!({"logprobs": true}), "logprobs"),
-            (json!({"tools": [{"type": "function"}]}), "tools"),
-            (json!({"tool_choice": "required"}), "tool_choice"),
-            (
-                json!({"response_format": {"type": "json_object"}}),
-                "response_format",
-            ),
+            (json!({"functions": [{"name": "f"}]}), "functions"),
+            (json!({"function_call": "required"}), "function_call"),
             (json!({"store": true}), "store"),
             (json!({"user": 5}), "user"),
         ] {
@@ -201,8 +159,8 @@ mod tests {
             assert_eq!(param, field, "{body}");
             assert!(message.contains(field), "{message}");
         }
-        let (param, _) = check(COMPLETIONS, json!({"echo": true})).unwrap_err();
-        assert_eq!(param, "echo");
+        let (param, _) = check(COMPLETIONS, json!({"best_of": 2})).unwrap_err();
+        assert_eq!(param, "best_of");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use modelship_types::Task;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::completions::collect;
+use crate::choices::{Sample, collect};
 use crate::error::ApiError;
 use crate::input::Texts;
 use crate::json::Json;
@@ -176,16 +176,21 @@ pub(crate) async fn infer(
                 top_k: params.top_k,
                 seed: params.seed,
                 stop: params.stop.map(|s| s.0).unwrap_or_default(),
+                ..GenerateRequest::default()
             };
             // Start every generation first (so they are scheduled together), then collect.
             let mut streams = Vec::with_capacity(texts.len());
             for t in &texts {
-                streams.push(state.engine.generate(&Prompt::Text(t.clone()), &request)?.0);
+                let (mut samples, _) = state.engine.generate(&Prompt::Text(t.clone()), &request)?;
+                streams.push(Sample {
+                    events: samples.pop().expect("one sample"),
+                    echo: None,
+                });
             }
             let results = futures::future::join_all(streams.into_iter().map(collect)).await;
             let outputs = results
                 .into_iter()
-                .map(|r| r.map(|(text, _, _)| text))
+                .map(|r| r.map(|c| c.text))
                 .collect::<Result<Vec<_>, _>>()?;
             json!({ "name": "text_output", "datatype": "BYTES", "shape": [texts.len()], "data": outputs })
         }

@@ -16,17 +16,20 @@ cargo build --release --quiet -p modelship-gateway --example http_load
 # BENCH_ONLY=speed: only the quantization throughput table; =quality: only
 # the quantization quality tables; =memory: only
 # the estimate-vs-RSS table; =gateway: only the proxy table; =containers:
-# only the image and target table.
+# only the image and target table; =openai: only the schema, penalty and
+# tool-prompt costs.
 case "${BENCH_ONLY:-}" in
   containers) exec "$cache/venv/bin/python" scripts/bench/containers.py ;;
   memory) exec "$cache/venv/bin/python" scripts/bench/memory.py ;;
   generate) exec "$cache/venv/bin/python" scripts/bench/run.py ;;
+  openai) exec "$cache/venv/bin/python" scripts/bench/openai.py ;;
   gateway) exec "$cache/venv/bin/python" scripts/bench/gateway.py ;;
   speed | quality) exec "$cache/venv/bin/python" scripts/bench/quantize.py ;;
 esac
 "$cache/venv/bin/python" scripts/bench/run.py
 "$cache/venv/bin/python" scripts/bench/quantize.py
 "$cache/venv/bin/python" scripts/bench/memory.py
+"$cache/venv/bin/python" scripts/bench/openai.py
 "$cache/venv/bin/python" scripts/bench/gateway.py
 "$cache/venv/bin/python" scripts/bench/containers.py
 cargo run --release --quiet -p modelship-planner --example place_bench

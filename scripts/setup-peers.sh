@@ -6,6 +6,7 @@
 #                                   quantizer (tests compare our blocks)
 #   kubernetes-validate             Kubernetes 1.33 JSON schemas: tests check
 #                                   what `render kubernetes` writes
+#   openai, langchain-openai        real OpenAI clients (tests/clients/)
 #   llama-cpp-python (from source)  llama.cpp itself: loads what we write
 #                                   (tests), generation and quantization peer,
 #                                   the oracle of tests/fixtures/ (~10 min once)
@@ -43,6 +44,7 @@ PY
 }
 
 need numpy==2.4.6 tokenizers==0.23.3 safetensors==0.8.0 gguf==0.19.0 kubernetes-validate==1.37.0
+need openai==3.57.0 langchain-openai==1.7.4
 # The native build dies with "Illegal instruction" here: the CPU advertises AMX
 # that the virtual machine does not enable. Build for a fixed, portable ISA.
 export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"

@@ -291,12 +291,72 @@ impl Engine {
             .map_err(|e| EngineError::invalid("tokens", e))
     }
 
+    /// What clients can ask of this model: `embedding`, or `completion`
+    /// with `logprobs` and `structured_outputs`, plus `chat` with a chat
+    /// template and `tools` when the template renders them.
+    pub fn capabilities(&self) -> Vec<&'static str> {
+        match &self.worker {
+            Worker::Embed(_) => vec!["embedding"],
+            Worker::Generate { chat, .. } => {
+                let mut c = vec!["completion", "logprobs", "structured_outputs"];
+                if chat.is_some() {
+                    c.push("chat");
+                }
+                if self.tool_format().is_some() {
+                    c.push("tools");
+                }
+                c
+            }
+        }
+    }
+
     /// How the model writes tool calls; `None`: it takes no tools.
     pub fn tool_format(&self) -> Option<ToolFormat> {
         match &self.worker {
             Worker::Generate { chat: Some(t), .. } => t.tool_format(),
             _ => None,
         }
+    }
+
+    /// The prompt the model's chat template writes for `messages` and the
+    /// `tools` offered (what a chat request generates from, and what
+    /// `/tokenize` counts).
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&Tools>,
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        if messages.is_empty() {
+            return Err(EngineError::invalid(
+                "messages",
+                "`messages` must not be empty",
+            ));
+        }
+        let template = match &self.worker {
+            Worker::Generate { chat: Some(t), .. } => t,
+            _ => {
+                return Err(EngineError::invalid(
+                    "messages",
+                    "this model has no chat template; use /v1/completions",
+                ));
+            }
+        };
+        let offered: Vec<serde_json::Value> = match tools {
+            Some(t) => {
+                if template.tool_format().is_none() {
+                    return Err(EngineError::invalid(
+                        "tools",
+                        "this model's chat template does not render tools",
+                    ));
+                }
+                t.functions.iter().map(|f| f.spec.clone()).collect()
+            }
+            None => Vec::new(),
+        };
+        template
+            .render_with(messages, &offered, add_generation_prompt)
+            .map_err(|e| EngineError::invalid("messages", chain(&e)))
     }
 
     /// What token `id` stands for (`None` outside the vocabulary).
@@ -315,8 +375,8 @@ impl Engine {
     ) -> Result<(Vec<GenerationStream>, Vec<u32>), EngineError> {
         let Worker::Generate {
             generator,
-            chat,
             grammars,
+            ..
         } = &self.worker
         else {
             return Err(self.wrong_task(Task::Generate));
@@ -339,34 +399,11 @@ impl Engine {
                 return self.start(generator, grammars, ids.clone(), "prompt", request);
             }
             Prompt::Chat(messages) => {
-                if messages.is_empty() {
-                    return Err(EngineError::invalid(
-                        "messages",
-                        "`messages` must not be empty",
-                    ));
-                }
-                let template = chat.as_ref().ok_or_else(|| {
-                    EngineError::invalid(
-                        "messages",
-                        "this model has no chat template; use /v1/completions",
-                    )
-                })?;
-                let offered: Vec<serde_json::Value> = match &request.tools {
-                    Some(t) if t.choice != ToolChoice::None => {
-                        if template.tool_format().is_none() {
-                            return Err(EngineError::invalid(
-                                "tools",
-                                "this model's chat template does not render tools",
-                            ));
-                        }
-                        t.functions.iter().map(|f| f.spec.clone()).collect()
-                    }
-                    _ => Vec::new(),
+                let offered = match &request.tools {
+                    Some(t) if t.choice != ToolChoice::None => Some(t),
+                    _ => None,
                 };
-                let text = template
-                    .render(messages, &offered)
-                    .map_err(|e| EngineError::invalid("messages", chain(&e)))?;
-                (text, "messages")
+                (self.render_chat(messages, offered, true)?, "messages")
             }
         };
         let ids = self

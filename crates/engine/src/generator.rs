@@ -207,6 +207,9 @@ struct Worker<'t, B: GenerateBackend> {
     running: Vec<Active<'t, B::Sequence>>,
 }
 
+/// Prompt tokens scored per pass when their log-probabilities are asked.
+const SCORED_CHUNK: usize = 32;
+
 /// Whether a prompt of `len` tokens joins a pass already holding `pending`
 /// prompt tokens: the first always does, the rest while the pass stays
 /// within `budget`.
@@ -406,25 +409,33 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
 
     /// Runs sequence `i`'s prompt alone, keeping the logits after every
     /// position: reports each prompt token's log-probability, then samples
-    /// as [`Self::after_forward`] does.
+    /// as [`Self::after_forward`] does. The prompt runs in chunks of
+    /// [`SCORED_CHUNK`] tokens: the logits of a whole long prompt at once
+    /// would take gigabytes (positions × vocabulary × 4 bytes).
     fn prefill_scored(&mut self, i: usize) -> Result<Vec<Active<'t, B::Sequence>>, EngineError> {
         let a = &mut self.running[i];
         let top = a.request.params.prompt_logprobs.unwrap_or(0);
-        let mut rows = self
-            .backend
-            .forward_all(&mut a.seq, &a.request.prompt)
-            .map_err(EngineError::Backend)?;
-        let prompt = &a.request.prompt;
+        let prompt = a.request.prompt.clone();
         let mut scored = Vec::with_capacity(prompt.len());
         scored.push(TokenLogprob {
             token: prompt[0],
             logprob: None,
             top: Vec::new(),
         });
-        for (row, &token) in rows.iter().zip(&prompt[1..]) {
-            scored.push(logits::logprob_of(row, token, top));
+        let mut last = None;
+        for (c, chunk) in prompt.chunks(SCORED_CHUNK).enumerate() {
+            let rows = self
+                .backend
+                .forward_all(&mut a.seq, chunk)
+                .map_err(EngineError::Backend)?;
+            // Row k predicts the token after chunk position k.
+            let next = prompt[c * SCORED_CHUNK + 1..].iter();
+            for (row, &token) in rows.iter().zip(next) {
+                scored.push(logits::logprob_of(row, token, top));
+            }
+            last = rows.into_iter().last();
         }
-        let last = rows.pop().ok_or_else(|| {
+        let last = last.ok_or_else(|| {
             EngineError::Backend(crate::BackendError("no logits for the prompt".into()))
         })?;
         let forks = self.after_forward(i, last)?;

@@ -198,7 +198,7 @@ pub(crate) async fn handle(s: &Shared, head: &Head, body: &[u8]) -> Reply {
     if !authorized(&s.gateway, head) {
         return Reply::Local(unauthorized());
     }
-    if !(path.starts_with("/v1/") || path.starts_with("/v2/models/")) {
+    if !routed(path) {
         return Reply::Local(error(404, "not_found", format!("no route {path}"), None));
     }
     match target(path, body) {
@@ -207,12 +207,23 @@ pub(crate) async fn handle(s: &Shared, head: &Head, body: &[u8]) -> Reply {
     }
 }
 
-/// The deployment a request is for: `/v2/models/{name}/…` names it in the
-/// path; OpenAI requests in the body's `model` field. The error says what
-/// is wrong with the body.
+/// Whether a path goes to a replica: OpenAI's and KServe's APIs, and the
+/// replica routes clients call beside them (vLLM's and llama.cpp's
+/// tokenizer routes, text-embeddings-inference's rerank and predict).
+fn routed(path: &str) -> bool {
+    path.starts_with("/v1/")
+        || path.starts_with("/v2/models/")
+        || matches!(path, "/tokenize" | "/detokenize" | "/rerank" | "/predict")
+}
+
+/// The deployment a request is for: `/v2/models/{name}/…` and
+/// `/v1/models/{name}` name it in the path; the other requests in the
+/// body's `model` field. The error says what is wrong with the body.
 fn target<'a>(path: &'a str, body: &[u8]) -> Result<Cow<'a, str>, String> {
-    if let Some(rest) = path.strip_prefix("/v2/models/") {
-        return Ok(Cow::Borrowed(rest.split('/').next().unwrap_or_default()));
+    for prefix in ["/v2/models/", "/v1/models/"] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            return Ok(Cow::Borrowed(rest.split('/').next().unwrap_or_default()));
+        }
     }
     #[derive(serde::Deserialize)]
     struct Named {
@@ -393,5 +404,33 @@ fn record(e: &Endpoint, code: u16, ms: f64, failed: bool) {
             "deployment" => e.deployment.clone(), "revision" => e.revision.to_string(),
             "replica" => e.replica.clone(), "code" => code.to_string())
         .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_routes_and_the_deployment_they_name() {
+        for path in [
+            "/v1/chat/completions",
+            "/v2/models/m/infer",
+            "/tokenize",
+            "/detokenize",
+            "/rerank",
+        ] {
+            assert!(routed(path), "{path}");
+        }
+        assert!(!routed("/admin") && !routed("/tokenizex"));
+        assert_eq!(target("/v1/models/qwen", b"").unwrap(), "qwen");
+        assert_eq!(target("/v2/models/qwen/infer", b"").unwrap(), "qwen");
+        let body = br#"{"model": "m", "prompt": "x"}"#;
+        assert_eq!(target("/tokenize", body).unwrap(), "m");
+        assert!(
+            target("/detokenize", br#"{"tokens": [1]}"#)
+                .unwrap_err()
+                .contains("`model`")
+        );
     }
 }

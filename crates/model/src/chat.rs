@@ -132,6 +132,17 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         tools: &[serde_json::Value],
     ) -> Result<String, ModelError> {
+        self.render_with(messages, tools, true)
+    }
+
+    /// [`Self::render`], the assistant's turn opened or not
+    /// (`add_generation_prompt`).
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
         let tmpl = self
             .env
             .get_template("chat")
@@ -140,7 +151,7 @@ impl ChatTemplate {
             .render(context! {
                 messages => messages,
                 tools => (!tools.is_empty()).then_some(tools),
-                add_generation_prompt => true,
+                add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
             })

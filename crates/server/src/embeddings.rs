@@ -118,15 +118,25 @@ struct ModelObject {
     object: &'static str,
     created: u64,
     owned_by: &'static str,
+    /// Tokens per sequence (vLLM's name).
+    max_model_len: usize,
+    /// What the model does here (Ollama's names where it has them).
+    capabilities: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<usize>,
 }
 
 fn model_object(state: &AppState) -> ModelObject {
-    let card = state.engine.card();
+    let engine = &state.engine;
+    let card = engine.card();
     ModelObject {
         id: card.name.clone(),
         object: "model",
         created: card.created,
         owned_by: "modelship",
+        max_model_len: card.max_context,
+        capabilities: engine.capabilities(),
+        dimensions: card.dimensions,
     }
 }
 

@@ -6,6 +6,7 @@
 //! Must not depend on orchestration; knows nothing of how the engine computes.
 
 mod auth;
+mod chat;
 mod choices;
 mod completions;
 mod embeddings;

@@ -617,3 +617,68 @@ proptest! {
         valid(&schema, &parsed).map_err(TestCaseError::fail)?;
     }
 }
+
+/// Prompt log-probabilities run in chunks: a prompt across several of them
+/// scores its tokens as decoding scored them one at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_prompts_score_like_the_tokens_generated_after_them() {
+    use modelship_engine::{GenerateRequest, GenerationEvent, Prompt};
+    let engine = smollm();
+    let text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer \
+                the slings and arrows of outrageous fortune, or to take arms against a sea of troubles \
+                and by opposing end them. To die, to sleep, no more; and by a sleep to say we end \
+                the heart-ache and the thousand natural shocks that flesh is heir to.";
+    let prompt = engine.tokenize(text, true).unwrap();
+    assert!(
+        prompt.len() > 64,
+        "{} tokens: not across chunks",
+        prompt.len()
+    );
+    let generate = GenerateRequest {
+        max_tokens: Some(6),
+        temperature: Some(0.0),
+        logprobs: Some(0),
+        ..GenerateRequest::default()
+    };
+    let (mut samples, _) = engine
+        .generate(&Prompt::Tokens(prompt.clone()), &generate)
+        .unwrap();
+    let mut events = samples.pop().unwrap();
+    let mut generated = Vec::new();
+    while let Some(ev) = events.recv().await {
+        match ev {
+            GenerationEvent::Text { logprobs, .. } => generated.extend(logprobs),
+            GenerationEvent::Done { .. } => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(generated.len(), 6);
+    let whole: Vec<u32> = prompt
+        .iter()
+        .copied()
+        .chain(generated.iter().map(|t| t.token))
+        .collect();
+    let score = GenerateRequest {
+        max_tokens: Some(1),
+        temperature: Some(0.0),
+        prompt_logprobs: Some(0),
+        ..GenerateRequest::default()
+    };
+    let (mut samples, _) = engine
+        .generate(&Prompt::Tokens(whole.clone()), &score)
+        .unwrap();
+    let Some(GenerationEvent::Prompt(scored)) = samples.pop().unwrap().recv().await else {
+        panic!("no prompt log-probabilities first");
+    };
+    assert_eq!(scored.len(), whole.len());
+    assert!(scored[0].logprob.is_none());
+    for (s, g) in scored[prompt.len()..].iter().zip(&generated) {
+        assert_eq!(s.token, g.token);
+        let (a, b) = (s.logprob.unwrap(), g.logprob.unwrap());
+        assert!(
+            (a - b).abs() < 0.05,
+            "token {}: scored {a}, generated {b}",
+            s.token
+        );
+    }
+}

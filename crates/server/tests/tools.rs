@@ -268,3 +268,50 @@ async fn bad_tools_are_400_naming_the_field() {
         assert_eq!(r.error().0.as_deref(), Some(param), "{body}: {}", r.text());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn models_and_tokenize_know_the_chat_and_its_tools() {
+    let engine = qwen2();
+    let models = get(&engine, "/v1/models").await.json();
+    let entry = &models["data"][0];
+    assert_eq!(entry["max_model_len"], 4096);
+    let caps: Vec<&str> = entry["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for c in [
+        "chat",
+        "completion",
+        "tools",
+        "logprobs",
+        "structured_outputs",
+    ] {
+        assert!(caps.contains(&c), "{caps:?}");
+    }
+    // /tokenize with messages counts what a chat request's prompt holds.
+    let request = ask("What is the weather in Paris, in celsius?");
+    let counted = post_json(
+        &engine,
+        "/tokenize",
+        json!({"messages": request["messages"], "tools": request["tools"], "with_pieces": true}),
+    )
+    .await;
+    assert_eq!(counted.status, 200, "{}", counted.text());
+    let counted = counted.json();
+    let answered = chat(request).await;
+    assert_eq!(counted["count"], answered["usage"]["prompt_tokens"]);
+    // Pieces spell the rendered prompt, tools included.
+    let text: String = counted["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["piece"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(text.starts_with("<|im_start|>system"), "{text}");
+    assert!(
+        text.contains("get_weather") && text.ends_with("<|im_start|>assistant\n"),
+        "{text}"
+    );
+}

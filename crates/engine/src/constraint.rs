@@ -9,7 +9,7 @@ use std::sync::Arc;
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
-use modelship_model::TextTokenizer;
+use modelship_model::{TextTokenizer, TokenBytes};
 use serde_json::Value;
 
 /// The model's vocabulary as llguidance reads it, and the grammars' shared
@@ -37,16 +37,16 @@ impl TokenizerEnv for Vocabulary {
 }
 
 impl Grammars {
-    /// The grammars of a model read by `tokenizer`. The model's logits may
-    /// be longer than its vocabulary: ids past it are never allowed.
-    pub fn new(tokenizer: Arc<TextTokenizer>) -> Result<Self, String> {
+    /// The grammars of a model read by `tokenizer`, whose tokens spell
+    /// `vocabulary`. The model's logits may be longer than its vocabulary:
+    /// ids past it are never allowed.
+    pub fn new(tokenizer: Arc<TextTokenizer>, vocabulary: &[TokenBytes]) -> Result<Self, String> {
         let eos = *tokenizer
             .eos()
             .first()
             .ok_or("the model has no end-of-sequence token to end a constrained output")?;
-        let words: Vec<Vec<u8>> = tokenizer
-            .token_bytes()
-            .into_iter()
+        let words: Vec<Vec<u8>> = vocabulary
+            .iter()
             .map(|t| {
                 if t.special {
                     // llguidance's mark for a token that is not text.
@@ -55,7 +55,7 @@ impl Grammars {
                     w.extend_from_slice(&t.bytes);
                     w
                 } else {
-                    t.bytes
+                    t.bytes.clone()
                 }
             })
             .collect();

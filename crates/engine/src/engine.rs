@@ -9,18 +9,9 @@ use modelship_types::{ServingLimits, Task};
 use crate::constraint::{Constraint, Grammars};
 use crate::embedder::Embedder;
 use crate::generator::Generator;
-use crate::logits::Penalties;
-use crate::tools::{self, ToolChoice, Tools};
-use crate::{
-    EmbedBackend, EngineError, GenerateBackend, GenerateParams, GenerationStream, SamplingParams,
-};
-
-/// The most samples one request may ask for (OpenAI's limit).
-pub const MAX_N: usize = 128;
-/// The most alternatives a token's log-probability may list.
-pub const MAX_TOP_LOGPROBS: usize = 20;
-/// The most token ids one `logit_bias` may name.
-pub const MAX_LOGIT_BIAS: usize = 1024;
+use crate::request::Bounds;
+use crate::tools::{self, Tools};
+use crate::{EmbedBackend, EngineError, GenerateBackend, GenerateRequest, GenerationStream};
 
 /// What a client can know about the served model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,32 +59,6 @@ pub struct Embeddings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbedInputs(Vec<Vec<u32>>);
 
-/// Optional request knobs before defaults are applied.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GenerateRequest {
-    pub max_tokens: Option<usize>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub seed: Option<u64>,
-    pub stop: Vec<String>,
-    pub min_p: Option<f32>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub repetition_penalty: Option<f32>,
-    /// (token id, bias), the ids as the client wrote them.
-    pub logit_bias: Vec<(i64, f32)>,
-    pub n: Option<usize>,
-    /// Alternatives to list per generated token; `Some(0)`: the chosen
-    /// token's log-probability only.
-    pub logprobs: Option<usize>,
-    /// The same for the prompt's tokens.
-    pub prompt_logprobs: Option<usize>,
-    pub format: Option<OutputFormat>,
-    /// Chat only: the tools offered and what is demanded of them.
-    pub tools: Option<Tools>,
-}
-
 enum Worker {
     Embed(Embedder),
     Generate {
@@ -110,8 +75,8 @@ pub struct Engine {
     card: ModelCard,
     limits: ServingLimits,
     tokenizer: Arc<TextTokenizer>,
-    /// Every token's bytes, for log-probabilities; built when first asked.
-    token_bytes: OnceLock<Vec<TokenBytes>>,
+    /// Every token's bytes, for log-probabilities and grammars.
+    token_bytes: Arc<[TokenBytes]>,
     worker: Worker,
 }
 
@@ -128,8 +93,8 @@ impl Engine {
         Self {
             card,
             limits,
+            token_bytes: tokenizer.token_bytes().into(),
             tokenizer: Arc::new(tokenizer),
-            token_bytes: OnceLock::new(),
             worker: Worker::Embed(embedder),
         }
     }
@@ -152,8 +117,8 @@ impl Engine {
         Self {
             card,
             limits,
+            token_bytes: tokenizer.token_bytes().into(),
             tokenizer,
-            token_bytes: OnceLock::new(),
             worker: Worker::Generate {
                 generator,
                 chat: chat.map(Box::new),
@@ -361,9 +326,7 @@ impl Engine {
 
     /// What token `id` stands for (`None` outside the vocabulary).
     pub fn token_bytes(&self, id: u32) -> Option<&TokenBytes> {
-        self.token_bytes
-            .get_or_init(|| self.tokenizer.token_bytes())
-            .get(id as usize)
+        self.token_bytes.get(id as usize)
     }
 
     /// Starts a generation: one event stream per sample (`n`), and the
@@ -399,10 +362,7 @@ impl Engine {
                 return self.start(generator, grammars, ids.clone(), "prompt", request);
             }
             Prompt::Chat(messages) => {
-                let offered = match &request.tools {
-                    Some(t) if t.choice != ToolChoice::None => Some(t),
-                    _ => None,
-                };
+                let offered = request.tools.as_ref().filter(|t| t.offered());
                 (self.render_chat(messages, offered, true)?, "messages")
             }
         };
@@ -427,7 +387,13 @@ impl Engine {
                 format!("`{field}` has no tokens"),
             ));
         }
-        let params = self.generate_params(request, ids.len(), field)?;
+        let params = request.resolve(&Bounds {
+            limits: &self.limits,
+            max_context: self.card.max_context,
+            tokenizer: &self.tokenizer,
+            prompt_tokens: ids.len(),
+            field,
+        })?;
         let demanded = match (&request.tools, self.tool_format()) {
             (Some(t), Some(f)) => tools::call_grammar(f, t).map(OutputFormat::Lark),
             _ => None,
@@ -456,10 +422,14 @@ impl Engine {
         grammars: &OnceLock<Result<Grammars, String>>,
         format: &OutputFormat,
     ) -> Result<Constraint, EngineError> {
+        let field = match format {
+            OutputFormat::JsonSchema(_) => "response_format",
+            OutputFormat::Lark(_) => "tools",
+        };
         let grammars = grammars
-            .get_or_init(|| Grammars::new(self.tokenizer.clone()))
+            .get_or_init(|| Grammars::new(self.tokenizer.clone(), &self.token_bytes))
             .as_ref()
-            .map_err(|e| EngineError::invalid("response_format", e.clone()))?;
+            .map_err(|e| EngineError::invalid(field, e.clone()))?;
         match format {
             OutputFormat::JsonSchema(schema) => grammars.json_schema(schema).map_err(|e| {
                 EngineError::invalid(
@@ -476,164 +446,11 @@ impl Engine {
         }
     }
 
-    /// Applies defaults and checks every knob against the limits.
-    fn generate_params(
-        &self,
-        r: &GenerateRequest,
-        prompt_tokens: usize,
-        field: &'static str,
-    ) -> Result<GenerateParams, EngineError> {
-        let ctx = self.card.max_context;
-        if prompt_tokens >= ctx {
-            return Err(EngineError::invalid(
-                field,
-                format!(
-                    "the prompt has {prompt_tokens} tokens; this model's maximum context is {ctx} tokens"
-                ),
-            ));
-        }
-        let room = ctx - prompt_tokens;
-        let max_tokens = match r.max_tokens {
-            None => self.limits.max_tokens.min(room),
-            Some(0) => {
-                return Err(EngineError::invalid(
-                    "max_tokens",
-                    "`max_tokens` must be at least 1",
-                ));
-            }
-            Some(n) if n > self.limits.max_tokens => {
-                return Err(EngineError::invalid(
-                    "max_tokens",
-                    format!(
-                        "`max_tokens` is {n}; the maximum is {}",
-                        self.limits.max_tokens
-                    ),
-                ));
-            }
-            Some(n) if n > room => {
-                return Err(EngineError::invalid(
-                    "max_tokens",
-                    format!(
-                        "this model's maximum context is {ctx} tokens; the prompt has {prompt_tokens} and `max_tokens` asks for {n}"
-                    ),
-                ));
-            }
-            Some(n) => n,
-        };
-        let temperature = r.temperature.unwrap_or(1.0);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(EngineError::invalid(
-                "temperature",
-                "`temperature` must be between 0 and 2",
-            ));
-        }
-        let top_p = r.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(EngineError::invalid("top_p", "`top_p` must be in (0, 1]"));
-        }
-        if r.stop.len() > 4 {
-            return Err(EngineError::invalid("stop", "at most 4 stop sequences"));
-        }
-        let min_p = in_range("min_p", r.min_p, 0.0, 0.0..=1.0)?;
-        let penalties = Penalties {
-            presence: in_range("presence_penalty", r.presence_penalty, 0.0, -2.0..=2.0)?,
-            frequency: in_range("frequency_penalty", r.frequency_penalty, 0.0, -2.0..=2.0)?,
-            repetition: in_range("repetition_penalty", r.repetition_penalty, 1.0, 0.01..=10.0)?,
-        };
-        let n = r.n.unwrap_or(1);
-        let most = MAX_N.min(self.limits.max_concurrent);
-        if n == 0 || n > most {
-            return Err(EngineError::invalid(
-                "n",
-                format!("`n` is {n}: it must be between 1 and {most} on this replica"),
-            ));
-        }
-        for (field, top) in [
-            ("logprobs", r.logprobs),
-            ("prompt_logprobs", r.prompt_logprobs),
-        ] {
-            if top.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
-                return Err(EngineError::invalid(
-                    field,
-                    format!("at most {MAX_TOP_LOGPROBS} alternatives per token"),
-                ));
-            }
-        }
-        Ok(GenerateParams {
-            max_tokens,
-            sampling: SamplingParams {
-                temperature,
-                top_p,
-                top_k: r.top_k.unwrap_or(0),
-                min_p,
-                seed: r.seed,
-            },
-            stop: r.stop.clone(),
-            penalties,
-            logit_bias: self.logit_bias(&r.logit_bias)?,
-            logprobs: r.logprobs,
-            prompt_logprobs: r.prompt_logprobs,
-            n,
-        })
-    }
-
-    /// Checks a `logit_bias`: ids in the vocabulary, biases in [−100, 100].
-    fn logit_bias(&self, bias: &[(i64, f32)]) -> Result<Vec<(u32, f32)>, EngineError> {
-        if bias.len() > MAX_LOGIT_BIAS {
-            return Err(EngineError::invalid(
-                "logit_bias",
-                format!("{} tokens; at most {MAX_LOGIT_BIAS}", bias.len()),
-            ));
-        }
-        bias.iter()
-            .map(|&(id, b)| {
-                let token = u32::try_from(id)
-                    .ok()
-                    .filter(|&t| self.tokenizer.id_to_token(t).is_some())
-                    .ok_or_else(|| {
-                        EngineError::invalid(
-                            "logit_bias",
-                            format!("token {id} is not in this model's vocabulary"),
-                        )
-                    })?;
-                if !(-100.0..=100.0).contains(&b) {
-                    return Err(EngineError::invalid(
-                        "logit_bias",
-                        format!("the bias of token {id} is {b}: it must be between -100 and 100"),
-                    ));
-                }
-                Ok((token, b))
-            })
-            .collect()
-    }
-
     fn wrong_task(&self, asked: Task) -> EngineError {
         EngineError::WrongTask {
             served: self.card.task.as_str(),
             asked: asked.as_str(),
         }
-    }
-}
-
-/// `value` (or `default`) when within `range`, else an error naming `field`.
-fn in_range(
-    field: &'static str,
-    value: Option<f32>,
-    default: f32,
-    range: std::ops::RangeInclusive<f32>,
-) -> Result<f32, EngineError> {
-    let v = value.unwrap_or(default);
-    if range.contains(&v) {
-        Ok(v)
-    } else {
-        Err(EngineError::invalid(
-            field,
-            format!(
-                "`{field}` is {v}: it must be between {} and {}",
-                range.start(),
-                range.end()
-            ),
-        ))
     }
 }
 

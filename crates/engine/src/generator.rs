@@ -68,8 +68,9 @@ pub struct Usage {
 /// asked, text pieces, then `Done` or `Failed`.
 #[derive(Debug, Clone)]
 pub enum GenerationEvent {
-    /// Every prompt token, the first with no log-probability.
-    Prompt(Vec<TokenLogprob>),
+    /// Every prompt token, the first with no log-probability (shared by
+    /// the samples of one prompt).
+    Prompt(Arc<[TokenLogprob]>),
     /// Generated text and, when asked, the tokens that made it. A token's
     /// text may be held back (a character spanning tokens, a possible stop
     /// sequence): it comes with the piece its text ends in.
@@ -138,13 +139,14 @@ impl Generator {
         params: GenerateParams,
         constraint: Option<Constraint>,
     ) -> Result<Vec<GenerationStream>, EngineError> {
-        let permit =
-            self.admission
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| EngineError::Overloaded {
-                    queued: self.capacity,
-                })?;
+        // Each sample takes a place: a request of `n` counts as `n`.
+        let permit = self
+            .admission
+            .clone()
+            .try_acquire_many_owned(params.n.max(1) as u32)
+            .map_err(|_| EngineError::Overloaded {
+                queued: self.capacity,
+            })?;
         let (events, streams) = (0..params.n.max(1))
             .map(|_| mpsc::unbounded_channel())
             .unzip();
@@ -272,8 +274,9 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
             let Some(next) = self.waiting.front() else {
                 return;
             };
-            let room = self.running.is_empty()
-                || self.running.len() + next.events.len() <= self.max_concurrent;
+            // Samples still to be forked from a prompt take their slots now.
+            let samples: usize = self.running.iter().map(|a| 1 + a.forks.len()).sum();
+            let room = samples == 0 || samples + next.events.len() <= self.max_concurrent;
             if !room
                 || !joins_pass(
                     prompt_tokens,
@@ -439,7 +442,7 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
             EngineError::Backend(crate::BackendError("no logits for the prompt".into()))
         })?;
         let forks = self.after_forward(i, last)?;
-        let event = GenerationEvent::Prompt(scored);
+        let event = GenerationEvent::Prompt(scored.into());
         let a = &self.running[i];
         for e in std::iter::once(&a.events).chain(forks.iter().map(|f| &f.events)) {
             let _ = e.send(event.clone());
@@ -462,8 +465,15 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
                 .record(a.request.enqueued.elapsed().as_secs_f64());
             metrics::counter!("modelship_prompt_tokens_total")
                 .increment(a.request.prompt.len() as u64);
+            // A fork that cannot start fails alone, and says so.
             for (k, events, constraint) in std::mem::take(&mut a.forks) {
-                let seq = self.backend.fork(&a.seq).map_err(EngineError::Backend)?;
+                let seq = match self.backend.fork(&a.seq) {
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        let _ = events.send(GenerationEvent::Failed(EngineError::Backend(e)));
+                        continue;
+                    }
+                };
                 let mut fork = sample(
                     self.tokenizer,
                     a.request.clone(),
@@ -473,8 +483,12 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
                     seq,
                 );
                 fork.prefilled = true;
-                choose(&mut fork, logits.clone())?;
-                born.push(fork);
+                match choose(&mut fork, logits.clone()) {
+                    Ok(()) => born.push(fork),
+                    Err(e) => {
+                        let _ = fork.events.send(GenerationEvent::Failed(e));
+                    }
+                }
             }
         }
         choose(&mut self.running[i], logits)?;
@@ -482,9 +496,22 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
     }
 
     /// Ends sequence `i`: flushes text held back for a possible stop
-    /// sequence that never came, then reports.
+    /// sequence that never came, then reports; samples still waiting to be
+    /// forked from it end the same way.
     fn finish(&mut self, i: usize, outcome: Result<FinishReason, EngineError>) {
         let mut a = self.running.swap_remove(i);
+        for (_, events, _) in a.forks.drain(..) {
+            let _ = events.send(match &outcome {
+                Ok(reason) => GenerationEvent::Done {
+                    reason: *reason,
+                    usage: Usage {
+                        prompt_tokens: a.request.prompt.len(),
+                        completion_tokens: 0,
+                    },
+                },
+                Err(e) => GenerationEvent::Failed(e.clone()),
+            });
+        }
         match outcome {
             Ok(reason) => {
                 let rest = a.stop.flush();
@@ -515,6 +542,10 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
         }
         if !a.prefilled {
             return Ok(Step::Prefill);
+        }
+        if a.request.params.max_tokens == 0 {
+            // Only the prompt was to be scored.
+            return Ok(Step::Finished(FinishReason::Length));
         }
         let Some((token, logprob)) = a.next.take() else {
             return Err(EngineError::Backend(crate::BackendError(

@@ -15,18 +15,17 @@ mod engine;
 mod error;
 mod generator;
 pub mod logits;
+mod request;
 pub mod sampler;
 pub mod stop;
 mod thread;
 pub mod tools;
 
 pub use backend::{BackendError, EmbedBackend, GenerateBackend};
-pub use engine::{
-    EmbedInputs, Embeddings, Engine, GenerateRequest, MAX_N, MAX_TOP_LOGPROBS, ModelCard,
-    OutputFormat, Prompt,
-};
+pub use engine::{EmbedInputs, Embeddings, Engine, ModelCard, OutputFormat, Prompt};
 pub use error::EngineError;
 pub use generator::{FinishReason, GenerateParams, GenerationEvent, GenerationStream, Usage};
 pub use logits::TokenLogprob;
+pub use request::{GenerateRequest, MAX_N, MAX_TOP_LOGPROBS};
 pub use sampler::SamplingParams;
 pub use tools::{Function, ToolChoice, ToolOutput, ToolParser, Tools};

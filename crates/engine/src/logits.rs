@@ -21,7 +21,13 @@ pub fn logprob_of(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
     // Summed in f64: 150k terms in f32 lose the small ones.
     let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
     let log_z = max as f64 + sum.ln();
-    let lp = |id: u32| (logits[id as usize] as f64 - log_z) as f32;
+    let lp = |id: u32| {
+        let x = logits
+            .get(id as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
+        (x as f64 - log_z) as f32
+    };
     TokenLogprob {
         token,
         logprob: Some(lp(token)),

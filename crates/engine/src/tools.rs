@@ -40,6 +40,11 @@ pub struct Tools {
 }
 
 impl Tools {
+    /// Whether the model is shown the tools (and its calls parsed).
+    pub fn offered(&self) -> bool {
+        self.choice != ToolChoice::None
+    }
+
     /// The functions a demanded call may be of (all, or the named one).
     fn demanded(&self) -> Option<Vec<&Function>> {
         match &self.choice {
@@ -103,8 +108,13 @@ pub fn call_grammar(format: ToolFormat, tools: &Tools) -> Option<String> {
 pub enum ToolOutput {
     /// Text for the message's `content`.
     Content(String),
-    /// A complete call; `arguments` is a JSON object.
-    Call { name: String, arguments: Value },
+    /// A complete call, the `index`-th of the output; `arguments` is a
+    /// JSON object.
+    Call {
+        index: usize,
+        name: String,
+        arguments: Value,
+    },
 }
 
 /// Turns a model's output into content and calls, in its family's format,
@@ -254,8 +264,12 @@ impl ToolParser {
         if self.calls > 0 && !self.parallel {
             return;
         }
+        out.push(ToolOutput::Call {
+            index: self.calls,
+            name,
+            arguments,
+        });
         self.calls += 1;
-        out.push(ToolOutput::Call { name, arguments });
     }
 }
 
@@ -291,15 +305,22 @@ fn parse_objects(text: &str) -> Option<Vec<(String, Value)>> {
 }
 
 /// Llama 3's: one object, or several separated by `;`, maybe after
-/// `<|python_tag|>`.
+/// `<|python_tag|>`. Objects are read whole, so a `;` inside a string
+/// separates nothing.
 fn parse_llama3(text: &str) -> Option<Vec<(String, Value)>> {
     let text = text.trim();
-    let text = text.strip_prefix("<|python_tag|>").unwrap_or(text);
-    text.split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| parse_call(s, "parameters"))
-        .collect()
+    let mut rest = text.strip_prefix("<|python_tag|>").unwrap_or(text);
+    let mut calls = Vec::new();
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+        if rest.is_empty() {
+            return Some(calls);
+        }
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        let v = values.next()?.ok()?;
+        calls.push(call_of(&v, "parameters")?);
+        rest = &rest[values.byte_offset()..];
+    }
 }
 
 /// Mistral's: `[TOOL_CALLS]` (dropped when decoded, as a control token)
@@ -332,8 +353,32 @@ mod tests {
         joined
     }
 
+    /// Calls numbered in order, as the parser must number them.
+    fn calls(outputs: Vec<ToolOutput>) -> Vec<ToolOutput> {
+        let mut k = 0;
+        outputs
+            .into_iter()
+            .map(|o| match o {
+                ToolOutput::Call {
+                    index: 0,
+                    name,
+                    arguments,
+                } => {
+                    k += 1;
+                    ToolOutput::Call {
+                        index: k - 1,
+                        name,
+                        arguments,
+                    }
+                }
+                o => o,
+            })
+            .collect()
+    }
+
     fn call(name: &str, arguments: Value) -> ToolOutput {
         ToolOutput::Call {
+            index: 0,
             name: name.into(),
             arguments,
         }
@@ -342,11 +387,11 @@ mod tests {
     #[test]
     fn hermes_calls_are_parsed_across_pieces() {
         let text = "Let me check.\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"time\", \"arguments\": {}}\n</tool_call>";
-        let want = vec![
+        let want = calls(vec![
             ToolOutput::Content("Let me check.\n".into()),
             call("weather", json!({"city": "Paris"})),
             call("time", json!({})),
-        ];
+        ]);
         // Whole, and split at every byte boundary that is a char boundary.
         assert_eq!(run(ToolFormat::Hermes, &[text]), want);
         for cut in (1..text.len()).filter(|&c| text.is_char_boundary(c)) {
@@ -367,7 +412,7 @@ mod tests {
                     " {\"name\": \"f\", \"arguments\": {\"a\": 1}}\n{\"name\": \"g\", \"arguments\": {}}"
                 ]
             ),
-            vec![call("f", json!({"a": 1})), call("g", json!({}))]
+            calls(vec![call("f", json!({"a": 1})), call("g", json!({}))])
         );
         // JSON that is not a call stays content.
         assert_eq!(
@@ -408,7 +453,14 @@ mod tests {
                     "<|python_tag|>{\"name\": \"f\", \"parameters\": {\"x\": 1}}; {\"name\": \"g\", \"parameters\": \"{}\"}"
                 ]
             ),
-            vec![call("f", json!({"x": 1})), call("g", json!({}))]
+            calls(vec![call("f", json!({"x": 1})), call("g", json!({}))])
+        );
+        assert_eq!(
+            run(
+                ToolFormat::Llama3Json,
+                &["{\"name\": \"f\", \"parameters\": {\"q\": \"a;b\"}}"]
+            ),
+            vec![call("f", json!({"q": "a;b"}))]
         );
         assert_eq!(
             run(ToolFormat::Llama3Json, &["Hello ", "there"]),

@@ -113,10 +113,7 @@ impl TextTokenizer {
             .filter_map(|t| inner.token_to_id(t))
             .take(1)
             .collect();
-        let spelling = match tokenizer_json_decoder(json) {
-            Some("ByteLevel") => Spelling::ByteLevel,
-            _ => Spelling::Decoded,
-        };
+        let spelling = tokenizer_json_spelling(json);
         Ok(Self {
             inner,
             bos: None,
@@ -320,12 +317,29 @@ impl TextTokenizer {
     }
 }
 
-/// The `decoder.type` of a `tokenizer.json`, if it parses.
-fn tokenizer_json_decoder(json: &[u8]) -> Option<&'static str> {
-    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
-    match v.get("decoder")?.get("type")?.as_str()? {
-        "ByteLevel" => Some("ByteLevel"),
-        _ => None,
+/// How a `tokenizer.json`'s vocabulary spells bytes, from its decoder:
+/// `ByteLevel`, SentencePiece's (`Metaspace`, or a sequence that turns `▁`
+/// into spaces or falls back to bytes, as Llama 2's, Mistral's and Gemma's
+/// do), or neither (BERT's WordPiece: what a lone token decodes to).
+fn tokenizer_json_spelling(json: &[u8]) -> Spelling {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return Spelling::Decoded;
+    };
+    let decoder = &v["decoder"];
+    let kind = |d: &serde_json::Value| d["type"].as_str().unwrap_or_default().to_owned();
+    let parts: Vec<&serde_json::Value> = match decoder["decoders"].as_array() {
+        Some(list) => list.iter().collect(),
+        None => vec![decoder],
+    };
+    if parts.iter().any(|d| kind(d) == "ByteLevel") {
+        Spelling::ByteLevel
+    } else if parts.iter().any(|d| {
+        matches!(kind(d).as_str(), "Metaspace" | "ByteFallback")
+            || (kind(d) == "Replace" && d["pattern"]["String"] == SPM_SPACE)
+    }) {
+        Spelling::SentencePiece
+    } else {
+        Spelling::Decoded
     }
 }
 

@@ -71,11 +71,15 @@ struct FunctionSpec {
 #[serde(untagged)]
 pub(crate) enum ToolChoiceSpec {
     Mode(String),
-    Named {
-        #[serde(rename = "type")]
-        kind: String,
-        function: NamedFunction,
-    },
+    Named(NamedChoice),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NamedChoice {
+    #[serde(rename = "type")]
+    kind: String,
+    function: NamedFunction,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,7 +225,7 @@ pub(crate) fn tools(
                 ));
             }
         },
-        Some(ToolChoiceSpec::Named { kind, function }) => {
+        Some(ToolChoiceSpec::Named(NamedChoice { kind, function })) => {
             if kind != "function" {
                 return Err(bad("tool_choice.type".into(), "only `function`".into()));
             }

@@ -121,7 +121,10 @@ impl Reply {
         for (index, c) in done.into_iter().enumerate() {
             let c = c?;
             usage.completion_tokens += c.usage.completion_tokens;
-            let logprobs = c.logprobs.as_deref().map(|l| self.logprobs(l, 0));
+            let logprobs = c
+                .logprobs
+                .as_ref()
+                .map(|(tokens, spans)| self.logprobs(tokens, spans));
             choices.push(match self.kind {
                 Kind::Text => json!({
                     "index": index, "text": c.text, "logprobs": logprobs,
@@ -143,7 +146,10 @@ impl Reply {
     /// were offered; whether any call was made.
     fn message(&self, text: String) -> (Value, bool) {
         let Some(mut parser) = self.parser() else {
-            return (json!({"role": "assistant", "content": text}), false);
+            return (
+                json!({"role": "assistant", "content": text, "refusal": null}),
+                false,
+            );
         };
         let mut outputs = parser.push(&text);
         outputs.extend(parser.finish());
@@ -152,9 +158,9 @@ impl Reply {
         for o in outputs {
             match o {
                 ToolOutput::Content(c) => content.push_str(&c),
-                ToolOutput::Call { name, arguments } => {
-                    calls.push(tool_call(None, &name, &arguments));
-                }
+                ToolOutput::Call {
+                    name, arguments, ..
+                } => calls.push(tool_call(None, &name, &arguments)),
             }
         }
         let called = !calls.is_empty();
@@ -163,7 +169,7 @@ impl Reply {
         } else {
             json!(content)
         };
-        let mut message = json!({"role": "assistant", "content": content});
+        let mut message = json!({"role": "assistant", "content": content, "refusal": null});
         if called {
             message["tool_calls"] = json!(calls);
         }
@@ -231,7 +237,7 @@ impl Reply {
         // they are what came.
         let ev = match (echo, ev) {
             (Some(text), GenerationEvent::Prompt(lp)) => {
-                out.push(self.piece(p, index, Some(&text), Some(&lp)));
+                out.push(self.piece(p, index, Some(&text), Some(&lp[..])));
                 None
             }
             (Some(text), ev) => {
@@ -288,14 +294,20 @@ impl Reply {
                 ToolOutput::Content(text) => {
                     out.push(self.piece(p, index, Some(&text), logprobs.take()));
                 }
-                ToolOutput::Call { name, arguments } => {
-                    let k = p.parsers[index].as_ref().map_or(1, ToolParser::calls) - 1;
+                ToolOutput::Call {
+                    index: k,
+                    name,
+                    arguments,
+                } => {
                     let mut delta = self.delta(p, index);
                     delta.insert(
                         "tool_calls".into(),
                         json!([tool_call(Some(k), &name, &arguments)]),
                     );
-                    let lp = logprobs.take().map(|l| self.logprobs(l, 0));
+                    let at = Span::at(p.offsets[index], "");
+                    let lp = logprobs
+                        .take()
+                        .map(|l| self.logprobs(l, &vec![at; l.len()]));
                     out.push(self.envelope(
                         true,
                         vec![json!({"index": index, "delta": delta, "logprobs": lp, "finish_reason": null})],
@@ -327,10 +339,9 @@ impl Reply {
         logprobs: Option<&[TokenLogprob]>,
     ) -> Value {
         let offset = &mut p.offsets[index];
-        let lp = logprobs.map(|l| self.logprobs(l, *offset));
-        if let Some(t) = text {
-            *offset += t.chars().count();
-        }
+        let span = Span::at(*offset, text.unwrap_or(""));
+        let lp = logprobs.map(|l| self.logprobs(l, &vec![span; l.len()]));
+        *offset += span.chars;
         let choice = match self.kind {
             Kind::Text => json!({
                 "index": index, "text": text.unwrap_or(""), "logprobs": lp, "finish_reason": null,
@@ -360,8 +371,12 @@ impl Reply {
     }
 
     /// Log-probabilities in the route's shape: chat's `content` list, or
-    /// completions' parallel lists (`text_offset` from `offset` characters).
-    fn logprobs(&self, tokens: &[TokenLogprob], offset: usize) -> Value {
+    /// completions' parallel lists. A token's `text_offset` is where its
+    /// text starts in the choice's text: within the piece it came with
+    /// (`spans`, one per token), at its spelling's length from the token
+    /// before, never past the piece's end (a token whose text was held
+    /// back, or a special token the text leaves out, ends there).
+    fn logprobs(&self, tokens: &[TokenLogprob], spans: &[Span]) -> Value {
         let spell = |id: u32| -> (String, Vec<u8>) {
             let bytes = self
                 .engine
@@ -392,11 +407,14 @@ impl Reply {
             Kind::Text => {
                 let (mut names, mut lps, mut tops, mut offsets) =
                     (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                let mut at = offset;
-                for t in tokens {
+                let (mut piece, mut within) = (None, 0);
+                for (t, span) in tokens.iter().zip(spans) {
                     let (token, _) = spell(t.token);
-                    offsets.push(at);
-                    at += token.chars().count();
+                    if piece != Some(span.start) {
+                        (piece, within) = (Some(span.start), 0);
+                    }
+                    offsets.push(span.start + within.min(span.chars));
+                    within += token.chars().count();
                     names.push(token);
                     lps.push(json!(t.logprob));
                     tops.push(match t.logprob {
@@ -456,26 +474,50 @@ pub(crate) struct Collected {
     pub text: String,
     pub finish: FinishReason,
     pub usage: Usage,
-    /// Echoed prompt tokens first, when asked for.
-    pub logprobs: Option<Vec<TokenLogprob>>,
+    /// Echoed prompt tokens first, when asked for, each with the piece of
+    /// text it came with.
+    pub logprobs: Option<(Vec<TokenLogprob>, Vec<Span>)>,
+}
+
+/// A piece of a choice's text: where it starts and its length, in
+/// characters (OpenAI's `text_offset` unit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    start: usize,
+    chars: usize,
+}
+
+impl Span {
+    fn at(start: usize, text: &str) -> Self {
+        Self {
+            start,
+            chars: text.chars().count(),
+        }
+    }
 }
 
 /// Waits for a whole sample.
 pub(crate) async fn collect(sample: Sample) -> Result<Collected, ApiError> {
     let Sample { mut events, echo } = sample;
     let mut text = echo.unwrap_or_default();
-    let mut logprobs: Option<Vec<TokenLogprob>> = None;
+    let mut logprobs: Option<(Vec<TokenLogprob>, Vec<Span>)> = None;
+    let add = |to: &mut Option<(Vec<TokenLogprob>, Vec<Span>)>, lp: &[TokenLogprob], span| {
+        let (tokens, spans) = to.get_or_insert_default();
+        tokens.extend_from_slice(lp);
+        spans.extend(std::iter::repeat_n(span, lp.len()));
+    };
     while let Some(ev) = events.recv().await {
         match ev {
-            GenerationEvent::Prompt(lp) => logprobs.get_or_insert_default().extend(lp),
+            // The echo: the text starts with the prompt.
+            GenerationEvent::Prompt(lp) => add(&mut logprobs, &lp, Span::at(0, &text)),
             GenerationEvent::Text {
                 text: t,
                 logprobs: lp,
             } => {
-                text.push_str(&t);
                 if !lp.is_empty() {
-                    logprobs.get_or_insert_default().extend(lp);
+                    add(&mut logprobs, &lp, Span::at(text.chars().count(), &t));
                 }
+                text.push_str(&t);
             }
             GenerationEvent::Done { reason, usage } => {
                 return Ok(Collected {

@@ -8,7 +8,7 @@ use axum::Json as JsonResponse;
 use axum::extract::State;
 use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
-use modelship_engine::{Engine, EngineError, GenerateRequest, OutputFormat, Prompt, ToolChoice};
+use modelship_engine::{Engine, EngineError, GenerateRequest, OutputFormat, Prompt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -186,6 +186,18 @@ pub(crate) async fn completions(
             ),
         ));
     }
+    // One request's samples in all, as OpenAI bounds `n`.
+    let samples = prompts.len().saturating_mul(req.n.unwrap_or(1));
+    if samples > modelship_engine::MAX_N {
+        return Err(ApiError::bad_request(
+            Some("n".to_owned()),
+            format!(
+                "{} prompts × `n` = {samples} choices; at most {}",
+                prompts.len(),
+                modelship_engine::MAX_N
+            ),
+        ));
+    }
     let echo = req.echo.unwrap_or(false);
     let params = GenerateRequest {
         max_tokens: req.max_tokens,
@@ -273,7 +285,7 @@ pub(crate) async fn chat_completions(
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     let mut reply = Reply::new(state.engine.clone(), Kind::Chat);
     if let (Some(t), Some(format)) = (&tools, state.engine.tool_format())
-        && t.choice != ToolChoice::None
+        && t.offered()
     {
         reply = reply.with_tools(format, t.parallel);
     }

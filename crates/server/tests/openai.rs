@@ -46,6 +46,11 @@ impl Spread {
         assert!(diffs.len() > 20, "{what}: only {} compared", diffs.len());
         let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
         let max = diffs.iter().cloned().fold(0.0, f64::max);
+        // docs/benchmarks.md quotes these (`-- --nocapture`).
+        eprintln!(
+            "{what}: mean {mean:.3}, max {max:.3} nats from llama.cpp, {} compared",
+            diffs.len()
+        );
         assert!(
             mean < mean_below && max < max_below,
             "{what}: mean {mean:.3}, max {max:.3} nats from llama.cpp"
@@ -129,11 +134,54 @@ async fn logprobs_agree_with_llama_cpp_for_prompt_and_output() {
             .iter()
             .map(|o| o.as_u64().unwrap())
             .collect();
-        let mut at = 0;
+        let chars: Vec<char> = text.chars().collect();
         for (i, t) in tokens.iter().enumerate() {
-            assert_eq!(offsets[i], at, "{prompt}: offset {i}");
-            at += t.as_str().unwrap().chars().count() as u64;
+            let at: String = chars[offsets[i] as usize..].iter().collect();
+            assert!(
+                at.starts_with(t.as_str().unwrap()),
+                "{prompt}: token {i} {t} at {}",
+                offsets[i]
+            );
         }
+        // Streamed: the same tokens at the same offsets.
+        let chunks = stream_chunks(
+            smollm(),
+            "/v1/completions",
+            json!({
+                "prompt": prompt, "max_tokens": steps.len(), "temperature": 0,
+                "logprobs": 5, "echo": true, "stream": true,
+            }),
+        )
+        .await;
+        let (mut streamed_tokens, mut streamed_offsets) = (Vec::new(), Vec::new());
+        for c in &chunks {
+            let l = &c["choices"][0]["logprobs"];
+            if l.is_object() {
+                streamed_tokens.extend(l["tokens"].as_array().unwrap().clone());
+                streamed_offsets.extend(
+                    l["text_offset"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|o| o.as_u64().unwrap()),
+                );
+            }
+        }
+        assert_eq!(&streamed_tokens, tokens, "{prompt}");
+        assert_eq!(streamed_offsets, offsets, "{prompt}");
+        // Scoring alone (what evaluation harnesses send): the prompt's
+        // log-probabilities, nothing generated.
+        let scored = completion(json!({
+            "prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 5, "temperature": 0,
+        }))
+        .await;
+        assert_eq!(scored["choices"][0]["text"], prompt);
+        assert_eq!(scored["usage"]["completion_tokens"], 0);
+        let scored_lp = &scored["choices"][0]["logprobs"]["token_logprobs"];
+        assert_eq!(
+            scored_lp.as_array().unwrap()[..],
+            lp["token_logprobs"].as_array().unwrap()[..prompt_ids.len()]
+        );
         let reference: Vec<&Value> = case["prompt_logprobs"]
             .as_array()
             .unwrap()
@@ -159,29 +207,6 @@ async fn logprobs_agree_with_llama_cpp_for_prompt_and_output() {
     }
     Spread::check("chosen tokens", &spread.chosen, 0.05, 0.25);
     Spread::check("alternatives", &spread.alternatives, 0.1, 0.6);
-}
-
-fn sse_chunks(body: &str) -> Vec<Value> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
-}
-
-async fn stream_text(route: &str, body: Value) -> (Vec<Value>, String) {
-    let base = spawn_server(smollm()).await;
-    let text = reqwest::Client::new()
-        .post(format!("{base}{route}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
-    (sse_chunks(&text), text)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -219,7 +244,8 @@ async fn chat_logprobs_whole_and_streamed_are_the_same_tokens() {
     let answer = whole["choices"][0]["message"]["content"].as_str().unwrap();
     assert_eq!(String::from_utf8(spelt).unwrap(), answer);
 
-    let (chunks, _) = stream_text(
+    let chunks = stream_chunks(
+        smollm(),
         "/v1/chat/completions",
         json!({
             "messages": messages, "max_tokens": 12, "temperature": 0,
@@ -278,7 +304,7 @@ async fn n_samples_differ_share_the_prompt_and_repeat_with_a_seed() {
     // Streamed: every sample's pieces, each closed, then [DONE].
     let mut streamed_body = body.clone();
     streamed_body["stream"] = json!(true);
-    let (chunks, _) = stream_text("/v1/chat/completions", streamed_body).await;
+    let chunks = stream_chunks(smollm(), "/v1/chat/completions", streamed_body).await;
     let mut by_index = vec![String::new(); 3];
     let mut closed = 0;
     for c in &chunks {

@@ -174,24 +174,10 @@ async fn streamed_calls_arrive_as_deltas() {
     let (name, args) = only_call(&whole);
     let mut body = ask("What is the weather in Paris, in celsius?");
     body["stream"] = json!(true);
-    let base = spawn_server(qwen2()).await;
-    let text = reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let chunks = stream_chunks(qwen2(), "/v1/chat/completions", body).await;
     // Accumulated as clients do: by the call's index.
     let (mut names, mut arguments, mut finish) = (Vec::<String>::new(), Vec::<String>::new(), None);
-    for data in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
-        if data == "[DONE]" {
-            continue;
-        }
-        let chunk: Value = serde_json::from_str(data).unwrap();
+    for chunk in &chunks {
         let choice = &chunk["choices"][0];
         for call in choice["delta"]["tool_calls"]
             .as_array()

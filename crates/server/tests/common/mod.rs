@@ -304,3 +304,24 @@ pub async fn assert_greedy_matches(
         "only {identical} completions identical"
     );
 }
+
+/// Streams `body` to `route` of `engine` served on a real socket; asserts
+/// the stream ends with `data: [DONE]` and returns its JSON chunks.
+pub async fn stream_chunks(engine: Arc<Engine>, route: &str, body: Value) -> Vec<Value> {
+    let base = spawn_server(engine).await;
+    let text = reqwest::Client::new()
+        .post(format!("{base}{route}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}

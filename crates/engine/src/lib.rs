@@ -3,9 +3,11 @@
 //! the [`Engine`] façade a server talks to.
 //!
 //! Batching and queueing are plain state machines ([`batcher::BatchQueue`],
-//! [`stop::StopMatcher`], [`sampler::Sampler`]) driven by small actor loops, so
-//! they are tested without threads or time. No HTTP here; the only async piece
-//! is tokio's channels.
+//! [`stop::StopMatcher`], [`sampler::Sampler`], [`tools::ToolParser`]) and
+//! plain functions over a step's logits ([`logits`]: log-probabilities,
+//! penalties, biases) driven by small actor loops, so they are tested
+//! without threads or time; grammars (JSON schemas, demanded tool calls)
+//! are llguidance's. No HTTP here; the only async piece is tokio's channels.
 
 mod backend;
 pub mod batcher;

@@ -191,6 +191,9 @@ struct Active<'t, S> {
     generated: usize,
 }
 
+/// A sequence's forks started after its prompt, and whether it could go on.
+type Started<'t, S> = (Vec<Active<'t, S>>, Result<(), EngineError>);
+
 enum Step {
     /// Not started: run the prompt.
     Prefill,
@@ -362,14 +365,17 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
             let step = self.emit(i);
             let scored = self.running[i].request.params.prompt_logprobs.is_some();
             match step {
-                Ok(Step::Prefill) if scored => match self.prefill_scored(i) {
-                    Ok(forks) => {
-                        born.extend(forks);
-                        feeds.push(None);
-                        i += 1;
+                Ok(Step::Prefill) if scored => {
+                    let (forks, outcome) = self.prefill_scored(i);
+                    born.extend(forks);
+                    match outcome {
+                        Ok(()) => {
+                            feeds.push(None);
+                            i += 1;
+                        }
+                        Err(e) => self.finish(i, Err(e)),
                     }
-                    Err(e) => self.finish(i, Err(e)),
-                },
+                }
                 Ok(Step::Prefill) => {
                     feeds.push(Some(self.running[i].request.prompt.clone()));
                     i += 1;
@@ -394,9 +400,10 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
                 Ok(all) => {
                     // Backwards: `finish` moves the last sequence into the gap.
                     for (i, logits) in in_pass.into_iter().zip(all).rev() {
-                        match self.after_forward(i, logits) {
-                            Ok(forks) => born.extend(forks),
-                            Err(e) => self.finish(i, Err(e)),
+                        let (forks, outcome) = self.after_forward(i, logits);
+                        born.extend(forks);
+                        if let Err(e) = outcome {
+                            self.finish(i, Err(e));
                         }
                     }
                 }
@@ -415,7 +422,7 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
     /// as [`Self::after_forward`] does. The prompt runs in chunks of
     /// [`SCORED_CHUNK`] tokens: the logits of a whole long prompt at once
     /// would take gigabytes (positions × vocabulary × 4 bytes).
-    fn prefill_scored(&mut self, i: usize) -> Result<Vec<Active<'t, B::Sequence>>, EngineError> {
+    fn prefill_scored(&mut self, i: usize) -> Started<'t, B::Sequence> {
         let a = &mut self.running[i];
         let top = a.request.params.prompt_logprobs.unwrap_or(0);
         let prompt = a.request.prompt.clone();
@@ -427,10 +434,10 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
         });
         let mut last = None;
         for (c, chunk) in prompt.chunks(SCORED_CHUNK).enumerate() {
-            let rows = self
-                .backend
-                .forward_all(&mut a.seq, chunk)
-                .map_err(EngineError::Backend)?;
+            let rows = match self.backend.forward_all(&mut a.seq, chunk) {
+                Ok(rows) => rows,
+                Err(e) => return (Vec::new(), Err(EngineError::Backend(e))),
+            };
             // Row k predicts the token after chunk position k.
             let next = prompt[c * SCORED_CHUNK + 1..].iter();
             for (row, &token) in rows.iter().zip(next) {
@@ -438,25 +445,23 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
             }
             last = rows.into_iter().last();
         }
-        let last = last.ok_or_else(|| {
-            EngineError::Backend(crate::BackendError("no logits for the prompt".into()))
-        })?;
-        let forks = self.after_forward(i, last)?;
+        let Some(last) = last else {
+            let e = crate::BackendError("no logits for the prompt".into());
+            return (Vec::new(), Err(EngineError::Backend(e)));
+        };
+        let (forks, outcome) = self.after_forward(i, last);
         let event = GenerationEvent::Prompt(scored.into());
-        let a = &self.running[i];
-        for e in std::iter::once(&a.events).chain(forks.iter().map(|f| &f.events)) {
+        let leader = outcome.is_ok().then(|| &self.running[i].events);
+        for e in leader.into_iter().chain(forks.iter().map(|f| &f.events)) {
             let _ = e.send(event.clone());
         }
-        Ok(forks)
+        (forks, outcome)
     }
 
     /// Sequence `i`'s forward pass gave `logits`: after a prompt, start its
     /// forks from its cache; then sample its next token (each fork its own).
-    fn after_forward(
-        &mut self,
-        i: usize,
-        logits: Vec<f32>,
-    ) -> Result<Vec<Active<'t, B::Sequence>>, EngineError> {
+    /// The forks go on whether or not sequence `i` could sample.
+    fn after_forward(&mut self, i: usize, logits: Vec<f32>) -> Started<'t, B::Sequence> {
         let mut born = Vec::new();
         let a = &mut self.running[i];
         if !a.prefilled {
@@ -491,8 +496,8 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
                 }
             }
         }
-        choose(&mut self.running[i], logits)?;
-        Ok(born)
+        let outcome = choose(&mut self.running[i], logits);
+        (born, outcome)
     }
 
     /// Ends sequence `i`: flushes text held back for a possible stop

@@ -35,36 +35,44 @@ pub(crate) struct TokenizeRequest {
     return_token_strs: Option<bool>,
 }
 
+/// The text a `/tokenize` request counts.
+enum Source {
+    /// Text, with the special tokens around a sequence or not.
+    Text(String, bool),
+    Chat {
+        messages: Vec<modelship_model::ChatMessage>,
+        tools: Option<modelship_engine::Tools>,
+        opened: bool,
+        add: bool,
+    },
+}
+
 pub(crate) async fn tokenize(
     State(state): State<AppState>,
     Json(req): Json<TokenizeRequest>,
 ) -> Result<JsonResponse<Value>, ApiError> {
     state.check_model(req.model.as_deref())?;
     let engine = state.engine.clone();
-    let tokens = match (req.prompt, req.content, req.messages) {
+    // What to tokenize and how, checked here; the work itself off the runtime.
+    let source = match (req.prompt, req.content, req.messages) {
         (Some(p), None, None) => {
             let add = req.add_special_tokens.or(req.add_special).unwrap_or(true);
-            off_runtime(move || engine.tokenize(&p, add)).await?
+            Source::Text(p, add)
         }
         (None, Some(c), None) => {
             let add = req.add_special.or(req.add_special_tokens).unwrap_or(false);
-            off_runtime(move || engine.tokenize(&c, add)).await?
+            Source::Text(c, add)
         }
-        (None, None, Some(messages)) => {
-            let messages = messages
+        (None, None, Some(messages)) => Source::Chat {
+            messages: messages
                 .into_iter()
                 .enumerate()
                 .map(|(i, m)| chat_message(i, m))
-                .collect::<Result<Vec<_>, _>>()?;
-            let tools = tools(req.tools, None, None)?;
-            let opened = req.add_generation_prompt.unwrap_or(true);
-            let add = req.add_special_tokens.or(req.add_special).unwrap_or(false);
-            off_runtime(move || {
-                let text = engine.render_chat(&messages, tools.as_ref(), opened)?;
-                engine.tokenize(&text, add)
-            })
-            .await?
-        }
+                .collect::<Result<Vec<_>, _>>()?,
+            tools: tools(req.tools, None, None)?,
+            opened: req.add_generation_prompt.unwrap_or(true),
+            add: req.add_special_tokens.or(req.add_special).unwrap_or(false),
+        },
         _ => {
             return Err(ApiError::bad_request(
                 Some("prompt".to_owned()),
@@ -72,29 +80,54 @@ pub(crate) async fn tokenize(
             ));
         }
     };
-    let piece = |id: u32| -> Value {
-        let bytes = state
-            .engine
-            .token_bytes(id)
-            .map(|t| t.bytes.as_slice())
-            .unwrap_or_default();
-        // llama.cpp's rule: the text, or the bytes when they are not UTF-8.
-        match std::str::from_utf8(bytes) {
-            Ok(s) => json!(s),
-            Err(_) => json!(bytes),
-        }
-    };
+    let (with_pieces, strs) = (
+        req.with_pieces.unwrap_or(false),
+        req.return_token_strs.unwrap_or(false),
+    );
+    let (tokens, pieces) = off_runtime(move || {
+        let tokens = match source {
+            Source::Text(text, add) => engine.tokenize(&text, add)?,
+            Source::Chat {
+                messages,
+                tools,
+                opened,
+                add,
+            } => {
+                let text = engine.render_chat(&messages, tools.as_ref(), opened)?;
+                engine.tokenize(&text, add)?
+            }
+        };
+        // llama.cpp's rule: a piece is its text, or its bytes when they are
+        // not UTF-8.
+        let pieces: Vec<Value> = if with_pieces || strs {
+            tokens
+                .iter()
+                .map(|&id| {
+                    let bytes = engine.token_bytes(id).map_or(&[][..], |t| &t.bytes);
+                    match std::str::from_utf8(bytes) {
+                        Ok(s) => json!(s),
+                        Err(_) => json!(bytes),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok::<_, modelship_engine::EngineError>((tokens, pieces))
+    })
+    .await?;
     let mut out = json!({
         "count": tokens.len(),
         "max_model_len": state.engine.card().max_context,
     });
-    if req.return_token_strs.unwrap_or(false) {
-        out["token_strs"] = tokens.iter().map(|&t| piece(t)).collect();
+    if strs {
+        out["token_strs"] = json!(pieces);
     }
-    out["tokens"] = if req.with_pieces.unwrap_or(false) {
+    out["tokens"] = if with_pieces {
         tokens
             .iter()
-            .map(|&id| json!({"id": id, "piece": piece(id)}))
+            .zip(&pieces)
+            .map(|(&id, piece)| json!({"id": id, "piece": piece}))
             .collect()
     } else {
         json!(tokens)

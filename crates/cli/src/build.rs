@@ -160,7 +160,7 @@ fn build(
     Ok(())
 }
 
-fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -180,9 +180,13 @@ fn build_into(
 ) -> anyhow::Result<(Layout, modelship_package::BuiltImage)> {
     say("optimizing (cached when built before)…");
     let artifact = rt.block_on(modelship_control::optimized_model(data_dir, spec))?;
+    // The plan deploy records for the revision (no nodes: the image holds
+    // what one replica needs, not where it runs).
+    let plan = modelship_control::plan::plan_artifact(spec, &artifact.path, &[])?;
     let image_spec = package::image_spec(
         spec,
         &artifact,
+        &plan.replica,
         runtime,
         package::source_date_epoch()?,
         follow_links,

@@ -2,7 +2,7 @@
 //! `-o json`.
 
 use modelship_control::DeploymentSummary;
-use modelship_types::{Replica, Revision, Run};
+use modelship_types::{Phase, Replica, Revision, Run};
 
 use crate::Failure;
 use crate::ops::{Api, NameArgs, first_line, get_json, parse, print};
@@ -41,12 +41,16 @@ pub fn get(args: GetArgs) -> Result<(), Failure> {
                 .collect();
             print(out, &list, |l| {
                 table(
-                    &["NAME", "REVISION", "READY", "OLD", "MODEL"],
+                    &[
+                        "NAME", "REVISION", "PHASE", "READY", "PENDING", "OLD", "MODEL",
+                    ],
                     l.iter().map(|d| {
                         vec![
                             d.name.clone(),
                             d.revision.to_string(),
+                            phase(d),
                             format!("{}/{}", d.ready, d.replicas),
+                            d.pending.to_string(),
                             d.old.to_string(),
                             d.model.clone(),
                         ]
@@ -83,6 +87,7 @@ pub fn get(args: GetArgs) -> Result<(), Failure> {
                         "ENDPOINT",
                         "PID",
                         "RESTARTS",
+                        "REASON",
                     ],
                     l.iter().map(|r| {
                         vec![
@@ -93,6 +98,7 @@ pub fn get(args: GetArgs) -> Result<(), Failure> {
                             r.endpoint.clone(),
                             r.pid.map_or("-".into(), |p| p.to_string()),
                             r.restarts.to_string(),
+                            r.reason.clone().unwrap_or_default(),
                         ]
                     }),
                 )
@@ -172,6 +178,24 @@ fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
     out
 }
 
+/// Where a deployment's rollout stands, in a few words.
+fn phase(d: &DeploymentSummary) -> String {
+    let run = d
+        .phase
+        .run()
+        .map_or(String::new(), |r| format!(" (run {r})"));
+    match (&d.phase, d.stable, d.traffic) {
+        (Phase::Canary { .. }, Some(stable), Some(t)) => {
+            format!("canary {t}% (stable {stable}){run}")
+        }
+        (Phase::BlueGreen { switched_at, .. }, Some(stable), _) => match switched_at {
+            Some(_) => format!("blue-green switched (old {stable} kept){run}"),
+            None => format!("blue-green starting (serving {stable}){run}"),
+        },
+        (p, _, _) => format!("{}{run}", p.name()),
+    }
+}
+
 fn short(digest: &str) -> &str {
     let hex = digest.trim_start_matches("sha256:");
     &hex[..hex.len().min(12)]
@@ -195,22 +219,29 @@ pub fn status(args: NameArgs) -> Result<(), Failure> {
                 cp["resource_limits"].as_str().unwrap_or_default()
             ),
         };
+        let rollout = serde_json::from_value::<DeploymentSummary>(d.clone())
+            .map(|d| phase(&d))
+            .unwrap_or_default();
         let mut s = format!(
-            "{}: revision {}, {}/{} ready, {} old\nmodel: {}\n{runs_on}\n\nreplicas\n",
+            "{}: revision {}, {rollout}, {}/{} ready, {} pending, {} old\nmodel: {}\n{runs_on}\n\nreplicas\n",
             d["name"].as_str().unwrap_or_default(),
             d["revision"],
             d["ready"],
             d["replicas"],
+            d["pending"],
             d["old"],
             d["model"].as_str().unwrap_or_default(),
         );
         for r in v["replicas"].as_array().into_iter().flatten() {
+            let state = r["state"].as_str().unwrap_or_default();
+            let at = match r["reason"].as_str() {
+                Some(why) => why,
+                None => r["endpoint"].as_str().unwrap_or_default(),
+            };
             s += &format!(
-                "  {:<28} rev {:<3} {:<12} {}\n",
+                "  {:<28} rev {:<3} {state:<12} {at}\n",
                 r["id"].as_str().unwrap_or_default(),
                 r["revision"].as_u64().unwrap_or_default(),
-                r["state"].as_str().unwrap_or_default(),
-                r["endpoint"].as_str().unwrap_or_default()
             );
         }
         s += "\nrecent events\n";

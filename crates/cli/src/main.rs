@@ -98,6 +98,7 @@ impl From<anyhow::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    std::panic::set_hook(Box::new(bug_report));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -105,7 +106,44 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command {
+    let result = std::panic::catch_unwind(move || dispatch(cli.command));
+    match result {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(Failure::User(e))) => report(&e, 1),
+        Ok(Err(Failure::Config(e))) => report(&e, 64),
+        // The hook has said what happened.
+        Err(_) => ExitCode::from(2),
+    }
+}
+
+/// A panic is a bug in modelship, never the user's doing: a short report
+/// of where, and what to send (the backtrace only when asked for).
+fn bug_report(info: &std::panic::PanicHookInfo<'_>) {
+    let what = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    let at = info
+        .location()
+        .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+    let thread = std::thread::current();
+    eprintln!(
+        "bug: modelship {} panicked in thread `{}`{at}: {what}",
+        env!("CARGO_PKG_VERSION"),
+        thread.name().unwrap_or("unnamed")
+    );
+    match std::env::var_os("RUST_BACKTRACE") {
+        Some(v) if v != "0" => eprintln!("{}", std::backtrace::Backtrace::force_capture()),
+        _ => eprintln!(
+            "hint: this is a bug; please report it with the command you ran and the output of RUST_BACKTRACE=1"
+        ),
+    }
+}
+
+fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
         Command::Inspect(args) => inspect::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Quantize(args) => quantize::run_quantize(args),
@@ -128,11 +166,6 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(args),
         Command::Probe(args) => build::probe(args),
         Command::Crd => render::crd(),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::User(e)) => report(&e, 1),
-        Err(Failure::Config(e)) => report(&e, 64),
     }
 }
 
@@ -148,10 +181,44 @@ pub fn print_output<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnc
     }
 }
 
+/// Prints the error and its causes, then the hints any of them carry
+/// (lines starting `hint:`), so the advice comes after the whole story.
 fn report(e: &anyhow::Error, code: u8) -> ExitCode {
-    eprintln!("error: {e}");
-    for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
-    }
+    eprint!("{}", chain_text(e));
     ExitCode::from(code)
+}
+
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut hints = Vec::new();
+    let mut out = String::new();
+    for (i, cause) in e.chain().enumerate() {
+        let text = cause.to_string();
+        let (said, hinted): (Vec<&str>, Vec<&str>) = text
+            .lines()
+            .partition(|l| !l.trim_start().starts_with("hint:"));
+        hints.extend(hinted.into_iter().map(|h| h.trim().to_owned()));
+        let lead = if i == 0 { "error: " } else { "  caused by: " };
+        out.push_str(lead);
+        out.push_str(&said.join("\n"));
+        out.push('\n');
+    }
+    for hint in hints {
+        out.push_str(&hint);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hints_come_after_the_whole_chain() {
+        let e = anyhow::anyhow!("connection refused")
+            .context("cannot reach the control plane\nhint: start it with `modelship up`")
+            .context("deploy failed");
+        assert_eq!(
+            super::chain_text(&e),
+            "error: deploy failed\n  caused by: cannot reach the control plane\n  caused by: connection refused\nhint: start it with `modelship up`\n"
+        );
+    }
 }

@@ -45,6 +45,10 @@ pub struct DeployArgs {
     /// Wait for the run to finish; exit 1 when it fails.
     #[arg(long)]
     wait: bool,
+    /// With --wait: give up after this long (500ms, 30s, 10m, 1h), exit 1
+    /// naming the stage the run is in. The run itself goes on.
+    #[arg(long, default_value = "30m", value_parser = parse_span)]
+    timeout: modelship_types::Span,
     #[command(flatten)]
     api: Api,
 }
@@ -143,9 +147,16 @@ pub fn use_api_key(key: String) {
     let _ = API_KEY.set(Some(key));
 }
 
-/// A request to the API; API errors come back as their message, a bad
-/// request as a configuration failure (exit 64).
-async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> Result<Value, Failure> {
+fn parse_span(s: &str) -> Result<modelship_types::Span, String> {
+    modelship_types::Span::parse(s)
+}
+
+/// Sends a request to the API, with the key.
+async fn send(
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+) -> Result<reqwest::Response, reqwest::Error> {
     let client = reqwest::Client::new();
     let mut req = client.request(method, url);
     let key = API_KEY.get_or_init(|| std::env::var("MODELSHIP_API_KEY").ok());
@@ -155,11 +166,25 @@ async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> Result
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let resp = req.send().await.map_err(|e| {
-        Failure::User(anyhow::Error::new(e).context(format!(
-            "cannot reach the control plane at {url}\nhint: start it with `modelship up`, or point --api / MODELSHIP_API at it"
-        )))
-    })?;
+    req.send().await
+}
+
+fn unreachable(e: reqwest::Error, url: &str) -> Failure {
+    Failure::User(anyhow::Error::new(e).context(format!(
+        "cannot reach the control plane at {url}\nhint: start it with `modelship up`, or point --api / MODELSHIP_API at it"
+    )))
+}
+
+/// A request to the API; API errors come back as their message, a bad
+/// request as a configuration failure (exit 64).
+async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> Result<Value, Failure> {
+    let resp = send(method, url, body)
+        .await
+        .map_err(|e| unreachable(e, url))?;
+    answer(resp).await
+}
+
+async fn answer(resp: reqwest::Response) -> Result<Value, Failure> {
     let status = resp.status();
     let text = resp
         .text()
@@ -208,66 +233,102 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
                 )
             });
         }
-        let mut shown = 0;
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let run: Run = serde_json::from_value(
-                call(reqwest::Method::GET, &format!("{api}/v1/runs/{id}"), None).await?,
-            )
+        follow(&api, id, args.timeout, args.api.output).await
+    })
+}
+
+/// Follows run `id` (and the runs that retry it) until it ends, printing
+/// each stage as it closes; a control plane that restarts meanwhile is
+/// waited for. Gives up after `timeout`, naming the stage it stalled in.
+async fn follow(
+    api: &str,
+    mut id: u64,
+    timeout: modelship_types::Span,
+    output: Output,
+) -> Result<(), Failure> {
+    let deadline = tokio::time::Instant::now() + timeout.0;
+    let mut shown = 0;
+    let mut last: Option<Run> = None;
+    loop {
+        if tokio::time::Instant::now() >= deadline {
+            let at = match &last {
+                Some(run) => format!("in its {} stage", run.current_stage().unwrap_or("first")),
+                None => "before the control plane answered".to_owned(),
+            };
+            return Err(Failure::User(anyhow::anyhow!(
+                "run {id} did not finish within {timeout}: still {at}\nhint: `modelship get runs {id}` follows it; it goes on without this command"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let url = format!("{api}/v1/runs/{id}");
+        let resp = match send(reqwest::Method::GET, &url, None).await {
+            Ok(r) => r,
+            // Restarting: the run goes on from the store when it is back.
+            Err(e) if e.is_connect() || e.is_timeout() => continue,
+            Err(e) => return Err(unreachable(e, &url)),
+        };
+        let run: Run = serde_json::from_value(answer(resp).await?)
             .context("the control plane sent a run this CLI does not understand")?;
-            if args.api.output == Output::Table {
-                for s in run
-                    .stages
-                    .iter()
-                    .skip(shown)
-                    .filter(|s| s.status != RunStatus::Running)
-                {
-                    eprintln!(
-                        "{:<9} {:>8} ms  {:?}  {}",
-                        s.name,
-                        s.duration_ms.unwrap_or(0),
-                        s.status,
-                        first_line(&s.detail)
-                    );
-                    shown += 1;
-                }
-            }
-            match run.status {
-                RunStatus::Running => continue,
-                RunStatus::Succeeded => {
-                    return print(args.api.output, &run, |r| {
-                        format!(
-                            "run {} succeeded: {} revision {}\n",
-                            r.id,
-                            r.deployment,
-                            r.revision.map_or("unchanged".into(), |n| n.to_string())
-                        )
-                    });
-                }
-                RunStatus::Failed => {
-                    if args.api.output == Output::Json {
-                        println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
-                    }
-                    // The failed stage's detail, when it says more than the
-                    // error (the optimize table).
-                    let error = run.error.unwrap_or_default();
-                    let detail = run
-                        .stages
-                        .last()
-                        .map(|s| s.detail.clone())
-                        .unwrap_or_default();
-                    let more = if error.contains(detail.trim()) {
-                        String::new()
-                    } else {
-                        format!("\n{detail}")
-                    };
-                    return Err(Failure::User(anyhow::anyhow!(
-                        "run {id} failed: {error}{more}"
-                    )));
-                }
+        if output == Output::Table {
+            for s in run
+                .stages
+                .iter()
+                .skip(shown)
+                .take_while(|s| s.status != RunStatus::Running)
+            {
+                eprintln!(
+                    "{:<9} {:>8} ms  {:?}  {}",
+                    s.name,
+                    s.duration_ms.unwrap_or(0),
+                    s.status,
+                    first_line(&s.detail)
+                );
+                shown += 1;
             }
         }
-    })
+        last = Some(run.clone());
+        match run.status {
+            RunStatus::Running => continue,
+            RunStatus::Failed if run.retried_as.is_some() => {
+                let next = run.retried_as.unwrap_or(id);
+                if output == Output::Table {
+                    eprintln!("run {id} was interrupted; following run {next}, which retries it");
+                }
+                (id, shown) = (next, 0);
+            }
+            RunStatus::Succeeded => {
+                return print(output, &run, |r| {
+                    format!(
+                        "run {} succeeded: {} revision {}\n",
+                        r.id,
+                        r.deployment,
+                        r.revision.map_or("unchanged".into(), |n| n.to_string())
+                    )
+                });
+            }
+            RunStatus::Failed => {
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
+                }
+                // The failed stage's detail, when it says more than the
+                // error (the optimize table).
+                let error = run.error.unwrap_or_default();
+                let detail = run
+                    .stages
+                    .last()
+                    .map(|s| s.detail.clone())
+                    .unwrap_or_default();
+                let more = if error.contains(detail.trim()) {
+                    String::new()
+                } else {
+                    format!("\n{detail}")
+                };
+                return Err(Failure::User(anyhow::anyhow!(
+                    "run {id} failed: {error}{more}"
+                )));
+            }
+        }
+    }
 }
 
 pub(crate) fn first_line(s: &str) -> &str {

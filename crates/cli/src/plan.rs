@@ -33,12 +33,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
 }
 
 fn text(r: &Report) -> String {
-    let e = &r.estimate;
+    let p = &r.replica;
+    let e = &p.estimate;
     let mut s = format!(
         "{} ({}, weights {})\n\nper replica\n",
         r.name,
         r.model.display(),
-        r.precision
+        p.precision
     );
     for (term, bytes) in [
         ("weights", e.weights_bytes),
@@ -51,19 +52,28 @@ fn text(r: &Report) -> String {
         s.push_str(&format!("  {term:<12} {:>12}\n", Bytes(bytes).to_string()));
     }
     s.push_str(&format!("  {:<12} {:>12}\n", "cpu threads", e.cpu_threads));
+    let cpu = match p.cpu_request {
+        0.0 => "shares the machine's cores".to_owned(),
+        c => format!("{c} CPU"),
+    };
     s.push_str(&format!(
-        "\nrequest      {} CPU, {}, {} GPU\nreplicas     {} ({})\n",
-        r.request.cpu,
-        Bytes(r.request.memory_bytes),
-        r.request.gpus,
+        "\nrequest      {cpu}, {}, {} GPU\nlimit        {}, {}\nreplicas     {} ({})\n",
+        Bytes(p.memory_request),
+        p.gpus,
+        p.cpu_limit
+            .map_or("no CPU quota".to_owned(), |c| format!("{c} CPU")),
+        Bytes(p.memory_limit),
         r.replicas,
         r.replicas_reason
     ));
-    for p in &r.placements {
-        s.push_str(&format!("  {:<20} -> {}\n", p.replica, p.node));
+    for placed in &p.placements {
+        s.push_str(&format!("  {:<20} -> {}\n", placed.replica, placed.node));
     }
-    for p in &r.pending {
-        s.push_str(&format!("  {:<20} pending: {}\n", p.replica, p.reason));
+    for waiting in &p.pending {
+        s.push_str(&format!(
+            "  {:<20} pending: {}\n",
+            waiting.replica, waiting.reason
+        ));
     }
     s
 }

@@ -105,7 +105,15 @@ fn kubernetes(args: KubernetesArgs) -> Result<(), Failure> {
         Some(i) => i,
         None => crate::build::reference_of(&spec, &args.data_dir).map_err(Failure::User)?,
     };
-    let plan = modelship_control::plan::plan(&spec, &[]).map_err(Failure::User)?;
+    // Planned as `deploy` plans a revision for a cluster: the optimized
+    // model (`quantize: auto` decided; from the data directory's cache when
+    // built before) on the cluster's terms.
+    let mut cluster = spec.clone();
+    cluster.spec.target = modelship_types::Target::Kubernetes;
+    let artifact = crate::build::async_runtime()?
+        .block_on(modelship_control::optimized_model(&args.data_dir, &cluster))?;
+    let plan = modelship_control::plan::plan_artifact(&cluster, &artifact.path, &[])
+        .map_err(Failure::User)?;
     let keys = match &args.api_keys {
         Some(path) => crate::up::read_api_keys(path)?,
         None => Default::default(),
@@ -115,7 +123,8 @@ fn kubernetes(args: KubernetesArgs) -> Result<(), Failure> {
     let objects = modelship_control::kubernetes::manifests(
         &spec,
         &image,
-        &plan,
+        &plan.replica,
+        plan.replicas,
         &args.namespace,
         &keys,
         None,

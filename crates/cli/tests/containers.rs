@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 mod support;
 
-use support::control_plane::{ControlPlane, named_spec};
+use support::control_plane::{ControlPlane, named_spec, spec_with_resources};
 use support::modelship;
 use support::registry::Registry;
 
@@ -448,12 +448,15 @@ async fn lifecycle(
     if let Some(repository) = image {
         tail += &format!("  image: {repository}\n");
     }
-    let v1 = named_spec(
+    // Half a CPU each: reserved on the machine, and each container's quota.
+    let resources = "{ cpu: 0.5, memory: 1Gi }";
+    let v1 = spec_with_resources(
         dir.path(),
         "v1.yaml",
         name,
         &minilm,
         1,
+        resources,
         &format!("{Q8}{tail}"),
     );
     assert!(
@@ -478,12 +481,13 @@ async fn lifecycle(
     check_engine(name, 2);
 
     // A new revision (f16 weights, a new image), rolled out.
-    let v2 = named_spec(
+    let v2 = spec_with_resources(
         dir.path(),
         "v2.yaml",
         name,
         &minilm,
         1,
+        resources,
         &format!("  optimize: {{ quantize: f16 }}\n{tail}"),
     );
     assert!(
@@ -534,7 +538,7 @@ async fn docker_target_serves_scales_rolls_out_back_and_cleans_up() {
         assert_eq!(ids.len(), replicas as usize, "{ids:?}");
         let c: Value = serde_json::from_str(&docker(&["inspect", ids[0]])).unwrap();
         let host = &c[0]["HostConfig"];
-        assert_eq!(host["NanoCpus"], 1_000_000_000u64);
+        assert_eq!(host["NanoCpus"], 500_000_000u64);
         assert_eq!(host["Memory"], 1u64 << 30);
         assert_eq!(host["ReadonlyRootfs"], true);
         assert_eq!(host["RestartPolicy"]["Name"], "on-failure");
@@ -560,7 +564,7 @@ async fn swarm_target_serves_scales_rolls_out_back_and_cleans_up() {
         let spec = &s[0]["Spec"];
         assert_eq!(spec["Mode"]["Replicated"]["Replicas"], replicas);
         let res = &spec["TaskTemplate"]["Resources"];
-        assert_eq!(res["Limits"]["NanoCPUs"], 1_000_000_000u64);
+        assert_eq!(res["Limits"]["NanoCPUs"], 500_000_000u64);
         assert_eq!(res["Limits"]["MemoryBytes"], 1u64 << 30);
         assert!(res["Reservations"]["MemoryBytes"].as_u64().unwrap() > 0);
         assert_eq!(spec["UpdateConfig"]["FailureAction"], "rollback");

@@ -4,16 +4,17 @@
 //! load rolled back, and `delete` leaving no process behind.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 mod support;
 
+use support::alive;
 use support::control_plane::{ControlPlane, named_spec, spec};
+use support::etcd::EtcdServer;
+use support::load::Load;
 use support::modelship;
 
 /// The memory limit of `pid`'s cgroup (v1 or v2), as the kernel reports it.
@@ -34,84 +35,6 @@ fn memory_limit(pid: u64) -> Option<u64> {
         return std::fs::read_to_string(file).ok()?.trim().parse().ok();
     }
     None
-}
-
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
-}
-
-/// Embedding requests through the gateway from a few clients, until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(gateway: &str, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let client = reqwest::Client::new();
-        let tasks = (0..clients)
-            .map(|i| {
-                let (stop, ok, failures, client) =
-                    (stop.clone(), ok.clone(), failures.clone(), client.clone());
-                let url = format!("{gateway}/v1/embeddings");
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let body =
-                            json!({"model": "minilm", "input": format!("request from client {i}")});
-                        match client.post(&url).json(&body).send().await {
-                            Ok(r) if r.status() == 200 => match r.json::<Value>().await {
-                                Ok(v)
-                                    if v["data"][0]["embedding"]
-                                        .as_array()
-                                        .is_some_and(|e| e.len() == 384) =>
-                                {
-                                    ok.fetch_add(1, Ordering::Relaxed);
-                                }
-                                other => failures
-                                    .lock()
-                                    .unwrap()
-                                    .push(format!("bad body: {other:?}")),
-                            },
-                            Ok(r) => {
-                                let line = format!("{}: {:?}", r.status(), r.text().await);
-                                failures.lock().unwrap().push(line);
-                            }
-                            Err(e) => failures.lock().unwrap().push(e.to_string()),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
-    }
-
-    /// Stops the clients; returns (successes, failures).
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failures.lock().unwrap().clone(),
-        )
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -370,7 +293,7 @@ async fn bad_specs_and_unloadable_revisions_leave_serving_untouched() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("plan failed") && err.contains("cannot be placed"),
+        err.contains("plan failed") && err.contains("can never be placed"),
         "{err}"
     );
     // A model that fails the gate: the run fails at optimize.
@@ -786,62 +709,6 @@ async fn the_gateway_authenticates_streams_and_counts() {
     cp.delete_and_stop("smol");
 }
 
-/// A real etcd (Debian's etcd-server, installed by scripts/test.sh) on free
-/// loopback ports, its data in `dir`.
-struct EtcdServer {
-    child: Child,
-    url: String,
-}
-
-impl EtcdServer {
-    fn start(dir: &Path) -> EtcdServer {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (client, peer) = (free(), free());
-        let client_url = format!("http://127.0.0.1:{client}");
-        let child = std::process::Command::new("etcd")
-            .args([
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "--listen-client-urls",
-                &client_url,
-            ])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("default=http://127.0.0.1:{peer}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd is missing: scripts/test.sh installs Debian's etcd-server");
-        let url = format!("etcd://127.0.0.1:{client}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        EtcdServer { child, url }
-    }
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The entries a control plane published, with their leases.
 async fn published(etcd: &str) -> Vec<(String, String)> {
     let e = modelship_gateway::etcd::Etcd::parse(etcd).unwrap();
@@ -1022,4 +889,115 @@ async fn the_gateway_serves_https() {
     );
 
     cp.delete_and_stop("minilm");
+}
+
+/// This machine's memory, as /proc/meminfo says.
+fn machine_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_that_do_not_fit_wait_and_are_admitted_when_room_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("data"));
+    let minilm = modelship_testkit::minilm();
+
+    // No resources at all: three replicas share this machine's cores,
+    // whatever their number.
+    let shared = dir.path().join("shared.yaml");
+    std::fs::write(
+        &shared,
+        format!(
+            "apiVersion: modelship.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: shared\n\
+             spec:\n  model:\n    source: {}\n  replicas: 3\n",
+            minilm.display()
+        ),
+    )
+    .unwrap();
+    let out = cp.cli(&["deploy", "-f", shared.to_str().unwrap(), "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = cp.json(&["get", "runs"])[0].clone();
+    let plan = run["stages"][2]["detail"].as_str().unwrap();
+    assert!(plan.contains("reserves 0 CPU"), "{plan}");
+
+    // Memory is a hard budget: two deployments of 60% of it each cannot
+    // both run; the second waits, saying why, until the first goes.
+    let share = format!("{{ memory: {} }}", machine_memory() * 6 / 10);
+    let big = |name: &str| {
+        support::control_plane::spec_with_resources(
+            dir.path(),
+            &format!("{name}.yaml"),
+            name,
+            &minilm,
+            1,
+            &share,
+            "",
+        )
+    };
+    let (a, b) = (big("big-a"), big("big-b"));
+    assert!(
+        cp.cli(&["deploy", "-f", a.to_str().unwrap(), "--wait"])
+            .status
+            .success()
+    );
+    assert!(
+        cp.cli(&["deploy", "-f", b.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        let rs = cp.json(&["get", "replicas", "big-b"]);
+        if let Some(r) = rs.as_array().and_then(|a| a.first())
+            && r["state"] == "pending"
+            && r["reason"].as_str().is_some_and(|w| w.contains("memory"))
+        {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "big-b never pending: {rs}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(waiting["pid"].is_null(), "{waiting}");
+    let status = String::from_utf8(cp.cli(&["status", "big-b"]).stdout).unwrap();
+    assert!(
+        status.contains("1 pending") && status.contains("memory"),
+        "{status}"
+    );
+    // Three shared replicas and big-a still serve.
+    assert_eq!(
+        cp.json(&["get", "replicas", "shared"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["state"] == "ready")
+            .count(),
+        3
+    );
+    assert!(cp.cli(&["delete", "big-a"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rs = cp.json(&["get", "replicas", "big-b"]);
+        if rs
+            .as_array()
+            .is_some_and(|a| a.len() == 1 && a[0]["state"] == "ready")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "big-b never admitted: {rs}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = cp.json(&["status", "big-b"])["events"].to_string();
+    assert!(events.contains("pending: needs"), "{events}");
+    assert!(cp.cli(&["delete", "big-b"]).status.success());
+    cp.delete_and_stop("shared");
 }

@@ -93,7 +93,7 @@ fn rendered_objects_are_valid_kubernetes_1_33_and_match_the_snapshot() {
     std::fs::write(&file, &yaml).unwrap();
     validate(&file);
     assert!(yaml.contains("replicas: 3"), "{yaml}");
-    // The spec's memory (1Gi) is the limit; the plan's estimate the request.
+    // The spec's memory (1Gi) is both the request and the limit.
     assert!(yaml.contains("memory: 1024Mi"), "{yaml}");
     assert!(!yaml.contains("HorizontalPodAutoscaler"));
 
@@ -316,8 +316,10 @@ fn deploy_server_side_applies_waits_scales_rolls_back_and_deletes() {
         &[("KUBECONFIG", &kubeconfig)],
     );
     let minilm = modelship_testkit::minilm();
+    // `auto`: the precision is decided by the optimize stage, which
+    // `render kubernetes` must agree with (below).
     let tail = format!(
-        "  optimize: {{ quantize: q8_0 }}\n  image: {}/kubetest\n  target: kubernetes\n",
+        "  optimize: {{ quantize: auto, gate: {{ min_cosine: 0.99 }} }}\n  image: {}/kubetest\n  target: kubernetes\n",
         registry.addr
     );
     let v1 = named_spec(dir.path(), "v1.yaml", "kubetest", &minilm, 2, &tail);
@@ -395,6 +397,32 @@ fn deploy_server_side_applies_waits_scales_rolls_back_and_deletes() {
         .unwrap();
     assert!(pulled.success(), "the registry does not serve {image}");
 
+    // `render kubernetes` shows what deploy applied: the same requests and
+    // limits, planned from the same optimized model and recorded plan rule.
+    let data = dir.path().join("data");
+    let rendered = run(&[
+        "render",
+        "kubernetes",
+        "-f",
+        v1.to_str().unwrap(),
+        "--image",
+        &image,
+        "--namespace",
+        "models",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let rendered = rendered
+        .split("---\n")
+        .find(|d| d.contains("kind: Deployment"))
+        .map(yaml_to_json)
+        .unwrap();
+    let rendered: serde_json::Value = serde_json::from_str(&rendered).unwrap();
+    let resources =
+        |d: &serde_json::Value| d["spec"]["template"]["spec"]["containers"][0]["resources"].clone();
+    assert_eq!(resources(&rendered), resources(&first));
+    assert_eq!(rendered["spec"]["replicas"], first["spec"]["replicas"]);
+
     // Scale: the Deployment is applied again with the new count.
     assert!(cp.cli(&["scale", "kubetest", "3"]).status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -436,6 +464,45 @@ fn deploy_server_side_applies_waits_scales_rolls_back_and_deletes() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // With autoscale the cluster's HorizontalPodAutoscaler scales the
+    // Deployment; the gateway's autoscaler, whose traffic a cluster's does
+    // not pass through, leaves it alone (it would see no load and scale it
+    // to its minimum, applying the objects again).
+    let auto = named_spec(
+        dir.path(),
+        "auto.yaml",
+        "kubeauto",
+        &minilm,
+        2,
+        &format!(
+            "{tail}  autoscale: {{ min: 1, max: 3, target_concurrency: 4, stable_window: 2s, panic_window: 1s }}\n"
+        ),
+    );
+    assert!(
+        cp.cli(&["deploy", "-f", auto.to_str().unwrap(), "--wait"])
+            .status
+            .success()
+    );
+    let applies_of_auto = || {
+        api.requests()
+            .iter()
+            .filter(|r| {
+                r["method"] == "PATCH"
+                    && r["path"] == "/apis/apps/v1/namespaces/models/deployments/kubeauto"
+            })
+            .count()
+    };
+    let after_deploy = applies_of_auto();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        applies_of_auto(),
+        after_deploy,
+        "re-applied by an autoscaler"
+    );
+    let events = cp.json(&["status", "kubeauto"])["events"].to_string();
+    assert!(!events.contains("autoscaled"), "{events}");
+    assert!(cp.cli(&["delete", "kubeauto"]).status.success());
+
     // Delete removes every object.
     assert!(cp.cli(&["delete", "kubetest"]).status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -445,10 +512,11 @@ fn deploy_server_side_applies_waits_scales_rolls_back_and_deletes() {
             .into_iter()
             .filter(|r| r["method"] == "DELETE")
             .count();
-        if deletes == 6 {
+        // kubeauto's seven (with its HPA), kubetest's six.
+        if deletes == 13 {
             break;
         }
-        assert!(Instant::now() < deadline, "{deletes} of 6 objects deleted");
+        assert!(Instant::now() < deadline, "{deletes} of 13 objects deleted");
         std::thread::sleep(Duration::from_millis(100));
     }
     cp.kill();

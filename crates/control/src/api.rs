@@ -21,12 +21,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use modelship_orchestrator::now_ms;
 use modelship_types::{
-    Deployment, Event, ModelDeployment, Replica, ReplicaState, Revision, Run, RunStatus,
+    Deployment, Event, ModelDeployment, Phase, Replica, ReplicaState, Revision, Run,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::{Ctx, pipeline};
+use crate::{Ctx, pipeline, rollout};
 
 /// The one place API errors become HTTP.
 #[derive(Debug, thiserror::Error)]
@@ -196,38 +196,21 @@ async fn deploy(
         });
     }
     let name = spec.metadata.name.clone();
-    if !ctx
-        .running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(name.clone())
+    if let Some(d) = ctx.store.deployment(&name)?
+        && let Some(run) = d.phase.run()
     {
         return Err(ApiError::Conflict(format!(
-            "a deploy of `{name}` is already running"
+            "run {run} is rolling out revision {} of `{name}` ({}): wait for it, or roll back",
+            d.revision,
+            d.phase.name()
         )));
     }
-    let run = ctx.store.start_run(Run {
-        id: 0,
-        deployment: name.clone(),
-        revision: None,
-        status: RunStatus::Running,
-        error: None,
-        stages: vec![],
-        started_at: now_ms(),
-        finished_at: None,
-    });
-    let run = match run {
-        Ok(r) => r,
-        Err(e) => {
-            ctx.running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name);
-            return Err(e.into());
+    let id = pipeline::start(&ctx, spec, None).map_err(|e| match e {
+        pipeline::StartError::Running => {
+            ApiError::Conflict(format!("a deploy of `{name}` is already running"))
         }
-    };
-    let id = run.id;
-    tokio::spawn(pipeline::deploy(Arc::clone(&ctx), spec, run));
+        pipeline::StartError::Store(e) => e.into(),
+    })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"run": id, "deployment": name})),
@@ -244,10 +227,16 @@ pub struct DeploymentSummary {
     pub ready: usize,
     /// Replicas of other revisions still running (a rollout in progress).
     pub old: usize,
+    /// Where its rollout stands.
+    #[serde(default)]
+    pub phase: Phase,
     /// During a canary or blue-green rollout: the revision serving beside
     /// `revision`, and the percent of traffic `revision` gets.
     pub stable: Option<u32>,
     pub traffic: Option<u32>,
+    /// Replicas waiting for room on a node.
+    #[serde(default)]
+    pub pending: usize,
     pub model: String,
     /// Where its replicas run, and the image they run (not for `local`).
     #[serde(default)]
@@ -267,6 +256,10 @@ fn summary(ctx: &Ctx, d: &Deployment, all: &[Replica]) -> Result<DeploymentSumma
         .as_ref()
         .map(|r| r.artifact.display().to_string())
         .unwrap_or_default();
+    // The split as the controller sets it: one rule, the planner's.
+    let split = rev
+        .as_ref()
+        .map(|r| modelship_planner::desired(d, &r.spec.spec.rollout));
     Ok(DeploymentSummary {
         name: d.name.clone(),
         revision: d.revision,
@@ -275,8 +268,10 @@ fn summary(ctx: &Ctx, d: &Deployment, all: &[Replica]) -> Result<DeploymentSumma
             .filter(|r| r.revision == d.revision && r.state == ReplicaState::Ready)
             .count(),
         old: mine().filter(|r| r.revision != d.revision).count(),
-        stable: d.stable,
-        traffic: d.traffic,
+        phase: d.phase.clone(),
+        stable: split.as_ref().and_then(|s| s.stable.map(|(r, _)| r)),
+        traffic: split.as_ref().and_then(|s| s.traffic),
+        pending: mine().filter(|r| r.state == ReplicaState::Pending).count(),
         model,
         target: rev.as_ref().map(|r| r.spec.spec.target).unwrap_or_default(),
         image: rev.and_then(|r| r.image),
@@ -324,12 +319,38 @@ async fn delete(
     State(ctx): State<Arc<Ctx>>,
     Api(Path(name)): Api<Path<String>>,
 ) -> Result<Json<serde_json::Value>> {
-    existing(&ctx, &name)?;
+    let d = existing(&ctx, &name)?;
+    rollout::supersede(&ctx, &d, "the deployment was deleted");
+    // Recorded first: replicas of a deployment the store no longer has are
+    // stopped by the controller, now or when the control plane next starts.
     ctx.store.delete_deployment(&name)?;
     ctx.record_event(&name, "deleted: stopping its replicas".into())?;
     ctx.wake.notify_one();
-    Ok(Json(json!({"deleted": name})))
+    // Answer once they are gone, so that stopping the control plane right
+    // after leaves nothing running.
+    let deadline = tokio::time::Instant::now() + DELETE_WAIT;
+    loop {
+        let left = ctx
+            .store
+            .replicas()?
+            .iter()
+            .filter(|r| r.deployment == name)
+            .count();
+        if left == 0 {
+            return Ok(Json(json!({"deleted": name, "stopped": true})));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Json(
+                json!({"deleted": name, "stopped": false, "stopping": left}),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
+
+/// How long `DELETE` waits for the replicas to drain and stop: the
+/// controller's drain grace and a little more.
+const DELETE_WAIT: std::time::Duration = std::time::Duration::from_secs(40);
 
 #[derive(Deserialize)]
 struct ScaleRequest {
@@ -400,13 +421,16 @@ async fn rollback(
     }
     // Blue-green keeps the old revision running for a while after the
     // switch: going back to it is instant, no replica starts.
-    if d.stable == Some(target.number) {
+    let why = format!(
+        "rolled back to revision {} by `modelship rollback`",
+        target.number
+    );
+    if d.phase.stable() == Some(target.number) {
+        rollout::supersede(&ctx, &d, &why);
         let n = target.number;
         ctx.store.put_deployment(&Deployment {
             revision: n,
-            stable: None,
-            traffic: None,
-            new_replicas: None,
+            phase: Phase::Steady,
             updated_at: now_ms(),
             ..d
         })?;
@@ -426,6 +450,7 @@ async fn rollback(
             target.artifact.display()
         )));
     }
+    rollout::supersede(&ctx, &d, &why);
     let number = ctx.store.last_revision_number(&name)? + 1;
     let revision = Revision {
         number,
@@ -435,9 +460,7 @@ async fn rollback(
     };
     let deployment = Deployment {
         revision: number,
-        stable: None,
-        traffic: None,
-        new_replicas: None,
+        phase: Phase::Steady,
         updated_at: now_ms(),
         ..d
     };

@@ -2,13 +2,11 @@
 //! revision or replica count differs from what was last applied, render that
 //! revision's objects and server-side apply them; when a deployment is gone,
 //! delete what was applied for it. The cluster runs and rolls the pods;
-//! rollouts wait on the Deployment's status ([`wait`]).
+//! a rollout's phase follows the Deployment's status ([`rollout`]).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use modelship_orchestrator::kubernetes::RolloutStatus;
-use modelship_planner::Desired;
+use modelship_planner::{ClusterRollout, Desired};
 use modelship_types::Revision;
 use serde_json::Value;
 
@@ -37,15 +35,18 @@ pub(crate) fn objects(
         .image
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("revision {} has no image", rev.number))?;
-    let mut report = crate::plan::plan_artifact(&rev.spec, &rev.artifact, &[])?;
-    report.replicas = replicas;
+    let plan = rev
+        .plan
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("revision {} has no recorded plan", rev.number))?;
     // The replica key salts the keys' digest: a secret nobody reading the
     // Deployment knows.
     let salt = ctx.replica_key.as_ref().map(|k| k.expose());
     Ok(crate::kubernetes::manifests(
         &rev.spec,
         image,
-        &report,
+        plan,
+        replicas,
         namespace,
         &ctx.api_keys,
         salt,
@@ -122,44 +123,25 @@ pub(crate) async fn pass(ctx: &Ctx, desired: &[Desired]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until revision `number` of `name` is applied and its Deployment
-/// has rolled out; the rollout's failure (progress deadline) or `timeout`
-/// is an error naming why.
-pub(crate) async fn wait(
-    ctx: &Ctx,
-    name: &str,
-    number: u32,
-    timeout: Duration,
-) -> Result<RolloutStatus, String> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let kube = ctx
-        .targets
-        .kubernetes()
-        .await
-        .map_err(|e| format!("{e:#}"))?;
-    loop {
-        let namespace = ctx
-            .applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .filter(|a| a.revision == number)
-            .map(|a| a.namespace.clone());
-        if let Some(ns) = namespace {
-            let status = kube
-                .rollout_status(&ns, name)
-                .await
-                .map_err(|e| format!("{e:#}"))?;
-            if let Some(why) = status.failed {
-                return Err(format!("the Deployment did not roll out: {why}"));
-            }
-            if status.complete {
-                return Ok(status);
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!("not rolled out after {} s", timeout.as_secs()));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+/// Where the cluster's rollout of revision `number` of `name` stands: still
+/// progressing until that revision is applied, then the Deployment's
+/// status (its progress deadline passed: failed).
+pub(crate) async fn rollout(ctx: &Ctx, name: &str, number: u32) -> anyhow::Result<ClusterRollout> {
+    let namespace = ctx
+        .applied
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .filter(|a| a.revision == number)
+        .map(|a| a.namespace.clone());
+    let Some(ns) = namespace else {
+        return Ok(ClusterRollout::Progressing);
+    };
+    let kube = ctx.targets.kubernetes().await?;
+    let status = kube.rollout_status(&ns, name).await?;
+    Ok(match status.failed {
+        Some(why) => ClusterRollout::Failed(why),
+        None if status.complete => ClusterRollout::Complete,
+        None => ClusterRollout::Progressing,
+    })
 }

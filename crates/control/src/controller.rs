@@ -1,18 +1,24 @@
-//! The controller loop: observe every replica, record what changed, ask the
-//! planner what to do, do it, and tell the gateway what is ready. Runs every
-//! half second, and at once when the API changes something.
+//! The controller loop: observe every replica once, record what changed,
+//! move each rollout on from its recorded phase (the planner's `step`), ask
+//! the planner what to start and stop, admit what fits, do it, and tell the
+//! gateway what is ready. Runs every half second, and at once when the API
+//! changes something. Every decision is a planner function of what this
+//! tick observed; nothing here waits for a state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use modelship_gateway::{Abort, Route, Share};
+use modelship_gateway::{Abort, Route, Share, StatsSnapshot};
 use modelship_orchestrator::{Liveness, ReplicaSpec, now_ms};
-use modelship_planner::{Action, Desired, Sample, ScalerState, autoscale, reconcile};
-use modelship_types::{Replica, ReplicaState, Target};
+use modelship_planner::{
+    Action, Desired, ReplicaRequest, RolloutObserved, Sample, ScalerState, Window, admit,
+    autoscale, desired, reconcile,
+};
+use modelship_types::{Deployment, Node, Phase, Replica, ReplicaState, Revision, Target};
 
-use crate::Ctx;
+use crate::{Ctx, rollout};
 
 /// How often the loop runs when nothing wakes it.
 const PERIOD: Duration = Duration::from_millis(500);
@@ -27,15 +33,30 @@ pub(crate) struct Controller {
     scalers: Mutex<HashMap<String, ScalerState>>,
     /// Swarm tasks as last observed, published beside the other replicas.
     swarm_seen: Mutex<Vec<Replica>>,
+    /// Each canary's gateway statistics when its step's analysis began:
+    /// (revision, step, counters).
+    baselines: Mutex<HashMap<String, (u32, u32, StatsSnapshot)>>,
+    /// Each deployment's traffic split while a stable revision runs beside
+    /// the new one: (revision, stable, percent to revision).
+    splits: Mutex<HashMap<String, (u32, u32, u32)>>,
+    /// This machine, where local and Docker replicas are admitted; none
+    /// when it cannot be read (then every replica starts).
+    node: Option<Node>,
 }
 
 impl Controller {
     pub(crate) fn new(ctx: Arc<Ctx>) -> Controller {
+        let node = crate::plan::this_machine()
+            .inspect_err(|e| tracing::warn!("admission is off: {e:#}"))
+            .ok();
         Controller {
             ctx,
             stopping: Arc::default(),
             scalers: Mutex::default(),
             swarm_seen: Mutex::default(),
+            baselines: Mutex::default(),
+            splits: Mutex::default(),
+            node,
         }
     }
 
@@ -57,11 +78,15 @@ impl Controller {
             .replicas()?
             .into_iter()
             .partition(|r| r.target == Target::Swarm);
+        // Pending replicas have no process to observe yet.
+        let (pending, replicas): (Vec<Replica>, Vec<Replica>) = replicas
+            .into_iter()
+            .partition(|r| r.state == ReplicaState::Pending);
         let seen = join_all(replicas.iter().map(|r| self.observe(r))).await;
         let now = now_ms();
         let mut changed = Vec::new();
         let mut removed = Vec::new();
-        let mut current = Vec::with_capacity(replicas.len());
+        let mut current = Vec::with_capacity(replicas.len() + pending.len());
         for (r, live) in replicas.into_iter().zip(seen) {
             match next_state(&r, live) {
                 None => {
@@ -89,6 +114,7 @@ impl Controller {
                 Some(_) => current.push(r),
             }
         }
+        current.extend(pending);
         store.update_replicas(&changed, &removed)?;
 
         // Terminating replicas without a stop in flight (the control plane
@@ -100,11 +126,21 @@ impl Controller {
             self.stop(r.clone());
         }
 
-        self.autoscale(now)?;
+        let deployments = self.rollouts(&current, &swarm_stored, now).await?;
+        let deployments = self.autoscale(deployments, now)?;
         let mut by_target: HashMap<Target, Vec<Desired>> = HashMap::new();
-        for (d, target) in self.desired()? {
-            by_target.entry(target).or_default().push(d);
+        let mut splits = HashMap::new();
+        for (d, rev) in &deployments {
+            let want = desired(d, &rev.spec.spec.rollout);
+            if let (Some((stable, _)), Some(percent)) = (want.stable, want.traffic) {
+                splits.insert(d.name.clone(), (d.revision, stable, percent));
+            }
+            by_target
+                .entry(rev.spec.spec.target)
+                .or_default()
+                .push(want);
         }
+        *self.splits.lock().unwrap_or_else(|p| p.into_inner()) = splits;
         let mut take = |t| by_target.remove(&t).unwrap_or_default();
         let (swarm, kubernetes) = (take(Target::Swarm), take(Target::Kubernetes));
         self.engine_passes(&swarm, &kubernetes, swarm_stored).await;
@@ -120,26 +156,160 @@ impl Controller {
                 tracing::error!("controller: {what}: {e:#}");
             }
         }
+        self.admit(&mut current).await?;
         self.publish(&current);
         Ok(())
     }
 
+    /// Every deployment with its serving revision, each rollout moved on by
+    /// one step from what this tick observed.
+    async fn rollouts(
+        &self,
+        current: &[Replica],
+        swarm: &[Replica],
+        now: u64,
+    ) -> anyhow::Result<Vec<(Deployment, Revision)>> {
+        let store = &self.ctx.store;
+        let stats = self.ctx.gateway.stats();
+        let mut out = Vec::new();
+        for d in store.deployments()? {
+            let Some(rev) = store.revision(&d.name, d.revision)? else {
+                continue;
+            };
+            if d.phase == Phase::Steady {
+                out.push((d, rev));
+                continue;
+            }
+            let Some(seen) = self
+                .rollout_observed(&d, &rev, current, swarm, &stats)
+                .await
+            else {
+                out.push((d, rev));
+                continue;
+            };
+            let Some(next) = rollout::advance(&self.ctx, &d, &rev, &seen, now)? else {
+                continue; // removed
+            };
+            let rev = match next.revision == rev.number {
+                true => rev,
+                false => match store.revision(&next.name, next.revision)? {
+                    Some(r) => r,
+                    None => continue,
+                },
+            };
+            self.begin_analysis(&next, &stats);
+            out.push((next, rev));
+        }
+        let names: HashSet<&str> = out.iter().map(|(d, _)| d.name.as_str()).collect();
+        self.baselines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| names.contains(name.as_str()));
+        Ok(out)
+    }
+
+    /// What one tick saw of `d`'s rollout; `None` when it cannot be told
+    /// (the cluster did not answer): the phase then waits a tick.
+    async fn rollout_observed(
+        &self,
+        d: &Deployment,
+        rev: &Revision,
+        current: &[Replica],
+        swarm: &[Replica],
+        stats: &StatsSnapshot,
+    ) -> Option<RolloutObserved> {
+        let mut seen = RolloutObserved::default();
+        for r in current
+            .iter()
+            .chain(swarm)
+            .filter(|r| r.deployment == d.name && r.state != ReplicaState::Terminating)
+        {
+            *seen.live.entry(r.revision).or_default() += 1;
+            if r.state == ReplicaState::Ready {
+                *seen.ready.entry(r.revision).or_default() += 1;
+            }
+            if r.revision == d.revision
+                && seen.restarts.as_ref().is_none_or(|(_, n)| r.restarts > *n)
+            {
+                seen.restarts = Some((r.id.clone(), r.restarts));
+            }
+        }
+        if let Phase::Canary {
+            stable,
+            analysis_from: Some(_),
+            ..
+        } = &d.phase
+        {
+            let baselines = self.baselines.lock().unwrap_or_else(|p| p.into_inner());
+            // No baseline: the step's analysis began before this control
+            // plane started, and its gateway counts from zero since then.
+            let empty = StatsSnapshot::default();
+            let before = baselines.get(&d.name).map_or(&empty, |(_, _, s)| s);
+            seen.analysis = Some((
+                window(stats, before, &d.name, d.revision),
+                window(stats, before, &d.name, *stable),
+            ));
+        }
+        if rev.spec.spec.target == Target::Kubernetes {
+            match crate::cluster::rollout(&self.ctx, &d.name, d.revision).await {
+                Ok(status) => seen.cluster = Some(status),
+                Err(e) => {
+                    tracing::warn!(deployment = %d.name, "kubernetes: {e:#}");
+                    return None;
+                }
+            }
+        }
+        Some(seen)
+    }
+
+    /// Keeps the gateway's counters at the moment a canary step's analysis
+    /// began, to judge the step on what came after.
+    fn begin_analysis(&self, d: &Deployment, stats: &StatsSnapshot) {
+        let mut baselines = self.baselines.lock().unwrap_or_else(|p| p.into_inner());
+        match &d.phase {
+            Phase::Canary {
+                step,
+                analysis_from: Some(_),
+                ..
+            } => {
+                let fresh = baselines
+                    .get(&d.name)
+                    .is_none_or(|(rev, s, _)| (*rev, *s) != (d.revision, *step));
+                if fresh {
+                    baselines.insert(d.name.clone(), (d.revision, *step, stats.clone()));
+                }
+            }
+            _ => {
+                baselines.remove(&d.name);
+            }
+        }
+    }
+
     /// Samples each autoscaled deployment's in-flight requests and sets its
     /// replica count from the decision. Not during a canary or blue-green
-    /// rollout, whose replica counts the rollout owns.
-    fn autoscale(&self, now: u64) -> anyhow::Result<()> {
+    /// rollout, whose replica counts the rollout owns, and not on
+    /// Kubernetes, where the HorizontalPodAutoscaler rendered with the
+    /// Deployment scales it.
+    fn autoscale(
+        &self,
+        deployments: Vec<(Deployment, Revision)>,
+        now: u64,
+    ) -> anyhow::Result<Vec<(Deployment, Revision)>> {
         let store = &self.ctx.store;
         let mut scalers = self.scalers.lock().unwrap_or_else(|p| p.into_inner());
         let mut seen = HashSet::new();
-        for d in store.deployments()? {
-            let Some(spec) = store
-                .revision(&d.name, d.revision)?
-                .and_then(|r| r.spec.spec.autoscale)
-            else {
-                continue;
+        let mut out = Vec::with_capacity(deployments.len());
+        for (mut d, rev) in deployments {
+            let spec = match &rev.spec.spec.autoscale {
+                Some(a) if rev.spec.spec.target != Target::Kubernetes => a.clone(),
+                _ => {
+                    out.push((d, rev));
+                    continue;
+                }
             };
             seen.insert(d.name.clone());
-            if d.stable.is_some() {
+            if d.phase.stable().is_some() {
+                out.push((d, rev));
                 continue;
             }
             let state = scalers.entry(d.name.clone()).or_default();
@@ -157,14 +327,14 @@ impl Controller {
                 // the one decided for (a rollout may have moved meanwhile).
                 let from = d.replicas;
                 let updated = store.update_deployment(&d.name, |now_d| {
-                    let same = now_d.revision == d.revision && now_d.stable.is_none();
+                    let same = now_d.revision == d.revision && now_d.phase.stable().is_none();
                     if same {
                         now_d.replicas = decision.replicas;
                         now_d.updated_at = now;
                     }
                     same
                 })?;
-                if updated.is_some_and(|u| u.replicas == decision.replicas) {
+                if let Some(u) = updated.filter(|u| u.replicas == decision.replicas) {
                     self.ctx.event(
                         &d.name,
                         format!(
@@ -172,11 +342,13 @@ impl Controller {
                             decision.replicas, decision.reason
                         ),
                     );
+                    d = u;
                 }
             }
+            out.push((d, rev));
         }
         scalers.retain(|name, _| seen.contains(name));
-        Ok(())
+        Ok(out)
     }
 
     /// The passes over engines that run replicas themselves: Kubernetes
@@ -241,34 +413,6 @@ impl Controller {
         *self.swarm_seen.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
     }
 
-    /// Each deployment's desired state and the target its serving revision runs on.
-    fn desired(&self) -> anyhow::Result<Vec<(Desired, Target)>> {
-        let store = &self.ctx.store;
-        let mut out = Vec::new();
-        for d in store.deployments()? {
-            let Some(rev) = store.revision(&d.name, d.revision)? else {
-                continue;
-            };
-            // During a canary or blue-green rollout the stable revision
-            // keeps the deployment's count; the new one runs its share.
-            let (replicas, stable) = match d.stable {
-                Some(s) => (d.new_replicas.unwrap_or(d.replicas), Some((s, d.replicas))),
-                None => (d.replicas, None),
-            };
-            out.push((
-                Desired {
-                    deployment: d.name,
-                    revision: d.revision,
-                    replicas,
-                    rollout: rev.spec.spec.rollout,
-                    stable,
-                },
-                rev.spec.spec.target,
-            ));
-        }
-        Ok(out)
-    }
-
     async fn apply(&self, action: Action, current: &mut Vec<Replica>) -> anyhow::Result<()> {
         let store = &self.ctx.store;
         match action {
@@ -276,12 +420,24 @@ impl Controller {
                 deployment,
                 revision,
             } => {
-                let id = format!("{deployment}-{revision}-{}", suffix());
-                let replica = self.start(&deployment, revision, &id, 0).await?;
-                self.ctx.event(
-                    &deployment,
-                    format!("started replica {id} (revision {revision})"),
-                );
+                // Wanted now; started once admitted ([`Controller::admit`]).
+                let target = store
+                    .revision(&deployment, revision)?
+                    .map(|r| r.spec.spec.target)
+                    .unwrap_or_default();
+                let replica = Replica {
+                    id: format!("{deployment}-{revision}-{}", suffix()),
+                    deployment,
+                    revision,
+                    endpoint: String::new(),
+                    pid: None,
+                    state: ReplicaState::Pending,
+                    restarts: 0,
+                    exited_at: None,
+                    started_at: now_ms(),
+                    target,
+                    reason: Some("waiting for admission".into()),
+                };
                 store.update_replicas(std::slice::from_ref(&replica), &[])?;
                 current.push(replica);
             }
@@ -301,9 +457,16 @@ impl Controller {
                 *old = fresh;
             }
             Action::Stop { replica } => {
-                let Some(r) = current.iter_mut().find(|r| r.id == replica) else {
+                let Some(i) = current.iter().position(|r| r.id == replica) else {
                     return Ok(());
                 };
+                if current[i].state == ReplicaState::Pending {
+                    // Never started: nothing to stop.
+                    store.update_replicas(&[], std::slice::from_ref(&replica))?;
+                    current.remove(i);
+                    return Ok(());
+                }
+                let r = &mut current[i];
                 r.state = ReplicaState::Terminating;
                 store.update_replicas(std::slice::from_ref(r), &[])?;
                 self.ctx
@@ -329,6 +492,7 @@ impl Controller {
             .store
             .revision(deployment, revision)?
             .ok_or_else(|| anyhow::anyhow!("{deployment} has no revision {revision}"))?;
+        let (threads, cpu, memory) = resources(&rev);
         let spec = ReplicaSpec {
             id: id.to_owned(),
             deployment: deployment.to_owned(),
@@ -340,8 +504,9 @@ impl Controller {
             },
             image: rev.image.clone(),
             limits: rev.spec.spec.serving,
-            cpu: rev.spec.spec.resources.cpu,
-            memory: memory_limit(&rev),
+            threads,
+            cpu,
+            memory,
             api_key: self.ctx.replica_key.clone(),
         };
         let target = rev.spec.spec.target;
@@ -365,6 +530,86 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// Starts the pending replicas that fit on this machine beside what runs
+    /// there, in the order they became pending (`planner::admit`: none
+    /// overtakes an earlier one); the others keep waiting, their reason
+    /// recorded. Memory is a hard budget; CPU only what specs reserve.
+    async fn admit(&self, current: &mut [Replica]) -> anyhow::Result<()> {
+        let on_machine = |r: &Replica| matches!(r.target, Target::Local | Target::Docker);
+        let mut pending: Vec<usize> = (0..current.len())
+            .filter(|&i| current[i].state == ReplicaState::Pending && on_machine(&current[i]))
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        pending.sort_by(|&a, &b| {
+            (current[a].started_at, &current[a].id).cmp(&(current[b].started_at, &current[b].id))
+        });
+        let store = &self.ctx.store;
+        let mut revisions: HashMap<(String, u32), Option<Revision>> = HashMap::new();
+        let mut rev_of = |r: &Replica| -> anyhow::Result<Option<Revision>> {
+            let key = (r.deployment.clone(), r.revision);
+            if !revisions.contains_key(&key) {
+                revisions.insert(key.clone(), store.revision(&r.deployment, r.revision)?);
+            }
+            Ok(revisions[&key].clone())
+        };
+        let admitted: Vec<String> = match &self.node {
+            None => pending.iter().map(|&i| current[i].id.clone()).collect(),
+            Some(node) => {
+                let mut running = Vec::new();
+                for r in current
+                    .iter()
+                    .filter(|r| r.state != ReplicaState::Pending && on_machine(r))
+                {
+                    let req = request(rev_of(r)?.as_ref(), &r.id, &r.deployment);
+                    running.push((req, node.name.clone()));
+                }
+                let mut queue = Vec::new();
+                for &i in &pending {
+                    let r = &current[i];
+                    let req = request(rev_of(r)?.as_ref(), &r.id, &r.deployment);
+                    queue.push((r.id.clone(), vec![req]));
+                }
+                let decision = admit(std::slice::from_ref(node), &running, &queue);
+                let mut waiting = Vec::new();
+                for p in decision.waiting {
+                    let Some(r) = current.iter_mut().find(|r| r.id == p.replica) else {
+                        continue;
+                    };
+                    if r.reason.as_deref() != Some(p.reason.as_str()) {
+                        self.ctx.event(
+                            &r.deployment,
+                            format!("replica {} pending: {}", r.id, p.reason),
+                        );
+                        r.reason = Some(p.reason);
+                        waiting.push(r.clone());
+                    }
+                }
+                store.update_replicas(&waiting, &[])?;
+                decision.admitted.into_iter().map(|(id, _)| id).collect()
+            }
+        };
+        for id in admitted {
+            let Some(r) = current.iter_mut().find(|r| r.id == id) else {
+                continue;
+            };
+            match self.start(&r.deployment, r.revision, &r.id, 0).await {
+                Ok(started) => {
+                    self.ctx.event(
+                        &r.deployment,
+                        format!("started replica {id} (revision {})", r.revision),
+                    );
+                    store.update_replicas(std::slice::from_ref(&started), &[])?;
+                    *r = started;
+                }
+                // Stays pending; the next tick tries again.
+                Err(e) => tracing::error!("controller: cannot start {id}: {e:#}"),
+            }
+        }
+        Ok(())
     }
 
     /// Drains and removes a replica in the background.
@@ -435,9 +680,16 @@ impl Controller {
                 .or_default() += 1;
         }
         let deployments = self.ctx.store.deployments().unwrap_or_default();
+        let splits = self
+            .splits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for d in &deployments {
             weights.entry((d.name.clone(), d.revision)).or_insert(0);
-            if let (Some(stable), Some(percent)) = (d.stable, d.traffic) {
+            if let Some(&(revision, stable, percent)) = splits.get(&d.name)
+                && revision == d.revision
+            {
                 weights.insert((d.name.clone(), d.revision), percent);
                 weights.insert((d.name.clone(), stable), 100 - percent.min(100));
             }
@@ -466,13 +718,43 @@ impl Controller {
     }
 }
 
-/// A revision's replica memory limit ([`crate::plan::memory_limit`]); none
-/// when the spec sets none and no estimate was recorded.
-pub(crate) fn memory_limit(rev: &modelship_types::Revision) -> Option<u64> {
-    let spec = rev.spec.spec.resources.memory;
-    match rev.memory_estimate {
-        Some(estimate) => Some(crate::plan::memory_limit(spec, estimate)),
-        None => spec.map(|m| m.0),
+/// A revision's replicas' threads, CPU quota and memory limit, as its plan
+/// recorded them; a revision recorded before plans were gets the spec's.
+pub(crate) fn resources(rev: &Revision) -> (u32, Option<f64>, Option<u64>) {
+    match &rev.plan {
+        Some(p) => (p.threads, p.cpu_limit, Some(p.memory_limit)),
+        None => {
+            let r = &rev.spec.spec.resources;
+            let threads = r.cpu.map_or(1, |c| c.ceil().max(1.0) as u32);
+            (threads, r.cpu, r.memory.map(|m| m.0))
+        }
+    }
+}
+
+/// What a replica of `rev` reserves on a node, as its plan recorded it.
+fn request(rev: Option<&Revision>, id: &str, deployment: &str) -> ReplicaRequest {
+    let plan = rev.and_then(|r| r.plan.as_ref());
+    ReplicaRequest {
+        id: id.to_owned(),
+        deployment: deployment.to_owned(),
+        cpu: plan.map_or(0.0, |p| p.cpu_request),
+        memory: plan.map_or(0, |p| p.memory_request),
+        gpus: 0,
+        gpu_memory: 0,
+        selector: BTreeMap::new(),
+    }
+}
+
+/// What a revision answered between two snapshots.
+fn window(after: &StatsSnapshot, before: &StatsSnapshot, name: &str, revision: u32) -> Window {
+    let Some(now) = after.get(name, revision) else {
+        return Window::default();
+    };
+    let d = now.since(before.get(name, revision));
+    Window {
+        requests: d.requests,
+        errors: d.errors,
+        p99_ms: d.p99_ms(),
     }
 }
 
@@ -481,6 +763,7 @@ pub(crate) fn memory_limit(rev: &modelship_types::Revision) -> Option<u64> {
 fn next_state(r: &Replica, live: Liveness) -> Option<ReplicaState> {
     use ReplicaState::*;
     Some(match (r.state, live) {
+        (Pending, _) => Pending,
         (Terminating, Liveness::Gone) => return None,
         (Terminating, _) => Terminating,
         (_, Liveness::Gone) => Exited,

@@ -4,11 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use modelship_types::{ModelDeployment, Strategy};
+use modelship_types::{ModelDeployment, ReplicaPlan, Strategy};
 use serde_json::{Map, Value, json};
 
 use crate::package::PORT;
-use crate::plan::Report;
 
 /// The field manager of server-side apply, and the `managed-by` label.
 pub const MANAGER: &str = "modelship";
@@ -36,7 +35,8 @@ const API_KEYS_FILE: &str = "keys";
 pub fn manifests(
     spec: &ModelDeployment,
     image: &str,
-    plan: &Report,
+    plan: &ReplicaPlan,
+    replicas: u32,
     namespace: &str,
     api_keys: &BTreeSet<String>,
     keys_salt: Option<&str>,
@@ -52,15 +52,11 @@ pub fn manifests(
         json!({ "app.kubernetes.io/name": name, "app.kubernetes.io/component": "model-server" });
     let metadata = json!({ "name": name, "namespace": namespace, "labels": labels });
 
-    // Requests are what the plan estimated; the memory limit leaves a
-    // quarter more (the spec's own limit when it sets one), as the local
-    // and Docker targets do.
-    let memory_request = plan.estimate.total_bytes;
-    let memory_limit = crate::plan::memory_limit(s.resources.memory, memory_request);
-    let cpu = plan.request.cpu;
+    // What the plan recorded on the revision, as every target reads it.
+    let cpu_limit = plan.cpu_limit.unwrap_or(plan.cpu_request);
     let mut resources = json!({
-        "requests": { "cpu": quantity(cpu), "memory": mebibytes(memory_request) },
-        "limits": { "cpu": quantity(cpu), "memory": mebibytes(memory_limit) },
+        "requests": { "cpu": quantity(plan.cpu_request), "memory": mebibytes(plan.memory_request) },
+        "limits": { "cpu": quantity(cpu_limit), "memory": mebibytes(plan.memory_limit) },
     });
     if s.resources.gpu > 0 {
         resources["limits"]["nvidia.com/gpu"] = json!(s.resources.gpu);
@@ -162,7 +158,7 @@ pub fn manifests(
     // With an autoscaler the count is its to set: leaving `replicas` out
     // keeps every apply from resetting it.
     if s.autoscale.is_none() {
-        deployment_spec["replicas"] = json!(plan.replicas);
+        deployment_spec["replicas"] = json!(replicas);
     }
     let mut deployment_meta = metadata.clone();
     if s.rollout.strategy != Strategy::Rolling {
@@ -486,11 +482,12 @@ mod tests {
             },
         }))
         .unwrap();
-        let plan = crate::plan::plan(&spec, &[]).unwrap();
-        let open = manifests(&spec, "img", &plan, "ns", &BTreeSet::new(), Some("salt"));
+        let report = crate::plan::plan(&spec, &[]).unwrap();
+        let plan = &report.replica;
+        let open = manifests(&spec, "img", plan, 1, "ns", &BTreeSet::new(), Some("salt"));
         assert!(open.iter().all(|o| o["kind"] != "Secret"));
         let keys = BTreeSet::from(["key-one".to_owned(), "key-two".to_owned()]);
-        let guarded = manifests(&spec, "img", &plan, "ns", &keys, Some("salt"));
+        let guarded = manifests(&spec, "img", plan, 1, "ns", &keys, Some("salt"));
         let secret = guarded.iter().find(|o| o["kind"] == "Secret").unwrap();
         assert_eq!(secret["metadata"]["name"], "smol-api-keys");
         assert_eq!(secret["stringData"]["keys"], "key-one\nkey-two\n");
@@ -513,7 +510,8 @@ mod tests {
         let other = manifests(
             &spec,
             "img",
-            &plan,
+            plan,
+            1,
             "ns",
             &BTreeSet::from(["key-three".to_owned()]),
             Some("salt"),
@@ -528,7 +526,7 @@ mod tests {
         let unsalted = crate::digest::of_bytes(b"key-one\nkey-two\n");
         assert!(digest(&guarded).is_string() && digest(&guarded) != json!(unsalted));
         // Without a salt, no digest at all.
-        let rendered = manifests(&spec, "img", &plan, "ns", &keys, None);
+        let rendered = manifests(&spec, "img", plan, 1, "ns", &keys, None);
         assert!(digest(&rendered).is_null());
     }
 

@@ -223,6 +223,7 @@ pub async fn up(
             config.data_dir.display()
         )
     })?;
+    let lock = lock_data_dir(&config.data_dir)?;
     let store = Store::open(&config.data_dir.join("state.db"))?;
     let api_listener = tokio::net::TcpListener::bind(config.api)
         .await
@@ -251,9 +252,10 @@ pub async fn up(
         api: api_listener.local_addr()?,
         gateway: gateway_addr,
     };
-    // No run survives the control plane that ran it. Ended only once this
-    // one holds its ports: a second `up` on the same data directory and
-    // ports fails above, before it touches the first one's runs.
+    // No pipeline task survives the control plane that ran it; recorded
+    // rollouts do, and the controller goes on with them. A second `up` on
+    // the same data directory fails at its lock above, before it touches
+    // the first one's state.
     let interrupted = store.interrupt_runs(modelship_orchestrator::now_ms())?;
     let published = config.discovery.map(|etcd| {
         let (tx, rx) = tokio::sync::watch::channel(Routable::default());
@@ -278,11 +280,9 @@ pub async fn up(
         replica_key,
         api_keys: api_keys.clone(),
     });
+    reap(&ctx).await?;
     for run in interrupted {
-        ctx.event(
-            &run.deployment,
-            format!("run {}: {}", run.id, run.error.unwrap_or_default()),
-        );
+        retry(&ctx, run);
     }
     let controller = tokio::spawn(controller::Controller::new(Arc::clone(&ctx)).run());
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -291,6 +291,7 @@ pub async fn up(
     let api = axum::serve(api_listener, api::router(Arc::clone(&ctx), api_keys))
         .with_graceful_shutdown(wait(stop_rx));
     let run = async move {
+        let _lock = lock;
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -302,6 +303,72 @@ pub async fn up(
         Ok(())
     };
     Ok((bound, run))
+}
+
+/// Takes the data directory for this process (an exclusive lock on its
+/// `lock` file, which the kernel releases when the process ends, however
+/// it ends): two control planes driving one store would undo each other.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another control plane runs on the data directory {}\nhint: stop it, or give this one its own --data-dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
+        }
+    }
+}
+
+/// Stops replica processes this data directory's store has no record of
+/// (the control plane before was killed between starting one and
+/// recording it, or the store was restored from an older copy).
+async fn reap(ctx: &Ctx) -> anyhow::Result<()> {
+    let known: HashSet<String> = ctx.store.replicas()?.into_iter().map(|r| r.id).collect();
+    for id in ctx.targets.local().reap(&known).await {
+        let deployment = id.rsplitn(3, '-').nth(2).unwrap_or(&id).to_owned();
+        ctx.event(
+            &deployment,
+            format!("stopped replica {id}: it belonged to no recorded deployment"),
+        );
+    }
+    Ok(())
+}
+
+/// Most times one spec's run is tried when control planes keep stopping
+/// during it (a run that kills its control plane must not loop forever).
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Records why `run` ended with the control plane that ran it and, when
+/// its spec is known and attempts are left, tries it again as a new run.
+fn retry(ctx: &Arc<Ctx>, mut run: modelship_types::Run) {
+    let why = run.error.clone().unwrap_or_default();
+    let again = match &run.spec {
+        Some(spec) if run.attempt < MAX_ATTEMPTS => {
+            pipeline::start(ctx, spec.clone(), Some(&run)).ok()
+        }
+        _ => None,
+    };
+    let message = match again {
+        Some(next) => {
+            run.retried_as = Some(next);
+            run.error = Some(format!("{why}; retried as run {next}"));
+            if let Err(e) = ctx.store.put_run(&run) {
+                tracing::error!("cannot record run {}: {e:#}", run.id);
+            }
+            format!("run {}: {why}; retried as run {next}", run.id)
+        }
+        None => format!("run {}: {why}", run.id),
+    };
+    ctx.event(&run.deployment, message);
 }
 
 /// Keeps etcd's entries equal to the latest routes, and its lease alive.

@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 
 use modelship_orchestrator::{ReplicaSpec, serve_args};
 use modelship_package::{BuiltImage, ImageSpec, Layout, Reference};
-use modelship_types::ModelDeployment;
+use modelship_types::{ModelDeployment, ReplicaPlan};
 use serde_json::json;
 
 use crate::pipeline::Artifact;
-use crate::plan;
 
 /// The port a containerized replica listens on.
 pub const PORT: u16 = modelship_orchestrator::docker::CONTAINER_PORT;
@@ -23,19 +22,25 @@ pub fn images_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("images")
 }
 
-/// What the image of `spec` serving `artifact` holds. `created` stamps it
+/// What the image of `spec` serving `artifact` holds, planned as `plan`
+/// (the revision's record; where its replicas went is left out: the image
+/// records what one replica needs, not where it ran). `created` stamps it
 /// (seconds since the epoch; `SOURCE_DATE_EPOCH` or 0); `follow_links`
 /// packages what links leaving the model directory point to
 /// ([`ImageSpec::follow_links`]).
 pub fn image_spec(
     spec: &ModelDeployment,
     artifact: &Artifact,
+    plan: &ReplicaPlan,
     runtime: PathBuf,
     created: u64,
     follow_links: bool,
 ) -> anyhow::Result<ImageSpec> {
-    // No nodes: the image records what one replica needs, not where it ran.
-    let report = plan::plan_artifact(spec, &artifact.path, &[])?;
+    let plan = ReplicaPlan {
+        placements: Vec::new(),
+        pending: Vec::new(),
+        ..plan.clone()
+    };
     let replica = ReplicaSpec {
         id: String::new(),
         deployment: spec.metadata.name.clone(),
@@ -43,6 +48,7 @@ pub fn image_spec(
         artifact: PathBuf::new(),
         image: None,
         limits: spec.spec.serving,
+        threads: plan.threads,
         cpu: spec.spec.resources.cpu,
         memory: spec.spec.resources.memory.map(|m| m.0),
         // An image never carries a key: the control plane gives its own.
@@ -72,13 +78,10 @@ pub fn image_spec(
             "dev.modelship.spec.digest".to_owned(),
             crate::digest::of_bytes(spec_json.to_string().as_bytes()),
         ),
-        (
-            "dev.modelship.precision".to_owned(),
-            report.precision.clone(),
-        ),
+        ("dev.modelship.precision".to_owned(), plan.precision.clone()),
         (
             "dev.modelship.memory.bytes".to_owned(),
-            report.request.memory_bytes.to_string(),
+            plan.memory_request.to_string(),
         ),
     ]);
     Ok(ImageSpec {
@@ -86,13 +89,7 @@ pub fn image_spec(
         model: artifact.path.clone(),
         deployment: json!({
             "spec": spec_json,
-            "plan": {
-                "precision": report.precision,
-                "estimate": report.estimate,
-                "request": report.request,
-                "replicas": report.replicas,
-                "replicas_reason": report.replicas_reason,
-            },
+            "plan": plan,
             "evaluation": artifact.detail,
         }),
         cmd,

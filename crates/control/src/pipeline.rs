@@ -112,21 +112,69 @@ fn optimize_key(model_digest: &str, spec: &ModelDeployment) -> anyhow::Result<St
     ))
 }
 
-/// Runs the pipeline for `spec` as `run` (already recorded, `Running`).
-pub(crate) async fn deploy(ctx: Arc<Ctx>, spec: ModelDeployment, run: Run) {
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error("a deploy of this deployment is already running")]
+    Running,
+    #[error(transparent)]
+    Store(#[from] modelship_store::StoreError),
+}
+
+/// Records a run of `spec` (a retry of `retry_of` when given) and starts
+/// it in the background; returns its id.
+pub(crate) fn start(
+    ctx: &Arc<Ctx>,
+    spec: ModelDeployment,
+    retry_of: Option<&Run>,
+) -> Result<u64, StartError> {
+    let name = spec.metadata.name.clone();
+    if !ctx
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.clone())
+    {
+        return Err(StartError::Running);
+    }
+    let run = ctx.store.start_run(Run {
+        id: 0,
+        deployment: name.clone(),
+        revision: None,
+        status: RunStatus::Running,
+        error: None,
+        stages: vec![],
+        started_at: now_ms(),
+        finished_at: None,
+        spec: Some(spec.clone()),
+        retry_of: retry_of.map(|r| r.id),
+        attempt: retry_of.map_or(1, |r| r.attempt + 1),
+        retried_as: None,
+    });
+    let run = match run {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            return Err(e.into());
+        }
+    };
+    let id = run.id;
+    tokio::spawn(deploy(Arc::clone(ctx), spec, run));
+    Ok(id)
+}
+
+/// Runs the pipeline for `spec` as `run` (already recorded, `Running`) up
+/// to its rollout stage, which the controller drives and closes.
+async fn deploy(ctx: Arc<Ctx>, spec: ModelDeployment, run: Run) {
     let name = spec.metadata.name.clone();
     let mut rec = Recorder { ctx: &ctx, run };
-    let result = stages(&ctx, &mut rec, spec).await;
-    if result.is_ok() {
-        rec.run.status = RunStatus::Succeeded;
-        rec.run.finished_at = Some(now_ms());
-        rec.save();
+    if stages(&ctx, &mut rec, spec).await.is_err() {
+        let e = rec.run.error.clone().unwrap_or_default();
+        ctx.event(&name, format!("run {} failed: {e}", rec.run.id));
     }
-    let message = match &rec.run.error {
-        None => format!("run {} succeeded", rec.run.id),
-        Some(e) => format!("run {} failed: {e}", rec.run.id),
-    };
-    ctx.event(&name, message);
     ctx.running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -195,36 +243,53 @@ async fn stages(
         }),
     )?;
 
-    // plan: the estimate and the replica count; every replica must fit.
+    // plan: the estimate, the replica count and what each replica gets,
+    // recorded on the revision. Replicas that do not fit now wait
+    // (`pending`) until capacity frees; one that could never fit fails here.
     rec.begin("plan", artifact.digest.clone());
     let started = Instant::now();
     let (planned, served) = (spec.clone(), artifact.path.clone());
     let report = blocking(move || {
         let node: Node = plan::this_machine()?;
-        plan::plan_artifact(&planned, &served, &[node])
+        let report = plan::plan_artifact(&planned, &served, std::slice::from_ref(&node))?;
+        if report.replicas > 0 {
+            let alone = modelship_planner::place(
+                std::slice::from_ref(&node),
+                &[plan::request(&report.replica, "one".into(), &planned)],
+            );
+            if let Some(p) = alone.pending.first() {
+                anyhow::bail!(
+                    "a replica can never be placed on {}: {}",
+                    node.name,
+                    p.reason
+                );
+            }
+        }
+        Ok(report)
     })
     .await;
-    let report = match report.and_then(|r| {
-        if let Some(p) = r.pending.first() {
-            anyhow::bail!(
-                "{} of {} replicas cannot be placed: {}: {}",
-                r.pending.len(),
-                r.replicas,
-                p.replica,
-                p.reason
-            );
-        }
-        Ok(r)
-    }) {
+    let report = match report {
         Ok(r) => r,
         Err(e) => return rec.end(started, Err(e)),
     };
-    let detail = format!(
-        "{} replica(s) ({}), {} each",
+    let r = &report.replica;
+    let mut detail = format!(
+        "{} replica(s) ({}), {} each; reserves {} CPU and {}, limit {}",
         report.replicas,
         report.replicas_reason,
-        modelship_types::Bytes(report.estimate.total_bytes)
+        modelship_types::Bytes(r.estimate.total_bytes),
+        r.cpu_request,
+        modelship_types::Bytes(r.memory_request),
+        modelship_types::Bytes(r.memory_limit),
     );
+    if let Some(p) = r.pending.first() {
+        detail.push_str(&format!(
+            "; {} of {} do not fit now and wait: {}",
+            r.pending.len(),
+            report.replicas,
+            p.reason
+        ));
+    }
     let plan_digest = digest::of_bytes(&serde_json::to_vec(&report)?);
     rec.end(
         started,
@@ -240,7 +305,7 @@ async fn stages(
     if spec.spec.target.needs_image() {
         rec.begin("package", artifact.digest.clone());
         let started = Instant::now();
-        match package(ctx, &spec, &artifact).await {
+        match package(ctx, &spec, &artifact, &report.replica).await {
             Ok((reference, manifest, detail)) => {
                 image = Some(reference);
                 rollout_input = manifest.clone();
@@ -256,7 +321,8 @@ async fn stages(
         }
     }
 
-    // rollout: a new revision (unless nothing changed), then wait for it.
+    // rollout: a new revision (unless nothing changed) in the phase its
+    // strategy starts in; the controller carries it on and closes the stage.
     rec.begin("rollout", rollout_input);
     let started = Instant::now();
     let new = Revision {
@@ -266,21 +332,14 @@ async fn stages(
         artifact: artifact.path.clone(),
         artifact_digest: artifact.digest.clone(),
         image,
-        memory_estimate: Some(report.estimate.total_bytes),
+        plan: Some(report.replica),
         cause: String::new(),
         created_at: 0,
     };
-    let result = rollout::rollout(ctx, rec.run.id, new, report.replicas).await;
-    if let Ok((Some(revision), _)) = &result {
-        rec.run.revision = Some(*revision);
+    if let Err(e) = rollout::begin(ctx, &mut rec.run, new, report.replicas) {
+        return rec.end(started, Err(e));
     }
-    rec.end(
-        started,
-        result.map(|(_, detail)| Output {
-            digest: None,
-            detail,
-        }),
-    )
+    Ok(())
 }
 
 /// The cached artifact for `key`, or the outcome of optimizing now.
@@ -347,15 +406,22 @@ async fn package(
     ctx: &Arc<Ctx>,
     spec: &ModelDeployment,
     artifact: &Artifact,
+    plan: &modelship_types::ReplicaPlan,
 ) -> anyhow::Result<(String, String, String)> {
     let exe = std::env::current_exe().context("cannot find the modelship binary to package")?;
     let created = crate::package::source_date_epoch()?;
-    let (data_dir, spec2, artifact2) = (ctx.data_dir.clone(), spec.clone(), artifact.clone());
+    let (data_dir, spec2, artifact2, plan2) = (
+        ctx.data_dir.clone(),
+        spec.clone(),
+        artifact.clone(),
+        plan.clone(),
+    );
     // Planning reads the model and building compresses it: off the workers.
     let (layout, image) = blocking(move || {
         // A spec has no switch for links leaving the model directory:
         // `modelship build --follow-links` and `spec.image` package those.
-        let image_spec = crate::package::image_spec(&spec2, &artifact2, exe, created, false)?;
+        let image_spec =
+            crate::package::image_spec(&spec2, &artifact2, &plan2, exe, created, false)?;
         crate::package::build(&data_dir, &image_spec, &mut |step| {
             tracing::debug!("package: {step}")
         })

@@ -9,34 +9,26 @@ use anyhow::Context;
 use candle_core::quantized::GgmlDType;
 use modelship_model::{ModelInfo, inspect};
 use modelship_planner::{
-    CapacityProfile, Estimate, ModelShape, Plan, ReplicaRequest, SlidingWindow, TensorFootprint,
-    WeightsFile, estimate, place, resident_weights, size_for_slo,
+    CapacityProfile, ModelShape, Plan, ReplicaRequest, SlidingWindow, TensorFootprint, WeightsFile,
+    estimate, place, resident_weights, size_for_slo,
 };
 use modelship_quant::encode::encoded_len;
 use modelship_quant::{Source, planned_tensors};
-use modelship_types::{Bytes, ModelDeployment, Node, QuantChoice, Task};
+use modelship_types::{
+    Bytes, Estimate, ModelDeployment, Node, QuantChoice, ReplicaPlan, Resources, Target, Task,
+};
 use serde::Serialize;
 
 #[derive(Serialize)]
 pub struct Report {
     pub name: String,
     pub model: PathBuf,
-    /// The precision the weights were counted in.
-    pub precision: String,
-    pub estimate: Estimate,
-    /// What one replica asks the nodes for.
-    pub request: Request,
     pub replicas: u32,
     pub replicas_reason: String,
-    pub placements: Vec<modelship_planner::Placement>,
-    pub pending: Vec<modelship_planner::Pending>,
-}
-
-#[derive(Serialize)]
-pub struct Request {
-    pub cpu: f64,
-    pub memory_bytes: u64,
-    pub gpus: u32,
+    /// What each replica gets, and where they went: recorded on the
+    /// revision by `deploy`.
+    #[serde(flatten)]
+    pub replica: ReplicaPlan,
 }
 
 /// The plan of `spec` once optimized: its model replaced by `artifact`,
@@ -54,9 +46,46 @@ pub fn plan_artifact(
 
 /// A replica's memory limit: the spec's, else the plan's estimate with a
 /// quarter more, so an estimate a little short does not get it killed.
-/// Every target limits replicas by this.
-pub fn memory_limit(spec_memory: Option<Bytes>, estimate: u64) -> u64 {
+fn memory_limit(spec_memory: Option<Bytes>, estimate: u64) -> u64 {
     spec_memory.map_or(estimate + estimate / 4, |m| m.0)
+}
+
+/// The one rule for what a replica gets from its spec's `resources` and
+/// its estimate; every target reads the result from the revision.
+/// - CPU: the spec's, reserved on the node and set as the quota. Without
+///   one, replicas on this machine (`local`, `docker`) share its cores
+///   (nothing is reserved, no quota); on a cluster one CPU is reserved, and
+///   Kubernetes sets the reservation as the limit too.
+/// - Memory: the spec's, reserved and the limit; without it the estimate
+///   is reserved and the limit leaves a quarter more.
+fn replica_plan(
+    resources: &Resources,
+    target: Target,
+    est: Estimate,
+    precision: String,
+) -> ReplicaPlan {
+    let shares_cores = matches!(target, Target::Local | Target::Docker) && resources.cpu.is_none();
+    let cpu_request = match resources.cpu {
+        Some(cpu) => cpu,
+        None if shares_cores => 0.0,
+        None => 1.0,
+    };
+    let cpu_limit = match target {
+        Target::Kubernetes => Some(cpu_request),
+        _ => resources.cpu,
+    };
+    ReplicaPlan {
+        cpu_request,
+        cpu_limit,
+        threads: est.cpu_threads,
+        memory_request: resources.memory.map_or(est.total_bytes, |m| m.0),
+        memory_limit: memory_limit(resources.memory, est.total_bytes),
+        gpus: resources.gpu,
+        precision,
+        estimate: est,
+        placements: Vec::new(),
+        pending: Vec::new(),
+    }
 }
 
 /// The estimate, replica count and placement of `spec` on `nodes`.
@@ -89,42 +118,48 @@ pub fn plan(spec: &ModelDeployment, nodes: &[Node]) -> anyhow::Result<Report> {
         on_gpu: spec.spec.resources.gpu > 0,
         ..shape(&info, task, (resident, loading), ffn_input_copy_per_256)?
     };
-    let cpu = spec.spec.resources.cpu.unwrap_or(1.0);
-    let est = estimate(&shape, &spec.spec.serving, cpu);
-    let request = Request {
-        cpu,
-        memory_bytes: spec.spec.resources.memory.map_or(est.total_bytes, |m| m.0),
-        gpus: spec.spec.resources.gpu,
-    };
+    let est = estimate(
+        &shape,
+        &spec.spec.serving,
+        spec.spec.resources.cpu.unwrap_or(1.0),
+    );
+    let mut replica = replica_plan(&spec.spec.resources, spec.spec.target, est, precision);
     let name = &spec.metadata.name;
     let (count, replicas_reason) = replica_count(spec)?;
     let replicas: Vec<ReplicaRequest> = (0..count)
-        .map(|i| ReplicaRequest {
-            id: format!("{name}-{i}"),
-            deployment: name.clone(),
-            cpu: request.cpu,
-            memory: request.memory_bytes,
-            gpus: request.gpus,
-            // Each GPU must hold the whole replica: no tensor parallelism yet.
-            gpu_memory: if request.gpus > 0 { est.total_bytes } else { 0 },
-            selector: spec.spec.node_selector.clone(),
-        })
+        .map(|i| request(&replica, format!("{name}-{i}"), spec))
         .collect();
     let Plan {
         placements,
         pending,
     } = place(nodes, &replicas);
+    replica.placements = placements;
+    replica.pending = pending;
     Ok(Report {
         name: name.clone(),
         model: source.clone(),
-        precision,
-        estimate: est,
-        request,
         replicas: count,
         replicas_reason,
-        placements,
-        pending,
+        replica,
     })
+}
+
+/// What replica `id` of `spec`, planned as `plan`, asks a node for.
+pub fn request(plan: &ReplicaPlan, id: String, spec: &ModelDeployment) -> ReplicaRequest {
+    ReplicaRequest {
+        id,
+        deployment: spec.metadata.name.clone(),
+        cpu: plan.cpu_request,
+        memory: plan.memory_request,
+        gpus: plan.gpus,
+        // Each GPU must hold the whole replica: no tensor parallelism yet.
+        gpu_memory: if plan.gpus > 0 {
+            plan.estimate.total_bytes
+        } else {
+            0
+        },
+        selector: spec.spec.node_selector.clone(),
+    }
 }
 
 /// The weight tensors in the precision the spec serves, how they reach the
@@ -280,5 +315,41 @@ mod tests {
     fn the_memory_limit_is_the_specs_else_the_estimate_and_a_quarter() {
         assert_eq!(memory_limit(Some(Bytes(1 << 30)), 400 << 20), 1 << 30);
         assert_eq!(memory_limit(None, 400 << 20), 500 << 20);
+    }
+
+    #[test]
+    fn local_replicas_without_a_cpu_share_the_cores() {
+        let est = Estimate {
+            weights_bytes: 0,
+            loading_bytes: 0,
+            kv_cache_bytes: 0,
+            activations_bytes: 0,
+            runtime_bytes: 0,
+            total_bytes: 400 << 20,
+            cpu_threads: 1,
+        };
+        let resources = |cpu| Resources {
+            cpu,
+            memory: None,
+            gpu: 0,
+        };
+        // (spec cpu, target) -> (reserved, quota)
+        let table = [
+            (None, Target::Local, 0.0, None),
+            (None, Target::Docker, 0.0, None),
+            (None, Target::Swarm, 1.0, None),
+            (None, Target::Kubernetes, 1.0, Some(1.0)),
+            (Some(2.0), Target::Local, 2.0, Some(2.0)),
+            (Some(0.5), Target::Kubernetes, 0.5, Some(0.5)),
+        ];
+        for (cpu, target, request, limit) in table {
+            let p = replica_plan(&resources(cpu), target, est, "f32".into());
+            assert_eq!(
+                (p.cpu_request, p.cpu_limit),
+                (request, limit),
+                "{cpu:?} {target}"
+            );
+            assert_eq!((p.memory_request, p.memory_limit), (400 << 20, 500 << 20));
+        }
     }
 }

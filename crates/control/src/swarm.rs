@@ -113,15 +113,17 @@ fn service_spec(
         .clone()
         .ok_or_else(|| anyhow::anyhow!("{deployment} revision {revision} has no image"))?;
     let s = &rev.spec.spec;
+    let (threads, cpu, memory) = crate::controller::resources(&rev);
     Ok(ServiceSpec {
         deployment: deployment.to_owned(),
         revision,
         image,
         model: modelship_package::ImageSpec::model_in_image(&rev.artifact),
         limits: s.serving,
-        cpu: s.resources.cpu,
-        memory: crate::controller::memory_limit(&rev),
-        reserve_memory: rev.memory_estimate,
+        threads,
+        cpu,
+        memory,
+        reserve_memory: rev.plan.as_ref().map(|p| p.memory_request),
         replicas,
         api_key: ctx.replica_key.clone(),
     })

@@ -204,6 +204,7 @@ impl Orchestrator for Docker {
                 exited_at: None,
                 started_at: now_ms(),
                 target: Target::Docker,
+                reason: None,
             })
         }
         .boxed()
@@ -306,6 +307,7 @@ mod tests {
             artifact: "/models/m.gguf".into(),
             image: Some("modelship/minilm:abc".into()),
             limits: Default::default(),
+            threads: 2,
             cpu: Some(1.5),
             memory: Some(512 << 20),
             api_key: Some(modelship_types::auth::Secret::new("replica-key".into())),

@@ -38,7 +38,9 @@ pub struct ReplicaSpec {
     /// The OCI image, for containers.
     pub image: Option<String>,
     pub limits: ServingLimits,
-    /// CPUs: the replica's compute threads, and its CPU quota.
+    /// Compute threads.
+    pub threads: u32,
+    /// The CPU quota; none: no quota.
     pub cpu: Option<f64>,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
@@ -51,7 +53,7 @@ pub struct ReplicaSpec {
 /// `model` (a path as the replica sees it) on `host:port`: one place, so
 /// processes, containers and pods run replicas alike.
 pub fn serve_args(model: &str, host: &str, port: u16, spec: &ReplicaSpec) -> Vec<String> {
-    let threads = spec.cpu.map_or(1, |c| c.ceil().max(1.0) as usize);
+    let threads = spec.threads.max(1);
     let l = &spec.limits;
     let flags = [
         ("--host", host.to_owned()),
@@ -141,6 +143,18 @@ pub trait Orchestrator: Send + Sync {
 
     /// A line for `status` on how resources are enforced.
     fn limits_note(&self) -> String;
+
+    /// Kills the replicas this orchestrator runs for this control plane
+    /// whose ids are not in `known` (their records were lost: the control
+    /// plane was killed between starting one and recording it); returns
+    /// their ids. Called once, before the controller starts.
+    fn reap<'a>(
+        &'a self,
+        known: &'a std::collections::HashSet<String>,
+    ) -> BoxFuture<'a, Vec<String>> {
+        let _ = known;
+        Box::pin(async { Vec::new() })
+    }
 }
 
 /// Milliseconds since the Unix epoch.

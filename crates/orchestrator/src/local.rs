@@ -22,6 +22,10 @@ use crate::{
 
 /// How long a readiness check may take before the replica counts as not ready.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Marks a replica process with the one who started it (its log path,
+/// which is under the control plane's data directory), so a control plane
+/// finds the replicas it has no record of ([`Orchestrator::reap`]).
+const OWNER_VAR: &str = "MODELSHIP_REPLICA";
 
 pub struct Local {
     /// The `modelship` binary replicas run.
@@ -65,12 +69,32 @@ impl Local {
         // gateway has no keys), never one this process inherited.
         .env_remove("MODELSHIP_API_KEY")
         .envs(serve_env(spec))
+        .env(OWNER_VAR, self.owner_mark(&spec.id))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0)
         .kill_on_drop(false);
         cmd.spawn()
+    }
+
+    /// The value of [`OWNER_VAR`] for replica `id`.
+    fn owner_mark(&self, id: &str) -> String {
+        self.logs.join(id).to_string_lossy().into_owned()
+    }
+
+    /// Processes marked as replicas of this data directory: (pid, id).
+    fn marked() -> impl Iterator<Item = (u32, Vec<u8>)> {
+        let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+        procs.filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let prefix = format!("{OWNER_VAR}=");
+            let mark = environ
+                .split(|&b| b == 0)
+                .find_map(|var| var.strip_prefix(prefix.as_bytes()))?;
+            Some((pid, mark.to_vec()))
+        })
     }
 
     /// Is `pid` (not our child) a live `modelship serve` on `endpoint`'s port?
@@ -163,6 +187,7 @@ impl Orchestrator for Local {
                 exited_at: None,
                 started_at: now_ms(),
                 target: Target::Local,
+                reason: None,
             })
         }
         .boxed()
@@ -237,5 +262,28 @@ impl Orchestrator for Local {
 
     fn limits_note(&self) -> String {
         self.cgroups.note()
+    }
+
+    fn reap<'a>(
+        &'a self,
+        known: &'a std::collections::HashSet<String>,
+    ) -> BoxFuture<'a, Vec<String>> {
+        async move {
+            let ours = self.logs.to_string_lossy().into_owned();
+            let strays: Vec<(u32, String)> = Self::marked()
+                .filter_map(|(pid, mark)| {
+                    let mark = String::from_utf8(mark).ok()?;
+                    let id = mark.strip_prefix(&ours)?.strip_prefix('/')?.to_owned();
+                    (!known.contains(&id)).then_some((pid, id))
+                })
+                .collect();
+            for (pid, id) in &strays {
+                tracing::warn!(replica = %id, pid, "no record of this replica: stopping it");
+                let _ = signal(*pid, libc::SIGKILL);
+                self.cgroups.remove(id);
+            }
+            strays.into_iter().map(|(_, id)| id).collect()
+        }
+        .boxed()
     }
 }

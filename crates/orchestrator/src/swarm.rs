@@ -30,6 +30,7 @@ pub struct ServiceSpec {
     /// The model's path in the image.
     pub model: String,
     pub limits: ServingLimits,
+    pub threads: u32,
     pub cpu: Option<f64>,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
@@ -94,6 +95,7 @@ impl Swarm {
             artifact: spec.model.clone().into(),
             image: Some(spec.image.clone()),
             limits: spec.limits,
+            threads: spec.threads,
             cpu: spec.cpu,
             memory: spec.memory,
             api_key: spec.api_key.clone(),
@@ -271,6 +273,7 @@ impl Swarm {
                 exited_at: None,
                 started_at: before.map_or_else(now_ms, |r| r.started_at),
                 target: Target::Swarm,
+                reason: None,
             });
         }
         // Probed together: one slow task must not hold up the others.
@@ -325,6 +328,7 @@ mod tests {
             image: "modelship/minilm:abc".into(),
             model: "/models/m.gguf".into(),
             limits: ServingLimits::default(),
+            threads: 1,
             cpu: Some(1.0),
             memory: Some(1 << 30),
             reserve_memory: Some(512 << 20),

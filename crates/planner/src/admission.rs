@@ -3,18 +3,19 @@
 //! the next, and so on. A deployment never starts half-placed, and a later,
 //! smaller one never overtakes a waiting one (no starvation of large ones).
 
-use modelship_types::Node;
+use modelship_types::{Node, Pending, Placement};
 use serde::Serialize;
 
-use crate::placement::{Placement, ReplicaRequest, place_onto};
+use crate::placement::{ReplicaRequest, place_onto};
 
 /// The decision for a queue, given what runs now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Admission {
     /// Deployments admitted now, in order, with where their replicas go.
     pub admitted: Vec<(String, Vec<Placement>)>,
-    /// Deployments still waiting, in order.
-    pub waiting: Vec<String>,
+    /// Those still waiting, in order, each with why: the first names what
+    /// it lacks, the others wait behind it.
+    pub waiting: Vec<Pending>,
 }
 
 /// Admits from the head of `queue` (deployment name, its replicas) onto
@@ -29,12 +30,18 @@ pub fn admit(
     let mut rest = queue.iter();
     for (name, replicas) in rest.by_ref() {
         let plan = place_onto(nodes, &running, replicas);
-        if !plan.pending.is_empty() {
+        if let Some(short) = plan.pending.first() {
+            let head = Pending {
+                replica: name.clone(),
+                reason: short.reason.clone(),
+            };
+            let behind = rest.map(|(n, _)| Pending {
+                replica: n.clone(),
+                reason: format!("waits behind {name}"),
+            });
             return Admission {
                 admitted,
-                waiting: std::iter::once(name.clone())
-                    .chain(rest.map(|(n, _)| n.clone()))
-                    .collect(),
+                waiting: std::iter::once(head).chain(behind).collect(),
             };
         }
         for p in &plan.placements {
@@ -59,6 +66,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     const GIB: u64 = 1 << 30;
+
+    fn names(waiting: &[Pending]) -> Vec<&str> {
+        waiting.iter().map(|p| p.replica.as_str()).collect()
+    }
 
     fn deployment(name: &str, replicas: usize, gib: u64) -> (String, Vec<ReplicaRequest>) {
         let rs = (0..replicas)
@@ -101,13 +112,19 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["big"]
         );
-        assert_eq!(first.waiting, ["huge", "small"]);
+        assert_eq!(names(&first.waiting), ["huge", "small"]);
+        assert!(
+            first.waiting[0].reason.contains("memory"),
+            "{:?}",
+            first.waiting
+        );
+        assert_eq!(first.waiting[1].reason, "waits behind huge");
         // Nothing changed: the same decision (the function is pure).
         let running: Vec<(ReplicaRequest, String)> =
             big.1.iter().map(|r| (r.clone(), "a".to_string())).collect();
         let again = admit(&nodes(), &running, &queue[1..]);
         assert!(again.admitted.is_empty());
-        assert_eq!(again.waiting, ["huge", "small"]);
+        assert_eq!(names(&again.waiting), ["huge", "small"]);
         // big stops: huge, then small, start.
         let freed = admit(&nodes(), &[], &queue[1..]);
         assert_eq!(
@@ -126,6 +143,6 @@ mod tests {
         let two = deployment("two", 2, 5);
         let a = admit(&nodes(), &[], &[two]);
         assert!(a.admitted.is_empty());
-        assert_eq!(a.waiting, ["two"]);
+        assert_eq!(names(&a.waiting), ["two"]);
     }
 }

@@ -2,7 +2,7 @@
 //! the workload the replica enforces (`serving:` in the spec, the same
 //! limits `modelship serve` takes as flags).
 
-use modelship_types::{ServingLimits, Task};
+use modelship_types::{Estimate, ServingLimits, Task};
 use serde::Serialize;
 
 /// What the estimate needs to know about a model (gathered from its file by
@@ -181,29 +181,6 @@ fn load_rank(name: &str) -> (usize, usize) {
         Some((layer, _)) => (1, layer.parse().unwrap_or(usize::MAX)),
         None => (0, 0),
     }
-}
-
-/// One replica's needs, term by term. The peak is the weights and the
-/// runtime plus the larger of loading (before serving) and the KV cache with
-/// activations (while serving).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Estimate {
-    pub weights_bytes: u64,
-    pub loading_bytes: u64,
-    /// Keys and values of every sequence at full context: 2 × kv_heads ×
-    /// head_dim × 4 bytes (the cache holds f32) × concurrent sequences ×
-    /// the positions the layers hold: the context in each full-attention
-    /// layer, at most [`SlidingWindow::positions`] in each sliding-window
-    /// one. Zero for encoders.
-    pub kv_cache_bytes: u64,
-    /// The largest forward pass's live tensors (see [`activations`]).
-    pub activations_bytes: u64,
-    /// The process besides model and workload ([`RUNTIME_BYTES`]), with a
-    /// large vocabulary's tokenizer ([`TOKENIZER_BYTES_PER_ENTRY`]).
-    pub runtime_bytes: u64,
-    pub total_bytes: u64,
-    /// Compute threads (one per CPU asked for, at least one).
-    pub cpu_threads: u32,
 }
 
 /// Estimates one replica of `model` serving `limits` on `cpu` CPUs.

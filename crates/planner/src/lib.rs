@@ -1,7 +1,7 @@
 //! Pure planning: what one replica needs ([`estimate`]), where replicas go
 //! ([`place`]), how many ([`size_for_slo`]) and which waiting deployments
 //! start when capacity frees ([`admit`]), and what to start and stop to get
-//! there ([`reconcile`], or [`scale_services`] for engines with a service per revision), whether a canary may go on ([`judge_canary`]), and
+//! there ([`reconcile`], or [`scale_services`] for engines with a service per revision), where a rollout goes next ([`step`]) and whether a canary may go on ([`judge_canary`]), and
 //! how many replicas the load asks for ([`autoscale`]). Functions of their inputs only: no I/O, no clock, no async;
 //! callers gather the model's shape and the nodes and act on the result.
 
@@ -12,6 +12,7 @@ mod capacity;
 mod estimate;
 mod placement;
 mod reconcile;
+mod rollout;
 mod services;
 
 pub use admission::{Admission, admit};
@@ -19,11 +20,16 @@ pub use autoscale::{Sample, ScaleDecision, ScalerState, autoscale};
 pub use canary::{Verdict, Window, judge_canary};
 pub use capacity::{CapacityPoint, CapacityProfile, Sizing, size_for_slo};
 pub use estimate::{
-    Estimate, ModelShape, RUNTIME_BYTES, SlidingWindow, TensorFootprint, WeightsFile, estimate,
+    ModelShape, RUNTIME_BYTES, SlidingWindow, TensorFootprint, WeightsFile, estimate,
     resident_weights,
 };
-pub use placement::{Pending, Placement, Plan, ReplicaRequest, place, place_onto};
+pub use modelship_types::{Estimate, Pending, Placement};
+pub use placement::{Plan, ReplicaRequest, place, place_onto};
 pub use reconcile::{
     Action, BACKOFF_BASE_MS, BACKOFF_MAX_MS, Desired, reconcile, restart_backoff_ms,
+};
+pub use rollout::{
+    CRASH_LOOP_RESTARTS, ClusterRollout, READY_TIMEOUT_MS, RolloutObserved, Step, desired,
+    first_phase, step,
 };
 pub use services::{ServiceObserved, scale_services};

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use modelship_types::{Bytes, Node};
+use modelship_types::{Bytes, Node, Pending, Placement};
 use serde::Serialize;
 
 /// One replica to place.
@@ -20,18 +20,6 @@ pub struct ReplicaRequest {
     /// Memory each of its GPUs must have free.
     pub gpu_memory: u64,
     pub selector: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Placement {
-    pub replica: String,
-    pub node: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Pending {
-    pub replica: String,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -23,6 +23,9 @@ pub struct Desired {
     /// blue-green rollout, and its replica count. Without one, replicas of
     /// other revisions are replaced by rolling.
     pub stable: Option<(u32, u32)>,
+    /// While `stable` runs: the percent of traffic `revision` gets (the rest
+    /// goes to `stable`). Without one, each ready replica gets an equal share.
+    pub traffic: Option<u32>,
 }
 
 /// One step towards the desired state.
@@ -169,15 +172,16 @@ fn group_actions(
     start(to_start, actions);
 }
 
-/// Replicas ordered so that the ones serving least come first: exited, then
-/// starting, then unready, then ready; the newest first among equals.
+/// Replicas ordered so that the ones serving least come first: pending,
+/// exited, then starting, then unready, then ready; the newest first among equals.
 fn least_useful_first<'a>(rs: &[&'a Replica]) -> impl Iterator<Item = &'a Replica> {
     let rank = |s: ReplicaState| match s {
-        ReplicaState::Exited => 0,
-        ReplicaState::Starting => 1,
-        ReplicaState::Unready => 2,
-        ReplicaState::Ready => 3,
-        ReplicaState::Terminating => 4,
+        ReplicaState::Pending => 0,
+        ReplicaState::Exited => 1,
+        ReplicaState::Starting => 2,
+        ReplicaState::Unready => 3,
+        ReplicaState::Ready => 4,
+        ReplicaState::Terminating => 5,
     };
     let mut sorted = rs.to_vec();
     sorted.sort_by(|a, b| {

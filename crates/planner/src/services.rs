@@ -88,6 +88,7 @@ mod tests {
                 ..Rollout::default()
             },
             stable: None,
+            traffic: None,
         }
     }
 
@@ -162,6 +163,7 @@ mod tests {
                 "canary holds both",
                 Desired {
                     stable: Some((1, 4)),
+                    traffic: None,
                     ..desired(2, 1, 1, 0)
                 },
                 vec![obs(1, 4, 4), obs(3, 1, 1)],

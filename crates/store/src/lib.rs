@@ -257,14 +257,22 @@ impl Store {
         })
     }
 
-    /// Ends every run still recorded as running (see [`Run::interrupted`]):
-    /// called when a control plane starts, since none of them can still be
-    /// running then. Returns the runs it ended.
+    /// Ends every run still recorded as running (see [`Run::interrupted`])
+    /// but the ones whose rollout a deployment's phase carries on: called
+    /// when a control plane starts, since no pipeline task survives the one
+    /// before, while recorded rollouts do. Returns the runs it ended.
     pub fn interrupt_runs(&self, now_ms: u64) -> Result<Vec<Run>> {
         self.with(|c| {
             let tx = c.transaction()?;
+            let deployments: Vec<Deployment> =
+                all(&tx, "SELECT body FROM deployments", [], "deployment")?;
+            let rolling: Vec<u64> = deployments.iter().filter_map(|d| d.phase.run()).collect();
             let runs: Vec<Run> = all(&tx, "SELECT body FROM runs ORDER BY id", [], "run")?;
-            let ended: Vec<Run> = runs.iter().filter_map(|r| r.interrupted(now_ms)).collect();
+            let ended: Vec<Run> = runs
+                .iter()
+                .filter(|r| !rolling.contains(&r.id))
+                .filter_map(|r| r.interrupted(now_ms))
+                .collect();
             for run in &ended {
                 tx.execute(
                     "UPDATE runs SET body = ?1 WHERE id = ?2",

@@ -15,9 +15,7 @@ fn deployment(name: &str, revision: u32) -> Deployment {
         name: name.into(),
         revision,
         replicas: 2,
-        stable: None,
-        traffic: None,
-        new_replicas: None,
+        phase: Default::default(),
         created_at: 1,
         updated_at: 2,
     }
@@ -31,7 +29,7 @@ fn revision(name: &str, number: u32) -> Revision {
         artifact: "/m".into(),
         artifact_digest: "abc".into(),
         image: None,
-        memory_estimate: None,
+        plan: None,
         cause: "deploy".into(),
         created_at: 3,
     }
@@ -49,6 +47,7 @@ fn replica(id: &str) -> Replica {
         exited_at: None,
         started_at: 4,
         target: Default::default(),
+        reason: None,
     }
 }
 
@@ -78,6 +77,10 @@ fn everything_written_survives_reopening() {
                 stages: vec![],
                 started_at: 5,
                 finished_at: None,
+                spec: None,
+                retry_of: None,
+                attempt: 1,
+                retried_as: None,
             })
             .unwrap();
         assert_eq!(run.id, 1);
@@ -115,11 +118,38 @@ fn everything_written_survives_reopening() {
     assert!(run.error.unwrap().starts_with("interrupted"));
     assert!(store.interrupt_runs(60).unwrap().is_empty());
 
+    // A run whose rollout a deployment's phase carries on is not ended: the
+    // next control plane's controller goes on with it.
+    let carried = store
+        .start_run(Run {
+            status: RunStatus::Running,
+            error: None,
+            finished_at: None,
+            ..store.run(1).unwrap().unwrap()
+        })
+        .unwrap();
+    let mut rolling = deployment("a", 2);
+    rolling.phase = modelship_types::Phase::Rolling {
+        progress: modelship_types::Progress {
+            run: Some(carried.id),
+            previous: Some(1),
+            started_at: 0,
+            since: 0,
+            record: vec![],
+        },
+    };
+    store.put_deployment(&rolling).unwrap();
+    assert!(store.interrupt_runs(70).unwrap().is_empty());
+    assert_eq!(
+        store.run(carried.id).unwrap().unwrap().status,
+        RunStatus::Running
+    );
+
     store.delete_deployment("a").unwrap();
     assert_eq!(store.deployment("a").unwrap(), None);
     assert!(store.revisions(Some("a")).unwrap().is_empty());
     // Runs and events stay: they are history.
-    assert_eq!(store.runs(Some("a")).unwrap().len(), 1);
+    assert_eq!(store.runs(Some("a")).unwrap().len(), 2);
 }
 
 #[test]

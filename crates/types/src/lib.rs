@@ -7,6 +7,7 @@ pub mod auth;
 mod autoscale;
 mod limits;
 mod optimize;
+mod plan;
 mod precision;
 mod resources;
 mod rollout;
@@ -17,9 +18,12 @@ mod task;
 pub use autoscale::Autoscale;
 pub use limits::{LimitError, ServingLimits};
 pub use optimize::{Gate, Optimize, OptimizeError, PrunePattern, PruneSpec, QuantChoice};
+pub use plan::{Estimate, Pending, Placement, ReplicaPlan};
 pub use precision::{ParseQuantTypeError, QuantType};
 pub use resources::{Bytes, Gpu, Node, NodesError, NodesFile, Resources, Slo};
 pub use rollout::{Canary, Fault, Rollout, Span, Strategy};
 pub use spec::{ModelDeployment, Target};
-pub use state::{Deployment, Event, Replica, ReplicaState, Revision, Run, RunStatus, Stage};
+pub use state::{
+    Deployment, Event, Phase, Progress, Replica, ReplicaState, Revision, Run, RunStatus, Stage,
+};
 pub use task::{ParseTaskError, Task};

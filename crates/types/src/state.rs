@@ -10,27 +10,103 @@ use serde::{Deserialize, Serialize};
 use crate::ModelDeployment;
 
 /// A deployment: the latest spec applied under a name, the revision that
-/// should serve, and how many replicas.
+/// should serve, how many replicas, and where its rollout stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
     pub name: String,
     /// The revision rolled out (or being rolled out).
     pub revision: u32,
-    /// Desired replicas (the spec's, or what `scale` set since).
+    /// Desired replicas (the spec's, or what `scale` or the autoscaler set
+    /// since).
     pub replicas: u32,
-    /// During a canary or blue-green rollout: the revision that served
-    /// before, kept running beside `revision`.
+    /// Where the rollout of `revision` stands.
     #[serde(default)]
-    pub stable: Option<u32>,
-    /// While `stable` runs: percent of traffic to `revision` (the rest to
-    /// `stable`).
-    #[serde(default)]
-    pub traffic: Option<u32>,
-    /// While `stable` runs: replicas of `revision` to run (a canary's share).
-    #[serde(default)]
-    pub new_replicas: Option<u32>,
+    pub phase: Phase,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+/// Where a deployment's rollout stands, recorded so that a control plane
+/// that restarts goes on from it. The controller moves it on, one tick at a
+/// time (`modelship_planner::step`); times are ms since the Unix epoch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "kebab-case")]
+pub enum Phase {
+    /// `revision` serves; nothing is being watched.
+    #[default]
+    Steady,
+    /// Replicas of other revisions are replaced by `revision`'s within the
+    /// surge budget; done when only `revision` runs, all of it ready.
+    Rolling { progress: Progress },
+    /// `stable` keeps serving beside `revision`, which gets the share of
+    /// traffic of canary step `step`. Once its replicas are ready
+    /// (`analysis_from`), the step runs its interval and is judged.
+    Canary {
+        progress: Progress,
+        stable: u32,
+        step: u32,
+        analysis_from: Option<u64>,
+    },
+    /// `revision` starts in full beside `stable`, which takes all traffic
+    /// until then; at `switched_at` all of it moved to `revision`, and
+    /// `stable` stays for the scale-down delay (an instant rollback).
+    BlueGreen {
+        progress: Progress,
+        stable: u32,
+        switched_at: Option<u64>,
+    },
+}
+
+/// A rollout in progress: what started it, what it falls back to, and what
+/// it has found so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The pipeline run whose rollout stage this is, closed when it ends.
+    pub run: Option<u64>,
+    /// The revision that served before: what a failure goes back to. None:
+    /// nothing served before, and a failure removes the deployment. Equal
+    /// to the revision itself when a deploy changed nothing but the count.
+    pub previous: Option<u32>,
+    /// When the rollout began.
+    pub started_at: u64,
+    /// When this phase (or canary step) began: timeouts count from here.
+    pub since: u64,
+    /// What each finished step found, for the run's record.
+    #[serde(default)]
+    pub record: Vec<String>,
+}
+
+impl Phase {
+    pub fn progress(&self) -> Option<&Progress> {
+        match self {
+            Phase::Steady => None,
+            Phase::Rolling { progress }
+            | Phase::Canary { progress, .. }
+            | Phase::BlueGreen { progress, .. } => Some(progress),
+        }
+    }
+
+    /// The revision kept running beside the new one (canary, blue-green).
+    pub fn stable(&self) -> Option<u32> {
+        match self {
+            Phase::Canary { stable, .. } | Phase::BlueGreen { stable, .. } => Some(*stable),
+            Phase::Steady | Phase::Rolling { .. } => None,
+        }
+    }
+
+    /// The run this rollout belongs to.
+    pub fn run(&self) -> Option<u64> {
+        self.progress().and_then(|p| p.run)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Steady => "steady",
+            Phase::Rolling { .. } => "rolling",
+            Phase::Canary { .. } => "canary",
+            Phase::BlueGreen { .. } => "blue-green",
+        }
+    }
 }
 
 /// One immutable version of a deployment: the spec and the model artifact
@@ -47,9 +123,10 @@ pub struct Revision {
     /// The OCI image replicas run from, for targets other than `local`.
     #[serde(default)]
     pub image: Option<String>,
-    /// The plan's estimate of one replica's memory, in bytes.
+    /// What the plan stage decided for each replica; none for revisions
+    /// recorded before plans were.
     #[serde(default)]
-    pub memory_estimate: Option<u64>,
+    pub plan: Option<crate::ReplicaPlan>,
     /// Why it exists: `deploy` (run N) or `rollback to N`.
     pub cause: String,
     pub created_at: u64,
@@ -75,11 +152,17 @@ pub struct Replica {
     /// What runs it.
     #[serde(default)]
     pub target: crate::Target,
+    /// While `pending`: why it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplicaState {
+    /// Wanted, but waits for a node with room (its `reason` says what is
+    /// short); no process yet. Admitted in order as capacity frees.
+    Pending,
     /// Started, not ready yet: gets no traffic.
     Starting,
     /// Answers its readiness check: gets traffic.
@@ -96,6 +179,7 @@ pub enum ReplicaState {
 impl ReplicaState {
     pub fn as_str(self) -> &'static str {
         match self {
+            ReplicaState::Pending => "pending",
             ReplicaState::Starting => "starting",
             ReplicaState::Ready => "ready",
             ReplicaState::Unready => "unready",
@@ -118,9 +202,77 @@ pub struct Run {
     pub stages: Vec<Stage>,
     pub started_at: u64,
     pub finished_at: Option<u64>,
+    /// The spec it deploys, so a run the control plane's stop interrupted
+    /// can be tried again.
+    #[serde(default)]
+    pub spec: Option<ModelDeployment>,
+    /// The run this one tries again, when the first was interrupted.
+    #[serde(default)]
+    pub retry_of: Option<u64>,
+    /// Times this spec's run was tried (1 for the first).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// The run that tries this one again, when it was interrupted.
+    #[serde(default)]
+    pub retried_as: Option<u64>,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 impl Run {
+    /// The stage still running, if any.
+    fn open_stage(&mut self) -> Option<&mut Stage> {
+        self.stages
+            .iter_mut()
+            .rev()
+            .find(|s| s.status == RunStatus::Running)
+    }
+
+    /// Closes the open stage at `now_ms` as succeeded.
+    pub fn stage_succeeded(&mut self, now_ms: u64, outputs_digest: Option<String>, detail: String) {
+        if let Some(stage) = self.open_stage() {
+            stage.status = RunStatus::Succeeded;
+            stage.duration_ms = Some(now_ms.saturating_sub(stage.started_at));
+            stage.outputs_digest = outputs_digest;
+            stage.detail = detail;
+        }
+    }
+
+    /// Ends the run at `now_ms` as failed with `error`; its open stage (if
+    /// any) fails with it, and the error names that stage.
+    pub fn fail(&mut self, now_ms: u64, error: &str) {
+        let name = match self.open_stage() {
+            Some(stage) => {
+                stage.status = RunStatus::Failed;
+                stage.duration_ms = Some(now_ms.saturating_sub(stage.started_at));
+                stage.detail = error.to_owned();
+                format!("{} failed: ", stage.name)
+            }
+            None => String::new(),
+        };
+        self.status = RunStatus::Failed;
+        self.error = Some(format!("{name}{error}"));
+        self.finished_at = Some(now_ms);
+    }
+
+    /// Ends the run at `now_ms` as succeeded.
+    pub fn succeed(&mut self, now_ms: u64) {
+        self.status = RunStatus::Succeeded;
+        self.finished_at = Some(now_ms);
+    }
+
+    /// The stage it is in (or stopped in), for messages.
+    pub fn current_stage(&self) -> Option<&str> {
+        self.stages
+            .iter()
+            .rev()
+            .find(|s| s.status != RunStatus::Succeeded)
+            .or(self.stages.last())
+            .map(|s| s.name.as_str())
+    }
+
     /// This run, ended as failed at `now_ms` because the control plane that
     /// ran it stopped (killed, crashed) before it finished: a run left
     /// `running` would read as still in progress forever. Its open stage
@@ -216,6 +368,10 @@ mod tests {
             ],
             started_at: 900,
             finished_at: None,
+            spec: None,
+            retry_of: None,
+            attempt: 1,
+            retried_as: None,
         };
         let ended = run.interrupted(5_000).unwrap();
         assert_eq!(ended.status, RunStatus::Failed);

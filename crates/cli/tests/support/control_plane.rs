@@ -28,8 +28,30 @@ impl ControlPlane {
 
     /// Starts with extra environment variables (`KUBECONFIG`, …).
     pub fn start_env(data: &Path, flags: &[&str], env: &[(&str, &Path)]) -> ControlPlane {
+        Self::launch(data, 0, flags, env)
+    }
+
+    /// Starts on API port `api_port` (where an earlier one listened: a CLI
+    /// following a run finds this one there).
+    pub fn start_on(data: &Path, api_port: u16, flags: &[&str]) -> ControlPlane {
+        Self::launch(data, api_port, flags, &[])
+    }
+
+    /// The port its API listens on.
+    pub fn api_port(&self) -> u16 {
+        self.api.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    fn launch(data: &Path, api_port: u16, flags: &[&str], env: &[(&str, &Path)]) -> ControlPlane {
         let mut child = modelship()
-            .args(["up", "--api-port", "0", "--gateway-port", "0", "--data-dir"])
+            .args([
+                "up",
+                "--api-port",
+                &api_port.to_string(),
+                "--gateway-port",
+                "0",
+            ])
+            .arg("--data-dir")
             .arg(data)
             .args(flags)
             .envs(env.iter().copied())
@@ -69,6 +91,16 @@ impl ControlPlane {
             None => cmd.env_remove("MODELSHIP_API_KEY"),
         };
         cmd
+    }
+
+    /// `modelship ARGS` started in the background against this control
+    /// plane (it outlives this one when the next listens on the same port).
+    pub fn spawn_cli(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
@@ -157,6 +189,8 @@ pub fn spec(dir: &Path, file: &str, source: &Path, replicas: u32, extra: &str) -
     named_spec(dir, file, "minilm", source, replicas, extra)
 }
 
+/// A spec of `replicas` of `source` named `name`, with a memory limit and
+/// no CPU: on this machine its replicas share the cores.
 pub fn named_spec(
     dir: &Path,
     file: &str,
@@ -165,12 +199,24 @@ pub fn named_spec(
     replicas: u32,
     extra: &str,
 ) -> PathBuf {
+    spec_with_resources(dir, file, name, source, replicas, "{ memory: 1Gi }", extra)
+}
+
+pub fn spec_with_resources(
+    dir: &Path,
+    file: &str,
+    name: &str,
+    source: &Path,
+    replicas: u32,
+    resources: &str,
+    extra: &str,
+) -> PathBuf {
     let path = dir.join(file);
     std::fs::write(
         &path,
         format!(
             "apiVersion: modelship.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\n\
-             spec:\n  model:\n    source: {}\n  resources: {{ cpu: 1, memory: 1Gi }}\n  replicas: {replicas}\n{extra}",
+             spec:\n  model:\n    source: {}\n  resources: {resources}\n  replicas: {replicas}\n{extra}",
             source.display()
         ),
     )

@@ -2,6 +2,8 @@
 #![allow(dead_code)] // each test file uses part of it
 
 pub mod control_plane;
+pub mod etcd;
+pub mod load;
 pub mod registry;
 
 use std::io::{BufRead, BufReader};
@@ -69,4 +71,15 @@ pub fn first_line_starting(child: &mut Child, prefix: &str) -> String {
     });
     rx.recv_timeout(Duration::from_secs(60))
         .expect("the process announces itself")
+}
+
+/// Is process `pid` alive (and not a zombie)?
+pub fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }

@@ -14,6 +14,7 @@ fn replica(id: &str, revision: u32, state: ReplicaState) -> Replica {
         exited_at: None,
         started_at: 0,
         target: Default::default(),
+        reason: None,
     }
 }
 
@@ -28,6 +29,7 @@ fn desired(revision: u32, replicas: u32, max_surge: u32, max_unavailable: u32) -
             ..Rollout::default()
         },
         stable: None,
+        traffic: None,
     }
 }
 

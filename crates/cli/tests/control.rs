@@ -1001,3 +1001,116 @@ async fn replicas_that_do_not_fit_wait_and_are_admitted_when_room_frees() {
     assert!(cp.cli(&["delete", "big-b"]).status.success());
     cp.delete_and_stop("shared");
 }
+
+/// One embedding request through `gateway` for `model`: its status.
+async fn embed_status(gateway: &str, model: &str) -> u16 {
+    let r = reqwest::Client::new()
+        .post(format!("{gateway}/v1/embeddings"))
+        .json(&json!({"model": model, "input": "are you awake?"}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or_default();
+    if status == 200 {
+        assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 384);
+    }
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_deployments_scale_to_zero_and_wake_on_the_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("data"));
+    let minilm = modelship_testkit::minilm();
+    let autoscale = "  autoscale: { min: 0, max: 2, target_concurrency: 4, stable_window: 4s, panic_window: 1s, idle_window: 2s }\n";
+    let v1 = spec(dir.path(), "v1.yaml", &minilm, 1, autoscale);
+    assert!(
+        cp.cli(&["deploy", "-f", v1.to_str().unwrap(), "--wait"])
+            .status
+            .success()
+    );
+    let at_zero = |cp: &ControlPlane| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cp.replicas().is_empty() {
+            assert!(Instant::now() < deadline, "never scaled to zero");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    at_zero(&cp);
+    let events = cp.json(&["status", "minilm"])["events"].to_string();
+    assert!(events.contains("scaled to zero"), "{events}");
+
+    // At zero the gateway holds the request, the deployment wakes, and
+    // the request is answered.
+    let woke = Instant::now();
+    assert_eq!(embed_status(&cp.gateway, "minilm").await, 200);
+    eprintln!("cold request answered in {:?}", woke.elapsed());
+    assert_eq!(cp.replicas().len(), 1);
+
+    // A burst at zero: every request waits and every one is answered.
+    at_zero(&cp);
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let gateway = cp.gateway.clone();
+            tokio::spawn(async move { embed_status(&gateway, "minilm").await })
+        })
+        .collect();
+    for b in burst {
+        assert_eq!(b.await.unwrap(), 200);
+    }
+    // An unknown model is still a 404, not held.
+    assert_eq!(embed_status(&cp.gateway, "nobody").await, 404);
+    cp.delete_and_stop("minilm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waking_deployment_that_does_not_fit_puts_an_idle_one_to_sleep() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("data"));
+    let minilm = modelship_testkit::minilm();
+    // Two deployments of 60% of the machine's memory each: one at a time.
+    let share = format!("{{ memory: {} }}", machine_memory() * 6 / 10);
+    let autoscale = "  autoscale: { min: 0, max: 1, target_concurrency: 4, stable_window: 4s, panic_window: 1s, idle_window: 60s }\n";
+    let sleepy = |name: &str, replicas: u32| {
+        support::control_plane::spec_with_resources(
+            dir.path(),
+            &format!("{name}.yaml"),
+            name,
+            &minilm,
+            replicas,
+            &share,
+            autoscale,
+        )
+    };
+    for (name, replicas) in [("first", 1), ("second", 0)] {
+        let spec = sleepy(name, replicas);
+        assert!(
+            cp.cli(&["deploy", "-f", spec.to_str().unwrap(), "--wait"])
+                .status
+                .success()
+        );
+    }
+    assert_eq!(embed_status(&cp.gateway, "first").await, 200);
+    // `second` wakes: `first`, idle, is put to sleep to make room.
+    let swapped = Instant::now();
+    assert_eq!(embed_status(&cp.gateway, "second").await, 200);
+    eprintln!(
+        "woke second, putting first to sleep, in {:?}",
+        swapped.elapsed()
+    );
+    let events = cp.json(&["status", "first"])["events"].to_string();
+    assert!(
+        events.contains("scaled to zero to make room for second"),
+        "{events}"
+    );
+    let replicas = cp.replicas();
+    assert!(
+        replicas.iter().all(|r| r["deployment"] == "second"),
+        "{replicas:#?}"
+    );
+    // And back.
+    assert_eq!(embed_status(&cp.gateway, "first").await, 200);
+    assert!(cp.cli(&["delete", "first"]).status.success());
+    cp.delete_and_stop("second");
+}

@@ -13,8 +13,8 @@ use futures::future::join_all;
 use modelship_gateway::{Abort, Route, Share, StatsSnapshot};
 use modelship_orchestrator::{Liveness, ReplicaSpec, now_ms};
 use modelship_planner::{
-    Action, Desired, ReplicaRequest, RolloutObserved, Sample, ScalerState, Window, admit,
-    autoscale, desired, reconcile,
+    Action, Desired, Idle, ReplicaRequest, RolloutObserved, Sample, ScalerState, Window, admit,
+    autoscale, desired, make_room, reconcile,
 };
 use modelship_types::{Deployment, Node, Phase, Replica, ReplicaState, Revision, Target};
 
@@ -22,6 +22,9 @@ use crate::{Ctx, rollout};
 
 /// How often the loop runs when nothing wakes it.
 const PERIOD: Duration = Duration::from_millis(500);
+/// How often while requests wait for a deployment to wake: its replica's
+/// readiness is seen, and the requests go, this much sooner.
+const WAKING_PERIOD: Duration = Duration::from_millis(50);
 /// How long a stopping replica may drain before it is killed.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
@@ -42,6 +45,9 @@ pub(crate) struct Controller {
     /// This machine, where local and Docker replicas are admitted; none
     /// when it cannot be read (then every replica starts).
     node: Option<Node>,
+    /// Deployments that scale from zero (`autoscale.min: 0`), as last told
+    /// to the gateway.
+    waking: Mutex<HashSet<String>>,
 }
 
 impl Controller {
@@ -57,17 +63,27 @@ impl Controller {
             baselines: Mutex::default(),
             splits: Mutex::default(),
             node,
+            waking: Mutex::default(),
         }
     }
 
     pub(crate) async fn run(self) {
+        let holding = self.ctx.gateway.holding();
         loop {
             if let Err(e) = self.tick().await {
                 tracing::error!("controller: {e:#}");
             }
+            let held = self
+                .waking
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|n| self.ctx.gateway.held(n) > 0);
+            let period = if held { WAKING_PERIOD } else { PERIOD };
             tokio::select! {
-                _ = tokio::time::sleep(PERIOD) => {}
+                _ = tokio::time::sleep(period) => {}
                 _ = self.ctx.wake.notified() => {}
+                _ = holding.notified() => {}
             }
         }
     }
@@ -296,8 +312,10 @@ impl Controller {
         now: u64,
     ) -> anyhow::Result<Vec<(Deployment, Revision)>> {
         let store = &self.ctx.store;
+        let stats = self.ctx.gateway.stats();
         let mut scalers = self.scalers.lock().unwrap_or_else(|p| p.into_inner());
         let mut seen = HashSet::new();
+        let mut waking = HashSet::new();
         let mut out = Vec::with_capacity(deployments.len());
         for (mut d, rev) in deployments {
             let spec = match &rev.spec.spec.autoscale {
@@ -308,17 +326,29 @@ impl Controller {
                 }
             };
             seen.insert(d.name.clone());
+            if spec.min == 0 {
+                waking.insert(d.name.clone());
+            }
             if d.phase.stable().is_some() {
                 out.push((d, rev));
                 continue;
             }
             let state = scalers.entry(d.name.clone()).or_default();
-            let concurrency = self.ctx.gateway.in_flight(&d.name) as f64;
+            let gateway = &self.ctx.gateway;
+            // Requests waiting for a replica to wake are load too.
+            let concurrency = (gateway.in_flight(&d.name) + gateway.held(&d.name)) as f64;
+            let requests = stats
+                .revisions
+                .iter()
+                .filter(|r| r.deployment == d.name)
+                .map(|r| r.requests)
+                .sum();
             state.observe(
                 &spec,
                 Sample {
                     at_ms: now,
                     concurrency,
+                    requests,
                 },
             );
             let decision = autoscale(&spec, state, now, d.replicas);
@@ -348,6 +378,8 @@ impl Controller {
             out.push((d, rev));
         }
         scalers.retain(|name, _| seen.contains(name));
+        self.ctx.gateway.set_waking(waking.clone());
+        *self.waking.lock().unwrap_or_else(|p| p.into_inner()) = waking;
         Ok(out)
     }
 
@@ -574,6 +606,13 @@ impl Controller {
                     queue.push((r.id.clone(), vec![req]));
                 }
                 let decision = admit(std::slice::from_ref(node), &running, &queue);
+                if let Some(head) = decision.waiting.first()
+                    && let Some((_, reqs)) = queue.iter().find(|(id, _)| *id == head.replica)
+                {
+                    let used: u64 = running.iter().map(|(r, _)| r.memory).sum();
+                    let free = node.memory.0.saturating_sub(used);
+                    self.make_room(&reqs[0], reqs[0].memory.saturating_sub(free), &running)?;
+                }
                 let mut waiting = Vec::new();
                 for p in decision.waiting {
                     let Some(r) = current.iter_mut().find(|r| r.id == p.replica) else {
@@ -607,6 +646,66 @@ impl Controller {
                 }
                 // Stays pending; the next tick tries again.
                 Err(e) => tracing::error!("controller: cannot start {id}: {e:#}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// When a pending replica lacks `needed` bytes: the idle deployments
+    /// that scale from zero (no request in flight or waiting), least
+    /// recently used first, go to zero replicas, recorded, if together they
+    /// free enough (Ollama's keep-alive, by this controller's own rules).
+    fn make_room(
+        &self,
+        waiting: &ReplicaRequest,
+        needed: u64,
+        running: &[(ReplicaRequest, String)],
+    ) -> anyhow::Result<()> {
+        if needed == 0 {
+            return Ok(());
+        }
+        let gateway = &self.ctx.gateway;
+        let idle: Vec<Idle> = {
+            let waking = self.waking.lock().unwrap_or_else(|p| p.into_inner());
+            let scalers = self.scalers.lock().unwrap_or_else(|p| p.into_inner());
+            waking
+                .iter()
+                .filter(|name| **name != waiting.deployment)
+                .filter(|name| gateway.in_flight(name) == 0 && gateway.held(name) == 0)
+                .filter_map(|name| {
+                    let memory: u64 = running
+                        .iter()
+                        .filter(|(r, _)| r.deployment == **name)
+                        .map(|(r, _)| r.memory)
+                        .sum();
+                    let last_active = scalers.get(name.as_str())?.last_active.unwrap_or(0);
+                    (memory > 0).then(|| Idle {
+                        deployment: name.clone(),
+                        last_active,
+                        memory,
+                    })
+                })
+                .collect()
+        };
+        for name in make_room(needed, &idle) {
+            let now = now_ms();
+            let updated = self.ctx.store.update_deployment(&name, |d| {
+                let scale = d.replicas > 0 && d.phase.stable().is_none();
+                if scale {
+                    d.replicas = 0;
+                    d.updated_at = now;
+                }
+                scale
+            })?;
+            if updated.is_some_and(|d| d.replicas == 0) {
+                self.ctx.event(
+                    &name,
+                    format!(
+                        "scaled to zero to make room for {} ({} short); it wakes on its next request",
+                        waiting.deployment,
+                        modelship_types::Bytes(needed)
+                    ),
+                );
             }
         }
         Ok(())

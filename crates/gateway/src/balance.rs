@@ -178,6 +178,13 @@ impl Table {
         Table { deployments }
     }
 
+    /// Whether any revision of `deployment` has a ready replica.
+    pub fn has_replica(&self, deployment: &str) -> bool {
+        self.deployments
+            .get(deployment)
+            .is_some_and(|revisions| revisions.iter().any(|r| !r.endpoints.is_empty()))
+    }
+
     /// Chooses a replica of `deployment` not in `tried`. `random` yields
     /// uniform u64s.
     pub fn pick(

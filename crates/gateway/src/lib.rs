@@ -17,8 +17,8 @@ mod stats;
 mod tls;
 mod upstream;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub use balance::{Abort, Endpoint, Pick, RevisionRoute, Share, Table};
@@ -64,6 +64,10 @@ pub struct Config {
     pub upstream_key: Option<String>,
     /// Serve `/metrics` without a key even when `api_keys` guard the rest.
     pub public_metrics: bool,
+    /// Longest a request waits for a deployment at zero to wake.
+    pub hold_timeout: Duration,
+    /// Most requests that wait for one deployment to wake; more get 503.
+    pub max_held: usize,
 }
 
 impl Default for Config {
@@ -79,6 +83,8 @@ impl Default for Config {
             api_keys: BTreeSet::new(),
             upstream_key: None,
             public_metrics: false,
+            hold_timeout: Duration::from_secs(120),
+            max_held: 256,
         }
     }
 }
@@ -94,6 +100,15 @@ struct Inner {
     table: RwLock<Arc<Table>>,
     stats: stats::Stats,
     metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Deployments that scale from zero: with no ready replica their
+    /// requests wait for one (Knative's activator) instead of a 503.
+    waking: RwLock<Arc<HashSet<String>>>,
+    /// Requests waiting now, per deployment.
+    held: Mutex<HashMap<String, usize>>,
+    /// Told when a request starts waiting: the controller scales up on it.
+    holding: Arc<tokio::sync::Notify>,
+    /// Bumped by every [`Gateway::set_routes`]: waiting requests look again.
+    routes_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Gateway {
@@ -105,6 +120,10 @@ impl Gateway {
                 table: RwLock::new(Arc::new(Table::default())),
                 stats: stats::Stats::default(),
                 metrics,
+                waking: RwLock::default(),
+                held: Mutex::default(),
+                holding: Arc::default(),
+                routes_changed: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -117,6 +136,30 @@ impl Gateway {
         let old = self.table();
         let table = Table::build(&old, routes, shares, &self.inner.stats);
         *self.inner.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self.inner.routes_changed.send_modify(|n| *n += 1);
+    }
+
+    /// The deployments that scale from zero: while one has no ready
+    /// replica, its requests wait (up to [`Config::hold_timeout`]) rather
+    /// than get a 503.
+    pub fn set_waking(&self, deployments: HashSet<String>) {
+        *self.inner.waking.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(deployments);
+    }
+
+    /// Requests waiting now for `deployment` to wake.
+    pub fn held(&self, deployment: &str) -> usize {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(deployment)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Notified each time a request starts waiting for a deployment.
+    pub fn holding(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.inner.holding)
     }
 
     pub fn table(&self) -> Arc<Table> {
@@ -142,8 +185,92 @@ impl Gateway {
             })
     }
 
+    /// Waits, as one of the requests held for `deployment`, until the
+    /// routing table has a replica for it. `Err` with the answer to give:
+    /// too many already wait, or it did not wake in time.
+    pub(crate) async fn wait_for_replica(&self, deployment: &str) -> Result<(), proxy::Local> {
+        let config = &self.inner.config;
+        let Some(_held) = Held::take(&self.inner, deployment, config.max_held) else {
+            return Err(proxy::error(
+                503,
+                "unavailable",
+                format!(
+                    "`{deployment}` is waking and {} requests already wait for it",
+                    config.max_held
+                ),
+                None,
+            ));
+        };
+        self.inner.holding.notify_one();
+        // Subscribed before looking: a change after the look wakes us.
+        let mut changed = self.inner.routes_changed.subscribe();
+        let deadline = tokio::time::Instant::now() + config.hold_timeout;
+        loop {
+            if self.table().has_replica(deployment) {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(proxy::error(
+                        503,
+                        "unavailable",
+                        format!(
+                            "`{deployment}` did not wake within {:?}",
+                            config.hold_timeout
+                        ),
+                        None,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Whether `deployment`'s requests wait for a replica when none is ready.
+    pub(crate) fn is_waking(&self, deployment: &str) -> bool {
+        self.inner
+            .waking
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(deployment)
+    }
+
     /// Requests, errors and latency per deployment revision since start.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()
+    }
+}
+
+/// One request counted as waiting for its deployment while alive.
+struct Held<'a> {
+    inner: &'a Inner,
+    deployment: String,
+}
+
+impl<'a> Held<'a> {
+    /// Counts one more waiting request, unless `max` already wait.
+    fn take(inner: &'a Inner, deployment: &str, max: usize) -> Option<Held<'a>> {
+        let mut held = inner.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(deployment.to_owned()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Held {
+            inner,
+            deployment: deployment.to_owned(),
+        })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.deployment) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.deployment);
+            }
+        }
     }
 }

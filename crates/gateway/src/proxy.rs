@@ -283,10 +283,20 @@ fn upstream_request(head: &Head, body: &[u8], host: &str, key: Option<&str>) -> 
 }
 
 /// Sends the request to a replica of `deployment`, and to another when one
-/// fails before answering.
+/// fails before answering. A deployment at zero is woken first: the
+/// request waits for its replica.
 async fn proxy(s: &Shared, head: &Head, body: &[u8], deployment: &str) -> Reply {
     let config = &s.gateway.inner.config;
-    let table = s.gateway.table();
+    let mut table = s.gateway.table();
+    if !table.has_replica(deployment)
+        && table.deployments.contains_key(deployment)
+        && s.gateway.is_waking(deployment)
+    {
+        if let Err(answer) = s.gateway.wait_for_replica(deployment).await {
+            return Reply::Local(answer);
+        }
+        table = s.gateway.table();
+    }
     let mut tried: Vec<String> = Vec::new();
     for attempt in 0..config.attempts {
         let endpoint = match table.pick(deployment, &tried, now_ms(), &mut random) {

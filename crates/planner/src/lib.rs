@@ -16,7 +16,7 @@ mod rollout;
 mod services;
 
 pub use admission::{Admission, admit};
-pub use autoscale::{Sample, ScaleDecision, ScalerState, autoscale};
+pub use autoscale::{Idle, Sample, ScaleDecision, ScalerState, autoscale, make_room};
 pub use canary::{Verdict, Window, judge_canary};
 pub use capacity::{CapacityPoint, CapacityProfile, Sizing, size_for_slo};
 pub use estimate::{

@@ -1,5 +1,6 @@
 //! `spec.autoscale`: concurrency-based scaling with a stable and a panic
-//! window, Knative's KPA shape.
+//! window, Knative's KPA shape, and scale to zero (`min: 0`) after an idle
+//! window.
 
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +9,8 @@ use crate::Span;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Autoscale {
+    /// Fewest replicas; 0 scales to zero after `idle_window` without a
+    /// request, and the gateway holds the next request until one is ready.
     #[serde(default = "one")]
     pub min: u32,
     pub max: u32,
@@ -23,6 +26,10 @@ pub struct Autoscale {
     /// running.
     #[serde(default = "two")]
     pub panic_threshold: f64,
+    /// With `min: 0`: how long without a request before the deployment
+    /// scales to zero.
+    #[serde(default = "sixty_seconds")]
+    pub idle_window: Span,
 }
 
 fn one() -> u32 {
@@ -63,6 +70,9 @@ impl Autoscale {
         }
         if !(self.panic_threshold > 1.0 && self.panic_threshold.is_finite()) {
             return Some(("panic_threshold", "must be a number above 1".into()));
+        }
+        if self.idle_window.0.is_zero() {
+            return Some(("idle_window", "must be longer than 0s".into()));
         }
         None
     }

@@ -17,8 +17,9 @@ cargo build --release --quiet -p modelship-gateway --example http_load
 # the quantization quality tables; =memory: only
 # the estimate-vs-RSS table; =gateway: only the proxy table; =containers:
 # only the image and target table; =openai: only the schema, penalty and
-# tool-prompt costs.
+# tool-prompt costs; =cold: only the scale-to-zero table.
 case "${BENCH_ONLY:-}" in
+  cold) exec "$cache/venv/bin/python" scripts/bench/cold.py ;;
   containers) exec "$cache/venv/bin/python" scripts/bench/containers.py ;;
   memory) exec "$cache/venv/bin/python" scripts/bench/memory.py ;;
   generate) exec "$cache/venv/bin/python" scripts/bench/run.py ;;
@@ -32,4 +33,5 @@ esac
 "$cache/venv/bin/python" scripts/bench/openai.py
 "$cache/venv/bin/python" scripts/bench/gateway.py
 "$cache/venv/bin/python" scripts/bench/containers.py
+"$cache/venv/bin/python" scripts/bench/cold.py
 cargo run --release --quiet -p modelship-planner --example place_bench

@@ -522,6 +522,50 @@ async fn the_gateway_authenticates_streams_and_counts() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // One vocabulary: the gateway, the control API and a replica name the
+    // same failure with the same type.
+    let gateway_401: Value = r.json().await.unwrap();
+    let api_401: Value = client
+        .get(format!("{}/v1/deployments", cp.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let replica = cp.replicas()[0]["endpoint"].as_str().unwrap().to_owned();
+    let replica_401: Value = client
+        .post(format!("http://{replica}/v1/chat/completions"))
+        .bearer_auth("wrong")
+        .json(&chat)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for body in [&gateway_401, &api_401, &replica_401] {
+        assert_eq!(body["error"]["type"], "authentication_error", "{body}");
+        assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+    }
+    let unknown = |base: String| {
+        let client = client.clone();
+        async move {
+            client
+                .post(base)
+                .bearer_auth("secret-1")
+                .json(&json!({"model": "nobody", "prompt": "x"}))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let gateway_404 = unknown(format!("{}/v1/completions", cp.gateway)).await;
+    assert_eq!(gateway_404["error"]["type"], "invalid_request_error");
+    assert_eq!(gateway_404["error"]["code"], "model_not_found");
 
     // The stream passes through as the replica writes it: events arrive
     // spread over the generation (~47 tokens), not in one burst at the end.

@@ -33,6 +33,10 @@ use crate::{Ctx, pipeline, rollout};
 pub enum ApiError {
     #[error("invalid `{field}`: {reason}")]
     Invalid { field: String, reason: String },
+    #[error(
+        "missing or unknown API key: send `Authorization: Bearer KEY` (the CLI sends MODELSHIP_API_KEY)"
+    )]
+    Unauthorized,
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -49,12 +53,13 @@ impl From<modelship_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, kind, param) = match &self {
+        let (status, code, param) = match &self {
             ApiError::Invalid { field, .. } => (
                 StatusCode::BAD_REQUEST,
-                "invalid_request_error",
+                "invalid_field",
                 Some(field.clone()),
             ),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_api_key", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
             ApiError::Internal(e) => {
@@ -62,7 +67,13 @@ impl IntoResponse for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", None)
             }
         };
-        let mut body = json!({"error": {"message": self.to_string(), "type": kind}});
+        // The shared vocabulary: the type from the status, as a replica and
+        // the gateway answer.
+        let mut body = json!({"error": {
+            "message": self.to_string(),
+            "type": modelship_types::errors::error_type(status.as_u16()),
+            "code": code,
+        }});
         if let Some(p) = param {
             body["error"]["param"] = json!(p);
         }
@@ -153,11 +164,7 @@ async fn require_key(
     {
         return next.run(req).await;
     }
-    let body = json!({"error": {
-        "message": "missing or unknown API key: send `Authorization: Bearer KEY` (the CLI sends MODELSHIP_API_KEY)",
-        "type": "authentication_error",
-    }});
-    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+    ApiError::Unauthorized.into_response()
 }
 
 /// `POST /v1/deployments`: the spec as JSON, its paths absolute.
@@ -350,7 +357,7 @@ async fn delete(
 
 /// How long `DELETE` waits for the replicas to drain and stop: the
 /// controller's drain grace and a little more.
-const DELETE_WAIT: std::time::Duration = std::time::Duration::from_secs(40);
+pub(crate) const DELETE_WAIT: std::time::Duration = std::time::Duration::from_secs(40);
 
 #[derive(Deserialize)]
 struct ScaleRequest {

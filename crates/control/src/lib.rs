@@ -4,6 +4,8 @@
 //! planner, orchestrator and gateway; the only crate that knows them all.
 
 mod api;
+#[cfg(test)]
+mod api_tests;
 mod cluster;
 mod controller;
 pub mod digest;

@@ -7,6 +7,7 @@
 //! ready through [`Gateway::set_routes`]; it owns no discovery of its own.
 
 mod balance;
+mod error;
 pub mod etcd;
 #[doc(hidden)]
 pub mod fuzz;
@@ -37,7 +38,8 @@ pub struct Route {
 }
 
 /// How the gateway behaves; the defaults suit a replica on loopback.
-#[derive(Debug, Clone)]
+/// `Debug` shows how many keys it has, never the keys.
+#[derive(Clone)]
 pub struct Config {
     /// Attempts per request (the first included) when upstreams fail before
     /// answering.
@@ -68,6 +70,29 @@ pub struct Config {
     pub hold_timeout: Duration,
     /// Most requests that wait for one deployment to wake; more get 503.
     pub max_held: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |n: usize| format!("<{n} redacted>");
+        f.debug_struct("Config")
+            .field("attempts", &self.attempts)
+            .field("upstream_timeout", &self.upstream_timeout)
+            .field("eject_after", &self.eject_after)
+            .field("eject_for", &self.eject_for)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("request_timeout", &self.request_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("api_keys", &redacted(self.api_keys.len()))
+            .field(
+                "upstream_key",
+                &redacted(usize::from(self.upstream_key.is_some())),
+            )
+            .field("public_metrics", &self.public_metrics)
+            .field("hold_timeout", &self.hold_timeout)
+            .field("max_held", &self.max_held)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -191,15 +216,11 @@ impl Gateway {
     pub(crate) async fn wait_for_replica(&self, deployment: &str) -> Result<(), proxy::Local> {
         let config = &self.inner.config;
         let Some(_held) = Held::take(&self.inner, deployment, config.max_held) else {
-            return Err(proxy::error(
-                503,
-                "unavailable",
-                format!(
-                    "`{deployment}` is waking and {} requests already wait for it",
-                    config.max_held
-                ),
-                None,
-            ));
+            return Err(error::GatewayError::WakeQueueFull {
+                deployment: deployment.to_owned(),
+                max: config.max_held,
+            }
+            .answer());
         };
         self.inner.holding.notify_one();
         // Subscribed before looking: a change after the look wakes us.
@@ -212,15 +233,11 @@ impl Gateway {
             match tokio::time::timeout_at(deadline, changed.changed()).await {
                 Ok(Ok(())) => {}
                 _ => {
-                    return Err(proxy::error(
-                        503,
-                        "unavailable",
-                        format!(
-                            "`{deployment}` did not wake within {:?}",
-                            config.hold_timeout
-                        ),
-                        None,
-                    ));
+                    return Err(error::GatewayError::WakeTimeout {
+                        deployment: deployment.to_owned(),
+                        after: config.hold_timeout,
+                    }
+                    .answer());
                 }
             }
         }
@@ -272,5 +289,56 @@ impl Drop for Held<'_> {
                 held.remove(&self.deployment);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_request_gives_up_after_the_hold_timeout_and_counts_down() {
+        let gateway = Gateway::new(
+            Config {
+                hold_timeout: Duration::from_secs(90),
+                ..Config::default()
+            },
+            None,
+        );
+        gateway.set_routes(
+            &[],
+            &HashMap::from([(("m".to_owned(), 1), Share::weight(1))]),
+        );
+        gateway.set_waking(["m".to_owned()].into());
+        let started = tokio::time::Instant::now();
+        let waiting = gateway.wait_for_replica("m");
+        tokio::pin!(waiting);
+        // Not given up after a minute of (paused) time...
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), &mut waiting)
+                .await
+                .is_err()
+        );
+        assert_eq!(gateway.held("m"), 1);
+        // ...given up at 90 s, with a 503 that says so.
+        let answer = waiting.await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(90));
+        assert_eq!(answer.status, 503);
+        assert!(String::from_utf8_lossy(&answer.body).contains("did not wake within 90s"));
+        assert_eq!(gateway.held("m"), 0);
+    }
+
+    #[test]
+    fn debug_never_shows_a_key() {
+        let config = super::Config {
+            api_keys: ["client-key-123".to_owned()].into(),
+            upstream_key: Some("replica-key-456".into()),
+            ..super::Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("client-key-123") && !shown.contains("replica-key-456"));
+        assert!(shown.contains("api_keys: \"<1 redacted>\""), "{shown}");
     }
 }

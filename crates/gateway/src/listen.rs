@@ -177,7 +177,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     if let Some(Malformed(status, why)) = refused {
-        let reply = proxy::error(status, "invalid_request_error", why, None);
+        let reply = crate::error::GatewayError::Malformed { status, why }.answer();
         let _ = io.write_all(&reply.render(false, false)).await;
     }
     let _ = io.shutdown().await;

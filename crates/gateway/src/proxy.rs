@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::Gateway;
 use crate::balance::{Endpoint, Pick};
+use crate::error::GatewayError;
 use crate::http1::Head;
 use crate::upstream::{Answer, Pool, Unanswered};
 
@@ -40,7 +41,7 @@ pub(crate) struct Local {
 }
 
 impl Local {
-    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Local {
+    pub(crate) fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Local {
         Local {
             status,
             content_type,
@@ -116,17 +117,6 @@ fn random() -> u64 {
     z ^ (z >> 31)
 }
 
-/// The one place gateway errors become HTTP: OpenAI's error body.
-pub(crate) fn error(status: u16, kind: &str, message: String, param: Option<&str>) -> Local {
-    let mut body = json!({"error": {"message": message, "type": kind}});
-    if let Some(p) = param {
-        body["error"]["param"] = json!(p);
-    }
-    let mut local = Local::new(status, "application/json", body.to_string());
-    local.retry_after = status == 503;
-    local
-}
-
 fn authorized(gateway: &Gateway, head: &Head) -> bool {
     let keys = &gateway.inner.config.api_keys;
     keys.is_empty()
@@ -137,12 +127,7 @@ fn authorized(gateway: &Gateway, head: &Head) -> bool {
 }
 
 fn unauthorized() -> Local {
-    error(
-        401,
-        "authentication_error",
-        "missing or unknown API key: send `Authorization: Bearer KEY`".into(),
-        None,
-    )
+    GatewayError::Unauthorized.answer()
 }
 
 fn models(gateway: &Gateway) -> Local {
@@ -178,15 +163,13 @@ pub(crate) async fn handle(s: &Shared, head: &Head, body: &[u8]) -> Reply {
     };
     if let Some(answer) = own {
         if !matches!(head.method(), "GET" | "HEAD") {
-            return Reply::Local(error(
-                405,
-                "invalid_request_error",
-                format!(
-                    "{} is not allowed on {path}: only GET and HEAD",
-                    head.method()
-                ),
-                None,
-            ));
+            return Reply::Local(
+                GatewayError::MethodNotAllowed {
+                    method: head.method().to_owned(),
+                    path: path.to_owned(),
+                }
+                .answer(),
+            );
         }
         let open =
             path == "/healthz" || (path == "/metrics" && s.gateway.inner.config.public_metrics);
@@ -199,11 +182,16 @@ pub(crate) async fn handle(s: &Shared, head: &Head, body: &[u8]) -> Reply {
         return Reply::Local(unauthorized());
     }
     if !routed(path) {
-        return Reply::Local(error(404, "not_found", format!("no route {path}"), None));
+        return Reply::Local(
+            GatewayError::NoRoute {
+                path: path.to_owned(),
+            }
+            .answer(),
+        );
     }
     match target(path, body) {
         Ok(deployment) => proxy(s, head, body, &deployment).await,
-        Err(message) => Reply::Local(error(400, "invalid_request_error", message, Some("model"))),
+        Err(why) => Reply::Local(GatewayError::BadBody { why }.answer()),
     }
 }
 
@@ -304,39 +292,31 @@ async fn proxy(s: &Shared, head: &Head, body: &[u8], deployment: &str) -> Reply 
                 if (random() % 10_000) as f64 <= abort.percent * 100.0 - 1.0 =>
             {
                 record(&e, abort.status, 0.0, abort.status >= 500);
-                let status = if (100..600).contains(&abort.status) {
-                    abort.status
-                } else {
-                    500
-                };
-                return Reply::Local(error(
-                    status,
-                    "fault_injected",
-                    format!(
-                        "fault injected by `spec.fault` of {deployment} revision {}",
-                        e.revision
-                    ),
-                    None,
-                ));
+                return Reply::Local(
+                    GatewayError::Fault {
+                        deployment: deployment.to_owned(),
+                        revision: e.revision,
+                        status: abort.status,
+                    }
+                    .answer(),
+                );
             }
             Pick::Endpoint(e, _) => e,
             Pick::UnknownModel => {
-                return Reply::Local(error(
-                    404,
-                    "model_not_found",
-                    format!(
-                        "model `{deployment}` is not deployed (GET /v1/models lists the deployments)"
-                    ),
-                    Some("model"),
-                ));
+                return Reply::Local(
+                    GatewayError::UnknownModel {
+                        model: deployment.to_owned(),
+                    }
+                    .answer(),
+                );
             }
             Pick::NoReplica if attempt == 0 => {
-                return Reply::Local(error(
-                    503,
-                    "unavailable",
-                    format!("`{deployment}` has no ready replica"),
-                    None,
-                ));
+                return Reply::Local(
+                    GatewayError::NoReplica {
+                        deployment: deployment.to_owned(),
+                    }
+                    .answer(),
+                );
             }
             Pick::NoReplica => break,
         };
@@ -380,28 +360,24 @@ async fn proxy(s: &Shared, head: &Head, body: &[u8], deployment: &str) -> Reply 
             }
             Err(_) => {
                 record(&endpoint, 504, ms, true);
-                return Reply::Local(error(
-                    504,
-                    "timeout",
-                    format!(
-                        "`{deployment}` did not answer within {:?}",
-                        config.upstream_timeout
-                    ),
-                    None,
-                ));
+                return Reply::Local(
+                    GatewayError::UpstreamTimeout {
+                        deployment: deployment.to_owned(),
+                        after: config.upstream_timeout,
+                    }
+                    .answer(),
+                );
             }
         }
         tried.push(endpoint.replica.clone());
     }
-    Reply::Local(error(
-        502,
-        "upstream_unavailable",
-        format!(
-            "no replica of `{deployment}` answered ({} tried)",
-            tried.len()
-        ),
-        None,
-    ))
+    Reply::Local(
+        GatewayError::UpstreamUnavailable {
+            deployment: deployment.to_owned(),
+            tried: tried.len(),
+        }
+        .answer(),
+    )
 }
 
 fn record(e: &Endpoint, code: u16, ms: f64, failed: bool) {

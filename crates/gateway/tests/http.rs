@@ -590,5 +590,95 @@ async fn a_replica_that_is_gone_gets_a_bad_gateway_after_the_attempts() {
         .unwrap();
     let r = read_response(&mut conn, &mut Vec::new()).await;
     assert_eq!(r.status, 502);
-    assert_eq!(r.json()["error"]["type"], "upstream_unavailable");
+    assert_eq!(r.json()["error"]["type"], "server_error");
+    assert_eq!(r.json()["error"]["code"], "upstream_unavailable");
+}
+
+/// A POST for deployment `model` on a fresh connection: its status and body.
+async fn post_model(addr: SocketAddr, model: &str) -> (u16, Value) {
+    let mut conn = connect(addr).await;
+    let body = format!(r#"{{"model":"{model}","input":"x"}}"#);
+    let request = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let r = read_response(&mut conn, &mut Vec::new()).await;
+    (r.status, r.json())
+}
+
+#[tokio::test]
+async fn requests_for_a_deployment_at_zero_wait_for_it_boundedly() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replica_addr = listener.local_addr().unwrap();
+    let _replica = replica(listener);
+    let config = Config {
+        hold_timeout: Duration::from_millis(400),
+        max_held: 2,
+        ..Config::default()
+    };
+    let s = gateway_to(replica_addr, config);
+    // `sleepy` exists (a share) but has no ready replica.
+    let shares = HashMap::from([(
+        ("sleepy".to_owned(), 1),
+        modelship_gateway::Share::weight(1),
+    )]);
+    s.gateway.set_routes(&[], &shares);
+    // Not waking: a 503 at once, as before.
+    let started = Instant::now();
+    assert_eq!(post_model(s.addr, "sleepy").await.0, 503);
+    assert!(started.elapsed() < Duration::from_millis(300));
+
+    s.gateway.set_waking(["sleepy".to_owned()].into());
+    let holding = s.gateway.holding();
+    // Waking: held, and answered by the replica once it is routed.
+    let waiter = tokio::spawn(post_model(s.addr, "sleepy"));
+    tokio::time::timeout(Duration::from_secs(2), holding.notified())
+        .await
+        .expect("the controller is told a request waits");
+    assert_eq!(s.gateway.held("sleepy"), 1);
+    s.gateway.set_routes(
+        &[Route {
+            deployment: "sleepy".into(),
+            revision: 1,
+            replica: "sleepy-1-a".into(),
+            endpoint: replica_addr.to_string(),
+        }],
+        &shares,
+    );
+    let (status, body) = waiter.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.gateway.held("sleepy"), 0, "the count came back down");
+
+    // Never woken: 503 after the hold timeout; beyond `max_held` waiting,
+    // 503 at once.
+    s.gateway.set_routes(&[], &shares);
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(post_model(s.addr, "sleepy")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while s.gateway.held("sleepy") < 2 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, body) = post_model(s.addr, "sleepy").await;
+    assert_eq!(status, 503);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already wait")
+    );
+    for h in held {
+        let (status, body) = h.await.unwrap();
+        assert_eq!(status, 503);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("did not wake within"),
+            "{body}"
+        );
+    }
+    assert_eq!(s.gateway.held("sleepy"), 0);
 }

@@ -84,15 +84,10 @@ impl ApiError {
         }
     }
 
+    /// The shared vocabulary's type for the status (the gateway's and the
+    /// control API's errors use the same).
     fn kind(&self) -> &'static str {
-        match self.status {
-            StatusCode::UNAUTHORIZED => "authentication_error",
-            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
-            StatusCode::NOT_FOUND => "invalid_request_error",
-            StatusCode::PAYLOAD_TOO_LARGE => "invalid_request_error",
-            s if s.is_server_error() => "server_error",
-            _ => "invalid_request_error",
-        }
+        modelship_types::errors::error_type(self.status.as_u16())
     }
 
     fn code(&self) -> Option<&'static str> {

@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod autoscale;
+pub mod errors;
 mod limits;
 mod optimize;
 mod plan;

@@ -1,0 +1,374 @@
+//! The control API at its seam: `router().oneshot` in-process over a store
+//! in a temporary directory and a fake orchestrator, with time paused where
+//! a handler waits.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
+use modelship_orchestrator::{Liveness, Orchestrator, OrchestratorError, ReplicaSpec};
+use modelship_store::Store;
+use modelship_types::{
+    Deployment, Phase, Progress, Replica, ReplicaState, Revision, Run, RunStatus,
+};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::{Ctx, Targets, api};
+
+/// Replicas that exist only as records: every one is ready, stops succeed,
+/// and each call is remembered.
+#[derive(Default)]
+struct Fake {
+    started: Mutex<Vec<String>>,
+}
+
+impl Orchestrator for Fake {
+    fn start<'a>(
+        &'a self,
+        spec: &'a ReplicaSpec,
+        restarts: u32,
+    ) -> BoxFuture<'a, Result<Replica, OrchestratorError>> {
+        self.started.lock().unwrap().push(spec.id.clone());
+        let r = replica(&spec.id, &spec.deployment, spec.revision, restarts);
+        async move { Ok(r) }.boxed()
+    }
+
+    fn observe<'a>(&'a self, _: &'a Replica) -> BoxFuture<'a, Liveness> {
+        async { Liveness::Ready }.boxed()
+    }
+
+    fn stop<'a>(
+        &'a self,
+        _: &'a Replica,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<(), OrchestratorError>> {
+        async { Ok(()) }.boxed()
+    }
+
+    fn logs<'a>(&'a self, r: &'a Replica, _: usize) -> BoxFuture<'a, std::io::Result<Vec<String>>> {
+        let line = format!("{} says hello", r.id);
+        async move { Ok(vec![line]) }.boxed()
+    }
+
+    fn limits_note(&self) -> String {
+        "none (fake)".into()
+    }
+}
+
+fn replica(id: &str, deployment: &str, revision: u32, restarts: u32) -> Replica {
+    Replica {
+        id: id.into(),
+        deployment: deployment.into(),
+        revision,
+        endpoint: "127.0.0.1:9".into(),
+        pid: None,
+        state: ReplicaState::Ready,
+        restarts,
+        exited_at: None,
+        started_at: 0,
+        target: Default::default(),
+        reason: None,
+    }
+}
+
+fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
+    Arc::new(Ctx {
+        store: Store::open(&dir.join("state.db")).unwrap(),
+        targets: Targets {
+            local: Arc::new(Fake::default()),
+            docker: tokio::sync::OnceCell::new(),
+            swarm: tokio::sync::OnceCell::new(),
+            kubernetes: tokio::sync::OnceCell::new(),
+        },
+        gateway: modelship_gateway::Gateway::new(Default::default(), None),
+        data_dir: dir.to_owned(),
+        wake: tokio::sync::Notify::new(),
+        running: Mutex::new(HashSet::new()),
+        gateway_addr: "127.0.0.1:8080".parse().unwrap(),
+        applied: Mutex::default(),
+        published: None,
+        replica_key: None,
+        api_keys: BTreeSet::new(),
+    })
+}
+
+/// A deployment `name` at revision 1 (and 2 when `two`), its spec MiniLM.
+fn deployed(ctx: &Ctx, name: &str, two: bool) {
+    let spec: modelship_types::ModelDeployment = serde_json::from_value(json!({
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"model": {"source": modelship_testkit::minilm()}},
+    }))
+    .unwrap();
+    let revision = |number| Revision {
+        deployment: name.into(),
+        number,
+        spec: spec.clone(),
+        artifact: modelship_testkit::minilm(),
+        artifact_digest: format!("sha256:{number}"),
+        image: None,
+        plan: None,
+        cause: "test".into(),
+        created_at: 0,
+    };
+    let d = Deployment {
+        name: name.into(),
+        revision: 1,
+        replicas: 1,
+        phase: Phase::Steady,
+        created_at: 0,
+        updated_at: 0,
+    };
+    ctx.store.put_revision(&d, &revision(1)).unwrap();
+    if two {
+        ctx.store
+            .put_revision(&Deployment { revision: 2, ..d }, &revision(2))
+            .unwrap();
+    }
+}
+
+async fn call(
+    ctx: &Arc<Ctx>,
+    keys: &[&str],
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    key: Option<&str>,
+) -> (StatusCode, Value) {
+    let keys = keys.iter().map(|k| (*k).to_owned()).collect();
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .unwrap();
+    let resp = api::router(Arc::clone(ctx), keys)
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+#[tokio::test]
+async fn errors_name_what_is_wrong_in_the_shared_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path());
+    deployed(&ctx, "m", true);
+    let get = |path: &'static str| call(&ctx, &[], "GET", path, None, None);
+    // (method, path, body) -> (status, type, code, param)
+    type Case = (
+        &'static str,
+        &'static str,
+        Option<Value>,
+        u16,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+    );
+    let table: Vec<Case> = vec![
+        (
+            "GET",
+            "/v1/deployments/nope",
+            None,
+            404,
+            "invalid_request_error",
+            "not_found",
+            None,
+        ),
+        (
+            "GET",
+            "/v1/runs/abc",
+            None,
+            400,
+            "invalid_request_error",
+            "invalid_field",
+            Some("request"),
+        ),
+        (
+            "POST",
+            "/v1/deployments",
+            Some(json!({"spec": {"kind": "ModelDeployment"}})),
+            400,
+            "invalid_request_error",
+            "invalid_field",
+            Some("spec"),
+        ),
+        (
+            "POST",
+            "/v1/deployments/m/scale",
+            Some(json!({"replicas": 20000})),
+            400,
+            "invalid_request_error",
+            "invalid_field",
+            Some("replicas"),
+        ),
+        (
+            "POST",
+            "/v1/deployments/m/rollback",
+            Some(json!({"to": 2})),
+            409,
+            "invalid_request_error",
+            "conflict",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/deployments/m/rollback",
+            Some(json!({"to": 9})),
+            404,
+            "invalid_request_error",
+            "not_found",
+            None,
+        ),
+    ];
+    for (method, path, body, status, kind, code, param) in table {
+        let (got, v) = call(&ctx, &[], method, path, body, None).await;
+        assert_eq!(got.as_u16(), status, "{method} {path}: {v}");
+        assert_eq!(v["error"]["type"], kind, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], code, "{method} {path}: {v}");
+        assert_eq!(v["error"]["param"].as_str(), param, "{method} {path}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    // Keys: without one, 401 everywhere but /healthz.
+    let (status, v) = call(&ctx, &["k1"], "GET", "/v1/deployments", None, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(v["error"]["type"], "authentication_error");
+    let (status, _) = call(&ctx, &["k1"], "GET", "/v1/deployments", None, Some("k1")).await;
+    assert_eq!(status, 200);
+    let (status, _) = call(&ctx, &["k1"], "GET", "/healthz", None, None).await;
+    assert_eq!(status, 200);
+    // And what exists reads back.
+    let (status, v) = get("/v1/deployments").await;
+    assert_eq!(status, 200);
+    assert_eq!(v[0]["name"], "m");
+    assert_eq!(v[0]["revision"], 2);
+    assert_eq!(v[0]["phase"]["phase"], "steady");
+}
+
+#[tokio::test]
+async fn a_deploy_during_a_rollout_is_refused_and_a_rollback_supersedes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path());
+    deployed(&ctx, "m", true);
+    let run = ctx
+        .store
+        .start_run(Run {
+            id: 0,
+            deployment: "m".into(),
+            revision: Some(2),
+            status: RunStatus::Running,
+            error: None,
+            stages: vec![],
+            started_at: 0,
+            finished_at: None,
+            spec: None,
+            retry_of: None,
+            attempt: 1,
+            retried_as: None,
+        })
+        .unwrap();
+    ctx.store
+        .update_deployment("m", |d| {
+            d.phase = Phase::BlueGreen {
+                progress: Progress {
+                    run: Some(run.id),
+                    previous: Some(1),
+                    started_at: 0,
+                    since: 0,
+                    record: vec![],
+                },
+                stable: 1,
+                switched_at: Some(5),
+            };
+            true
+        })
+        .unwrap();
+    let spec = json!({"spec": {
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "m"},
+        "spec": {"model": {"source": modelship_testkit::minilm()}},
+    }});
+    let (status, v) = call(&ctx, &[], "POST", "/v1/deployments", Some(spec), None).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("blue-green"),
+        "{v}"
+    );
+    // Blue-green keeps revision 1 running: the rollback is instant, and
+    // the rollout's run ends, saying why.
+    let (status, v) = call(
+        &ctx,
+        &[],
+        "POST",
+        "/v1/deployments/m/rollback",
+        Some(json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["instant"], true);
+    let d = ctx.store.deployment("m").unwrap().unwrap();
+    assert_eq!((d.revision, d.phase), (1, Phase::Steady));
+    let run = ctx.store.run(run.id).unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.error.unwrap().contains("rolled back to revision 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn delete_waits_for_the_replicas_but_not_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path());
+    deployed(&ctx, "m", false);
+    // A replica no controller will stop (none runs here).
+    ctx.store
+        .update_replicas(&[replica("m-1-aaaaa", "m", 1, 0)], &[])
+        .unwrap();
+    let (status, logs) = call(&ctx, &[], "GET", "/v1/deployments/m/logs", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(logs, "[m-1-aaaaa] m-1-aaaaa says hello\n");
+    let started = tokio::time::Instant::now();
+    let (status, v) = call(&ctx, &[], "DELETE", "/v1/deployments/m", None, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["stopped"], false);
+    assert_eq!(v["stopping"], 1);
+    // Paused time: the whole wait passed, and no more.
+    let waited = started.elapsed();
+    assert!(
+        waited >= super::api::DELETE_WAIT
+            && waited < super::api::DELETE_WAIT + Duration::from_secs(1),
+        "{waited:?}"
+    );
+    // Recorded first: the deployment is gone, its replica still listed for
+    // the controller to stop, now or when it next starts.
+    assert!(ctx.store.deployment("m").unwrap().is_none());
+    assert_eq!(ctx.store.replicas().unwrap().len(), 1);
+
+    // With nothing left to stop it answers at once.
+    deployed(&ctx, "n", false);
+    let started = tokio::time::Instant::now();
+    let (_, v) = call(&ctx, &[], "DELETE", "/v1/deployments/n", None, None).await;
+    assert_eq!(v["stopped"], true);
+    assert!(started.elapsed() < Duration::from_millis(10));
+}

@@ -45,7 +45,7 @@ spec:
     quantize: q8_0
     gate: { min_cosine: 0.999 }
   serving: { max_context: 512, max_batch_tokens: 8192 }
-  resources: { cpu: 1, memory: 1Gi }
+  resources: { memory: 1Gi }
   replicas: 2
   rollout: { strategy: rolling, max_surge: 1, max_unavailable: 0 }
 YAML
@@ -70,7 +70,6 @@ up=$!
 stop() {
   "$bin" delete minilm --api "$api" >/dev/null 2>&1 || true
   "$bin" delete qwen --api "$api" >/dev/null 2>&1 || true
-  sleep 2
   kill "$up" 2>/dev/null || true
   exit 0
 }

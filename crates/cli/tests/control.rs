@@ -994,10 +994,25 @@ async fn replicas_that_do_not_fit_wait_and_are_admitted_when_room_frees() {
             .status
             .success()
     );
+    // `deploy --wait` gives up after its timeout, naming where the run is;
+    // the run itself goes on.
+    let out = cp.cli(&[
+        "deploy",
+        "-f",
+        b.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "3s",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        cp.cli(&["deploy", "-f", b.to_str().unwrap()])
-            .status
-            .success()
+        err.contains("did not finish within 3s: still in its rollout stage"),
+        "{err}"
+    );
+    assert!(
+        err.trim_end().ends_with("it goes on without this command"),
+        "{err}"
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let waiting = loop {
@@ -1157,4 +1172,59 @@ async fn a_waking_deployment_that_does_not_fit_puts_an_idle_one_to_sleep() {
     assert_eq!(embed_status(&cp.gateway, "first").await, 200);
     assert!(cp.cli(&["delete", "first"]).status.success());
     cp.delete_and_stop("second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revision_that_does_not_fit_beside_the_old_one_replaces_it_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("data"));
+    let minilm = modelship_testkit::minilm();
+    // Every core reserved: the surge replica cannot start beside the old.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let resources = format!("{{ cpu: {cores}, memory: 1Gi }}");
+    let version = |file: &str, extra: &str| {
+        support::control_plane::spec_with_resources(
+            dir.path(),
+            file,
+            "minilm",
+            &minilm,
+            1,
+            &resources,
+            extra,
+        )
+    };
+    let v1 = version("v1.yaml", "");
+    assert!(
+        cp.cli(&["deploy", "-f", v1.to_str().unwrap(), "--wait"])
+            .status
+            .success()
+    );
+    cp.wait_ready(1, 1, Duration::from_secs(30));
+    let load = Load::start(&cp.gateway, 2);
+    let v2 = version("v2.yaml", "  optimize: { quantize: q8_0 }\n");
+    let out = cp.cli(&[
+        "deploy",
+        "-f",
+        v2.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "2m",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty() && ok > 0,
+        "{ok} ok, {} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    cp.wait_ready(1, 2, Duration::from_secs(30));
+    let events = cp.json(&["status", "minilm"])["events"].to_string();
+    assert!(events.contains("pending: needs"), "{events}");
+    cp.delete_and_stop("minilm");
 }

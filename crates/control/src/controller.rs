@@ -25,6 +25,8 @@ const PERIOD: Duration = Duration::from_millis(500);
 /// How often while requests wait for a deployment to wake: its replica's
 /// readiness is seen, and the requests go, this much sooner.
 const WAKING_PERIOD: Duration = Duration::from_millis(50);
+/// A pending replica's reason before admission has looked at it.
+const AWAITING_ADMISSION: &str = "waiting for admission";
 /// How long a stopping replica may drain before it is killed.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
@@ -73,13 +75,10 @@ impl Controller {
             if let Err(e) = self.tick().await {
                 tracing::error!("controller: {e:#}");
             }
-            let held = self
-                .waking
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .any(|n| self.ctx.gateway.held(n) > 0);
-            let period = if held { WAKING_PERIOD } else { PERIOD };
+            let period = match self.ctx.gateway.any_held() {
+                true => WAKING_PERIOD,
+                false => PERIOD,
+            };
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = self.ctx.wake.notified() => {}
@@ -143,11 +142,27 @@ impl Controller {
         }
 
         let deployments = self.rollouts(&current, &swarm_stored, now).await?;
-        let deployments = self.autoscale(deployments, now)?;
+        let (deployments, from_zero) = self.autoscale(deployments, now)?;
+        let mut waking = from_zero.clone();
+        // Revisions whose replicas admission could not place yet.
+        let blocked: HashSet<(&str, u32)> = current
+            .iter()
+            .filter(|r| {
+                r.state == ReplicaState::Pending
+                    && r.reason.as_deref().is_some_and(|w| w != AWAITING_ADMISSION)
+            })
+            .map(|r| (r.deployment.as_str(), r.revision))
+            .collect();
         let mut by_target: HashMap<Target, Vec<Desired>> = HashMap::new();
         let mut splits = HashMap::new();
         for (d, rev) in &deployments {
-            let want = desired(d, &rev.spec.spec.rollout);
+            let mut want = desired(d, &rev.spec.spec.rollout);
+            want.blocked = blocked.contains(&(d.name.as_str(), d.revision));
+            if want.blocked {
+                // Replaced one at a time, it may have no ready replica for a
+                // moment: its requests wait for one rather than fail.
+                waking.insert(d.name.clone());
+            }
             if let (Some((stable, _)), Some(percent)) = (want.stable, want.traffic) {
                 splits.insert(d.name.clone(), (d.revision, stable, percent));
             }
@@ -157,6 +172,8 @@ impl Controller {
                 .push(want);
         }
         *self.splits.lock().unwrap_or_else(|p| p.into_inner()) = splits;
+        self.ctx.gateway.set_waking(waking);
+        *self.waking.lock().unwrap_or_else(|p| p.into_inner()) = from_zero;
         let mut take = |t| by_target.remove(&t).unwrap_or_default();
         let (swarm, kubernetes) = (take(Target::Swarm), take(Target::Kubernetes));
         self.engine_passes(&swarm, &kubernetes, swarm_stored).await;
@@ -306,11 +323,12 @@ impl Controller {
     /// rollout, whose replica counts the rollout owns, and not on
     /// Kubernetes, where the HorizontalPodAutoscaler rendered with the
     /// Deployment scales it.
+    /// Returns the deployments, and the names of those that scale from zero.
     fn autoscale(
         &self,
         deployments: Vec<(Deployment, Revision)>,
         now: u64,
-    ) -> anyhow::Result<Vec<(Deployment, Revision)>> {
+    ) -> anyhow::Result<(Vec<(Deployment, Revision)>, HashSet<String>)> {
         let store = &self.ctx.store;
         let stats = self.ctx.gateway.stats();
         let mut scalers = self.scalers.lock().unwrap_or_else(|p| p.into_inner());
@@ -378,9 +396,7 @@ impl Controller {
             out.push((d, rev));
         }
         scalers.retain(|name, _| seen.contains(name));
-        self.ctx.gateway.set_waking(waking.clone());
-        *self.waking.lock().unwrap_or_else(|p| p.into_inner()) = waking;
-        Ok(out)
+        Ok((out, waking))
     }
 
     /// The passes over engines that run replicas themselves: Kubernetes
@@ -468,7 +484,7 @@ impl Controller {
                     exited_at: None,
                     started_at: now_ms(),
                     target,
-                    reason: Some("waiting for admission".into()),
+                    reason: Some(AWAITING_ADMISSION.into()),
                 };
                 store.update_replicas(std::slice::from_ref(&replica), &[])?;
                 current.push(replica);

@@ -182,6 +182,16 @@ impl Gateway {
             .unwrap_or(0)
     }
 
+    /// Whether any request waits for a deployment to wake.
+    pub fn any_held(&self) -> bool {
+        !self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// Notified each time a request starts waiting for a deployment.
     pub fn holding(&self) -> Arc<tokio::sync::Notify> {
         Arc::clone(&self.inner.holding)

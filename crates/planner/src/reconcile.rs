@@ -26,6 +26,10 @@ pub struct Desired {
     /// While `stable` runs: the percent of traffic `revision` gets (the rest
     /// goes to `stable`). Without one, each ready replica gets an equal share.
     pub traffic: Option<u32>,
+    /// The new revision's replicas wait for room on the node: a rolling
+    /// update then takes an old replica out first (as `max_unavailable: 1`
+    /// would) rather than wait for room that only its end would free.
+    pub blocked: bool,
 }
 
 /// One step towards the desired state.
@@ -77,6 +81,7 @@ pub fn reconcile(desired: &[Desired], observed: &[Replica], now: u64) -> Vec<Act
             let group = Group {
                 revision,
                 replicas,
+                blocked: false,
                 ..Group::of(d)
             };
             group_actions(&group, &stable, &[], now, &mut actions);
@@ -93,6 +98,7 @@ struct Group<'a> {
     revision: u32,
     replicas: u32,
     rollout: &'a Rollout,
+    blocked: bool,
 }
 
 impl<'a> Group<'a> {
@@ -102,6 +108,7 @@ impl<'a> Group<'a> {
             revision: d.revision,
             replicas: d.replicas,
             rollout: &d.rollout,
+            blocked: d.blocked,
         }
     }
 }
@@ -148,7 +155,11 @@ fn group_actions(
     // A rollout: never more than n + surge replicas, never fewer than
     // n - unavailable ready ones through our own stops.
     let max_total = n + d.rollout.max_surge as usize;
-    let min_ready = n.saturating_sub(d.rollout.max_unavailable as usize);
+    let unavailable = match d.blocked {
+        true => d.rollout.max_unavailable.max(1),
+        false => d.rollout.max_unavailable,
+    };
+    let min_ready = n.saturating_sub(unavailable as usize);
     let not_ready_old: Vec<&&Replica> = old
         .iter()
         .filter(|r| r.state != ReplicaState::Ready)

@@ -153,6 +153,7 @@ pub fn desired(d: &Deployment, rollout: &Rollout) -> Desired {
         rollout: rollout.clone(),
         stable,
         traffic,
+        blocked: false,
     }
 }
 

@@ -89,6 +89,7 @@ mod tests {
             },
             stable: None,
             traffic: None,
+            blocked: false,
         }
     }
 
@@ -164,6 +165,7 @@ mod tests {
                 Desired {
                     stable: Some((1, 4)),
                     traffic: None,
+                    blocked: false,
                     ..desired(2, 1, 1, 0)
                 },
                 vec![obs(1, 4, 4), obs(3, 1, 1)],

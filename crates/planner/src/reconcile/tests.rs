@@ -30,6 +30,7 @@ fn desired(revision: u32, replicas: u32, max_surge: u32, max_unavailable: u32) -
         },
         stable: None,
         traffic: None,
+        blocked: false,
     }
 }
 
@@ -223,4 +224,26 @@ proptest! {
         prop_assert_eq!(observed.len(), n as usize);
         prop_assert!(observed.iter().all(|r| r.revision == 2 && r.state == ReplicaState::Ready));
     }
+}
+
+#[test]
+fn a_rollout_whose_new_replica_waits_for_room_replaces_one_at_a_time() {
+    // One replica of revision 1 serving, revision 2's waiting for room that
+    // only revision 1's end would free.
+    let observed = [
+        replica("m-1-a", 1, ReplicaState::Ready),
+        replica("m-2-b", 2, ReplicaState::Pending),
+    ];
+    let mut d = desired(2, 1, 1, 0);
+    assert!(
+        reconcile(std::slice::from_ref(&d), &observed, 0).is_empty(),
+        "within its budget it waits for the new replica"
+    );
+    d.blocked = true;
+    assert_eq!(
+        reconcile(&[d], &observed, 0),
+        [Action::Stop {
+            replica: "m-1-a".into()
+        }]
+    );
 }

@@ -25,6 +25,9 @@ const PERIOD: Duration = Duration::from_millis(500);
 /// How often while requests wait for a deployment to wake: its replica's
 /// readiness is seen, and the requests go, this much sooner.
 const WAKING_PERIOD: Duration = Duration::from_millis(50);
+/// A deployment with the revision that serves it.
+type Serving = (Deployment, Revision);
+
 /// A pending replica's reason before admission has looked at it.
 const AWAITING_ADMISSION: &str = "waiting for admission";
 /// How long a stopping replica may drain before it is killed.
@@ -328,7 +331,7 @@ impl Controller {
         &self,
         deployments: Vec<(Deployment, Revision)>,
         now: u64,
-    ) -> anyhow::Result<(Vec<(Deployment, Revision)>, HashSet<String>)> {
+    ) -> anyhow::Result<(Vec<Serving>, HashSet<String>)> {
         let store = &self.ctx.store;
         let stats = self.ctx.gateway.stats();
         let mut scalers = self.scalers.lock().unwrap_or_else(|p| p.into_inner());

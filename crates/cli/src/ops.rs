@@ -261,13 +261,19 @@ async fn follow(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let url = format!("{api}/v1/runs/{id}");
-        let resp = match send(reqwest::Method::GET, &url, None).await {
-            Ok(r) => r,
-            // Restarting: the run goes on from the store when it is back.
-            Err(e) if e.is_connect() || e.is_timeout() => continue,
-            Err(e) => return Err(unreachable(e, &url)),
+        // A control plane that hangs does not hold this past its timeout.
+        let asked = async {
+            let resp = send(reqwest::Method::GET, &url, None).await?;
+            Ok::<_, reqwest::Error>(answer(resp).await)
         };
-        let run: Run = serde_json::from_value(answer(resp).await?)
+        let answered = match tokio::time::timeout_at(deadline, asked).await {
+            Ok(Ok(answered)) => answered?,
+            // Restarting: the run goes on from the store when it is back.
+            Ok(Err(e)) if e.is_connect() || e.is_timeout() => continue,
+            Ok(Err(e)) => return Err(unreachable(e, &url)),
+            Err(_) => continue,
+        };
+        let run: Run = serde_json::from_value(answered)
             .context("the control plane sent a run this CLI does not understand")?;
         if output == Output::Table {
             for s in run

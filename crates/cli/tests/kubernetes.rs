@@ -40,6 +40,9 @@ fn validate(file: &Path) {
 #[test]
 fn rendered_objects_are_valid_kubernetes_1_33_and_match_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
+    // Where render keeps the optimized model (never the working directory).
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
     let minilm = modelship_testkit::minilm();
     let spec = named_spec(
         dir.path(),
@@ -53,6 +56,8 @@ fn rendered_objects_are_valid_kubernetes_1_33_and_match_the_snapshot() {
     let yaml = run(&[
         "render",
         "kubernetes",
+        "--data-dir",
+        data,
         "-f",
         spec.to_str().unwrap(),
         "--image",
@@ -85,6 +90,8 @@ fn rendered_objects_are_valid_kubernetes_1_33_and_match_the_snapshot() {
     let yaml = run(&[
         "render",
         "kubernetes",
+        "--data-dir",
+        data,
         "-f",
         fixed.to_str().unwrap(),
         "--image",
@@ -104,6 +111,8 @@ fn rendered_objects_are_valid_kubernetes_1_33_and_match_the_snapshot() {
     let yaml = run(&[
         "render",
         "kubernetes",
+        "--data-dir",
+        data,
         "-f",
         fixed.to_str().unwrap(),
         "--image",
@@ -137,6 +146,8 @@ fn a_bad_namespace_is_a_configuration_error() {
         .args([
             "render",
             "kubernetes",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
             "-f",
             spec.to_str().unwrap(),
             "--image",

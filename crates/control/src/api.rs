@@ -433,14 +433,24 @@ async fn rollback(
         target.number
     );
     if d.phase.stable() == Some(target.number) {
-        rollout::supersede(&ctx, &d, &why);
         let n = target.number;
-        ctx.store.put_deployment(&Deployment {
-            revision: n,
-            phase: Phase::Steady,
-            updated_at: now_ms(),
-            ..d
+        // Only over the rollout read above (the controller may have moved it).
+        let mut moved = false;
+        ctx.store.update_deployment(&name, |cur| {
+            moved = cur.revision == d.revision && cur.phase == d.phase;
+            if moved {
+                cur.revision = n;
+                cur.phase = Phase::Steady;
+                cur.updated_at = now_ms();
+            }
+            moved
         })?;
+        if !moved {
+            return Err(ApiError::Conflict(format!(
+                "`{name}` changed meanwhile: look again (`modelship status {name}`)"
+            )));
+        }
+        rollout::supersede(&ctx, &d, &why);
         ctx.record_event(
             &name,
             format!("instant rollback to revision {n}: its replicas were still running"),

@@ -74,6 +74,7 @@ fn replica(id: &str, deployment: &str, revision: u32, restarts: u32) -> Replica 
         started_at: 0,
         target: Default::default(),
         reason: None,
+        reserved: None,
     }
 }
 
@@ -114,6 +115,7 @@ fn deployed(ctx: &Ctx, name: &str, two: bool) {
         artifact_digest: format!("sha256:{number}"),
         image: None,
         plan: None,
+        legacy_memory_estimate: None,
         cause: "test".into(),
         created_at: 0,
     };
@@ -295,6 +297,7 @@ async fn a_deploy_during_a_rollout_is_refused_and_a_rollback_supersedes_it() {
                     started_at: 0,
                     since: 0,
                     record: vec![],
+                    ready: 0,
                 },
                 stable: 1,
                 switched_at: Some(5),

@@ -35,17 +35,14 @@ pub(crate) fn objects(
         .image
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("revision {} has no image", rev.number))?;
-    let plan = rev
-        .plan
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("revision {} has no recorded plan", rev.number))?;
+    let plan = crate::plan::recorded(rev);
     // The replica key salts the keys' digest: a secret nobody reading the
     // Deployment knows.
     let salt = ctx.replica_key.as_ref().map(|k| k.expose());
     Ok(crate::kubernetes::manifests(
         &rev.spec,
         image,
-        plan,
+        &plan,
         replicas,
         namespace,
         &ctx.api_keys,
@@ -98,8 +95,22 @@ pub(crate) async fn pass(ctx: &Ctx, desired: &[Desired]) -> anyhow::Result<()> {
         let Some(rev) = ctx.store.revision(&d.deployment, d.revision)? else {
             continue;
         };
-        let objects = objects(ctx, &rev, d.replicas, &namespace)?;
-        kube.apply(&objects).await?;
+        // One deployment failing to apply does not hold back the others.
+        let applied = match objects(ctx, &rev, d.replicas, &namespace) {
+            Ok(objects) => kube
+                .apply(&objects)
+                .await
+                .map(|()| objects)
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        let objects = match applied {
+            Ok(objects) => objects,
+            Err(e) => {
+                tracing::error!(deployment = %d.deployment, "kubernetes: {e:#}");
+                continue;
+            }
+        };
         ctx.event(
             &d.deployment,
             format!(

@@ -13,8 +13,8 @@ use futures::future::join_all;
 use modelship_gateway::{Abort, Route, Share, StatsSnapshot};
 use modelship_orchestrator::{Liveness, ReplicaSpec, now_ms};
 use modelship_planner::{
-    Action, Desired, Idle, ReplicaRequest, RolloutObserved, Sample, ScalerState, Window, admit,
-    autoscale, desired, make_room, reconcile,
+    Action, ClusterRollout, Desired, Idle, ReplicaRequest, RolloutObserved, Sample, ScalerState,
+    Window, admit, autoscale, desired, make_room, reconcile,
 };
 use modelship_types::{Deployment, Node, Phase, Replica, ReplicaState, Revision, Target};
 
@@ -50,9 +50,11 @@ pub(crate) struct Controller {
     /// This machine, where local and Docker replicas are admitted; none
     /// when it cannot be read (then every replica starts).
     node: Option<Node>,
-    /// Deployments that scale from zero (`autoscale.min: 0`), as last told
-    /// to the gateway.
+    /// Deployments that scale from zero (`autoscale.min: 0`).
     waking: Mutex<HashSet<String>>,
+    /// Requests wait while a replica starts: tick fast, so they go as soon
+    /// as it is ready (not while nothing is on its way).
+    waking_fast: std::sync::atomic::AtomicBool,
 }
 
 impl Controller {
@@ -69,6 +71,7 @@ impl Controller {
             splits: Mutex::default(),
             node,
             waking: Mutex::default(),
+            waking_fast: Default::default(),
         }
     }
 
@@ -78,7 +81,7 @@ impl Controller {
             if let Err(e) = self.tick().await {
                 tracing::error!("controller: {e:#}");
             }
-            let period = match self.ctx.gateway.any_held() {
+            let period = match self.waking_fast.load(std::sync::atomic::Ordering::Relaxed) {
                 true => WAKING_PERIOD,
                 false => PERIOD,
             };
@@ -194,6 +197,13 @@ impl Controller {
         }
         self.admit(&mut current).await?;
         self.publish(&current);
+        let starting = current
+            .iter()
+            .any(|r| matches!(r.state, ReplicaState::Starting | ReplicaState::Pending));
+        self.waking_fast.store(
+            starting && self.ctx.gateway.any_held(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
     }
 
@@ -216,13 +226,9 @@ impl Controller {
                 out.push((d, rev));
                 continue;
             }
-            let Some(seen) = self
+            let seen = self
                 .rollout_observed(&d, &rev, current, swarm, &stats)
-                .await
-            else {
-                out.push((d, rev));
-                continue;
-            };
+                .await;
             let Some(next) = rollout::advance(&self.ctx, &d, &rev, &seen, now)? else {
                 continue; // removed
             };
@@ -244,8 +250,7 @@ impl Controller {
         Ok(out)
     }
 
-    /// What one tick saw of `d`'s rollout; `None` when it cannot be told
-    /// (the cluster did not answer): the phase then waits a tick.
+    /// What one tick saw of `d`'s rollout.
     async fn rollout_observed(
         &self,
         d: &Deployment,
@@ -253,8 +258,9 @@ impl Controller {
         current: &[Replica],
         swarm: &[Replica],
         stats: &StatsSnapshot,
-    ) -> Option<RolloutObserved> {
+    ) -> RolloutObserved {
         let mut seen = RolloutObserved::default();
+        let began = d.phase.progress().map_or(0, |p| p.started_at);
         for r in current
             .iter()
             .chain(swarm)
@@ -264,38 +270,54 @@ impl Controller {
             if r.state == ReplicaState::Ready {
                 *seen.ready.entry(r.revision).or_default() += 1;
             }
-            if r.revision == d.revision
-                && seen.restarts.as_ref().is_none_or(|(_, n)| r.restarts > *n)
+            if r.revision != d.revision {
+                continue;
+            }
+            // Restarts count from this rollout on: a replica that restarted
+            // long before (an unchanged deploy keeps it) is not a crash loop.
+            if r.started_at >= began && seen.restarts.as_ref().is_none_or(|(_, n)| r.restarts > *n)
             {
                 seen.restarts = Some((r.id.clone(), r.restarts));
+            }
+            if r.state == ReplicaState::Pending
+                && let Some(why) = r.reason.as_deref().filter(|w| *w != AWAITING_ADMISSION)
+            {
+                seen.pending = Some((r.id.clone(), why.to_owned()));
             }
         }
         if let Phase::Canary {
             stable,
+            step,
             analysis_from: Some(_),
             ..
         } = &d.phase
         {
+            // Measured from the step's baseline; none (the step's analysis
+            // began before this control plane started): not measured.
             let baselines = self.baselines.lock().unwrap_or_else(|p| p.into_inner());
-            // No baseline: the step's analysis began before this control
-            // plane started, and its gateway counts from zero since then.
-            let empty = StatsSnapshot::default();
-            let before = baselines.get(&d.name).map_or(&empty, |(_, _, s)| s);
-            seen.analysis = Some((
-                window(stats, before, &d.name, d.revision),
-                window(stats, before, &d.name, *stable),
-            ));
+            seen.analysis = baselines
+                .get(&d.name)
+                .filter(|(rev, s, _)| (*rev, *s) == (d.revision, *step))
+                .map(|(_, _, before)| {
+                    (
+                        window(stats, before, &d.name, d.revision),
+                        window(stats, before, &d.name, *stable),
+                    )
+                });
         }
         if rev.spec.spec.target == Target::Kubernetes {
-            match crate::cluster::rollout(&self.ctx, &d.name, d.revision).await {
-                Ok(status) => seen.cluster = Some(status),
-                Err(e) => {
-                    tracing::warn!(deployment = %d.name, "kubernetes: {e:#}");
-                    return None;
-                }
-            }
+            seen.cluster = Some(
+                match crate::cluster::rollout(&self.ctx, &d.name, d.revision).await {
+                    Ok(status) => status,
+                    // Unseen counts as still progressing: its timeout runs.
+                    Err(e) => {
+                        tracing::warn!(deployment = %d.name, "kubernetes: {e:#}");
+                        ClusterRollout::Progressing
+                    }
+                },
+            );
         }
-        Some(seen)
+        seen
     }
 
     /// Keeps the gateway's counters at the moment a canary step's analysis
@@ -472,10 +494,12 @@ impl Controller {
                 revision,
             } => {
                 // Wanted now; started once admitted ([`Controller::admit`]).
-                let target = store
-                    .revision(&deployment, revision)?
-                    .map(|r| r.spec.spec.target)
-                    .unwrap_or_default();
+                let rev = store.revision(&deployment, revision)?;
+                let target = rev.as_ref().map(|r| r.spec.spec.target).unwrap_or_default();
+                let reserved = rev
+                    .as_ref()
+                    .map(crate::plan::recorded)
+                    .map(|p| (p.cpu_request, p.memory_request));
                 let replica = Replica {
                     id: format!("{deployment}-{revision}-{}", suffix()),
                     deployment,
@@ -488,6 +512,7 @@ impl Controller {
                     started_at: now_ms(),
                     target,
                     reason: Some(AWAITING_ADMISSION.into()),
+                    reserved,
                 };
                 store.update_replicas(std::slice::from_ref(&replica), &[])?;
                 current.push(replica);
@@ -497,9 +522,10 @@ impl Controller {
                     return Ok(());
                 };
                 let restarts = old.restarts + 1;
-                let fresh = self
+                let mut fresh = self
                     .start(&old.deployment, old.revision, &old.id, restarts)
                     .await?;
+                fresh.reserved = old.reserved;
                 self.ctx.event(
                     &old.deployment,
                     format!("restarted replica {replica} (restart {restarts})"),
@@ -615,13 +641,13 @@ impl Controller {
                     .iter()
                     .filter(|r| r.state != ReplicaState::Pending && on_machine(r))
                 {
-                    let req = request(rev_of(r)?.as_ref(), &r.id, &r.deployment);
+                    let req = request(r, rev_of(r)?.as_ref());
                     running.push((req, node.name.clone()));
                 }
                 let mut queue = Vec::new();
                 for &i in &pending {
                     let r = &current[i];
-                    let req = request(rev_of(r)?.as_ref(), &r.id, &r.deployment);
+                    let req = request(r, rev_of(r)?.as_ref());
                     queue.push((r.id.clone(), vec![req]));
                 }
                 let decision = admit(std::slice::from_ref(node), &running, &queue);
@@ -655,7 +681,8 @@ impl Controller {
                 continue;
             };
             match self.start(&r.deployment, r.revision, &r.id, 0).await {
-                Ok(started) => {
+                Ok(mut started) => {
+                    started.reserved = r.reserved;
                     self.ctx.event(
                         &r.deployment,
                         format!("started replica {id} (revision {})", r.revision),
@@ -837,26 +864,29 @@ impl Controller {
 }
 
 /// A revision's replicas' threads, CPU quota and memory limit, as its plan
-/// recorded them; a revision recorded before plans were gets the spec's.
+/// recorded them (a limit of 0, from a revision recorded before plans with
+/// no estimate, is none).
 pub(crate) fn resources(rev: &Revision) -> (u32, Option<f64>, Option<u64>) {
-    match &rev.plan {
-        Some(p) => (p.threads, p.cpu_limit, Some(p.memory_limit)),
-        None => {
-            let r = &rev.spec.spec.resources;
-            let threads = r.cpu.map_or(1, |c| c.ceil().max(1.0) as u32);
-            (threads, r.cpu, r.memory.map(|m| m.0))
-        }
-    }
+    let p = crate::plan::recorded(rev);
+    (
+        p.threads,
+        p.cpu_limit,
+        Some(p.memory_limit).filter(|&m| m > 0),
+    )
 }
 
-/// What a replica of `rev` reserves on a node, as its plan recorded it.
-fn request(rev: Option<&Revision>, id: &str, deployment: &str) -> ReplicaRequest {
-    let plan = rev.and_then(|r| r.plan.as_ref());
+/// What a replica reserves on its node: its own record of it, else its
+/// revision's plan.
+fn request(r: &Replica, rev: Option<&Revision>) -> ReplicaRequest {
+    let (cpu, memory) = r.reserved.unwrap_or_else(|| {
+        rev.map(crate::plan::recorded)
+            .map_or((0.0, 0), |p| (p.cpu_request, p.memory_request))
+    });
     ReplicaRequest {
-        id: id.to_owned(),
-        deployment: deployment.to_owned(),
-        cpu: plan.map_or(0.0, |p| p.cpu_request),
-        memory: plan.map_or(0, |p| p.memory_request),
+        id: r.id.clone(),
+        deployment: r.deployment.clone(),
+        cpu,
+        memory,
         gpus: 0,
         gpu_memory: 0,
         selector: BTreeMap::new(),

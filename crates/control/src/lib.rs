@@ -298,7 +298,19 @@ pub async fn up(
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        let (a, g) = tokio::join!(api, gw);
+        let serving = async { tokio::join!(api, gw) };
+        tokio::pin!(serving);
+        let mut controller = controller;
+        let (a, g) = tokio::select! {
+            done = &mut serving => done,
+            // The controller never returns; when it panics (a bug, already
+            // reported by the panic hook) the control plane stops with it
+            // rather than serve with nothing keeping replicas as recorded.
+            ended = &mut controller => match ended {
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                _ => anyhow::bail!("the controller stopped"),
+            },
+        };
         controller.abort();
         a.context("the API server failed")?;
         g.context("the gateway failed")?;
@@ -331,8 +343,8 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 }
 
 /// Stops replica processes this data directory's store has no record of
-/// (the control plane before was killed between starting one and
-/// recording it, or the store was restored from an older copy).
+/// (the store was restored from an older copy, or lost; a replica's record
+/// is written before its process starts).
 async fn reap(ctx: &Ctx) -> anyhow::Result<()> {
     let known: HashSet<String> = ctx.store.replicas()?.into_iter().map(|r| r.id).collect();
     for id in ctx.targets.local().reap(&known).await {
@@ -353,8 +365,11 @@ const MAX_ATTEMPTS: u32 = 3;
 /// its spec is known and attempts are left, tries it again as a new run.
 fn retry(ctx: &Arc<Ctx>, mut run: modelship_types::Run) {
     let why = run.error.clone().unwrap_or_default();
+    // A run that reached its rollout stage recorded a revision the
+    // controller carries on (or already judged): it is not run again.
+    let reached_rollout = run.stages.iter().any(|s| s.name == "rollout");
     let again = match &run.spec {
-        Some(spec) if run.attempt < MAX_ATTEMPTS => {
+        Some(spec) if run.attempt < MAX_ATTEMPTS && !reached_rollout => {
             pipeline::start(ctx, spec.clone(), Some(&run)).ok()
         }
         _ => None,

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
 use modelship_optimize::{EvalOptions, optimize};
@@ -48,22 +47,15 @@ impl Recorder<'_> {
     }
 
     /// Closes the current stage with `result`; an error fails the run.
-    fn end(&mut self, started: Instant, result: anyhow::Result<Output>) -> anyhow::Result<()> {
-        let stage = self.run.stages.last_mut().expect("begin comes first");
-        stage.duration_ms = Some(started.elapsed().as_millis() as u64);
+    fn end(&mut self, result: anyhow::Result<Output>) -> anyhow::Result<()> {
+        let now = now_ms();
         let outcome = match result {
             Ok(out) => {
-                stage.status = RunStatus::Succeeded;
-                stage.outputs_digest = out.digest;
-                stage.detail = out.detail;
+                self.run.stage_succeeded(now, out.digest, out.detail);
                 Ok(())
             }
             Err(e) => {
-                stage.status = RunStatus::Failed;
-                stage.detail = format!("{e:#}");
-                self.run.status = RunStatus::Failed;
-                self.run.error = Some(format!("{} failed: {e:#}", stage.name));
-                self.run.finished_at = Some(now_ms());
+                self.run.fail(now, &format!("{e:#}"));
                 Err(e)
             }
         };
@@ -170,15 +162,33 @@ pub(crate) fn start(
 /// to its rollout stage, which the controller drives and closes.
 async fn deploy(ctx: Arc<Ctx>, spec: ModelDeployment, run: Run) {
     let name = spec.metadata.name.clone();
+    // Whatever happens to this task (a panic included), the deployment is
+    // free for the next deploy once it ends.
+    let _running = Running {
+        ctx: &ctx,
+        name: name.clone(),
+    };
     let mut rec = Recorder { ctx: &ctx, run };
     if stages(&ctx, &mut rec, spec).await.is_err() {
         let e = rec.run.error.clone().unwrap_or_default();
         ctx.event(&name, format!("run {} failed: {e}", rec.run.id));
     }
-    ctx.running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&name);
+}
+
+/// A deployment's place in [`Ctx::running`], given up when dropped.
+struct Running<'a> {
+    ctx: &'a Ctx,
+    name: String,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.ctx
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
+    }
 }
 
 async fn stages(
@@ -190,7 +200,6 @@ async fn stages(
 
     // validate: the spec (checked by the API already) and the model itself.
     rec.begin("validate", spec_digest.clone());
-    let started = Instant::now();
     let source = spec.spec.model.source.clone();
     let model = blocking(move || {
         let info = modelship_model::inspect(&source)
@@ -201,7 +210,7 @@ async fn stages(
     .await;
     let (info, model_digest) = match model {
         Ok(m) => m,
-        Err(e) => return rec.end(started, Err(e)),
+        Err(e) => return rec.end(Err(e)),
     };
     let detail = format!(
         "{} model {} ({}, {:.1}M parameters)",
@@ -214,40 +223,32 @@ async fn stages(
         info.architecture,
         info.parameters as f64 / 1e6
     );
-    rec.end(
-        started,
-        Ok(Output {
-            digest: Some(model_digest.clone()),
-            detail,
-        }),
-    )?;
+    rec.end(Ok(Output {
+        digest: Some(model_digest.clone()),
+        detail,
+    }))?;
 
     // optimize: quantize/prune behind the gate, cached by content.
     let key = optimize_key(&model_digest, &spec)?;
     rec.begin("optimize", key.clone());
-    let started = Instant::now();
     let artifact = optimized(&ctx.data_dir, &spec, &model_digest, &key).await;
     let artifact = match artifact {
         Ok(a) => a,
-        Err(e) => return rec.end(started, Err(e)),
+        Err(e) => return rec.end(Err(e)),
     };
-    rec.end(
-        started,
-        Ok(Output {
-            digest: Some(artifact.digest.clone()),
-            detail: if artifact.cached {
-                format!("cached: {}", artifact.detail)
-            } else {
-                artifact.detail.clone()
-            },
-        }),
-    )?;
+    rec.end(Ok(Output {
+        digest: Some(artifact.digest.clone()),
+        detail: if artifact.cached {
+            format!("cached: {}", artifact.detail)
+        } else {
+            artifact.detail.clone()
+        },
+    }))?;
 
     // plan: the estimate, the replica count and what each replica gets,
     // recorded on the revision. Replicas that do not fit now wait
     // (`pending`) until capacity frees; one that could never fit fails here.
     rec.begin("plan", artifact.digest.clone());
-    let started = Instant::now();
     let (planned, served) = (spec.clone(), artifact.path.clone());
     let report = blocking(move || {
         let node: Node = plan::this_machine()?;
@@ -270,7 +271,7 @@ async fn stages(
     .await;
     let report = match report {
         Ok(r) => r,
-        Err(e) => return rec.end(started, Err(e)),
+        Err(e) => return rec.end(Err(e)),
     };
     let r = &report.replica;
     let mut detail = format!(
@@ -291,40 +292,32 @@ async fn stages(
         ));
     }
     let plan_digest = digest::of_bytes(&serde_json::to_vec(&report)?);
-    rec.end(
-        started,
-        Ok(Output {
-            digest: Some(plan_digest.clone()),
-            detail,
-        }),
-    )?;
+    rec.end(Ok(Output {
+        digest: Some(plan_digest.clone()),
+        detail,
+    }))?;
 
     // package: the OCI image, for targets that run one.
     let mut image = None;
     let mut rollout_input = plan_digest;
     if spec.spec.target.needs_image() {
         rec.begin("package", artifact.digest.clone());
-        let started = Instant::now();
         match package(ctx, &spec, &artifact, &report.replica).await {
             Ok((reference, manifest, detail)) => {
                 image = Some(reference);
                 rollout_input = manifest.clone();
-                rec.end(
-                    started,
-                    Ok(Output {
-                        digest: Some(manifest),
-                        detail,
-                    }),
-                )?;
+                rec.end(Ok(Output {
+                    digest: Some(manifest),
+                    detail,
+                }))?;
             }
-            Err(e) => return rec.end(started, Err(e)),
+            Err(e) => return rec.end(Err(e)),
         }
     }
 
     // rollout: a new revision (unless nothing changed) in the phase its
     // strategy starts in; the controller carries it on and closes the stage.
     rec.begin("rollout", rollout_input);
-    let started = Instant::now();
     let new = Revision {
         deployment: spec.metadata.name.clone(),
         number: 0,
@@ -333,11 +326,12 @@ async fn stages(
         artifact_digest: artifact.digest.clone(),
         image,
         plan: Some(report.replica),
+        legacy_memory_estimate: None,
         cause: String::new(),
         created_at: 0,
     };
     if let Err(e) = rollout::begin(ctx, &mut rec.run, new, report.replicas) {
-        return rec.end(started, Err(e));
+        return rec.end(Err(e));
     }
     Ok(())
 }

@@ -144,6 +144,31 @@ pub fn plan(spec: &ModelDeployment, nodes: &[Node]) -> anyhow::Result<Report> {
     })
 }
 
+/// What the plan stage recorded for `rev`'s replicas. A revision recorded
+/// before plans were gets the same rule applied to its spec and the memory
+/// estimate it kept (none: a memory limit of 0, meaning no limit).
+pub fn recorded(rev: &modelship_types::Revision) -> ReplicaPlan {
+    if let Some(plan) = &rev.plan {
+        return plan.clone();
+    }
+    let resources = &rev.spec.spec.resources;
+    let estimate = Estimate {
+        weights_bytes: 0,
+        loading_bytes: 0,
+        kv_cache_bytes: 0,
+        activations_bytes: 0,
+        runtime_bytes: 0,
+        total_bytes: rev.legacy_memory_estimate.unwrap_or(0),
+        cpu_threads: resources.cpu.map_or(1, |c| c.ceil().max(1.0) as u32),
+    };
+    replica_plan(
+        resources,
+        rev.spec.spec.target,
+        estimate,
+        "as recorded before plans were".into(),
+    )
+}
+
 /// What replica `id` of `spec`, planned as `plan`, asks a node for.
 pub fn request(plan: &ReplicaPlan, id: String, spec: &ModelDeployment) -> ReplicaRequest {
     ReplicaRequest {

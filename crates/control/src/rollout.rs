@@ -47,6 +47,7 @@ pub(crate) fn begin(ctx: &Ctx, run: &mut Run, new: Revision, replicas: u32) -> a
             started_at: now,
             since: now,
             record: Vec::new(),
+            ready: 0,
         };
         store.put_deployment(&watch(Phase::Rolling { progress }))?;
         ctx.wake.notify_one();

@@ -123,7 +123,7 @@ fn service_spec(
         threads,
         cpu,
         memory,
-        reserve_memory: rev.plan.as_ref().map(|p| p.memory_request),
+        reserve_memory: Some(crate::plan::recorded(&rev).memory_request).filter(|&m| m > 0),
         replicas,
         api_key: ctx.replica_key.clone(),
     })

@@ -205,6 +205,7 @@ impl Orchestrator for Docker {
                 started_at: now_ms(),
                 target: Target::Docker,
                 reason: None,
+                reserved: None,
             })
         }
         .boxed()

@@ -145,9 +145,8 @@ pub trait Orchestrator: Send + Sync {
     fn limits_note(&self) -> String;
 
     /// Kills the replicas this orchestrator runs for this control plane
-    /// whose ids are not in `known` (their records were lost: the control
-    /// plane was killed between starting one and recording it); returns
-    /// their ids. Called once, before the controller starts.
+    /// whose ids are not in `known` (their records were lost with the
+    /// store); returns their ids. Called once, before the controller starts.
     fn reap<'a>(
         &'a self,
         known: &'a std::collections::HashSet<String>,

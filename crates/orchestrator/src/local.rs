@@ -188,6 +188,7 @@ impl Orchestrator for Local {
                 started_at: now_ms(),
                 target: Target::Local,
                 reason: None,
+                reserved: None,
             })
         }
         .boxed()

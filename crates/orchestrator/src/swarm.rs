@@ -274,6 +274,7 @@ impl Swarm {
                 started_at: before.map_or_else(now_ms, |r| r.started_at),
                 target: Target::Swarm,
                 reason: None,
+                reserved: None,
             });
         }
         // Probed together: one slow task must not hold up the others.

@@ -59,7 +59,9 @@ impl Free {
 
     fn take(&mut self, r: &ReplicaRequest) {
         self.cpu -= r.cpu;
-        self.memory -= r.memory;
+        // What already runs may exceed the node (a node shrank, limits
+        // changed): nothing is left then, not a wrapped-around plenty.
+        self.memory = self.memory.saturating_sub(r.memory);
         for _ in 0..r.gpus {
             // The smallest GPU that is big enough.
             if let Some(i) = (0..self.gpus.len())

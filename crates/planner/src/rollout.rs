@@ -33,6 +33,8 @@ pub struct RolloutObserved {
     /// Kubernetes: the cluster's rollout of the revision (its Deployment's
     /// status), which stands in for the replica counts.
     pub cluster: Option<ClusterRollout>,
+    /// A replica of the new revision waiting for room, and why.
+    pub pending: Option<(String, String)>,
 }
 
 impl RolloutObserved {
@@ -89,6 +91,7 @@ pub fn first_phase(
         started_at: now,
         since: now,
         record: Vec::new(),
+        ready: 0,
     };
     match (rollout.strategy, previous) {
         _ if target == Target::Kubernetes => Phase::Rolling { progress },
@@ -196,6 +199,23 @@ pub fn step(d: &Deployment, rollout: &Rollout, seen: &RolloutObserved, now: u64)
                     ended: Some(Ok(line)),
                 });
             }
+            if let Some(failed) = crash_loop(d, progress, seen) {
+                return Some(failed);
+            }
+            // One more replica ready: progress, and the timeout starts over.
+            let ready = seen.ready(rev);
+            if seen.cluster.is_none() && ready > progress.ready {
+                let progress = Progress {
+                    ready,
+                    since: now,
+                    ..progress.clone()
+                };
+                return Some(Step {
+                    next: Some((rev, Phase::Rolling { progress })),
+                    events: Vec::new(),
+                    ended: None,
+                });
+            }
             waiting(d, progress, seen, now)
         }
         Phase::Canary {
@@ -226,10 +246,28 @@ pub fn step(d: &Deployment, rollout: &Rollout, seen: &RolloutObserved, now: u64)
             if let Some(failed) = crash_loop(d, progress, seen) {
                 return Some(failed);
             }
+            let Some((canary, stable_w)) = seen.analysis else {
+                // The step's counts are gone (the control plane restarted):
+                // it is measured again, for a whole interval.
+                return Some(Step {
+                    next: Some((
+                        rev,
+                        Phase::Canary {
+                            progress: progress.clone(),
+                            stable: *stable,
+                            step: *step,
+                            analysis_from: Some(now),
+                        },
+                    )),
+                    events: vec![format!(
+                        "canary step {p}%: its counts were lost with the control plane; measuring it again"
+                    )],
+                    ended: None,
+                });
+            };
             if now < from + rollout.canary.interval.0.as_millis() as u64 {
                 return None;
             }
-            let (canary, stable_w) = seen.analysis.unwrap_or_default();
             match judge_canary(&canary, &stable_w, &rollout.canary) {
                 Verdict::RollBack(why) => {
                     Some(fail(d, progress, format!("canary step {p}%: {why}")))
@@ -331,10 +369,14 @@ fn waiting(d: &Deployment, progress: &Progress, seen: &RolloutObserved, now: u64
         return Some(failed);
     }
     if now >= progress.since + READY_TIMEOUT_MS {
+        let why = match &seen.pending {
+            Some((id, reason)) => format!(": replica {id} is pending: {reason}"),
+            None => String::new(),
+        };
         return Some(fail(
             d,
             progress,
-            format!("not ready after {} s", READY_TIMEOUT_MS / 1000),
+            format!("not ready after {} s{why}", READY_TIMEOUT_MS / 1000),
         ));
     }
     None

@@ -30,6 +30,7 @@ fn revision(name: &str, number: u32) -> Revision {
         artifact_digest: "abc".into(),
         image: None,
         plan: None,
+        legacy_memory_estimate: None,
         cause: "deploy".into(),
         created_at: 3,
     }
@@ -48,6 +49,7 @@ fn replica(id: &str) -> Replica {
         started_at: 4,
         target: Default::default(),
         reason: None,
+        reserved: None,
     }
 }
 
@@ -136,6 +138,7 @@ fn everything_written_survives_reopening() {
             started_at: 0,
             since: 0,
             record: vec![],
+            ready: 0,
         },
     };
     store.put_deployment(&rolling).unwrap();

@@ -46,8 +46,8 @@ pub struct Pending {
 /// What one replica of a revision gets, as the plan stage decided it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaPlan {
-    /// CPUs reserved on a node. 0 on `target: local` without
-    /// `resources.cpu`: replicas share the machine's cores.
+    /// CPUs reserved on a node. 0 on this machine (`local`, `docker`)
+    /// without `resources.cpu`: replicas share its cores.
     pub cpu_request: f64,
     /// The CPU quota; none: no quota.
     pub cpu_limit: Option<f64>,

@@ -12,6 +12,7 @@ use crate::ModelDeployment;
 /// A deployment: the latest spec applied under a name, the revision that
 /// should serve, how many replicas, and where its rollout stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredDeployment")]
 pub struct Deployment {
     pub name: String,
     /// The revision rolled out (or being rolled out).
@@ -24,6 +25,40 @@ pub struct Deployment {
     pub phase: Phase,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+/// A deployment as stored, by this version or the one before, which kept a
+/// canary or blue-green rollout as `stable` (the revision serving beside
+/// `revision`) and no phase: such a rollout, cut short by the upgrade, goes
+/// back to its stable revision (its run is ended as interrupted).
+#[derive(Deserialize)]
+struct StoredDeployment {
+    name: String,
+    revision: u32,
+    replicas: u32,
+    #[serde(default)]
+    phase: Phase,
+    #[serde(default)]
+    stable: Option<u32>,
+    created_at: u64,
+    updated_at: u64,
+}
+
+impl From<StoredDeployment> for Deployment {
+    fn from(d: StoredDeployment) -> Deployment {
+        let revision = match (&d.phase, d.stable) {
+            (Phase::Steady, Some(stable)) => stable,
+            _ => d.revision,
+        };
+        Deployment {
+            name: d.name,
+            revision,
+            replicas: d.replicas,
+            phase: d.phase,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        }
+    }
 }
 
 /// Where a deployment's rollout stands, recorded so that a control plane
@@ -74,6 +109,10 @@ pub struct Progress {
     /// What each finished step found, for the run's record.
     #[serde(default)]
     pub record: Vec<String>,
+    /// The new revision's ready replicas when `since` was last moved: a
+    /// rollout that makes progress (one replica at a time) is not timed out.
+    #[serde(default)]
+    pub ready: u32,
 }
 
 impl Phase {
@@ -127,6 +166,10 @@ pub struct Revision {
     /// recorded before plans were.
     #[serde(default)]
     pub plan: Option<crate::ReplicaPlan>,
+    /// Revisions recorded before plans were: the plan's memory estimate of
+    /// one replica, which their limits came from. Read, never written.
+    #[serde(default, rename = "memory_estimate", skip_serializing)]
+    pub legacy_memory_estimate: Option<u64>,
     /// Why it exists: `deploy` (run N) or `rollback to N`.
     pub cause: String,
     pub created_at: u64,
@@ -155,6 +198,11 @@ pub struct Replica {
     /// While `pending`: why it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What it reserves on its node (CPUs, bytes), from its revision's plan
+    /// when it was wanted: counted until it is gone, even once its
+    /// deployment and revisions were deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<(f64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -282,25 +330,15 @@ impl Run {
             return None;
         }
         let mut run = self.clone();
-        let stage = run
-            .stages
-            .iter_mut()
-            .rev()
-            .find(|s| s.status == RunStatus::Running);
-        let during = match stage {
-            Some(stage) => {
-                stage.status = RunStatus::Failed;
-                stage.duration_ms = Some(now_ms.saturating_sub(stage.started_at));
-                stage.detail = "interrupted".to_owned();
-                format!(" during its {} stage", stage.name)
-            }
+        let during = match run.open_stage() {
+            Some(stage) => format!(" during its {} stage", stage.name),
             None => String::new(),
         };
-        run.status = RunStatus::Failed;
+        run.fail(now_ms, "interrupted");
+        // The stage says what happened to it; the run says where.
         run.error = Some(format!(
             "interrupted: the control plane stopped{during} before the run finished"
         ));
-        run.finished_at = Some(now_ms);
         Some(run)
     }
 }
@@ -341,6 +379,22 @@ pub struct Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_of_the_version_before_reads_back() {
+        // Mid-canary, as the version before stored it: back to the stable
+        // revision, steady.
+        let old = r#"{"name":"m","revision":3,"replicas":2,"stable":2,"traffic":10,
+                      "new_replicas":1,"created_at":1,"updated_at":2}"#;
+        let d: Deployment = serde_json::from_str(old).unwrap();
+        assert_eq!((d.revision, &d.phase), (2, &Phase::Steady));
+        let plain = r#"{"name":"m","revision":3,"replicas":2,"created_at":1,"updated_at":2}"#;
+        let d: Deployment = serde_json::from_str(plain).unwrap();
+        assert_eq!(d.revision, 3);
+        // And this version's records read back as written.
+        let again: Deployment = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(again, d);
+    }
 
     fn stage(name: &str, status: RunStatus) -> Stage {
         Stage {

@@ -15,6 +15,7 @@ fn replica(id: &str, revision: u32, state: ReplicaState) -> Replica {
         started_at: 0,
         target: Default::default(),
         reason: None,
+        reserved: None,
     }
 }
 

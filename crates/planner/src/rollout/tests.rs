@@ -258,6 +258,7 @@ fn a_failing_canary_step_rolls_back_to_the_stable_revision() {
                 started_at: 0,
                 since: 0,
                 record: vec![],
+                ready: 0,
             },
             stable: 1,
             step: 1,
@@ -325,6 +326,7 @@ fn each_phase_runs_its_share_and_splits_traffic() {
         started_at: 0,
         since: 0,
         record: vec![],
+        ready: 0,
     };
     let canary = |step| Phase::Canary {
         progress: progress.clone(),
@@ -392,5 +394,79 @@ fn kubernetes_rollouts_follow_the_clusters_status() {
             .unwrap()
             .unwrap_err()
             .contains("did not roll out: deadline")
+    );
+}
+
+#[test]
+fn a_canary_step_whose_counts_were_lost_is_measured_again() {
+    let r = rollout(Strategy::Canary);
+    let d = deployment(
+        2,
+        2,
+        Phase::Canary {
+            progress: Progress {
+                run: Some(7),
+                previous: Some(1),
+                started_at: 0,
+                since: 0,
+                record: vec![],
+                ready: 0,
+            },
+            stable: 1,
+            step: 0,
+            analysis_from: Some(0),
+        },
+    );
+    // After a restart the interval has long passed, but nothing measured it.
+    let blind = seen(&[(1, 2, 2), (2, 1, 1)]);
+    let s = step(&d, &r, &blind, 100 * S).unwrap();
+    assert!(s.ended.is_none());
+    assert!(s.events[0].contains("measuring it again"), "{:?}", s.events);
+    match s.next {
+        Some((
+            2,
+            Phase::Canary {
+                step: 0,
+                analysis_from: Some(t),
+                ..
+            },
+        )) => assert_eq!(t, 100 * S),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_rollout_that_makes_progress_is_not_timed_out() {
+    let r = rollout(Strategy::Rolling);
+    let d = deployment(2, 3, started(&r, Some(1), Target::Local));
+    let t = READY_TIMEOUT_MS / 2;
+    // One replica ready at half the timeout, the next at one and a half.
+    let (d, trace) = drive(
+        d,
+        &r,
+        &[
+            (t, seen(&[(1, 2, 2), (2, 1, 1)])),
+            (3 * t, seen(&[(1, 1, 1), (2, 2, 2)])),
+            (5 * t, seen(&[(2, 3, 3)])),
+        ],
+    );
+    assert!(trace[..2].iter().all(|t| t.1 == "rolling" && t.2.is_none()));
+    assert!(trace[2].2.clone().unwrap().is_ok(), "{trace:?}");
+    assert_eq!(d.unwrap().revision, 2);
+    // Stuck on a replica waiting for room: the timeout says why.
+    let d = deployment(2, 1, started(&r, Some(1), Target::Local));
+    let stuck = RolloutObserved {
+        pending: Some((
+            "d-2-abcde".into(),
+            "needs 2 CPU, most free 0.00 on local".into(),
+        )),
+        ..seen(&[(1, 1, 1), (2, 1, 0)])
+    };
+    let s = step(&d, &r, &stuck, READY_TIMEOUT_MS).unwrap();
+    assert!(
+        s.ended
+            .unwrap()
+            .unwrap_err()
+            .contains("replica d-2-abcde is pending: needs 2 CPU"),
     );
 }

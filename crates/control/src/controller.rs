@@ -30,6 +30,10 @@ type Serving = (Deployment, Revision);
 
 /// A pending replica's reason before admission has looked at it.
 const AWAITING_ADMISSION: &str = "waiting for admission";
+/// With discovery on: how long a replica taken out of the routes keeps
+/// serving, for gateways fed by etcd to drop it first (Kubernetes' preStop
+/// sleep does the same for endpoints).
+const DISCOVERY_GRACE: Duration = Duration::from_secs(2);
 /// How long a stopping replica may drain before it is killed.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
@@ -770,6 +774,11 @@ impl Controller {
         let ctx = Arc::clone(&self.ctx);
         let stopping = Arc::clone(&self.stopping);
         tokio::spawn(async move {
+            // Out of this gateway already; gateways fed by etcd learn it a
+            // moment later, and must before the replica stops listening.
+            if ctx.published.is_some() {
+                tokio::time::sleep(DISCOVERY_GRACE).await;
+            }
             let stopped = match ctx.targets.get(r.target).await {
                 Ok(o) => o.stop(&r, DRAIN_GRACE).await.map_err(anyhow::Error::from),
                 Err(e) => Err(e),

@@ -394,6 +394,11 @@ async fn publish_to_etcd(
     mut routes: tokio::sync::watch::Receiver<Routable>,
 ) {
     let mut publisher = modelship_gateway::etcd::Publisher::new(etcd);
+    // Not before the controller's first routes: publishing the empty start
+    // would take down, for a tick, what an earlier control plane published.
+    if routes.changed().await.is_err() {
+        return;
+    }
     loop {
         let latest = routes.borrow_and_update().clone();
         if let Err(e) = publisher.publish(&latest.0, &latest.1).await {

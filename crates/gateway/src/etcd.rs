@@ -205,11 +205,20 @@ impl Publisher {
             }
             _ => {
                 // No lease yet, or it expired (etcd was away): everything
-                // published under it is gone; publish again.
+                // published under it is gone; publish again. What is there
+                // now under another lease (a control plane before this one,
+                // killed: its entries live until its lease expires) is taken
+                // as this one's, to be replaced or deleted below.
                 let l = self.etcd.grant(LEASE_TTL_S).await?;
                 self.lease = Some(l.clone());
                 self.renewed = Instant::now();
-                self.published.clear();
+                let (_, there) = self.etcd.list(PREFIX).await?;
+                self.published = there
+                    .into_iter()
+                    .filter(|(_, _, lease)| *lease != l)
+                    // Never equal to a wanted value: re-put under this lease.
+                    .map(|(key, _, _)| (key, String::new()))
+                    .collect();
                 l
             }
         };

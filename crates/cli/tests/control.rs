@@ -4,7 +4,6 @@
 //! load rolled back, and `delete` leaving no process behind.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -786,18 +785,7 @@ async fn gateways_share_replicas_through_etcd() {
     assert!(entries.iter().all(|(_, lease)| lease != "0"), "{entries:?}");
 
     // A second gateway, fed only by etcd, serves the deployment.
-    let mut second = modelship()
-        .args(["gateway", "--discovery", &etcd.url, "--port", "0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let banner = support::first_line_starting(&mut second, "modelship gateway:");
-    let url = banner
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .trim_end_matches(',')
-        .to_owned();
+    let (mut second, url) = support::etcd::gateway(&etcd.url);
     let client = reqwest::Client::new();
     let embed = |base: String| {
         let client = client.clone();

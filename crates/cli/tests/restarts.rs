@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -80,23 +80,6 @@ fn finished(child: Child) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// A gateway fed only by etcd, on a free port; returns it and its URL.
-fn external_gateway(etcd: &str) -> (Child, String) {
-    let mut child = modelship()
-        .args(["gateway", "--discovery", etcd, "--port", "0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let banner = support::first_line_starting(&mut child, "modelship gateway:");
-    let url = banner
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .trim_end_matches(',')
-        .to_owned();
-    (child, url)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_control_plane_killed_anywhere_goes_on_from_its_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,7 +95,7 @@ async fn a_control_plane_killed_anywhere_goes_on_from_its_store() {
             .success()
     );
     cp.wait_ready(2, 1, Duration::from_secs(30));
-    let (mut gateway, url) = external_gateway(&etcd.url);
+    let (mut gateway, url) = support::etcd::gateway(&etcd.url);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -25,9 +25,6 @@ const PERIOD: Duration = Duration::from_millis(500);
 /// How often while requests wait for a deployment to wake: its replica's
 /// readiness is seen, and the requests go, this much sooner.
 const WAKING_PERIOD: Duration = Duration::from_millis(50);
-/// A deployment with the revision that serves it.
-type Serving = (Deployment, Revision);
-
 /// A pending replica's reason before admission has looked at it.
 const AWAITING_ADMISSION: &str = "waiting for admission";
 /// With discovery on: how long a replica taken out of the routes keeps
@@ -36,6 +33,9 @@ const AWAITING_ADMISSION: &str = "waiting for admission";
 const DISCOVERY_GRACE: Duration = Duration::from_secs(2);
 /// How long a stopping replica may drain before it is killed.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// A deployment with the revision that serves it.
+type Serving = (Deployment, Revision);
 
 pub(crate) struct Controller {
     ctx: Arc<Ctx>,
@@ -218,7 +218,7 @@ impl Controller {
         current: &[Replica],
         swarm: &[Replica],
         now: u64,
-    ) -> anyhow::Result<Vec<(Deployment, Revision)>> {
+    ) -> anyhow::Result<Vec<Serving>> {
         let store = &self.ctx.store;
         let stats = self.ctx.gateway.stats();
         let mut out = Vec::new();
@@ -355,7 +355,7 @@ impl Controller {
     /// Returns the deployments, and the names of those that scale from zero.
     fn autoscale(
         &self,
-        deployments: Vec<(Deployment, Revision)>,
+        deployments: Vec<Serving>,
         now: u64,
     ) -> anyhow::Result<(Vec<Serving>, HashSet<String>)> {
         let store = &self.ctx.store;

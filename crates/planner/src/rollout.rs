@@ -225,21 +225,23 @@ pub fn step(d: &Deployment, rollout: &Rollout, seen: &RolloutObserved, now: u64)
             analysis_from,
         } => {
             let p = percent(rollout, *step);
+            // This step's analysis (re)starts now, for a whole interval.
+            let analyse_from_now = |events| Step {
+                next: Some((
+                    rev,
+                    Phase::Canary {
+                        progress: progress.clone(),
+                        stable: *stable,
+                        step: *step,
+                        analysis_from: Some(now),
+                    },
+                )),
+                events,
+                ended: None,
+            };
             let Some(from) = analysis_from else {
                 if seen.ready(rev) >= canary_replicas(d.replicas, p) {
-                    return Some(Step {
-                        next: Some((
-                            rev,
-                            Phase::Canary {
-                                progress: progress.clone(),
-                                stable: *stable,
-                                step: *step,
-                                analysis_from: Some(now),
-                            },
-                        )),
-                        events: Vec::new(),
-                        ended: None,
-                    });
+                    return Some(analyse_from_now(Vec::new()));
                 }
                 return waiting(d, progress, seen, now);
             };
@@ -247,23 +249,10 @@ pub fn step(d: &Deployment, rollout: &Rollout, seen: &RolloutObserved, now: u64)
                 return Some(failed);
             }
             let Some((canary, stable_w)) = seen.analysis else {
-                // The step's counts are gone (the control plane restarted):
-                // it is measured again, for a whole interval.
-                return Some(Step {
-                    next: Some((
-                        rev,
-                        Phase::Canary {
-                            progress: progress.clone(),
-                            stable: *stable,
-                            step: *step,
-                            analysis_from: Some(now),
-                        },
-                    )),
-                    events: vec![format!(
-                        "canary step {p}%: its counts were lost with the control plane; measuring it again"
-                    )],
-                    ended: None,
-                });
+                // The step's counts are gone (the control plane restarted).
+                return Some(analyse_from_now(vec![format!(
+                    "canary step {p}%: its counts were lost with the control plane; measuring it again"
+                )]));
             };
             if now < from + rollout.canary.interval.0.as_millis() as u64 {
                 return None;

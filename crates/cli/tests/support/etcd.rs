@@ -59,3 +59,21 @@ impl Drop for EtcdServer {
         let _ = self.child.wait();
     }
 }
+
+/// `modelship gateway` fed only by `etcd`, on a free port; returns it and
+/// its URL.
+pub fn gateway(etcd: &str) -> (Child, String) {
+    let mut child = super::modelship()
+        .args(["gateway", "--discovery", etcd, "--port", "0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let banner = super::first_line_starting(&mut child, "modelship gateway:");
+    let url = banner
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches(',')
+        .to_owned();
+    (child, url)
+}

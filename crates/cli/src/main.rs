@@ -106,13 +106,19 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = std::panic::catch_unwind(move || dispatch(cli.command));
-    match result {
-        Ok(Ok(())) => ExitCode::SUCCESS,
+    ExitCode::from(exit_code(std::panic::catch_unwind(move || {
+        dispatch(cli.command)
+    })))
+}
+
+/// STYLE.md's exit codes: 0 ok, 1 the user's problem, 64 bad
+/// configuration, 2 a bug (a panic, which the hook has reported).
+fn exit_code(outcome: std::thread::Result<Result<(), Failure>>) -> u8 {
+    match outcome {
+        Ok(Ok(())) => 0,
         Ok(Err(Failure::User(e))) => report(&e, 1),
         Ok(Err(Failure::Config(e))) => report(&e, 64),
-        // The hook has said what happened.
-        Err(_) => ExitCode::from(2),
+        Err(_) => 2,
     }
 }
 
@@ -127,19 +133,34 @@ fn bug_report(info: &std::panic::PanicHookInfo<'_>) {
         .unwrap_or_else(|| "(no message)".into());
     let at = info
         .location()
-        .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        .map(|l| format!("{}:{}", l.file(), l.line()));
     let thread = std::thread::current();
-    eprintln!(
-        "bug: modelship {} panicked in thread `{}`{at}: {what}",
-        env!("CARGO_PKG_VERSION"),
-        thread.name().unwrap_or("unnamed")
+    let backtrace = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+    eprint!(
+        "{}",
+        bug_text(
+            &what,
+            at.as_deref(),
+            thread.name().unwrap_or("unnamed"),
+            backtrace
+        )
     );
-    match std::env::var_os("RUST_BACKTRACE") {
-        Some(v) if v != "0" => eprintln!("{}", std::backtrace::Backtrace::force_capture()),
-        _ => eprintln!(
-            "hint: this is a bug; please report it with the command you ran and the output of RUST_BACKTRACE=1"
-        ),
+    if backtrace {
+        eprintln!("{}", std::backtrace::Backtrace::force_capture());
     }
+}
+
+/// The report of a panic: what, where, and what to send.
+fn bug_text(what: &str, at: Option<&str>, thread: &str, backtrace: bool) -> String {
+    let at = at.map_or(String::new(), |a| format!(" at {a}"));
+    let mut text = format!(
+        "bug: modelship {} panicked in thread `{thread}`{at}: {what}\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if !backtrace {
+        text.push_str("hint: this is a bug; please report it with the command you ran and the output of RUST_BACKTRACE=1\n");
+    }
+    text
 }
 
 fn dispatch(command: Command) -> Result<(), Failure> {
@@ -183,9 +204,9 @@ pub fn print_output<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnc
 
 /// Prints the error and its causes, then the hints any of them carry
 /// (lines starting `hint:`), so the advice comes after the whole story.
-fn report(e: &anyhow::Error, code: u8) -> ExitCode {
+fn report(e: &anyhow::Error, code: u8) -> u8 {
     eprint!("{}", chain_text(e));
-    ExitCode::from(code)
+    code
 }
 
 fn chain_text(e: &anyhow::Error) -> String {
@@ -211,6 +232,31 @@ fn chain_text(e: &anyhow::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_exits_2_and_errors_by_their_kind() {
+        // Quiet: the default hook would print the test's own panic.
+        std::panic::set_hook(Box::new(|_| {}));
+        let panicked = std::panic::catch_unwind(|| -> Result<(), Failure> { panic!("boom") });
+        let _ = std::panic::take_hook();
+        assert_eq!(exit_code(panicked), 2);
+        assert_eq!(exit_code(Ok(Ok(()))), 0);
+        assert_eq!(exit_code(Ok(Err(Failure::User(anyhow::anyhow!("no"))))), 1);
+        assert_eq!(
+            exit_code(Ok(Err(Failure::Config(anyhow::anyhow!("bad"))))),
+            64
+        );
+        let text = bug_text("boom", Some("src/x.rs:3"), "main", false);
+        assert!(
+            text.starts_with("bug: modelship ")
+                && text.contains("panicked in thread `main` at src/x.rs:3: boom")
+                && text.ends_with("output of RUST_BACKTRACE=1\n"),
+            "{text}"
+        );
+        assert!(!bug_text("boom", None, "t", true).contains("hint:"));
+    }
+
     #[test]
     fn hints_come_after_the_whole_chain() {
         let e = anyhow::anyhow!("connection refused")

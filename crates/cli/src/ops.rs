@@ -190,6 +190,11 @@ async fn answer(resp: reqwest::Response) -> Result<Value, Failure> {
         .text()
         .await
         .context("the control plane's answer broke off")?;
+    answered(status, text)
+}
+
+/// The API's answer as a value, or its error as a failure.
+fn answered(status: reqwest::StatusCode, text: String) -> Result<Value, Failure> {
     if status.is_success() {
         return Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)));
     }
@@ -249,6 +254,7 @@ async fn follow(
     let deadline = tokio::time::Instant::now() + timeout.0;
     let mut shown = 0;
     let mut last: Option<Run> = None;
+    let mut waiting_said = false;
     loop {
         if tokio::time::Instant::now() >= deadline {
             let at = match &last {
@@ -264,16 +270,24 @@ async fn follow(
         // A control plane that hangs does not hold this past its timeout.
         let asked = async {
             let resp = send(reqwest::Method::GET, &url, None).await?;
-            Ok::<_, reqwest::Error>(answer(resp).await)
+            let status = resp.status();
+            Ok::<_, reqwest::Error>((status, resp.text().await?))
         };
-        let answered = match tokio::time::timeout_at(deadline, asked).await {
-            Ok(Ok(answered)) => answered?,
-            // Restarting: the run goes on from the store when it is back.
-            Ok(Err(e)) if e.is_connect() || e.is_timeout() => continue,
-            Ok(Err(e)) => return Err(unreachable(e, &url)),
+        let (status, text) = match tokio::time::timeout_at(deadline, asked).await {
+            Ok(Ok(answer)) => answer,
+            // Unreachable, or gone mid-answer (restarting): the run goes on
+            // from the store, and this waits for the control plane.
+            Ok(Err(e)) => {
+                if !waiting_said && output == Output::Table {
+                    eprintln!("the control plane at {api} does not answer ({e}); waiting for it");
+                }
+                waiting_said = true;
+                continue;
+            }
             Err(_) => continue,
         };
-        let run: Run = serde_json::from_value(answered)
+        waiting_said = false;
+        let run: Run = serde_json::from_value(answered(status, text)?)
             .context("the control plane sent a run this CLI does not understand")?;
         if output == Output::Table {
             for s in run

@@ -172,6 +172,14 @@ async fn a_control_plane_killed_anywhere_goes_on_from_its_store() {
         rollout.contains("50%:") && rollout.contains("100%:"),
         "{rollout}"
     );
+    // The step under analysis when the control plane died was measured
+    // again, not judged on the new gateway's empty counts.
+    let events = cp.json(&["status", "minilm"])["events"].to_string();
+    assert!(
+        events.contains("canary step 50%: its counts were lost")
+            && events.contains("measuring it again"),
+        "{events}"
+    );
 
     // 3. Blue-green, killed after the switch: the old revision is retired
     //    after its delay by the next control plane.

@@ -151,8 +151,11 @@ impl Controller {
             self.stop(r.clone());
         }
 
-        let deployments = self.rollouts(&current, &swarm_stored, now).await?;
-        let (deployments, from_zero) = self.autoscale(deployments, now)?;
+        // The gateway's counters, read once: the canary windows and the
+        // autoscaler's activity both come from this snapshot.
+        let stats = self.ctx.gateway.stats();
+        let deployments = self.rollouts(&current, &swarm_stored, &stats, now).await?;
+        let (deployments, from_zero) = self.autoscale(deployments, &stats, now)?;
         let mut waking = from_zero.clone();
         // Revisions whose replicas admission could not place yet.
         let blocked: HashSet<(&str, u32)> = current
@@ -217,10 +220,10 @@ impl Controller {
         &self,
         current: &[Replica],
         swarm: &[Replica],
+        stats: &StatsSnapshot,
         now: u64,
     ) -> anyhow::Result<Vec<Serving>> {
         let store = &self.ctx.store;
-        let stats = self.ctx.gateway.stats();
         let mut out = Vec::new();
         for d in store.deployments()? {
             let Some(rev) = store.revision(&d.name, d.revision)? else {
@@ -230,9 +233,7 @@ impl Controller {
                 out.push((d, rev));
                 continue;
             }
-            let seen = self
-                .rollout_observed(&d, &rev, current, swarm, &stats)
-                .await;
+            let seen = self.rollout_observed(&d, &rev, current, swarm, stats).await;
             let Some(next) = rollout::advance(&self.ctx, &d, &rev, &seen, now)? else {
                 continue; // removed
             };
@@ -243,7 +244,7 @@ impl Controller {
                     None => continue,
                 },
             };
-            self.begin_analysis(&next, &stats);
+            self.begin_analysis(&next, stats);
             out.push((next, rev));
         }
         let names: HashSet<&str> = out.iter().map(|(d, _)| d.name.as_str()).collect();
@@ -356,10 +357,10 @@ impl Controller {
     fn autoscale(
         &self,
         deployments: Vec<Serving>,
+        stats: &StatsSnapshot,
         now: u64,
     ) -> anyhow::Result<(Vec<Serving>, HashSet<String>)> {
         let store = &self.ctx.store;
-        let stats = self.ctx.gateway.stats();
         let mut scalers = self.scalers.lock().unwrap_or_else(|p| p.into_inner());
         let mut seen = HashSet::new();
         let mut waking = HashSet::new();

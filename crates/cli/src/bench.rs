@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use modelship_engine::{Engine, GenerateRequest, GenerationEvent, Prompt};
+use modelship_engine::{
+    EncodeInput, EncodeOptions, Engine, GenerateRequest, GenerationEvent, Prompt,
+};
 use modelship_engine_candle::{LoadOptions, load, parse_device};
 use modelship_planner::{CapacityPoint, CapacityProfile};
 use modelship_types::{ServingLimits, Task};
@@ -64,6 +66,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     );
     let request = match engine.card().task {
         Task::Embeddings => "1 text of ~12 tokens".to_owned(),
+        Task::Rerank | Task::Classify => "1 pair of ~12-token texts".to_owned(),
         Task::Generate => format!("a ~10-token prompt, {} generated tokens", args.max_tokens),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -161,6 +164,14 @@ async fn one_request(engine: &Engine, client: u32, max_tokens: usize) -> anyhow:
             let text =
                 format!("Client {client} asks how far a replica of this model can be pushed.");
             engine.embed(&[text], false).await?;
+        }
+        Task::Rerank | Task::Classify => {
+            let pair = EncodeInput::Pair(
+                format!("Client {client} asks how far a replica can be pushed."),
+                "A replica of this model scores pairs of texts.".to_owned(),
+            );
+            let inputs = engine.tokenize_inputs("inputs", &[pair], &EncodeOptions::default())?;
+            engine.score_tokens(inputs).await?;
         }
         Task::Generate => {
             let prompt = Prompt::Text(format!("Client {client}: the capital of France is"));

@@ -6,25 +6,27 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use candle_core::Device;
-use modelship_engine::{Engine, ModelCard};
+use modelship_engine::{EncoderServing, Engine, ModelCard};
 use modelship_model::{
-    CHECKPOINT_TYPES, ChatTemplate, DecoderCheckpoint, Family, GgufFile, HfModel, ModelError,
-    ModelSource, TextTokenizer, checkpoint_family,
+    CHECKPOINT_TYPES, ChatTemplate, DecoderCheckpoint, ENCODER_TYPES, Encoder, EncoderFamily,
+    EncoderOutput, Family, GgufFile, HfModel, ModelError, ModelSource, TextTokenizer,
+    checkpoint_family,
 };
 use modelship_types::{LimitError, ServingLimits, Task};
 
-use crate::{BertBackend, DecoderBackend};
+use crate::{DecoderBackend, EncoderBackend};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(
-        "{path}: architecture `{architecture}` is not supported for serving (GGUF files of bert, {decoders}; Hugging Face directories of bert, {checkpoints})"
+        "{path}: architecture `{architecture}` is not supported for serving (encoders: {encoders}; decoders: GGUF files of {decoders}, Hugging Face directories of {checkpoints})"
     )]
     Unsupported {
         path: PathBuf,
         architecture: String,
+        encoders: &'static str,
         decoders: &'static str,
         checkpoints: &'static str,
     },
@@ -49,11 +51,11 @@ pub struct LoadOptions {
 
 /// A model's tokenizer and backend, ready to run but not scheduled.
 pub enum OpenModel {
-    Embeddings {
+    /// Embeddings, reranking or classification, as `encoder.task()` says.
+    Encoder {
         tokenizer: TextTokenizer,
-        backend: BertBackend,
-        /// Longest input the model supports.
-        context: usize,
+        backend: EncoderBackend,
+        encoder: Encoder,
     },
     Generate {
         tokenizer: TextTokenizer,
@@ -66,7 +68,7 @@ pub enum OpenModel {
 impl OpenModel {
     pub fn task(&self) -> Task {
         match self {
-            OpenModel::Embeddings { .. } => Task::Embeddings,
+            OpenModel::Encoder { encoder, .. } => encoder.task(),
             OpenModel::Generate { .. } => Task::Generate,
         }
     }
@@ -80,7 +82,7 @@ pub fn open(path: &Path, device: &Device, max_context: usize) -> Result<OpenMode
         ModelSource::Gguf(file) => {
             let gguf = GgufFile::open(&file)?;
             match gguf_kind(&gguf)? {
-                GgufKind::Bert => open_bert_gguf(gguf, device),
+                GgufKind::Encoder => open_encoder_gguf(gguf, device),
                 GgufKind::Decoder => open_decoder(gguf, device, max_context),
             }
         }
@@ -95,28 +97,32 @@ pub fn check_gguf_weights(path: &Path) -> Result<(), LoadError> {
     let gguf = GgufFile::open(path)?;
     let device = Device::Cpu;
     match gguf_kind(&gguf)? {
-        GgufKind::Bert => BertBackend::from_gguf(&gguf, &device).map(drop),
+        GgufKind::Encoder => {
+            let encoder = Encoder::from_gguf(&gguf)?;
+            EncoderBackend::from_gguf(&gguf, &encoder, &device).map(drop)
+        }
         GgufKind::Decoder => DecoderBackend::from_gguf(&gguf, &device, 16).map(drop),
     }
     .map_err(weights_err(path))
 }
 
 enum GgufKind {
-    Bert,
+    Encoder,
     Decoder,
 }
 
 /// Which loader reads `gguf`, by its architecture.
 fn gguf_kind(gguf: &GgufFile) -> Result<GgufKind, LoadError> {
     let architecture = gguf.architecture()?;
-    if architecture == "bert" {
-        Ok(GgufKind::Bert)
+    if EncoderFamily::from_name(architecture).is_some() {
+        Ok(GgufKind::Encoder)
     } else if Family::from_architecture(architecture).is_some() {
         Ok(GgufKind::Decoder)
     } else {
         Err(LoadError::Unsupported {
             path: gguf.path.clone(),
             architecture: architecture.to_owned(),
+            encoders: ENCODER_TYPES,
             decoders: Family::SUPPORTED,
             checkpoints: CHECKPOINT_TYPES,
         })
@@ -129,20 +135,28 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine, LoadError> {
     let name = opts.name.clone().unwrap_or_else(|| default_name(path));
     let model = open(path, &opts.device, opts.limits.max_context)?;
     Ok(match model {
-        OpenModel::Embeddings {
+        OpenModel::Encoder {
             tokenizer,
             backend,
-            context,
+            encoder,
         } => {
-            let limits = opts.limits.capped_to_model(context);
-            let card = card(
-                name,
-                Task::Embeddings,
-                "bert",
-                &limits,
-                Some(backend.dimensions()),
-            );
-            Engine::embeddings(card, limits, tokenizer, backend)
+            let limits = opts.limits.capped_to_model(encoder.context());
+            let mut card = card(name, encoder.task(), encoder.family.name(), &limits, None);
+            let activation = match encoder.output {
+                EncoderOutput::Pooled { .. } => {
+                    card.dimensions = Some(backend.dimensions());
+                    None
+                }
+                EncoderOutput::Classifier(head) => {
+                    card.labels = head.labels;
+                    Some(head.activation)
+                }
+            };
+            let serving = EncoderServing {
+                prompts: encoder.prompts,
+                activation,
+            };
+            Engine::encoder(card, limits, tokenizer, serving, backend)
         }
         OpenModel::Generate {
             tokenizer,
@@ -171,6 +185,7 @@ fn card(
         architecture: architecture.to_owned(),
         max_context: limits.max_context,
         dimensions,
+        labels: Vec::new(),
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -202,28 +217,31 @@ fn open_hf(dir: &Path, device: &Device, max_context: usize) -> Result<OpenModel,
             .map_err(weights_err(dir))?;
         return decoder(&checkpoint.gguf, backend);
     }
-    if architecture != "bert" {
+    if EncoderFamily::from_name(&architecture).is_none() {
         return Err(LoadError::Unsupported {
             path: dir.to_owned(),
             architecture,
+            encoders: ENCODER_TYPES,
             decoders: Family::SUPPORTED,
             checkpoints: CHECKPOINT_TYPES,
         });
     }
-    Ok(OpenModel::Embeddings {
+    let encoder = Encoder::from_hf(&hf)?;
+    Ok(OpenModel::Encoder {
         tokenizer: TextTokenizer::from_file(&hf.tokenizer_path())?,
-        backend: BertBackend::load(&hf, device).map_err(weights_err(dir))?,
-        context: hf.config_usize("max_position_embeddings").unwrap_or(512),
+        backend: EncoderBackend::load(&hf, &encoder, device).map_err(weights_err(dir))?,
+        encoder,
     })
 }
 
-fn open_bert_gguf(gguf: GgufFile, device: &Device) -> Result<OpenModel, LoadError> {
+fn open_encoder_gguf(gguf: GgufFile, device: &Device) -> Result<OpenModel, LoadError> {
     let file = gguf.path.clone();
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;
-    Ok(OpenModel::Embeddings {
+    let encoder = Encoder::from_gguf(&gguf)?;
+    Ok(OpenModel::Encoder {
         tokenizer,
-        backend: BertBackend::from_gguf(&gguf, device).map_err(weights_err(&file))?,
-        context: gguf.arch_uint("context_length").map_or(512, |c| c as usize),
+        backend: EncoderBackend::from_gguf(&gguf, &encoder, device).map_err(weights_err(&file))?,
+        encoder,
     })
 }
 

@@ -98,6 +98,10 @@ impl<'a> GgufTensors<'a> {
         })
     }
 
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
     /// The tensor `name`, its bytes checked to lie inside the file.
     pub(crate) fn get(&self, name: &str) -> Result<StoredTensor> {
         let Some(info) = self.content.tensor_infos.get(name) else {

@@ -6,11 +6,35 @@
 #[error("{0}")]
 pub struct BackendError(pub String);
 
-/// Text encoders: token sequences in, one vector per sequence out.
-pub trait EmbedBackend: Send + 'static {
-    /// Pooled (and, where the model says so, normalized) vectors for a batch
-    /// of token sequences of possibly different lengths.
-    fn embed(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, BackendError>;
+/// One input of an encoder: its token ids and each token's segment (0, or 1
+/// in the second text of a pair, where the tokenizer says so).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequence {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+impl Sequence {
+    /// One text: every token in segment 0.
+    pub fn single(ids: Vec<u32>) -> Self {
+        let type_ids = vec![0; ids.len()];
+        Self { ids, type_ids }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Encoders: token sequences in, one vector per sequence out — a pooled
+/// embedding, or a classification head's logits.
+pub trait EncodeBackend: Send + 'static {
+    /// The output of each sequence of a batch of possibly different lengths.
+    fn encode(&mut self, batch: &[&Sequence]) -> Result<Vec<Vec<f32>>, BackendError>;
 }
 
 /// Autoregressive decoders: each sequence keeps its own KV cache.

@@ -12,17 +12,19 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::Sequence;
+
 /// One text of a request, waiting for a forward pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub request: u64,
     pub index: usize,
-    pub tokens: Vec<u32>,
+    pub tokens: Sequence,
 }
 
 struct Pending<R> {
     /// Texts not yet batched, in input order: (index, tokens).
-    queued: VecDeque<(usize, Vec<u32>)>,
+    queued: VecDeque<(usize, Sequence)>,
     vectors: Vec<Option<Vec<f32>>>,
     remaining: usize,
     reply: R,
@@ -54,7 +56,7 @@ pub type Finished<R> = (R, Vec<Vec<f32>>);
 impl<R> BatchQueue<R> {
     /// Queues the texts of one request; it takes its turn after the
     /// requests already waiting.
-    pub fn append(&mut self, inputs: Vec<Vec<u32>>, reply: R) {
+    pub fn append(&mut self, inputs: Vec<Sequence>, reply: R) {
         let id = self.next_id;
         self.next_id += 1;
         let n = inputs.len();
@@ -160,8 +162,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn toks(n: usize) -> Vec<u32> {
-        vec![7; n]
+    fn toks(n: usize) -> Sequence {
+        Sequence::single(vec![7; n])
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The embedding actor: one thread owns the backend and runs [`BatchQueue`]
-//! batches; callers hold an [`Embedder`] handle.
+//! The encoder actor: one thread owns the backend and runs [`BatchQueue`]
+//! batches (embeddings, or a classifier's logits); callers hold an
+//! [`Embedder`] handle.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,12 +9,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::batcher::BatchQueue;
 use crate::thread::ComputeThread;
-use crate::{BackendError, EmbedBackend, EngineError};
+use crate::{BackendError, EncodeBackend, EngineError, Sequence};
 
 type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, BackendError>>;
 
 pub(crate) struct Job {
-    inputs: Vec<Vec<u32>>,
+    inputs: Vec<Sequence>,
     reply: Reply,
 }
 
@@ -29,13 +30,14 @@ pub(crate) struct Embedder {
 impl Embedder {
     /// Starts the thread. `max_queue` bounds requests inside the engine
     /// (queued or computing); `max_batch_tokens` bounds one forward pass.
-    pub(crate) fn start<B: EmbedBackend>(
+    pub(crate) fn start<B: EncodeBackend>(
         backend: B,
+        task: &'static str,
         max_batch_tokens: usize,
         max_queue: usize,
     ) -> Self {
         let thread = ComputeThread::start("modelship-embed", move |rx| {
-            run(backend, rx, max_batch_tokens)
+            run(backend, rx, task, max_batch_tokens)
         });
         Self {
             thread,
@@ -44,7 +46,7 @@ impl Embedder {
         }
     }
 
-    pub(crate) async fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EngineError> {
+    pub(crate) async fn encode(&self, inputs: Vec<Sequence>) -> Result<Vec<Vec<f32>>, EngineError> {
         let _permit =
             self.admission
                 .clone()
@@ -66,7 +68,12 @@ impl Embedder {
     }
 }
 
-fn run<B: EmbedBackend>(mut backend: B, rx: &mut mpsc::UnboundedReceiver<Job>, budget: usize) {
+fn run<B: EncodeBackend>(
+    mut backend: B,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    task: &'static str,
+    budget: usize,
+) {
     let mut queue: BatchQueue<Reply> = BatchQueue::default();
     loop {
         // Block only when there is nothing to do; then take everything that
@@ -81,20 +88,18 @@ fn run<B: EmbedBackend>(mut backend: B, rx: &mut mpsc::UnboundedReceiver<Job>, b
             queue.append(job.inputs, job.reply);
         }
         queue.drop_cancelled(|r| r.is_closed());
-        metrics::gauge!("modelship_queue_depth", "task" => "embeddings")
-            .set(queue.requests() as f64);
+        metrics::gauge!("modelship_queue_depth", "task" => task).set(queue.requests() as f64);
         let batch = queue.next_batch(budget);
         if batch.is_empty() {
             continue;
         }
-        let tokens: Vec<&[u32]> = batch.iter().map(|e| e.tokens.as_slice()).collect();
+        let tokens: Vec<&Sequence> = batch.iter().map(|e| &e.tokens).collect();
         let padded = tokens.iter().map(|t| t.len()).max().unwrap_or(0) * tokens.len();
-        metrics::histogram!("modelship_batch_size", "task" => "embeddings")
-            .record(tokens.len() as f64);
-        metrics::histogram!("modelship_batch_tokens", "task" => "embeddings").record(padded as f64);
+        metrics::histogram!("modelship_batch_size", "task" => task).record(tokens.len() as f64);
+        metrics::histogram!("modelship_batch_tokens", "task" => task).record(padded as f64);
         let started = Instant::now();
-        let result = backend.embed(&tokens);
-        metrics::histogram!("modelship_forward_seconds", "task" => "embeddings")
+        let result = backend.encode(&tokens);
+        metrics::histogram!("modelship_forward_seconds", "task" => task)
             .record(started.elapsed().as_secs_f64());
         match result {
             Ok(vectors) if vectors.len() == batch.len() => {

@@ -3,7 +3,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use modelship_model::{ChatMessage, ChatTemplate, TextTokenizer, TokenBytes, ToolFormat};
+use modelship_model::{
+    ChatMessage, ChatTemplate, Prompts, ScoreActivation, TextTokenizer, TokenBytes, ToolFormat,
+};
 use modelship_types::{ServingLimits, Task};
 
 use crate::constraint::{Constraint, Grammars};
@@ -11,7 +13,9 @@ use crate::embedder::Embedder;
 use crate::generator::Generator;
 use crate::request::Bounds;
 use crate::tools::{self, Tools};
-use crate::{EmbedBackend, EngineError, GenerateBackend, GenerateRequest, GenerationStream};
+use crate::{
+    EncodeBackend, EngineError, GenerateBackend, GenerateRequest, GenerationStream, Sequence,
+};
 
 /// What a client can know about the served model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +28,9 @@ pub struct ModelCard {
     pub max_context: usize,
     /// Embedding width, for embedding models.
     pub dimensions: Option<usize>,
+    /// A classifier's labels in id order (one for a reranker); empty for
+    /// other models.
+    pub labels: Vec<String>,
     /// Unix time the model was loaded.
     pub created: u64,
 }
@@ -53,14 +60,71 @@ pub struct Embeddings {
     pub prompt_tokens: usize,
 }
 
-/// Embedding inputs as [`Engine::tokenize_inputs`] checked them (not empty,
-/// none past the context): the only way to make one, so the scheduler only
-/// ever sees inputs that fit its budget.
+/// A classifier's (or reranker's) output for the inputs of one request, in
+/// order: per input, one logit and one score per label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    pub logits: Vec<Vec<f32>>,
+    /// The logits through the model's activation (sigmoid, softmax).
+    pub scores: Vec<Vec<f32>>,
+    pub prompt_tokens: usize,
+}
+
+/// One input of an encoder request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EmbedInputs(Vec<Vec<u32>>);
+pub enum EncodeInput {
+    Text(String),
+    /// Token ids as the client counted them, read as they are: no special
+    /// tokens are added.
+    Tokens(Vec<u32>),
+    /// Two texts read together: a reranker's query and document, an NLI
+    /// classifier's premise and hypothesis.
+    Pair(String, String),
+}
+
+/// How a request's inputs become sequences, and its vectors come out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// Cut an input past the context to fit (a pair from its longer text)
+    /// instead of refusing it.
+    pub truncate: bool,
+    /// A sentence-transformers prompt put before each text; `None`: the
+    /// model's default prompt, if it has one.
+    pub prompt_name: Option<String>,
+    /// Matryoshka: keep the first `dimensions` of each embedding and
+    /// renormalize.
+    pub dimensions: Option<usize>,
+}
+
+/// Encoder inputs as [`Engine::tokenize_inputs`] checked them (not empty,
+/// none past the context, options valid for the model): the only way to
+/// make one, so the scheduler only ever sees inputs that fit its budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodeInputs {
+    sequences: Vec<Sequence>,
+    dimensions: Option<usize>,
+}
+
+impl EncodeInputs {
+    /// Tokens of every input together.
+    pub fn tokens(&self) -> usize {
+        self.sequences.iter().map(Sequence::len).sum()
+    }
+}
+
+/// What an encoder's outputs mean beyond its vectors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncoderServing {
+    pub prompts: Prompts,
+    /// A classifier's activation; `None` for an embedding model.
+    pub activation: Option<ScoreActivation>,
+}
 
 enum Worker {
-    Embed(Embedder),
+    Encode {
+        encoder: Embedder,
+        serving: EncoderServing,
+    },
     Generate {
         generator: Generator,
         /// Boxed: a template environment is large and rarely touched.
@@ -83,21 +147,39 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An embedding engine; `card.max_context` must already be capped by the
-    /// model's own limit.
+    /// An embedding model without prompts: [`Engine::encoder`] with
+    /// nothing more to serve.
     pub fn embeddings(
         card: ModelCard,
         limits: ServingLimits,
         tokenizer: TextTokenizer,
-        backend: impl EmbedBackend,
+        backend: impl EncodeBackend,
     ) -> Self {
-        let embedder = Embedder::start(backend, limits.max_batch_tokens, limits.max_queue);
+        Self::encoder(card, limits, tokenizer, EncoderServing::default(), backend)
+    }
+
+    /// An encoder engine (embeddings, reranking, classification, as
+    /// `card.task` says); `card.max_context` must already be capped by the
+    /// model's own limit.
+    pub fn encoder(
+        card: ModelCard,
+        limits: ServingLimits,
+        tokenizer: TextTokenizer,
+        serving: EncoderServing,
+        backend: impl EncodeBackend,
+    ) -> Self {
+        let encoder = Embedder::start(
+            backend,
+            card.task.as_str(),
+            limits.max_batch_tokens,
+            limits.max_queue,
+        );
         Self {
             card,
             limits,
             tokenizer: Arc::new(tokenizer),
             token_bytes: OnceLock::new(),
-            worker: Worker::Embed(embedder),
+            worker: Worker::Encode { encoder, serving },
         }
     }
 
@@ -141,7 +223,7 @@ impl Engine {
     /// ends it for good: from then on every request fails.
     pub fn is_running(&self) -> bool {
         match &self.worker {
-            Worker::Embed(e) => e.thread().is_running(),
+            Worker::Encode { encoder, .. } => encoder.thread().is_running(),
             Worker::Generate { generator, .. } => generator.thread().is_running(),
         }
     }
@@ -149,88 +231,231 @@ impl Engine {
     /// Resolves once the compute thread has stopped, with why.
     pub async fn stopped(&self) -> String {
         match &self.worker {
-            Worker::Embed(e) => e.thread().stopped().await,
+            Worker::Encode { encoder, .. } => encoder.thread().stopped().await,
             Worker::Generate { generator, .. } => generator.thread().stopped().await,
         }
     }
 
-    /// Embeds `texts`: [`Engine::tokenize_inputs`], then
-    /// [`Engine::embed_tokens`].
+    /// Embeds `texts` with the model's defaults: [`Engine::tokenize_inputs`],
+    /// then [`Engine::embed_tokens`].
     pub async fn embed(&self, texts: &[String], truncate: bool) -> Result<Embeddings, EngineError> {
-        let inputs = self.tokenize_inputs(texts, truncate)?;
+        let inputs: Vec<EncodeInput> = texts.iter().cloned().map(EncodeInput::Text).collect();
+        let options = EncodeOptions {
+            truncate,
+            ..EncodeOptions::default()
+        };
+        let inputs = self.tokenize_inputs("input", &inputs, &options)?;
         self.embed_tokens(inputs).await
     }
 
-    /// The token ids of embedding inputs, checked against the limits. Inputs
-    /// longer than the context are an error naming the input, unless
-    /// `truncate` asks to keep their first tokens. CPU work proportional to
-    /// the text: a server runs it off its async runtime.
+    /// The sequences of an encoder request's `inputs` (sent in its field
+    /// `field`), checked against the model and the limits: not empty, not
+    /// too many, each within the context unless `truncate` cuts it, pairs
+    /// only for a model that reads pairs, the prompt and dimensions ones
+    /// the model has. CPU work proportional to the text: a server runs it
+    /// off its async runtime.
     pub fn tokenize_inputs(
         &self,
-        texts: &[String],
-        truncate: bool,
-    ) -> Result<EmbedInputs, EngineError> {
-        if !matches!(self.worker, Worker::Embed(_)) {
+        field: &'static str,
+        inputs: &[EncodeInput],
+        options: &EncodeOptions,
+    ) -> Result<EncodeInputs, EngineError> {
+        let Worker::Encode { serving, .. } = &self.worker else {
             return Err(self.wrong_task(Task::Embeddings));
-        }
-        if texts.is_empty() {
-            return Err(EngineError::invalid("input", "`input` must not be empty"));
-        }
-        if texts.len() > self.limits.max_inputs {
+        };
+        if inputs.is_empty() {
             return Err(EngineError::invalid(
-                "input",
+                field,
+                format!("`{field}` must not be empty"),
+            ));
+        }
+        if inputs.len() > self.limits.max_inputs {
+            return Err(EngineError::invalid(
+                field,
                 format!(
                     "{} inputs in one request; the maximum is {}",
-                    texts.len(),
+                    inputs.len(),
                     self.limits.max_inputs
                 ),
             ));
         }
-        let max = self.card.max_context;
-        let mut inputs = Vec::with_capacity(texts.len());
-        for (i, text) in texts.iter().enumerate() {
-            if text.is_empty() {
-                return Err(EngineError::invalid(
-                    "input",
-                    format!("input {i} is an empty string"),
-                ));
-            }
-            let mut ids = self
-                .tokenizer
-                .encode(text, true)
-                .map_err(|e| EngineError::invalid("input", format!("input {i}: {e}")))?;
-            if ids.len() > max {
-                if !truncate {
+        let prompt = self.prompt(serving, options.prompt_name.as_deref())?;
+        let dimensions = match options.dimensions {
+            None => None,
+            Some(d) => {
+                let width = match self.card.dimensions {
+                    Some(w) if self.card.task == Task::Embeddings => w,
+                    _ => {
+                        return Err(EngineError::invalid(
+                            "dimensions",
+                            "`dimensions` applies to embeddings only",
+                        ));
+                    }
+                };
+                if d == 0 || d > width {
                     return Err(EngineError::invalid(
-                        "input",
-                        format!(
-                            "input {i} has {} tokens, more than the maximum of {max}; shorten it or set `truncate: true`",
-                            ids.len()
-                        ),
+                        "dimensions",
+                        format!("`dimensions` must be between 1 and this model's {width}"),
                     ));
                 }
-                // Keep the leading tokens and the closing special token ([SEP]).
-                let last = *ids.last().expect("longer than max > 0");
-                ids.truncate(max - 1);
-                ids.push(last);
+                Some(d)
             }
-            inputs.push(ids);
+        };
+        let max = self.card.max_context;
+        let mut sequences = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            let empty = |what: &str| {
+                EngineError::invalid(field, format!("{field}[{i}] is an empty {what}"))
+            };
+            let cut = options.truncate.then_some(max);
+            let sequence = match input {
+                EncodeInput::Text(t) if t.is_empty() => return Err(empty("string")),
+                EncodeInput::Text(t) => {
+                    let text = prompted(prompt, t);
+                    let (ids, type_ids) = self
+                        .tokenizer
+                        .encode_sequence(&text, None, cut)
+                        .map_err(|e| EngineError::invalid(field, format!("{field}[{i}]: {e}")))?;
+                    Sequence { ids, type_ids }
+                }
+                EncodeInput::Pair(a, b) => {
+                    if self.card.task == Task::Embeddings {
+                        return Err(EngineError::invalid(
+                            field,
+                            "this model embeds single texts, not pairs",
+                        ));
+                    }
+                    if a.is_empty() || b.is_empty() {
+                        return Err(empty("text in a pair"));
+                    }
+                    let a = prompted(prompt, a);
+                    let (ids, type_ids) = self
+                        .tokenizer
+                        .encode_sequence(&a, Some(b), cut)
+                        .map_err(|e| EngineError::invalid(field, format!("{field}[{i}]: {e}")))?;
+                    Sequence { ids, type_ids }
+                }
+                EncodeInput::Tokens(ids) => {
+                    if ids.is_empty() {
+                        return Err(empty("token list"));
+                    }
+                    if let Some(j) = ids
+                        .iter()
+                        .position(|&id| self.tokenizer.id_to_token(id).is_none())
+                    {
+                        return Err(EngineError::invalid(
+                            field,
+                            format!(
+                                "{field}[{i}][{j}] = {} is not in this model's vocabulary",
+                                ids[j]
+                            ),
+                        ));
+                    }
+                    let mut ids = ids.clone();
+                    if options.truncate {
+                        ids.truncate(max);
+                    }
+                    Sequence::single(ids)
+                }
+            };
+            if sequence.len() > max {
+                return Err(EngineError::invalid(
+                    field,
+                    format!(
+                        "{field}[{i}] has {} tokens, more than the maximum of {max}; shorten it or set `truncate: true`",
+                        sequence.len()
+                    ),
+                ));
+            }
+            sequences.push(sequence);
         }
-        Ok(EmbedInputs(inputs))
+        Ok(EncodeInputs {
+            sequences,
+            dimensions,
+        })
+    }
+
+    /// The text of the prompt `name` (or of the model's default prompt).
+    fn prompt<'a>(
+        &self,
+        serving: &'a EncoderServing,
+        name: Option<&str>,
+    ) -> Result<Option<&'a str>, EngineError> {
+        let prompts = &serving.prompts;
+        let Some(name) = name.or(prompts.default.as_deref()) else {
+            return Ok(None);
+        };
+        match prompts.named.get(name) {
+            Some(text) => Ok(Some(text)),
+            None if prompts.named.is_empty() => Err(EngineError::invalid(
+                "prompt_name",
+                format!("prompt `{name}` is not defined: this model has no prompts"),
+            )),
+            None => Err(EngineError::invalid(
+                "prompt_name",
+                format!(
+                    "prompt `{name}` is not defined; this model's prompts are {}",
+                    prompts
+                        .named
+                        .keys()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
     }
 
     /// Vectors for inputs from [`Engine::tokenize_inputs`], in order.
-    pub async fn embed_tokens(&self, inputs: EmbedInputs) -> Result<Embeddings, EngineError> {
-        let Worker::Embed(embedder) = &self.worker else {
-            return Err(self.wrong_task(Task::Embeddings));
-        };
-        let EmbedInputs(inputs) = inputs;
-        let prompt_tokens = inputs.iter().map(Vec::len).sum();
-        let vectors = embedder.embed(inputs).await?;
+    pub async fn embed_tokens(&self, inputs: EncodeInputs) -> Result<Embeddings, EngineError> {
+        let encoder = self.scheduler(Task::Embeddings)?;
+        let EncodeInputs {
+            sequences,
+            dimensions,
+        } = inputs;
+        let prompt_tokens = sequences.iter().map(Sequence::len).sum();
+        let mut vectors = encoder.encode(sequences).await?;
+        if let Some(d) = dimensions {
+            for v in &mut vectors {
+                matryoshka(v, d);
+            }
+        }
         Ok(Embeddings {
             vectors,
             prompt_tokens,
         })
+    }
+
+    /// A classifier's or reranker's logits and scores for inputs from
+    /// [`Engine::tokenize_inputs`], in order.
+    pub async fn score_tokens(&self, inputs: EncodeInputs) -> Result<Scores, EngineError> {
+        let (encoder, activation) = match &self.worker {
+            Worker::Encode {
+                encoder,
+                serving:
+                    EncoderServing {
+                        activation: Some(a),
+                        ..
+                    },
+            } => (encoder, *a),
+            _ => return Err(self.wrong_task(Task::Classify)),
+        };
+        let prompt_tokens = inputs.tokens();
+        let logits = encoder.encode(inputs.sequences).await?;
+        let scores = logits.iter().map(|l| activation.apply(l)).collect();
+        Ok(Scores {
+            logits,
+            scores,
+            prompt_tokens,
+        })
+    }
+
+    /// The encoder's scheduler, if this model serves `task`.
+    fn scheduler(&self, task: Task) -> Result<&Embedder, EngineError> {
+        match &self.worker {
+            Worker::Encode { encoder, .. } if self.card.task == task => Ok(encoder),
+            _ => Err(self.wrong_task(task)),
+        }
     }
 
     /// The token ids of `text` as this model reads it (`add_special`: with
@@ -263,7 +488,11 @@ impl Engine {
     /// template and `tools` when the template renders them.
     pub fn capabilities(&self) -> Vec<&'static str> {
         match &self.worker {
-            Worker::Embed(_) => vec!["embedding"],
+            Worker::Encode { .. } => match self.card.task {
+                Task::Rerank => vec!["rerank", "classify"],
+                Task::Classify => vec!["classify"],
+                _ => vec!["embedding"],
+            },
             Worker::Generate { chat, .. } => {
                 let mut c = vec!["completion", "logprobs", "structured_outputs"];
                 if chat.is_some() {
@@ -465,6 +694,24 @@ impl Engine {
             served: self.card.task.as_str(),
             asked: asked.as_str(),
         }
+    }
+}
+
+/// `text` after the prompt, as sentence-transformers joins them.
+fn prompted<'a>(prompt: Option<&str>, text: &'a str) -> std::borrow::Cow<'a, str> {
+    match prompt {
+        Some(p) => format!("{p}{text}").into(),
+        None => text.into(),
+    }
+}
+
+/// Keeps the first `dimensions` of `v` and rescales them to unit length
+/// (Matryoshka embeddings are trained so that any prefix is one).
+fn matryoshka(v: &mut Vec<f32>, dimensions: usize) {
+    v.truncate(dimensions);
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    for x in v.iter_mut() {
+        *x /= norm;
     }
 }
 

@@ -23,8 +23,11 @@ pub mod stop;
 mod thread;
 pub mod tools;
 
-pub use backend::{BackendError, EmbedBackend, GenerateBackend};
-pub use engine::{EmbedInputs, Embeddings, Engine, ModelCard, OutputFormat, Prompt};
+pub use backend::{BackendError, EncodeBackend, GenerateBackend, Sequence};
+pub use engine::{
+    Embeddings, EncodeInput, EncodeInputs, EncodeOptions, EncoderServing, Engine, ModelCard,
+    OutputFormat, Prompt, Scores,
+};
 pub use error::EngineError;
 pub use generator::{FinishReason, GenerateParams, GenerationEvent, GenerationStream, Usage};
 pub use logits::TokenLogprob;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::ModelError;
+use crate::encoder::Prompts;
 
 /// Headers larger than this are not safetensors headers but corruption.
 const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
@@ -74,6 +75,8 @@ pub struct HfModel {
     pub tensors: Vec<SafetensorsTensor>,
     pub pooling: Pooling,
     pub normalize: bool,
+    /// sentence-transformers' prompts (`config_sentence_transformers.json`).
+    pub prompts: Prompts,
 }
 
 impl HfModel {
@@ -91,6 +94,7 @@ impl HfModel {
             tensors.extend(read_safetensors_header(f, i)?);
         }
         let (pooling, normalize) = read_sentence_transformers(dir)?;
+        let prompts = read_prompts(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
             config,
@@ -98,6 +102,7 @@ impl HfModel {
             tensors,
             pooling,
             normalize,
+            prompts,
         })
     }
 
@@ -299,6 +304,36 @@ fn read_sentence_transformers(dir: &Path) -> Result<(Pooling, bool), ModelError>
         }
     };
     Ok((pooling, normalize))
+}
+
+/// The prompts of `config_sentence_transformers.json`, if the model has one;
+/// its default prompt must be one of them.
+fn read_prompts(dir: &Path) -> Result<Prompts, ModelError> {
+    let path = dir.join("config_sentence_transformers.json");
+    if !path.is_file() {
+        return Ok(Prompts::default());
+    }
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(default)]
+        prompts: std::collections::BTreeMap<String, String>,
+        #[serde(default)]
+        default_prompt_name: Option<String>,
+    }
+    let c: Config = read_json(&path)?;
+    if let Some(d) = &c.default_prompt_name
+        && !c.prompts.contains_key(d)
+    {
+        return Err(ModelError::Config {
+            path,
+            field: "default_prompt_name".into(),
+            problem: format!("`{d}`, which is not one of its prompts"),
+        });
+    }
+    Ok(Prompts {
+        named: c.prompts,
+        default: c.default_prompt_name,
+    })
 }
 
 fn pooling_from(c: &PoolingConfig) -> Option<Pooling> {

@@ -7,6 +7,7 @@
 mod chat;
 mod checkpoint;
 mod decoder;
+mod encoder;
 mod error;
 mod files;
 #[doc(hidden)]
@@ -23,6 +24,11 @@ pub use checkpoint::{
     CHECKPOINT_TYPES, CheckpointTensor, DecoderCheckpoint, StoredAt, checkpoint_family, floats_le,
 };
 pub use decoder::{Activation, DecoderHparams, Family, Rope, RopeStyle};
+pub use encoder::{
+    ACTIVATION_KEY, ClassifierHead, DEFAULT_PROMPT_KEY, ENCODER_TYPES, Encoder, EncoderFamily,
+    EncoderOutput, POSITION_OFFSET_KEY, PROMPTS_KEY, Prompts, RelativeBuckets, ScoreActivation,
+    gguf_tensor_name,
+};
 pub use error::ModelError;
 pub use files::regular_file;
 pub use gguf::{GgufFile, ggml_dtype_name};

@@ -240,6 +240,47 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// An encoder's input as the model reads it: one text, or a pair read
+    /// together, with the special tokens around them and each token's
+    /// segment. With `max`, an input longer than `max` tokens is cut to fit:
+    /// a pair from its longer text first (tokenizers' `longest_first`),
+    /// the special tokens kept.
+    pub fn encode_sequence(
+        &self,
+        text: &str,
+        pair: Option<&str>,
+        max: Option<usize>,
+    ) -> Result<(Vec<u32>, Vec<u32>), String> {
+        use tokenizers::PostProcessor;
+        use tokenizers::utils::truncation::{
+            TruncationDirection, TruncationParams, TruncationStrategy, truncate_encodings,
+        };
+        let err = |e: tokenizers::Error| e.to_string();
+        let first = self.inner.encode_fast(text, false).map_err(err)?;
+        let second = pair
+            .map(|p| self.inner.encode_fast(p, false))
+            .transpose()
+            .map_err(err)?;
+        let (first, second) = match max {
+            None => (first, second),
+            Some(max) => {
+                let added = self
+                    .inner
+                    .get_post_processor()
+                    .map_or(0, |p| p.added_tokens(second.is_some()));
+                let params = TruncationParams {
+                    direction: TruncationDirection::Right,
+                    max_length: max.saturating_sub(added).max(1),
+                    strategy: TruncationStrategy::LongestFirst,
+                    stride: 0,
+                };
+                truncate_encodings(first, second, &params).map_err(err)?
+            }
+        };
+        let enc = self.inner.post_process(first, second, true).map_err(err)?;
+        Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
+    }
+
     /// The text of `ids`, special tokens left out (what a completion shows).
     pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
         self.inner.decode(ids, true).map_err(|e| e.to_string())

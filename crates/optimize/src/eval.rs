@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use half::f16;
-use modelship_engine::EmbedBackend;
+use modelship_engine::{EncodeBackend, Sequence};
 use modelship_engine_candle::{DecoderBackend, Device, OpenModel, open};
 use modelship_model::TextTokenizer;
 use serde::Serialize;
@@ -131,7 +131,7 @@ pub struct GenerateBaseline {
 pub struct EmbeddingsBaseline {
     path: PathBuf,
     corpus: String,
-    sentences: Vec<Vec<u32>>,
+    sentences: Vec<Sequence>,
     vectors: Vec<Vec<f32>>,
     similarities: Vec<f64>,
 }
@@ -181,19 +181,19 @@ impl Baseline {
                     nll,
                 }))
             }
-            OpenModel::Embeddings {
+            OpenModel::Encoder {
                 tokenizer,
                 mut backend,
-                context,
+                encoder,
             } => {
-                let sentences: Vec<Vec<u32>> = corpus
+                let context = encoder.context();
+                let sentences: Vec<Sequence> = corpus
                     .sentences(opts.sentences)
                     .iter()
                     .map(|s| {
-                        tokenizer.encode(s, true).map(|mut t| {
-                            t.truncate(context);
-                            t
-                        })
+                        tokenizer
+                            .encode_sequence(s, None, Some(context))
+                            .map(|(ids, type_ids)| Sequence { ids, type_ids })
                     })
                     .collect::<Result<_, _>>()
                     .map_err(run_err(reference, "tokenizing the corpus"))?;
@@ -224,7 +224,7 @@ impl Baseline {
             (Baseline::Generate(b), OpenModel::Generate { backend, .. }) => {
                 b.compare(model, &backend).map(Report::Generate)
             }
-            (Baseline::Embeddings(b), OpenModel::Embeddings { mut backend, .. }) => {
+            (Baseline::Embeddings(b), OpenModel::Encoder { mut backend, .. }) => {
                 b.compare(model, &mut backend).map(Report::Embeddings)
             }
             (baseline, opened) => Err(EvalError::TaskMismatch {
@@ -299,13 +299,13 @@ fn scored(backend: &DecoderBackend, chunk: &[u32]) -> Result<Vec<(usize, Vec<f64
 }
 
 fn embed_all(
-    backend: &mut impl EmbedBackend,
-    sentences: &[Vec<u32>],
+    backend: &mut impl EncodeBackend,
+    sentences: &[Sequence],
 ) -> Result<Vec<Vec<f32>>, String> {
     let mut out = Vec::with_capacity(sentences.len());
     for batch in sentences.chunks(32) {
-        let refs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
-        out.extend(backend.embed(&refs).map_err(|e| e.0)?);
+        let refs: Vec<&Sequence> = batch.iter().collect();
+        out.extend(backend.encode(&refs).map_err(|e| e.0)?);
     }
     Ok(out)
 }
@@ -352,7 +352,7 @@ impl EmbeddingsBaseline {
     fn compare(
         &self,
         model: &Path,
-        backend: &mut impl EmbedBackend,
+        backend: &mut impl EncodeBackend,
     ) -> Result<EmbeddingsReport, EvalError> {
         let vectors = embed_all(backend, &self.sentences).map_err(run_err(model, "embedding"))?;
         let cosines: Vec<f64> = vectors

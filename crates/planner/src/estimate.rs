@@ -120,8 +120,8 @@ pub fn resident_weights(task: Task, file: WeightsFile, tensors: &[TensorFootprin
                 t.stored_bytes
             } else if t.dims < 2 || table || !(t.block_quantized || t.own_kernel) {
                 f32_bytes(t)
-            } else if task == Task::Embeddings && !t.block_quantized {
-                // BERT expands float matrices (f16, bf16) to f32.
+            } else if task.is_encoder() && !t.block_quantized {
+                // Encoders expand float matrices (f16, bf16) to f32.
                 f32_bytes(t)
             } else if t.own_kernel {
                 t.stored_bytes
@@ -170,7 +170,9 @@ fn read_bytes(task: Task, t: &TensorFootprint, has_output: bool) -> u64 {
         && t.dims >= 2
         && match task {
             Task::Generate => !table || !has_output,
-            Task::Embeddings => t.block_quantized && !t.name.contains("_embd."),
+            Task::Embeddings | Task::Rerank | Task::Classify => {
+                t.block_quantized && !t.name.contains("_embd.")
+            }
         };
     if in_place { 0 } else { t.stored_bytes }
 }
@@ -196,14 +198,14 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
             let positions = full * context + windowed * context.min(window_positions);
             2 * model.kv_heads as u64 * head_dim * 4 * positions * limits.max_concurrent as u64
         }
-        Task::Embeddings => 0,
+        Task::Embeddings | Task::Rerank | Task::Classify => 0,
     };
     let activations_bytes = activations(model, limits, context);
     let tokenizer_bytes = match model.task {
         Task::Generate => {
             TOKENIZER_BYTES_PER_ENTRY * (model.vocab as u64).saturating_sub(RUNTIME_VOCAB)
         }
-        Task::Embeddings => 0,
+        Task::Embeddings | Task::Rerank | Task::Classify => 0,
     };
     let runtime_bytes = RUNTIME_BYTES + tokenizer_bytes;
     Estimate {
@@ -236,7 +238,7 @@ fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 
     let (hidden, ffn, heads) = (model.hidden as u64, model.ffn as u64, model.heads as u64);
     let attention = heads * model.head_dim as u64;
     let ffn_live = match model.task {
-        Task::Embeddings => 2,
+        Task::Embeddings | Task::Rerank | Task::Classify => 2,
         Task::Generate if model.on_gpu => 4,
         Task::Generate => 3,
     };
@@ -244,7 +246,7 @@ fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 
     let per_token = (hidden * 2 + attention * 2 + ffn * ffn_live) * 4 + quantized_copy;
     let concurrent = limits.max_concurrent as u64;
     match model.task {
-        Task::Embeddings => {
+        Task::Embeddings | Task::Rerank | Task::Classify => {
             let tokens = limits.max_batch_tokens as u64;
             tokens * per_token + heads * context * context * 2 * 4
         }

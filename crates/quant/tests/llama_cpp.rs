@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use modelship_engine::{EmbedBackend, GenerateBackend};
+use modelship_engine::{EncodeBackend, GenerateBackend, Sequence};
 use modelship_engine_candle::{Device, OpenModel, open};
 use modelship_types::QuantType;
 
@@ -262,7 +262,7 @@ fn llama_cpp_embeds_our_bert_files_as_we_do() {
         let mut args = vec!["embed", path(&file)];
         args.extend(texts);
         let theirs: Vec<Vec<f32>> = serde_json::from_value(check(&args)).unwrap();
-        let OpenModel::Embeddings {
+        let OpenModel::Encoder {
             tokenizer,
             mut backend,
             ..
@@ -270,12 +270,12 @@ fn llama_cpp_embeds_our_bert_files_as_we_do() {
         else {
             panic!("an embedding model")
         };
-        let ids: Vec<Vec<u32>> = texts
+        let ids: Vec<Sequence> = texts
             .iter()
-            .map(|t| tokenizer.encode(t, true).unwrap())
+            .map(|t| Sequence::single(tokenizer.encode(t, true).unwrap()))
             .collect();
-        let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-        let ours = backend.embed(&refs).unwrap();
+        let refs: Vec<&Sequence> = ids.iter().collect();
+        let ours = backend.encode(&refs).unwrap();
         for ((t, a), b) in texts.iter().zip(&ours).zip(&theirs) {
             let cos = modelship_testkit::cosine(a, b);
             assert!(cos > 0.999, "{to} {t:?}: cosine {cos} to llama.cpp");

@@ -5,24 +5,78 @@ use axum::extract::{Path, State};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use modelship_engine::{EncodeInput, EncodeOptions};
+
 use crate::error::ApiError;
-use crate::input::Texts;
 use crate::json::Json;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingsRequest {
-    input: Texts,
+    input: EmbeddingsInput,
     model: Option<String>,
     /// `null` is the default, as OpenAI's SDKs send it.
     encoding_format: Option<EncodingFormat>,
+    /// Matryoshka: the first `dimensions` of each vector, renormalized.
     dimensions: Option<usize>,
     #[allow(dead_code)]
     user: Option<String>,
     /// text-embeddings-inference's switch: cut over-long inputs instead of 400.
     #[serde(default)]
     truncate: bool,
+    /// text-embeddings-inference's: one of the model's sentence-transformers
+    /// prompts (`query`, `passage`) put before each input.
+    prompt_name: Option<String>,
+}
+
+/// `input`: a string, strings, token ids, or lists of token ids, as OpenAI
+/// takes them.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+struct EmbeddingsInput(Vec<EncodeInput>);
+
+impl TryFrom<serde_json::Value> for EmbeddingsInput {
+    type Error = String;
+
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        use serde_json::Value;
+        const SHAPES: &str = "a string, an array of strings, an array of token ids or an array of arrays of token ids";
+        let id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+        let ids = |items: &[Value]| items.iter().map(id).collect::<Option<Vec<u32>>>();
+        let inputs = match v {
+            Value::String(s) => vec![EncodeInput::Text(s)],
+            Value::Array(items) => match items.first() {
+                None => Vec::new(),
+                Some(Value::String(_)) => items
+                    .into_iter()
+                    .map(|i| match i {
+                        Value::String(s) => Ok(EncodeInput::Text(s)),
+                        _ => Err(format!(
+                            "mixes strings with other values; expected {SHAPES}"
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some(Value::Number(_)) => vec![EncodeInput::Tokens(ids(&items).ok_or(format!(
+                    "holds a value that is not a token id; expected {SHAPES}"
+                ))?)],
+                Some(Value::Array(_)) => items
+                    .iter()
+                    .map(|i| match i {
+                        Value::Array(list) => ids(list).map(EncodeInput::Tokens),
+                        _ => None,
+                    })
+                    .collect::<Option<_>>()
+                    .ok_or(format!(
+                        "holds a value that is not a list of token ids; expected {SHAPES}"
+                    ))?,
+                Some(_) => return Err(format!("expected {SHAPES}")),
+            },
+            Value::Null => return Err(format!("is null; expected {SHAPES}")),
+            _ => return Err(format!("expected {SHAPES}")),
+        };
+        Ok(Self(inputs))
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -67,18 +121,12 @@ pub(crate) async fn embeddings(
 ) -> Result<JsonResponse<serde_json::Value>, ApiError> {
     state.check_model(req.model.as_deref())?;
     let card = state.engine.card();
-    if let Some(d) = req.dimensions
-        && Some(d) != card.dimensions
-    {
-        return Err(ApiError::bad_request(
-            Some("dimensions".to_owned()),
-            format!(
-                "`dimensions` {d} is not supported: this model returns {} dimensions",
-                card.dimensions.unwrap_or(0)
-            ),
-        ));
-    }
-    let out = state.embed(req.input.0, req.truncate).await?;
+    let options = EncodeOptions {
+        truncate: req.truncate,
+        prompt_name: req.prompt_name,
+        dimensions: req.dimensions,
+    };
+    let out = state.embed("input", req.input.0, options).await?;
     let data = out
         .vectors
         .into_iter()
@@ -124,6 +172,9 @@ struct ModelObject {
     capabilities: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dimensions: Option<usize>,
+    /// A classifier's labels, in id order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    labels: Vec<String>,
 }
 
 fn model_object(state: &AppState) -> ModelObject {
@@ -137,6 +188,7 @@ fn model_object(state: &AppState) -> ModelObject {
         max_model_len: card.max_context,
         capabilities: engine.capabilities(),
         dimensions: card.dimensions,
+        labels: card.labels.clone(),
     }
 }
 

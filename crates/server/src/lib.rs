@@ -17,6 +17,7 @@ mod inert;
 mod input;
 mod json;
 mod metrics;
+mod scores;
 mod state;
 mod tokens;
 mod v2;
@@ -43,6 +44,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(embeddings::list_models))
         .route("/v1/models/{id}", get(embeddings::get_model))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/rerank", post(scores::cohere_rerank))
+        .route("/rerank", post(scores::rerank))
+        .route("/predict", post(scores::predict))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(completions::chat_completions))
         .route("/tokenize", post(tokens::tokenize))

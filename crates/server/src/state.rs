@@ -2,7 +2,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use modelship_engine::{Embeddings, Engine, EngineError};
+use modelship_engine::{
+    Embeddings, EncodeInput, EncodeInputs, EncodeOptions, Engine, EngineError, Scores,
+};
 
 use crate::error::ApiError;
 
@@ -40,15 +42,37 @@ impl AppState {
         self.ready.load(Ordering::Relaxed) && self.engine.is_running()
     }
 
-    /// Embeds `texts`, tokenized on the blocking pool.
+    /// An encoder request's inputs, tokenized on the blocking pool.
+    async fn tokenize(
+        &self,
+        field: &'static str,
+        inputs: Vec<EncodeInput>,
+        options: EncodeOptions,
+    ) -> Result<EncodeInputs, ApiError> {
+        let engine = self.engine.clone();
+        off_runtime(move || engine.tokenize_inputs(field, &inputs, &options)).await
+    }
+
+    /// Embeds the inputs of the request field `field`.
     pub(crate) async fn embed(
         &self,
-        texts: Vec<String>,
-        truncate: bool,
+        field: &'static str,
+        inputs: Vec<EncodeInput>,
+        options: EncodeOptions,
     ) -> Result<Embeddings, ApiError> {
-        let engine = self.engine.clone();
-        let inputs = off_runtime(move || engine.tokenize_inputs(&texts, truncate)).await?;
+        let inputs = self.tokenize(field, inputs, options).await?;
         Ok(self.engine.embed_tokens(inputs).await?)
+    }
+
+    /// A classifier's or reranker's scores for the inputs of `field`.
+    pub(crate) async fn score(
+        &self,
+        field: &'static str,
+        inputs: Vec<EncodeInput>,
+        options: EncodeOptions,
+    ) -> Result<Scores, ApiError> {
+        let inputs = self.tokenize(field, inputs, options).await?;
+        Ok(self.engine.score_tokens(inputs).await?)
     }
 
     /// A request's `model` must name the served model when given.

@@ -7,46 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use common::*;
-use modelship_engine::{BackendError, EmbedBackend, Engine};
-use modelship_engine_candle::BertBackend;
+use modelship_engine::{BackendError, EncodeBackend, Engine, Sequence};
+use modelship_engine_candle::EncoderBackend;
 use modelship_types::ServingLimits;
 use serde_json::json;
-
-/// Inputs of every kind: short, long, unicode, punctuation, whitespace.
-fn varied_inputs() -> Vec<String> {
-    let long = "The quick brown fox jumps over the lazy dog while the committee deliberates \
-                the budget for next year's infrastructure, including bridges, tunnels and rail. "
-        .repeat(12);
-    [
-        "a",
-        "Hello, world!",
-        "What is the capital of France?",
-        "Paris is the capital and most populous city of France.",
-        "naïve café über Straße — “quotes”",
-        "日本語のテキストと中文文本",
-        "Emoji: 🚀🎉🔥 and symbols ∑∫√π",
-        "!!! ??? ... ;;; ---",
-        "   leading and trailing spaces   ",
-        "tabs\tand\nnewlines\n\nhere",
-        "1234567890 3.14159 1e-10 0xFF",
-        "URLs like https://example.com/path?q=1&r=2#frag are common",
-        "C'est la vie, n'est-ce pas?",
-        "Москва — столица России.",
-        "عربى نص للاختبار",
-        "def f(x): return x ** 2  # python code",
-        "SELECT * FROM users WHERE id = 42;",
-        "The the the the the the the",
-        "A man is eating food.",
-        "A man is riding a horse.",
-        "UPPERCASE TEXT SHOULD BE LOWERCASED BY THE TOKENIZER",
-        long.as_str(),
-        "x",
-        "The weather is lovely today, isn't it?",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn embeddings_match_an_independent_reference() {
@@ -130,7 +94,7 @@ async fn over_long_input_is_a_4xx_unless_truncation_is_asked() {
     assert_eq!(param.as_deref(), Some("input"));
     assert_eq!(kind, "invalid_request_error");
     assert!(
-        message.contains("input 1 has 602 tokens") && message.contains("512"),
+        message.contains("input[1] has 602 tokens") && message.contains("512"),
         "{message}"
     );
 
@@ -154,14 +118,23 @@ async fn bad_requests_name_the_field() {
     let engine = minilm();
     let cases = [
         (json!({"input": 5}), Some("input")),
-        (json!({"input": [1, 2]}), Some("input[0]")),
+        (json!({"input": [1, "a"]}), Some("input")),
+        (json!({"input": ["a", 1]}), Some("input")),
+        (json!({"input": [[1], 2]}), Some("input")),
+        (json!({"input": [99_999_999]}), Some("input")),
+        (json!({"input": [[]]}), Some("input")),
         (json!({"input": []}), Some("input")),
         (json!({"input": ""}), Some("input")),
         (
             json!({"input": "x", "encoding_format": "hex"}),
             Some("encoding_format"),
         ),
-        (json!({"input": "x", "dimensions": 12}), Some("dimensions")),
+        (json!({"input": "x", "dimensions": 385}), Some("dimensions")),
+        (json!({"input": "x", "dimensions": 0}), Some("dimensions")),
+        (
+            json!({"input": "x", "prompt_name": "query"}),
+            Some("prompt_name"),
+        ),
         (json!({"input": "x", "truncate": "yes"}), Some("truncate")),
         (json!({"input": "x", "bogus": 1}), None),
         (json!({}), None),
@@ -341,19 +314,19 @@ type BatchLog = Arc<Mutex<Vec<(usize, usize)>>>;
 
 /// Wraps the real backend to record the batches the scheduler forms.
 struct Recording {
-    inner: BertBackend,
+    inner: EncoderBackend,
     batches: BatchLog,
 }
 
-impl EmbedBackend for Recording {
-    fn embed(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, BackendError> {
+impl EncodeBackend for Recording {
+    fn encode(&mut self, batch: &[&Sequence]) -> Result<Vec<Vec<f32>>, BackendError> {
         let longest = batch.iter().map(|b| b.len()).max().unwrap_or(0);
         self.batches
             .lock()
             .unwrap()
             .push((batch.len(), longest * batch.len()));
         std::thread::sleep(std::time::Duration::from_millis(5));
-        self.inner.embed(batch)
+        self.inner.encode(batch)
     }
 }
 

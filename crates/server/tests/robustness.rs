@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use modelship_engine::{BackendError, EmbedBackend, Engine};
-use modelship_engine_candle::BertBackend;
+use modelship_engine::{BackendError, EncodeBackend, Engine, Sequence};
+use modelship_engine_candle::EncoderBackend;
 use modelship_server::ServeOptions;
 use modelship_types::ServingLimits;
 use serde_json::json;
@@ -21,15 +21,15 @@ use tokio::net::TcpStream;
 /// `panics_over` tokens trips an assertion, as a kernel handed a shape it
 /// cannot take once did.
 struct Faulty {
-    inner: BertBackend,
+    inner: EncoderBackend,
     panics_over: usize,
 }
 
-impl EmbedBackend for Faulty {
-    fn embed(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, BackendError> {
+impl EncodeBackend for Faulty {
+    fn encode(&mut self, batch: &[&Sequence]) -> Result<Vec<Vec<f32>>, BackendError> {
         let longest = batch.iter().map(|s| s.len()).max().unwrap_or(0);
         assert!(longest <= self.panics_over, "a {longest}-token sequence");
-        self.inner.embed(batch)
+        self.inner.encode(batch)
     }
 }
 

@@ -33,6 +33,23 @@ pub fn minilm() -> PathBuf {
     )
 }
 
+/// all-mpnet-base-v2, an HF directory (MPNet, f32 safetensors).
+pub fn mpnet() -> PathBuf {
+    require(
+        cache_dir().join("models/all-mpnet-base-v2"),
+        "scripts/fetch-models.sh",
+    )
+}
+
+/// A small random-weight encoder checkpoint written by
+/// `scripts/reference/tiny_encoders.py` (`roberta-mean`, `bert-reranker`, …).
+pub fn tiny_encoder(name: &str) -> PathBuf {
+    require(
+        cache_dir().join("models/hf/tiny-encoders").join(name),
+        "scripts/make-checkpoints.sh",
+    )
+}
+
 /// SmolLM2-135M-Instruct, a GGUF file (Q4_1).
 pub fn smollm() -> PathBuf {
     require(
@@ -137,12 +154,29 @@ pub fn fixture(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).expect("fixture is JSON")
 }
 
-/// Embeddings of `texts` by the independent numpy BERT reference.
+/// Embeddings of `texts` by the independent numpy encoder reference.
 pub fn reference_embeddings(model_dir: &Path, texts: &[String]) -> Vec<Vec<f32>> {
-    let script = repo_root().join("scripts/reference/bert_numpy.py");
-    let mut child = Command::new(python())
-        .arg(&script)
-        .arg(model_dir)
+    let items = serde_json::to_value(texts).expect("texts");
+    serde_json::from_value(reference_outputs(model_dir, &items, None)).expect("vectors")
+}
+
+/// What the numpy encoder reference (`scripts/reference/encoder_numpy.py`)
+/// computes for `items` (texts, `{"text", "prompt_name"}`, `{"pair": [a, b]}`),
+/// inputs cut to `max_length` tokens by the tokenizer's own truncation when
+/// given: a vector per input for an embedding model, `{"logits", "scores",
+/// "tokens"}` for a classifier.
+pub fn reference_outputs(
+    model_dir: &Path,
+    items: &serde_json::Value,
+    max_length: Option<usize>,
+) -> serde_json::Value {
+    let script = repo_root().join("scripts/reference/encoder_numpy.py");
+    let mut cmd = Command::new(python());
+    cmd.arg(&script).arg(model_dir);
+    if let Some(n) = max_length {
+        cmd.arg("--max-length").arg(n.to_string());
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -151,8 +185,8 @@ pub fn reference_embeddings(model_dir: &Path, texts: &[String]) -> Vec<Vec<f32>>
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("piped stdin");
         stdin
-            .write_all(serde_json::to_string(texts).expect("texts").as_bytes())
-            .expect("write texts");
+            .write_all(items.to_string().as_bytes())
+            .expect("write the inputs");
     }
     let out = child.wait_with_output().expect("reference output");
     assert!(out.status.success(), "the numpy reference failed");

@@ -11,6 +11,12 @@ pub enum Task {
     Embeddings,
     /// Text in, text out, token by token (decoder-only language models).
     Generate,
+    /// (query, text) pairs in, one relevance score per pair out: a
+    /// cross-encoder (a sequence-classification head with one label).
+    Rerank,
+    /// Text in, a score per label out (a sequence-classification head with
+    /// several labels).
+    Classify,
 }
 
 impl Task {
@@ -19,7 +25,15 @@ impl Task {
         match self {
             Task::Embeddings => "embeddings",
             Task::Generate => "generate",
+            Task::Rerank => "rerank",
+            Task::Classify => "classify",
         }
+    }
+
+    /// Whether the model reads its whole input at once (an encoder) rather
+    /// than generating token by token.
+    pub fn is_encoder(self) -> bool {
+        self != Task::Generate
     }
 }
 
@@ -29,9 +43,9 @@ impl fmt::Display for Task {
     }
 }
 
-/// A task name that is neither `embeddings` nor `generate`.
+/// A task name that is none of the four.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown task `{0}`: expected `embeddings` or `generate`")]
+#[error("unknown task `{0}`: expected `embeddings`, `generate`, `rerank` or `classify`")]
 pub struct ParseTaskError(pub String);
 
 impl FromStr for Task {
@@ -41,6 +55,8 @@ impl FromStr for Task {
         match s {
             "embeddings" | "embedding" | "embed" => Ok(Task::Embeddings),
             "generate" | "generation" | "text-generation" => Ok(Task::Generate),
+            "rerank" | "reranker" | "reranking" => Ok(Task::Rerank),
+            "classify" | "classifier" | "classification" => Ok(Task::Classify),
             other => Err(ParseTaskError(other.to_owned())),
         }
     }
@@ -57,18 +73,25 @@ mod tests {
             ("embed", Task::Embeddings),
             ("generate", Task::Generate),
             ("text-generation", Task::Generate),
+            ("reranker", Task::Rerank),
+            ("classification", Task::Classify),
         ] {
             assert_eq!(s.parse::<Task>().unwrap(), t);
         }
         assert_eq!(
-            "classify".parse::<Task>().unwrap_err().to_string(),
-            "unknown task `classify`: expected `embeddings` or `generate`"
+            "translate".parse::<Task>().unwrap_err().to_string(),
+            "unknown task `translate`: expected `embeddings`, `generate`, `rerank` or `classify`"
         );
     }
 
     #[test]
     fn display_round_trips() {
-        for t in [Task::Embeddings, Task::Generate] {
+        for t in [
+            Task::Embeddings,
+            Task::Generate,
+            Task::Rerank,
+            Task::Classify,
+        ] {
             assert_eq!(t.to_string().parse::<Task>().unwrap(), t);
             assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
         }

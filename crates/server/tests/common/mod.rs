@@ -30,7 +30,7 @@ fn candle_core_cpu() -> modelship_engine_candle::Device {
 /// An embedding engine with MiniLM's card and tokenizer around `backend`
 /// (MiniLM's own, wrapped to record or to fail).
 pub fn minilm_engine_around(
-    backend: impl modelship_engine::EmbedBackend,
+    backend: impl modelship_engine::EncodeBackend,
     limits: ServingLimits,
 ) -> Arc<Engine> {
     let hf = modelship_model::HfModel::open(&modelship_testkit::minilm()).unwrap();
@@ -40,6 +40,7 @@ pub fn minilm_engine_around(
         architecture: "bert".into(),
         max_context: limits.max_context,
         dimensions: Some(384),
+        labels: Vec::new(),
         created: 0,
     };
     let tokenizer = modelship_model::TextTokenizer::from_file(&hf.tokenizer_path()).unwrap();
@@ -47,9 +48,10 @@ pub fn minilm_engine_around(
 }
 
 /// MiniLM's own backend, as `serve` loads it.
-pub fn minilm_backend() -> modelship_engine_candle::BertBackend {
+pub fn minilm_backend() -> modelship_engine_candle::EncoderBackend {
     let hf = modelship_model::HfModel::open(&modelship_testkit::minilm()).unwrap();
-    modelship_engine_candle::BertBackend::load(&hf, &candle_core_cpu()).unwrap()
+    let encoder = modelship_model::Encoder::from_hf(&hf).unwrap();
+    modelship_engine_candle::EncoderBackend::load(&hf, &encoder, &candle_core_cpu()).unwrap()
 }
 
 /// One MiniLM engine shared by the tests of a binary (default limits).
@@ -324,4 +326,40 @@ pub async fn stream_chunks(engine: Arc<Engine>, route: &str, body: Value) -> Vec
         .filter(|d| *d != "[DONE]")
         .map(|d| serde_json::from_str(d).unwrap())
         .collect()
+}
+
+/// Inputs of every kind: short, long, unicode, punctuation, whitespace.
+pub fn varied_inputs() -> Vec<String> {
+    let long = "The quick brown fox jumps over the lazy dog while the committee deliberates \
+                the budget for next year's infrastructure, including bridges, tunnels and rail. "
+        .repeat(12);
+    [
+        "a",
+        "Hello, world!",
+        "What is the capital of France?",
+        "Paris is the capital and most populous city of France.",
+        "naïve café über Straße — “quotes”",
+        "日本語のテキストと中文文本",
+        "Emoji: 🚀🎉🔥 and symbols ∑∫√π",
+        "!!! ??? ... ;;; ---",
+        "   leading and trailing spaces   ",
+        "tabs\tand\nnewlines\n\nhere",
+        "1234567890 3.14159 1e-10 0xFF",
+        "URLs like https://example.com/path?q=1&r=2#frag are common",
+        "C'est la vie, n'est-ce pas?",
+        "Москва — столица России.",
+        "عربى نص للاختبار",
+        "def f(x): return x ** 2  # python code",
+        "SELECT * FROM users WHERE id = 42;",
+        "The the the the the the the",
+        "A man is eating food.",
+        "A man is riding a horse.",
+        "UPPERCASE TEXT SHOULD BE LOWERCASED BY THE TOKENIZER",
+        long.as_str(),
+        "x",
+        "The weather is lovely today, isn't it?",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }

@@ -92,6 +92,20 @@ fn report_lines(r: &Report) -> String {
             "corpus          {}\nsentences       {}\ncosine mean     {:.6}\ncosine min      {:.6}\nspearman        {:.6}\n",
             e.corpus, e.sentences, e.cosine_mean, e.cosine_min, e.spearman
         ),
+        Report::Scores(s) => format!(
+            "corpus          {}
+{:<15} {}
+max score diff  {:.6}
+spearman        {:.6}
+top-1 agreement {:.2}%
+",
+            s.corpus,
+            if s.task == modelship_types::Task::Rerank { "pairs" } else { "texts" },
+            s.inputs,
+            s.max_score_diff,
+            s.spearman,
+            100.0 * s.top1_agreement
+        ),
     }
 }
 

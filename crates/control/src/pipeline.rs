@@ -201,24 +201,21 @@ async fn stages(
     // validate: the spec (checked by the API already) and the model itself.
     rec.begin("validate", spec_digest.clone());
     let source = spec.spec.model.source.clone();
+    let checked = spec.clone();
     let model = blocking(move || {
         let info = modelship_model::inspect(&source)
             .with_context(|| format!("spec.model.source: cannot read {}", source.display()))?;
+        let task = plan::served_task(&checked, &info)?;
         let digest = digest::of_path(&source)?;
-        Ok((info, digest))
+        Ok((info, task, digest))
     })
     .await;
-    let (info, model_digest) = match model {
+    let (info, task, model_digest) = match model {
         Ok(m) => m,
         Err(e) => return rec.end(Err(e)),
     };
     let detail = format!(
-        "{} model {} ({}, {:.1}M parameters)",
-        spec.spec
-            .model
-            .task
-            .or(info.task)
-            .map_or("unknown-task".into(), |t| t.to_string()),
+        "{task} model {} ({}, {:.1}M parameters)",
         info.path.display(),
         info.architecture,
         info.parameters as f64 / 1e6

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::quantized::GgmlDType;
-use modelship_model::{ModelInfo, inspect};
+use modelship_model::{EncoderFamily, ModelInfo, inspect};
 use modelship_planner::{
     CapacityProfile, ModelShape, Plan, ReplicaRequest, SlidingWindow, TensorFootprint, WeightsFile,
     estimate, place, resident_weights, size_for_slo,
@@ -88,16 +88,31 @@ fn replica_plan(
     }
 }
 
+/// The task the deployment serves: what the model says it does, which
+/// `spec.model.task` may state but not contradict (an encoder's head
+/// decides between embeddings, reranking and classification), or what the
+/// spec says when the model cannot tell.
+pub fn served_task(spec: &ModelDeployment, info: &ModelInfo) -> anyhow::Result<Task> {
+    match (spec.spec.model.task, info.task) {
+        (Some(said), Some(is)) if said != is => anyhow::bail!(
+            "spec.model.task is `{said}`, but {} ({}) is a {is} model",
+            info.path.display(),
+            info.architecture
+        ),
+        (said, is) => said.or(is).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: cannot tell its task; set spec.model.task",
+                info.path.display()
+            )
+        }),
+    }
+}
+
 /// The estimate, replica count and placement of `spec` on `nodes`.
 pub fn plan(spec: &ModelDeployment, nodes: &[Node]) -> anyhow::Result<Report> {
     let source = &spec.spec.model.source;
     let info = inspect(source).with_context(|| format!("cannot read {}", source.display()))?;
-    let task = spec.spec.model.task.or(info.task).ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: cannot tell its task; set spec.model.task",
-            source.display()
-        )
-    })?;
+    let task = served_task(spec, &info)?;
     let (footprints, file, precision) = weights(source, spec.spec.optimize.quantize)?;
     let (resident, loading) = resident_weights(task, file, &footprints);
     // What the down projections' kernels copy of their FFN-wide inputs (see
@@ -221,9 +236,10 @@ fn weights(
         .iter()
         .map(|t| footprint(t, t.bytes, t.dtype))
         .collect();
-    // BERT directories are memory-mapped whole while the engine copies their
-    // tensors out; a decoder checkpoint is mapped and read as a GGUF file is.
-    let file = if source.is_dir() && src.architecture == "bert" {
+    // Encoder directories are memory-mapped whole while the engine copies
+    // their tensors out; a decoder checkpoint is mapped and read as a GGUF
+    // file is.
+    let file = if source.is_dir() && EncoderFamily::from_name(&src.architecture).is_some() {
         WeightsFile::Safetensors {
             file_bytes: src.weight_bytes(),
         }

@@ -7,7 +7,7 @@ use modelship_types::Task;
 use serde::Serialize;
 
 use crate::{
-    DecoderCheckpoint, DecoderHparams, GgufFile, HfModel, ModelError, ModelSource,
+    DecoderCheckpoint, DecoderHparams, Encoder, GgufFile, HfModel, ModelError, ModelSource,
     checkpoint_family, ggml_dtype_name,
 };
 
@@ -59,12 +59,13 @@ pub struct ModelInfo {
     pub chat_template: bool,
 }
 
-/// The task an architecture is served for.
+/// The task an architecture is served for, when the architecture alone
+/// says it (an encoder's head decides between embeddings, reranking and
+/// classification: see [`crate::Encoder::task`]).
 pub fn task_of(architecture: &str) -> Option<Task> {
     match architecture {
-        "bert" | "nomic-bert" | "jina-bert-v2" | "roberta" | "xlm-roberta" | "distilbert" => {
-            Some(Task::Embeddings)
-        }
+        "bert" | "nomic-bert" | "jina-bert-v2" | "roberta" | "xlm-roberta" | "distilbert"
+        | "mpnet" => Some(Task::Embeddings),
         "llama" | "mistral" | "qwen2" | "qwen3" | "gemma" | "gemma2" | "gemma3" | "phi3" => {
             Some(Task::Generate)
         }
@@ -106,7 +107,10 @@ fn describe_hf(m: &HfModel) -> Result<ModelInfo, ModelError> {
     Ok(ModelInfo {
         path: m.dir.clone(),
         format: ModelFormat::Safetensors,
-        task: task_of(&architecture),
+        task: Encoder::from_hf(m)
+            .map(|e| e.task())
+            .ok()
+            .or_else(|| task_of(&architecture)),
         name: m
             .config
             .get("_name_or_path")
@@ -172,7 +176,10 @@ fn describe_gguf(g: &GgufFile) -> Result<ModelInfo, ModelError> {
     Ok(ModelInfo {
         path: g.path.clone(),
         format: ModelFormat::Gguf,
-        task: task_of(&architecture),
+        task: Encoder::from_gguf(g)
+            .map(|e| e.task())
+            .ok()
+            .or_else(|| task_of(&architecture)),
         name: g.string("general.name").ok().map(str::to_owned),
         parameters: dtypes.values().map(|s| s.parameters).sum(),
         weight_bytes: dtypes.values().map(|s| s.bytes).sum(),

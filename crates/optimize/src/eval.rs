@@ -7,14 +7,18 @@
 //! top-1 agreement compare the two models' next-token distributions at the
 //! same positions. Embeddings compare each sentence's vector with the
 //! reference's (cosine) and the two similarity structures (Spearman's rank
-//! correlation of all pairwise similarities).
+//! correlation of all pairwise similarities). Rerankers and classifiers
+//! compare their scores: the largest difference, Spearman's correlation of
+//! all scores, and how often the best answer agrees (a classifier's label;
+//! a reranker's best of eight candidate texts for a query).
 
 use std::path::{Path, PathBuf};
 
 use half::f16;
 use modelship_engine::{EncodeBackend, Sequence};
 use modelship_engine_candle::{DecoderBackend, Device, OpenModel, open};
-use modelship_model::TextTokenizer;
+use modelship_model::{EncoderOutput, ScoreActivation, TextTokenizer};
+use modelship_types::Task;
 use serde::Serialize;
 
 use crate::Corpus;
@@ -47,6 +51,8 @@ impl Default for EvalOptions {
 pub enum Report {
     Generate(GenerateReport),
     Embeddings(EmbeddingsReport),
+    /// A reranker's or classifier's.
+    Scores(ScoresReport),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +82,24 @@ pub struct EmbeddingsReport {
     pub cosine_mean: f64,
     pub cosine_min: f64,
     pub spearman: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoresReport {
+    pub model: PathBuf,
+    pub reference: PathBuf,
+    pub corpus: String,
+    /// `rerank` or `classify`.
+    pub task: Task,
+    /// Texts (a classifier's) or (query, text) pairs (a reranker's) scored.
+    pub inputs: usize,
+    /// The largest difference of one score from the reference's.
+    pub max_score_diff: f64,
+    /// Spearman's rank correlation of all scores with the reference's.
+    pub spearman: f64,
+    /// Share of inputs whose best label (a reranker: of queries whose best
+    /// candidate) is the reference's.
+    pub top1_agreement: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +138,7 @@ pub enum EvalError {
 pub enum Baseline {
     Generate(GenerateBaseline),
     Embeddings(EmbeddingsBaseline),
+    Scores(ScoresBaseline),
 }
 
 pub struct GenerateBaseline {
@@ -134,6 +159,17 @@ pub struct EmbeddingsBaseline {
     sentences: Vec<Sequence>,
     vectors: Vec<Vec<f32>>,
     similarities: Vec<f64>,
+}
+
+/// A reranker's candidates per query in its evaluation.
+const CANDIDATES: usize = 8;
+
+pub struct ScoresBaseline {
+    path: PathBuf,
+    corpus: String,
+    task: Task,
+    inputs: Vec<Sequence>,
+    scores: Vec<Vec<f32>>,
 }
 
 fn open_model(path: &Path, ctx: usize) -> Result<OpenModel, EvalError> {
@@ -185,6 +221,29 @@ impl Baseline {
                 tokenizer,
                 mut backend,
                 encoder,
+            } if encoder.task() != Task::Embeddings => {
+                let task = encoder.task();
+                let sentences = corpus.sentences(opts.sentences);
+                let inputs = score_inputs(&tokenizer, task, &sentences, encoder.context())
+                    .map_err(run_err(reference, "tokenizing the corpus"))?;
+                if inputs.len() < 2 {
+                    return Err(EvalError::TooFewSentences(sentences.len()));
+                }
+                let activation = activation(&encoder.output);
+                let scores = score_all(&mut backend, &inputs, activation)
+                    .map_err(run_err(reference, "scoring"))?;
+                Ok(Baseline::Scores(ScoresBaseline {
+                    path: reference.to_owned(),
+                    corpus: corpus.name.clone(),
+                    task,
+                    inputs,
+                    scores,
+                }))
+            }
+            OpenModel::Encoder {
+                tokenizer,
+                mut backend,
+                encoder,
             } => {
                 let context = encoder.context();
                 let sentences: Vec<Sequence> = corpus
@@ -217,23 +276,43 @@ impl Baseline {
     pub fn compare(&self, model: &Path) -> Result<Report, EvalError> {
         let ctx = match self {
             Baseline::Generate(b) => b.ctx,
-            Baseline::Embeddings(_) => 512,
+            Baseline::Embeddings(_) | Baseline::Scores(_) => 512,
         };
         let opened = open_model(model, ctx)?;
         match (self, opened) {
             (Baseline::Generate(b), OpenModel::Generate { backend, .. }) => {
                 b.compare(model, &backend).map(Report::Generate)
             }
-            (Baseline::Embeddings(b), OpenModel::Encoder { mut backend, .. }) => {
+            (
+                Baseline::Embeddings(b),
+                OpenModel::Encoder {
+                    mut backend,
+                    encoder,
+                    ..
+                },
+            ) if encoder.task() == Task::Embeddings => {
                 b.compare(model, &mut backend).map(Report::Embeddings)
+            }
+            (
+                Baseline::Scores(b),
+                OpenModel::Encoder {
+                    mut backend,
+                    encoder,
+                    ..
+                },
+            ) if encoder.task() == b.task => {
+                let activation = activation(&encoder.output);
+                b.compare(model, &mut backend, activation)
+                    .map(Report::Scores)
             }
             (baseline, opened) => Err(EvalError::TaskMismatch {
                 model: model.to_owned(),
                 model_task: opened.task(),
                 reference: baseline.path().to_owned(),
                 reference_task: match baseline {
-                    Baseline::Generate(_) => modelship_types::Task::Generate,
-                    Baseline::Embeddings(_) => modelship_types::Task::Embeddings,
+                    Baseline::Generate(_) => Task::Generate,
+                    Baseline::Embeddings(_) => Task::Embeddings,
+                    Baseline::Scores(b) => b.task,
                 },
             }),
         }
@@ -243,6 +322,7 @@ impl Baseline {
         match self {
             Baseline::Generate(b) => &b.path,
             Baseline::Embeddings(b) => &b.path,
+            Baseline::Scores(b) => &b.path,
         }
     }
 }
@@ -344,6 +424,96 @@ impl GenerateBaseline {
             ppl_increase: perplexity / reference_perplexity - 1.0,
             kld: kld / n,
             top1_agreement: agree as f64 / n,
+        })
+    }
+}
+
+/// A classifier's inputs are the sentences; a reranker's, each query
+/// sentence paired with the next [`CANDIDATES`] sentences after the queries.
+fn score_inputs(
+    tokenizer: &TextTokenizer,
+    task: Task,
+    sentences: &[String],
+    context: usize,
+) -> Result<Vec<Sequence>, String> {
+    let encode = |a: &str, b: Option<&str>| {
+        tokenizer
+            .encode_sequence(a, b, Some(context))
+            .map(|(ids, type_ids)| Sequence { ids, type_ids })
+    };
+    if task == Task::Classify {
+        return sentences.iter().map(|s| encode(s, None)).collect();
+    }
+    let queries = sentences.len() / (CANDIDATES + 1);
+    let (queries, texts) = sentences.split_at(queries);
+    queries
+        .iter()
+        .zip(texts.chunks_exact(CANDIDATES))
+        .flat_map(|(q, group)| group.iter().map(move |t| encode(q, Some(t))))
+        .collect()
+}
+
+/// How the model's logits become the scores it serves.
+fn activation(output: &EncoderOutput) -> ScoreActivation {
+    match output {
+        EncoderOutput::Classifier(h) => h.activation,
+        EncoderOutput::Pooled { .. } => ScoreActivation::Identity,
+    }
+}
+
+fn score_all(
+    backend: &mut impl EncodeBackend,
+    inputs: &[Sequence],
+    activation: ScoreActivation,
+) -> Result<Vec<Vec<f32>>, String> {
+    Ok(embed_all(backend, inputs)?
+        .iter()
+        .map(|logits| activation.apply(logits))
+        .collect())
+}
+
+impl ScoresBaseline {
+    fn compare(
+        &self,
+        model: &Path,
+        backend: &mut impl EncodeBackend,
+        activation: ScoreActivation,
+    ) -> Result<ScoresReport, EvalError> {
+        let scores =
+            score_all(backend, &self.inputs, activation).map_err(run_err(model, "scoring"))?;
+        if scores.iter().zip(&self.scores).any(|(a, b)| a.len() != b.len()) {
+            return Err(run_err(model, "scoring")(
+                "its labels are not the reference's".into(),
+            ));
+        }
+        let flat = |s: &[Vec<f32>]| -> Vec<f64> { s.iter().flatten().map(|&x| x as f64).collect() };
+        let (ours, theirs) = (flat(&scores), flat(&self.scores));
+        let max_score_diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        // The best label of each input, or the best candidate of each query.
+        let best = |s: &[Vec<f32>]| -> Vec<usize> {
+            match self.task {
+                Task::Rerank => s
+                    .chunks(CANDIDATES)
+                    .map(|group| argmax(&group.iter().map(|v| v[0]).collect::<Vec<_>>()))
+                    .collect(),
+                _ => s.iter().map(|v| argmax(v)).collect(),
+            }
+        };
+        let (a, b) = (best(&scores), best(&self.scores));
+        let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        Ok(ScoresReport {
+            model: model.to_owned(),
+            reference: self.path.clone(),
+            corpus: self.corpus.clone(),
+            task: self.task,
+            inputs: scores.len(),
+            max_score_diff,
+            spearman: spearman(&ours, &theirs),
+            top1_agreement: agree as f64 / a.len().max(1) as f64,
         })
     }
 }

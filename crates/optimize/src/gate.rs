@@ -17,6 +17,7 @@ pub fn violations(gate: &Gate, report: &Report) -> Vec<String> {
     match report {
         Report::Embeddings(r) => at_least("cosine_mean", r.cosine_mean, gate.min_cosine),
         Report::Generate(r) => at_least("top1_agreement", r.top1_agreement, gate.min_top1),
+        Report::Scores(r) => at_least("top1_agreement", r.top1_agreement, gate.min_top1),
     }
     if let Report::Generate(r) = report {
         let mut at_most = |name: &str, value: f64, max: Option<f64>| {

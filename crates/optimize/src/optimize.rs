@@ -46,11 +46,14 @@ impl Outcome {
     /// The size/quality table, one row per candidate.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let generate = matches!(
-            self.candidates.first().map(|c| &c.report),
-            Some(Report::Generate(_))
-        );
-        if generate {
+        let first = self.candidates.first().map(|c| &c.report);
+        if let Some(Report::Scores(_)) = first {
+            let _ = writeln!(
+                s,
+                "{:<6} {:>9} {:>6} {:>9} {:>9} {:>9}  verdict",
+                "type", "MiB", "bits/w", "max Δ", "spearman", "top1"
+            );
+        } else if let Some(Report::Generate(_)) = first {
             let _ = writeln!(
                 s,
                 "{:<6} {:>9} {:>6} {:>9} {:>8} {:>8} {:>7}  verdict",
@@ -91,6 +94,15 @@ impl Outcome {
                     r.cosine_mean,
                     r.cosine_min,
                     r.spearman
+                ),
+                Report::Scores(r) => writeln!(
+                    s,
+                    "{:<6} {mib:>9.2} {:>6.2} {:>9.5} {:>9.5} {:>8.2}%  {verdict}",
+                    c.quant.as_str(),
+                    c.bits_per_weight,
+                    r.max_score_diff,
+                    r.spearman,
+                    100.0 * r.top1_agreement
                 ),
             };
         }

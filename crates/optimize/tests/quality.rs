@@ -76,7 +76,7 @@ fn embedding_quality_tracks_precision() {
     .unwrap()
     {
         Report::Embeddings(r) => r,
-        Report::Generate(_) => panic!("an embedding model"),
+        other => panic!("an embedding model: {other:?}"),
     };
     let f32 = eval(QuantType::F32);
     assert_eq!(f32.sentences, 48);
@@ -194,5 +194,92 @@ fn optimize_measures_candidates_against_a_checkpoint() {
             c.quant,
             outcome.table()
         );
+    }
+}
+
+/// MPNet (relative position buckets) quantized to q8_0 is served with the
+/// quantized kernels and keeps its embeddings.
+#[test]
+fn mpnet_q8_0_keeps_its_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mpnet = modelship_testkit::mpnet();
+    let opts = EvalOptions {
+        sentences: 48,
+        ..EvalOptions::default()
+    };
+    let q8 = modelship_testkit::quantized(&mpnet, QuantType::Q8_0, dir.path());
+    let info = modelship_model::inspect(&q8).unwrap();
+    assert_eq!(info.architecture, "mpnet");
+    assert!(info.dtypes["Q8_0"].tensors >= 72, "{:?}", info.dtypes);
+    match evaluate(&q8, &mpnet, &Corpus::builtin(), opts).unwrap() {
+        Report::Embeddings(r) => {
+            assert!(r.cosine_mean >= 0.999 && r.spearman > 0.99, "{r:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A reranker's and a classifier's scores through precisions: the f32 GGUF
+/// scores as the checkpoint does, 4-bit ones drift more than q8_0, and `auto`
+/// keeps the smallest precision whose best answers agree.
+#[test]
+fn score_quality_tracks_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EvalOptions {
+        sentences: 90,
+        ..EvalOptions::default()
+    };
+    for (name, task) in [
+        ("bert-reranker", modelship_types::Task::Rerank),
+        ("bert-classifier", modelship_types::Task::Classify),
+    ] {
+        let model = modelship_testkit::tiny_encoder(name);
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let eval = |to| match evaluate(
+            &modelship_testkit::quantized(&model, to, &sub),
+            &model,
+            &Corpus::builtin(),
+            opts,
+        )
+        .unwrap()
+        {
+            Report::Scores(r) => r,
+            other => panic!("{name}: a scores report, not {other:?}"),
+        };
+        let f32 = eval(QuantType::F32);
+        assert_eq!(f32.task, task);
+        // A reranker scores 10 queries × 8 candidates; a classifier each text.
+        let inputs = if task == modelship_types::Task::Rerank { 80 } else { 90 };
+        assert_eq!(f32.inputs, inputs, "{name}");
+        assert!(
+            f32.max_score_diff < 1e-4 && f32.top1_agreement == 1.0,
+            "{name}: {f32:?}"
+        );
+        let (q8, q4) = (eval(QuantType::Q8_0), eval(QuantType::Q4_0));
+        assert!(q8.spearman > 0.99, "{name}: {q8:?}");
+        assert!(
+            q4.max_score_diff > q8.max_score_diff,
+            "{name}: q4_0 {q4:?}\nq8_0 {q8:?}"
+        );
+        let spec = Optimize {
+            quantize: QuantChoice::Auto,
+            gate: Gate {
+                min_top1: Some(0.95),
+                ..Gate::default()
+            },
+            ..Optimize::default()
+        };
+        let outcome = optimize(&model, &spec, &sub.join("auto"), opts, &mut |_| {}).unwrap();
+        let chosen = outcome.chosen().expect("f32 at least passes");
+        assert!(outcome.table().contains("top1"), "{}", outcome.table());
+        for c in &outcome.candidates {
+            assert!(
+                c.file_bytes >= chosen.file_bytes || !c.passed(),
+                "{name}: {} is smaller and passes:\n{}",
+                c.quant,
+                outcome.table()
+            );
+        }
     }
 }

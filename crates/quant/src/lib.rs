@@ -5,7 +5,7 @@
 //! Owns tensor encodings and the GGUF writer; runs no model (quality is
 //! measured by `modelship-optimize`). No network, no async.
 
-mod bert;
+mod encoder;
 pub mod encode;
 mod error;
 pub mod gguf_writer;

@@ -35,8 +35,11 @@ pub enum Rule {
     Requested,
     /// Norm weights and biases (vectors) stay f32.
     VectorF32,
-    /// Position and token-type tables are not quantized (llama.cpp).
+    /// Position and token-type tables are not quantized (llama.cpp), nor
+    /// MPNet's relative position bias.
     PositionF32,
+    /// A classification head (a few rows that decide every score) stays f32.
+    HeadF32,
     /// The output projection keeps more bits: it decides every token.
     Output,
     /// `attn_v` / `ffn_down` in the layers that need more bits.
@@ -53,6 +56,7 @@ impl fmt::Display for Rule {
             Rule::Requested => "requested type",
             Rule::VectorF32 => "norms and biases stay f32",
             Rule::PositionF32 => "position / token-type tables stay f32",
+            Rule::HeadF32 => "the classification head stays f32",
             Rule::Output => "output projection keeps more bits",
             Rule::MoreBits => "attn_v / ffn_down: more bits in the sensitive layers",
             Rule::SharedValues => "attn_v shared by several query heads: f16 under q8_0",
@@ -113,8 +117,14 @@ pub fn decide(target: QuantType, name: &str, shape: &[usize], model: ModelShape)
     if shape.len() < 2 || name.contains("_norm.weight") {
         return keep(Rule::VectorF32);
     }
-    if name == "position_embd.weight" || name == "token_types.weight" {
+    if matches!(
+        name,
+        "position_embd.weight" | "token_types.weight" | "rel_attn_bias.weight"
+    ) {
         return keep(Rule::PositionF32);
+    }
+    if name == "cls.weight" || name == "cls.output.weight" {
+        return keep(Rule::HeadF32);
     }
     let wanted = ggml_type(target);
     if !target.is_block_quantized() {
@@ -197,6 +207,15 @@ mod tests {
                 G::F32,
                 Rule::VectorF32,
             ),
+            (
+                Q::Q8_0,
+                "rel_attn_bias.weight",
+                &[32, 12],
+                G::F32,
+                Rule::PositionF32,
+            ),
+            (Q::Q4K, "cls.weight", &[768, 768], G::F32, Rule::HeadF32),
+            (Q::Q8_0, "cls.output.weight", &[1, 768], G::F32, Rule::HeadF32),
             (
                 Q::Q4_0,
                 "blk.0.attn_q.bias",

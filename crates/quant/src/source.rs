@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::safetensors::MmapedSafetensors;
-use modelship_model::{DecoderCheckpoint, HfModel, ModelSource, checkpoint_family};
+use modelship_model::{
+    DecoderCheckpoint, ENCODER_TYPES, Encoder, EncoderFamily, EncoderOutput, HfModel, ModelSource,
+    checkpoint_family, gguf_tensor_name,
+};
 
-use crate::bert;
+use crate::encoder;
 use crate::{QuantError, encode};
 
 /// One tensor of the source: its GGUF name, shape (rows first) and type.
@@ -128,15 +131,17 @@ impl Source {
         if checkpoint_family(&architecture).is_some() {
             return Self::open_checkpoint(dir, DecoderCheckpoint::open(&hf)?);
         }
-        if architecture != "bert" {
+        let Some(family) = EncoderFamily::from_name(&architecture) else {
             return Err(QuantError::Unsupported {
                 path: dir.to_owned(),
                 what: format!(
-                    "Hugging Face architecture `{architecture}` (bert and {} are)",
+                    "Hugging Face architecture `{architecture}` ({ENCODER_TYPES} and {} are)",
                     modelship_model::CHECKPOINT_TYPES
                 ),
             });
-        }
+        };
+        let described = Encoder::from_hf(&hf)?;
+        let classifier = matches!(described.output, EncoderOutput::Classifier(_));
         let invalid = |reason: String| QuantError::Invalid {
             path: dir.to_owned(),
             reason,
@@ -147,12 +152,11 @@ impl Source {
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "bert".into());
-        let metadata = bert::metadata(&name, &hf.config, &tokenizer_json, hf.pooling, hf.normalize)
-            .map_err(invalid)?;
+            .unwrap_or_else(|| architecture.clone());
+        let metadata = encoder::metadata(&name, &described, &tokenizer_json).map_err(invalid)?;
         let mut tensors = Vec::new();
         for t in &hf.tensors {
-            let Some(name) = bert::tensor_name(&t.name).map_err(invalid)? else {
+            let Some(name) = gguf_tensor_name(family, &t.name, classifier).map_err(invalid)? else {
                 continue;
             };
             let dtype = match t.dtype.as_str() {
@@ -170,7 +174,7 @@ impl Source {
                 file_offset: 0,
             });
         }
-        tensors.sort_by_key(|t| bert_order(&t.name));
+        tensors.sort_by_key(|t| encoder_order(&t.name));
         // SAFETY: the weight files are mapped read-only and modelship does not
         // modify a model while reading it.
         let st = unsafe { MmapedSafetensors::multi(&hf.weight_files) }.map_err(|source| {
@@ -366,7 +370,7 @@ fn floats_from_le(dtype: GgmlDType, raw: &[u8], n: usize, out: &mut Vec<f32>) {
 }
 
 /// llama.cpp's order for BERT: embeddings, then each layer's tensors.
-fn bert_order(name: &str) -> (usize, String) {
+fn encoder_order(name: &str) -> (usize, String) {
     match name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
         Some((layer, rest)) => (layer.parse::<usize>().unwrap_or(0) + 1, rest.to_owned()),
         None => (0, name.to_owned()),

@@ -110,7 +110,9 @@ pub struct PruneSpec {
 
 /// Quality a candidate must keep relative to the original; unset bounds are
 /// not checked. Embedding models are held to `min_cosine`, generative ones to
-/// the other three.
+/// the other three, rerankers and classifiers to `min_top1` (the share of
+/// inputs whose best label, or queries whose best document, is the
+/// original's).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Gate {
@@ -120,7 +122,9 @@ pub struct Gate {
     pub max_ppl_increase: Option<f64>,
     /// Mean KL divergence of next-token distributions from the original's.
     pub max_kld: Option<f64>,
-    /// Fraction of positions whose most likely token is the original's.
+    /// Fraction of positions whose most likely token is the original's (a
+    /// classifier: of inputs whose best label; a reranker: of queries whose
+    /// best document).
     pub min_top1: Option<f64>,
 }
 

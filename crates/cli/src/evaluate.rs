@@ -100,7 +100,11 @@ spearman        {:.6}
 top-1 agreement {:.2}%
 ",
             s.corpus,
-            if s.task == modelship_types::Task::Rerank { "pairs" } else { "texts" },
+            if s.task == modelship_types::Task::Rerank {
+                "pairs"
+            } else {
+                "texts"
+            },
             s.inputs,
             s.max_score_diff,
             s.spearman,

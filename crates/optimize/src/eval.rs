@@ -481,7 +481,11 @@ impl ScoresBaseline {
     ) -> Result<ScoresReport, EvalError> {
         let scores =
             score_all(backend, &self.inputs, activation).map_err(run_err(model, "scoring"))?;
-        if scores.iter().zip(&self.scores).any(|(a, b)| a.len() != b.len()) {
+        if scores
+            .iter()
+            .zip(&self.scores)
+            .any(|(a, b)| a.len() != b.len())
+        {
             return Err(run_err(model, "scoring")(
                 "its labels are not the reference's".into(),
             ));

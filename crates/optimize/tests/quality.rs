@@ -250,7 +250,11 @@ fn score_quality_tracks_precision() {
         let f32 = eval(QuantType::F32);
         assert_eq!(f32.task, task);
         // A reranker scores 10 queries × 8 candidates; a classifier each text.
-        let inputs = if task == modelship_types::Task::Rerank { 80 } else { 90 };
+        let inputs = if task == modelship_types::Task::Rerank {
+            80
+        } else {
+            90
+        };
         assert_eq!(f32.inputs, inputs, "{name}");
         assert!(
             f32.max_score_diff < 1e-4 && f32.top1_agreement == 1.0,

@@ -5,8 +5,8 @@
 //! Owns tensor encodings and the GGUF writer; runs no model (quality is
 //! measured by `modelship-optimize`). No network, no async.
 
-mod encoder;
 pub mod encode;
+mod encoder;
 mod error;
 pub mod gguf_writer;
 pub mod policy;

@@ -215,7 +215,13 @@ mod tests {
                 Rule::PositionF32,
             ),
             (Q::Q4K, "cls.weight", &[768, 768], G::F32, Rule::HeadF32),
-            (Q::Q8_0, "cls.output.weight", &[1, 768], G::F32, Rule::HeadF32),
+            (
+                Q::Q8_0,
+                "cls.output.weight",
+                &[1, 768],
+                G::F32,
+                Rule::HeadF32,
+            ),
             (
                 Q::Q4_0,
                 "blk.0.attn_q.bias",

@@ -17,9 +17,11 @@ cargo build --release --quiet -p modelship-gateway --example http_load
 # the quantization quality tables; =memory: only
 # the estimate-vs-RSS table; =gateway: only the proxy table; =containers:
 # only the image and target table; =openai: only the schema, penalty and
-# tool-prompt costs; =cold: only the scale-to-zero table.
+# tool-prompt costs; =cold: only the scale-to-zero table; =encoders: only
+# MPNet, rerank and ONNX Runtime's MiniLM.
 case "${BENCH_ONLY:-}" in
   cold) exec "$cache/venv/bin/python" scripts/bench/cold.py ;;
+  encoders) exec "$cache/venv/bin/python" scripts/bench/encoders.py ;;
   containers) exec "$cache/venv/bin/python" scripts/bench/containers.py ;;
   memory) exec "$cache/venv/bin/python" scripts/bench/memory.py ;;
   generate) exec "$cache/venv/bin/python" scripts/bench/run.py ;;
@@ -34,4 +36,5 @@ esac
 "$cache/venv/bin/python" scripts/bench/gateway.py
 "$cache/venv/bin/python" scripts/bench/containers.py
 "$cache/venv/bin/python" scripts/bench/cold.py
+"$cache/venv/bin/python" scripts/bench/encoders.py
 cargo run --release --quiet -p modelship-planner --example place_bench

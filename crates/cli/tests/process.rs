@@ -56,19 +56,7 @@ fn inspect_json_describes_both_formats() {
 /// matrix included), head size, rope, sliding window, chat template.
 #[test]
 fn inspect_describes_qwen2_and_gemma3() {
-    let json = |path: std::path::PathBuf| -> Value {
-        let out = modelship()
-            .args(["inspect", "--json"])
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let json = |path: std::path::PathBuf| -> Value { support::inspect_json(&path) };
     let q = json(modelship_testkit::qwen2());
     assert_eq!(q["architecture"], "qwen2");
     assert_eq!(q["parameters"], 630_167_424);

@@ -23,6 +23,10 @@ use crate::weight_bytes::GgufTensors;
 
 type Result<T> = candle_core::Result<T>;
 
+/// Token rows from which a block-quantized matrix is decoded to f32 for the
+/// product (the planner counts the decoded copy of the widest matrix).
+pub const DECODED_FROM_ROWS: usize = 32;
+
 /// A dense layer: a float weight stored transposed, (in, out), for `x · w`,
 /// or a GGUF matrix run by our or candle's quantized kernels.
 struct Dense {
@@ -63,8 +67,14 @@ impl Dense {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // A batch of many tokens is one large product: decoding the matrix
+        // to f32 for the float GEMM (a transient copy, one matrix at a
+        // time) beats the dot-product kernels, which win for a few rows.
+        let many = x.dim(0)? >= DECODED_FROM_ROWS && x.device().is_cpu();
         let y = match &self.w {
             Weight::Transposed(w) => x.matmul(w)?,
+            Weight::Gguf(l) if many => x.matmul(&l.dequantize(x.device())?.t()?)?,
+            Weight::GgufFused(p) if many => x.matmul(&p.dequantize(x.device())?.t()?)?,
             Weight::Gguf(l) => l.forward(x)?,
             Weight::GgufFused(p) => p.forward_joined(x)?,
         };

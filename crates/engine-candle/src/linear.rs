@@ -6,7 +6,7 @@
 //! file keeps a grouped-query `attn_v` in f16).
 
 use candle_core::quantized::{GgmlDType, QMatMul};
-use candle_core::{Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 
 use crate::quant_matmul::{BlockFormat, QuantMatrix};
 use crate::weight_bytes::{StoredTensor, WeightBytes};
@@ -113,6 +113,15 @@ impl Linear {
                 QMatMul::QTensor(t) => t.shape().dims()[0],
                 QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims()[0],
             },
+        }
+    }
+
+    /// The matrix in f32, (rows, cols).
+    pub(crate) fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        match self {
+            Self::Quant(m) => Tensor::from_vec(m.dequantize()?, (m.rows(), m.cols()), device),
+            Self::Ggml(QMatMul::QTensor(t)) => t.dequantize(device),
+            Self::Ggml(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.to_dtype(DType::F32),
         }
     }
 
@@ -239,6 +248,20 @@ impl Projections {
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+
+    /// Every projection's matrix in f32, stacked: (Σ widths, cols).
+    pub(crate) fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        match &self.kind {
+            Kind::Stacked { linear, .. } => linear.dequantize(device),
+            Kind::Separate(parts) => Tensor::cat(
+                &parts
+                    .iter()
+                    .map(|p| p.dequantize(device))
+                    .collect::<Result<Vec<_>>>()?,
+                0,
+            ),
         }
     }
 

@@ -162,6 +162,50 @@ impl QuantMatrix {
         })
     }
 
+    /// Every weight as f32, rows first: for a product with many input rows
+    /// (an encoder's batch), where a float GEMM on the decoded matrix beats
+    /// the dot-product kernels. candle's dequantizers decode the blocks.
+    pub(crate) fn dequantize(&self) -> candle_core::Result<Vec<f32>> {
+        use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+        use std::borrow::Cow;
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (p, part) in self.parts.iter().enumerate() {
+            let dtype = match part.format {
+                BlockFormat::Q4_0 => GgmlDType::Q4_0,
+                BlockFormat::Q4_1 => GgmlDType::Q4_1,
+                BlockFormat::Q5_0 => GgmlDType::Q5_0,
+                BlockFormat::Q8_0 => GgmlDType::Q8_0,
+                BlockFormat::F16 => GgmlDType::F16,
+                BlockFormat::BF16 => GgmlDType::BF16,
+            };
+            let rows = self.part_rows(p);
+            let row_bytes = part.row_bytes(self.cols);
+            let per_task = (16_384 / self.cols).max(1);
+            out[rows.start * self.cols..rows.end * self.cols]
+                .par_chunks_mut(per_task * self.cols)
+                .zip(part.blocks.par_chunks(per_task * row_bytes))
+                .try_for_each(|(dst, src)| {
+                    // candle reads blocks in place: 2-byte aligned for their
+                    // f16 scales (always so in a GGUF mapping; copied if not).
+                    let src: Cow<[u8]> = if (src.as_ptr() as usize).is_multiple_of(2) {
+                        Cow::Borrowed(src)
+                    } else {
+                        Cow::Owned(src.to_vec())
+                    };
+                    let storage = QStorage::from_data(src, &candle_core::Device::Cpu, dtype)?;
+                    let q = QTensor::new(storage, (dst.len() / self.cols, self.cols))?;
+                    let values = q.dequantize(&candle_core::Device::Cpu)?.flatten_all()?;
+                    dst.copy_from_slice(&values.to_vec1::<f32>()?);
+                    Ok::<(), candle_core::Error>(())
+                })?;
+        }
+        Ok(out)
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }

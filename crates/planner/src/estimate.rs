@@ -231,6 +231,9 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
 /// value). Encoders hold the attention scores and probabilities of one
 /// sequence at a time; decoders on a GPU those of a 256-query chunk, on the
 /// CPU none (its attention keeps one query's scores at a time). Encoders pack up to `max_batch_tokens` tokens;
+/// their block-quantized matrices are decoded to f32 for a pass that large
+/// (one at a time: the widest, hidden × ffn, counts) instead of copying
+/// the FFN's input;
 /// decoders pack new prompts into one pass up to `max_batch_tokens` of
 /// them, so up to `max_concurrent × context` tokens within that, plus each
 /// sequence's logits.
@@ -243,12 +246,17 @@ fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 
         Task::Generate => 3,
     };
     let quantized_copy = ffn * model.ffn_input_copy_per_256 / 256;
-    let per_token = (hidden * 2 + attention * 2 + ffn * ffn_live) * 4 + quantized_copy;
+    let per_token = (hidden * 2 + attention * 2 + ffn * ffn_live) * 4;
     let concurrent = limits.max_concurrent as u64;
     match model.task {
         Task::Embeddings | Task::Rerank | Task::Classify => {
             let tokens = limits.max_batch_tokens as u64;
-            tokens * per_token + heads * context * context * 2 * 4
+            let decoded = if model.ffn_input_copy_per_256 > 0 {
+                hidden * ffn * 4
+            } else {
+                0
+            };
+            tokens * per_token + heads * context * context * 2 * 4 + decoded
         }
         Task::Generate => {
             let tokens = (concurrent * context).min(limits.max_batch_tokens as u64);
@@ -259,7 +267,7 @@ fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 
             } else {
                 0
             };
-            tokens * per_token + scores + model.vocab as u64 * concurrent * 4
+            tokens * (per_token + quantized_copy) + scores + model.vocab as u64 * concurrent * 4
         }
     }
 }

@@ -243,6 +243,14 @@ async fn rerankers_match_the_reference_in_every_shape() {
             assert_close(s, score(i), name);
         }
 
+        // The pairs went through the encoder's batching scheduler, counted
+        // under the model's task.
+        let metrics = get(&engine, "/metrics").await.text();
+        assert!(
+            metrics.contains("modelship_batch_size") && metrics.contains(r#"task="rerank""#),
+            "{metrics}"
+        );
+
         // Without `truncate`, the long pair is refused, naming it.
         let r = post_json(&engine, "/rerank", json!({"query": query, "texts": texts})).await;
         assert_eq!(r.status, 400);

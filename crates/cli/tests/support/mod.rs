@@ -14,6 +14,23 @@ pub fn modelship() -> Command {
     Command::new(env!("CARGO_BIN_EXE_modelship"))
 }
 
+/// Runs `cmd` to success and returns its stdout; a failure shows its stderr.
+pub fn succeed(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().expect("run modelship");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// `modelship inspect --json MODEL`.
+pub fn inspect_json(model: &std::path::Path) -> serde_json::Value {
+    let out = succeed(modelship().args(["inspect", "--json"]).arg(model));
+    serde_json::from_slice(&out).expect("inspect prints JSON")
+}
+
 /// Starts `modelship serve` on a free port; returns the child and its base URL.
 pub fn serve(model: &std::path::Path) -> (Child, String) {
     serve_with(model, &[])

@@ -85,6 +85,7 @@ async fn rerankers_classifiers_and_encoders_deploy_behind_the_gateway() {
         ),
         ("classifier", "roberta-multilabel", ""),
         ("multilingual", "xlm-roberta-cls", ""),
+        ("mpnet", "mpnet-last", "  optimize: { quantize: q8_0 }\n"),
     ];
     for (name, model, extra) in deployments {
         let spec = named_spec(
@@ -145,6 +146,13 @@ async fn rerankers_classifiers_and_encoders_deploy_behind_the_gateway() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["data"][1]["embedding"].as_array().unwrap().len(), 16);
     let (status, v) = post(
+        "/v1/embeddings",
+        json!({"model": "mpnet", "input": "quantized MPNet"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 64);
+    let (status, v) = post(
         "/v2/models/reranker/infer",
         json!({"inputs": [
             {"name": "query", "shape": [1], "datatype": "BYTES", "data": ["capital"]},
@@ -189,7 +197,7 @@ async fn rerankers_classifiers_and_encoders_deploy_behind_the_gateway() {
         "{err}"
     );
 
-    for name in ["reranker", "classifier"] {
+    for name in ["reranker", "classifier", "mpnet"] {
         assert!(cp.cli(&["delete", name]).status.success());
     }
     cp.delete_and_stop("multilingual");

@@ -292,6 +292,7 @@ fn shape(
                 positions: modelship_engine_candle::window_cache_positions(window),
             })
         }),
+        relative_positions: info.architecture == "mpnet",
         on_gpu: false,
     })
 }

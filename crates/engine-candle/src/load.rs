@@ -155,6 +155,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine, LoadError> {
             let serving = EncoderServing {
                 prompts: encoder.prompts,
                 activation,
+                token_rows: Some(backend.token_rows()),
             };
             Engine::encoder(card, limits, tokenizer, serving, backend)
         }

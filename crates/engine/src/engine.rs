@@ -118,6 +118,10 @@ pub struct EncoderServing {
     pub prompts: Prompts,
     /// A classifier's activation; `None` for an embedding model.
     pub activation: Option<ScoreActivation>,
+    /// Rows of the model's token table, when the tokenizer may know more
+    /// ids than it has: an id past them is refused with its request rather
+    /// than failing the batch it would join.
+    pub token_rows: Option<usize>,
 }
 
 enum Worker {
@@ -261,7 +265,10 @@ impl Engine {
         options: &EncodeOptions,
     ) -> Result<EncodeInputs, EngineError> {
         let Worker::Encode { serving, .. } = &self.worker else {
-            return Err(self.wrong_task(Task::Embeddings));
+            return Err(EngineError::WrongTask {
+                served: self.card.task.as_str(),
+                asked: "an encoder's task (embeddings, rerank, classify)",
+            });
         };
         if inputs.is_empty() {
             return Err(EngineError::invalid(
@@ -298,7 +305,8 @@ impl Engine {
                         format!("`dimensions` must be between 1 and this model's {width}"),
                     ));
                 }
-                Some(d)
+                // The full width is the vectors as they are.
+                (d < width).then_some(d)
             }
         };
         let max = self.card.max_context;
@@ -335,6 +343,12 @@ impl Engine {
                         .map_err(|e| EngineError::invalid(field, format!("{field}[{i}]: {e}")))?;
                     Sequence { ids, type_ids }
                 }
+                EncodeInput::Tokens(_) if options.prompt_name.is_some() => {
+                    return Err(EngineError::invalid(
+                        "prompt_name",
+                        "a prompt cannot be put before token ids: send the text",
+                    ));
+                }
                 EncodeInput::Tokens(ids) => {
                     if ids.is_empty() {
                         return Err(empty("token list"));
@@ -358,6 +372,17 @@ impl Engine {
                     Sequence::single(ids)
                 }
             };
+            if let Some(rows) = serving.token_rows
+                && let Some(j) = sequence.ids.iter().position(|&id| id as usize >= rows)
+            {
+                return Err(EngineError::invalid(
+                    field,
+                    format!(
+                        "{field}[{i}]: token {} at {j} is past this model's {rows}-row token table",
+                        sequence.ids[j]
+                    ),
+                ));
+            }
             if sequence.len() > max {
                 return Err(EngineError::invalid(
                     field,
@@ -430,14 +455,14 @@ impl Engine {
     /// [`Engine::tokenize_inputs`], in order.
     pub async fn score_tokens(&self, inputs: EncodeInputs) -> Result<Scores, EngineError> {
         let (encoder, activation) = match &self.worker {
-            Worker::Encode {
-                encoder,
-                serving:
-                    EncoderServing {
-                        activation: Some(a),
-                        ..
-                    },
-            } => (encoder, *a),
+            Worker::Encode { encoder, serving }
+                if matches!(self.card.task, Task::Rerank | Task::Classify) =>
+            {
+                (
+                    encoder,
+                    serving.activation.unwrap_or(ScoreActivation::Identity),
+                )
+            }
             _ => return Err(self.wrong_task(Task::Classify)),
         };
         let prompt_tokens = inputs.tokens();

@@ -103,14 +103,15 @@ impl RelativeBuckets {
         } else {
             let scale = ((self.max_distance as f64) / (exact as f64)).ln() as f32;
             let log = ((n as f32) / (exact as f32)).ln() / scale * ((half - exact) as f32);
-            bucket += (exact + log as usize).min(half - 1);
+            bucket += exact.saturating_add(log as usize).min(half - 1);
         }
         bucket
     }
 }
 
-/// How a classifier's logits become scores (sentence-transformers'
-/// `CrossEncoder` and TEI's rules).
+/// How a classifier's logits become scores: the activation a
+/// sentence-transformers CrossEncoder saved, else the one Hugging Face's
+/// `problem_type` trains for ([`ScoreActivation::for_head`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScoreActivation {
@@ -138,6 +139,17 @@ impl ScoreActivation {
             None if labels == 1 => Self::Sigmoid,
             None => Self::Softmax,
         })
+    }
+
+    /// The activation a sentence-transformers CrossEncoder saves
+    /// (`torch.nn.modules.activation.Sigmoid`, …).
+    pub fn from_torch(path: &str) -> Option<Self> {
+        match path.rsplit('.').next()? {
+            "Sigmoid" => Some(Self::Sigmoid),
+            "Softmax" => Some(Self::Softmax),
+            "Identity" => Some(Self::Identity),
+            _ => None,
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -258,6 +270,11 @@ impl Encoder {
                 .map(|v| v as usize)
                 .ok_or_else(|| field(name, "missing, zero or not a count"))
         };
+        // A default stands in for an absent key only, not for a bad value.
+        let count_or = |name: &str, default: usize| match c.get(name) {
+            None | Some(Json::Null) => Ok(default),
+            Some(_) => count(name),
+        };
         let act = c.get("hidden_act").and_then(Json::as_str).unwrap_or("gelu");
         if act != "gelu" {
             return Err(field(
@@ -273,17 +290,28 @@ impl Encoder {
                 &format!("`{p}`; only absolute is served"),
             ));
         }
-        let pad = c.get("pad_token_id").and_then(Json::as_u64).unwrap_or(1) as usize;
+        // Position ids start past the padding row (RoBERTa's and MPNet's
+        // `create_position_ids_from_input_ids`).
+        let after_pad = || -> Result<usize, ModelError> {
+            match c.get("pad_token_id") {
+                None | Some(Json::Null) => Ok(2),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|&p| p < 1 << 24)
+                    .map(|p| p as usize + 1)
+                    .ok_or_else(|| field("pad_token_id", "not a token id")),
+            }
+        };
         let (position_offset, token_types, relative) = match family {
-            EncoderFamily::Bert => (0, count("type_vocab_size").unwrap_or(2), None),
+            EncoderFamily::Bert => (0, count_or("type_vocab_size", 2)?, None),
             EncoderFamily::Roberta | EncoderFamily::XlmRoberta => {
-                (pad + 1, count("type_vocab_size").unwrap_or(1), None)
+                (after_pad()?, count_or("type_vocab_size", 1)?, None)
             }
             EncoderFamily::MpNet => (
-                pad + 1,
+                after_pad()?,
                 0,
                 Some(RelativeBuckets {
-                    buckets: count("relative_attention_num_buckets").unwrap_or(32),
+                    buckets: count_or("relative_attention_num_buckets", 32)?,
                     // Fixed in the reference implementation, not configured.
                     max_distance: 128,
                 }),
@@ -303,9 +331,24 @@ impl Encoder {
             .any(|a| a.ends_with("ForSequenceClassification"));
         let output = if classifier {
             let labels = labels(c).map_err(|p| field("id2label", &p))?;
-            let problem = c.get("problem_type").and_then(Json::as_str);
-            let activation = ScoreActivation::for_head(problem, labels.len())
-                .map_err(|p| field("problem_type", &p))?;
+            // A CrossEncoder saved by sentence-transformers names its
+            // activation; otherwise the problem type decides.
+            let saved = c
+                .pointer("/sentence_transformers/activation_fn")
+                .and_then(Json::as_str);
+            let activation = match saved {
+                Some(f) => ScoreActivation::from_torch(f).ok_or_else(|| {
+                    field(
+                        "sentence_transformers.activation_fn",
+                        &format!("`{f}` is not Sigmoid, Softmax or Identity"),
+                    )
+                })?,
+                None => {
+                    let problem = c.get("problem_type").and_then(Json::as_str);
+                    ScoreActivation::for_head(problem, labels.len())
+                        .map_err(|p| field("problem_type", &p))?
+                }
+            };
             EncoderOutput::Classifier(ClassifierHead { labels, activation })
         } else {
             EncoderOutput::Pooled {
@@ -330,7 +373,9 @@ impl Encoder {
             output,
             prompts: hf.prompts.clone(),
         };
-        encoder.check().map_err(|p| field("hidden_size", &p))?;
+        encoder
+            .check()
+            .map_err(|(hf_field, _, p)| field(hf_field, &p))?;
         Ok(encoder)
     }
 
@@ -396,11 +441,18 @@ impl Encoder {
             let pooling = match g.has(POOLING_KEY) {
                 true => serde_json::from_value(Json::String(g.string(POOLING_KEY)?.into()))
                     .map_err(|_| bad(POOLING_KEY, "not a pooling name"))?,
-                // llama.cpp's `bert.pooling_type`.
+                // llama.cpp's `bert.pooling_type`: 0 (none) and 4 (rank,
+                // a reranker without our labels) are not served.
                 false => match optional(&format!("{arch}.pooling_type"))? {
+                    None | Some(1) => Pooling::Mean,
                     Some(2) => Pooling::Cls,
                     Some(3) => Pooling::LastToken,
-                    _ => Pooling::Mean,
+                    Some(_) => {
+                        return Err(bad(
+                            &format!("{arch}.pooling_type"),
+                            "not mean (1), cls (2) or last (3): per-token and rank pooling are not served",
+                        ));
+                    }
                 },
             };
             // llama.cpp's server normalizes embeddings unless told otherwise.
@@ -437,35 +489,58 @@ impl Encoder {
             output,
             prompts,
         };
-        encoder
-            .check()
-            .map_err(|_| bad(&format!("{arch}.embedding_length"), "inconsistent"))?;
+        if let Err((_, key, problem)) = encoder.check() {
+            return Err(ModelError::Invalid {
+                path: g.path.clone(),
+                reason: format!("metadata `{}`: {problem}", key.replace("{arch}", arch)),
+            });
+        }
         Ok(encoder)
     }
 
-    /// What must hold between the counts, whichever file they came from.
-    fn check(&self) -> Result<(), String> {
+    /// What must hold between the counts, whichever file they came from;
+    /// a failure names the config.json field and the GGUF key at fault.
+    fn check(&self) -> Result<(), (&'static str, &'static str, String)> {
         if !self.hidden.is_multiple_of(self.heads) {
-            return Err(format!(
-                "{} is not a multiple of the {} attention heads",
-                self.hidden, self.heads
+            return Err((
+                "hidden_size",
+                "{arch}.embedding_length",
+                format!(
+                    "{} is not a multiple of the {} attention heads",
+                    self.hidden, self.heads
+                ),
             ));
         }
         if self.position_offset >= self.positions {
-            return Err(format!(
-                "the position offset {} leaves none of the {} positions",
-                self.position_offset, self.positions
+            return Err((
+                "pad_token_id",
+                POSITION_OFFSET_KEY,
+                format!(
+                    "the position offset {} leaves none of the {} positions",
+                    self.position_offset, self.positions
+                ),
             ));
         }
         if let Some(r) = self.relative
-            && (r.buckets < 4 || r.max_distance < r.buckets / 4)
+            && (!(4..=1024).contains(&r.buckets) || r.max_distance <= r.buckets / 4)
         {
-            return Err(format!("{} relative buckets are too few", r.buckets));
+            return Err((
+                "relative_attention_num_buckets",
+                "{arch}.attention.relative_buckets",
+                format!(
+                    "{} buckets (at most 1024) need a maximum distance above a quarter of them, not {}",
+                    r.buckets, r.max_distance
+                ),
+            ));
         }
         if let Some(d) = &self.prompts.default
             && !self.prompts.named.contains_key(d)
         {
-            return Err(format!("the default prompt `{d}` is not among the prompts"));
+            return Err((
+                "default_prompt_name",
+                DEFAULT_PROMPT_KEY,
+                format!("the default prompt `{d}` is not among the prompts"),
+            ));
         }
         Ok(())
     }
@@ -550,16 +625,20 @@ fn labels(c: &Json) -> Result<Vec<String>, String> {
                     .ok()
                     .and_then(|i| labels.get_mut(i))
                     .ok_or_else(|| format!("id `{id}` is not one of 0..{}", map.len()))?;
+                if slot.is_some() {
+                    return Err(format!("id `{id}` names a label given already"));
+                }
                 *slot = Some(
                     name.as_str()
                         .ok_or_else(|| format!("label {id} is not a string"))?
                         .to_owned(),
                 );
             }
-            Ok(labels
+            // n distinct ids below n fill every slot.
+            labels
                 .into_iter()
-                .map(|l| l.expect("ids fill 0..n"))
-                .collect())
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| "ids do not cover 0..n".to_owned())
         }
         _ => {
             let n = c
@@ -586,6 +665,7 @@ pub fn gguf_tensor_name(
     if name == "embeddings.position_ids"
         || name.starts_with("lm_head.")
         || name.starts_with("cls.predictions.")
+        || name.starts_with("cls.seq_relationship.")
         || (name.starts_with("pooler.") && !(classifier && family == EncoderFamily::Bert))
     {
         return Ok(None);

@@ -306,8 +306,8 @@ fn read_sentence_transformers(dir: &Path) -> Result<(Pooling, bool), ModelError>
     Ok((pooling, normalize))
 }
 
-/// The prompts of `config_sentence_transformers.json`, if the model has one;
-/// its default prompt must be one of them.
+/// The prompts of `config_sentence_transformers.json`, if the model has one
+/// (that the default is one of them, [`crate::Encoder`] checks).
 fn read_prompts(dir: &Path) -> Result<Prompts, ModelError> {
     let path = dir.join("config_sentence_transformers.json");
     if !path.is_file() {
@@ -321,15 +321,6 @@ fn read_prompts(dir: &Path) -> Result<Prompts, ModelError> {
         default_prompt_name: Option<String>,
     }
     let c: Config = read_json(&path)?;
-    if let Some(d) = &c.default_prompt_name
-        && !c.prompts.contains_key(d)
-    {
-        return Err(ModelError::Config {
-            path,
-            field: "default_prompt_name".into(),
-            problem: format!("`{d}`, which is not one of its prompts"),
-        });
-    }
     Ok(Prompts {
         named: c.prompts,
         default: c.default_prompt_name,

@@ -7,8 +7,8 @@ use modelship_types::Task;
 use serde::Serialize;
 
 use crate::{
-    DecoderCheckpoint, DecoderHparams, Encoder, GgufFile, HfModel, ModelError, ModelSource,
-    checkpoint_family, ggml_dtype_name,
+    DecoderCheckpoint, DecoderHparams, Encoder, EncoderFamily, GgufFile, HfModel, ModelError,
+    ModelSource, checkpoint_family, ggml_dtype_name,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,10 +107,12 @@ fn describe_hf(m: &HfModel) -> Result<ModelInfo, ModelError> {
     Ok(ModelInfo {
         path: m.dir.clone(),
         format: ModelFormat::Safetensors,
-        task: Encoder::from_hf(m)
-            .map(|e| e.task())
-            .ok()
-            .or_else(|| task_of(&architecture)),
+        // An encoder's head decides; one whose config does not load has no
+        // task to show (`serve` names what is wrong), not a guessed one.
+        task: match EncoderFamily::from_name(&architecture) {
+            Some(_) => Encoder::from_hf(m).ok().map(|e| e.task()),
+            None => task_of(&architecture),
+        },
         name: m
             .config
             .get("_name_or_path")
@@ -176,10 +178,10 @@ fn describe_gguf(g: &GgufFile) -> Result<ModelInfo, ModelError> {
     Ok(ModelInfo {
         path: g.path.clone(),
         format: ModelFormat::Gguf,
-        task: Encoder::from_gguf(g)
-            .map(|e| e.task())
-            .ok()
-            .or_else(|| task_of(&architecture)),
+        task: match EncoderFamily::from_name(&architecture) {
+            Some(_) => Encoder::from_gguf(g).ok().map(|e| e.task()),
+            None => task_of(&architecture),
+        },
         name: g.string("general.name").ok().map(str::to_owned),
         parameters: dtypes.values().map(|s| s.parameters).sum(),
         weight_bytes: dtypes.values().map(|s| s.bytes).sum(),

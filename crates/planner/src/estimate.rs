@@ -33,6 +33,9 @@ pub struct ModelShape {
     /// Layers that attend through a sliding window, where the model has
     /// them.
     pub sliding_window: Option<SlidingWindow>,
+    /// An encoder with a relative position bias (MPNet), built per sequence
+    /// beside its attention scores.
+    pub relative_positions: bool,
     /// The replica runs on a GPU, through candle's attention and gating ops
     /// (score matrices, 4 × ffn live), not the CPU's fused ones.
     pub on_gpu: bool,
@@ -168,11 +171,10 @@ fn read_bytes(task: Task, t: &TensorFootprint, has_output: bool) -> u64 {
     let table = t.name == "token_embd.weight";
     let in_place = t.own_kernel
         && t.dims >= 2
-        && match task {
-            Task::Generate => !table || !has_output,
-            Task::Embeddings | Task::Rerank | Task::Classify => {
-                t.block_quantized && !t.name.contains("_embd.")
-            }
+        && if task.is_encoder() {
+            t.block_quantized && !t.name.contains("_embd.")
+        } else {
+            !table || !has_output
         };
     if in_place { 0 } else { t.stored_bytes }
 }
@@ -189,24 +191,21 @@ fn load_rank(name: &str) -> (usize, usize) {
 pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimate {
     let context = limits.max_context.min(model.context) as u64;
     let head_dim = model.head_dim as u64;
-    let kv_cache_bytes = match model.task {
-        Task::Generate => {
-            let (windowed, window_positions) = model
-                .sliding_window
-                .map_or((0, 0), |w| (w.layers as u64, w.positions as u64));
-            let full = (model.layers as u64).saturating_sub(windowed);
-            let positions = full * context + windowed * context.min(window_positions);
-            2 * model.kv_heads as u64 * head_dim * 4 * positions * limits.max_concurrent as u64
-        }
-        Task::Embeddings | Task::Rerank | Task::Classify => 0,
+    // Encoders keep no cache and their tokenizers are inside the runtime.
+    let (kv_cache_bytes, tokenizer_bytes) = if model.task.is_encoder() {
+        (0, 0)
+    } else {
+        let (windowed, window_positions) = model
+            .sliding_window
+            .map_or((0, 0), |w| (w.layers as u64, w.positions as u64));
+        let full = (model.layers as u64).saturating_sub(windowed);
+        let positions = full * context + windowed * context.min(window_positions);
+        (
+            2 * model.kv_heads as u64 * head_dim * 4 * positions * limits.max_concurrent as u64,
+            TOKENIZER_BYTES_PER_ENTRY * (model.vocab as u64).saturating_sub(RUNTIME_VOCAB),
+        )
     };
     let activations_bytes = activations(model, limits, context);
-    let tokenizer_bytes = match model.task {
-        Task::Generate => {
-            TOKENIZER_BYTES_PER_ENTRY * (model.vocab as u64).saturating_sub(RUNTIME_VOCAB)
-        }
-        Task::Embeddings | Task::Rerank | Task::Classify => 0,
-    };
     let runtime_bytes = RUNTIME_BYTES + tokenizer_bytes;
     Estimate {
         weights_bytes: model.weight_bytes,
@@ -233,42 +232,44 @@ pub fn estimate(model: &ModelShape, limits: &ServingLimits, cpu: f64) -> Estimat
 /// CPU none (its attention keeps one query's scores at a time). Encoders pack up to `max_batch_tokens` tokens;
 /// their block-quantized matrices are decoded to f32 for a pass that large
 /// (one at a time: the widest, hidden × ffn, counts) instead of copying
-/// the FFN's input;
+/// the FFN's input; MPNet adds a relative bias the size of the scores;
 /// decoders pack new prompts into one pass up to `max_batch_tokens` of
 /// them, so up to `max_concurrent × context` tokens within that, plus each
 /// sequence's logits.
 fn activations(model: &ModelShape, limits: &ServingLimits, context: u64) -> u64 {
     let (hidden, ffn, heads) = (model.hidden as u64, model.ffn as u64, model.heads as u64);
     let attention = heads * model.head_dim as u64;
-    let ffn_live = match model.task {
-        Task::Embeddings | Task::Rerank | Task::Classify => 2,
-        Task::Generate if model.on_gpu => 4,
-        Task::Generate => 3,
+    let ffn_live = match (model.task.is_encoder(), model.on_gpu) {
+        (true, _) => 2,
+        (false, true) => 4,
+        (false, false) => 3,
     };
     let quantized_copy = ffn * model.ffn_input_copy_per_256 / 256;
     let per_token = (hidden * 2 + attention * 2 + ffn * ffn_live) * 4;
     let concurrent = limits.max_concurrent as u64;
-    match model.task {
-        Task::Embeddings | Task::Rerank | Task::Classify => {
-            let tokens = limits.max_batch_tokens as u64;
-            let decoded = if model.ffn_input_copy_per_256 > 0 {
-                hidden * ffn * 4
-            } else {
-                0
-            };
-            tokens * per_token + heads * context * context * 2 * 4 + decoded
-        }
-        Task::Generate => {
-            let tokens = (concurrent * context).min(limits.max_batch_tokens as u64);
-            // candle's attention holds a 256-query chunk's scores; the CPU's
-            // keeps one query's at a time.
-            let scores = if model.on_gpu {
-                heads * context.min(256) * context * 2 * 4
-            } else {
-                0
-            };
-            tokens * (per_token + quantized_copy) + scores + model.vocab as u64 * concurrent * 4
-        }
+    if model.task.is_encoder() {
+        let tokens = limits.max_batch_tokens as u64;
+        // Decoded on the CPU only; the widest matrix is the FFN's or
+        // the stacked Q/K/V.
+        let decoded = if model.ffn_input_copy_per_256 > 0 && !model.on_gpu {
+            hidden * ffn.max(3 * hidden) * 4
+        } else {
+            0
+        };
+        // Scores and probabilities of one sequence at a time, and for
+        // MPNet that sequence's relative bias beside them.
+        let per_score = if model.relative_positions { 3 } else { 2 };
+        tokens * per_token + heads * context * context * per_score * 4 + decoded
+    } else {
+        let tokens = (concurrent * context).min(limits.max_batch_tokens as u64);
+        // candle's attention holds a 256-query chunk's scores; the CPU's
+        // keeps one query's at a time.
+        let scores = if model.on_gpu {
+            heads * context.min(256) * context * 2 * 4
+        } else {
+            0
+        };
+        tokens * (per_token + quantized_copy) + scores + model.vocab as u64 * concurrent * 4
     }
 }
 
@@ -291,6 +292,7 @@ mod tests {
             vocab: 49152,
             context: 8192,
             sliding_window: None,
+            relative_positions: false,
             on_gpu: false,
         }
     }
@@ -548,6 +550,7 @@ mod tests {
             vocab: 30522,
             context: 512,
             sliding_window: None,
+            relative_positions: false,
             on_gpu: false,
             weight_bytes: 90_000_000,
             loading_bytes: 90_000_000,
@@ -556,6 +559,30 @@ mod tests {
         let e = estimate(&minilm, &ServingLimits::default(), 0.5);
         assert_eq!(e.kv_cache_bytes, 0);
         assert_eq!(e.cpu_threads, 1);
+        // Quantized on the CPU: the widest matrix decoded to f32 for a
+        // large pass, not the kernels' per-token input copies.
+        let quantized = ModelShape {
+            ffn_input_copy_per_256: 6 * 256,
+            ..minilm
+        };
+        let q = estimate(&quantized, &ServingLimits::default(), 0.5);
+        assert_eq!(q.activations_bytes - e.activations_bytes, 384 * 1536 * 4);
+        let on_gpu = ModelShape {
+            on_gpu: true,
+            ..quantized
+        };
+        let g = estimate(&on_gpu, &ServingLimits::default(), 0.5);
+        assert_eq!(g.activations_bytes, e.activations_bytes);
+        // MPNet: one sequence's relative bias beside its scores.
+        let mpnet = ModelShape {
+            relative_positions: true,
+            ..minilm
+        };
+        let m = estimate(&mpnet, &ServingLimits::default(), 0.5);
+        assert_eq!(
+            m.activations_bytes - e.activations_bytes,
+            12 * 512 * 512 * 4
+        );
     }
 }
 
@@ -582,6 +609,7 @@ mod vocabulary_tests {
             vocab,
             context: 512,
             sliding_window: None,
+            relative_positions: false,
             on_gpu: false,
         };
         assert_eq!(

@@ -226,25 +226,46 @@ pub struct PredictRequest {
 /// TEI's shapes: a text, a pair `[a, b]`, or a list of either. Two strings
 /// are a pair, as TEI reads them; a batch of two texts is `[["a"], ["b"]]`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum PredictInputs {
-    Single(PredictInput),
-    Batch(Vec<PredictInput>),
+#[serde(try_from = "Value")]
+struct PredictInputs {
+    inputs: Vec<EncodeInput>,
+    /// Sent as one input (answered with one list of predictions).
+    single: bool,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum PredictInput {
-    Text(String),
-    Pair((String, String)),
-    One((String,)),
-}
+impl TryFrom<Value> for PredictInputs {
+    type Error = String;
 
-impl PredictInput {
-    fn into_input(self) -> EncodeInput {
-        match self {
-            PredictInput::Text(t) | PredictInput::One((t,)) => EncodeInput::Text(t),
-            PredictInput::Pair((a, b)) => EncodeInput::Pair(a, b),
+    fn try_from(v: Value) -> Result<Self, String> {
+        const SHAPES: &str = "a text, a pair [text, text], or a list of texts and pairs";
+        let one = |v: &Value| -> Option<EncodeInput> {
+            match v {
+                Value::String(t) => Some(EncodeInput::Text(t.clone())),
+                Value::Array(items) => match &items[..] {
+                    [Value::String(t)] => Some(EncodeInput::Text(t.clone())),
+                    [Value::String(a), Value::String(b)] => {
+                        Some(EncodeInput::Pair(a.clone(), b.clone()))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            }
+        };
+        // Two strings are one pair before they are a list of two texts.
+        if let Some(input) = one(&v) {
+            return Ok(Self {
+                inputs: vec![input],
+                single: true,
+            });
+        }
+        match &v {
+            Value::Array(items) => Ok(Self {
+                inputs: items.iter().map(one).collect::<Option<_>>().ok_or(format!(
+                    "holds an item that is not a text or a pair; expected {SHAPES}"
+                ))?,
+                single: false,
+            }),
+            _ => Err(format!("expected {SHAPES}")),
         }
     }
 }
@@ -261,10 +282,7 @@ pub(crate) async fn predict(
 ) -> Result<JsonResponse<Value>, ApiError> {
     state.check_model(req.model.as_deref())?;
     let _ = req.truncation_direction;
-    let (inputs, single) = match req.inputs {
-        PredictInputs::Single(i) => (vec![i.into_input()], true),
-        PredictInputs::Batch(v) => (v.into_iter().map(PredictInput::into_input).collect(), false),
-    };
+    let PredictInputs { inputs, single } = req.inputs;
     let options = EncodeOptions {
         truncate: req.truncate,
         ..EncodeOptions::default()
@@ -302,29 +320,29 @@ mod tests {
     #[test]
     fn predict_inputs_read_as_tei_reads_them() {
         let parse = |s: &str| serde_json::from_str::<PredictInputs>(s).unwrap();
-        assert!(matches!(
-            parse(r#""a""#),
-            PredictInputs::Single(PredictInput::Text(_))
-        ));
-        assert!(matches!(
-            parse(r#"["a", "b"]"#),
-            PredictInputs::Single(PredictInput::Pair(_))
-        ));
-        match parse(r#"[["a"], ["b", "c"], "d"]"#) {
-            PredictInputs::Batch(v) => {
-                let v: Vec<EncodeInput> = v.into_iter().map(PredictInput::into_input).collect();
-                assert_eq!(
-                    v,
-                    [
-                        EncodeInput::Text("a".into()),
-                        EncodeInput::Pair("b".into(), "c".into()),
-                        EncodeInput::Text("d".into())
-                    ]
-                );
-            }
-            other => panic!("{other:?}"),
+        let text = |t: &str| EncodeInput::Text(t.into());
+        let p = parse(r#""a""#);
+        assert!(p.single && p.inputs == [text("a")]);
+        let p = parse(r#"["a", "b"]"#);
+        assert!(p.single && p.inputs == [EncodeInput::Pair("a".into(), "b".into())]);
+        let p = parse(r#"[["a"], ["b", "c"], "d"]"#);
+        assert!(!p.single);
+        assert_eq!(
+            p.inputs,
+            [
+                text("a"),
+                EncodeInput::Pair("b".into(), "c".into()),
+                text("d")
+            ]
+        );
+        let p = parse(r#"["a", "b", "c"]"#);
+        assert_eq!(p.inputs, [text("a"), text("b"), text("c")]);
+        for bad in ["[1]", "5", r#"[["a", "b", "c"]]"#] {
+            let err = serde_json::from_str::<PredictInputs>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("expected a text, a pair"), "{bad}: {err}");
         }
-        assert!(serde_json::from_str::<PredictInputs>("[1]").is_err());
     }
 
     #[test]

@@ -160,8 +160,11 @@ impl Inputs {
                     ),
                 ));
             }
-            let elements: i64 = input.shape.iter().product();
-            if input.shape.iter().any(|&d| d < 0) || elements as usize != input.data.0.len() {
+            // Checked: a hostile shape must not wrap around to the data's length.
+            let elements = input.shape.iter().try_fold(1u64, |n, &d| {
+                u64::try_from(d).ok().and_then(|d| n.checked_mul(d))
+            });
+            if elements != Some(input.data.0.len() as u64) {
                 return Err(bad(
                     &format!("inputs[{i}].shape"),
                     format!(

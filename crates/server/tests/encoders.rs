@@ -112,18 +112,29 @@ async fn encoder_families_and_poolings_match_the_reference() {
             assert_eq!((norm - 1.0).abs() < 1e-4, normalized, "{name}: norm {norm}");
         }
     }
-    // A prompt changes the vector (the default prompt applies unasked).
-    let dir = tiny_encoder("roberta-mean");
-    let engine = engine_of(&dir);
-    let plain = post_json(&engine, "/v1/embeddings", json!({"input": texts[0]})).await;
-    let query = post_json(
-        &engine,
-        "/v1/embeddings",
+    // A prompt changes the vector; a model's default prompt applies unasked.
+    let embed = |engine: Arc<Engine>, body: Value| async move {
+        vectors(&post_json(&engine, "/v1/embeddings", body).await.json())[0].clone()
+    };
+    let engine = engine_of(&tiny_encoder("roberta-mean"));
+    let plain = embed(engine.clone(), json!({"input": texts[0]})).await;
+    let query = embed(engine, json!({"input": texts[0], "prompt_name": "query"})).await;
+    let c = cosine(&plain, &query);
+    assert!(c < 0.9999, "the prompt made no difference: cosine {c}");
+    let engine = engine_of(&tiny_encoder("xlm-roberta-cls"));
+    let unasked = embed(engine.clone(), json!({"input": texts[0]})).await;
+    let named = embed(
+        engine.clone(),
         json!({"input": texts[0], "prompt_name": "query"}),
     )
     .await;
-    let c = cosine(&vectors(&plain.json())[0], &vectors(&query.json())[0]);
-    assert!(c < 0.9999, "the prompt made no difference: cosine {c}");
+    let other = embed(
+        engine,
+        json!({"input": texts[0], "prompt_name": "document"}),
+    )
+    .await;
+    assert!(cosine(&unasked, &named) > 0.999_999);
+    assert!(cosine(&unasked, &other) < 0.9999);
 }
 
 /// The reference's logits and scores for `items`.

@@ -275,6 +275,26 @@ fn an_f16_matrix_stacks_with_q8_0_ones_but_not_with_q4_1() {
     }
     // The f16 rows are not zero (the test would pass on a dropped part).
     assert!(apart[1].iter().any(|v| v.abs() > 0.1), "{:?}", apart[1]);
+    // Decoded to f32 (an encoder's large batches), the stack's values give
+    // the kernels' products to within the activations' 16-bit rounding.
+    let w = stacked.dequantize().unwrap();
+    assert_eq!(w.len(), 6 * cols);
+    assert_eq!(w[0], f16::from_f32(0.01).to_f32() * 3.0, "Q8_0 d · q");
+    assert_eq!(
+        w[2 * cols + 1],
+        f16::from_f32(-29.0 / 64.0).to_f32(),
+        "f16 as stored"
+    );
+    for i in 0..5 {
+        for r in 0..6 {
+            let exact: f32 = (0..cols).map(|c| w[r * cols + c] * x[i * cols + c]).sum();
+            let got = joined[i * 6 + r];
+            assert!(
+                (got - exact).abs() <= 1e-3 * (1.0 + exact.abs()),
+                "input {i}, row {r}: {got} vs {exact}"
+            );
+        }
+    }
     // Q4_1 takes 8-bit activations: it cannot share a stack with f16.
     let q4 = QuantMatrix::from_ggml(
         BlockFormat::Q4_1,

@@ -145,5 +145,78 @@ fn labels_in_id_order() {
     assert_eq!(labels(&c).unwrap(), ["LABEL_0", "LABEL_1"]);
     let c = serde_json::json!({"id2label": {"0": "a", "5": "b"}});
     assert!(labels(&c).unwrap_err().contains("`5`"));
+    // "01" parses as 1: two ids for one slot are an error, not a panic.
+    let c = serde_json::json!({"id2label": {"01": "a", "1": "b"}});
+    assert!(labels(&c).unwrap_err().contains("given already"));
     assert!(labels(&serde_json::json!({})).is_err());
+}
+
+#[test]
+fn saved_cross_encoder_activations_are_read() {
+    for (path, want) in [
+        (
+            "torch.nn.modules.activation.Sigmoid",
+            Some(ScoreActivation::Sigmoid),
+        ),
+        (
+            "torch.nn.modules.linear.Identity",
+            Some(ScoreActivation::Identity),
+        ),
+        ("Softmax", Some(ScoreActivation::Softmax)),
+        ("torch.nn.modules.activation.Tanh", None),
+    ] {
+        assert_eq!(ScoreActivation::from_torch(path), want, "{path}");
+    }
+}
+
+/// Counts that would break the bucket formula or the position table are
+/// refused by the one check both loaders run.
+#[test]
+fn inconsistent_shapes_are_refused_naming_the_field() {
+    let base = Encoder {
+        family: EncoderFamily::MpNet,
+        hidden: 64,
+        heads: 4,
+        layers: 1,
+        feed_forward: 128,
+        eps: 1e-5,
+        positions: 66,
+        position_offset: 2,
+        token_types: 0,
+        relative: Some(RelativeBuckets {
+            buckets: 32,
+            max_distance: 128,
+        }),
+        output: EncoderOutput::Pooled {
+            pooling: Pooling::Mean,
+            normalize: true,
+        },
+        prompts: Prompts::default(),
+    };
+    assert!(base.check().is_ok());
+    let field = |e: Encoder| e.check().unwrap_err().0;
+    let mut e = base.clone();
+    e.relative = Some(RelativeBuckets {
+        buckets: 32,
+        max_distance: 8,
+    });
+    assert_eq!(field(e), "relative_attention_num_buckets");
+    let mut e = base.clone();
+    e.position_offset = 66;
+    assert_eq!(field(e), "pad_token_id");
+    let mut e = base.clone();
+    e.heads = 5;
+    assert_eq!(field(e), "hidden_size");
+    let mut e = base;
+    e.prompts.default = Some("query".into());
+    assert_eq!(field(e), "default_prompt_name");
+    // The smallest distance the check lets through still buckets every
+    // distance without overflow.
+    let r = RelativeBuckets {
+        buckets: 32,
+        max_distance: 9,
+    };
+    for d in -1000..1000 {
+        assert!(r.bucket(d) < 32);
+    }
 }

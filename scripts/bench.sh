@@ -18,10 +18,12 @@ cargo build --release --quiet -p modelship-gateway --example http_load
 # the estimate-vs-RSS table; =gateway: only the proxy table; =containers:
 # only the image and target table; =openai: only the schema, penalty and
 # tool-prompt costs; =cold: only the scale-to-zero table; =encoders: only
-# MPNet, rerank and ONNX Runtime's MiniLM.
+# MPNet, rerank and ONNX Runtime's MiniLM; =shadow: only the cost of shadow
+# traffic.
 case "${BENCH_ONLY:-}" in
   cold) exec "$cache/venv/bin/python" scripts/bench/cold.py ;;
   encoders) exec "$cache/venv/bin/python" scripts/bench/encoders.py ;;
+  shadow) exec "$cache/venv/bin/python" scripts/bench/shadow.py ;;
   containers) exec "$cache/venv/bin/python" scripts/bench/containers.py ;;
   memory) exec "$cache/venv/bin/python" scripts/bench/memory.py ;;
   generate) exec "$cache/venv/bin/python" scripts/bench/run.py ;;
@@ -37,4 +39,5 @@ esac
 "$cache/venv/bin/python" scripts/bench/containers.py
 "$cache/venv/bin/python" scripts/bench/cold.py
 "$cache/venv/bin/python" scripts/bench/encoders.py
+"$cache/venv/bin/python" scripts/bench/shadow.py
 cargo run --release --quiet -p modelship-planner --example place_bench

@@ -188,12 +188,33 @@ fn phase(d: &DeploymentSummary) -> String {
         (Phase::Canary { .. }, Some(stable), Some(t)) => {
             format!("canary {t}% (stable {stable}){run}")
         }
+        (Phase::Shadow { .. }, Some(stable), _) => format!("shadowing {stable}{run}"),
         (Phase::BlueGreen { switched_at, .. }, Some(stable), _) => match switched_at {
             Some(_) => format!("blue-green switched (old {stable} kept){run}"),
             None => format!("blue-green starting (serving {stable}){run}"),
         },
         (p, _, _) => format!("{}{run}", p.name()),
     }
+}
+
+/// The rollout step under analysis: each revision's client traffic and the
+/// live comparison so far.
+fn analysis(a: &serde_json::Value) -> String {
+    let traffic = |w: &serde_json::Value| {
+        format!(
+            "{} requests, {} errors",
+            w["requests"].as_u64().unwrap_or(0),
+            w["errors"].as_u64().unwrap_or(0)
+        )
+    };
+    let live = serde_json::from_value::<modelship_types::LiveQuality>(a["live"].clone())
+        .map(|q| q.summary())
+        .unwrap_or_default();
+    format!(
+        "analysis: new revision {}; stable {}\nlive: {live}\n",
+        traffic(&a["canary"]),
+        traffic(&a["stable"]),
+    )
 }
 
 fn short(digest: &str) -> &str {
@@ -223,7 +244,7 @@ pub fn status(args: NameArgs) -> Result<(), Failure> {
             .map(|d| phase(&d))
             .unwrap_or_default();
         let mut s = format!(
-            "{}: revision {}, {rollout}, {}/{} ready, {} pending, {} old\nmodel: {}\n{runs_on}\n\nreplicas\n",
+            "{}: revision {}, {rollout}, {}/{} ready, {} pending, {} old\nmodel: {}\n{runs_on}\n\n",
             d["name"].as_str().unwrap_or_default(),
             d["revision"],
             d["ready"],
@@ -232,6 +253,11 @@ pub fn status(args: NameArgs) -> Result<(), Failure> {
             d["old"],
             d["model"].as_str().unwrap_or_default(),
         );
+        if let Some(a) = v.get("analysis").filter(|a| !a.is_null()) {
+            s += &analysis(a);
+            s += "\n";
+        }
+        s += "replicas\n";
         for r in v["replicas"].as_array().into_iter().flatten() {
             let state = r["state"].as_str().unwrap_or_default();
             let at = match r["reason"].as_str() {

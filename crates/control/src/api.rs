@@ -319,6 +319,8 @@ async fn deployment(
         "events": recent,
         "runs": runs,
         "stats": ctx.gateway.stats().revisions.into_iter().filter(|s| s.deployment == name).collect::<Vec<_>>(),
+        // The shadow phase's or canary step's figures so far.
+        "analysis": ctx.analyses.lock().unwrap_or_else(|p| p.into_inner()).get(&name).cloned(),
     })))
 }
 

@@ -96,6 +96,7 @@ fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
         published: None,
         replica_key: None,
         api_keys: BTreeSet::new(),
+        analyses: Mutex::default(),
     })
 }
 

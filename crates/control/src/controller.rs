@@ -13,8 +13,8 @@ use futures::future::join_all;
 use modelship_gateway::{Abort, Route, Share, StatsSnapshot};
 use modelship_orchestrator::{Liveness, ReplicaSpec, now_ms};
 use modelship_planner::{
-    Action, ClusterRollout, Desired, Idle, ReplicaRequest, RolloutObserved, Sample, ScalerState,
-    Window, admit, autoscale, desired, make_room, reconcile,
+    Action, Analysis, ClusterRollout, Desired, Idle, ReplicaRequest, RolloutObserved, Sample,
+    ScalerState, Window, admit, autoscale, desired, make_room, mirror, reconcile,
 };
 use modelship_types::{Deployment, Node, Phase, Replica, ReplicaState, Revision, Target};
 
@@ -37,6 +37,39 @@ const DRAIN_GRACE: Duration = Duration::from_secs(30);
 /// A deployment with the revision that serves it.
 type Serving = (Deployment, Revision);
 
+/// What the gateway had counted when a step's analysis began: the step is
+/// judged on what came after.
+struct Baseline {
+    /// The revision and the step analysed ([`SHADOW`] for the shadow phase).
+    revision: u32,
+    step: u32,
+    stats: StatsSnapshot,
+    /// Requests compared so far for the revision pair.
+    compared: u64,
+}
+
+/// The shadow phase's place among a rollout's steps in a [`Baseline`].
+const SHADOW: u32 = u32::MAX;
+
+/// The step `phase` is analysing, and the stable revision it is compared
+/// with; `None` while nothing is analysed.
+fn analysed(phase: &Phase) -> Option<(u32, u32)> {
+    match phase {
+        Phase::Shadow {
+            stable,
+            analysis_from: Some(_),
+            ..
+        } => Some((SHADOW, *stable)),
+        Phase::Canary {
+            stable,
+            step,
+            analysis_from: Some(_),
+            ..
+        } => Some((*step, *stable)),
+        _ => None,
+    }
+}
+
 pub(crate) struct Controller {
     ctx: Arc<Ctx>,
     /// Replicas with a stop in flight, so a tick does not stop them twice.
@@ -45,9 +78,8 @@ pub(crate) struct Controller {
     scalers: Mutex<HashMap<String, ScalerState>>,
     /// Swarm tasks as last observed, published beside the other replicas.
     swarm_seen: Mutex<Vec<Replica>>,
-    /// Each canary's gateway statistics when its step's analysis began:
-    /// (revision, step, counters).
-    baselines: Mutex<HashMap<String, (u32, u32, StatsSnapshot)>>,
+    /// Each rollout's gateway figures when its step's analysis began.
+    baselines: Mutex<HashMap<String, Baseline>>,
     /// Each deployment's traffic split while a stable revision runs beside
     /// the new one: (revision, stable, percent to revision).
     splits: Mutex<HashMap<String, (u32, u32, u32)>>,
@@ -168,7 +200,11 @@ impl Controller {
             .collect();
         let mut by_target: HashMap<Target, Vec<Desired>> = HashMap::new();
         let mut splits = HashMap::new();
+        let mut mirrors = HashMap::new();
         for (d, rev) in &deployments {
+            if let Some(m) = mirror(d, &rev.spec.spec.rollout) {
+                mirrors.insert(d.name.clone(), m);
+            }
             let mut want = desired(d, &rev.spec.spec.rollout);
             want.blocked = blocked.contains(&(d.name.as_str(), d.revision));
             if want.blocked {
@@ -185,6 +221,7 @@ impl Controller {
                 .push(want);
         }
         *self.splits.lock().unwrap_or_else(|p| p.into_inner()) = splits;
+        self.ctx.gateway.set_mirrors(mirrors);
         self.ctx.gateway.set_waking(waking);
         *self.waking.lock().unwrap_or_else(|p| p.into_inner()) = from_zero;
         let mut take = |t| by_target.remove(&t).unwrap_or_default();
@@ -244,7 +281,7 @@ impl Controller {
                     None => continue,
                 },
             };
-            self.begin_analysis(&next, stats);
+            self.begin_analysis(&next, &rev, stats);
             out.push((next, rev));
         }
         let names: HashSet<&str> = out.iter().map(|(d, _)| d.name.as_str()).collect();
@@ -252,6 +289,17 @@ impl Controller {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|name, _| names.contains(name.as_str()));
+        // The analyses shown by `status`: those still under way.
+        let analysing: HashSet<&str> = out
+            .iter()
+            .filter(|(d, _)| analysed(&d.phase).is_some())
+            .map(|(d, _)| d.name.as_str())
+            .collect();
+        self.ctx
+            .analyses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| analysing.contains(name.as_str()));
         Ok(out)
     }
 
@@ -290,25 +338,27 @@ impl Controller {
                 seen.pending = Some((r.id.clone(), why.to_owned()));
             }
         }
-        if let Phase::Canary {
-            stable,
-            step,
-            analysis_from: Some(_),
-            ..
-        } = &d.phase
-        {
+        if let Some((step, stable)) = analysed(&d.phase) {
             // Measured from the step's baseline; none (the step's analysis
             // began before this control plane started): not measured.
             let baselines = self.baselines.lock().unwrap_or_else(|p| p.into_inner());
             seen.analysis = baselines
                 .get(&d.name)
-                .filter(|(rev, s, _)| (*rev, *s) == (d.revision, *step))
-                .map(|(_, _, before)| {
-                    (
-                        window(stats, before, &d.name, d.revision),
-                        window(stats, before, &d.name, *stable),
-                    )
+                .filter(|b| (b.revision, b.step) == (d.revision, step))
+                .map(|b| Analysis {
+                    canary: window(stats, &b.stats, &d.name, d.revision),
+                    stable: window(stats, &b.stats, &d.name, stable),
+                    live: mirror(d, &rev.spec.spec.rollout)
+                        .map(|m| self.ctx.gateway.live_since(&d.name, &m, b.compared))
+                        .unwrap_or_default(),
                 });
+            if let Some(a) = &seen.analysis {
+                self.ctx
+                    .analyses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(d.name.clone(), a.clone());
+            }
         }
         if rev.spec.spec.target == Target::Kubernetes {
             seen.cluster = Some(
@@ -325,26 +375,29 @@ impl Controller {
         seen
     }
 
-    /// Keeps the gateway's counters at the moment a canary step's analysis
-    /// began, to judge the step on what came after.
-    fn begin_analysis(&self, d: &Deployment, stats: &StatsSnapshot) {
+    /// Keeps the gateway's counters at the moment a step's analysis began,
+    /// to judge the step on what came after.
+    fn begin_analysis(&self, d: &Deployment, rev: &Revision, stats: &StatsSnapshot) {
         let mut baselines = self.baselines.lock().unwrap_or_else(|p| p.into_inner());
-        match &d.phase {
-            Phase::Canary {
-                step,
-                analysis_from: Some(_),
-                ..
-            } => {
-                let fresh = baselines
-                    .get(&d.name)
-                    .is_none_or(|(rev, s, _)| (*rev, *s) != (d.revision, *step));
-                if fresh {
-                    baselines.insert(d.name.clone(), (d.revision, *step, stats.clone()));
-                }
-            }
-            _ => {
-                baselines.remove(&d.name);
-            }
+        let Some((step, _)) = analysed(&d.phase) else {
+            baselines.remove(&d.name);
+            return;
+        };
+        let fresh = baselines
+            .get(&d.name)
+            .is_none_or(|b| (b.revision, b.step) != (d.revision, step));
+        if fresh {
+            let compared = mirror(d, &rev.spec.spec.rollout)
+                .map_or(0, |m| self.ctx.gateway.live_count(&d.name, &m));
+            baselines.insert(
+                d.name.clone(),
+                Baseline {
+                    revision: d.revision,
+                    step,
+                    stats: stats.clone(),
+                    compared,
+                },
+            );
         }
     }
 

@@ -173,6 +173,9 @@ pub(crate) struct Ctx {
     /// The API keys (the gateway's): Kubernetes pods, which clients reach
     /// through their Service rather than the gateway, require them.
     pub api_keys: std::collections::BTreeSet<String>,
+    /// Each deployment's rollout analysis as the controller last measured
+    /// it (the shadow phase or canary step under way), for `status`.
+    pub analyses: Mutex<std::collections::HashMap<String, modelship_planner::Analysis>>,
 }
 
 impl Ctx {
@@ -281,6 +284,7 @@ pub async fn up(
         published,
         replica_key,
         api_keys: api_keys.clone(),
+        analyses: Mutex::default(),
     });
     reap(&ctx).await?;
     for run in interrupted {

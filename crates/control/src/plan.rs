@@ -93,6 +93,32 @@ fn replica_plan(
 /// decides between embeddings, reranking and classification), or what the
 /// spec says when the model cannot tell.
 pub fn served_task(spec: &ModelDeployment, info: &ModelInfo) -> anyhow::Result<Task> {
+    let task = said_or_found_task(spec, info)?;
+    // A live bound must be one the task's answers give.
+    if let Some(q) = &spec.spec.rollout.canary.quality {
+        let figures = [
+            (
+                "min_live_cosine",
+                q.min_live_cosine.is_some(),
+                Task::Embeddings,
+            ),
+            ("min_live_top1", q.min_live_top1.is_some(), Task::Generate),
+            ("max_live_kld", q.max_live_kld.is_some(), Task::Generate),
+        ];
+        if let Some((field, _, wants)) = figures
+            .iter()
+            .find(|(_, set, wants)| *set && *wants != task)
+        {
+            anyhow::bail!(
+                "spec.rollout.canary.quality.{field} compares {wants} answers, but {} is a {task} model",
+                info.path.display()
+            );
+        }
+    }
+    Ok(task)
+}
+
+fn said_or_found_task(spec: &ModelDeployment, info: &ModelInfo) -> anyhow::Result<Task> {
     match (spec.spec.model.task, info.task) {
         (Some(said), Some(is)) if said != is => anyhow::bail!(
             "spec.model.task is `{said}`, but {} ({}) is a {is} model",

@@ -608,6 +608,88 @@ impl Engine {
         else {
             return Err(self.wrong_task(Task::Generate));
         };
+        let (ids, field) = self.prompt_ids(prompt, request.tools.as_ref())?;
+        self.start(generator, grammars, ids, field, request, None)
+    }
+
+    /// Starts scoring `continuation` after `prompt` teacher-forced: the
+    /// prompt as [`Engine::generate`] writes it, the continuation's tokens
+    /// after it, nothing generated. The stream's `Prompt` event holds every
+    /// token's log-probability, the `top` most likely at its place and
+    /// those of `also[i]` at continuation token i. Returns the stream and
+    /// how many tokens are the prompt's.
+    pub fn score_continuation(
+        &self,
+        prompt: &Prompt,
+        tools: Option<&Tools>,
+        continuation: &str,
+        top: usize,
+        also: &[Vec<u32>],
+    ) -> Result<(GenerationStream, usize), EngineError> {
+        let Worker::Generate {
+            generator,
+            grammars,
+            ..
+        } = &self.worker
+        else {
+            return Err(self.wrong_task(Task::Generate));
+        };
+        let (mut ids, field) = self.prompt_ids(prompt, tools)?;
+        let prompt_tokens = ids.len();
+        let continued = self
+            .tokenizer
+            .encode(continuation, false)
+            .map_err(|e| EngineError::invalid("continuation", e))?;
+        if continued.is_empty() {
+            return Err(EngineError::invalid(
+                "continuation",
+                "`continuation` has no tokens",
+            ));
+        }
+        if also.len() > continued.len() {
+            return Err(EngineError::invalid(
+                "also",
+                format!(
+                    "{} lists of ids for a continuation of {} tokens",
+                    also.len(),
+                    continued.len()
+                ),
+            ));
+        }
+        if let Some(id) = also
+            .iter()
+            .flatten()
+            .find(|&&id| self.tokenizer.id_to_token(id).is_none())
+        {
+            return Err(EngineError::invalid(
+                "also",
+                format!("token {id} is not in this model's vocabulary"),
+            ));
+        }
+        ids.extend(continued);
+        let request = GenerateRequest {
+            max_tokens: Some(0),
+            prompt_logprobs: Some(top),
+            ..GenerateRequest::default()
+        };
+        // Prompt position p + prompt_tokens is continuation token p.
+        let mut at: Vec<Vec<u32>> = vec![Vec::new(); prompt_tokens];
+        at.extend(also.iter().cloned());
+        let (mut streams, _) =
+            self.start(generator, grammars, ids, field, &request, Some(at.into()))?;
+        let stream = streams
+            .pop()
+            .ok_or_else(|| EngineError::Backend(crate::BackendError("no stream".into())))?;
+        Ok((stream, prompt_tokens))
+    }
+
+    /// The prompt's token ids as a generation sees them (a chat through the
+    /// model's template), and the request field they came in.
+    fn prompt_ids(
+        &self,
+        prompt: &Prompt,
+        tools: Option<&Tools>,
+    ) -> Result<(Vec<u32>, &'static str), EngineError> {
         let (text, field) = match prompt {
             Prompt::Text(t) => (t.clone(), "prompt"),
             Prompt::Tokens(ids) => {
@@ -623,10 +705,10 @@ impl Engine {
                         ),
                     ));
                 }
-                return self.start(generator, grammars, ids.clone(), "prompt", request);
+                return Ok((ids.clone(), "prompt"));
             }
             Prompt::Chat(messages) => {
-                let offered = request.tools.as_ref().filter(|t| t.offered());
+                let offered = tools.filter(|t| t.offered());
                 (self.render_chat(messages, offered, true)?, "messages")
             }
         };
@@ -634,7 +716,7 @@ impl Engine {
             .tokenizer
             .encode(&text, true)
             .map_err(|e| EngineError::invalid(field, e))?;
-        self.start(generator, grammars, ids, field, request)
+        Ok((ids, field))
     }
 
     fn start(
@@ -644,6 +726,7 @@ impl Engine {
         ids: Vec<u32>,
         field: &'static str,
         request: &GenerateRequest,
+        prompt_also: Option<Arc<[Vec<u32>]>>,
     ) -> Result<(Vec<GenerationStream>, Vec<u32>), EngineError> {
         if ids.is_empty() {
             return Err(EngineError::invalid(
@@ -655,13 +738,16 @@ impl Engine {
             // The response spells the tokens; the table is built here.
             self.vocabulary();
         }
-        let params = request.resolve(&Bounds {
+        let mut params = request.resolve(&Bounds {
             limits: &self.limits,
             max_context: self.card.max_context,
             tokenizer: &self.tokenizer,
             prompt_tokens: ids.len(),
             field,
         })?;
+        if let Some(also) = prompt_also {
+            params.prompt_also = also;
+        }
         let demanded = match (&request.tools, self.tool_format()) {
             (Some(t), Some(f)) => tools::call_grammar(f, t).map(OutputFormat::Lark),
             _ => None,

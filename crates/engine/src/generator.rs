@@ -37,6 +37,10 @@ pub struct GenerateParams {
     pub logprobs: Option<usize>,
     /// The same for the prompt's tokens (completions' `echo`).
     pub prompt_logprobs: Option<usize>,
+    /// With `prompt_logprobs`: ids whose log-probabilities are reported
+    /// beside the most likely ones, per prompt position (a teacher-forced
+    /// comparison asks for another model's most likely tokens).
+    pub prompt_also: Arc<[Vec<u32>]>,
     /// Independent samples that share one prefill.
     pub n: usize,
 }
@@ -440,8 +444,10 @@ impl<'t, B: GenerateBackend> Worker<'t, B> {
             };
             // Row k predicts the token after chunk position k.
             let next = prompt[c * SCORED_CHUNK + 1..].iter();
-            for (row, &token) in rows.iter().zip(next) {
-                scored.push(logits::logprob_of(row, token, top));
+            for (k, (row, &token)) in rows.iter().zip(next).enumerate() {
+                let at = c * SCORED_CHUNK + k + 1;
+                let also = a.request.params.prompt_also.get(at).map_or(&[][..], |v| v);
+                scored.push(logits::logprob_of(row, token, top, also));
             }
             last = rows.into_iter().last();
         }
@@ -610,7 +616,7 @@ fn choose<S>(a: &mut Active<'_, S>, mut logits: Vec<f32>) -> Result<(), EngineEr
         c.accept(token).map_err(grammar_error)?;
     }
     a.history.push(token);
-    let logprob = raw.map(|raw| logits::logprob_of(&raw, token, p.logprobs.unwrap_or(0)));
+    let logprob = raw.map(|raw| logits::logprob_of(&raw, token, p.logprobs.unwrap_or(0), &[]));
     a.next = Some((token, logprob));
     Ok(())
 }

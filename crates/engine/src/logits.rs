@@ -15,8 +15,9 @@ pub struct TokenLogprob {
     pub top: Vec<(u32, f32)>,
 }
 
-/// `log softmax(logits)[token]` and the `top` most likely tokens.
-pub fn logprob_of(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+/// `log softmax(logits)[token]` and the `top` most likely tokens, then
+/// those of `also` not among them.
+pub fn logprob_of(logits: &[f32], token: u32, top: usize, also: &[u32]) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     // Summed in f64: 150k terms in f32 lose the small ones.
     let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
@@ -31,10 +32,15 @@ pub fn logprob_of(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
     TokenLogprob {
         token,
         logprob: Some(lp(token)),
-        top: top_ids(logits, top)
-            .into_iter()
-            .map(|id| (id, lp(id)))
-            .collect(),
+        top: {
+            let mut ids = top_ids(logits, top);
+            for &id in also {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            ids.into_iter().map(|id| (id, lp(id))).collect()
+        },
     }
 }
 
@@ -148,11 +154,15 @@ mod tests {
     fn logprobs_are_the_log_softmax() {
         // p = (0.5, 0.25, 0.25)
         let logits = [2f32.ln() + 3.0, 3.0, 3.0];
-        let t = logprob_of(&logits, 1, 2);
+        let t = logprob_of(&logits, 1, 2, &[]);
         assert!((t.logprob.unwrap() - 0.25f32.ln()).abs() < 1e-6);
         assert_eq!(t.top.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 1]);
         assert!((t.top[0].1 - 0.5f32.ln()).abs() < 1e-6);
-        assert!(logprob_of(&logits, 0, 0).top.is_empty());
+        assert!(logprob_of(&logits, 0, 0, &[]).top.is_empty());
+        // Asked-for ids follow the most likely, once each.
+        let also = logprob_of(&logits, 0, 1, &[0, 2]);
+        assert_eq!(also.top.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 2]);
+        assert!((also.top[1].1 - 0.25f32.ln()).abs() < 1e-6);
     }
 
     #[test]
@@ -179,10 +189,10 @@ mod tests {
             logits in prop::collection::vec(-30f32..30.0, 1..300),
             k in 0usize..25,
         ) {
-            let all = logprob_of(&logits, 0, logits.len());
+            let all = logprob_of(&logits, 0, logits.len(), &[]);
             let total: f64 = all.top.iter().map(|p| (p.1 as f64).exp()).sum();
             prop_assert!((total - 1.0).abs() < 1e-4, "{total}");
-            let t = logprob_of(&logits, 0, k);
+            let t = logprob_of(&logits, 0, k, &[]);
             prop_assert_eq!(t.top.len(), k.min(logits.len()));
             prop_assert!(t.top.windows(2).all(|w| w[0].1 >= w[1].1));
             prop_assert_eq!(&t.top[..], &all.top[..t.top.len()]);

@@ -2,6 +2,8 @@
 //! they are checked against the model and the serving limits and given
 //! their defaults (OpenAI's, and vLLM's for its extensions).
 
+use std::sync::Arc;
+
 use modelship_model::TextTokenizer;
 use modelship_types::ServingLimits;
 
@@ -151,6 +153,7 @@ impl GenerateRequest {
             logit_bias: logit_bias(&r.logit_bias, b.tokenizer)?,
             logprobs: r.logprobs,
             prompt_logprobs: r.prompt_logprobs,
+            prompt_also: Arc::from(Vec::new()),
             n,
         })
     }

@@ -212,8 +212,12 @@ impl Table {
             })
             .collect();
         let (candidates, skip_ejected) = if healthy.is_empty() {
+            // A revision of weight 0 (a shadow, a blue-green revision before
+            // its switch) answers no client while another has weight.
+            let weighted = revisions.iter().any(|r| r.weight > 0);
             let any: Vec<&RevisionRoute> = revisions
                 .iter()
+                .filter(|r| r.weight > 0 || !weighted)
                 .filter(|r| r.endpoints.iter().any(|e| untried(&e)))
                 .collect();
             (any, false)

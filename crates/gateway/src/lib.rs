@@ -14,6 +14,7 @@ pub mod fuzz;
 mod http1;
 mod listen;
 mod proxy;
+mod shadow;
 mod stats;
 mod tls;
 mod upstream;
@@ -134,6 +135,8 @@ struct Inner {
     holding: Arc<tokio::sync::Notify>,
     /// Bumped by every [`Gateway::set_routes`]: waiting requests look again.
     routes_changed: tokio::sync::watch::Sender<u64>,
+    /// Mirrored requests and the comparison of answers.
+    shadow: shadow::Shadow,
 }
 
 impl Gateway {
@@ -149,6 +152,7 @@ impl Gateway {
                 held: Mutex::default(),
                 holding: Arc::default(),
                 routes_changed: tokio::sync::watch::Sender::new(0),
+                shadow: shadow::Shadow::default(),
             }),
         }
     }

@@ -52,6 +52,7 @@ pub fn serve(
         s.bind(at)?;
         Ok(s)
     };
+    gateway.start_shadow()?;
     let first = socket(addr)?;
     let bound = first.local_addr()?;
     let mut sockets = vec![first];
@@ -349,12 +350,27 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             io.write_all(&bytes).await.map_err(|_| Stop::Quietly)?;
             Ok(if keep { After::KeepAlive } else { After::Close })
         }
-        Reply::Upstream(answer, endpoint) => answer
-            .forward(&shared.pool, &endpoint.addr, io, http10, keep)
-            .await
-            .map_err(|e| {
-                tracing::debug!(replica = %endpoint.replica, "response cut short: {e}");
-                Stop::Quietly
-            }),
+        Reply::Upstream(answer, endpoint, sample) => {
+            let (after, kept) = answer
+                .forward(
+                    &shared.pool,
+                    &endpoint.addr,
+                    io,
+                    http10,
+                    keep,
+                    sample.is_some(),
+                )
+                .await
+                .map_err(|e| {
+                    tracing::debug!(replica = %endpoint.replica, "response cut short: {e}");
+                    Stop::Quietly
+                })?;
+            // Compared after the client has its answer, off its path.
+            if let Some(mut sample) = sample {
+                sample.answer = kept;
+                shared.gateway.offer(*sample);
+            }
+            Ok(after)
+        }
     }
 }

@@ -14,6 +14,7 @@ use crate::Gateway;
 use crate::balance::{Endpoint, Pick};
 use crate::error::GatewayError;
 use crate::http1::Head;
+use crate::shadow::Sample;
 use crate::upstream::{Answer, Pool, Unanswered};
 
 /// One gateway thread's state: the shared gateway and its own connections
@@ -27,8 +28,9 @@ pub(crate) struct Shared {
 pub(crate) enum Reply {
     /// A response the gateway makes itself.
     Local(Local),
-    /// A replica's response, its body still to pass through.
-    Upstream(Answer, Arc<Endpoint>),
+    /// A replica's response, its body still to pass through, and the
+    /// request to compare with another revision once it has.
+    Upstream(Answer, Arc<Endpoint>, Option<Box<Sample>>),
 }
 
 /// A complete response of the gateway's own.
@@ -103,7 +105,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// The gateway's clock: ms since it first looked.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
@@ -346,7 +348,14 @@ async fn proxy(s: &Shared, head: &Head, body: &[u8], deployment: &str) -> Reply 
                     endpoint.succeeded();
                 }
                 record(&endpoint, status, ms, failed);
-                return Reply::Upstream(answer, endpoint);
+                let sample = match status {
+                    200 => s
+                        .gateway
+                        .sample(deployment, endpoint.revision, head.path(), body, random())
+                        .map(Box::new),
+                    _ => None,
+                };
+                return Reply::Upstream(answer, endpoint, sample);
             }
             Ok(Err(Unanswered(e))) => {
                 // Nothing came back: safe to send elsewhere.

@@ -219,6 +219,8 @@ impl Answer {
     /// rewritten, then the body as it arrives. `http10` for an HTTP/1.0
     /// client; `keep` whether the client connection may stay open. The
     /// replica's connection returns to `pool` when the body ended cleanly.
+    /// With `keep_body`, a body of a known length up to
+    /// [`crate::shadow::MAX_CAPTURE`] is kept as it passes and returned.
     pub(crate) async fn forward<W: AsyncWrite + Unpin>(
         mut self,
         pool: &Pool,
@@ -226,7 +228,8 @@ impl Answer {
         client: &mut W,
         http10: bool,
         keep: bool,
-    ) -> std::io::Result<After> {
+        keep_body: bool,
+    ) -> std::io::Result<(After, Option<Vec<u8>>)> {
         let mut pass = match self.length {
             Length::Fixed(n) => Pass::Fixed(n),
             Length::Chunked if http10 => Pass::Dechunk(Chunked::default()),
@@ -234,11 +237,21 @@ impl Answer {
             Length::UntilClose => Pass::UntilClose,
         };
         let keep = keep && matches!(pass, Pass::Fixed(_) | Pass::Chunked(_));
+        let mut kept = match self.length {
+            Length::Fixed(n) if keep_body && n <= crate::shadow::MAX_CAPTURE => {
+                Some(Vec::with_capacity(n as usize))
+            }
+            _ => None,
+        };
         let mut out = Vec::with_capacity(512 + self.buffered.len());
         self.write_head(&mut out, http10, keep);
+        let head_len = out.len();
         let (mut done, mut surplus) = pass
             .feed(&self.buffered, &mut out)
             .map_err(std::io::Error::other)?;
+        if let Some(k) = &mut kept {
+            k.extend_from_slice(&out[head_len..]);
+        }
         client.write_all(&out).await?;
         let mut buf = self.buffered;
         while !done {
@@ -256,12 +269,16 @@ impl Answer {
             out.clear();
             let fed = pass.feed(&buf, &mut out).map_err(std::io::Error::other)?;
             (done, surplus) = (fed.0, surplus || fed.1);
+            if let Some(k) = &mut kept {
+                k.extend_from_slice(&out);
+            }
             client.write_all(&out).await?;
         }
         if done && !surplus && self.head.keep_alive() {
             pool.give_back(addr, self.stream);
         }
-        Ok(if keep { After::KeepAlive } else { After::Close })
+        let after = if keep { After::KeepAlive } else { After::Close };
+        Ok((after, kept.filter(|_| done)))
     }
 
     fn write_head(&self, out: &mut Vec<u8>, http10: bool, keep: bool) {

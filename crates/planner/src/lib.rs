@@ -17,19 +17,19 @@ mod services;
 
 pub use admission::{Admission, admit};
 pub use autoscale::{Idle, Sample, ScaleDecision, ScalerState, autoscale, make_room};
-pub use canary::{Verdict, Window, judge_canary};
+pub use canary::{Analysis, Verdict, Window, judge_canary};
 pub use capacity::{CapacityPoint, CapacityProfile, Sizing, size_for_slo};
 pub use estimate::{
     ModelShape, RUNTIME_BYTES, SlidingWindow, TensorFootprint, WeightsFile, estimate,
     resident_weights,
 };
-pub use modelship_types::{Estimate, Pending, Placement};
+pub use modelship_types::{Estimate, Mirror, Pending, Placement};
 pub use placement::{Plan, ReplicaRequest, place, place_onto};
 pub use reconcile::{
     Action, BACKOFF_BASE_MS, BACKOFF_MAX_MS, Desired, reconcile, restart_backoff_ms,
 };
 pub use rollout::{
-    CRASH_LOOP_RESTARTS, ClusterRollout, READY_TIMEOUT_MS, RolloutObserved, Step, desired,
-    first_phase, step,
+    CRASH_LOOP_RESTARTS, ClusterRollout, READY_TIMEOUT_MS, RolloutObserved, SAMPLES_TIMEOUT_MS,
+    Step, desired, first_phase, mirror, step,
 };
 pub use services::{ServiceObserved, scale_services};

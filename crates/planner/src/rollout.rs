@@ -8,15 +8,19 @@
 
 use std::collections::BTreeMap;
 
-use modelship_types::{Deployment, Phase, Progress, Rollout, Strategy, Target};
+use modelship_types::{Deployment, Mirror, Phase, Progress, Rollout, Strategy, Target};
 
-use crate::canary::{Verdict, Window, judge_canary};
+use crate::canary::{Analysis, Verdict, judge_canary};
 use crate::reconcile::Desired;
 
 /// Restarts of one new replica that count as a crash loop.
 pub const CRASH_LOOP_RESTARTS: u32 = 3;
 /// Longest a phase may wait for the new revision's replicas to be ready.
 pub const READY_TIMEOUT_MS: u64 = 600_000;
+/// Longest a step judged on live quality may run past its interval while
+/// it has fewer compared requests than it needs: then it fails (too little
+/// traffic to judge it is not a pass).
+pub const SAMPLES_TIMEOUT_MS: u64 = 600_000;
 
 /// What the controller saw of one deployment this tick.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -27,9 +31,9 @@ pub struct RolloutObserved {
     pub live: BTreeMap<u32, u32>,
     /// The new revision's replica restarted most often, and how often.
     pub restarts: Option<(String, u32)>,
-    /// A canary step's traffic since its analysis began: the canary's and
-    /// the stable revision's.
-    pub analysis: Option<(Window, Window)>,
+    /// A canary step's (or the shadow phase's) traffic and live comparison
+    /// since its analysis began.
+    pub analysis: Option<Analysis>,
     /// Kubernetes: the cluster's rollout of the revision (its Deployment's
     /// status), which stands in for the replica counts.
     pub cluster: Option<ClusterRollout>,
@@ -95,6 +99,11 @@ pub fn first_phase(
     };
     match (rollout.strategy, previous) {
         _ if target == Target::Kubernetes => Phase::Rolling { progress },
+        (_, Some(stable)) if rollout.shadow.is_some() => Phase::Shadow {
+            progress,
+            stable,
+            analysis_from: None,
+        },
         (Strategy::Canary, Some(stable)) => Phase::Canary {
             progress,
             stable,
@@ -126,10 +135,36 @@ fn canary_replicas(replicas: u32, percent: u32) -> u32 {
     (replicas * percent).div_ceil(100).max(1)
 }
 
+/// The shadow phase's mirrored share, in percent.
+fn shadow_percent(rollout: &Rollout) -> f64 {
+    rollout.shadow.as_ref().map_or(100.0, |s| s.percent)
+}
+
+/// What `d`'s phase compares: the shadow phase mirrors `shadow.percent`,
+/// a canary with `quality` bounds compares `quality.percent` of each step.
+pub fn mirror(d: &Deployment, rollout: &Rollout) -> Option<Mirror> {
+    let (stable, percent) = match &d.phase {
+        Phase::Shadow { stable, .. } => (*stable, shadow_percent(rollout)),
+        Phase::Canary { stable, .. } => (*stable, rollout.canary.quality.as_ref()?.percent),
+        _ => return None,
+    };
+    Some(Mirror {
+        stable,
+        candidate: d.revision,
+        percent,
+    })
+}
+
 /// What `d`'s phase runs: replicas of its revision, the stable revision's
 /// beside them, and the traffic split. `rollout` is the revision's.
 pub fn desired(d: &Deployment, rollout: &Rollout) -> Desired {
     let (replicas, stable, traffic) = match &d.phase {
+        // Sized for the mirrored share; no client traffic.
+        Phase::Shadow { stable, .. } => (
+            canary_replicas(d.replicas, shadow_percent(rollout).ceil() as u32),
+            Some((*stable, d.replicas)),
+            Some(0),
+        ),
         Phase::Canary { stable, step, .. } => {
             let p = percent(rollout, *step);
             (
@@ -218,6 +253,83 @@ pub fn step(d: &Deployment, rollout: &Rollout, seen: &RolloutObserved, now: u64)
             }
             waiting(d, progress, seen, now)
         }
+        Phase::Shadow {
+            progress,
+            stable,
+            analysis_from,
+        } => {
+            let p = shadow_percent(rollout);
+            let label = format!("shadow {p}%");
+            let analyse_from_now = |events| Step {
+                next: Some((
+                    rev,
+                    Phase::Shadow {
+                        progress: progress.clone(),
+                        stable: *stable,
+                        analysis_from: Some(now),
+                    },
+                )),
+                events,
+                ended: None,
+            };
+            let Some(from) = analysis_from else {
+                if seen.ready(rev) >= canary_replicas(d.replicas, p.ceil() as u32) {
+                    return Some(analyse_from_now(Vec::new()));
+                }
+                return waiting(d, progress, seen, now);
+            };
+            if let Some(failed) = crash_loop(d, progress, seen) {
+                return Some(failed);
+            }
+            let Some(analysis) = &seen.analysis else {
+                return Some(analyse_from_now(vec![format!(
+                    "{label}: its comparisons were lost with the control plane; measuring it again"
+                )]));
+            };
+            let duration = rollout
+                .shadow
+                .as_ref()
+                .map_or(0, |s| s.duration.0.as_millis() as u64);
+            let why = match judged(
+                d,
+                progress,
+                &label,
+                analysis,
+                rollout,
+                *from,
+                from + duration,
+                now,
+            ) {
+                Judged::Pass(why) => why,
+                Judged::Running => return None,
+                Judged::Failed(step) => return Some(step),
+            };
+            let mut progress = Progress {
+                since: now,
+                ..progress.clone()
+            };
+            progress.record.push(format!("{label}: {why}"));
+            let stable = *stable;
+            let phase = match rollout.strategy {
+                Strategy::Canary => Phase::Canary {
+                    progress,
+                    stable,
+                    step: 0,
+                    analysis_from: None,
+                },
+                Strategy::BlueGreen => Phase::BlueGreen {
+                    progress,
+                    stable,
+                    switched_at: None,
+                },
+                Strategy::Rolling => Phase::Rolling { progress },
+            };
+            Some(Step {
+                next: Some((rev, phase)),
+                events: vec![format!("{label} passed: {why}")],
+                ended: None,
+            })
+        }
         Phase::Canary {
             progress,
             stable,
@@ -248,20 +360,18 @@ pub fn step(d: &Deployment, rollout: &Rollout, seen: &RolloutObserved, now: u64)
             if let Some(failed) = crash_loop(d, progress, seen) {
                 return Some(failed);
             }
-            let Some((canary, stable_w)) = seen.analysis else {
+            let Some(analysis) = &seen.analysis else {
                 // The step's counts are gone (the control plane restarted).
                 return Some(analyse_from_now(vec![format!(
                     "canary step {p}%: its counts were lost with the control plane; measuring it again"
                 )]));
             };
-            if now < from + rollout.canary.interval.0.as_millis() as u64 {
-                return None;
-            }
-            match judge_canary(&canary, &stable_w, &rollout.canary) {
-                Verdict::RollBack(why) => {
-                    Some(fail(d, progress, format!("canary step {p}%: {why}")))
-                }
-                Verdict::Promote(why) => {
+            let due = from + rollout.canary.interval.0.as_millis() as u64;
+            let label = format!("canary step {p}%");
+            match judged(d, progress, &label, analysis, rollout, *from, due, now) {
+                Judged::Running => None,
+                Judged::Failed(step) => Some(step),
+                Judged::Pass(why) => {
                     let mut progress = Progress {
                         since: now,
                         ..progress.clone()
@@ -340,6 +450,46 @@ pub fn step(d: &Deployment, rollout: &Rollout, seen: &RolloutObserved, now: u64)
                 ended: None,
             })
         }
+    }
+}
+
+/// What becomes of a step under analysis.
+enum Judged {
+    /// It passed, and why.
+    Pass(String),
+    /// It runs on: not due yet, or too few compared requests so far.
+    Running,
+    /// The rollout fails, with the figure that failed and its value.
+    Failed(Step),
+}
+
+/// The verdict on a step whose analysis began at `from` and is due at `due`.
+#[allow(clippy::too_many_arguments)]
+fn judged(
+    d: &Deployment,
+    progress: &Progress,
+    label: &str,
+    analysis: &Analysis,
+    rollout: &Rollout,
+    from: u64,
+    due: u64,
+    now: u64,
+) -> Judged {
+    if now < due {
+        return Judged::Running;
+    }
+    match judge_canary(analysis, &rollout.canary) {
+        Verdict::Promote(why) => Judged::Pass(why),
+        Verdict::RollBack(why) => Judged::Failed(fail(d, progress, format!("{label}: {why}"))),
+        Verdict::Wait(_) if now < due + SAMPLES_TIMEOUT_MS => Judged::Running,
+        Verdict::Wait(why) => Judged::Failed(fail(
+            d,
+            progress,
+            format!(
+                "{label}: too little traffic to judge: {why} after {} s",
+                (now - from) / 1000
+            ),
+        )),
     }
 }
 

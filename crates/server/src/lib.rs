@@ -16,6 +16,7 @@ pub mod fuzz;
 mod inert;
 mod input;
 mod json;
+mod logprobs;
 mod metrics;
 mod scores;
 mod state;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(completions::chat_completions))
         .route("/tokenize", post(tokens::tokenize))
         .route("/detokenize", post(tokens::detokenize))
+        .route("/logprobs", post(logprobs::logprobs))
         .route("/v2", get(v2::server_metadata))
         .route("/v2/models/{name}", get(v2::model_metadata))
         .route("/v2/models/{name}/ready", get(v2::model_ready))

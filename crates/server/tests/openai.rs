@@ -708,3 +708,86 @@ async fn long_prompts_score_like_the_tokens_generated_after_them() {
         );
     }
 }
+
+/// `POST /logprobs` scores a continuation teacher-forced: the same
+/// log-probabilities as completions' `echo` over the same tokens, the
+/// model's own greedy answer its most likely token at every place, the ids
+/// asked for listed beside the most likely, bad input refused by field.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_continuation_is_scored_teacher_forced() {
+    let engine = smollm();
+    let prompt = "The capital of France is";
+    let continuation = " Paris, a city on the Seine.";
+    let r = post_json(
+        &engine,
+        "/logprobs",
+        json!({"prompt": prompt, "continuation": continuation, "top_logprobs": 3, "also": [[5, 6]]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let scored = r.json();
+    let tokens = scored["tokens"].as_array().unwrap();
+    // The same tokens through completions' `echo`: equal figures.
+    let ids = |body: Value| async move {
+        post_json(&smollm(), "/tokenize", body).await.json()["tokens"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let mut all = ids(json!({"prompt": prompt})).await;
+    let continued = ids(json!({"content": continuation})).await;
+    assert_eq!(scored["prompt_tokens"].as_u64().unwrap() as usize, all.len());
+    assert_eq!(tokens.len(), continued.len());
+    all.extend(continued.iter().cloned());
+    let echoed = completion(json!({"prompt": all, "echo": true, "logprobs": 3, "max_tokens": 0})).await;
+    let lps = echoed["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap();
+    let tail = &lps[lps.len() - tokens.len()..];
+    for (k, (t, echo)) in tokens.iter().zip(tail).enumerate() {
+        assert_eq!(t["id"], continued[k]);
+        let (a, b) = (t["logprob"].as_f64().unwrap(), echo.as_f64().unwrap());
+        assert!((a - b).abs() < 1e-5, "token {k}: {a} against echo's {b}");
+        let top = t["top"].as_array().unwrap();
+        // Three most likely, best first, then what was asked for at the
+        // first place only.
+        let listed: Vec<u64> = top.iter().map(|p| p[0].as_u64().unwrap()).collect();
+        let best: Vec<f64> = top.iter().take(3).map(|p| p[1].as_f64().unwrap()).collect();
+        assert!(best.windows(2).all(|w| w[0] >= w[1]), "{top:?}");
+        let extra = listed[3..].to_vec();
+        if k == 0 {
+            assert!([5, 6].iter().all(|id| listed.contains(id)), "{listed:?}");
+        } else {
+            assert!(extra.is_empty(), "{listed:?}");
+        }
+    }
+
+    // The model's own greedy chat answer is its most likely token at every
+    // place, scored after the same template.
+    let messages = json!([{"role": "user", "content": "Name three colours."}]);
+    let answer = chat(json!({"messages": messages, "temperature": 0, "max_tokens": 16})).await;
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    let r = post_json(
+        &engine,
+        "/logprobs",
+        json!({"messages": messages, "continuation": text, "top_logprobs": 1}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for t in r.json()["tokens"].as_array().unwrap() {
+        assert_eq!(t["top"][0][0], t["id"], "{text:?}: {t}");
+    }
+
+    for (body, param) in [
+        (json!({"prompt": "a", "continuation": "b", "top_logprobs": 21}), "top_logprobs"),
+        (json!({"prompt": "a", "messages": [], "continuation": "b"}), "prompt"),
+        (json!({"continuation": "b"}), "prompt"),
+        (json!({"prompt": "a", "continuation": ""}), "continuation"),
+        (json!({"prompt": "a", "continuation": "b", "also": [[1_000_000_000u64]]}), "also"),
+        (json!({"prompt": "a", "continuation": "b", "also": [[1], [2], [3], [4], [5], [6]]}), "also"),
+    ] {
+        let r = post_json(&engine, "/logprobs", body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert_eq!(r.error().0.as_deref(), Some(param), "{body}: {}", r.text());
+    }
+    let r = post_json(&engine, "/logprobs", json!({"prompt": "a", "continuation": "b", "stream": true})).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+}

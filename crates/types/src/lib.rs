@@ -7,6 +7,7 @@ pub mod auth;
 mod autoscale;
 pub mod errors;
 mod limits;
+mod live;
 mod optimize;
 mod plan;
 mod precision;
@@ -18,11 +19,12 @@ mod task;
 
 pub use autoscale::Autoscale;
 pub use limits::{LimitError, ServingLimits};
+pub use live::{CosineFigures, LiveQuality, LiveSample, Mirror};
 pub use optimize::{Gate, Optimize, OptimizeError, PrunePattern, PruneSpec, QuantChoice};
 pub use plan::{Estimate, Pending, Placement, ReplicaPlan};
 pub use precision::{ParseQuantTypeError, QuantType};
 pub use resources::{Bytes, Gpu, Node, NodesError, NodesFile, Resources, Slo};
-pub use rollout::{Canary, Fault, Rollout, Span, Strategy};
+pub use rollout::{Canary, Fault, Quality, Rollout, Shadow, Span, Strategy};
 pub use spec::{ModelDeployment, Target};
 pub use state::{
     Deployment, Event, Phase, Progress, Replica, ReplicaState, Revision, Run, RunStatus, Stage,

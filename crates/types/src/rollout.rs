@@ -23,6 +23,10 @@ pub struct Rollout {
     /// Canary: the traffic steps and the analysis at each.
     #[serde(default)]
     pub canary: Canary,
+    /// Before any traffic shifts: a share of the stable revision's
+    /// requests mirrored to the new one, their answers compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Shadow>,
     /// Blue-green: how long the old revision keeps running after the switch,
     /// for an instant rollback.
     #[serde(default = "thirty_seconds")]
@@ -36,6 +40,7 @@ impl Default for Rollout {
             max_surge: 1,
             max_unavailable: 0,
             canary: Canary::default(),
+            shadow: None,
             scale_down_delay: thirty_seconds(),
         }
     }
@@ -83,6 +88,11 @@ pub struct Canary {
     /// revision's is lower).
     #[serde(default)]
     pub max_p99_ms: Option<f64>,
+    /// What the new revision answers, compared with the stable revision's
+    /// answer to the same request: the bounds it must keep (in the shadow
+    /// phase and at every step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
 }
 
 impl Default for Canary {
@@ -92,8 +102,56 @@ impl Default for Canary {
             interval: thirty_seconds(),
             max_error_rate: default_error_rate(),
             max_p99_ms: None,
+            quality: None,
         }
     }
+}
+
+/// `spec.rollout.canary.quality`: live comparison of answers. Each figure
+/// is over the requests compared in one step (or the shadow phase).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quality {
+    /// Embeddings: the lowest mean cosine between the two revisions'
+    /// vectors for the same input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_live_cosine: Option<f64>,
+    /// Generation: the lowest share of the stable revision's generated
+    /// tokens at which the new revision's most likely token is the stable
+    /// one's (teacher-forced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_live_top1: Option<f64>,
+    /// Generation: the highest mean KL divergence per token from the stable
+    /// revision's distribution to the new one's (nats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_live_kld: Option<f64>,
+    /// Compared requests a step needs before it can be promoted; a step
+    /// short of them runs on until it has them (or times out and fails).
+    #[serde(default = "twenty")]
+    pub min_samples: u32,
+    /// Percent of each canary step's requests also sent to the other
+    /// revision to compare (the shadow phase mirrors `shadow.percent`).
+    #[serde(default = "ten_percent")]
+    pub percent: f64,
+}
+
+fn twenty() -> u32 {
+    20
+}
+
+fn ten_percent() -> f64 {
+    10.0
+}
+
+/// `spec.rollout.shadow`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Shadow {
+    /// Percent of the stable revision's requests mirrored to the new one,
+    /// above 0 and at most 100.
+    pub percent: f64,
+    /// How long the shadow runs before it is judged.
+    pub duration: Span,
 }
 
 fn default_steps() -> Vec<u32> {
@@ -137,6 +195,51 @@ impl Rollout {
         }
         if c.interval.0.is_zero() {
             return Some(("canary.interval", "must be longer than 0s".into()));
+        }
+        if let Some(q) = &c.quality {
+            let unit = |v: Option<f64>| v.is_some_and(|v| !(0.0..=1.0).contains(&v));
+            if unit(q.min_live_cosine) {
+                return Some((
+                    "canary.quality.min_live_cosine",
+                    "must be between 0 and 1".into(),
+                ));
+            }
+            if unit(q.min_live_top1) {
+                return Some((
+                    "canary.quality.min_live_top1",
+                    "must be between 0 and 1".into(),
+                ));
+            }
+            if q.max_live_kld.is_some_and(|k| !(k >= 0.0 && k.is_finite())) {
+                return Some((
+                    "canary.quality.max_live_kld",
+                    "must be a number of nats, 0 or more".into(),
+                ));
+            }
+            if q.min_live_cosine.is_none() && q.min_live_top1.is_none() && q.max_live_kld.is_none()
+            {
+                return Some((
+                    "canary.quality",
+                    "sets no bound: give min_live_cosine, min_live_top1 or max_live_kld".into(),
+                ));
+            }
+            if !(q.percent > 0.0 && q.percent <= 100.0) {
+                return Some((
+                    "canary.quality.percent",
+                    format!("{} is not above 0 and at most 100", q.percent),
+                ));
+            }
+        }
+        if let Some(s) = &self.shadow {
+            if !(s.percent > 0.0 && s.percent <= 100.0) {
+                return Some((
+                    "shadow.percent",
+                    format!("{} is not above 0 and at most 100", s.percent),
+                ));
+            }
+            if s.duration.0.is_zero() {
+                return Some(("shadow.duration", "must be longer than 0s".into()));
+            }
         }
         None
     }
@@ -292,5 +395,23 @@ mod tests {
             status: 500,
         };
         assert_eq!(f.problem().unwrap().0, "abort_percent");
+        let mut r = Rollout::default();
+        r.canary.quality = Some(Quality {
+            min_live_cosine: Some(1.5),
+            min_live_top1: None,
+            max_live_kld: None,
+            min_samples: 20,
+            percent: 10.0,
+        });
+        assert_eq!(r.problem().unwrap().0, "canary.quality.min_live_cosine");
+        r.canary.quality.as_mut().unwrap().min_live_cosine = None;
+        assert_eq!(r.problem().unwrap().0, "canary.quality");
+        r.canary.quality.as_mut().unwrap().max_live_kld = Some(0.1);
+        assert_eq!(r.problem(), None);
+        r.shadow = Some(Shadow {
+            percent: 0.0,
+            duration: Span(Duration::from_secs(5)),
+        });
+        assert_eq!(r.problem().unwrap().0, "shadow.percent");
     }
 }

@@ -172,6 +172,21 @@ impl ModelDeployment {
         if let Some((field, reason)) = self.spec.rollout.problem() {
             return Err(err(&format!("spec.rollout.{field}"), reason));
         }
+        // Comparing answers is the gateway's work: a cluster's traffic does
+        // not pass through it.
+        let rollout = &self.spec.rollout;
+        if self.spec.target == Target::Kubernetes
+            && (rollout.shadow.is_some() || rollout.canary.quality.is_some())
+        {
+            let field = match rollout.shadow {
+                Some(_) => "spec.rollout.shadow",
+                None => "spec.rollout.canary.quality",
+            };
+            return Err(err(
+                field,
+                "the gateway compares answers, and a kubernetes target's traffic does not pass through it".into(),
+            ));
+        }
         if let Some((field, reason)) = self.spec.autoscale.as_ref().and_then(Autoscale::problem) {
             return Err(err(&format!("spec.autoscale.{field}"), reason));
         }

@@ -82,6 +82,15 @@ pub enum Phase {
         step: u32,
         analysis_from: Option<u64>,
     },
+    /// `stable` takes all traffic while a share of its requests is mirrored
+    /// to `revision` (answers compared, never returned). Once its replicas
+    /// are ready (`analysis_from`), the shadow runs its duration and is
+    /// judged; then the strategy's rollout begins.
+    Shadow {
+        progress: Progress,
+        stable: u32,
+        analysis_from: Option<u64>,
+    },
     /// `revision` starts in full beside `stable`, which takes all traffic
     /// until then; at `switched_at` all of it moved to `revision`, and
     /// `stable` stays for the scale-down delay (an instant rollback).
@@ -120,15 +129,19 @@ impl Phase {
         match self {
             Phase::Steady => None,
             Phase::Rolling { progress }
+            | Phase::Shadow { progress, .. }
             | Phase::Canary { progress, .. }
             | Phase::BlueGreen { progress, .. } => Some(progress),
         }
     }
 
-    /// The revision kept running beside the new one (canary, blue-green).
+    /// The revision kept running beside the new one (shadow, canary,
+    /// blue-green).
     pub fn stable(&self) -> Option<u32> {
         match self {
-            Phase::Canary { stable, .. } | Phase::BlueGreen { stable, .. } => Some(*stable),
+            Phase::Shadow { stable, .. }
+            | Phase::Canary { stable, .. }
+            | Phase::BlueGreen { stable, .. } => Some(*stable),
             Phase::Steady | Phase::Rolling { .. } => None,
         }
     }
@@ -142,6 +155,7 @@ impl Phase {
         match self {
             Phase::Steady => "steady",
             Phase::Rolling { .. } => "rolling",
+            Phase::Shadow { .. } => "shadow",
             Phase::Canary { .. } => "canary",
             Phase::BlueGreen { .. } => "blue-green",
         }

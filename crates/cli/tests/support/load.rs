@@ -26,9 +26,13 @@ impl Load {
                     (stop.clone(), ok.clone(), failures.clone(), client.clone());
                 let url = format!("{gateway}/v1/embeddings");
                 tokio::spawn(async move {
+                    let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let body =
-                            json!({"model": "minilm", "input": format!("request from client {i}")});
+                        n += 1;
+                        // Varied inputs: a comparison of answers sees more
+                        // than one sentence.
+                        let body = json!({"model": "minilm",
+                            "input": format!("request {n} from client {i}: the {} sat on the mat", ["cat", "dog", "committee", "river"][n as usize % 4])});
                         match client.post(&url).json(&body).send().await {
                             Ok(r) if r.status() == 200 => match r.json::<Value>().await {
                                 Ok(v)

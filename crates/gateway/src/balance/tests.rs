@@ -119,6 +119,16 @@ fn weights_split_traffic() {
         &Stats::default(),
     );
     assert!((0..1000).all(|_| picked(t.pick("m", &[], 0, &mut rng)) == "a"));
+    // Not even when its only replica was tried (a shadow's answer never
+    // reaches a client); ejected, it is still preferred to the shadow.
+    assert!(matches!(
+        t.pick("m", &["a".into()], 0, &mut rng),
+        Pick::NoReplica
+    ));
+    t.deployments["m"][0].endpoints[0]
+        .ejected_until
+        .store(100, Ordering::Relaxed);
+    assert!((0..100).all(|_| picked(t.pick("m", &[], 50, &mut rng)) == "a"));
 }
 
 #[test]

@@ -1,8 +1,9 @@
 use std::time::Duration;
 
-use modelship_types::{Canary, Span};
+use modelship_types::{Canary, LiveQuality, LiveSample, Quality, Shadow, Span};
 
 use super::*;
+use crate::canary::Window;
 
 const S: u64 = 1_000;
 
@@ -47,6 +48,14 @@ fn window(requests: u64, errors: u64) -> Window {
         requests,
         errors,
         p99_ms: Some(10.0),
+    }
+}
+
+fn analysis(canary: Window, stable: Window) -> Analysis {
+    Analysis {
+        canary,
+        stable,
+        live: LiveQuality::default(),
     }
 }
 
@@ -224,7 +233,7 @@ fn a_canary_walks_its_steps_each_judged_after_its_interval() {
     let r = rollout(Strategy::Canary);
     let d = deployment(2, 4, started(&r, Some(1), Target::Local));
     let healthy = |canary: u32| RolloutObserved {
-        analysis: Some((window(100, 0), window(900, 1))),
+        analysis: Some(analysis(window(100, 0), window(900, 1))),
         ..seen(&[(1, 4, 4), (2, canary, canary)])
     };
     let t = |s: u64| s * S;
@@ -267,7 +276,7 @@ fn a_failing_canary_step_rolls_back_to_the_stable_revision() {
     let r = rollout(Strategy::Canary);
     let d = deployment(2, 4, canary_phase(1, Some(10 * S)));
     let bad = RolloutObserved {
-        analysis: Some((window(100, 40), window(900, 0))),
+        analysis: Some(analysis(window(100, 40), window(900, 0))),
         ..seen(&[(1, 4, 4), (2, 2, 2)])
     };
     let (d, trace) = drive(d, &r, &[(39 * S, bad.clone()), (40 * S, bad)]);
@@ -454,4 +463,176 @@ fn a_rollout_that_makes_progress_is_not_timed_out() {
             .unwrap_err()
             .contains("replica d-2-abcde is pending: needs 2 CPU"),
     );
+}
+
+fn with_quality(mut r: Rollout, shadow: Option<(f64, u64)>) -> Rollout {
+    r.canary.quality = Some(Quality {
+        min_live_cosine: Some(0.99),
+        min_live_top1: None,
+        max_live_kld: None,
+        min_samples: 2,
+        percent: 25.0,
+    });
+    r.shadow = shadow.map(|(percent, secs)| Shadow {
+        percent,
+        duration: Span(Duration::from_secs(secs)),
+    });
+    r
+}
+
+/// Observed during a shadow or canary analysis: `samples` compared
+/// requests, each with one vector at `cosine`.
+fn compared(counts: &[(u32, u32, u32)], samples: usize, cosine: f32) -> RolloutObserved {
+    RolloutObserved {
+        analysis: Some(Analysis {
+            canary: Window::default(),
+            stable: window(100, 0),
+            live: LiveQuality::of(&vec![
+                LiveSample::Embeddings {
+                    cosines: vec![cosine]
+                };
+                samples
+            ]),
+        }),
+        ..seen(counts)
+    }
+}
+
+#[test]
+fn a_shadow_comes_first_then_the_strategy_and_mirrors_what_the_spec_says() {
+    let r = with_quality(rollout(Strategy::Canary), Some((50.0, 20)));
+    let d = deployment(2, 4, started(&r, Some(1), Target::Local));
+    assert_eq!(d.phase.name(), "shadow");
+    // Half the traffic mirrored: two candidate replicas, none of the
+    // client traffic.
+    let want = desired(&d, &r);
+    assert_eq!(
+        (want.replicas, want.stable, want.traffic),
+        (2, Some((1, 4)), Some(0))
+    );
+    assert_eq!(
+        mirror(&d, &r),
+        Some(Mirror {
+            stable: 1,
+            candidate: 2,
+            percent: 50.0
+        })
+    );
+    let t = |s: u64| s * S;
+    let (d, trace) = drive(
+        d,
+        &r,
+        &[
+            (t(1), seen(&[(1, 4, 4), (2, 2, 1)])),
+            // Both ready: the shadow's analysis starts.
+            (t(2), compared(&[(1, 4, 4), (2, 2, 2)], 0, 1.0)),
+            (t(21), compared(&[(1, 4, 4), (2, 2, 2)], 5, 0.999)),
+            // 20 s after: judged on the comparison, then the canary.
+            (t(22), compared(&[(1, 4, 4), (2, 2, 2)], 5, 0.999)),
+        ],
+    );
+    let names: Vec<_> = trace.iter().map(|t| t.1).collect();
+    assert_eq!(names, ["shadow", "shadow", "shadow", "canary"]);
+    let d = d.unwrap();
+    let Phase::Canary { progress, step, .. } = &d.phase else {
+        panic!("{:?}", d.phase)
+    };
+    assert_eq!(*step, 0);
+    assert!(
+        progress.record[0].starts_with("shadow 50%: no client requests")
+            && progress.record[0].contains("cosine mean 0.9990"),
+        "{:?}",
+        progress.record
+    );
+    // The canary compares its quality share of each step.
+    assert_eq!(mirror(&d, &r).unwrap().percent, 25.0);
+    // A plain rolling strategy rolls after its shadow; without quality a
+    // canary compares nothing.
+    let plain = rollout(Strategy::Canary);
+    assert_eq!(
+        mirror(&deployment(2, 4, canary_phase(0, None)), &plain),
+        None
+    );
+    let r = with_quality(rollout(Strategy::Rolling), Some((100.0, 5)));
+    let d = deployment(2, 1, started(&r, Some(1), Target::Local));
+    let (d, _) = drive(
+        d,
+        &r,
+        &[
+            (t(1), compared(&[(1, 1, 1), (2, 1, 1)], 0, 1.0)),
+            (t(6), compared(&[(1, 1, 1), (2, 1, 1)], 3, 1.0)),
+        ],
+    );
+    assert_eq!(d.unwrap().phase.name(), "rolling");
+    // A first revision has nothing to shadow.
+    assert_eq!(started(&r, None, Target::Local).name(), "rolling");
+}
+
+#[test]
+fn a_shadow_that_answers_differently_is_rolled_back_with_the_figure() {
+    let r = with_quality(rollout(Strategy::Canary), Some((10.0, 20)));
+    let d = deployment(2, 2, started(&r, Some(1), Target::Local));
+    let t = |s: u64| s * S;
+    let (d, trace) = drive(
+        d,
+        &r,
+        &[
+            (t(1), compared(&[(1, 2, 2), (2, 1, 1)], 0, 1.0)),
+            (t(21), compared(&[(1, 2, 2), (2, 1, 1)], 8, 0.93)),
+        ],
+    );
+    let why = trace[1].2.clone().unwrap().unwrap_err();
+    assert!(
+        why.contains("shadow 10%: live cosine 0.9300 is below min_live_cosine 0.99")
+            && why.ends_with("rolled back to revision 1"),
+        "{why}"
+    );
+    assert_eq!(d.unwrap().revision, 1);
+}
+
+#[test]
+fn a_step_short_of_compared_requests_waits_then_fails() {
+    let r = with_quality(rollout(Strategy::Canary), None);
+    let d = deployment(2, 4, canary_phase(0, Some(0)));
+    let few = compared(&[(1, 4, 4), (2, 1, 1)], 1, 1.0);
+    let t = |s: u64| s * S;
+    let late = 30 + SAMPLES_TIMEOUT_MS / S;
+    let (_, trace) = drive(
+        d.clone(),
+        &r,
+        &[
+            (t(31), few.clone()),
+            (t(late - 1), few.clone()),
+            (t(late), few),
+        ],
+    );
+    // Past its interval with one of two compared requests: still running.
+    assert_eq!((trace[0].1, &trace[0].2), ("canary", &None));
+    assert_eq!((trace[1].1, &trace[1].2), ("canary", &None));
+    let why = trace[2].2.clone().unwrap().unwrap_err();
+    assert!(
+        why.contains("too little traffic to judge: 1 of the 2 compared requests needed"),
+        "{why}"
+    );
+    // Enough arrive late: it passes then.
+    let (d, _) = drive(
+        d,
+        &r,
+        &[(t(200), compared(&[(1, 4, 4), (2, 1, 1)], 2, 1.0))],
+    );
+    assert_eq!(d.unwrap().phase, {
+        let mut p = canary_phase(1, None);
+        if let Phase::Canary { progress, .. } = &mut p {
+            progress.since = 200 * S;
+            progress.record = vec![format!(
+                "10%: no client requests reached the canary; live: {}",
+                LiveQuality::of(&[
+                    LiveSample::Embeddings { cosines: vec![1.0] },
+                    LiveSample::Embeddings { cosines: vec![1.0] }
+                ])
+                .summary()
+            )];
+        }
+        p
+    });
 }

@@ -600,16 +600,9 @@ impl Engine {
         prompt: &Prompt,
         request: &GenerateRequest,
     ) -> Result<(Vec<GenerationStream>, Vec<u32>), EngineError> {
-        let Worker::Generate {
-            generator,
-            grammars,
-            ..
-        } = &self.worker
-        else {
-            return Err(self.wrong_task(Task::Generate));
-        };
+        self.generates()?;
         let (ids, field) = self.prompt_ids(prompt, request.tools.as_ref())?;
-        self.start(generator, grammars, ids, field, request, None)
+        self.start(ids, field, request, None)
     }
 
     /// Starts scoring `continuation` after `prompt` teacher-forced: the
@@ -626,14 +619,7 @@ impl Engine {
         top: usize,
         also: &[Vec<u32>],
     ) -> Result<(GenerationStream, usize), EngineError> {
-        let Worker::Generate {
-            generator,
-            grammars,
-            ..
-        } = &self.worker
-        else {
-            return Err(self.wrong_task(Task::Generate));
-        };
+        self.generates()?;
         let (mut ids, field) = self.prompt_ids(prompt, tools)?;
         let prompt_tokens = ids.len();
         let continued = self
@@ -675,12 +661,21 @@ impl Engine {
         // Prompt position p + prompt_tokens is continuation token p.
         let mut at: Vec<Vec<u32>> = vec![Vec::new(); prompt_tokens];
         at.extend(also.iter().cloned());
-        let (mut streams, _) =
-            self.start(generator, grammars, ids, field, &request, Some(at.into()))?;
+        let (mut streams, _) = self.start(ids, field, &request, Some(at.into()))?;
         let stream = streams
             .pop()
             .ok_or_else(|| EngineError::Backend(crate::BackendError("no stream".into())))?;
         Ok((stream, prompt_tokens))
+    }
+
+    /// `Ok` for a generative model, the wrong-task error otherwise: said
+    /// before the prompt is read, so an embedding model asked to generate
+    /// says that rather than what its prompt lacks.
+    fn generates(&self) -> Result<(), EngineError> {
+        match self.worker {
+            Worker::Generate { .. } => Ok(()),
+            _ => Err(self.wrong_task(Task::Generate)),
+        }
     }
 
     /// The prompt's token ids as a generation sees them (a chat through the
@@ -721,13 +716,19 @@ impl Engine {
 
     fn start(
         &self,
-        generator: &Generator,
-        grammars: &OnceLock<Result<Grammars, String>>,
         ids: Vec<u32>,
         field: &'static str,
         request: &GenerateRequest,
         prompt_also: Option<Arc<[Vec<u32>]>>,
     ) -> Result<(Vec<GenerationStream>, Vec<u32>), EngineError> {
+        let Worker::Generate {
+            generator,
+            grammars,
+            ..
+        } = &self.worker
+        else {
+            return Err(self.wrong_task(Task::Generate));
+        };
         if ids.is_empty() {
             return Err(EngineError::invalid(
                 field,

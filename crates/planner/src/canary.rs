@@ -229,7 +229,10 @@ mod tests {
             cosines: vec![0.95, 0.96],
         };
         // Too few compared requests: keep measuring, whatever they show.
-        assert!(matches!(judge(std::slice::from_ref(&far)), Verdict::Wait(_)));
+        assert!(matches!(
+            judge(std::slice::from_ref(&far)),
+            Verdict::Wait(_)
+        ));
         assert!(matches!(
             judge(&[close.clone(), close.clone(), close.clone()]),
             Verdict::Promote(_)

@@ -736,11 +736,17 @@ async fn a_continuation_is_scored_teacher_forced() {
     };
     let mut all = ids(json!({"prompt": prompt})).await;
     let continued = ids(json!({"content": continuation})).await;
-    assert_eq!(scored["prompt_tokens"].as_u64().unwrap() as usize, all.len());
+    assert_eq!(
+        scored["prompt_tokens"].as_u64().unwrap() as usize,
+        all.len()
+    );
     assert_eq!(tokens.len(), continued.len());
     all.extend(continued.iter().cloned());
-    let echoed = completion(json!({"prompt": all, "echo": true, "logprobs": 3, "max_tokens": 0})).await;
-    let lps = echoed["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap();
+    let echoed =
+        completion(json!({"prompt": all, "echo": true, "logprobs": 3, "max_tokens": 0})).await;
+    let lps = echoed["choices"][0]["logprobs"]["token_logprobs"]
+        .as_array()
+        .unwrap();
     let tail = &lps[lps.len() - tokens.len()..];
     for (k, (t, echo)) in tokens.iter().zip(tail).enumerate() {
         assert_eq!(t["id"], continued[k]);
@@ -764,7 +770,10 @@ async fn a_continuation_is_scored_teacher_forced() {
     // place, scored after the same template.
     let messages = json!([{"role": "user", "content": "Name three colours."}]);
     let answer = chat(json!({"messages": messages, "temperature": 0, "max_tokens": 16})).await;
-    let text = answer["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    let text = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let r = post_json(
         &engine,
         "/logprobs",
@@ -777,17 +786,34 @@ async fn a_continuation_is_scored_teacher_forced() {
     }
 
     for (body, param) in [
-        (json!({"prompt": "a", "continuation": "b", "top_logprobs": 21}), "top_logprobs"),
-        (json!({"prompt": "a", "messages": [], "continuation": "b"}), "prompt"),
+        (
+            json!({"prompt": "a", "continuation": "b", "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (
+            json!({"prompt": "a", "messages": [], "continuation": "b"}),
+            "prompt",
+        ),
         (json!({"continuation": "b"}), "prompt"),
         (json!({"prompt": "a", "continuation": ""}), "continuation"),
-        (json!({"prompt": "a", "continuation": "b", "also": [[1_000_000_000u64]]}), "also"),
-        (json!({"prompt": "a", "continuation": "b", "also": [[1], [2], [3], [4], [5], [6]]}), "also"),
+        (
+            json!({"prompt": "a", "continuation": "b", "also": [[1_000_000_000u64]]}),
+            "also",
+        ),
+        (
+            json!({"prompt": "a", "continuation": "b", "also": [[1], [2], [3], [4], [5], [6]]}),
+            "also",
+        ),
     ] {
         let r = post_json(&engine, "/logprobs", body.clone()).await;
         assert_eq!(r.status, 400, "{body}: {}", r.text());
         assert_eq!(r.error().0.as_deref(), Some(param), "{body}: {}", r.text());
     }
-    let r = post_json(&engine, "/logprobs", json!({"prompt": "a", "continuation": "b", "stream": true})).await;
+    let r = post_json(
+        &engine,
+        "/logprobs",
+        json!({"prompt": "a", "continuation": "b", "stream": true}),
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.text());
 }

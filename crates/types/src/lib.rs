@@ -15,6 +15,7 @@ mod resources;
 mod rollout;
 pub mod spec;
 mod state;
+pub mod stats;
 mod task;
 
 pub use autoscale::Autoscale;

@@ -77,7 +77,7 @@ pub(crate) fn vectors(body: &[u8]) -> Result<Vec<Vec<f32>>, String> {
     Ok(out.into_iter().map(|(_, v)| v).collect())
 }
 
-/// Cosine of each pair of vectors, in f64.
+/// Cosine of each pair of vectors.
 pub(crate) fn cosines(stable: &[Vec<f32>], candidate: &[Vec<f32>]) -> Result<Vec<f32>, String> {
     if stable.len() != candidate.len() {
         return Err(format!(
@@ -93,15 +93,7 @@ pub(crate) fn cosines(stable: &[Vec<f32>], candidate: &[Vec<f32>]) -> Result<Vec
             if a.len() != b.len() {
                 return Err(format!("{} dimensions against {}", b.len(), a.len()));
             }
-            let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-            for (&x, &y) in a.iter().zip(b) {
-                let (x, y) = (f64::from(x), f64::from(y));
-                ab += x * y;
-                aa += x * x;
-                bb += y * y;
-            }
-            let norm = (aa * bb).sqrt();
-            Ok(if norm > 0.0 { (ab / norm) as f32 } else { 0.0 })
+            Ok(modelship_types::stats::cosine(a, b) as f32)
         })
         .collect()
 }
@@ -290,7 +282,7 @@ pub(crate) fn rerank_scores(body: &[u8]) -> Result<Vec<(u64, f64)>, String> {
 
 /// Spearman's rank correlation of two rankings over the documents both
 /// ranked; `None` with fewer than two in common.
-pub(crate) fn spearman(stable: &[(u64, f64)], candidate: &[(u64, f64)]) -> Option<f64> {
+pub(crate) fn rank_agreement(stable: &[(u64, f64)], candidate: &[(u64, f64)]) -> Option<f64> {
     let common: Vec<(f64, f64)> = stable
         .iter()
         .filter_map(|&(i, s)| candidate.iter().find(|c| c.0 == i).map(|c| (s, c.1)))
@@ -298,39 +290,8 @@ pub(crate) fn spearman(stable: &[(u64, f64)], candidate: &[(u64, f64)]) -> Optio
     if common.len() < 2 {
         return None;
     }
-    let ranks = |xs: Vec<f64>| -> Vec<f64> {
-        let mut order: Vec<usize> = (0..xs.len()).collect();
-        order.sort_by(|&a, &b| xs[a].total_cmp(&xs[b]));
-        let mut r = vec![0.0; xs.len()];
-        let mut i = 0;
-        while i < order.len() {
-            // Ties share their mean rank.
-            let mut j = i;
-            while j + 1 < order.len() && xs[order[j + 1]] == xs[order[i]] {
-                j += 1;
-            }
-            for &k in &order[i..=j] {
-                r[k] = (i + j) as f64 / 2.0;
-            }
-            i = j + 1;
-        }
-        r
-    };
-    let a = ranks(common.iter().map(|c| c.0).collect());
-    let b = ranks(common.iter().map(|c| c.1).collect());
-    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
-    let (ma, mb) = (mean(&a), mean(&b));
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(&b) {
-        ab += (x - ma) * (y - mb);
-        aa += (x - ma) * (x - ma);
-        bb += (y - mb) * (y - mb);
-    }
-    Some(if aa == 0.0 || bb == 0.0 {
-        if aa == bb { 1.0 } else { 0.0 }
-    } else {
-        ab / (aa * bb).sqrt()
-    })
+    let (a, b): (Vec<f64>, Vec<f64>) = common.into_iter().unzip();
+    Some(modelship_types::stats::spearman(&a, &b))
 }
 
 /// The most likely label of each input of a `/predict` response (one
@@ -372,7 +333,7 @@ pub(crate) fn answers(kind: Kind, stable: &[u8], candidate: &[u8]) -> Result<Liv
         Kind::Rerank => {
             let s = rerank_scores(stable).map_err(R)?;
             let c = rerank_scores(candidate).map_err(C)?;
-            spearman(&s, &c)
+            rank_agreement(&s, &c)
                 .map(|spearman| LiveSample::Ranking { spearman })
                 .ok_or(Mismatch::Reference(
                     "fewer than two documents to rank".into(),

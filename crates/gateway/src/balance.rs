@@ -164,10 +164,20 @@ impl Table {
                 }
             }
         }
-        // Deployments with shares but no ready replica still exist: their
-        // requests get 503, not 404.
-        for (deployment, _) in shares.keys() {
-            deployments.entry(deployment.clone()).or_default();
+        // Revisions with shares but no ready replica still exist, with their
+        // weight: a deployment's requests get 503, not 404, and a revision
+        // of weight 0 (a shadow) is not the only one with replicas to pick
+        // while its stable revision, of weight 100, has none.
+        for ((deployment, revision), share) in shares {
+            let revisions = deployments.entry(deployment.clone()).or_default();
+            if !revisions.iter().any(|r| r.revision == *revision) {
+                revisions.push(RevisionRoute {
+                    revision: *revision,
+                    weight: share.weight,
+                    abort: share.abort,
+                    endpoints: Vec::new(),
+                });
+            }
         }
         for revisions in deployments.values_mut() {
             revisions.sort_by_key(|r| r.revision);

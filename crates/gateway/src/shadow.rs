@@ -87,6 +87,17 @@ impl Default for Shadow {
 impl Gateway {
     /// The deployments whose revisions are compared now, by name.
     pub fn set_mirrors(&self, mirrors: HashMap<String, Mirror>) {
+        // Pairs no longer compared are forgotten.
+        self.inner
+            .shadow
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(d, stable, candidate), _| {
+                mirrors
+                    .get(d)
+                    .is_some_and(|m| (m.stable, m.candidate) == (*stable, *candidate))
+            });
         *self
             .inner
             .shadow
@@ -315,8 +326,10 @@ struct Calls<'a> {
 /// How a call to a revision went.
 enum Called {
     Answered(Vec<u8>),
-    /// An error status, or no answer: the revision failed this request.
+    /// A 5xx status, or no answer: the revision failed this request.
     Failed(String),
+    /// A 4xx status: the revision refused the request.
+    Refused(String),
     /// No ready replica of the revision to ask.
     NoReplica,
 }
@@ -339,12 +352,15 @@ impl Calls<'_> {
         };
         let stable = match answer_of(m.stable).await {
             Called::Answered(b) => b,
-            Called::Failed(why) => return Err(format!("the stable revision failed: {why}")),
+            Called::Failed(why) | Called::Refused(why) => {
+                return Err(format!("the stable revision failed: {why}"));
+            }
             Called::NoReplica => return Err(format!("revision {} has no ready replica", m.stable)),
         };
         let candidate = match answer_of(m.candidate).await {
             Called::Answered(b) => b,
-            Called::Failed(_) => return Ok(LiveSample::Failed),
+            // Refusing what the stable revision answered is failing it.
+            Called::Failed(_) | Called::Refused(_) => return Ok(LiveSample::Failed),
             Called::NoReplica => {
                 return Err(format!("revision {} has no ready replica", m.candidate));
             }
@@ -363,14 +379,16 @@ impl Calls<'_> {
         let m = s.mirror;
         let request: serde_json::Value =
             serde_json::from_slice(&s.body).map_err(|e| format!("the request is not JSON: {e}"))?;
-        let answer = match (&s.answer, s.served == m.stable) {
+        // An echoed answer starts with the prompt: asked for again, without.
+        let echoed = request["echo"].as_bool() == Some(true);
+        let answer = match (&s.answer, s.served == m.stable && !echoed) {
             (Some(kept), true) => kept.clone(),
             _ => {
                 let body = serde_json::to_vec(&compare::whole_answer_request(&request))
                     .map_err(|e| e.to_string())?;
                 match self.call(m.stable, &s.path, body).await {
                     Called::Answered(b) => b,
-                    Called::Failed(why) => {
+                    Called::Failed(why) | Called::Refused(why) => {
                         return Err(format!("the stable revision failed: {why}"));
                     }
                     Called::NoReplica => {
@@ -389,7 +407,9 @@ impl Calls<'_> {
         };
         let stable = match self.call(m.stable, "/logprobs", scoring(&[])?).await {
             Called::Answered(b) => compare::scored(&b)?,
-            Called::Failed(why) => return Err(format!("the stable revision cannot score: {why}")),
+            Called::Failed(why) | Called::Refused(why) => {
+                return Err(format!("the stable revision cannot score: {why}"));
+            }
             Called::NoReplica => return Err("the stable revision has no ready replica".into()),
         };
         let also = compare::top_ids(&stable);
@@ -398,6 +418,13 @@ impl Calls<'_> {
                 Ok(c) => c,
                 Err(_) => return Ok(LiveSample::Failed),
             },
+            // Refused (another tokenizer, another vocabulary): the answers
+            // cannot be compared token by token, which is not a failure.
+            Called::Refused(why) => {
+                return Err(format!(
+                    "the candidate cannot score the stable revision's tokens: {why}"
+                ));
+            }
             Called::Failed(_) => return Ok(LiveSample::Failed),
             Called::NoReplica => return Err("the candidate has no ready replica".into()),
         };
@@ -421,22 +448,32 @@ impl Calls<'_> {
             request = request.bearer_auth(key);
         }
         let answered = async {
-            let response = request.send().await.map_err(|e| e.to_string())?;
+            let response = request
+                .send()
+                .await
+                .map_err(|e| Called::Failed(e.to_string()))?;
             let status = response.status();
-            let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-            if !status.is_success() {
-                return Err(format!(
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| Called::Failed(e.to_string()))?;
+            let why = || {
+                format!(
                     "{status}: {}",
                     String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-                ));
+                )
+            };
+            match status {
+                s if s.is_success() => Ok(bytes.to_vec()),
+                s if s.is_client_error() => Err(Called::Refused(why())),
+                _ => Err(Called::Failed(why())),
             }
-            Ok(bytes.to_vec())
         }
         .await;
         endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
         match answered {
             Ok(b) => Called::Answered(b),
-            Err(why) => Called::Failed(why),
+            Err(called) => called,
         }
     }
 }

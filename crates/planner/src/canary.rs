@@ -66,7 +66,13 @@ pub fn judge_canary(a: &Analysis, spec: &Canary) -> Verdict {
     }
     let live = &a.live;
     let compared = live.samples + live.failed;
-    if compared > 0 && live.failed as f64 / compared as f64 > s + spec.max_error_rate {
+    // With quality bounds, failures are judged over as many compared
+    // requests as the figures are: one early failure is not a verdict.
+    let enough = spec
+        .quality
+        .as_ref()
+        .is_none_or(|q| compared >= u64::from(q.min_samples));
+    if enough && compared > 0 && live.failed as f64 / compared as f64 > s + spec.max_error_rate {
         return Verdict::RollBack(format!(
             "the new revision failed {} of {compared} compared requests the stable revision answered",
             live.failed
@@ -118,7 +124,7 @@ pub fn judge_canary(a: &Analysis, spec: &Canary) -> Verdict {
 /// the bound, in words.
 fn out_of_bounds(live: &LiveQuality, q: &Quality) -> Option<String> {
     if let (Some(min), Some(c)) = (q.min_live_cosine, &live.cosine)
-        && c.mean < min
+        && (c.mean < min || c.mean.is_nan())
     {
         return Some(format!(
             "live cosine {:.4} is below min_live_cosine {min} (p1 {:.4}, min {:.4}, over {} vectors of {} requests)",
@@ -126,7 +132,7 @@ fn out_of_bounds(live: &LiveQuality, q: &Quality) -> Option<String> {
         ));
     }
     if let (Some(min), Some(top1)) = (q.min_live_top1, live.top1)
-        && top1 < min
+        && (top1 < min || top1.is_nan())
     {
         return Some(format!(
             "live top-1 agreement {top1:.4} is below min_live_top1 {min} (over {} tokens of {} requests)",
@@ -134,7 +140,7 @@ fn out_of_bounds(live: &LiveQuality, q: &Quality) -> Option<String> {
         ));
     }
     if let (Some(max), Some(kld)) = (q.max_live_kld, live.kld)
-        && kld > max
+        && (kld > max || kld.is_nan())
     {
         return Some(format!(
             "live KLD {kld:.4} is above max_live_kld {max} (over {} tokens of {} requests)",
@@ -263,7 +269,9 @@ mod tests {
             Verdict::RollBack(why) => assert!(why.contains("live KLD 0.0900"), "{why}"),
             other => panic!("{other:?}"),
         }
-        // A candidate that fails what the stable revision answers.
+        // One early failure is not a verdict; a candidate that keeps
+        // failing what the stable revision answers is.
+        assert!(matches!(judge(&[LiveSample::Failed]), Verdict::Wait(_)));
         match judge(&[close.clone(), LiveSample::Failed, LiveSample::Failed, close]) {
             Verdict::RollBack(why) => assert!(why.contains("failed 2 of 4"), "{why}"),
             other => panic!("{other:?}"),

@@ -129,6 +129,15 @@ fn weights_split_traffic() {
         .ejected_until
         .store(100, Ordering::Relaxed);
     assert!((0..100).all(|_| picked(t.pick("m", &[], 50, &mut rng)) == "a"));
+    // The stable revision with no ready replica at all: still no client
+    // reaches the shadow.
+    let t = Table::build(
+        &Table::default(),
+        &routes(&[(2, "bb")]),
+        &weights,
+        &Stats::default(),
+    );
+    assert!(matches!(t.pick("m", &[], 0, &mut rng), Pick::NoReplica));
 }
 
 #[test]

@@ -93,7 +93,11 @@ pub(crate) fn cosines(stable: &[Vec<f32>], candidate: &[Vec<f32>]) -> Result<Vec
             if a.len() != b.len() {
                 return Err(format!("{} dimensions against {}", b.len(), a.len()));
             }
-            Ok(modelship_types::stats::cosine(a, b) as f32)
+            let c = modelship_types::stats::cosine(a, b);
+            if !c.is_finite() {
+                return Err("a vector holds NaN or infinity".into());
+            }
+            Ok(c as f32)
         })
         .collect()
 }
@@ -398,6 +402,16 @@ mod tests {
         assert!(matches!(
             answers(Kind::Embeddings, b"oops", floats),
             Err(Mismatch::Reference(_))
+        ));
+        // A broken candidate's NaNs fail it rather than pass a bound.
+        let nan = format!(
+            r#"{{"data":[{{"index":0,"embedding":"{}"}},{{"index":1,"embedding":"{}"}}]}}"#,
+            b64(&[f32::NAN, 0.0]),
+            b64(&[1.0, 1.0])
+        );
+        assert!(matches!(
+            answers(Kind::Embeddings, floats, nan.as_bytes()),
+            Err(Mismatch::Candidate(_))
         ));
     }
 

@@ -88,16 +88,11 @@ impl Gateway {
     /// The deployments whose revisions are compared now, by name.
     pub fn set_mirrors(&self, mirrors: HashMap<String, Mirror>) {
         // Pairs no longer compared are forgotten.
-        self.inner
-            .shadow
-            .log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(d, stable, candidate), _| {
-                mirrors
-                    .get(d)
-                    .is_some_and(|m| (m.stable, m.candidate) == (*stable, *candidate))
-            });
+        self.log().retain(|(d, stable, candidate), _| {
+            mirrors
+                .get(d)
+                .is_some_and(|m| (m.stable, m.candidate) == (*stable, *candidate))
+        });
         *self
             .inner
             .shadow
@@ -109,30 +104,20 @@ impl Gateway {
     /// How many requests have been compared (or failed) for this pair so
     /// far: a step's analysis reads what came after.
     pub fn live_count(&self, deployment: &str, mirror: &Mirror) -> u64 {
-        let log = self
-            .inner
-            .shadow
-            .log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let log = self.log();
         log.get(&key(deployment, mirror))
             .map_or(0, |l| l.forgotten + l.samples.len() as u64)
     }
 
     /// The figures of the pair's samples after the first `from`.
     pub fn live_since(&self, deployment: &str, mirror: &Mirror, from: u64) -> LiveQuality {
-        let log = self
-            .inner
-            .shadow
-            .log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let Some(l) = log.get(&key(deployment, mirror)) else {
+        let mut log = self.log();
+        let Some(l) = log.get_mut(&key(deployment, mirror)) else {
             return LiveQuality::default();
         };
-        let skip = from.saturating_sub(l.forgotten) as usize;
-        let samples: Vec<LiveSample> = l.samples.iter().skip(skip).cloned().collect();
-        LiveQuality::of(&samples)
+        let samples = l.samples.make_contiguous();
+        let skip = (from.saturating_sub(l.forgotten) as usize).min(samples.len());
+        LiveQuality::of(&samples[skip..])
     }
 
     /// Samples dropped under load since the gateway started.
@@ -228,12 +213,7 @@ impl Gateway {
         metrics::counter!("modelship_shadow_requests_total",
             "deployment" => deployment.clone(), "revision" => m.candidate.to_string(), "outcome" => outcome)
         .increment(1);
-        let mut log = self
-            .inner
-            .shadow
-            .log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut log = self.log();
         let l = log.entry(key(deployment, m)).or_default();
         l.samples.push_back(live);
         if l.samples.len() > KEPT {
@@ -242,9 +222,9 @@ impl Gateway {
         }
         // The pair's figures over all it compared, as gauges (a step's own
         // figures are in its rollout record).
-        let all: Vec<LiveSample> = l.samples.iter().rev().take(1000).cloned().collect();
+        let samples = l.samples.make_contiguous();
+        let q = LiveQuality::of(&samples[samples.len().saturating_sub(1000)..]);
         drop(log);
-        let q = LiveQuality::of(&all);
         for (name, value) in [
             ("modelship_live_quality_cosine", q.cosine.map(|c| c.mean)),
             ("modelship_live_quality_cosine_min", q.cosine.map(|c| c.min)),
@@ -271,6 +251,17 @@ impl Gateway {
             "deployment" => sample.deployment.clone(),
             "revision" => sample.mirror.candidate.to_string(), "outcome" => "skipped")
         .increment(1);
+    }
+}
+
+impl Gateway {
+    /// The revision pairs' samples, locked.
+    fn log(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32, u32), Log>> {
+        self.inner
+            .shadow
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 

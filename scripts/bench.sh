@@ -19,11 +19,12 @@ cargo build --release --quiet -p modelship-gateway --example http_load
 # only the image and target table; =openai: only the schema, penalty and
 # tool-prompt costs; =cold: only the scale-to-zero table; =encoders: only
 # MPNet, rerank and ONNX Runtime's MiniLM; =shadow: only the cost of shadow
-# traffic.
+# traffic; =dashboard: only what an open dashboard costs the gateway.
 case "${BENCH_ONLY:-}" in
   cold) exec "$cache/venv/bin/python" scripts/bench/cold.py ;;
   encoders) exec "$cache/venv/bin/python" scripts/bench/encoders.py ;;
   shadow) exec "$cache/venv/bin/python" scripts/bench/shadow.py ;;
+  dashboard) scripts/setup-browser.sh; exec "$cache/venv/bin/python" scripts/bench/dashboard.py ;;
   containers) exec "$cache/venv/bin/python" scripts/bench/containers.py ;;
   memory) exec "$cache/venv/bin/python" scripts/bench/memory.py ;;
   generate) exec "$cache/venv/bin/python" scripts/bench/run.py ;;
@@ -40,4 +41,6 @@ esac
 "$cache/venv/bin/python" scripts/bench/cold.py
 "$cache/venv/bin/python" scripts/bench/encoders.py
 "$cache/venv/bin/python" scripts/bench/shadow.py
+scripts/setup-browser.sh
+"$cache/venv/bin/python" scripts/bench/dashboard.py
 cargo run --release --quiet -p modelship-planner --example place_bench

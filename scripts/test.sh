@@ -20,6 +20,8 @@ echo "== test checkpoints (written from the test models)"
 scripts/make-checkpoints.sh >/dev/null
 echo "== services (etcd, docker engine and swarm, registry)"
 scripts/setup-services.sh
+echo "== browser (headless chromium for the dashboard tests)"
+scripts/setup-browser.sh
 
 echo "== generated files"
 python3 scripts/make-corpus.py --check

@@ -61,6 +61,11 @@ enum Command {
     Rollback(ops::RollbackArgs),
     /// Set a deployment's replica count.
     Scale(ops::ScaleArgs),
+    /// Move a rollout in progress to its next step now, skipping what the
+    /// step waits for (its analysis, the blue-green scale-down delay).
+    Promote(ops::PromoteArgs),
+    /// Fail a rollout in progress: back to the revision that served before.
+    Abort(ops::NameArgs),
     /// Stop a deployment's replicas and forget it.
     Delete(ops::NameArgs),
     /// A deployment's replicas' output.
@@ -181,6 +186,8 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         Command::History(args) => listing::history(args),
         Command::Rollback(args) => ops::rollback(args),
         Command::Scale(args) => ops::scale(args),
+        Command::Promote(args) => ops::promote(args),
+        Command::Abort(args) => ops::abort(args),
         Command::Delete(args) => ops::delete(args),
         Command::Logs(args) => ops::logs(args),
         Command::Render(command) => render::render(command),

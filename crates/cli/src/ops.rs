@@ -1,5 +1,5 @@
 //! The commands that talk to a running control plane — `deploy`,
-//! `rollback`, `scale`, `delete`, `logs` — and the client they share with
+//! `rollback`, `scale`, `promote`, `abort`, `delete`, `logs` — and the client they share with
 //! the listings (`listing.rs`) and `render`.
 
 use std::path::{Path, PathBuf};
@@ -74,6 +74,16 @@ pub struct RollbackArgs {
 pub struct ScaleArgs {
     name: String,
     replicas: u32,
+    #[command(flatten)]
+    api: Api,
+}
+
+#[derive(clap::Args)]
+pub struct PromoteArgs {
+    name: String,
+    /// Past every remaining step: replace the stable revision at once.
+    #[arg(long)]
+    full: bool,
     #[command(flatten)]
     api: Api,
 }
@@ -403,6 +413,37 @@ pub fn scale(args: ScaleArgs) -> Result<(), Failure> {
     print(args.api.output, &v, |_| {
         format!("{} scaled to {} replicas\n", args.name, args.replicas)
     })
+}
+
+pub fn promote(args: PromoteArgs) -> Result<(), Failure> {
+    let v = post(
+        &args.api,
+        &format!("/v1/deployments/{}/promote", segment(&args.name)),
+        json!({"full": args.full}),
+    )?;
+    print(args.api.output, &v, intervened)
+}
+
+pub fn abort(args: NameArgs) -> Result<(), Failure> {
+    let v = post(
+        &args.api,
+        &format!("/v1/deployments/{}/abort", segment(&args.name)),
+        json!({}),
+    )?;
+    print(args.api.output, &v, intervened)
+}
+
+/// What a promote or abort did: its events.
+fn intervened(v: &Value) -> String {
+    let mut out = String::new();
+    for line in v["events"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{}: {}\n",
+            v["deployment"].as_str().unwrap_or(""),
+            line.as_str().unwrap_or("")
+        ));
+    }
+    out
 }
 
 pub fn delete(args: NameArgs) -> Result<(), Failure> {

@@ -106,6 +106,7 @@ pub fn run(mut args: Args) -> Result<(), Failure> {
             args.data_dir.display(),
             cgroups.note()
         );
+        eprintln!("modelship dashboard: http://{}/", bound.api);
         if !specs.is_empty() {
             let api = format!("http://{}", bound.api);
             tokio::spawn(async move {

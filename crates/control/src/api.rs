@@ -7,9 +7,14 @@
 //! | `DELETE /v1/deployments/{name}` | stop its replicas, forget it |
 //! | `POST /v1/deployments/{name}/scale` `{replicas}` | desired replicas |
 //! | `POST /v1/deployments/{name}/rollback` `{to?}` | serve an earlier revision |
+//! | `POST /v1/deployments/{name}/promote` `{full?}` | a rollout's next step now (`full`: all of them) |
+//! | `POST /v1/deployments/{name}/abort` | fail the rollout: back to the revision before |
 //! | `GET /v1/deployments/{name}/history` | revisions and events |
 //! | `GET /v1/deployments/{name}/logs?tail=N` | its replicas' output |
 //! | `GET /v1/revisions`, `/v1/replicas`, `/v1/runs[/{id}]`, `/v1/status` | listings |
+//! | `GET /v1/deployments/{name}/metrics` | the last hour's figures, one point per tick |
+//! | `GET /v1/watch[?deployment=NAME]` | server-sent events: the overview (or one deployment) on every tick |
+//! | `GET /`, `/ui/*` | the dashboard (its shell holds no data: every figure comes through the routes above) |
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use modelship_orchestrator::now_ms;
+use modelship_planner::Intervention;
 use modelship_types::{
     Deployment, Event, ModelDeployment, Phase, Replica, ReplicaState, Revision, Run,
 };
@@ -137,6 +143,8 @@ pub(crate) fn router(ctx: Arc<Ctx>, keys: BTreeSet<String>) -> Router {
         .route("/v1/deployments/{name}", get(deployment).delete(delete))
         .route("/v1/deployments/{name}/scale", post(scale))
         .route("/v1/deployments/{name}/rollback", post(rollback))
+        .route("/v1/deployments/{name}/promote", post(promote))
+        .route("/v1/deployments/{name}/abort", post(abort))
         .route("/v1/deployments/{name}/history", get(history))
         .route("/v1/deployments/{name}/logs", get(logs))
         .route("/v1/revisions", get(revisions))
@@ -144,11 +152,18 @@ pub(crate) fn router(ctx: Arc<Ctx>, keys: BTreeSet<String>) -> Router {
         .route("/v1/runs", get(runs))
         .route("/v1/runs/{id}", get(run))
         .route("/v1/status", get(status))
+        .route("/v1/watch", get(crate::dashboard::watch))
+        .route(
+            "/v1/deployments/{name}/metrics",
+            get(crate::dashboard::series),
+        )
         .route_layer(axum::middleware::from_fn(move |req, next| {
             require_key(Arc::clone(&keys), req, next)
         }))
         .with_state(ctx);
-    guarded.route("/healthz", get(|| async { "ok" }))
+    guarded
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::dashboard::assets())
 }
 
 async fn require_key(
@@ -307,21 +322,111 @@ async fn deployment(
     State(ctx): State<Arc<Ctx>>,
     Api(Path(name)): Api<Path<String>>,
 ) -> Result<Json<serde_json::Value>> {
-    let d = existing(&ctx, &name)?;
+    Ok(Json(detail(&ctx, &name)?))
+}
+
+/// One deployment in detail: what `status` prints and the dashboard's
+/// deployment page shows (it streams this on every tick).
+pub(crate) fn detail(ctx: &Ctx, name: &str) -> Result<serde_json::Value> {
+    let d = existing(ctx, name)?;
     let all = ctx.store.replicas()?;
-    let replicas: Vec<&Replica> = all.iter().filter(|r| r.deployment == name).collect();
-    let events = ctx.store.events(&name)?;
+    let summary = summary(ctx, &d, &all)?;
+    let telemetry = ctx.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+    let replicas: Vec<serde_json::Value> = all
+        .iter()
+        .filter(|r| r.deployment == name)
+        .map(|r| {
+            let mut v = json!(r);
+            v["resident_bytes"] = json!(telemetry.memory(&r.id));
+            v
+        })
+        .collect();
+    let point = telemetry.latest(name);
+    drop(telemetry);
+    let events = ctx.store.events(name)?;
     let recent: Vec<&Event> = events.iter().rev().take(20).rev().collect();
-    let runs: Vec<Run> = ctx.store.runs(Some(&name))?.into_iter().take(5).collect();
-    Ok(Json(json!({
-        "deployment": summary(&ctx, &d, &all)?,
+    let runs: Vec<Run> = ctx.store.runs(Some(name))?.into_iter().take(5).collect();
+    let stored = ctx.store.revisions(Some(name))?;
+    let rollout = stored
+        .iter()
+        .find(|r| r.number == d.revision)
+        .map(|r| &r.spec.spec.rollout);
+    let revisions: Vec<serde_json::Value> = stored
+        .iter()
+        .map(|r| {
+            let live = |ready: bool| {
+                all.iter()
+                    .filter(|x| x.deployment == name && x.revision == r.number)
+                    .filter(|x| x.state != ReplicaState::Terminating)
+                    .filter(|x| !ready || x.state == ReplicaState::Ready)
+                    .count()
+            };
+            json!({"revision": r.number, "cause": r.cause, "created_at": r.created_at,
+                   "precision": r.plan.as_ref().map(|p| p.precision.clone()),
+                   "artifact_digest": r.artifact_digest, "image": r.image,
+                   "serving": r.number == d.revision,
+                   "share": share(&summary, r.number),
+                   "replicas": live(false), "ready": live(true)})
+        })
+        .collect();
+    Ok(json!({
+        "deployment": summary,
+        "rollout": rollout,
+        "revisions": revisions,
         "replicas": replicas,
         "events": recent,
         "runs": runs,
+        "point": point,
         "stats": ctx.gateway.stats().revisions.into_iter().filter(|s| s.deployment == name).collect::<Vec<_>>(),
         // The shadow phase's or canary step's figures so far.
-        "analysis": ctx.analyses.lock().unwrap_or_else(|p| p.into_inner()).get(&name).cloned(),
-    })))
+        "analysis": ctx.analyses.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned(),
+    }))
+}
+
+/// The percent of client traffic `revision` gets under `d`'s split.
+fn share(d: &DeploymentSummary, revision: u32) -> u32 {
+    match (d.traffic, d.stable) {
+        (Some(t), _) if revision == d.revision => t,
+        (Some(t), Some(stable)) if revision == stable => 100 - t.min(100),
+        (None, _) if revision == d.revision => 100,
+        _ => 0,
+    }
+}
+
+/// Every deployment with its latest figures, and the recent runs in
+/// brief: the dashboard's front page (it streams this on every tick).
+pub(crate) fn overview(ctx: &Ctx) -> Result<serde_json::Value> {
+    let all = ctx.store.replicas()?;
+    let deployments = ctx.store.deployments()?;
+    let mut rows = Vec::with_capacity(deployments.len());
+    for d in &deployments {
+        let precision = ctx
+            .store
+            .revision(&d.name, d.revision)?
+            .and_then(|r| r.plan.map(|p| p.precision));
+        let point = ctx
+            .telemetry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .latest(&d.name);
+        rows.push(json!({
+            "deployment": summary(ctx, d, &all)?,
+            "precision": precision,
+            "point": point,
+        }));
+    }
+    let runs: Vec<serde_json::Value> = ctx
+        .store
+        .runs(None)?
+        .iter()
+        .take(50)
+        .map(|r| {
+            json!({"id": r.id, "deployment": r.deployment, "revision": r.revision,
+                   "status": r.status, "stage": r.current_stage(), "error": r.error,
+                   "started_at": r.started_at, "finished_at": r.finished_at})
+        })
+        .collect();
+    Ok(json!({"deployments": rows, "runs": runs, "at": now_ms()}))
 }
 
 async fn delete(
@@ -492,6 +597,58 @@ async fn rollback(
     Ok(Json(
         json!({"deployment": name, "revision": number, "from": target.number}),
     ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PromoteRequest {
+    #[serde(default)]
+    full: bool,
+}
+
+async fn promote(
+    State(ctx): State<Arc<Ctx>>,
+    Api(Path(name)): Api<Path<String>>,
+    Api(Json(req)): Api<Json<PromoteRequest>>,
+) -> Result<Json<serde_json::Value>> {
+    intervene(&ctx, &name, Intervention::Promote { full: req.full })
+}
+
+async fn abort(
+    State(ctx): State<Arc<Ctx>>,
+    Api(Path(name)): Api<Path<String>>,
+) -> Result<Json<serde_json::Value>> {
+    intervene(&ctx, &name, Intervention::Abort)
+}
+
+/// An operator's promote or abort: the planner's step from the recorded
+/// phase, recorded as a controller tick's would be.
+fn intervene(ctx: &Ctx, name: &str, what: Intervention) -> Result<Json<serde_json::Value>> {
+    let d = existing(ctx, name)?;
+    let rev = ctx
+        .store
+        .revision(name, d.revision)?
+        .ok_or_else(|| ApiError::NotFound(format!("`{name}` has no revision {}", d.revision)))?;
+    let now = now_ms();
+    let step = modelship_planner::intervene(&d, &rev.spec.spec.rollout, what, now)
+        .map_err(|e| ApiError::Conflict(format!("`{name}`: {e}")))?;
+    let events = step.events.clone();
+    let recorded = rollout::record(ctx, &d, step, now)?;
+    if !recorded.applied {
+        return Err(ApiError::Conflict(format!(
+            "`{name}` changed meanwhile: look again (`modelship status {name}`)"
+        )));
+    }
+    let (revision, phase) = match &recorded.stored {
+        Some(d) => (Some(d.revision), d.phase.name()),
+        None => (None, "removed"),
+    };
+    Ok(Json(json!({
+        "deployment": name,
+        "revision": revision,
+        "phase": phase,
+        "events": events,
+    })))
 }
 
 async fn history(

@@ -97,6 +97,8 @@ fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
         replica_key: None,
         api_keys: BTreeSet::new(),
         analyses: Mutex::default(),
+        telemetry: Mutex::default(),
+        ticks: tokio::sync::watch::Sender::new(0),
     })
 }
 
@@ -375,4 +377,175 @@ async fn delete_waits_for_the_replicas_but_not_forever() {
     let (_, v) = call(&ctx, &[], "DELETE", "/v1/deployments/n", None, None).await;
     assert_eq!(v["stopped"], true);
     assert!(started.elapsed() < Duration::from_millis(10));
+}
+
+#[tokio::test]
+async fn promote_and_abort_are_refused_without_a_rollout_and_abort_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path());
+    deployed(&ctx, "m", true);
+    for what in ["promote", "abort"] {
+        let (status, body) = call(
+            &ctx,
+            &[],
+            "POST",
+            &format!("/v1/deployments/m/{what}"),
+            Some(json!({})),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{what}: {body}");
+        assert!(
+            body.to_string().contains("no rollout in progress"),
+            "{body}"
+        );
+    }
+    // Mid-canary at revision 2 beside revision 1: aborted, 1 serves again.
+    ctx.store
+        .update_deployment("m", |d| {
+            d.phase = Phase::Canary {
+                progress: modelship_types::Progress {
+                    run: None,
+                    previous: Some(1),
+                    started_at: 0,
+                    since: 0,
+                    record: Vec::new(),
+                    ready: 0,
+                },
+                stable: 1,
+                step: 0,
+                analysis_from: None,
+            };
+            true
+        })
+        .unwrap();
+    let (status, body) = call(
+        &ctx,
+        &[],
+        "POST",
+        "/v1/deployments/m/abort",
+        Some(json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["revision"].clone(), body["phase"].clone()),
+        (json!(1), json!("steady"))
+    );
+    let d = ctx.store.deployment("m").unwrap().unwrap();
+    assert_eq!((d.revision, d.phase), (1, Phase::Steady));
+    let events = ctx.store.events("m").unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("aborted by an operator"))
+    );
+    // A field the route does not know is named.
+    let (status, body) = call(
+        &ctx,
+        &[],
+        "POST",
+        "/v1/deployments/m/promote",
+        Some(json!({"fully": true})),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn the_dashboard_shell_is_public_and_its_data_wants_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path());
+    deployed(&ctx, "m", false);
+    let router = || api::router(Arc::clone(&ctx), ["k".to_owned()].into());
+    let get = |path: &str, etag: Option<&str>| {
+        let mut req = Request::builder().uri(path);
+        if let Some(e) = etag {
+            req = req.header("if-none-match", e);
+        }
+        req.body(Body::empty()).unwrap()
+    };
+    let page = router().oneshot(get("/", None)).await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let etag = page.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    let again = router().oneshot(get("/", Some(&etag))).await.unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    for path in [
+        "/ui/app.js",
+        "/ui/app.css",
+        "/ui/uPlot.iife.min.js",
+        "/ui/icon.svg",
+    ] {
+        let r = router().oneshot(get(path, None)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+    }
+    // The figures are the API's: guarded.
+    let (status, _) = call(&ctx, &["k"], "GET", "/v1/watch", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = call(
+        &ctx,
+        &["k"],
+        "GET",
+        "/v1/watch?deployment=nope",
+        None,
+        Some("k"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = call(
+        &ctx,
+        &["k"],
+        "GET",
+        "/v1/deployments/m/metrics",
+        None,
+        Some("k"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["points"], json!([]));
+    assert_eq!(body["tick_ms"], 2000);
+}
+
+#[tokio::test]
+async fn the_stream_sends_the_view_now_and_on_each_tick() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path());
+    deployed(&ctx, "m", false);
+    let req = Request::builder()
+        .uri("/v1/watch?deployment=m")
+        .body(Body::empty())
+        .unwrap();
+    let resp = api::router(Arc::clone(&ctx), BTreeSet::new())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body().into_data_stream();
+    async fn next(body: &mut axum::body::BodyDataStream) -> String {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .unwrap();
+        String::from_utf8(chunk.to_vec()).unwrap()
+    }
+    let first = next(&mut body).await;
+    assert!(first.starts_with("event: detail\ndata: {"), "{first}");
+    assert!(first.contains("\"name\":\"m\""), "{first}");
+    ctx.ticks.send_modify(|n| *n += 1);
+    assert!(next(&mut body).await.starts_with("event: detail"));
+    // Gone: one `gone` event, then the stream ends.
+    ctx.store.delete_deployment("m").unwrap();
+    ctx.ticks.send_modify(|n| *n += 1);
+    assert!(next(&mut body).await.starts_with("event: gone"));
+    assert!(body.next().await.is_none());
 }

@@ -8,6 +8,7 @@ mod api;
 mod api_tests;
 mod cluster;
 mod controller;
+mod dashboard;
 pub mod digest;
 pub mod kubernetes;
 pub mod package;
@@ -16,6 +17,7 @@ pub mod plan;
 pub mod render;
 mod rollout;
 mod swarm;
+mod telemetry;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -176,6 +178,10 @@ pub(crate) struct Ctx {
     /// Each deployment's rollout analysis as the controller last measured
     /// it (the shadow phase or canary step under way), for `status`.
     pub analyses: Mutex<std::collections::HashMap<String, modelship_planner::Analysis>>,
+    /// The last hour's figures per deployment, for the dashboard.
+    pub telemetry: Mutex<telemetry::Telemetry>,
+    /// Counts the sampler's ticks: the dashboard's streams send on each.
+    pub ticks: tokio::sync::watch::Sender<u64>,
 }
 
 impl Ctx {
@@ -285,12 +291,15 @@ pub async fn up(
         replica_key,
         api_keys: api_keys.clone(),
         analyses: Mutex::default(),
+        telemetry: Mutex::default(),
+        ticks: tokio::sync::watch::Sender::new(0),
     });
     reap(&ctx).await?;
     for run in interrupted {
         retry(&ctx, run);
     }
     let controller = tokio::spawn(controller::Controller::new(Arc::clone(&ctx)).run());
+    let sampler = tokio::spawn(telemetry::run(Arc::clone(&ctx)));
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -316,6 +325,7 @@ pub async fn up(
             },
         };
         controller.abort();
+        sampler.abort();
         a.context("the API server failed")?;
         g.context("the gateway failed")?;
         Ok(())

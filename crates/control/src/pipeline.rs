@@ -9,7 +9,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use modelship_optimize::{EvalOptions, optimize};
 use modelship_orchestrator::now_ms;
-use modelship_types::{ModelDeployment, Node, QuantChoice, Revision, Run, RunStatus, Stage};
+use modelship_types::{
+    ModelDeployment, Node, QuantChoice, Revision, Run, RunStatus, Stage, Tradeoff,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{Ctx, digest, plan, rollout};
@@ -42,8 +44,16 @@ impl Recorder<'_> {
             started_at: now_ms(),
             duration_ms: None,
             detail: String::new(),
+            tradeoff: None,
         });
         self.save();
+    }
+
+    /// What the current stage weighed, for the run's chart.
+    fn tradeoff(&mut self, tradeoff: Option<Tradeoff>) {
+        if let Some(stage) = self.run.stages.last_mut() {
+            stage.tradeoff = tradeoff;
+        }
     }
 
     /// Closes the current stage with `result`; an error fails the run.
@@ -75,6 +85,18 @@ pub struct Artifact {
     /// Found in the cache rather than optimized now.
     #[serde(skip)]
     pub cached: bool,
+    /// The candidates weighed (none when served as given).
+    #[serde(default)]
+    pub tradeoff: Option<Tradeoff>,
+}
+
+/// The gate refused every candidate: the table, and the candidates for the
+/// run's record.
+#[derive(Debug, thiserror::Error)]
+#[error("no precision passes the gate:\n{table}")]
+struct GateRefused {
+    table: String,
+    tradeoff: Tradeoff,
 }
 
 /// The optimized model of `spec` (from `data_dir`'s cache when built
@@ -231,8 +253,12 @@ async fn stages(
     let artifact = optimized(&ctx.data_dir, &spec, &model_digest, &key).await;
     let artifact = match artifact {
         Ok(a) => a,
-        Err(e) => return rec.end(Err(e)),
+        Err(e) => {
+            rec.tradeoff(e.downcast_ref::<GateRefused>().map(|g| g.tradeoff.clone()));
+            return rec.end(Err(e));
+        }
     };
+    rec.tradeoff(artifact.tradeoff.clone());
     rec.end(Ok(Output {
         digest: Some(artifact.digest.clone()),
         detail: if artifact.cached {
@@ -348,6 +374,7 @@ async fn optimized(
             digest: model_digest.to_owned(),
             detail: "served as given (no optimize section)".into(),
             cached: false,
+            tradeoff: None,
         });
     }
     let dir = data_dir
@@ -366,8 +393,9 @@ async fn optimized(
             tracing::info!("optimize: {line}")
         })?;
         let table = outcome.table();
+        let tradeoff = outcome.tradeoff(&opt.gate);
         let Some(chosen) = outcome.chosen() else {
-            anyhow::bail!("no precision passes the gate:\n{table}");
+            return Err(GateRefused { table, tradeoff }.into());
         };
         // Keep the chosen file only.
         for c in &outcome.candidates {
@@ -383,6 +411,7 @@ async fn optimized(
             digest: digest::of_path(&chosen.path)?,
             detail: format!("{} chosen\n{table}", chosen.quant),
             cached: false,
+            tradeoff: Some(tradeoff),
         };
         std::fs::write(&record, serde_json::to_vec_pretty(&artifact)?)?;
         Ok(artifact)

@@ -272,11 +272,28 @@ fn weights(
     } else {
         WeightsFile::Gguf
     };
+    let stored = stored_precision(&src);
     let precision = match q {
-        QuantChoice::Auto => "as stored (quantize: auto is decided by optimize)",
-        _ => "as stored",
+        QuantChoice::Auto => format!("{stored} as stored (quantize: auto is decided by optimize)"),
+        _ => stored,
     };
-    Ok((tensors, file, precision.into()))
+    Ok((tensors, file, precision))
+}
+
+/// The type most of a model's matrix weights are stored in (`q4_k`, `f32`):
+/// a quantized file mixes a few (llama.cpp's policy keeps some tensors
+/// wider), and it is named by the one that holds most of them.
+fn stored_precision(src: &Source) -> String {
+    let mut by_type: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    for t in src.tensors.iter().filter(|t| t.shape.len() == 2) {
+        *by_type
+            .entry(modelship_model::ggml_dtype_name(t.dtype))
+            .or_default() += t.elements() as u64;
+    }
+    by_type.into_iter().max_by_key(|&(_, n)| n).map_or_else(
+        || "unknown".to_owned(),
+        |(name, _)| name.to_ascii_lowercase(),
+    )
 }
 
 fn shape(

@@ -6,7 +6,7 @@
 //! killed mid-rollout goes on from the store when it starts again.
 
 use modelship_orchestrator::now_ms;
-use modelship_planner::{RolloutObserved, first_phase, step};
+use modelship_planner::{RolloutObserved, Step, first_phase, step};
 use modelship_types::{Deployment, Phase, Progress, Revision, Run, RunStatus};
 
 use crate::Ctx;
@@ -89,9 +89,7 @@ pub(crate) fn begin(ctx: &Ctx, run: &mut Run, new: Revision, replicas: u32) -> a
 }
 
 /// One tick of `d`'s rollout: the planner's next phase from what was
-/// `seen`, recorded only if nobody changed the deployment meanwhile (a
-/// rollback, a delete, a scale win), with its events and, when the rollout
-/// ended, its run closed. Returns the deployment as it now stands.
+/// `seen`, [`record`]ed. Returns the deployment as it now stands.
 pub(crate) fn advance(
     ctx: &Ctx,
     d: &Deployment,
@@ -99,9 +97,25 @@ pub(crate) fn advance(
     seen: &RolloutObserved,
     now: u64,
 ) -> anyhow::Result<Option<Deployment>> {
-    let Some(s) = step(d, &rev.spec.spec.rollout, seen, now) else {
-        return Ok(Some(d.clone()));
-    };
+    match step(d, &rev.spec.spec.rollout, seen, now) {
+        Some(s) => Ok(record(ctx, d, s, now)?.stored),
+        None => Ok(Some(d.clone())),
+    }
+}
+
+/// What became of a recorded step.
+pub(crate) struct Recorded {
+    /// The deployment as it now stands (`None`: removed).
+    pub stored: Option<Deployment>,
+    /// False when someone changed the deployment after `d` was read (a
+    /// rollback, a delete, a scale won): the step was dropped.
+    pub applied: bool,
+}
+
+/// Records step `s` decided from `d` (a controller tick's or an operator's):
+/// only if nobody changed the deployment meanwhile, with its events and,
+/// when the rollout ended, its run closed.
+pub(crate) fn record(ctx: &Ctx, d: &Deployment, s: Step, now: u64) -> anyhow::Result<Recorded> {
     let name = &d.name;
     let stored = match &s.next {
         Some((revision, phase)) => {
@@ -116,7 +130,10 @@ pub(crate) fn advance(
                 applied
             })?;
             if !applied {
-                return Ok(stored);
+                return Ok(Recorded {
+                    stored,
+                    applied: false,
+                });
             }
             stored
         }
@@ -132,7 +149,10 @@ pub(crate) fn advance(
         end_run(ctx, name, run, ended);
     }
     ctx.wake.notify_one();
-    Ok(stored)
+    Ok(Recorded {
+        stored,
+        applied: true,
+    })
 }
 
 /// Closes run `id`'s open rollout stage: succeeded with the line, or failed

@@ -93,6 +93,40 @@ impl RevisionStats {
         }
     }
 
+    /// Adds `other`'s counts to these (one figure for several revisions).
+    pub fn merge(&mut self, other: &RevisionStats) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        for (b, o) in self.buckets.iter_mut().zip(other.buckets) {
+            *b += o;
+        }
+    }
+
+    /// The `q` quantile of latency in ms, interpolated linearly inside its
+    /// bucket as Prometheus' `histogram_quantile` does (so within the
+    /// bucket's bounds, not exact); the open last bucket gives its lower
+    /// bound. `None` without requests.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, (&count, &upper)) in self.buckets.iter().zip(&BOUNDS_MS).enumerate() {
+            let lower = if i == 0 { 0.0 } else { BOUNDS_MS[i - 1] };
+            if count > 0 && (below + count) as f64 >= rank {
+                if upper.is_infinite() {
+                    return Some(lower);
+                }
+                let within = (rank - below as f64) / count as f64;
+                return Some(lower + (upper - lower) * within);
+            }
+            below += count;
+        }
+        Some(BOUNDS_MS[BOUNDS_MS.len() - 2])
+    }
+
     /// The 99th percentile latency's bucket bound in ms (an upper estimate),
     /// `None` without requests.
     pub fn p99_ms(&self) -> Option<f64> {
@@ -146,5 +180,51 @@ impl Stats {
             .collect();
         revisions.sort_by(|a, b| (&a.deployment, a.revision).cmp(&(&b.deployment, b.revision)));
         StatsSnapshot { revisions }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(latencies_ms: &[f64]) -> RevisionStats {
+        let c = Counters::default();
+        for &ms in latencies_ms {
+            c.record(ms, false);
+        }
+        RevisionStats {
+            deployment: "m".into(),
+            revision: 1,
+            requests: c.requests.load(Ordering::Relaxed),
+            errors: 0,
+            buckets: std::array::from_fn(|i| c.buckets[i].load(Ordering::Relaxed)),
+        }
+    }
+
+    #[test]
+    fn quantiles_are_interpolated_inside_their_bucket() {
+        // 100 requests in (5, 10] ms: the median is halfway through it.
+        let s = stats(&[7.0; 100]);
+        assert_eq!(s.quantile_ms(0.5), Some(7.5));
+        assert_eq!(s.quantile_ms(1.0), Some(10.0));
+        // 90 fast, 10 slow: p50 among the fast, p99 among the slow.
+        let mut mixed = vec![1.5; 90];
+        mixed.extend([150.0; 10]);
+        let s = stats(&mixed);
+        let p50 = s.quantile_ms(0.5).unwrap();
+        let p99 = s.quantile_ms(0.99).unwrap();
+        assert!((1.0..=2.0).contains(&p50), "{p50}");
+        assert!((100.0..=200.0).contains(&p99), "{p99}");
+        // Past the last bound: its lower bound, never infinity.
+        assert_eq!(stats(&[1e6]).quantile_ms(0.5), Some(6e4));
+        assert_eq!(stats(&[]).quantile_ms(0.5), None);
+    }
+
+    #[test]
+    fn merged_counts_add_up() {
+        let mut a = stats(&[1.0, 3.0]);
+        a.merge(&stats(&[3.0]));
+        assert_eq!(a.requests, 3);
+        assert_eq!(a.buckets[2], 2);
     }
 }

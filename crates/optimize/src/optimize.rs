@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use modelship_quant::{QuantError, QuantizeOptions, Source, quantize};
-use modelship_types::{Optimize, QuantType};
+use modelship_types::{Gate, Optimize, QuantType, Tradeoff, TradeoffPoint};
 
 use crate::eval::{Baseline, EvalError, EvalOptions, Report};
 use crate::{Corpus, violations};
@@ -41,6 +41,63 @@ pub struct Outcome {
 impl Outcome {
     pub fn chosen(&self) -> Option<&Candidate> {
         self.chosen.map(|i| &self.candidates[i])
+    }
+
+    /// The candidates as a chart reads them: each one's size and the figure
+    /// `gate` bounds (the task's main figure when it bounds none).
+    pub fn tradeoff(&self, gate: &Gate) -> Tradeoff {
+        let first = self.candidates.first().map(|c| &c.report);
+        // (name, larger is better, the gate's bound, the figure of a report)
+        type Figure = fn(&Report) -> f64;
+        let (metric, higher, threshold, value): (&str, bool, Option<f64>, Figure) = match first {
+            Some(Report::Generate(_)) => match (gate.max_ppl_increase, gate.max_kld, gate.min_top1)
+            {
+                (None, Some(k), _) => ("kld", false, Some(k), |r| match r {
+                    Report::Generate(g) => g.kld,
+                    _ => f64::NAN,
+                }),
+                (None, None, Some(t)) => ("top-1", true, Some(t), |r| match r {
+                    Report::Generate(g) => g.top1_agreement,
+                    _ => f64::NAN,
+                }),
+                (p, ..) => ("Δppl", false, p, |r| match r {
+                    Report::Generate(g) => g.ppl_increase,
+                    _ => f64::NAN,
+                }),
+            },
+            Some(Report::Scores(_)) => match gate.min_top1 {
+                Some(t) => ("top-1", true, Some(t), |r| match r {
+                    Report::Scores(s) => s.top1_agreement,
+                    _ => f64::NAN,
+                }),
+                None => ("spearman", true, None, |r| match r {
+                    Report::Scores(s) => s.spearman,
+                    _ => f64::NAN,
+                }),
+            },
+            _ => ("cosine mean", true, gate.min_cosine, |r| match r {
+                Report::Embeddings(e) => e.cosine_mean,
+                _ => f64::NAN,
+            }),
+        };
+        Tradeoff {
+            metric: metric.to_owned(),
+            higher_is_better: higher,
+            threshold,
+            candidates: self
+                .candidates
+                .iter()
+                .enumerate()
+                .map(|(i, c)| TradeoffPoint {
+                    precision: c.quant.as_str().to_owned(),
+                    file_bytes: c.file_bytes,
+                    bits_per_weight: c.bits_per_weight,
+                    value: value(&c.report),
+                    violations: c.violations.clone(),
+                    chosen: self.chosen == Some(i),
+                })
+                .collect(),
+        }
     }
 
     /// The size/quality table, one row per candidate.

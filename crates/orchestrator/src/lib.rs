@@ -23,7 +23,7 @@ pub use docker::Docker;
 pub use engine::{Engine, EngineError};
 pub use kubernetes::Kubernetes;
 pub use local::Local;
-pub use probe::ready;
+pub use probe::{metrics, ready};
 pub use swarm::Swarm;
 
 /// Everything needed to start one replica.

@@ -120,7 +120,7 @@ pub fn first_phase(
 }
 
 /// The percent of traffic canary step `step` sends to the new revision.
-fn percent(rollout: &Rollout, step: u32) -> u32 {
+pub(crate) fn percent(rollout: &Rollout, step: u32) -> u32 {
     let steps = &rollout.canary.steps;
     steps
         .get(step as usize)
@@ -534,7 +534,7 @@ fn crash_loop(d: &Deployment, progress: &Progress, seen: &RolloutObserved) -> Op
 
 /// The rollout failed for `why`: back to the revision that served before,
 /// or, when none did, the deployment goes.
-fn fail(d: &Deployment, progress: &Progress, why: String) -> Step {
+pub(crate) fn fail(d: &Deployment, progress: &Progress, why: String) -> Step {
     let rev = d.revision;
     let (next, what) = match progress.previous {
         Some(p) if p != rev => (

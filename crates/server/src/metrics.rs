@@ -41,11 +41,23 @@ pub fn recorder() -> PrometheusHandle {
 }
 
 pub(crate) async fn render(State(state): State<AppState>) -> Response {
+    if let Some(bytes) = resident_bytes() {
+        metrics::gauge!("modelship_resident_memory_bytes").set(bytes as f64);
+    }
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// This process's resident memory (`VmRSS` in `/proc/self/status`), read
+/// when scraped: what the replica really holds, beside what was planned.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Records `modelship_requests_total` and `modelship_request_duration_seconds`

@@ -29,5 +29,6 @@ pub use rollout::{Canary, Fault, Quality, Rollout, Shadow, Span, Strategy};
 pub use spec::{ModelDeployment, Target};
 pub use state::{
     Deployment, Event, Phase, Progress, Replica, ReplicaState, Revision, Run, RunStatus, Stage,
+    Tradeoff, TradeoffPoint,
 };
 pub use task::{ParseTaskError, Task};

@@ -380,6 +380,35 @@ pub struct Stage {
     /// A line or a table for people: the chosen precision, the estimate, why
     /// it failed.
     pub detail: String,
+    /// The optimize stage's candidates, for a size-against-quality chart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tradeoff: Option<Tradeoff>,
+}
+
+/// What the optimize stage weighed: each candidate precision's size and the
+/// figure its gate judged, with the gate's bound on that figure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tradeoff {
+    /// The figure on the quality axis (`cosine mean`, `Δppl`, `kld`, `top-1`,
+    /// `spearman`): the one the gate bounds, else the task's main one.
+    pub metric: String,
+    /// Whether a larger figure is better (cosine) or worse (Δppl, KLD).
+    pub higher_is_better: bool,
+    /// The gate's bound on `metric`, when it has one.
+    pub threshold: Option<f64>,
+    pub candidates: Vec<TradeoffPoint>,
+}
+
+/// One candidate precision of a [`Tradeoff`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TradeoffPoint {
+    pub precision: String,
+    pub file_bytes: u64,
+    pub bits_per_weight: f64,
+    pub value: f64,
+    /// The gate's bounds it breaks; empty when it passes.
+    pub violations: Vec<String>,
+    pub chosen: bool,
 }
 
 /// Something that happened to a deployment, for `status` and `history`.
@@ -419,6 +448,7 @@ mod tests {
             started_at: 1_000,
             duration_ms: None,
             detail: String::new(),
+            tradeoff: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Running the `modelship` binary from tests.
 #![allow(dead_code)] // each test file uses part of it
 
+pub mod browser;
 pub mod control_plane;
 pub mod etcd;
 pub mod load;

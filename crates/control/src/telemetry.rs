@@ -1,0 +1,376 @@
+//! The figures the dashboard charts, kept for the last hour: every
+//! [`TICK`] the sampler reads the gateway's counters and each replica's
+//! `/metrics`, and [`Telemetry::record`] turns the difference from the
+//! reading before into one [`Point`] per deployment. `Telemetry` is plain
+//! state (tested without a clock or sockets); [`run`] is the loop that
+//! feeds it and tells the dashboard's streams.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use modelship_gateway::{RevisionStats, StatsSnapshot};
+use modelship_orchestrator::now_ms;
+use modelship_types::ReplicaState;
+use serde::Serialize;
+
+use crate::Ctx;
+
+/// How often figures are read.
+pub(crate) const TICK: Duration = Duration::from_secs(2);
+/// How far back points are kept.
+pub(crate) const KEEP_MS: u64 = 3_600_000;
+/// Longest a replica's `/metrics` may take before its figures are left out
+/// of a tick.
+const SCRAPE_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// One deployment's figures over one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Point {
+    /// The end of the tick, ms since the Unix epoch.
+    pub at: u64,
+    /// Answers through the gateway per second, all revisions together.
+    pub requests_per_s: f64,
+    /// The share of them that failed (5xx, upstream failures).
+    pub error_rate: f64,
+    /// Latency to response headers at the gateway, from its histogram
+    /// ([`RevisionStats::quantile_ms`]); none in a tick without requests.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Tokens generated per second by its replicas.
+    pub tokens_per_s: f64,
+    /// Requests waiting in its replicas' batch queues.
+    pub queue: f64,
+    /// Replicas ready at the end of the tick, and desired.
+    pub ready: u32,
+    pub desired: u32,
+}
+
+/// What one replica's `/metrics` said.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReplicaReading {
+    pub id: String,
+    pub deployment: String,
+    /// `modelship_generated_tokens_total` (cumulative: restarts reset it).
+    pub generated_tokens: f64,
+    pub queue: f64,
+    pub resident_bytes: Option<u64>,
+}
+
+/// One tick's reading: cumulative counters and current gauges.
+#[derive(Debug, Clone, Default)]
+pub struct Reading {
+    pub at: u64,
+    pub gateway: StatsSnapshot,
+    pub replicas: Vec<ReplicaReading>,
+    /// Each deployment that exists: (ready, desired) replicas.
+    pub deployments: BTreeMap<String, (u32, u32)>,
+}
+
+/// The sampler's state: the reading before, and each deployment's points.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    before: Option<Reading>,
+    series: HashMap<String, VecDeque<Point>>,
+    memory: HashMap<String, u64>,
+}
+
+impl Telemetry {
+    /// Adds one point per deployment for the tick that ends at `now.at`;
+    /// the first reading only sets the counters to compare with. A
+    /// deployment gone from `now` loses its points.
+    pub fn record(&mut self, now: Reading) {
+        self.series
+            .retain(|name, _| now.deployments.contains_key(name));
+        self.memory = now
+            .replicas
+            .iter()
+            .filter_map(|r| Some((r.id.clone(), r.resident_bytes?)))
+            .collect();
+        let Some(before) = self.before.take() else {
+            self.before = Some(now);
+            return;
+        };
+        let seconds = now.at.saturating_sub(before.at) as f64 / 1e3;
+        if seconds <= 0.0 {
+            self.before = Some(before);
+            return;
+        }
+        for (name, &(ready, desired)) in &now.deployments {
+            let answered = answered_between(&before.gateway, &now.gateway, name);
+            let tokens: f64 = now
+                .replicas
+                .iter()
+                .filter(|r| &r.deployment == name)
+                .map(|r| {
+                    let earlier = before.replicas.iter().find(|b| b.id == r.id);
+                    counted_since(earlier.map(|b| b.generated_tokens), r.generated_tokens)
+                })
+                .sum();
+            let queue = now
+                .replicas
+                .iter()
+                .filter(|r| &r.deployment == name)
+                .map(|r| r.queue)
+                .sum();
+            let point = Point {
+                at: now.at,
+                requests_per_s: answered.requests as f64 / seconds,
+                error_rate: answered.error_rate(),
+                p50_ms: answered.quantile_ms(0.5),
+                p99_ms: answered.quantile_ms(0.99),
+                tokens_per_s: tokens / seconds,
+                queue,
+                ready,
+                desired,
+            };
+            let series = self.series.entry(name.clone()).or_default();
+            series.push_back(point);
+            while series.front().is_some_and(|p| p.at + KEEP_MS < now.at) {
+                series.pop_front();
+            }
+        }
+        self.before = Some(now);
+    }
+
+    /// `deployment`'s points, oldest first.
+    pub fn series(&self, deployment: &str) -> Vec<Point> {
+        self.series
+            .get(deployment)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn latest(&self, deployment: &str) -> Option<Point> {
+        self.series.get(deployment)?.back().copied()
+    }
+
+    /// A replica's resident memory at the last tick.
+    pub fn memory(&self, replica: &str) -> Option<u64> {
+        self.memory.get(replica).copied()
+    }
+}
+
+/// What `deployment`'s revisions answered between two snapshots, merged.
+fn answered_between(
+    before: &StatsSnapshot,
+    now: &StatsSnapshot,
+    deployment: &str,
+) -> RevisionStats {
+    let mut total = RevisionStats {
+        deployment: deployment.to_owned(),
+        ..RevisionStats::default()
+    };
+    for r in now.revisions.iter().filter(|r| r.deployment == deployment) {
+        total.merge(&r.since(before.get(deployment, r.revision)));
+    }
+    total
+}
+
+/// What a cumulative counter counted since `earlier`; a counter that went
+/// down was restarted from zero, and counted `now` since.
+fn counted_since(earlier: Option<f64>, now: f64) -> f64 {
+    match earlier {
+        Some(e) if now >= e => now - e,
+        Some(_) => now,
+        // A replica first seen this tick: its count so far belongs to ticks
+        // nobody measured.
+        None => 0.0,
+    }
+}
+
+/// The sum of every sample of `metric` in Prometheus text, whatever its
+/// labels; `None` when there is none.
+pub fn sum_of(text: &str, metric: &str) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(metric) else {
+            continue;
+        };
+        // The name must end here: `modelship_queue_depth` is not
+        // `modelship_queue_depth_max`.
+        let value = match rest.as_bytes().first() {
+            Some(b'{') => rest.rsplit_once('}').map(|(_, v)| v),
+            Some(b' ') => Some(rest),
+            _ => None,
+        };
+        if let Some(v) = value.and_then(|v| v.split_whitespace().next())
+            && let Ok(v) = v.parse::<f64>()
+            && v.is_finite()
+        {
+            *total.get_or_insert(0.0) += v;
+        }
+    }
+    total
+}
+
+/// The control plane's sampler: reads, records, and tells the streams a
+/// tick went by. Runs for the life of the control plane.
+pub(crate) async fn run(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match read(&ctx).await {
+            Ok(reading) => ctx
+                .telemetry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(reading),
+            Err(e) => tracing::warn!("telemetry: {e:#}"),
+        }
+        ctx.ticks.send_modify(|n| *n += 1);
+    }
+}
+
+async fn read(ctx: &Ctx) -> anyhow::Result<Reading> {
+    let replicas = ctx.store.replicas()?;
+    let mut deployments: BTreeMap<String, (u32, u32)> = ctx
+        .store
+        .deployments()?
+        .into_iter()
+        .map(|d| (d.name, (0, d.replicas)))
+        .collect();
+    let ready: Vec<_> = replicas
+        .into_iter()
+        .filter(|r| r.state == ReplicaState::Ready)
+        .collect();
+    for r in &ready {
+        if let Some((n, _)) = deployments.get_mut(&r.deployment) {
+            *n += 1;
+        }
+    }
+    let scrapes = ready.iter().map(|r| async move {
+        let text = modelship_orchestrator::metrics(&r.endpoint, SCRAPE_TIMEOUT).await?;
+        Some(ReplicaReading {
+            id: r.id.clone(),
+            deployment: r.deployment.clone(),
+            generated_tokens: sum_of(&text, "modelship_generated_tokens_total").unwrap_or(0.0),
+            queue: sum_of(&text, "modelship_queue_depth").unwrap_or(0.0),
+            resident_bytes: sum_of(&text, "modelship_resident_memory_bytes").map(|b| b as u64),
+        })
+    });
+    let replicas = futures::future::join_all(scrapes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(Reading {
+        at: now_ms(),
+        gateway: ctx.gateway.stats(),
+        replicas,
+        deployments,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revision(deployment: &str, revision: u32, requests: u64, errors: u64) -> RevisionStats {
+        let mut buckets = [0; 16];
+        buckets[3] = requests; // (5, 10] ms
+        RevisionStats {
+            deployment: deployment.into(),
+            revision,
+            requests,
+            errors,
+            buckets,
+        }
+    }
+
+    fn replica(id: &str, tokens: f64, queue: f64) -> ReplicaReading {
+        ReplicaReading {
+            id: id.into(),
+            deployment: "m".into(),
+            generated_tokens: tokens,
+            queue,
+            resident_bytes: Some(100 << 20),
+        }
+    }
+
+    fn reading(at: u64, revisions: Vec<RevisionStats>, replicas: Vec<ReplicaReading>) -> Reading {
+        Reading {
+            at,
+            gateway: StatsSnapshot { revisions },
+            replicas,
+            deployments: [("m".to_owned(), (2, 2))].into(),
+        }
+    }
+
+    #[test]
+    fn rates_are_the_difference_over_the_tick_summed_over_revisions() {
+        let mut t = Telemetry::default();
+        t.record(reading(
+            10_000,
+            vec![revision("m", 1, 100, 0), revision("other", 1, 7, 0)],
+            vec![replica("a", 50.0, 0.0), replica("b", 10.0, 0.0)],
+        ));
+        assert!(
+            t.series("m").is_empty(),
+            "the first reading only sets counters"
+        );
+        t.record(reading(
+            12_000,
+            vec![
+                revision("m", 1, 140, 0),
+                revision("m", 2, 60, 10),
+                revision("other", 1, 1_000, 0),
+            ],
+            // b restarted: its counter began again from zero.
+            vec![replica("a", 90.0, 3.0), replica("b", 4.0, 1.0)],
+        ));
+        let p = t.latest("m").unwrap();
+        assert_eq!(p.requests_per_s, 50.0); // (40 + 60) / 2 s
+        assert_eq!(p.error_rate, 0.1);
+        assert_eq!(p.tokens_per_s, 22.0); // (40 + 4) / 2 s
+        assert_eq!(p.queue, 4.0);
+        assert_eq!(p.p50_ms, Some(7.5));
+        assert_eq!((p.ready, p.desired), (2, 2));
+        assert_eq!(t.memory("a"), Some(100 << 20));
+    }
+
+    #[test]
+    fn a_quiet_tick_has_no_latency_and_old_points_go() {
+        let mut t = Telemetry::default();
+        for i in 0..=2_000u64 {
+            t.record(reading(i * 2_000, vec![revision("m", 1, 5, 0)], vec![]));
+        }
+        let series = t.series("m");
+        assert_eq!(series.len(), (KEEP_MS / 2_000 + 1) as usize);
+        let p = series.last().unwrap();
+        assert_eq!((p.requests_per_s, p.p50_ms, p.p99_ms), (0.0, None, None));
+        assert!(series.windows(2).all(|w| w[0].at < w[1].at));
+    }
+
+    #[test]
+    fn a_deleted_deployment_loses_its_points() {
+        let mut t = Telemetry::default();
+        t.record(reading(0, vec![], vec![]));
+        t.record(reading(2_000, vec![], vec![]));
+        assert_eq!(t.series("m").len(), 1);
+        let mut gone = reading(4_000, vec![], vec![]);
+        gone.deployments.clear();
+        t.record(gone);
+        assert!(t.series("m").is_empty());
+    }
+
+    #[test]
+    fn metrics_are_summed_over_labels_by_exact_name() {
+        let text = "# TYPE modelship_queue_depth gauge\n\
+            modelship_queue_depth{task=\"embeddings\"} 3\n\
+            modelship_queue_depth{task=\"generate\"} 2\n\
+            modelship_queue_depth_max 99\n\
+            modelship_generated_tokens_total 1234\n\
+            modelship_resident_memory_bytes 1.5e8\n\
+            modelship_broken{a=\"b\"} NaN\n";
+        assert_eq!(sum_of(text, "modelship_queue_depth"), Some(5.0));
+        assert_eq!(
+            sum_of(text, "modelship_generated_tokens_total"),
+            Some(1234.0)
+        );
+        assert_eq!(sum_of(text, "modelship_resident_memory_bytes"), Some(1.5e8));
+        assert_eq!(sum_of(text, "modelship_broken"), None);
+        assert_eq!(sum_of(text, "modelship_absent"), None);
+    }
+}

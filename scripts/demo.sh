@@ -85,6 +85,7 @@ Both deployments answer through the gateway. In another terminal:
   curl -s $g/v1/embeddings -H 'content-type: application/json' -d '{"model": "minilm", "input": "Hello, modelship"}'
   curl -s $g/v1/chat/completions -H 'content-type: application/json' -d '{"model": "qwen", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 40, "temperature": 0}'
   MODELSHIP_API=$api $bin status minilm
+The dashboard: $api/
 Ctrl-C deletes both deployments and stops the control plane.
 TXT
 wait "$up"

@@ -44,6 +44,8 @@ pub enum ApiError {
     )]
     Unauthorized,
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -66,6 +68,7 @@ impl IntoResponse for ApiError {
                 Some(field.clone()),
             ),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_api_key", None),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
             ApiError::Internal(e) => {
@@ -160,10 +163,27 @@ pub(crate) fn router(ctx: Arc<Ctx>, keys: BTreeSet<String>) -> Router {
         .route_layer(axum::middleware::from_fn(move |req, next| {
             require_key(Arc::clone(&keys), req, next)
         }))
+        .route_layer(axum::middleware::from_fn(same_site))
         .with_state(ctx);
     guarded
         .route("/healthz", get(|| async { "ok" }))
         .merge(crate::dashboard::assets())
+}
+
+/// Refuses a change a browser sends from another site (`Sec-Fetch-Site:
+/// cross-site`): without API keys, the API on loopback would otherwise act
+/// for any page its user opens. Clients that are not browsers send no such
+/// header.
+async fn same_site(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let cross = req
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site");
+    if cross && req.method() != axum::http::Method::GET {
+        return ApiError::Forbidden("changes are not taken from another site's pages".into())
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn require_key(
@@ -312,7 +332,7 @@ async fn deployments(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<DeploymentS
     Ok(Json(list))
 }
 
-fn existing(ctx: &Ctx, name: &str) -> Result<Deployment> {
+pub(crate) fn existing(ctx: &Ctx, name: &str) -> Result<Deployment> {
     ctx.store
         .deployment(name)?
         .ok_or_else(|| ApiError::NotFound(format!("no deployment `{name}`")))
@@ -341,7 +361,7 @@ pub(crate) fn detail(ctx: &Ctx, name: &str) -> Result<serde_json::Value> {
             v
         })
         .collect();
-    let point = telemetry.latest(name);
+    let point = telemetry.latest(name, now_ms());
     drop(telemetry);
     let events = ctx.store.events(name)?;
     let recent: Vec<&Event> = events.iter().rev().take(20).rev().collect();
@@ -351,6 +371,18 @@ pub(crate) fn detail(ctx: &Ctx, name: &str) -> Result<serde_json::Value> {
         .iter()
         .find(|r| r.number == d.revision)
         .map(|r| &r.spec.spec.rollout);
+    // What an operator may do to the rollout now: the planner's decision,
+    // which the page's buttons follow.
+    let can = rollout.map(|rollout| {
+        let now = now_ms();
+        let allowed = |what| modelship_planner::intervene(&d, rollout, what, now).is_ok();
+        json!({
+            "promote": allowed(Intervention::Promote { full: false }),
+            "abort": allowed(Intervention::Abort),
+            // A failed first rollout removes the deployment.
+            "abort_removes": d.phase.progress().is_some_and(|p| p.previous.is_none()),
+        })
+    });
     let revisions: Vec<serde_json::Value> = stored
         .iter()
         .map(|r| {
@@ -372,6 +404,7 @@ pub(crate) fn detail(ctx: &Ctx, name: &str) -> Result<serde_json::Value> {
     Ok(json!({
         "deployment": summary,
         "rollout": rollout,
+        "can": can,
         "revisions": revisions,
         "replicas": replicas,
         "events": recent,
@@ -408,7 +441,7 @@ pub(crate) fn overview(ctx: &Ctx) -> Result<serde_json::Value> {
             .telemetry
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .latest(&d.name);
+            .latest(&d.name, now_ms());
         rows.push(json!({
             "deployment": summary(ctx, d, &all)?,
             "precision": precision,
@@ -417,9 +450,8 @@ pub(crate) fn overview(ctx: &Ctx) -> Result<serde_json::Value> {
     }
     let runs: Vec<serde_json::Value> = ctx
         .store
-        .runs(None)?
+        .recent_runs(50)?
         .iter()
-        .take(50)
         .map(|r| {
             json!({"id": r.id, "deployment": r.deployment, "revision": r.revision,
                    "status": r.status, "stage": r.current_stage(), "error": r.error,
@@ -604,6 +636,17 @@ async fn rollback(
 struct PromoteRequest {
     #[serde(default)]
     full: bool,
+    /// The revision whose rollout is meant: refused when another rolls out
+    /// by now (a page that showed an earlier one).
+    revision: Option<u32>,
+}
+
+/// A JSON body, so that a browser on another site cannot send it without
+/// asking first (a form cannot post JSON).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AbortRequest {
+    revision: Option<u32>,
 }
 
 async fn promote(
@@ -611,20 +654,37 @@ async fn promote(
     Api(Path(name)): Api<Path<String>>,
     Api(Json(req)): Api<Json<PromoteRequest>>,
 ) -> Result<Json<serde_json::Value>> {
-    intervene(&ctx, &name, Intervention::Promote { full: req.full })
+    intervene(
+        &ctx,
+        &name,
+        req.revision,
+        Intervention::Promote { full: req.full },
+    )
 }
 
 async fn abort(
     State(ctx): State<Arc<Ctx>>,
     Api(Path(name)): Api<Path<String>>,
+    Api(Json(req)): Api<Json<AbortRequest>>,
 ) -> Result<Json<serde_json::Value>> {
-    intervene(&ctx, &name, Intervention::Abort)
+    intervene(&ctx, &name, req.revision, Intervention::Abort)
 }
 
 /// An operator's promote or abort: the planner's step from the recorded
 /// phase, recorded as a controller tick's would be.
-fn intervene(ctx: &Ctx, name: &str, what: Intervention) -> Result<Json<serde_json::Value>> {
+fn intervene(
+    ctx: &Ctx,
+    name: &str,
+    meant: Option<u32>,
+    what: Intervention,
+) -> Result<Json<serde_json::Value>> {
     let d = existing(ctx, name)?;
+    if let Some(meant) = meant.filter(|&m| m != d.revision) {
+        return Err(ApiError::Conflict(format!(
+            "`{name}` rolls out revision {} now, not {meant}: look again",
+            d.revision
+        )));
+    }
     let rev = ctx
         .store
         .revision(name, d.revision)?

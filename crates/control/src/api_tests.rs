@@ -441,6 +441,77 @@ async fn promote_and_abort_are_refused_without_a_rollout_and_abort_goes_back() {
             .iter()
             .any(|e| e.message.contains("aborted by an operator"))
     );
+    // Mid-canary again: a page that showed revision 1 cannot promote 2;
+    // promoted, the canary moves to its next step.
+    let canary = Phase::Canary {
+        progress: modelship_types::Progress {
+            run: None,
+            previous: Some(1),
+            started_at: 0,
+            since: 0,
+            record: Vec::new(),
+            ready: 0,
+        },
+        stable: 1,
+        step: 0,
+        analysis_from: Some(5),
+    };
+    ctx.store
+        .update_deployment("m", |d| {
+            d.revision = 2;
+            d.phase = canary.clone();
+            true
+        })
+        .unwrap();
+    let promote = |body| {
+        call(
+            &ctx,
+            &[],
+            "POST",
+            "/v1/deployments/m/promote",
+            Some(body),
+            None,
+        )
+    };
+    let (status, body) = promote(json!({"revision": 1})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = promote(json!({"revision": 2})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let d = ctx.store.deployment("m").unwrap().unwrap();
+    assert!(
+        matches!(
+            d.phase,
+            Phase::Canary {
+                step: 1,
+                analysis_from: None,
+                ..
+            }
+        ),
+        "{:?}",
+        d.phase
+    );
+    // A browser on another site cannot send a change.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/deployments/m/abort")
+        .header("sec-fetch-site", "cross-site")
+        .header("content-type", "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let resp = api::router(Arc::clone(&ctx), BTreeSet::new())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(
+        ctx.store
+            .deployment("m")
+            .unwrap()
+            .unwrap()
+            .phase
+            .stable()
+            .is_some()
+    );
     // A field the route does not know is named.
     let (status, body) = call(
         &ctx,
@@ -512,6 +583,28 @@ async fn the_dashboard_shell_is_public_and_its_data_wants_the_key() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["points"], json!([]));
     assert_eq!(body["tick_ms"], 2000);
+    // Two readings make one point, which the route returns.
+    for at in [1_000, 3_000] {
+        ctx.telemetry
+            .lock()
+            .unwrap()
+            .record(crate::telemetry::Reading {
+                at,
+                deployments: [("m".to_owned(), (1, 1))].into(),
+                ..Default::default()
+            });
+    }
+    let (_, body) = call(
+        &ctx,
+        &["k"],
+        "GET",
+        "/v1/deployments/m/metrics",
+        None,
+        Some("k"),
+    )
+    .await;
+    assert_eq!(body["points"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["points"][0]["at"], 3_000);
 }
 
 #[tokio::test]

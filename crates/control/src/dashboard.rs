@@ -170,9 +170,7 @@ pub(crate) async fn series(
     State(ctx): State<Arc<Ctx>>,
     Api(Path(name)): Api<Path<String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if ctx.store.deployment(&name)?.is_none() {
-        return Err(ApiError::NotFound(format!("no deployment `{name}`")));
-    }
+    crate::api::existing(&ctx, &name)?;
     let points = ctx
         .telemetry
         .lock()

@@ -138,7 +138,15 @@ pub(crate) fn record(ctx: &Ctx, d: &Deployment, s: Step, now: u64) -> anyhow::Re
             stored
         }
         None => {
-            ctx.store.delete_deployment(name)?;
+            let deleted = ctx.store.delete_deployment_if(name, |cur| {
+                cur.revision == d.revision && cur.phase == d.phase
+            })?;
+            if !deleted {
+                return Ok(Recorded {
+                    stored: ctx.store.deployment(name)?,
+                    applied: false,
+                });
+            }
             None
         }
     };

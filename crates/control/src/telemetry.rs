@@ -46,11 +46,18 @@ pub struct Point {
     pub desired: u32,
 }
 
-/// What one replica's `/metrics` said.
+/// A ready replica at one tick, and what its `/metrics` said.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ReplicaReading {
     pub id: String,
     pub deployment: String,
+    /// `None`: it did not answer in time this tick.
+    pub scraped: Option<Scrape>,
+}
+
+/// The figures of one replica's `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Scrape {
     /// `modelship_generated_tokens_total` (cumulative: restarts reset it).
     pub generated_tokens: f64,
     pub queue: f64,
@@ -63,64 +70,65 @@ pub struct Reading {
     pub at: u64,
     pub gateway: StatsSnapshot,
     pub replicas: Vec<ReplicaReading>,
-    /// Each deployment that exists: (ready, desired) replicas.
+    /// Each deployment that exists: (ready replicas of any revision,
+    /// desired replicas).
     pub deployments: BTreeMap<String, (u32, u32)>,
 }
 
-/// The sampler's state: the reading before, and each deployment's points.
+/// The sampler's state: the gateway's counters at the last reading, each
+/// replica's last scrape, and each deployment's points.
 #[derive(Debug, Default)]
 pub struct Telemetry {
-    before: Option<Reading>,
+    before: Option<(u64, StatsSnapshot)>,
+    scrapes: HashMap<String, Scrape>,
     series: HashMap<String, VecDeque<Point>>,
-    memory: HashMap<String, u64>,
 }
 
 impl Telemetry {
     /// Adds one point per deployment for the tick that ends at `now.at`;
     /// the first reading only sets the counters to compare with. A
-    /// deployment gone from `now` loses its points.
+    /// replica that missed this tick's scrape keeps its last figures (its
+    /// tokens are counted when it answers again); a deployment or replica
+    /// gone from `now` is forgotten.
     pub fn record(&mut self, now: Reading) {
         self.series
             .retain(|name, _| now.deployments.contains_key(name));
-        self.memory = now
-            .replicas
-            .iter()
-            .filter_map(|r| Some((r.id.clone(), r.resident_bytes?)))
-            .collect();
-        let Some(before) = self.before.take() else {
-            self.before = Some(now);
+        let mut tokens: HashMap<&str, f64> = HashMap::new();
+        let mut queue: HashMap<&str, f64> = HashMap::new();
+        let mut scrapes = HashMap::with_capacity(now.replicas.len());
+        for r in &now.replicas {
+            let earlier = self.scrapes.get(&r.id).copied();
+            let Some(latest) = r.scraped.or(earlier) else {
+                continue;
+            };
+            let counted = match (r.scraped, earlier) {
+                (Some(s), e) => counted_since(e.map(|e| e.generated_tokens), s.generated_tokens),
+                (None, _) => 0.0,
+            };
+            *tokens.entry(&r.deployment).or_default() += counted;
+            *queue.entry(&r.deployment).or_default() += latest.queue;
+            scrapes.insert(r.id.clone(), latest);
+        }
+        self.scrapes = scrapes;
+        let Some((before_at, before)) = self.before.take() else {
+            self.before = Some((now.at, now.gateway));
             return;
         };
-        let seconds = now.at.saturating_sub(before.at) as f64 / 1e3;
+        let seconds = now.at.saturating_sub(before_at) as f64 / 1e3;
         if seconds <= 0.0 {
-            self.before = Some(before);
+            self.before = Some((before_at, before));
             return;
         }
         for (name, &(ready, desired)) in &now.deployments {
-            let answered = answered_between(&before.gateway, &now.gateway, name);
-            let tokens: f64 = now
-                .replicas
-                .iter()
-                .filter(|r| &r.deployment == name)
-                .map(|r| {
-                    let earlier = before.replicas.iter().find(|b| b.id == r.id);
-                    counted_since(earlier.map(|b| b.generated_tokens), r.generated_tokens)
-                })
-                .sum();
-            let queue = now
-                .replicas
-                .iter()
-                .filter(|r| &r.deployment == name)
-                .map(|r| r.queue)
-                .sum();
+            let answered = answered_between(&before, &now.gateway, name);
             let point = Point {
                 at: now.at,
                 requests_per_s: answered.requests as f64 / seconds,
                 error_rate: answered.error_rate(),
                 p50_ms: answered.quantile_ms(0.5),
                 p99_ms: answered.quantile_ms(0.99),
-                tokens_per_s: tokens / seconds,
-                queue,
+                tokens_per_s: tokens.get(name.as_str()).copied().unwrap_or(0.0) / seconds,
+                queue: queue.get(name.as_str()).copied().unwrap_or(0.0),
                 ready,
                 desired,
             };
@@ -130,7 +138,7 @@ impl Telemetry {
                 series.pop_front();
             }
         }
-        self.before = Some(now);
+        self.before = Some((now.at, now.gateway));
     }
 
     /// `deployment`'s points, oldest first.
@@ -141,15 +149,23 @@ impl Telemetry {
             .unwrap_or_default()
     }
 
-    pub fn latest(&self, deployment: &str) -> Option<Point> {
-        self.series.get(deployment)?.back().copied()
+    /// `deployment`'s last point, unless it is older than [`STALE_MS`] at
+    /// `now` (the sampler could not read): an old figure is not shown as
+    /// the current one.
+    pub fn latest(&self, deployment: &str, now: u64) -> Option<Point> {
+        let p = *self.series.get(deployment)?.back()?;
+        (now.saturating_sub(p.at) <= STALE_MS).then_some(p)
     }
 
-    /// A replica's resident memory at the last tick.
+    /// A replica's resident memory at its last scrape.
     pub fn memory(&self, replica: &str) -> Option<u64> {
-        self.memory.get(replica).copied()
+        self.scrapes.get(replica)?.resident_bytes
     }
 }
+
+/// How old the last point may be and still be the current figure: three
+/// ticks.
+pub(crate) const STALE_MS: u64 = 3 * TICK.as_millis() as u64;
 
 /// What `deployment`'s revisions answered between two snapshots, merged.
 fn answered_between(
@@ -241,20 +257,18 @@ async fn read(ctx: &Ctx) -> anyhow::Result<Reading> {
         }
     }
     let scrapes = ready.iter().map(|r| async move {
-        let text = modelship_orchestrator::metrics(&r.endpoint, SCRAPE_TIMEOUT).await?;
-        Some(ReplicaReading {
+        let text = modelship_orchestrator::metrics(&r.endpoint, SCRAPE_TIMEOUT).await;
+        ReplicaReading {
             id: r.id.clone(),
             deployment: r.deployment.clone(),
-            generated_tokens: sum_of(&text, "modelship_generated_tokens_total").unwrap_or(0.0),
-            queue: sum_of(&text, "modelship_queue_depth").unwrap_or(0.0),
-            resident_bytes: sum_of(&text, "modelship_resident_memory_bytes").map(|b| b as u64),
-        })
+            scraped: text.map(|text| Scrape {
+                generated_tokens: sum_of(&text, "modelship_generated_tokens_total").unwrap_or(0.0),
+                queue: sum_of(&text, "modelship_queue_depth").unwrap_or(0.0),
+                resident_bytes: sum_of(&text, "modelship_resident_memory_bytes").map(|b| b as u64),
+            }),
+        }
     });
-    let replicas = futures::future::join_all(scrapes)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let replicas = futures::future::join_all(scrapes).await;
     Ok(Reading {
         at: now_ms(),
         gateway: ctx.gateway.stats(),
@@ -283,9 +297,11 @@ mod tests {
         ReplicaReading {
             id: id.into(),
             deployment: "m".into(),
-            generated_tokens: tokens,
-            queue,
-            resident_bytes: Some(100 << 20),
+            scraped: Some(Scrape {
+                generated_tokens: tokens,
+                queue,
+                resident_bytes: Some(100 << 20),
+            }),
         }
     }
 
@@ -320,7 +336,7 @@ mod tests {
             // b restarted: its counter began again from zero.
             vec![replica("a", 90.0, 3.0), replica("b", 4.0, 1.0)],
         ));
-        let p = t.latest("m").unwrap();
+        let p = t.latest("m", 12_000).unwrap();
         assert_eq!(p.requests_per_s, 50.0); // (40 + 60) / 2 s
         assert_eq!(p.error_rate, 0.1);
         assert_eq!(p.tokens_per_s, 22.0); // (40 + 4) / 2 s
@@ -328,6 +344,43 @@ mod tests {
         assert_eq!(p.p50_ms, Some(7.5));
         assert_eq!((p.ready, p.desired), (2, 2));
         assert_eq!(t.memory("a"), Some(100 << 20));
+    }
+
+    #[test]
+    fn a_missed_scrape_keeps_the_replica_s_figures_and_counts_its_tokens_later() {
+        let mut t = Telemetry::default();
+        t.record(reading(0, vec![], vec![replica("a", 100.0, 2.0)]));
+        let silent = ReplicaReading {
+            scraped: None,
+            ..replica("a", 0.0, 0.0)
+        };
+        t.record(reading(2_000, vec![], vec![silent]));
+        let p = t.latest("m", 2_000).unwrap();
+        assert_eq!(
+            (p.tokens_per_s, p.queue),
+            (0.0, 2.0),
+            "its last queue stands"
+        );
+        assert_eq!(t.memory("a"), Some(100 << 20));
+        t.record(reading(4_000, vec![], vec![replica("a", 140.0, 1.0)]));
+        let p = t.latest("m", 4_000).unwrap();
+        assert_eq!(
+            p.tokens_per_s, 20.0,
+            "the 40 tokens of both ticks, not lost"
+        );
+        // Gone from the reading: forgotten.
+        t.record(reading(6_000, vec![], vec![]));
+        assert_eq!(t.memory("a"), None);
+    }
+
+    #[test]
+    fn a_stale_point_is_not_the_current_figure() {
+        let mut t = Telemetry::default();
+        t.record(reading(0, vec![], vec![]));
+        t.record(reading(2_000, vec![], vec![]));
+        assert!(t.latest("m", 2_000 + STALE_MS).is_some());
+        assert!(t.latest("m", 2_001 + STALE_MS).is_none());
+        assert_eq!(t.series("m").len(), 1, "the chart keeps it");
     }
 
     #[test]

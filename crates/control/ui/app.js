@@ -68,7 +68,12 @@ const fmt = {
     return d ? d.replace(/^sha256:/, "").slice(0, 12) : "–";
   },
   base(path) {
-    return String(path || "").split("/").filter(Boolean).pop() || "–";
+    return (
+      String(path || "")
+        .split("/")
+        .filter(Boolean)
+        .pop() || "–"
+    );
   },
 };
 
@@ -158,6 +163,19 @@ function askKey() {
 function watch(path, on) {
   const state = { controller: null, stopped: false };
   const live = document.getElementById("live");
+  const down = (why) => {
+    live.textContent = why;
+    live.className = "live down";
+  };
+  // A page's failure to show an event is a bug to see in the console, not
+  // a reason to drop the stream.
+  const deliver = (event, data) => {
+    try {
+      on(event, data);
+    } catch (e) {
+      console.error(e);
+    }
+  };
   const connect = async () => {
     while (!state.stopped) {
       state.controller = new AbortController();
@@ -172,8 +190,13 @@ function watch(path, on) {
           try {
             message = JSON.parse(await res.text()).error.message;
           } catch (_) {}
-          on("error", message);
-          return;
+          // A refusal stands; a server's failure may pass: try again.
+          if (res.status < 500) {
+            down("stopped");
+            deliver("error", message);
+            return;
+          }
+          throw new Error(message);
         }
         live.textContent = "live";
         live.className = "live ok";
@@ -196,22 +219,23 @@ function watch(path, on) {
             if (data.length === 0) continue; // a keep-alive comment
             const text = data.join("\n");
             if (event === "gone") {
-              on("gone", text);
+              down("gone");
+              deliver("gone", text);
               return;
             }
-            on(event, JSON.parse(text));
+            deliver(event, JSON.parse(text));
           }
         }
       } catch (e) {
         if (state.stopped) return;
         if (e instanceof ApiError) {
-          on("error", e.message);
+          down("stopped");
+          deliver("error", e.message);
           return;
         }
       }
       if (state.stopped) return;
-      live.textContent = "reconnecting…";
-      live.className = "live down";
+      down("reconnecting…");
       await new Promise((r) => setTimeout(r, 2000));
     }
   };
@@ -307,8 +331,7 @@ function replicaCell(d) {
 }
 
 function deploymentsTable(rows) {
-  if (rows.length === 0)
-    return h("p", { class: "empty" }, "No deployments yet: ", h("code", {}, "modelship deploy -f SPEC"));
+  if (rows.length === 0) return h("p", { class: "empty" }, "No deployments yet: ", h("code", {}, "modelship deploy -f SPEC"));
   return h(
     "table",
     {},
@@ -363,7 +386,7 @@ const CHARTS = [
     id: "replicas",
     title: "Replicas",
     series: [
-      { label: "ready", key: "ready", stroke: "#1b7f3b" },
+      { label: "ready (all revisions)", key: "ready", stroke: "#1b7f3b" },
       { label: "desired", key: "desired", stroke: "#5b6472", dash: [5, 4] },
     ],
   },
@@ -400,13 +423,22 @@ function deploymentPage(main, name) {
   );
   const charts = makeCharts(slots.charts);
   let latest = null;
+  // Points streamed before the history arrived wait for it.
+  let early = [];
   const loadLogs = () =>
     api(`/v1/deployments/${encodeURIComponent(name)}/logs?tail=80`)
       .then((t) => (slots.logs.textContent = t || "(no output yet)"))
       .catch((e) => (slots.logs.textContent = e.message));
   api(`/v1/deployments/${encodeURIComponent(name)}/metrics`)
-    .then((m) => charts.load(m.points))
-    .catch(() => {});
+    .then((m) => m.points)
+    .catch((e) => {
+      slots.error.textContent = "cannot read the last hour's figures: " + e.message;
+      return [];
+    })
+    .then((points) => {
+      charts.load(points.concat(early));
+      early = null;
+    });
   loadLogs();
   const stop = watch("/v1/watch?deployment=" + encodeURIComponent(name), (event, data) => {
     if (event === "gone" || event === "error") {
@@ -418,13 +450,16 @@ function deploymentPage(main, name) {
     slots.error.textContent = "";
     const d = data.deployment;
     patch(slots.phase, d.phase.phase, (p) => badge(p));
-    patch(slots.actions, [d.phase.phase, d.replicas, !!(d.phase.switched_at)], () => actions(name, data));
+    patch(slots.actions, [d.revision, d.replicas, data.can], () => actions(name, data));
     patch(slots.facts, [d, data.point], () => facts(data));
     patch(slots.rollout, [d.phase, data.analysis, data.rollout], () => rolloutPanel(data));
     patch(slots.revisions, data.revisions, (r) => revisionsTable(name, r));
     patch(slots.replicas, data.replicas, replicasTable);
     patch(slots.events, data.events, eventsList);
-    if (data.point) charts.push(data.point);
+    if (data.point) {
+      if (early) early.push(data.point);
+      else charts.push(data.point);
+    }
   });
   refresh = () => {};
   return {
@@ -484,9 +519,9 @@ function actions(name, data) {
       "Scale…",
     ),
   ];
+  const can = data.can || {};
   if (phase !== "steady") {
-    const canPromote = phase !== "rolling" && !(phase === "blue-green" && !d.phase.switched_at);
-    if (canPromote)
+    if (can.promote)
       buttons.push(
         h(
           "button",
@@ -498,31 +533,34 @@ function actions(name, data) {
                 title: `Promote revision ${d.revision}`,
                 text: "Go on to the next step now, without waiting for this one's analysis.",
                 ok: "Promote",
-                action: () => api(path("promote"), { method: "POST", body: {} }),
+                action: () => api(path("promote"), { method: "POST", body: { revision: d.revision } }),
               }),
           },
           "Promote",
         ),
       );
-    buttons.push(
-      h(
-        "button",
-        {
-          type: "button",
-          id: "abort",
-          class: "danger",
-          onclick: () =>
-            confirmAction({
-              title: `Abort the rollout of revision ${d.revision}`,
-              text: "The rollout fails and the revision that served before serves again.",
-              ok: "Abort",
-              danger: true,
-              action: () => api(path("abort"), { method: "POST", body: {} }),
-            }),
-        },
-        "Abort rollout",
-      ),
-    );
+    if (can.abort)
+      buttons.push(
+        h(
+          "button",
+          {
+            type: "button",
+            id: "abort",
+            class: "danger",
+            onclick: () =>
+              confirmAction({
+                title: `Abort the rollout of revision ${d.revision}`,
+                text: can.abort_removes
+                  ? "The rollout fails and, as nothing served before it, the deployment is removed."
+                  : "The rollout fails and the revision that served before serves again.",
+                ok: "Abort",
+                danger: true,
+                action: () => api(path("abort"), { method: "POST", body: { revision: d.revision } }),
+              }),
+          },
+          "Abort rollout",
+        ),
+      );
   }
   buttons.push(
     h(
@@ -570,7 +608,13 @@ function rolloutPanel(data) {
     lines.push(h("p", {}, `Shadow: revision ${ph.stable} answers every client while requests are mirrored to revision ${d.revision}.`));
   } else if (ph.phase === "blue-green") {
     lines.push(
-      h("p", {}, ph.switched_at ? `Switched to revision ${d.revision} at ${fmt.time(ph.switched_at)}; revision ${ph.stable} stays for an instant rollback.` : `Revision ${d.revision} is starting beside revision ${ph.stable}.`),
+      h(
+        "p",
+        {},
+        ph.switched_at
+          ? `Switched to revision ${d.revision} at ${fmt.time(ph.switched_at)}; revision ${ph.stable} stays for an instant rollback.`
+          : `Revision ${d.revision} is starting beside revision ${ph.stable}.`,
+      ),
     );
   } else {
     lines.push(h("p", {}, `Rolling update to revision ${d.revision}.`));
@@ -578,7 +622,9 @@ function rolloutPanel(data) {
   const a = data.analysis;
   if (a) {
     const w = (x) => `${x.requests} requests, ${x.errors} errors, p99 ${fmt.ms(x.p99_ms)}`;
-    lines.push(h("p", {}, h("strong", {}, "Canary: "), w(a.canary), " — ", h("strong", {}, "stable: "), w(a.stable)));
+    lines.push(
+      h("p", {}, h("strong", {}, `Revision ${d.revision}: `), w(a.canary), " — ", h("strong", {}, `revision ${ph.stable}: `), w(a.stable)),
+    );
     const q = a.live;
     if (q && q.samples + q.failed > 0) {
       const parts = [`${q.samples} compared`, `${q.failed} failed`];
@@ -592,7 +638,14 @@ function rolloutPanel(data) {
     }
   }
   const record = (ph.progress && ph.progress.record) || [];
-  if (record.length) lines.push(h("ul", { class: "record" }, record.map((r) => h("li", {}, r))));
+  if (record.length)
+    lines.push(
+      h(
+        "ul",
+        { class: "record" },
+        record.map((r) => h("li", {}, r)),
+      ),
+    );
   return h("section", { "aria-label": "Rollout" }, h("h2", {}, "Rollout in progress"), lines);
 }
 
@@ -601,7 +654,15 @@ function revisionsTable(name, revisions) {
   return h(
     "table",
     {},
-    h("thead", {}, h("tr", {}, ["Rev", "Cause", "Precision", "Created", "Traffic", "Replicas", ""].map((c) => h("th", { scope: "col" }, c)))),
+    h(
+      "thead",
+      {},
+      h(
+        "tr",
+        {},
+        ["Rev", "Cause", "Precision", "Created", "Traffic", "Replicas", ""].map((c) => h("th", { scope: "col" }, c)),
+      ),
+    ),
     h(
       "tbody",
       {},
@@ -649,7 +710,15 @@ function replicasTable(replicas) {
   return h(
     "table",
     {},
-    h("thead", {}, h("tr", {}, ["Replica", "Rev", "State", "Endpoint", "Restarts", "Memory", "Started"].map((c) => h("th", { scope: "col" }, c)))),
+    h(
+      "thead",
+      {},
+      h(
+        "tr",
+        {},
+        ["Replica", "Rev", "State", "Endpoint", "Restarts", "Memory", "Started"].map((c) => h("th", { scope: "col" }, c)),
+      ),
+    ),
     h(
       "tbody",
       {},
@@ -754,7 +823,15 @@ function runsTable(runs) {
   return h(
     "table",
     {},
-    h("thead", {}, h("tr", {}, ["Run", "Deployment", "Revision", "Status", "Stage", "Started", "Took", "Error"].map((c) => h("th", { scope: "col" }, c)))),
+    h(
+      "thead",
+      {},
+      h(
+        "tr",
+        {},
+        ["Run", "Deployment", "Revision", "Status", "Stage", "Started", "Took", "Error"].map((c) => h("th", { scope: "col" }, c)),
+      ),
+    ),
     h(
       "tbody",
       {},
@@ -785,7 +862,10 @@ function runPage(main, id) {
   const load = () =>
     api(`/v1/runs/${id}`)
       .then((run) => {
-        patch(head, [run.status, run.deployment], () => [badge(run.status), h("a", { href: "#/d/" + encodeURIComponent(run.deployment) }, run.deployment)]);
+        patch(head, [run.status, run.deployment], () => [
+          badge(run.status),
+          h("a", { href: "#/d/" + encodeURIComponent(run.deployment) }, run.deployment),
+        ]);
         patch(body, run, runDetail);
       })
       .catch((e) => body.replaceChildren(h("p", { class: "error" }, e.message)));
@@ -810,13 +890,23 @@ function runDetail(run) {
       "section",
       { "aria-label": "Stage timeline" },
       h("h2", {}, "Stages"),
-      h("p", { class: "muted" }, `Started ${fmt.when(run.started_at)}`, run.finished_at ? `, took ${fmt.span(run.finished_at - run.started_at)}` : ", running", run.attempt > 1 ? ` (attempt ${run.attempt})` : ""),
+      h(
+        "p",
+        { class: "muted" },
+        `Started ${fmt.when(run.started_at)}`,
+        run.finished_at ? `, took ${fmt.span(run.finished_at - run.started_at)}` : ", running",
+        run.attempt > 1 ? ` (attempt ${run.attempt})` : "",
+      ),
       run.error ? h("p", { class: "error" }, run.error.split("\n")[0]) : null,
       h(
         "div",
         { class: "timeline", role: "img", "aria-label": "Stage durations" },
         run.stages.map((st) => {
-          const bar = h("div", { class: st.status, title: `${st.name}: ${fmt.span(st.duration_ms)}`, "data-stage": st.name }, `${st.name} ${fmt.span(st.duration_ms)}`);
+          const bar = h(
+            "div",
+            { class: st.status, title: `${st.name}: ${fmt.span(st.duration_ms)}`, "data-stage": st.name },
+            `${st.name} ${fmt.span(st.duration_ms)}`,
+          );
           // Its share of the run's time (CSSOM: the page's policy allows no
           // style attributes).
           bar.style.flexGrow = Math.max(st.duration_ms || 0, total / 50);
@@ -829,7 +919,15 @@ function runDetail(run) {
         h(
           "table",
           {},
-          h("thead", {}, h("tr", {}, ["Stage", "Status", "Took", "Inputs", "Outputs", "Result"].map((c) => h("th", { scope: "col" }, c)))),
+          h(
+            "thead",
+            {},
+            h(
+              "tr",
+              {},
+              ["Stage", "Status", "Took", "Inputs", "Outputs", "Result"].map((c) => h("th", { scope: "col" }, c)),
+            ),
+          ),
           h(
             "tbody",
             {},
@@ -857,7 +955,10 @@ function runDetail(run) {
     ),
   );
   const tradeoff = run.stages.map((s) => s.tradeoff).find(Boolean);
-  if (tradeoff) parts.push(h("section", { "aria-label": "Size against quality" }, h("h2", {}, "Optimize: size against quality"), tradeoffChart(tradeoff)));
+  if (tradeoff)
+    parts.push(
+      h("section", { "aria-label": "Size against quality" }, h("h2", {}, "Optimize: size against quality"), tradeoffChart(tradeoff)),
+    );
   return parts;
 }
 
@@ -870,7 +971,7 @@ function tradeoffChart(t) {
     R = 20,
     T = 20,
     B = 50;
-  const pts = t.candidates.filter((c) => isFinite(c.value));
+  const pts = t.candidates.filter((c) => typeof c.value === "number" && isFinite(c.value));
   const mib = pts.map((c) => c.file_bytes / 1048576);
   const vals = pts.map((c) => c.value);
   if (t.threshold !== null && t.threshold !== undefined) vals.push(t.threshold);
@@ -900,12 +1001,20 @@ function tradeoffChart(t) {
     ...ticks(xmin, xmax, 5).map((v) => svg("text", { x: x(v), y: H - B + 16, "text-anchor": "middle" }, +v.toFixed(2))),
     ...ticks(ymin, ymax, 4).map((v) => svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(digits))),
     svg("text", { x: (L + W - R) / 2, y: H - 10, "text-anchor": "middle" }, "file size (MiB)"),
-    svg("text", { x: 14, y: (T + H - B) / 2, transform: `rotate(-90 14 ${(T + H - B) / 2})`, "text-anchor": "middle" }, `${t.metric} (${t.higher_is_better ? "higher" : "lower"} is better)`),
+    svg(
+      "text",
+      { x: 14, y: (T + H - B) / 2, transform: `rotate(-90 14 ${(T + H - B) / 2})`, "text-anchor": "middle" },
+      `${t.metric} (${t.higher_is_better ? "higher" : "lower"} is better)`,
+    ),
   ];
   if (t.threshold !== null && t.threshold !== undefined)
     els.push(
       svg("line", { class: "gate", x1: L, y1: y(t.threshold), x2: W - R, y2: y(t.threshold), "data-gate": t.threshold }),
-      svg("text", { x: W - R - 4, y: y(t.threshold) - 6, "text-anchor": "end", fill: "#b3261e" }, `gate ${t.higher_is_better ? "≥" : "≤"} ${t.threshold}`),
+      svg(
+        "text",
+        { x: W - R - 4, y: y(t.threshold) - 6, "text-anchor": "end", fill: "#b3261e" },
+        `gate ${t.higher_is_better ? "≥" : "≤"} ${t.threshold}`,
+      ),
     );
   // Labels that would overlap one placed before move down a line.
   const placed = [];
@@ -921,16 +1030,42 @@ function tradeoffChart(t) {
       cy = y(c.value);
     const pass = c.violations.length === 0;
     els.push(
-      svg("circle", { class: pass ? "pass" : "fail", cx, cy, r: 5, "data-precision": c.precision }, svg("title", {}, `${c.precision}: ${fmt.bytes(c.file_bytes)}, ${c.bits_per_weight.toFixed(2)} bits/weight, ${t.metric} ${c.value}${pass ? "" : " — " + c.violations.join(", ")}`)),
-      svg("text", { x: cx + 8, y: labelAt(cx, cy, c.precision + (c.chosen ? " (chosen)" : "")) }, c.precision + (c.chosen ? " (chosen)" : "")),
+      svg(
+        "circle",
+        { class: pass ? "pass" : "fail", cx, cy, r: 5, "data-precision": c.precision },
+        svg(
+          "title",
+          {},
+          `${c.precision}: ${fmt.bytes(c.file_bytes)}, ${c.bits_per_weight.toFixed(2)} bits/weight, ${t.metric} ${c.value}${pass ? "" : " — " + c.violations.join(", ")}`,
+        ),
+      ),
+      svg(
+        "text",
+        { x: cx + 8, y: labelAt(cx, cy, c.precision + (c.chosen ? " (chosen)" : "")) },
+        c.precision + (c.chosen ? " (chosen)" : ""),
+      ),
     );
     if (c.chosen) els.push(svg("circle", { class: "chosen", cx, cy, r: 10, "data-chosen": c.precision }));
   });
-  const chart = svg("svg", { class: "tradeoff", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${t.metric} against file size` }, els);
+  const chart = svg(
+    "svg",
+    { class: "tradeoff", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${t.metric} against file size` },
+    els,
+  );
   const table = h(
     "table",
     {},
-    h("thead", {}, h("tr", {}, ["Precision", "Size", "Bits/weight", t.metric, "Verdict"].map((c, i) => h("th", { scope: "col", class: i && i < 4 ? "num" : null }, c)))),
+    h(
+      "thead",
+      {},
+      h(
+        "tr",
+        {},
+        ["Precision", "Size", "Bits/weight", t.metric, "Verdict"].map((c, i) =>
+          h("th", { scope: "col", class: i && i < 4 ? "num" : null }, c),
+        ),
+      ),
+    ),
     h(
       "tbody",
       {},
@@ -942,7 +1077,11 @@ function tradeoffChart(t) {
           h("td", { class: "num" }, fmt.bytes(c.file_bytes)),
           h("td", { class: "num" }, c.bits_per_weight.toFixed(2)),
           h("td", { class: "num" }, fmt.num(c.value, 5)),
-          h("td", {}, c.chosen ? badge("chosen", "ok") : c.violations.length ? h("span", { class: "error" }, c.violations.join(", ")) : "passes"),
+          h(
+            "td",
+            {},
+            c.chosen ? badge("chosen", "ok") : c.violations.length ? h("span", { class: "error" }, c.violations.join(", ")) : "passes",
+          ),
         ),
       ),
     ),

@@ -46,9 +46,9 @@ pub struct Counters {
 
 impl Counters {
     pub(crate) fn record(&self, ms: f64, error: bool) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Release);
         if error {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.errors.fetch_add(1, Ordering::Release);
         }
         let bucket = BOUNDS_MS
             .iter()
@@ -173,8 +173,10 @@ impl Stats {
             .map(|((deployment, revision), c)| RevisionStats {
                 deployment: deployment.clone(),
                 revision: *revision,
-                requests: c.requests.load(Ordering::Relaxed),
-                errors: c.errors.load(Ordering::Relaxed),
+                // Errors before requests: a request is counted before its
+                // error, so a snapshot never has more errors than requests.
+                errors: c.errors.load(Ordering::Acquire),
+                requests: c.requests.load(Ordering::Acquire),
                 buckets: std::array::from_fn(|i| c.buckets[i].load(Ordering::Relaxed)),
             })
             .collect();

@@ -92,7 +92,7 @@ impl Outcome {
                     precision: c.quant.as_str().to_owned(),
                     file_bytes: c.file_bytes,
                     bits_per_weight: c.bits_per_weight,
-                    value: value(&c.report),
+                    value: Some(value(&c.report)).filter(|v| v.is_finite()),
                     violations: c.violations.clone(),
                     chosen: self.chosen == Some(i),
                 })

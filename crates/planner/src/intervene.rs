@@ -40,16 +40,20 @@ pub fn intervene(
     what: Intervention,
     now: u64,
 ) -> Result<Step, Refused> {
-    let rev = d.revision;
     let Some(progress) = d.phase.progress() else {
-        return Err(Refused(format!(
-            "no rollout in progress: revision {rev} serves"
-        )));
+        return Err(steady(d));
     };
     match what {
         Intervention::Abort => Ok(fail(d, progress, "aborted by an operator".to_owned())),
         Intervention::Promote { full } => promote(d, rollout, progress, full, now),
     }
+}
+
+fn steady(d: &Deployment) -> Refused {
+    Refused(format!(
+        "no rollout in progress: revision {} serves",
+        d.revision
+    ))
 }
 
 fn promote(
@@ -80,7 +84,7 @@ fn promote(
         }
     };
     let step = match &d.phase {
-        Phase::Steady => unreachable!("a steady deployment has no progress"),
+        Phase::Steady => return Err(steady(d)),
         Phase::Rolling { .. } => {
             return Err(Refused(format!(
                 "revision {rev} is replacing the replicas already; abort it to go back"

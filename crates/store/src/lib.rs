@@ -160,6 +160,31 @@ impl Store {
     }
 
     /// Removes a deployment and its revisions (its replicas go as they stop).
+    /// Deletes `name` only if `still(current)` holds for it as stored, in
+    /// one transaction: whether it was deleted.
+    pub fn delete_deployment_if(
+        &self,
+        name: &str,
+        still: impl FnOnce(&Deployment) -> bool,
+    ) -> Result<bool> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let current = one::<Deployment>(
+                &tx,
+                "SELECT body FROM deployments WHERE name = ?1",
+                params![name],
+                "deployment",
+            )?;
+            if !current.is_some_and(|d| still(&d)) {
+                return Ok(false);
+            }
+            tx.execute("DELETE FROM deployments WHERE name = ?1", params![name])?;
+            tx.execute("DELETE FROM revisions WHERE deployment = ?1", params![name])?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
     pub fn delete_deployment(&self, name: &str) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
@@ -300,6 +325,18 @@ impl Store {
                 c,
                 "SELECT body FROM runs WHERE id = ?1",
                 params![id as i64],
+                "run",
+            )
+        })
+    }
+
+    /// The `limit` newest runs.
+    pub fn recent_runs(&self, limit: usize) -> Result<Vec<Run>> {
+        self.with(|c| {
+            all(
+                c,
+                "SELECT body FROM runs ORDER BY id DESC LIMIT ?1",
+                params![limit as i64],
                 "run",
             )
         })

@@ -405,7 +405,9 @@ pub struct TradeoffPoint {
     pub precision: String,
     pub file_bytes: u64,
     pub bits_per_weight: f64,
-    pub value: f64,
+    /// None when the figure is not finite (a perplexity that overflowed):
+    /// JSON has no NaN or infinity to record it with.
+    pub value: Option<f64>,
     /// The gate's bounds it breaks; empty when it passes.
     pub violations: Vec<String>,
     pub chosen: bool,

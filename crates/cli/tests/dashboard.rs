@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 mod support;
 
 use support::browser::{Browser, Element};
-use support::control_plane::{ControlPlane, spec};
+use support::control_plane::{ControlPlane, named_spec, spec};
 
 const KEY: &str = "dashboard-key-1";
 const WAIT: Duration = Duration::from_secs(60);
@@ -286,6 +286,40 @@ fn the_dashboard_shows_and_drives_a_real_deployment() {
     b.wait_for("h1 .badge.steady", WAIT, |_, _| true);
     assert_eq!(serving(&cp), 5, "the promoted canary serves");
     cp.wait_ready(2, 5, WAIT);
+
+    // A decoder's tokens/s, as its replica counts them.
+    let smol = named_spec(
+        dir.path(),
+        "smol.yaml",
+        "smol",
+        &modelship_testkit::smollm(),
+        1,
+        "",
+    );
+    assert!(
+        cp.cli(&["deploy", "-f", smol.to_str().unwrap(), "--wait"])
+            .status
+            .success()
+    );
+    let answered = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/v1/completions", cp.gateway))
+            .bearer_auth(KEY)
+            .json(
+                &json!({"model": "smol", "prompt": "Once upon a time", "max_tokens": 48,
+                          "temperature": 0}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(answered, 200);
+    b.goto(&format!("{}/#/d/smol", cp.api));
+    b.wait_for("figure[data-chart=tokens]", WAIT, |b, e| {
+        attr_num(b, e, "data-max") > 0.0
+    });
+    assert!(cp.cli(&["delete", "smol"]).status.success());
 
     // The first run's page: its stages on a timeline, and the candidates
     // with the gate drawn and the precision the revision got marked.

@@ -140,6 +140,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
 /// The control API; with `keys`, every route but `/healthz` wants one of
 /// them (`Authorization: Bearer KEY`, as the gateway does).
 pub(crate) fn router(ctx: Arc<Ctx>, keys: BTreeSet<String>) -> Router {
+    let open = keys.is_empty();
     let keys = Arc::new(keys);
     let guarded = Router::new()
         .route("/v1/deployments", post(deploy).get(deployments))
@@ -164,6 +165,9 @@ pub(crate) fn router(ctx: Arc<Ctx>, keys: BTreeSet<String>) -> Router {
             require_key(Arc::clone(&keys), req, next)
         }))
         .route_layer(axum::middleware::from_fn(same_site))
+        .route_layer(axum::middleware::from_fn(move |req, next| {
+            named_host(open, req, next)
+        }))
         .with_state(ctx);
     guarded
         .route("/healthz", get(|| async { "ok" }))
@@ -184,6 +188,48 @@ async fn same_site(req: axum::extract::Request, next: axum::middleware::Next) ->
             .into_response();
     }
     next.run(req).await
+}
+
+/// Without API keys, answers only requests addressed to an IP address or
+/// `localhost`: a page whose own host name was made to resolve to this
+/// machine (DNS rebinding) could otherwise read and change everything with
+/// its user's browser.
+async fn named_host(
+    open: bool,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if open && !addressed_by_ip(host) {
+        return ApiError::Forbidden(
+            "without API keys the API answers only at an IP address or localhost: serve it under a host name with --api-keys"
+                .into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Whether a `Host` header names an IP address or `localhost` (a missing
+/// one: a client that is not a browser).
+fn addressed_by_ip(host: &str) -> bool {
+    if host.is_empty() {
+        return true;
+    }
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 async fn require_key(
@@ -817,4 +863,31 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<serde_json::Value>> 
         "deployments": ctx.store.deployments()?.len(),
         "replicas": ctx.store.replicas()?.len(),
     })))
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::addressed_by_ip;
+
+    #[test]
+    fn only_addresses_and_localhost_are_hosts_without_keys() {
+        for ok in [
+            "127.0.0.1:7070",
+            "10.0.0.5",
+            "[::1]:7070",
+            "localhost:7070",
+            "LOCALHOST",
+            "",
+        ] {
+            assert!(addressed_by_ip(ok), "{ok}");
+        }
+        for refused in [
+            "evil.example:7070",
+            "localhost.evil.example",
+            "[nope]:1",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!addressed_by_ip(refused), "{refused}");
+        }
+    }
 }

@@ -51,6 +51,9 @@ pub struct Point {
 pub struct ReplicaReading {
     pub id: String,
     pub deployment: String,
+    /// When its process started: a replica first seen after the reading
+    /// before started since, and all it counted belongs to this tick.
+    pub started_at: u64,
     /// `None`: it did not answer in time this tick.
     pub scraped: Option<Scrape>,
 }
@@ -96,14 +99,20 @@ impl Telemetry {
         let mut tokens: HashMap<&str, f64> = HashMap::new();
         let mut queue: HashMap<&str, f64> = HashMap::new();
         let mut scrapes = HashMap::with_capacity(now.replicas.len());
+        let before_at = self.before.as_ref().map(|(at, _)| *at);
         for r in &now.replicas {
             let earlier = self.scrapes.get(&r.id).copied();
             let Some(latest) = r.scraped.or(earlier) else {
                 continue;
             };
+            // A replica that started since the reading before counted from
+            // zero within this tick; one first seen otherwise (the control
+            // plane restarted) counted in ticks nobody measured.
+            let fresh = before_at.is_some_and(|at| r.started_at >= at);
             let counted = match (r.scraped, earlier) {
-                (Some(s), e) => counted_since(e.map(|e| e.generated_tokens), s.generated_tokens),
-                (None, _) => 0.0,
+                (Some(s), Some(e)) => counted_since(e.generated_tokens, s.generated_tokens),
+                (Some(s), None) if fresh => s.generated_tokens,
+                _ => 0.0,
             };
             *tokens.entry(&r.deployment).or_default() += counted;
             *queue.entry(&r.deployment).or_default() += latest.queue;
@@ -185,14 +194,8 @@ fn answered_between(
 
 /// What a cumulative counter counted since `earlier`; a counter that went
 /// down was restarted from zero, and counted `now` since.
-fn counted_since(earlier: Option<f64>, now: f64) -> f64 {
-    match earlier {
-        Some(e) if now >= e => now - e,
-        Some(_) => now,
-        // A replica first seen this tick: its count so far belongs to ticks
-        // nobody measured.
-        None => 0.0,
-    }
+fn counted_since(earlier: f64, now: f64) -> f64 {
+    if now >= earlier { now - earlier } else { now }
 }
 
 /// The sum of every sample of `metric` in Prometheus text, whatever its
@@ -261,6 +264,7 @@ async fn read(ctx: &Ctx) -> anyhow::Result<Reading> {
         ReplicaReading {
             id: r.id.clone(),
             deployment: r.deployment.clone(),
+            started_at: r.started_at,
             scraped: text.map(|text| Scrape {
                 generated_tokens: sum_of(&text, "modelship_generated_tokens_total").unwrap_or(0.0),
                 queue: sum_of(&text, "modelship_queue_depth").unwrap_or(0.0),
@@ -297,6 +301,7 @@ mod tests {
         ReplicaReading {
             id: id.into(),
             deployment: "m".into(),
+            started_at: 0,
             scraped: Some(Scrape {
                 generated_tokens: tokens,
                 queue,
@@ -371,6 +376,20 @@ mod tests {
         // Gone from the reading: forgotten.
         t.record(reading(6_000, vec![], vec![]));
         assert_eq!(t.memory("a"), None);
+    }
+
+    #[test]
+    fn a_replica_started_within_the_tick_counts_from_zero_one_seen_late_does_not() {
+        let mut t = Telemetry::default();
+        t.record(reading(10_000, vec![], vec![]));
+        let started = ReplicaReading {
+            started_at: 10_500,
+            ..replica("new", 30.0, 0.0)
+        };
+        // Started before the reading before: its 500 tokens are older.
+        let old = replica("old", 500.0, 0.0);
+        t.record(reading(12_000, vec![], vec![started, old]));
+        assert_eq!(t.latest("m", 12_000).unwrap().tokens_per_s, 15.0);
     }
 
     #[test]

@@ -77,6 +77,11 @@ const fmt = {
   },
 };
 
+// Log lines without their terminal colours (ANSI escape sequences).
+function plain(text) {
+  return String(text || "").replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "");
+}
+
 function badge(text, kind) {
   return h("span", { class: "badge " + (kind || text) }, text);
 }
@@ -427,7 +432,7 @@ function deploymentPage(main, name) {
   let early = [];
   const loadLogs = () =>
     api(`/v1/deployments/${encodeURIComponent(name)}/logs?tail=80`)
-      .then((t) => (slots.logs.textContent = t || "(no output yet)"))
+      .then((t) => (slots.logs.textContent = plain(t) || "(no output yet)"))
       .catch((e) => (slots.logs.textContent = e.message));
   api(`/v1/deployments/${encodeURIComponent(name)}/metrics`)
     .then((m) => m.points)
@@ -776,6 +781,7 @@ function makeCharts(container) {
     m.fig.dataset.points = xs.length;
     const last = m.data[1][xs.length - 1];
     m.fig.dataset.last = last === null || last === undefined ? "" : last;
+    m.fig.dataset.max = Math.max(0, ...m.data[1].filter((v) => v !== null && v !== undefined));
   };
   const add = (p) => {
     const t = p.at / 1000;

@@ -174,16 +174,17 @@ pub(crate) fn router(ctx: Arc<Ctx>, keys: BTreeSet<String>) -> Router {
         .merge(crate::dashboard::assets())
 }
 
-/// Refuses a change a browser sends from another site (`Sec-Fetch-Site:
-/// cross-site`): without API keys, the API on loopback would otherwise act
-/// for any page its user opens. Clients that are not browsers send no such
-/// header.
+/// Refuses a change a browser sends from any page but the dashboard's own
+/// (`Sec-Fetch-Site` other than `same-origin` or `none`; a page on another
+/// port of this host is `same-site`): without API keys, the API on loopback
+/// would otherwise act for any page its user opens. Clients that are not
+/// browsers send no such header.
 async fn same_site(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let cross = req
+    let foreign = req
         .headers()
         .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes() == b"cross-site");
-    if cross && req.method() != axum::http::Method::GET {
+        .is_some_and(|v| !matches!(v.as_bytes(), b"same-origin" | b"none"));
+    if foreign && req.method() != axum::http::Method::GET {
         return ApiError::Forbidden("changes are not taken from another site's pages".into())
             .into_response();
     }

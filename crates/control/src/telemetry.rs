@@ -46,15 +46,15 @@ pub struct Point {
     pub desired: u32,
 }
 
-/// A ready replica at one tick, and what its `/metrics` said.
+/// A replica at one tick, and what its `/metrics` said.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ReplicaReading {
     pub id: String,
     pub deployment: String,
-    /// When its process started: a replica first seen after the reading
-    /// before started since, and all it counted belongs to this tick.
-    pub started_at: u64,
-    /// `None`: it did not answer in time this tick.
+    /// Ready (routed to, and scraped); one that is not keeps its last
+    /// scrape for when it is again.
+    pub ready: bool,
+    /// `None`: not ready, or it did not answer in time this tick.
     pub scraped: Option<Scrape>,
 }
 
@@ -84,6 +84,8 @@ pub struct Reading {
 pub struct Telemetry {
     before: Option<(u64, StatsSnapshot)>,
     scrapes: HashMap<String, Scrape>,
+    /// The replicas ready at the reading before.
+    ready_before: std::collections::HashSet<String>,
     series: HashMap<String, VecDeque<Point>>,
 }
 
@@ -99,16 +101,21 @@ impl Telemetry {
         let mut tokens: HashMap<&str, f64> = HashMap::new();
         let mut queue: HashMap<&str, f64> = HashMap::new();
         let mut scrapes = HashMap::with_capacity(now.replicas.len());
-        let before_at = self.before.as_ref().map(|(at, _)| *at);
+        let measured = self.before.is_some();
         for r in &now.replicas {
             let earlier = self.scrapes.get(&r.id).copied();
             let Some(latest) = r.scraped.or(earlier) else {
                 continue;
             };
-            // A replica that started since the reading before counted from
-            // zero within this tick; one first seen otherwise (the control
-            // plane restarted) counted in ticks nobody measured.
-            let fresh = before_at.is_some_and(|at| r.started_at >= at);
+            scrapes.insert(r.id.clone(), latest);
+            if !r.ready {
+                continue;
+            }
+            // A replica not ready at the reading before had no traffic
+            // until since: all it counted is this tick's. One ready then but
+            // never scraped (the control plane just started, or its scrapes
+            // failed) counted in ticks nobody measured.
+            let fresh = measured && !self.ready_before.contains(&r.id);
             let counted = match (r.scraped, earlier) {
                 (Some(s), Some(e)) => counted_since(e.generated_tokens, s.generated_tokens),
                 (Some(s), None) if fresh => s.generated_tokens,
@@ -116,9 +123,14 @@ impl Telemetry {
             };
             *tokens.entry(&r.deployment).or_default() += counted;
             *queue.entry(&r.deployment).or_default() += latest.queue;
-            scrapes.insert(r.id.clone(), latest);
         }
         self.scrapes = scrapes;
+        self.ready_before = now
+            .replicas
+            .iter()
+            .filter(|r| r.ready)
+            .map(|r| r.id.clone())
+            .collect();
         let Some((before_at, before)) = self.before.take() else {
             self.before = Some((now.at, now.gateway));
             return;
@@ -250,21 +262,22 @@ async fn read(ctx: &Ctx) -> anyhow::Result<Reading> {
         .into_iter()
         .map(|d| (d.name, (0, d.replicas)))
         .collect();
-    let ready: Vec<_> = replicas
-        .into_iter()
-        .filter(|r| r.state == ReplicaState::Ready)
-        .collect();
-    for r in &ready {
+    for r in replicas.iter().filter(|r| r.state == ReplicaState::Ready) {
         if let Some((n, _)) = deployments.get_mut(&r.deployment) {
             *n += 1;
         }
     }
-    let scrapes = ready.iter().map(|r| async move {
-        let text = modelship_orchestrator::metrics(&r.endpoint, SCRAPE_TIMEOUT).await;
+    let scrapes = replicas.iter().map(|r| async move {
+        let ready = r.state == ReplicaState::Ready;
+        let text = if ready {
+            modelship_orchestrator::metrics(&r.endpoint, SCRAPE_TIMEOUT).await
+        } else {
+            None
+        };
         ReplicaReading {
             id: r.id.clone(),
             deployment: r.deployment.clone(),
-            started_at: r.started_at,
+            ready,
             scraped: text.map(|text| Scrape {
                 generated_tokens: sum_of(&text, "modelship_generated_tokens_total").unwrap_or(0.0),
                 queue: sum_of(&text, "modelship_queue_depth").unwrap_or(0.0),
@@ -301,7 +314,7 @@ mod tests {
         ReplicaReading {
             id: id.into(),
             deployment: "m".into(),
-            started_at: 0,
+            ready: true,
             scraped: Some(Scrape {
                 generated_tokens: tokens,
                 queue,
@@ -379,17 +392,40 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_started_within_the_tick_counts_from_zero_one_seen_late_does_not() {
+    fn a_replica_ready_since_the_reading_before_counts_from_zero_one_seen_late_does_not() {
         let mut t = Telemetry::default();
-        t.record(reading(10_000, vec![], vec![]));
-        let started = ReplicaReading {
-            started_at: 10_500,
-            ..replica("new", 30.0, 0.0)
+        // `new` is starting (not ready, not scraped); `old` is ready but its
+        // scrape failed (its count began in ticks nobody measured).
+        let starting = ReplicaReading {
+            ready: false,
+            scraped: None,
+            ..replica("new", 0.0, 0.0)
         };
-        // Started before the reading before: its 500 tokens are older.
-        let old = replica("old", 500.0, 0.0);
-        t.record(reading(12_000, vec![], vec![started, old]));
+        let unanswered = ReplicaReading {
+            scraped: None,
+            ..replica("old", 0.0, 0.0)
+        };
+        t.record(reading(10_000, vec![], vec![starting, unanswered]));
+        t.record(reading(
+            12_000,
+            vec![],
+            vec![replica("new", 30.0, 0.0), replica("old", 500.0, 0.0)],
+        ));
         assert_eq!(t.latest("m", 12_000).unwrap().tokens_per_s, 15.0);
+    }
+
+    #[test]
+    fn a_replica_unready_for_a_while_is_not_counted_twice() {
+        let mut t = Telemetry::default();
+        t.record(reading(0, vec![], vec![replica("a", 100.0, 0.0)]));
+        let resting = ReplicaReading {
+            ready: false,
+            scraped: None,
+            ..replica("a", 0.0, 0.0)
+        };
+        t.record(reading(2_000, vec![], vec![resting]));
+        t.record(reading(4_000, vec![], vec![replica("a", 110.0, 0.0)]));
+        assert_eq!(t.latest("m", 4_000).unwrap().tokens_per_s, 5.0);
     }
 
     #[test]

@@ -405,7 +405,8 @@ function deploymentPage(main, name) {
     h("h1", {}, name, slot("phase", "span")),
     slot("actions", "div", { class: "actions", role: "toolbar", "aria-label": "Actions" }),
     slot("facts", "div", { class: "facts" }),
-    h("p", { class: "error", role: "alert" }, slot("error", "span")),
+    slot("error", "p", { class: "error", role: "alert" }),
+    slot("history", "p", { class: "error", role: "alert" }),
     slot("rollout"),
     h("section", { "aria-label": "Live figures" }, h("h2", {}, "Last hour"), slot("charts", "div", { class: "charts" })),
     h(
@@ -437,7 +438,7 @@ function deploymentPage(main, name) {
   api(`/v1/deployments/${encodeURIComponent(name)}/metrics`)
     .then((m) => m.points)
     .catch((e) => {
-      slots.error.textContent = "cannot read the last hour's figures: " + e.message;
+      slots.history.textContent = "cannot read the last hour's figures: " + e.message;
       return [];
     })
     .then((points) => {

@@ -79,6 +79,9 @@ impl RevisionStats {
         let mut d = self.clone();
         d.requests -= e.requests.min(d.requests);
         d.errors -= e.errors.min(d.errors);
+        // An error whose request the earlier snapshot counted lands here
+        // alone: a window never has more errors than requests.
+        d.errors = d.errors.min(d.requests);
         for (b, eb) in d.buckets.iter_mut().zip(e.buckets) {
             *b -= eb.min(*b);
         }

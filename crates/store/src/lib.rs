@@ -159,7 +159,6 @@ impl Store {
         })
     }
 
-    /// Removes a deployment and its revisions (its replicas go as they stop).
     /// Deletes `name` only if `still(current)` holds for it as stored, in
     /// one transaction: whether it was deleted.
     pub fn delete_deployment_if(
@@ -185,6 +184,7 @@ impl Store {
         })
     }
 
+    /// Removes a deployment and its revisions (its replicas go as they stop).
     pub fn delete_deployment(&self, name: &str) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;

@@ -8,7 +8,6 @@ with none again (the machine's drift). Also the bytes each stream carries.
 Run by scripts/bench.sh (BENCH_ONLY=dashboard for this table only)."""
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -17,21 +16,11 @@ import tempfile
 import time
 import urllib.request
 
-from paths import BIN, BUILD, MINILM, OUT
+from paths import BIN, MINILM, OUT
+from up import http_load, start_up
 
-LOAD = f"{BUILD}/examples/http_load"
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 CONCURRENCY = 8
-
-
-def start_up(data):
-    proc = subprocess.Popen([BIN, "up", "--data-dir", data, "--api-port", "0", "--gateway-port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        m = re.search(r"API (http://[^,]+), gateway (http://[^,]+),", line)
-        if m:
-            return proc, m.group(1), m.group(2)
-    raise SystemExit("modelship up did not start")
 
 
 def deploy(api, work):
@@ -45,9 +34,7 @@ def deploy(api, work):
 
 def load(gateway):
     body = json.dumps({"model": "minilm", "input": "The quick brown fox jumps over the lazy dog."})
-    out = subprocess.run([LOAD, f"{gateway}/v1/embeddings", str(CONCURRENCY), str(SECONDS), body],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+    return http_load(f"{gateway}/v1/embeddings", CONCURRENCY, SECONDS, body)
 
 
 def streams(api, work, n):

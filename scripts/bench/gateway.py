@@ -10,7 +10,6 @@ on the embedding) cancels out of it.
 Run by scripts/bench.sh (BENCH_ONLY=gateway for this table only)."""
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -18,30 +17,15 @@ import sys
 import tempfile
 import time
 
-from paths import BIN, BUILD, MINILM, OUT, ROOT
+from paths import MINILM, OUT
+from up import cli, http_load, start_up
 
-LOAD = f"{BUILD}/examples/http_load"
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 
 
-def start_up(data):
-    proc = subprocess.Popen([BIN, "up", "--data-dir", data, "--api-port", "0", "--gateway-port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        m = re.search(r"API (http://[^,]+), gateway (http://[^,]+),", line)
-        if m:
-            return proc, m.group(1), m.group(2)
-    raise SystemExit("modelship up did not start")
-
-
-def cli(api, *args):
-    return subprocess.run([BIN, *args, "--api", api], check=True, capture_output=True, text=True).stdout
-
-
 def load(url, concurrency, body=None):
-    args = [LOAD, url, str(concurrency), str(SECONDS)] + ([body] if body else [])
-    return json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+    return http_load(url, concurrency, SECONDS, body)
 
 
 def main():

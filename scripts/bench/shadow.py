@@ -9,32 +9,16 @@ how many samples were dropped under load.
 Run by scripts/bench.sh (BENCH_ONLY=shadow for this table only)."""
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
-from paths import BIN, BUILD, MINILM, OUT
+from paths import MINILM, OUT
+from up import cli, http_load, start_up
 
-LOAD = f"{BUILD}/examples/http_load"
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 CONCURRENCY = 8
-
-
-def start_up(data):
-    proc = subprocess.Popen([BIN, "up", "--data-dir", data, "--api-port", "0", "--gateway-port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        m = re.search(r"API (http://[^,]+), gateway (http://[^,]+),", line)
-        if m:
-            return proc, m.group(1), m.group(2)
-    raise SystemExit("modelship up did not start")
-
-
-def cli(api, *args):
-    return subprocess.run([BIN, *args, "--api", api], check=True, capture_output=True, text=True).stdout
 
 
 def status(api):
@@ -83,9 +67,7 @@ def dropped(gateway):
 
 def load(gateway):
     body = json.dumps({"model": "minilm", "input": "The quick brown fox jumps over the lazy dog."})
-    out = subprocess.run([LOAD, f"{gateway}/v1/embeddings", str(CONCURRENCY), str(SECONDS), body],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+    return http_load(f"{gateway}/v1/embeddings", CONCURRENCY, SECONDS, body)
 
 
 def main():

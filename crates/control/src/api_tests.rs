@@ -404,14 +404,7 @@ async fn promote_and_abort_are_refused_without_a_rollout_and_abort_goes_back() {
     ctx.store
         .update_deployment("m", |d| {
             d.phase = Phase::Canary {
-                progress: modelship_types::Progress {
-                    run: None,
-                    previous: Some(1),
-                    started_at: 0,
-                    since: 0,
-                    record: Vec::new(),
-                    ready: 0,
-                },
+                progress: from_revision_1(),
                 stable: 1,
                 step: 0,
                 analysis_from: None,
@@ -444,14 +437,7 @@ async fn promote_and_abort_are_refused_without_a_rollout_and_abort_goes_back() {
     // Mid-canary again: a page that showed revision 1 cannot promote 2;
     // promoted, the canary moves to its next step.
     let canary = Phase::Canary {
-        progress: modelship_types::Progress {
-            run: None,
-            previous: Some(1),
-            started_at: 0,
-            since: 0,
-            record: Vec::new(),
-            ready: 0,
-        },
+        progress: from_revision_1(),
         stable: 1,
         step: 0,
         analysis_from: Some(5),
@@ -662,4 +648,16 @@ async fn the_stream_sends_the_view_now_and_on_each_tick() {
     ctx.ticks.send_modify(|n| *n += 1);
     assert!(next(&mut body).await.starts_with("event: gone"));
     assert!(body.next().await.is_none());
+}
+
+/// A rollout's progress from revision 1, with no run.
+fn from_revision_1() -> modelship_types::Progress {
+    modelship_types::Progress {
+        run: None,
+        previous: Some(1),
+        started_at: 0,
+        since: 0,
+        record: Vec::new(),
+        ready: 0,
+    }
 }

@@ -76,10 +76,8 @@ fn attr_num(b: &Browser, e: &Element, name: &str) -> f64 {
 
 /// Clicks `button`, then the confirm dialog's button.
 fn confirm(b: &Browser, button: &str) {
-    let e = b.wait_for(button, WAIT, |_, _| true);
-    b.click(&e);
-    let ok = b.wait_for("#confirm[open] #confirm-ok", WAIT, |_, _| true);
-    b.click(&ok);
+    b.click_on(button, WAIT);
+    b.click_on("#confirm[open] #confirm-ok", WAIT);
     b.wait_for("#confirm", WAIT, |b, d| b.attr(d, "open").is_none());
 }
 
@@ -205,18 +203,20 @@ fn the_dashboard_shows_and_drives_a_real_deployment() {
     b.wait_for("figure[data-chart=replicas]", WAIT, |b, e| {
         attr_num(b, e, "data-last") == 1.0
     });
-    // A replica's resident memory, as it reports it.
-    let memory = b.wait_for("tr[data-replica] td:nth-child(6)", WAIT, |b, e| {
-        b.text(e).contains("MiB")
+    // A replica's resident memory, as it reports it (read inside the wait:
+    // the table is rebuilt when a figure changes).
+    b.wait_for("tr[data-replica] td:nth-child(6)", WAIT, |b, e| {
+        b.text(e)
+            .strip_suffix(" MiB")
+            .and_then(|n| n.parse::<f64>().ok())
+            .is_some_and(|mib| (20.0..2048.0).contains(&mib))
     });
-    let mib: f64 = b.text(&memory).trim_end_matches(" MiB").parse().unwrap();
-    assert!((20.0..2048.0).contains(&mib), "{mib} MiB");
 
     // Scale from the page: 2 replicas run.
-    b.click(&b.wait_for("#scale", WAIT, |_, _| true));
+    b.click_on("#scale", WAIT);
     let n = b.wait_for("#confirm[open] #scale-input", WAIT, |_, _| true);
     b.type_into(&n, "2");
-    b.click(&b.find("#confirm-ok").unwrap());
+    b.click_on("#confirm-ok", WAIT);
     b.wait_for("#confirm", WAIT, |b, d| b.attr(d, "open").is_none());
     b.wait_for(".fact[data-field=replicas]", WAIT, ready(2));
     cp.wait_ready(2, 1, WAIT);
@@ -324,7 +324,7 @@ fn the_dashboard_shows_and_drives_a_real_deployment() {
     // The first run's page: its stages on a timeline, and the candidates
     // with the gate drawn and the precision the revision got marked.
     b.goto(&format!("{}/#/runs", cp.api));
-    b.click(&b.wait_for("tr[data-run='1'] a", WAIT, |_, _| true));
+    b.click_on("tr[data-run='1'] a", WAIT);
     for stage in ["validate", "optimize", "plan", "rollout"] {
         b.wait_for(&format!(".timeline [data-stage={stage}]"), WAIT, |_, _| {
             true

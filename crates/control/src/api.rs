@@ -7,8 +7,8 @@
 //! | `DELETE /v1/deployments/{name}` | stop its replicas, forget it |
 //! | `POST /v1/deployments/{name}/scale` `{replicas}` | desired replicas |
 //! | `POST /v1/deployments/{name}/rollback` `{to?}` | serve an earlier revision |
-//! | `POST /v1/deployments/{name}/promote` `{full?}` | a rollout's next step now (`full`: all of them) |
-//! | `POST /v1/deployments/{name}/abort` | fail the rollout: back to the revision before |
+//! | `POST /v1/deployments/{name}/promote` `{full?, revision?}` | a rollout's next step now (`full`: all of them) |
+//! | `POST /v1/deployments/{name}/abort` `{revision?}` | fail the rollout: back to the revision before |
 //! | `GET /v1/deployments/{name}/history` | revisions and events |
 //! | `GET /v1/deployments/{name}/logs?tail=N` | its replicas' output |
 //! | `GET /v1/revisions`, `/v1/replicas`, `/v1/runs[/{id}]`, `/v1/status` | listings |

@@ -171,6 +171,29 @@ impl Browser {
         self.must("POST", &format!("/element/{}/click", e.0), Some(json!({})));
     }
 
+    /// Clicks the element matching `css`, found again when the page
+    /// replaced it between finding and clicking.
+    pub fn click_on(&self, css: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let clicked = self
+                .find(css)
+                .map(|e| self.call("POST", &format!("/element/{}/click", e.0), Some(json!({}))));
+            match clicked {
+                Some(Ok(_)) => return,
+                Some(Err(e)) if Instant::now() >= deadline => panic!("cannot click `{css}`: {e}"),
+                None if Instant::now() >= deadline => {
+                    let page = self.eval(
+                        "return document.getElementById('main').innerText",
+                        json!([]),
+                    );
+                    panic!("no `{css}` to click within {within:?}; the page reads:\n{page}");
+                }
+                _ => std::thread::sleep(Duration::from_millis(150)),
+            }
+        }
+    }
+
     /// Replaces an input's value by typing `text`.
     pub fn type_into(&self, e: &Element, text: &str) {
         self.must("POST", &format!("/element/{}/clear", e.0), Some(json!({})));
@@ -181,11 +204,14 @@ impl Browser {
         );
     }
 
+    /// The element's text; empty once the page replaced it (a stale
+    /// reference: the dashboard rebuilds a section when its data changes),
+    /// so that a wait reads it again.
     pub fn text(&self, e: &Element) -> String {
-        self.must("GET", &format!("/element/{}/text", e.0), None)
-            .as_str()
+        self.call("GET", &format!("/element/{}/text", e.0), None)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default()
-            .to_owned()
     }
 
     pub fn attr(&self, e: &Element, name: &str) -> Option<String> {

@@ -5,6 +5,7 @@
 //! Owns tensor encodings and the GGUF writer; runs no model (quality is
 //! measured by `modelship-optimize`). No network, no async.
 
+pub mod codebook;
 pub mod encode;
 mod encoder;
 mod error;

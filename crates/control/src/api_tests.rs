@@ -79,7 +79,13 @@ fn replica(id: &str, deployment: &str, revision: u32, restarts: u32) -> Replica 
 }
 
 fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
-    Arc::new(Ctx {
+    ctx_with_stop(dir).0
+}
+
+/// A context and the switch that stops it.
+fn ctx_with_stop(dir: &std::path::Path) -> (Arc<Ctx>, tokio::sync::watch::Sender<bool>) {
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(Ctx {
         store: Store::open(&dir.join("state.db")).unwrap(),
         targets: Targets {
             local: Arc::new(Fake::default()),
@@ -99,7 +105,9 @@ fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
         analyses: Mutex::default(),
         telemetry: Mutex::default(),
         ticks: tokio::sync::watch::Sender::new(0),
-    })
+        stopping,
+    });
+    (ctx, stop)
 }
 
 /// A deployment `name` at revision 1 (and 2 when `two`), its spec MiniLM.
@@ -648,6 +656,23 @@ async fn the_stream_sends_the_view_now_and_on_each_tick() {
     ctx.ticks.send_modify(|n| *n += 1);
     assert!(next(&mut body).await.starts_with("event: gone"));
     assert!(body.next().await.is_none());
+
+    // A stopping control plane ends every open stream (its graceful
+    // shutdown waits for them).
+    let (ctx, stop) = ctx_with_stop(dir.path());
+    let req = Request::builder()
+        .uri("/v1/watch")
+        .body(Body::empty())
+        .unwrap();
+    let resp = api::router(Arc::clone(&ctx), BTreeSet::new())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let mut body = resp.into_body().into_data_stream();
+    assert!(next(&mut body).await.starts_with("event: overview"));
+    stop.send(true).unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), body.next()).await;
+    assert!(matches!(end, Ok(None)), "the stream did not end: {end:?}");
 }
 
 /// A rollout's progress from revision 1, with no run.

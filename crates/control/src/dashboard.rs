@@ -119,7 +119,8 @@ pub(crate) struct WatchQuery {
 
 /// `GET /v1/watch[?deployment=NAME]`: server-sent events, one `overview`
 /// (or one deployment's `detail`) now and on every tick of the sampler.
-/// A deployment that goes away ends its stream with a `gone` event.
+/// A deployment that goes away ends its stream with a `gone` event; every
+/// stream ends when the control plane stops.
 pub(crate) async fn watch(
     State(ctx): State<Arc<Ctx>>,
     Api(Query(q)): Api<Query<WatchQuery>>,
@@ -127,16 +128,21 @@ pub(crate) async fn watch(
     // Refused now, as a 404, rather than as a stream that ends at once.
     let first = view(&ctx, q.deployment.as_deref())?;
     let ticks = ctx.ticks.subscribe();
+    let stopping = ctx.stopping.clone();
     let stream = futures::stream::unfold(
-        (ctx, ticks, q.deployment, Some(first), false),
-        |(ctx, mut ticks, name, first, ended)| async move {
+        (ctx, ticks, stopping, q.deployment, Some(first), false),
+        |(ctx, mut ticks, mut stopping, name, first, ended)| async move {
             if ended {
                 return None;
             }
             let (event, ended) = match first {
                 Some(v) => (v, false),
                 None => {
-                    ticks.changed().await.ok()?;
+                    tokio::select! {
+                        tick = ticks.changed() => tick.ok()?,
+                        // (A control plane whose stop signal is gone runs on.)
+                        Ok(_) = stopping.wait_for(|s| *s) => return None,
+                    }
                     match view(&ctx, name.as_deref()) {
                         Ok(v) => (v, false),
                         Err(ApiError::NotFound(why)) => {
@@ -149,7 +155,7 @@ pub(crate) async fn watch(
                     }
                 }
             };
-            Some((Ok(event), (ctx, ticks, name, None, ended)))
+            Some((Ok(event), (ctx, ticks, stopping, name, None, ended)))
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))

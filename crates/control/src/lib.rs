@@ -182,6 +182,9 @@ pub(crate) struct Ctx {
     pub telemetry: Mutex<telemetry::Telemetry>,
     /// Counts the sampler's ticks: the dashboard's streams send on each.
     pub ticks: tokio::sync::watch::Sender<u64>,
+    /// Turns true when the control plane stops: open streams end then, or
+    /// the API's graceful shutdown would wait for them forever.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Ctx {
@@ -293,6 +296,7 @@ pub async fn up(
         analyses: Mutex::default(),
         telemetry: Mutex::default(),
         ticks: tokio::sync::watch::Sender::new(0),
+        stopping: stop_rx.clone(),
     });
     reap(&ctx).await?;
     for run in interrupted {

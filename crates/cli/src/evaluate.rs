@@ -1,6 +1,6 @@
 //! `modelship eval MODEL --reference REF` and `modelship optimize -f SPEC`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use modelship_optimize::{Corpus, EvalOptions, Report, evaluate, optimize};
@@ -59,10 +59,7 @@ pub fn run_eval(args: EvalArgs) -> Result<(), Failure> {
         )));
     }
     init_threads(args.threads)?;
-    let corpus = match &args.corpus {
-        Some(p) => Corpus::from_file(p).with_context(|| format!("cannot read {}", p.display()))?,
-        None => Corpus::builtin(),
-    };
+    let corpus = corpus(args.corpus.as_deref())?;
     let opts = EvalOptions {
         ctx: args.ctx,
         chunks: args.chunks,
@@ -149,4 +146,12 @@ pub fn run_optimize(args: OptimizeArgs) -> Result<(), Failure> {
             spec.metadata.name
         ))),
     }
+}
+
+/// `--corpus FILE`, or the built-in corpus.
+pub fn corpus(path: Option<&Path>) -> Result<Corpus, Failure> {
+    Ok(match path {
+        Some(p) => Corpus::from_file(p).with_context(|| format!("cannot read {}", p.display()))?,
+        None => Corpus::builtin(),
+    })
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod compute;
+mod distill;
 mod evaluate;
 mod inspect;
 mod listing;
@@ -35,8 +36,10 @@ enum Command {
     Serve(serve::Args),
     /// Write a model as GGUF in another precision (llama.cpp-compatible).
     Quantize(quantize::QuantizeArgs),
-    /// Zero the smallest weights of the linear layers and write GGUF.
+    /// Zero the smallest weights (--sparsity) or remove the least important FFN channels and heads (--ffn, --heads); write GGUF.
     Prune(quantize::PruneArgs),
+    /// Build a smaller student from a model by dropping layers.
+    Distill(distill::Args),
     /// Measure a model's quality against a reference model.
     Eval(evaluate::EvalArgs),
     /// Try the spec's precisions, measure each, keep the smallest that passes its gate.
@@ -174,6 +177,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Serve(args) => serve::run(args),
         Command::Quantize(args) => quantize::run_quantize(args),
         Command::Prune(args) => quantize::run_prune(args),
+        Command::Distill(args) => distill::run(args),
         Command::Eval(args) => evaluate::run_eval(args),
         Command::Optimize(args) => evaluate::run_optimize(args),
         Command::Plan(args) => plan::run(args),

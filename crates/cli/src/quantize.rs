@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use modelship_model::ggml_dtype_name;
+use modelship_optimize::importance::{self, ImportanceOptions};
+use modelship_quant::surgery::Cut;
 use modelship_quant::{QuantizeOptions, Source, Summary, quantize_verified};
-use modelship_types::{PrunePattern, PruneSpec, QuantType};
+use modelship_types::{PrunePattern, PruneSpec, QuantType, StructuredPrune};
 
 use crate::Failure;
 use crate::compute::{init_threads, peak_rss_bytes};
@@ -37,12 +39,24 @@ pub struct QuantizeArgs {
 pub struct PruneArgs {
     /// An HF directory (BERT or a decoder checkpoint) or a GGUF file.
     model: PathBuf,
-    /// Fraction of each linear layer's weights to zero, in [0, 1).
-    #[arg(long)]
-    sparsity: f64,
+    /// Magnitude pruning: the fraction of each linear layer's weights to
+    /// zero, in [0, 1) (the matrices keep their shape).
+    #[arg(long, required_unless_present_any = ["ffn", "heads"], conflicts_with_all = ["ffn", "heads"])]
+    sparsity: Option<f64>,
     /// `unstructured` or `2:4`.
     #[arg(long, default_value = "unstructured", value_parser = parse_pattern)]
     pattern: PrunePattern,
+    /// Structured pruning: the fraction of each layer's FFN channels to
+    /// remove, the least important on the corpus first (the matrices shrink).
+    #[arg(long)]
+    ffn: Option<f64>,
+    /// Structured pruning: the fraction of each layer's attention heads to
+    /// remove (of each KV head's query heads, with grouped-query attention).
+    #[arg(long)]
+    heads: Option<f64>,
+    /// Text that ranks channels and heads (default: the built-in corpus).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
     /// Type of the written tensors (f16 keeps zeros exact and halves f32).
     #[arg(long, default_value = "f16")]
     to: QuantType,
@@ -73,8 +87,11 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<(), Failure> {
 }
 
 pub fn run_prune(args: PruneArgs) -> Result<(), Failure> {
+    let Some(sparsity) = args.sparsity else {
+        return run_structured(args);
+    };
     let spec = PruneSpec {
-        sparsity: args.sparsity,
+        sparsity,
         pattern: args.pattern,
     };
     spec.validate()
@@ -90,11 +107,96 @@ pub fn run_prune(args: PruneArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `prune --ffn/--heads`: rank channels and heads on the corpus, cut the
+/// least important, write the smaller model.
+fn run_structured(args: PruneArgs) -> Result<(), Failure> {
+    let prune = StructuredPrune {
+        ffn: args.ffn.unwrap_or(0.0),
+        heads: args.heads.unwrap_or(0.0),
+    };
+    prune.validate().map_err(|e| {
+        Failure::Config(anyhow::anyhow!(
+            "invalid `--{}`: {}",
+            e.field.rsplit('.').next().unwrap_or(e.field),
+            e.reason
+        ))
+    })?;
+    init_threads(args.threads)?;
+    let corpus = crate::evaluate::corpus(args.corpus.as_deref())?;
+    let started = std::time::Instant::now();
+    let importance = importance::measure(&args.model, &corpus, ImportanceOptions::default())
+        .with_context(|| {
+            format!(
+                "cannot rank the channels and heads of {}",
+                args.model.display()
+            )
+        })?;
+    eprintln!(
+        "ranked channels and heads on {} tokens of {} in {:.1} s",
+        importance.tokens,
+        corpus.name,
+        started.elapsed().as_secs_f64()
+    );
+    let cut = importance::choose(&importance, prune);
+    write_cut(&args.model, &cut, args.to, &args.output)
+}
+
+/// Writes `model` with `cut` applied as `to`, and says what changed.
+pub fn write_cut(model: &Path, cut: &Cut, to: QuantType, output: &Path) -> Result<(), Failure> {
+    let source = open(model)?;
+    let before = shape_of(&source)?;
+    let parameters_before: u64 = source.tensors.iter().map(|t| t.elements() as u64).sum();
+    let cut_source = source
+        .cut(cut)
+        .with_context(|| format!("cannot cut {}", model.display()))?;
+    let after = shape_of(&cut_source)?;
+    let opts = QuantizeOptions { to, prune: None };
+    let summary = write(cut_source, output, opts)?;
+    println!(
+        "{:<14} {:>8} {:>8}\n{:<14} {:>8} {:>8}\n{:<14} {:>8} {:>8}\n{:<14} {:>8} {:>8}\n{:<14} {:>8.1}M {:>7.1}M",
+        "",
+        "before",
+        "after",
+        "layers",
+        before.layers,
+        after.layers,
+        "FFN channels",
+        before.feed_forward,
+        after.feed_forward,
+        "heads (KV)",
+        format!("{} ({})", before.heads, before.kv_heads),
+        format!("{} ({})", after.heads, after.kv_heads),
+        "parameters",
+        parameters_before as f64 / 1e6,
+        summary.parameters as f64 / 1e6,
+    );
+    print!("{}", summary_lines(&summary));
+    Ok(())
+}
+
+fn shape_of(source: &Source) -> Result<modelship_quant::surgery::Shape, Failure> {
+    modelship_quant::surgery::shape(&source.architecture, &source.metadata)
+        .map_err(|e| Failure::User(anyhow::anyhow!("{}: {e}", source.path.display())))
+}
+
 /// Runs the pass; the summary's time covers opening the model too (as
 /// llama.cpp's `llama_model_quantize` does), not process start-up.
 fn run(model: &Path, output: &Path, opts: QuantizeOptions) -> Result<Summary, Failure> {
     let started = std::time::Instant::now();
-    let source = Source::open(model).with_context(|| format!("cannot open {}", model.display()))?;
+    let summary = write(open(model)?, output, opts)?;
+    Ok(Summary {
+        elapsed: started.elapsed(),
+        ..summary
+    })
+}
+
+fn open(model: &Path) -> Result<Source, Failure> {
+    Ok(Source::open(model).with_context(|| format!("cannot open {}", model.display()))?)
+}
+
+/// One pass over `source`'s tensors to `output`, with a progress bar on a
+/// terminal and the written file checked before it takes its name.
+fn write(source: Source, output: &Path, opts: QuantizeOptions) -> Result<Summary, Failure> {
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(source.tensors.len() as u64);
         bar.set_style(
@@ -117,10 +219,7 @@ fn run(model: &Path, output: &Path, opts: QuantizeOptions) -> Result<Summary, Fa
     )
     .with_context(|| format!("cannot write {}", output.display()))?;
     bar.finish_and_clear();
-    Ok(Summary {
-        elapsed: started.elapsed(),
-        ..summary
-    })
+    Ok(summary)
 }
 
 /// Whether `serve` can load the weights of the written model (no tensor

@@ -249,3 +249,102 @@ fn optimize_passes_fails_and_rejects_bad_specs_with_distinct_exit_codes() {
         assert!(text(&o).contains(field), "{name}: {}", text(&o));
     }
 }
+
+/// `prune --ffn/--heads` and `distill --student-layers` write ordinary,
+/// smaller models that `serve` loads; bad counts are usage errors.
+#[tokio::test(flavor = "multi_thread")]
+async fn structured_pruning_and_dropped_layers_write_smaller_models_that_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let minilm = modelship_testkit::minilm();
+    let pruned = dir.path().join("structured.gguf");
+    let o = run(&[
+        "prune",
+        s(&minilm),
+        "--ffn",
+        "0.25",
+        "--heads",
+        "0.25",
+        "-o",
+        s(&pruned),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let row = |name: &str| {
+        t.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(row("FFN channels"), "FFN channels 1536 1152", "{t}");
+    assert_eq!(row("heads"), "heads (KV) 12 (12) 9 (9)", "{t}");
+
+    let student = dir.path().join("student.gguf");
+    let o = run(&[
+        "distill",
+        s(&minilm),
+        "--student-layers",
+        "4",
+        "-o",
+        s(&student),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("keeps 4 of 6 layers: 0,2,3,5"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("layers") && l.ends_with(" 6        4")),
+        "{t}"
+    );
+
+    for model in [&pruned, &student] {
+        let (mut child, url) = serve(model);
+        let r: Value = reqwest::Client::new()
+            .post(format!("{url}/v1/embeddings"))
+            .json(&json!({"input": ["a smaller model still answers"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            r["data"][0]["embedding"].as_array().unwrap().len(),
+            384,
+            "{r}"
+        );
+        sigterm(&child);
+        assert!(child.wait().unwrap().success());
+    }
+
+    for (args, names) in [
+        (vec!["prune", s(&minilm), "--ffn", "1.0"], "--ffn"),
+        (
+            vec!["distill", s(&minilm), "--student-layers", "7"],
+            "--student-layers",
+        ),
+        (
+            vec!["distill", s(&minilm), "--drop-layers", "0-5"],
+            "--drop-layers",
+        ),
+        (
+            vec!["distill", s(&minilm), "--drop-layers", "2", "--steps", "10"],
+            "--steps",
+        ),
+    ] {
+        let mut args = args;
+        args.extend(["-o", s(&student)]);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(names), "{args:?}: {}", text(&o));
+    }
+    let o = run(&[
+        "distill",
+        s(&modelship_testkit::gemma3()),
+        "--drop-layers",
+        "3",
+        "-o",
+        s(&student),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not interchangeable"), "{}", text(&o));
+}

@@ -23,6 +23,7 @@ use modelship_model::{DecoderCheckpoint, DecoderHparams, GgufFile, Rope, RopeSty
 use crate::attention::{Scoring, attend_cpu, key_hidden};
 use crate::gated::gated;
 use crate::linear::{Linear, Projections, runs_on_our_kernel};
+use crate::probe::Probe;
 use crate::weight_bytes::{GgufTensors, StoredTensor, WeightBytes};
 
 struct Layer {
@@ -510,6 +511,7 @@ impl DecoderBackend {
         &self,
         batch: &mut [(&mut DecoderSequence, &[u32])],
         every_position: bool,
+        mut probe: Option<&mut dyn Probe>,
     ) -> Result<Vec<Vec<f32>>> {
         let w = &*self.weights;
         let hp = &w.hp;
@@ -551,12 +553,20 @@ impl DecoderBackend {
             let a = {
                 let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, hp.rms_eps)?;
                 let a = attention(w, layer, &h, cos, sin, &segments, &mut caches)?;
+                let a = match probe.as_deref_mut() {
+                    Some(p) => p.heads(l, a)?,
+                    None => a,
+                };
+                let a = layer.wo.forward(&a)?;
                 post_norm(a, layer.post_attn_norm.as_ref(), hp.rms_eps)?
             };
             x = (x + a)?;
             let m = {
                 let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, hp.rms_eps)?;
-                let gated = gated(&layer.gate_up.forward_joined(&h)?, hp.activation)?;
+                let mut gated = gated(&layer.gate_up.forward_joined(&h)?, hp.activation)?;
+                if let Some(p) = probe.as_deref_mut() {
+                    gated = p.ffn(l, gated)?;
+                }
                 post_norm(
                     layer.down.forward(&gated)?,
                     layer.post_ffn_norm.as_ref(),
@@ -586,13 +596,27 @@ impl DecoderBackend {
         logits.to_vec2()
     }
 
+    /// [`Self::score`] with `probe` called at each layer's FFN activations
+    /// and attention heads.
+    pub fn score_probed(
+        &self,
+        tokens: &[u32],
+        probe: &mut dyn Probe,
+    ) -> std::result::Result<Vec<Vec<f32>>, BackendError> {
+        let mut seq = self.new_sequence();
+        self.check_fits(&seq, tokens)?;
+        self.pool
+            .install(|| self.run(&mut [(&mut seq, tokens)], true, Some(probe)))
+            .map_err(|e| BackendError(e.to_string()))
+    }
+
     /// The logits after every token of `tokens`, run from position 0 as one
     /// sequence (llama.cpp's perplexity and KL-divergence scoring).
     pub fn score(&self, tokens: &[u32]) -> std::result::Result<Vec<Vec<f32>>, BackendError> {
         let mut seq = self.new_sequence();
         self.check_fits(&seq, tokens)?;
         self.pool
-            .install(|| self.run(&mut [(&mut seq, tokens)], true))
+            .install(|| self.run(&mut [(&mut seq, tokens)], true, None))
             .map_err(|e| BackendError(e.to_string()))
     }
 
@@ -709,6 +733,8 @@ fn head_norm(t: Tensor, weight: Option<&Tensor>, heads: usize, eps: f32) -> Resu
     }
 }
 
+/// Self-attention of each segment over its cache: the heads' outputs,
+/// before the output projection.
 fn attention(
     w: &Weights,
     layer: &Layer,
@@ -797,7 +823,8 @@ fn attention(
                 .reshape((n, heads * hd))?,
         );
     }
-    layer.wo.forward(&Tensor::cat(&outs, 0)?)
+    // The heads' outputs, (rows, heads · hd); the caller projects them.
+    Tensor::cat(&outs, 0)
 }
 
 impl GenerateBackend for DecoderBackend {
@@ -826,7 +853,7 @@ impl GenerateBackend for DecoderBackend {
     ) -> std::result::Result<Vec<Vec<f32>>, BackendError> {
         self.check_fits(seq, tokens)?;
         self.pool
-            .install(|| self.run(&mut [(seq, tokens)], true))
+            .install(|| self.run(&mut [(seq, tokens)], true, None))
             .map_err(|e| BackendError(e.to_string()))
     }
 
@@ -860,7 +887,7 @@ impl GenerateBackend for DecoderBackend {
             self.check_fits(seq, tokens)?;
         }
         self.pool
-            .install(|| self.run(batch, false))
+            .install(|| self.run(batch, false, None))
             .map_err(|e| BackendError(e.to_string()))
     }
 }

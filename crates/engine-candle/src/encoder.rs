@@ -19,6 +19,7 @@ use modelship_model::{
 };
 
 use crate::linear::{Linear, Projections};
+use crate::probe::Probe;
 use crate::weight_bytes::GgufTensors;
 
 type Result<T> = candle_core::Result<T>;
@@ -174,6 +175,7 @@ pub struct EncoderBackend {
     relative: Option<RelativeBias>,
     output: Output,
     heads: usize,
+    head_dim: usize,
     hidden: usize,
     context: usize,
     device: Device,
@@ -321,14 +323,15 @@ impl EncoderBackend {
         for i in 0..e.layers {
             let dense = |name: &str, dims| t.dense(&format!("blk.{i}.{name}"), dims, device);
             let norm = |name: &str| t.norm(&format!("blk.{i}.{name}"), h, e.eps, device);
-            let square = (h, h);
+            // Narrower than the width when heads were pruned.
+            let heads = (e.heads * e.head_dim, h);
             layers.push(Layer {
                 qkv: Dense::fused(vec![
-                    dense("attn_q", square)?,
-                    dense("attn_k", square)?,
-                    dense("attn_v", square)?,
+                    dense("attn_q", heads)?,
+                    dense("attn_k", heads)?,
+                    dense("attn_v", heads)?,
                 ])?,
-                attn_out: dense("attn_output", square)?,
+                attn_out: dense("attn_output", (h, heads.0))?,
                 attn_norm: norm("attn_output_norm")?,
                 up: dense("ffn_up", (e.feed_forward, h))?,
                 down: dense("ffn_down", (h, e.feed_forward))?,
@@ -360,6 +363,7 @@ impl EncoderBackend {
             relative,
             output,
             heads: e.heads,
+            head_dim: e.head_dim,
             hidden: h,
             context: e.context(),
             device: device.clone(),
@@ -380,7 +384,53 @@ impl EncoderBackend {
         }
     }
 
-    fn forward(&self, batch: &[&Sequence]) -> Result<Vec<Vec<f32>>> {
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// [`EncodeBackend::encode`] with `probe` called at each layer's FFN
+    /// activations and attention heads.
+    pub fn encode_probed(
+        &self,
+        batch: &[&Sequence],
+        probe: &mut dyn Probe,
+    ) -> std::result::Result<Vec<Vec<f32>>, BackendError> {
+        self.check_inputs(batch)?;
+        self.pool
+            .install(|| self.forward(batch, Some(probe)))
+            .map_err(|e| BackendError(e.to_string()))
+    }
+
+    /// Inputs the tables can embed, refused before any work.
+    fn check_inputs(&self, batch: &[&Sequence]) -> std::result::Result<(), BackendError> {
+        let types = match &self.token_type {
+            TokenTypes::Table(t) => t.dim(0).unwrap_or(0),
+            _ => usize::MAX,
+        };
+        let vocab = self.word.dim(0).unwrap_or(0);
+        for s in batch {
+            if s.is_empty() || s.len() > self.context || s.type_ids.len() != s.len() {
+                return Err(BackendError(
+                    "an input is empty, longer than the position table or its segments do not match its tokens".into(),
+                ));
+            }
+            if s.ids.iter().any(|&id| id as usize >= vocab)
+                || s.type_ids.iter().any(|&t| t as usize >= types)
+            {
+                return Err(BackendError(
+                    "a token or segment id is outside the model's tables".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn forward(
+        &self,
+        batch: &[&Sequence],
+        mut probe: Option<&mut dyn Probe>,
+    ) -> Result<Vec<Vec<f32>>> {
         let lengths: Vec<usize> = batch.iter().map(|s| s.len()).collect();
         let ids: Vec<u32> = batch.iter().flat_map(|s| s.ids.iter().copied()).collect();
         let offset = self.position_offset as u32;
@@ -405,10 +455,18 @@ impl EncoderBackend {
             }
         };
         let mut x = self.embed_norm.forward(&x)?; // (tokens, hidden)
-        for layer in &self.layers {
-            let a = self.attention(layer, &x, &lengths)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut a = self.attention(layer, &x, &lengths)?;
+            if let Some(p) = probe.as_deref_mut() {
+                a = p.heads(l, a)?;
+            }
+            let a = layer.attn_out.forward(&a)?;
             x = layer.attn_norm.forward(&(a + &x)?)?;
-            let f = layer.down.forward(&gelu(&layer.up.forward(&x)?)?)?;
+            let mut f = gelu(&layer.up.forward(&x)?)?;
+            if let Some(p) = probe.as_deref_mut() {
+                f = p.ffn(l, f)?;
+            }
+            let f = layer.down.forward(&f)?;
             x = layer.out_norm.forward(&(f + &x)?)?;
         }
         match &self.output {
@@ -443,11 +501,12 @@ impl EncoderBackend {
     }
 
     /// Self-attention of each sequence over its own tokens only, with its
-    /// relative position bias where the model has one.
+    /// relative position bias where the model has one: the heads' outputs,
+    /// before the output projection.
     fn attention(&self, layer: &Layer, x: &Tensor, lengths: &[usize]) -> Result<Tensor> {
-        let h = self.hidden;
-        let d = h / self.heads;
-        let qkv = layer.qkv.forward(x)?; // (tokens, 3h)
+        let d = self.head_dim;
+        let h = self.heads * d;
+        let qkv = layer.qkv.forward(x)?; // (tokens, 3 · heads · d)
         let scale = 1.0 / (d as f64).sqrt();
         let mut outs = Vec::with_capacity(lengths.len());
         let mut start = 0;
@@ -472,8 +531,7 @@ impl EncoderBackend {
             outs.push(ctx);
             start += n;
         }
-        let ctx = Tensor::cat(&outs, 0)?;
-        layer.attn_out.forward(&ctx)
+        Tensor::cat(&outs, 0)
     }
 }
 
@@ -523,27 +581,9 @@ fn pool(tokens: &Tensor, pooling: Pooling) -> Result<Tensor> {
 
 impl EncodeBackend for EncoderBackend {
     fn encode(&mut self, batch: &[&Sequence]) -> std::result::Result<Vec<Vec<f32>>, BackendError> {
-        let types = match &self.token_type {
-            TokenTypes::Table(t) => t.dim(0).unwrap_or(0),
-            _ => usize::MAX,
-        };
-        let vocab = self.word.dim(0).unwrap_or(0);
-        for s in batch {
-            if s.is_empty() || s.len() > self.context || s.type_ids.len() != s.len() {
-                return Err(BackendError(
-                    "an input is empty, longer than the position table or its segments do not match its tokens".into(),
-                ));
-            }
-            if s.ids.iter().any(|&id| id as usize >= vocab)
-                || s.type_ids.iter().any(|&t| t as usize >= types)
-            {
-                return Err(BackendError(
-                    "a token or segment id is outside the model's tables".into(),
-                ));
-            }
-        }
+        self.check_inputs(batch)?;
         self.pool
-            .install(|| self.forward(batch))
+            .install(|| self.forward(batch, None))
             .map_err(|e| BackendError(e.to_string()))
     }
 }

@@ -11,6 +11,7 @@ mod encoder;
 mod gated;
 mod linear;
 mod load;
+mod probe;
 mod quant_matmul;
 mod weight_bytes;
 
@@ -20,3 +21,4 @@ pub use device::{DeviceError, parse_device};
 pub use encoder::EncoderBackend;
 pub use linear::{candle_packed_bytes, reads_in_place};
 pub use load::{LoadError, LoadOptions, OpenModel, check_gguf_weights, load, open};
+pub use probe::{Activity, Mask, Probe};

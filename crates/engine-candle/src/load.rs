@@ -50,6 +50,9 @@ pub struct LoadOptions {
 }
 
 /// A model's tokenizer and backend, ready to run but not scheduled.
+// Both variants are about 2 KB and one is built per model load: boxing
+// either would only add a pointer chase.
+#[allow(clippy::large_enum_variant)]
 pub enum OpenModel {
     /// Embeddings, reranking or classification, as `encoder.task()` says.
     Encoder {

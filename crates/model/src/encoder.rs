@@ -208,6 +208,10 @@ pub struct Encoder {
     pub family: EncoderFamily,
     pub hidden: usize,
     pub heads: usize,
+    /// Width of one attention head: `hidden / heads` as trained, narrower
+    /// heads never; fewer heads after structured pruning leave
+    /// `heads · head_dim` below `hidden` (GGUF `attention.key_length`).
+    pub head_dim: usize,
     pub layers: usize,
     pub feed_forward: usize,
     pub eps: f64,
@@ -221,6 +225,17 @@ pub struct Encoder {
     pub relative: Option<RelativeBuckets>,
     pub output: EncoderOutput,
     pub prompts: Prompts,
+}
+
+/// The head width of a model whose heads split its width evenly.
+fn whole_heads(hidden: usize, heads: usize) -> Result<usize, String> {
+    if hidden.is_multiple_of(heads) {
+        Ok(hidden / heads)
+    } else {
+        Err(format!(
+            "{hidden} is not a multiple of the {heads} attention heads"
+        ))
+    }
 }
 
 impl Encoder {
@@ -360,6 +375,8 @@ impl Encoder {
             family,
             hidden: count("hidden_size")?,
             heads: count("num_attention_heads")?,
+            head_dim: whole_heads(count("hidden_size")?, count("num_attention_heads")?)
+                .map_err(|p| field("hidden_size", &p))?,
             layers: count("num_hidden_layers")?,
             feed_forward: count("intermediate_size")?,
             eps: c
@@ -471,10 +488,30 @@ impl Encoder {
             },
         };
         let default_types = if family == EncoderFamily::MpNet { 0 } else { 2 };
+        let (hidden, heads) = (count("embedding_length")?, count("attention.head_count")?);
+        let head_dim = match optional(&format!("{arch}.attention.key_length"))? {
+            Some(d) => {
+                let value = optional(&format!("{arch}.attention.value_length"))?.unwrap_or(d);
+                if value != d {
+                    return Err(bad(
+                        &format!("{arch}.attention.value_length"),
+                        "differs from `attention.key_length`",
+                    ));
+                }
+                d as usize
+            }
+            None => whole_heads(hidden, heads).map_err(|_| {
+                bad(
+                    &format!("{arch}.embedding_length"),
+                    "not a multiple of the attention heads",
+                )
+            })?,
+        };
         let encoder = Self {
             family,
-            hidden: count("embedding_length")?,
-            heads: count("attention.head_count")?,
+            hidden,
+            heads,
+            head_dim,
             layers: count("block_count")?,
             feed_forward: count("feed_forward_length")?,
             eps: match g.has(&format!("{arch}.attention.layer_norm_epsilon")) {
@@ -501,13 +538,20 @@ impl Encoder {
     /// What must hold between the counts, whichever file they came from;
     /// a failure names the config.json field and the GGUF key at fault.
     fn check(&self) -> Result<(), (&'static str, &'static str, String)> {
-        if !self.hidden.is_multiple_of(self.heads) {
+        // Fewer heads than the width holds is a pruned model; more, a
+        // config that does not match its tensors.
+        if self.head_dim == 0
+            || self
+                .head_dim
+                .checked_mul(self.heads)
+                .is_none_or(|w| w > self.hidden)
+        {
             return Err((
                 "hidden_size",
-                "{arch}.embedding_length",
+                "{arch}.attention.key_length",
                 format!(
-                    "{} is not a multiple of the {} attention heads",
-                    self.hidden, self.heads
+                    "{} heads of {} do not fit the width {}",
+                    self.heads, self.head_dim, self.hidden
                 ),
             ));
         }
@@ -558,6 +602,8 @@ impl Encoder {
             (key("feed_forward_length"), u(self.feed_forward)),
             (key("block_count"), u(self.layers)),
             (key("attention.head_count"), u(self.heads)),
+            (key("attention.key_length"), u(self.head_dim)),
+            (key("attention.value_length"), u(self.head_dim)),
             (
                 key("attention.layer_norm_epsilon"),
                 Value::F32(self.eps as f32),

@@ -172,14 +172,14 @@ pub struct ScoresBaseline {
     scores: Vec<Vec<f32>>,
 }
 
-fn open_model(path: &Path, ctx: usize) -> Result<OpenModel, EvalError> {
+pub(crate) fn open_model(path: &Path, ctx: usize) -> Result<OpenModel, EvalError> {
     open(path, &Device::Cpu, ctx).map_err(|source| EvalError::Load {
         path: path.to_owned(),
         source: Box::new(source),
     })
 }
 
-fn run_err(path: &Path, what: &'static str) -> impl FnOnce(String) -> EvalError {
+pub(crate) fn run_err(path: &Path, what: &'static str) -> impl FnOnce(String) -> EvalError {
     let path = path.to_owned();
     move |reason| EvalError::Run { path, what, reason }
 }
@@ -338,7 +338,7 @@ pub fn evaluate(
 }
 
 /// The corpus as llama.cpp's perplexity cuts it.
-fn chunk(
+pub(crate) fn chunk(
     tokenizer: &TextTokenizer,
     corpus: &Corpus,
     opts: EvalOptions,

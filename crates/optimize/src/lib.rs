@@ -9,6 +9,7 @@
 mod corpus;
 mod eval;
 mod gate;
+pub mod importance;
 pub mod metrics;
 mod optimize;
 

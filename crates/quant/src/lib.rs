@@ -14,6 +14,7 @@ pub mod policy;
 pub mod prune;
 mod quantize;
 mod source;
+pub mod surgery;
 
 pub use error::QuantError;
 pub use policy::{Decision, ModelShape, Rule};

@@ -5,6 +5,7 @@
 //! carry.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ use modelship_model::{
 };
 
 use crate::encoder;
+use crate::surgery::{self, Cut, Piece};
 use crate::{QuantError, encode};
 
 /// One tensor of the source: its GGUF name, shape (rows first) and type.
@@ -43,6 +45,12 @@ enum Reader {
     Gguf(memmap2::Mmap),
     Safetensors(MmapedSafetensors),
     Checkpoint(DecoderCheckpoint),
+    /// Another source with a [`Cut`] applied: each tensor by its new name,
+    /// the index of the tensor it comes from and what of it is kept.
+    Cut {
+        base: Box<Source>,
+        pieces: HashMap<String, (usize, Piece)>,
+    },
 }
 
 /// An opened source model.
@@ -224,6 +232,82 @@ impl Source {
         })
     }
 
+    /// This model with `cut` applied: its tensors renamed and narrowed as
+    /// [`surgery::plan`] says, read from this one on demand. A tensor kept
+    /// whole keeps its stored type and bytes; a narrowed one reads as f32.
+    pub fn cut(self, cut: &Cut) -> Result<Self, QuantError> {
+        let invalid = |reason: String| QuantError::Invalid {
+            path: self.path.clone(),
+            reason,
+        };
+        let shape = surgery::shape(&self.architecture, &self.metadata).map_err(invalid)?;
+        let list: Vec<(String, Vec<usize>)> = self
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        let plan = surgery::plan(&self.architecture, &list, shape, cut).map_err(invalid)?;
+        let index: HashMap<&str, usize> = self
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
+        let mut tensors = Vec::with_capacity(plan.pieces.len());
+        let mut pieces = HashMap::with_capacity(plan.pieces.len());
+        for piece in plan.pieces {
+            let i = index[piece.from.as_str()];
+            let from = &self.tensors[i];
+            let narrowed = piece.rows.is_some() || piece.cols.is_some();
+            let elements: usize = piece.shape.iter().product();
+            tensors.push(SourceTensor {
+                name: piece.name.clone(),
+                shape: piece.shape.clone(),
+                dtype: if narrowed { GgmlDType::F32 } else { from.dtype },
+                bytes: if narrowed {
+                    elements as u64 * 4
+                } else {
+                    from.bytes
+                },
+                source_name: from.name.clone(),
+                file_offset: from.file_offset,
+            });
+            pieces.insert(piece.name.clone(), (i, piece));
+        }
+        let mut metadata = self.metadata.clone();
+        for (key, value) in plan.metadata {
+            match metadata.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = value,
+                None => metadata.push((key, value)),
+            }
+        }
+        metadata.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            path: self.path.clone(),
+            architecture: self.architecture.clone(),
+            metadata,
+            tensors,
+            reader: Reader::Cut {
+                base: Box::new(self),
+                pieces,
+            },
+        })
+    }
+
+    /// A cut source's piece for `t`, and the base tensor it reads.
+    fn piece<'a>(
+        &self,
+        base: &'a Source,
+        pieces: &'a HashMap<String, (usize, Piece)>,
+        t: &SourceTensor,
+    ) -> Result<(&'a SourceTensor, &'a Piece), QuantError> {
+        let (i, piece) = pieces.get(&t.name).ok_or_else(|| QuantError::Invalid {
+            path: self.path.clone(),
+            reason: format!("tensor `{}` is not in the cut model", t.name),
+        })?;
+        Ok((&base.tensors[*i], piece))
+    }
+
     /// Transformer layers (`<arch>.block_count`).
     pub fn layers(&self) -> usize {
         self.arch_u32("block_count").unwrap_or(0) as usize
@@ -283,6 +367,15 @@ impl Source {
                     })?;
                 Cow::Owned(c.read(ct)?)
             }
+            Reader::Cut { base, pieces } => {
+                let (from, piece) = self.piece(base, pieces, t)?;
+                if piece.rows.is_none() && piece.cols.is_none() {
+                    base.stored(from)?
+                } else {
+                    let floats = self.floats(t, Vec::new())?;
+                    Cow::Owned(floats.iter().flat_map(|v| v.to_le_bytes()).collect())
+                }
+            }
         };
         if bytes.len() as u64 != t.bytes {
             return Err(QuantError::Invalid {
@@ -302,6 +395,11 @@ impl Source {
     /// memory then stays near the tensors in flight instead of growing to
     /// the whole mapped file (the pages stay in the page cache).
     pub fn release(&self, t: &SourceTensor) {
+        if let Reader::Cut { base, pieces } = &self.reader
+            && let Ok((from, _)) = self.piece(base, pieces, t)
+        {
+            base.release(from);
+        }
         if let Reader::Gguf(map) = &self.reader {
             let start = t.file_offset as usize;
             // SAFETY: the mapping is a read-only view of a file: dropping its
@@ -326,6 +424,20 @@ impl Source {
         t: &SourceTensor,
         mut scratch: Vec<f32>,
     ) -> Result<Cow<'_, [f32]>, QuantError> {
+        if let Reader::Cut { base, pieces } = &self.reader {
+            let (from, piece) = self.piece(base, pieces, t)?;
+            let all = base.floats(from, scratch)?;
+            if piece.rows.is_none() && piece.cols.is_none() {
+                return Ok(all);
+            }
+            let cols = from.shape.last().copied().unwrap_or(1);
+            // A vector's kept elements are its kept rows of one column.
+            let (cols, rows, keep) = match from.shape.len() {
+                1 => (1, piece.rows.as_deref(), None),
+                _ => (cols, piece.rows.as_deref(), piece.cols.as_deref()),
+            };
+            return Ok(Cow::Owned(surgery::select(&all, cols, rows, keep)));
+        }
         let bytes = self.stored(t)?;
         if let Cow::Borrowed(bytes) = bytes
             && t.dtype == GgmlDType::F32

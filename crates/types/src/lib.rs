@@ -21,7 +21,9 @@ mod task;
 pub use autoscale::Autoscale;
 pub use limits::{LimitError, ServingLimits};
 pub use live::{CosineFigures, LiveQuality, LiveSample, Mirror};
-pub use optimize::{Gate, Optimize, OptimizeError, PrunePattern, PruneSpec, QuantChoice};
+pub use optimize::{
+    Gate, Optimize, OptimizeError, PrunePattern, PruneSpec, QuantChoice, StructuredPrune,
+};
 pub use plan::{Estimate, Pending, Placement, ReplicaPlan};
 pub use precision::{ParseQuantTypeError, QuantType};
 pub use resources::{Bytes, Gpu, Node, NodesError, NodesFile, Resources, Slo};

@@ -108,6 +108,37 @@ pub struct PruneSpec {
     pub pattern: PrunePattern,
 }
 
+/// Structured pruning: the share of each layer's FFN channels and attention
+/// heads removed, the least important first (by their measured contribution
+/// on a corpus), the same count from every layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StructuredPrune {
+    /// Fraction of FFN channels removed, in [0, 1).
+    #[serde(default)]
+    pub ffn: f64,
+    /// Fraction of attention heads removed, in [0, 1).
+    #[serde(default)]
+    pub heads: f64,
+}
+
+impl StructuredPrune {
+    pub fn validate(&self) -> Result<(), OptimizeError> {
+        for (field, v) in [
+            ("optimize.prune.structured.ffn", self.ffn),
+            ("optimize.prune.structured.heads", self.heads),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(OptimizeError {
+                    field,
+                    reason: format!("{v} is not in [0, 1)"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Quality a candidate must keep relative to the original; unset bounds are
 /// not checked. Embedding models are held to `min_cosine`, generative ones to
 /// the other three, rerankers and classifiers to `min_top1` (the share of

@@ -177,6 +177,7 @@ fn inconsistent_shapes_are_refused_naming_the_field() {
         family: EncoderFamily::MpNet,
         hidden: 64,
         heads: 4,
+        head_dim: 16,
         layers: 1,
         feed_forward: 128,
         eps: 1e-5,

@@ -19,7 +19,8 @@ cargo build --release --quiet -p modelship-gateway --example http_load
 # only the image and target table; =openai: only the schema, penalty and
 # tool-prompt costs; =cold: only the scale-to-zero table; =encoders: only
 # MPNet, rerank and ONNX Runtime's MiniLM; =shadow: only the cost of shadow
-# traffic; =dashboard: only what an open dashboard costs the gateway.
+# traffic; =dashboard: only what an open dashboard costs the gateway;
+# =structured: structured pruning and dropped layers against the original.
 case "${BENCH_ONLY:-}" in
   cold) exec "$cache/venv/bin/python" scripts/bench/cold.py ;;
   encoders) exec "$cache/venv/bin/python" scripts/bench/encoders.py ;;
@@ -30,6 +31,7 @@ case "${BENCH_ONLY:-}" in
   generate) exec "$cache/venv/bin/python" scripts/bench/run.py ;;
   openai) exec "$cache/venv/bin/python" scripts/bench/openai.py ;;
   gateway) exec "$cache/venv/bin/python" scripts/bench/gateway.py ;;
+  structured) exec "$cache/venv/bin/python" scripts/bench/structured.py ;;
   speed | quality) exec "$cache/venv/bin/python" scripts/bench/quantize.py ;;
 esac
 "$cache/venv/bin/python" scripts/bench/run.py
@@ -41,6 +43,7 @@ esac
 "$cache/venv/bin/python" scripts/bench/cold.py
 "$cache/venv/bin/python" scripts/bench/encoders.py
 "$cache/venv/bin/python" scripts/bench/shadow.py
+"$cache/venv/bin/python" scripts/bench/structured.py
 scripts/setup-browser.sh
 "$cache/venv/bin/python" scripts/bench/dashboard.py
 cargo run --release --quiet -p modelship-planner --example place_bench

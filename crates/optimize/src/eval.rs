@@ -245,17 +245,9 @@ impl Baseline {
                 mut backend,
                 encoder,
             } => {
-                let context = encoder.context();
-                let sentences: Vec<Sequence> = corpus
-                    .sentences(opts.sentences)
-                    .iter()
-                    .map(|s| {
-                        tokenizer
-                            .encode_sequence(s, None, Some(context))
-                            .map(|(ids, type_ids)| Sequence { ids, type_ids })
-                    })
-                    .collect::<Result<_, _>>()
-                    .map_err(run_err(reference, "tokenizing the corpus"))?;
+                let sentences =
+                    tokenized_sentences(&tokenizer, corpus, opts.sentences, encoder.context())
+                        .map_err(run_err(reference, "tokenizing the corpus"))?;
                 if sentences.len() < 2 {
                     return Err(EvalError::TooFewSentences(sentences.len()));
                 }
@@ -335,6 +327,25 @@ pub fn evaluate(
     opts: EvalOptions,
 ) -> Result<Report, EvalError> {
     Baseline::compute(reference, corpus, opts)?.compare(model)
+}
+
+/// The corpus's first `max` sentences as encoder inputs of at most
+/// `context` tokens.
+pub(crate) fn tokenized_sentences(
+    tokenizer: &TextTokenizer,
+    corpus: &Corpus,
+    max: usize,
+    context: usize,
+) -> Result<Vec<Sequence>, String> {
+    corpus
+        .sentences(max)
+        .iter()
+        .map(|s| {
+            tokenizer
+                .encode_sequence(s, None, Some(context))
+                .map(|(ids, type_ids)| Sequence { ids, type_ids })
+        })
+        .collect()
 }
 
 /// The corpus as llama.cpp's perplexity cuts it.

@@ -18,7 +18,7 @@ use modelship_quant::Source;
 use modelship_quant::surgery::{Cut, LayerCut};
 use modelship_types::StructuredPrune;
 
-use crate::eval::{EvalError, chunk, open_model, run_err};
+use crate::eval::{EvalError, chunk, open_model, run_err, tokenized_sentences};
 use crate::{Corpus, EvalOptions};
 
 /// How much of the corpus the measurement reads.
@@ -66,16 +66,9 @@ pub fn measure(
             encoder,
         } => {
             let mut activity = Activity::new(backend.head_dim());
-            let sentences: Vec<Sequence> = corpus
-                .sentences(opts.sentences)
-                .iter()
-                .map(|s| {
-                    tokenizer
-                        .encode_sequence(s, None, Some(encoder.context()))
-                        .map(|(ids, type_ids)| Sequence { ids, type_ids })
-                })
-                .collect::<Result<_, _>>()
-                .map_err(run_err(model, "tokenizing the corpus"))?;
+            let sentences =
+                tokenized_sentences(&tokenizer, corpus, opts.sentences, encoder.context())
+                    .map_err(run_err(model, "tokenizing the corpus"))?;
             if sentences.is_empty() {
                 return Err(EvalError::TooFewSentences(0));
             }
